@@ -190,9 +190,10 @@ def index_midi(midi_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
     raise FileNotFoundError(f"PercePiano MIDI folder not found: {midi_dir}")
   index: dict[str, pathlib.Path] = {}
   for path in sorted(midi_dir.iterdir()):
-    if not path.is_file() or path.suffix.lower() not in MIDI_SUFFIXES:
+    name = pathlib.PurePath(path.name.strip())
+    if not path.is_file() or name.suffix.lower() not in MIDI_SUFFIXES:
       continue
-    key = path.stem.strip()
+    key = name.stem.strip()
     if key in index:
       raise PercePianoError(
           f"two MIDI files map to key {key!r}: {index[key].name!r} and {path.name!r}")
@@ -236,11 +237,12 @@ def read_release(
   errors = []
   for text, key in sorted(keys.items()):
     pid = labels[text][1]
-    if token_to_id.setdefault(key.performer, pid) != pid or id_to_token.setdefault(
-        pid, key.performer) != key.performer:
-      errors.append(f"key {text!r}: performer {key.performer!r} has id {pid}, but "
-                    f"{key.performer!r} -> {token_to_id[key.performer]} and "
-                    f"{pid} -> {id_to_token[pid]!r} elsewhere")
+    known_id = token_to_id.setdefault(key.performer, pid)
+    known_token = id_to_token.setdefault(pid, key.performer)
+    if known_id != pid or known_token != key.performer:
+      errors.append(f"key {text!r}: performer {key.performer!r} with id {pid} conflicts with "
+                    f"earlier keys ({key.performer!r} -> id {known_id}, "
+                    f"id {pid} -> {known_token!r})")
   _raise_collected(f"{root / LABELS_FILE}: inconsistent performer ids", errors)
 
   performances = tuple(

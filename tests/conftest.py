@@ -1,0 +1,76 @@
+"""Shared fixtures: where the real datasets are, and small generated MIDI."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+
+import pretty_midi
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+
+
+def _real_dataset(env: str, default: pathlib.Path) -> pathlib.Path:
+  path = pathlib.Path(os.environ.get(env, default))
+  if not path.is_dir():
+    # CI always has the real releases beside the clone: a missing copy there is
+    # a broken setup, not a reason to skip.
+    if os.environ.get("CI"):
+      pytest.fail(f"real dataset missing in CI: {path} (set ${env})")
+    pytest.skip(f"real dataset not found at {path} (set ${env})")
+  return path
+
+
+@pytest.fixture(scope="session")
+def percepiano_dir() -> pathlib.Path:
+  return _real_dataset("PERCEPIANO_DIR", DATA / "percepiano")
+
+
+@pytest.fixture(scope="session")
+def asap_dir() -> pathlib.Path:
+  return _real_dataset("ASAP_DIR", DATA / "asap")
+
+
+def midi_bytes(notes, *, end_of_track_s: float | None = None) -> bytes:
+  """A piano MIDI file from `(pitch, velocity, start_s, end_s)` tuples.
+
+  `end_of_track_s` places the end-of-track marker late, like the real
+  PercePiano D960 files whose markers trail the last note by up to 20 s.
+  """
+  pm = pretty_midi.PrettyMIDI(initial_tempo=120)
+  piano = pretty_midi.Instrument(program=0)
+  piano.notes = [pretty_midi.Note(velocity=v, pitch=p, start=s, end=e) for p, v, s, e in notes]
+  pm.instruments.append(piano)
+  if end_of_track_s is not None:
+    # A silent controller event late in the file makes the writer put the
+    # end-of-track marker there, with no audible note.
+    piano.control_changes.append(pretty_midi.ControlChange(number=7, value=100,
+                                                           time=end_of_track_s))
+  buf = io.BytesIO()
+  pm.write(buf)
+  return buf.getvalue()
+
+
+def chord_passage(velocity: int = 80, seconds: float = 4.0):
+  """A few seconds of broken chords: enough for several fbank windows."""
+  notes, t, step = [], 0.0, 0.25
+  pitches = [60, 64, 67, 72, 65, 69, 72, 77, 67, 71, 74, 79]
+  i = 0
+  while t + step <= seconds:
+    notes.append((pitches[i % len(pitches)], velocity, t, t + 2 * step))
+    t += step
+    i += 1
+  return notes
+
+
+@pytest.fixture(scope="session")
+def make_midi():
+  return midi_bytes
+
+
+@pytest.fixture(scope="session")
+def chords():
+  return chord_passage
