@@ -1,0 +1,46 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each first creates or
+# refreshes the project's virtual environment from requirements.lock.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PERCEPIANO_DIR ?= ../shared/data/percepiano
+ASAP_DIR ?= ../shared/data/asap
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export PERCEPIANO_DIR ASAP_DIR
+
+.PHONY: demo test test-slow bench lock clean
+
+# The lock is complete (every transitive dependency, with hashes), so pip
+# installs exactly it with --no-deps; the project itself is then installed
+# editable without touching the pinned set.
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+	  --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+	  --no-build-isolation -e .
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python -m pipelines.demo --percepiano_dir=$(PERCEPIANO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/features_speed.py
+	$(BIN)/python benchmarks/render_speed.py --percepiano_dir=$(PERCEPIANO_DIR)
+
+# Regenerate the lock after editing pyproject.toml dependencies.
+lock: $(STAMP)
+	$(BIN)/pip-compile --quiet --allow-unsafe --extra=test --generate-hashes --strip-extras \
+	  --no-emit-index-url --no-emit-find-links --output-file=requirements.lock pyproject.toml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

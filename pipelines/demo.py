@@ -1,0 +1,116 @@
+"""End-to-end demo of what exists so far: PercePiano MIDI -> audio -> log-mel -> summary.
+
+  python -m pipelines.demo --percepiano_dir ../shared/data/percepiano \
+      [--key Schubert_D960_mv2_8bars_3_07] [--soundfont PATH] [--output_dir DIR]
+
+Reads and validates the whole release, renders one rated performance through
+the SoundFont, trims its silence, computes AST's log-mel features, cuts them
+into 10.24 s windows and prints the labels by task group with timings.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import numpy as np
+import soundfile
+from absl import app, flags, logging
+
+from pipelines import features, percepiano, render, taxonomy
+
+_PERCEPIANO_DIR = flags.DEFINE_string(
+    "percepiano_dir", "../shared/data/percepiano", "Root of a PercePiano release.")
+_KEY = flags.DEFINE_string("key", "Schubert_D960_mv2_8bars_3_07", "Performance to render.")
+_SOUNDFONT = flags.DEFINE_string(
+    "soundfont", None, "SoundFont (.sf2); default: TimGM6mb.sf2 from the pretty_midi wheel.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "If set, writes the render (WAV), features (.npy) and a summary JSON.")
+
+WINDOW_FRAMES = 1024  # 10.24 s at a 10 ms hop, AST's input length
+
+
+def run(percepiano_dir: str, key: str, soundfont: str | None,
+        output_dir: str | None) -> dict:
+  """Runs the demo and returns the summary it prints."""
+  t0 = time.perf_counter()
+  release = percepiano.read_release(percepiano_dir)
+  read_s = time.perf_counter() - t0
+  performance = release.by_key().get(key)
+  if performance is None:
+    raise KeyError(f"{key!r} is not a key of {percepiano_dir}")
+  if performance.midi_path is None:
+    raise FileNotFoundError(f"{key!r} has no MIDI file in {percepiano_dir}")
+
+  t0 = time.perf_counter()
+  rendered = render.render_midi(performance.midi_path, soundfont=soundfont)
+  render_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  logmel = features.log_mel(rendered.samples)
+  fbank_s = time.perf_counter() - t0
+  num_windows = max(1, -(-logmel.shape[0] // WINDOW_FRAMES))
+
+  summary = {
+      "key": key,
+      "movement": performance.key.movement,
+      "passage": performance.key.passage,
+      "performer": performance.key.performer,
+      "performer_id": performance.performer_id,
+      "release_performances": len(release.performances),
+      "keys_without_midi": len(release.keys_without_midi),
+      "soundfont_sha256": rendered.soundfont_sha256,
+      "untrimmed_seconds": round(rendered.untrimmed_seconds, 3),
+      "trimmed_start_seconds": round(rendered.trimmed_start_seconds, 3),
+      "trimmed_end_seconds": round(rendered.trimmed_end_seconds, 3),
+      "seconds": round(rendered.seconds, 3),
+      "features_shape": list(logmel.shape),
+      "windows_10_24s": num_windows,
+      "read_release_s": round(read_s, 3),
+      "render_s": round(render_s, 3),
+      "render_x_realtime": round(rendered.untrimmed_seconds / render_s, 1),
+      "fbank_s": round(fbank_s, 4),
+      "fbank_x_realtime": round(rendered.seconds / max(fbank_s, 1e-9), 1),
+      "labels": {taxonomy.DIMENSIONS[i].name: round(float(performance.labels[i]), 4)
+                 for i in range(taxonomy.NUM_DIMENSIONS)},
+  }
+  if output_dir:
+    out = pathlib.Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    soundfile.write(out / f"{key}.wav", rendered.samples, rendered.sample_rate, subtype="FLOAT")
+    np.save(out / f"{key}.logmel.npy", logmel)
+    (out / f"{key}.summary.json").write_text(json.dumps(summary, indent=2))
+  return summary
+
+
+def format_summary(s: dict) -> str:
+  lines = [
+      f"PercePiano release: {s['release_performances']} rated performances "
+      f"({s['keys_without_midi']} without MIDI), read in {s['read_release_s']:.2f} s",
+      f"Performance {s['key']}: movement {s['movement']}, passage {s['passage']}, "
+      f"performer {s['performer']} (id {s['performer_id']})",
+      f"Render: {s['untrimmed_seconds']:.2f} s of audio in {s['render_s']:.2f} s "
+      f"({s['render_x_realtime']:.0f}x real time); trimmed {s['trimmed_start_seconds']:.2f} s "
+      f"at the start and {s['trimmed_end_seconds']:.2f} s at the end -> {s['seconds']:.2f} s",
+      f"SoundFont sha256: {s['soundfont_sha256']}",
+      f"Log-mel features: {s['features_shape']} (frames x mel bins) in {s['fbank_s'] * 1e3:.1f} ms "
+      f"({s['fbank_x_realtime']:.0f}x real time); {s['windows_10_24s']} window(s) of 10.24 s",
+      "Labels (mean rating / 7) by task group:",
+  ]
+  for group, indices in taxonomy.GROUPS.items():
+    dims = ", ".join(f"{taxonomy.DIMENSIONS[i].name}={s['labels'][taxonomy.DIMENSIONS[i].name]:.2f}"
+                     for i in indices)
+    lines.append(f"  {group:<10} {dims}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  summary = run(_PERCEPIANO_DIR.value, _KEY.value, _SOUNDFONT.value, _OUTPUT_DIR.value)
+  logging.info("demo finished")
+  print(format_summary(summary))
+
+
+if __name__ == "__main__":
+  app.run(main)
