@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PERCEPIANO_DIR ASAP_DIR
 
-.PHONY: demo test test-slow bench lock clean
+.PHONY: demo demo-real test test-slow bench lock clean
 
 # The lock is complete (every transitive dependency, with hashes), so pip
 # installs exactly it with --no-deps; the project itself is then installed
@@ -24,8 +24,14 @@ $(STAMP): requirements.lock pyproject.toml
 	  --no-build-isolation -e .
 	touch $@
 
+# The embedded corpus: generated into out/demo-corpus on first use (~30 s).
 demo: $(STAMP)
-	$(BIN)/python -m pipelines.demo --percepiano_dir=$(PERCEPIANO_DIR)
+	$(BIN)/python -m pipelines.demo --corpus_dir=out/demo-corpus
+
+# The same on the real PercePiano release (a Schubert D960 clip with 20 s of trailing silence).
+demo-real: $(STAMP)
+	$(BIN)/python -m pipelines.demo --percepiano_dir=$(PERCEPIANO_DIR) \
+	  --key=Schubert_D960_mv2_8bars_3_07
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -43,4 +49,4 @@ lock: $(STAMP)
 	  --no-emit-index-url --no-emit-find-links --output-file=requirements.lock pyproject.toml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis out

@@ -1,11 +1,15 @@
-"""End-to-end demo of what exists so far: PercePiano MIDI -> audio -> log-mel -> summary.
+"""End-to-end demo of what exists so far: corpus -> MIDI -> audio -> log-mel -> summary.
 
+  python -m pipelines.demo [--corpus_dir out/demo-corpus]          # generated corpus
   python -m pipelines.demo --percepiano_dir ../shared/data/percepiano \
       [--key Schubert_D960_mv2_8bars_3_07] [--soundfont PATH] [--output_dir DIR]
 
-Reads and validates the whole release, renders one rated performance through
-the SoundFont, trims its silence, computes AST's log-mel features, cuts them
-into 10.24 s windows and prints the labels by task group with timings.
+Without `--percepiano_dir` it uses the embedded demo corpus in `--corpus_dir`,
+generating it first (`make_corpus --size demo --seed 0`) when the folder does
+not exist. It then reads and validates the PercePiano-layout release, renders
+one rated performance through the SoundFont, trims its silence, computes AST's
+log-mel features, cuts them into 10.24 s windows and prints the labels by task
+group with timings.
 """
 
 from __future__ import annotations
@@ -18,25 +22,40 @@ import numpy as np
 import soundfile
 from absl import app, flags, logging
 
-from pipelines import features, percepiano, render, taxonomy
-
-_PERCEPIANO_DIR = flags.DEFINE_string(
-    "percepiano_dir", "../shared/data/percepiano", "Root of a PercePiano release.")
-_KEY = flags.DEFINE_string("key", "Schubert_D960_mv2_8bars_3_07", "Performance to render.")
-_SOUNDFONT = flags.DEFINE_string(
-    "soundfont", None, "SoundFont (.sf2); default: TimGM6mb.sf2 from the pretty_midi wheel.")
-_OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", None, "If set, writes the render (WAV), features (.npy) and a summary JSON.")
+from pipelines import features, maestro, make_corpus, percepiano, render, taxonomy
 
 WINDOW_FRAMES = 1024  # 10.24 s at a 10 ms hop, AST's input length
 
 
-def run(percepiano_dir: str, key: str, soundfont: str | None,
+def prepare_corpus(corpus_dir: str, soundfont: str | None) -> dict:
+  """Generates the demo corpus unless `corpus_dir` already holds it; describes it."""
+  root = pathlib.Path(corpus_dir)
+  if not root.exists():
+    t0 = time.perf_counter()
+    make_corpus.make_corpus(root, "demo", seed=0, soundfont=soundfont, workers=2)
+    print(f"Generated the demo corpus in {root} in {time.perf_counter() - t0:.0f} s")
+  index = maestro.read_maestro(root / "maestro-v3.0.0")
+  if index.missing_files:
+    raise FileNotFoundError(f"{root}: {len(index.missing_files)} listed files are missing")
+  splits = {s: sum(p.split == s for p in index.performances) for s in maestro.SPLITS}
+  ceiling = json.loads((root / "percepiano" / make_corpus.CEILING_FILE).read_text())
+  return {
+      "maestro_performances": len(index.performances),
+      "maestro_hours": round(sum(p.duration for p in index.performances) / 3600, 2),
+      "maestro_splits": splits,
+      "ceiling": {group: round(float(np.mean([ceiling["overall"][taxonomy.DIMENSION_NAMES[i]]
+                                              for i in dims])), 3)
+                  for group, dims in taxonomy.GROUPS.items()},
+  }
+
+
+def run(percepiano_dir: str, key: str | None, soundfont: str | None,
         output_dir: str | None) -> dict:
-  """Runs the demo and returns the summary it prints."""
+  """Runs the demo on one release and returns the summary it prints."""
   t0 = time.perf_counter()
   release = percepiano.read_release(percepiano_dir)
   read_s = time.perf_counter() - t0
+  key = key or release.performances[0].key.text
   performance = release.by_key().get(key)
   if performance is None:
     raise KeyError(f"{key!r} is not a key of {percepiano_dir}")
@@ -84,7 +103,14 @@ def run(percepiano_dir: str, key: str, soundfont: str | None,
 
 
 def format_summary(s: dict) -> str:
-  lines = [
+  lines = []
+  if "maestro_hours" in s:
+    lines += [
+        f"Generated MAESTRO-layout corpus: {s['maestro_performances']} performances, "
+        f"{s['maestro_hours']:.2f} h, splits {s['maestro_splits']}",
+        f"Human ceiling on Pearson (mean per group): {s['ceiling']}",
+    ]
+  lines += [
       f"PercePiano release: {s['release_performances']} rated performances "
       f"({s['keys_without_midi']} without MIDI), read in {s['read_release_s']:.2f} s",
       f"Performance {s['key']}: movement {s['movement']}, passage {s['passage']}, "
@@ -104,13 +130,32 @@ def format_summary(s: dict) -> str:
   return "\n".join(lines)
 
 
+def define_flags() -> None:
+  """Registers the command-line flags (only when run as a program)."""
+  flags.DEFINE_string("percepiano_dir", None,
+                      "Root of a PercePiano release; default: the generated corpus.")
+  flags.DEFINE_string("corpus_dir", "out/demo-corpus", "Generated corpus (made here if absent).")
+  flags.DEFINE_string("key", None, "Performance to render; default: the first key.")
+  flags.DEFINE_string("soundfont", None,
+                      "SoundFont (.sf2); default: TimGM6mb.sf2 from the pretty_midi wheel.")
+  flags.DEFINE_string("output_dir", None,
+                      "If set, writes the render (WAV), features (.npy) and a summary JSON.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  summary = run(_PERCEPIANO_DIR.value, _KEY.value, _SOUNDFONT.value, _OUTPUT_DIR.value)
+  f = flags.FLAGS
+  corpus = {}
+  percepiano_dir = f.percepiano_dir
+  if percepiano_dir is None:
+    corpus = prepare_corpus(f.corpus_dir, f.soundfont)
+    percepiano_dir = str(pathlib.Path(f.corpus_dir) / "percepiano")
+  summary = {**corpus, **run(percepiano_dir, f.key, f.soundfont, f.output_dir)}
   logging.info("demo finished")
   print(format_summary(summary))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

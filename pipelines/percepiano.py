@@ -30,6 +30,13 @@ STD_FILE = "label_2round_std_reg_19_with0_rm_highstd0.json"
 RAW_RATINGS_FILE = "labels/total_2rounds.csv"
 MIDI_DIR = "virtuoso/data/all_2rounds"
 MIDI_SUFFIXES = (".mid", ".midi")
+# Columns of the 19 answers in the raw CSV, in label order (the release's names).
+RAW_QUESTION_COLUMNS = (
+    "Question_1_1_1", "Question_2_1_1", "Question_2_2_1", "Question_3_1_1", "Question_3_2_1",
+    "Question_4_1_1", "Question_4_2_1", "Question_4_3_1", "Question_4_4_1_5_2_1",
+    "Question_5_3_1", "Question_5_5_1", "Question_6_1_1", "Question_6_4_1",
+    "Question_6_5_1_5_4_1", "Question_6_6_1_5_1_1", "Question_7_1_1", "Question_7_2_1",
+    "Question_8_1_1", "Question_9_1_1")
 
 _KEY = re.compile(
     r"^(?P<composer>[A-Za-z]+)_(?P<work>[^\s/\\]+?)_(?P<bars>\d+)bars_"

@@ -74,19 +74,19 @@ class Rendered:
 
 
 @dataclasses.dataclass(frozen=True)
-class _SoundFont:
+class SoundFont:
   data: bytes
   sha256: str
 
 
 @functools.lru_cache(maxsize=2)
-def _load_soundfont(path: str, mtime_ns: int, size: int) -> _SoundFont:
+def _load_soundfont(path: str, mtime_ns: int, size: int) -> SoundFont:
   del mtime_ns, size  # cache key only: a changed file is re-read
   data = pathlib.Path(path).read_bytes()
-  return _SoundFont(data, hashlib.sha256(data).hexdigest())
+  return SoundFont(data, hashlib.sha256(data).hexdigest())
 
 
-def load_soundfont(path: str | os.PathLike | None = None) -> _SoundFont:
+def load_soundfont(path: str | os.PathLike | None = None) -> SoundFont:
   path = pathlib.Path(path) if path is not None else default_soundfont()
   try:
     stat = path.stat()
@@ -123,6 +123,16 @@ def trim_bounds(samples: np.ndarray, sample_rate: int, config: TrimConfig = Trim
   return start, end
 
 
+def synthesize(midi: bytes, font: SoundFont, *, name: str) -> bytes:
+  """The synthesiser's own output for MIDI bytes: 48 kHz stereo 16-bit WAV bytes."""
+  if not midi.startswith(b"MThd"):
+    raise RenderError(name, "not a standard MIDI file (no MThd header)")
+  try:
+    return bytes(midirenderer.render_wave_from(font.data, midi))
+  except RuntimeError as e:  # how midirenderer reports malformed MIDI
+    raise RenderError(name, f"synthesiser failed: {e}") from None
+
+
 def render_midi(
     midi: str | os.PathLike | bytes,
     *,
@@ -152,16 +162,11 @@ def render_midi(
       data = pathlib.Path(midi).read_bytes()
     except FileNotFoundError:
       raise RenderError(name, "MIDI file not found") from None
-  if not data.startswith(b"MThd"):
-    raise RenderError(name, "not a standard MIDI file (no MThd header)")
   font = load_soundfont(soundfont)
-  try:
-    wav = midirenderer.render_wave_from(font.data, data)
-  except RuntimeError as e:  # how midirenderer reports malformed MIDI
-    raise RenderError(name, f"synthesiser failed: {e}") from None
+  wav = synthesize(data, font, name=name)
   try:
     samples = audio.decode_audio(
-        bytes(wav), name=f"{name}.wav", target_sample_rate=sample_rate,
+        wav, name=f"{name}.wav", target_sample_rate=sample_rate,
         min_sample_rate=sample_rate)
   except audio.EmptyAudioError:
     raise RenderError(name, "render is empty (MIDI has no events)") from None
