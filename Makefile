@@ -15,8 +15,10 @@ export PERCEPIANO_DIR ASAP_DIR
 
 # The lock is complete (every transitive dependency, with hashes), so pip
 # installs exactly it with --no-deps; the project itself is then installed
-# editable without touching the pinned set.
+# editable without touching the pinned set. The environment is rebuilt from
+# scratch whenever the lock changes, so nothing outside the lock lingers.
 $(STAMP): requirements.lock pyproject.toml
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
 	  --require-hashes -r requirements.lock
@@ -43,9 +45,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/features_speed.py
 	$(BIN)/python benchmarks/render_speed.py --percepiano_dir=$(PERCEPIANO_DIR)
 
-# Regenerate the lock after editing pyproject.toml dependencies.
+# Regenerate the lock after editing pyproject.toml dependencies (pip-tools is
+# in the locked dev extra).
 lock: $(STAMP)
-	$(BIN)/pip-compile --quiet --allow-unsafe --extra=test --generate-hashes --strip-extras \
+	$(BIN)/pip-compile --quiet --allow-unsafe --extra=test --extra=dev --generate-hashes --strip-extras \
 	  --no-emit-index-url --no-emit-find-links --output-file=requirements.lock pyproject.toml
 
 clean:

@@ -24,8 +24,6 @@ import threadpoolctl
 
 
 def _render_piano(seconds: float) -> np.ndarray:
-  import io
-
   import pretty_midi
 
   from pipelines import render
@@ -39,9 +37,8 @@ def _render_piano(seconds: float) -> np.ndarray:
       piano.notes.append(pretty_midi.Note(int(rng.integers(40, 110)), int(pitch), t, t + 0.6))
     t += 0.25
   pm.instruments.append(piano)
-  buf = io.BytesIO()
-  pm.write(buf)
-  return render.render_midi(buf.getvalue(), trim=render.TrimConfig(enabled=False)).samples
+  return render.render_midi(render.midi_to_bytes(pm),
+                            trim=render.TrimConfig(enabled=False)).samples
 
 
 def _front_ends():

@@ -26,7 +26,8 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
 
-  performances = percepiano.read_release(args.percepiano_dir).performances
+  performances = [p for p in percepiano.read_release(args.percepiano_dir).performances
+                  if p.midi_path is not None]
   rng = np.random.default_rng(args.seed)
   chosen = [performances[i] for i in rng.choice(len(performances), args.count, replace=False)]
   midis = [p.midi_path.read_bytes() for p in chosen]

@@ -35,6 +35,10 @@ class MissingAudioError(AudioError, FileNotFoundError):
   """The file does not exist."""
 
 
+class UnreadableAudioError(AudioError):
+  """The file exists but the operating system cannot read it (permissions, I/O)."""
+
+
 class UnsupportedFormatError(AudioError):
   """The extension or container is not one this loader decodes."""
 
@@ -69,8 +73,8 @@ def load_audio(
   """Reads `path` and returns mono float32 samples at `target_sample_rate`.
 
   Raises:
-    MissingAudioError, UnsupportedFormatError, CorruptAudioError,
-    EmptyAudioError, NonFiniteAudioError, SampleRateError.
+    MissingAudioError, UnreadableAudioError, UnsupportedFormatError,
+    CorruptAudioError, EmptyAudioError, NonFiniteAudioError, SampleRateError.
   """
   path = pathlib.Path(path)
   _check_extension(path)
@@ -80,6 +84,8 @@ def load_audio(
     raise MissingAudioError(path, "file not found") from None
   except IsADirectoryError:
     raise MissingAudioError(path, "is a directory, not an audio file") from None
+  except OSError as e:
+    raise UnreadableAudioError(path, f"cannot read: {e.strerror or e}") from None
   return decode_audio(
       data,
       name=str(path),

@@ -30,10 +30,16 @@ WINDOW_FRAMES = 1024  # 10.24 s at a 10 ms hop, AST's input length
 def prepare_corpus(corpus_dir: str, soundfont: str | None) -> dict:
   """Generates the demo corpus unless `corpus_dir` already holds it; describes it."""
   root = pathlib.Path(corpus_dir)
-  if not root.exists():
+  expected = make_corpus.corpus_manifest("demo", 0, soundfont)
+  if not root.exists() or (root.is_dir() and not any(root.iterdir())):
     t0 = time.perf_counter()
     make_corpus.make_corpus(root, "demo", seed=0, soundfont=soundfont, workers=2)
     print(f"Generated the demo corpus in {root} in {time.perf_counter() - t0:.0f} s")
+  manifest = root / make_corpus.MANIFEST
+  if not manifest.is_file() or json.loads(manifest.read_text()) != expected:
+    raise FileExistsError(
+        f"{root} holds something other than the demo corpus (size demo, seed 0, this "
+        f"SoundFont); delete it or pass another --corpus_dir")
   index = maestro.read_maestro(root / "maestro-v3.0.0")
   if index.missing_files:
     raise FileNotFoundError(f"{root}: {len(index.missing_files)} listed files are missing")

@@ -88,9 +88,12 @@ def _validate_row(row: dict, where: str) -> MaestroPerformance:
   if split not in SPLITS:
     raise MetadataError(f"{where}: split {split!r} is not one of {SPLITS}")
   try:
-    year = int(str(row["year"]).strip())
+    year_value = float(str(row["year"]).strip())
     duration = float(str(row["duration"]).strip())
-  except ValueError:
+    if not year_value.is_integer():
+      raise ValueError(year_value)
+    year = int(year_value)
+  except (ValueError, OverflowError):
     raise MetadataError(
         f"{where}: year {row['year']!r} / duration {row['duration']!r} not numeric") from None
   if not math.isfinite(duration) or duration < 0:
@@ -109,12 +112,16 @@ def _validate_row(row: dict, where: str) -> MaestroPerformance:
 
 def read_maestro_csv(path: str | os.PathLike) -> tuple[MaestroPerformance, ...]:
   path = pathlib.Path(path)
-  with path.open(newline="", encoding="utf-8") as f:
-    reader = csv.DictReader(f)
-    absent = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
-    if absent:
-      raise MetadataError(f"{path}: missing required columns {absent}")
-    return tuple(_validate_row(row, f"{path} row {i}") for i, row in enumerate(reader, start=2))
+  try:
+    with path.open(newline="", encoding="utf-8") as f:
+      reader = csv.DictReader(f)
+      absent = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+      if absent:
+        raise MetadataError(f"{path}: missing required columns {absent}")
+      return tuple(_validate_row(row, f"{path} row {i}")
+                   for i, row in enumerate(reader, start=2))
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise MetadataError(f"{path}: not a readable UTF-8 CSV ({e})") from None
 
 
 def read_maestro_json(path: str | os.PathLike) -> tuple[MaestroPerformance, ...]:
@@ -122,14 +129,18 @@ def read_maestro_json(path: str | os.PathLike) -> tuple[MaestroPerformance, ...]
   path = pathlib.Path(path)
   try:
     data = json.loads(path.read_text(encoding="utf-8"))
-  except json.JSONDecodeError as e:
-    raise MetadataError(f"{path}: not valid JSON ({e})") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise MetadataError(f"{path}: not valid UTF-8 JSON ({e})") from None
   if isinstance(data, list):  # also accept a list of row objects
     rows = data
+    if not all(isinstance(r, dict) for r in rows):
+      raise MetadataError(f"{path}: a list of rows must hold JSON objects")
   elif isinstance(data, dict):
     absent = [c for c in COLUMNS if c not in data]
     if absent:
       raise MetadataError(f"{path}: missing required columns {absent}")
+    if not all(isinstance(data[c], dict) for c in COLUMNS):
+      raise MetadataError(f"{path}: each column must be an object {{row id: value}}")
     ids = list(data[COLUMNS[0]])
     rows = [{c: data[c].get(i) for c in COLUMNS} for i in ids]
   else:
@@ -199,6 +210,15 @@ def read_asap(root: str | os.PathLike) -> AsapIndex:
   path = root / ASAP_METADATA
   if not path.is_file():
     raise FileNotFoundError(f"ASAP metadata not found: {path}")
+  try:
+    performances = _read_asap_rows(path)
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise MetadataError(f"{path}: not a readable UTF-8 CSV ({e})") from None
+  missing = tuple(p.midi_filename for p in performances if not (root / p.midi_filename).is_file())
+  return AsapIndex(root=root, performances=tuple(performances), missing_files=missing)
+
+
+def _read_asap_rows(path: pathlib.Path) -> list[AsapPerformance]:
   performances = []
   with path.open(newline="", encoding="utf-8") as f:
     reader = csv.DictReader(f)
@@ -220,5 +240,10 @@ def read_asap(root: str | os.PathLike) -> AsapIndex:
                                                f"{where} maestro_audio_performance"),
           year=int(year_match[1]) if year_match else None,
       ))
-  missing = tuple(p.midi_filename for p in performances if not (root / p.midi_filename).is_file())
-  return AsapIndex(root=root, performances=tuple(performances), missing_files=missing)
+  return performances
+
+
+if __name__ == "__main__":
+  # `python -m pipelines.maestro` runs the Beam preprocessing job (pipelines/jobs.py).
+  from pipelines import jobs
+  jobs.run_main(jobs.define_maestro_flags, jobs.main_maestro)

@@ -75,8 +75,8 @@ _NOTE_NAMES = ("C", "C-sharp", "D", "E-flat", "E", "F", "F-sharp", "G", "A-flat"
 _MOVEMENT, _PERFORMERS, _RENDITION, _PASSAGE, _PANEL, _CEILING = range(1, 7)
 _MAESTRO_PIECE, _MAESTRO_RENDITION, _MAESTRO_META = range(7, 10)
 
-RAW_HEADER = ("user", "dataID", "filename") + percepiano.RAW_QUESTION_COLUMNS + ("message",)
 CEILING_FILE = "ceiling.json"
+MANIFEST = "corpus.json"  # beside the two release folders: how this corpus was made
 FACTORS_FILE = "factors.json"
 
 
@@ -84,15 +84,9 @@ def _rng(seed: int, stream: int, index: int = 0) -> np.random.Generator:
   return np.random.default_rng([seed, stream, index])
 
 
-def _midi_bytes(midi) -> bytes:
-  buf = io.BytesIO()
-  midi.write(buf)
-  return buf.getvalue()
-
-
 def _dump_json(path: pathlib.Path, obj) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(obj, sort_keys=True) + "\n", encoding="utf-8")
+  path.write_text(json.dumps(obj, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +123,7 @@ def _percepiano_clips(size: CorpusSize, seed: int) -> list[_Clip]:
                                      tempo_bpm=movement.tempo_bpm, factors=factors, rng=rng)
           clips.append(_Clip(key=f"{composer}_{work}_{bars}bars_{token}_{segment:02d}",
                              passage=passage, performer_id=performer_id[token],
-                             minor=movement.minor, factors=factors, midi=_midi_bytes(midi)))
+                             minor=movement.minor, factors=factors, midi=render.midi_to_bytes(midi)))
   return clips
 
 
@@ -160,11 +154,12 @@ def _write_percepiano(root: pathlib.Path, size: CorpusSize, seed: int) -> int:
   raw.parent.mkdir(parents=True)
   with raw.open("w", newline="", encoding="utf-8") as f:
     writer = csv.writer(f, lineterminator="\n")
-    writer.writerow(RAW_HEADER)
+    writer.writerow(percepiano.RAW_HEADER)
     for row, (r, c, answers) in enumerate(zip(panel.rater, panel.clip, panel.answers)):
       # Missing answers appear both ways the release writes them: empty and 0.
       cells = ["" if a == 0 and row % 2 else f"{a:.1f}" for a in answers]
-      writer.writerow([100 + int(r), row + 1, f"{clips[c].key}.wav", *cells, ""])
+      # Question_9_2_1 is not a label dimension: left unanswered.
+      writer.writerow([100 + int(r), row + 1, f"{clips[c].key}.wav", *cells, "", ""])
   _dump_json(root / CEILING_FILE, {
       "method": "Pearson(labels, E[label | clip]) from re-running the simulated panel",
       "overall": dict(zip(taxonomy.DIMENSION_NAMES, map(float, ceiling["overall"]))),
@@ -202,7 +197,7 @@ def _write_maestro(root: pathlib.Path, size: CorpusSize, seed: int, soundfont: s
       rows.append(dict(canonical_composer=composer, canonical_title=title,
                        split=split_of[c], year=year, midi_filename=f"{name}.midi",
                        audio_filename=f"{name}.wav"))
-      midis.append(_midi_bytes(midi))
+      midis.append(render.midi_to_bytes(midi))
 
   names = [row["midi_filename"] for row in rows]
   fonts = itertools.repeat(soundfont)
@@ -233,6 +228,13 @@ def _synthesize(midi: bytes, name: str, soundfont: str | None) -> bytes:
 PARTS = ("percepiano", "maestro")
 
 
+def corpus_manifest(size: str, seed: int, soundfont: str | None,
+                    parts: tuple[str, ...] = PARTS) -> dict:
+  """What `corpus.json` records; a corpus is reusable only for an equal manifest."""
+  return {"generator": "pipelines.make_corpus", "size": size, "seed": seed,
+          "parts": sorted(parts), "soundfont_sha256": render.soundfont_sha256(soundfont)}
+
+
 def make_corpus(output_dir: str | os.PathLike, size: str, seed: int,
                 soundfont: str | None = None, workers: int = 1,
                 parts: tuple[str, ...] = PARTS) -> dict:
@@ -258,6 +260,7 @@ def make_corpus(output_dir: str | os.PathLike, size: str, seed: int,
     if "maestro" in parts:
       hours = _write_maestro(partial / "maestro-v3.0.0", SIZES[size], seed, soundfont,
                              workers) / 3600
+    _dump_json(partial / MANIFEST, corpus_manifest(size, seed, soundfont, parts))
     if out.exists():
       out.rmdir()
     partial.rename(out)

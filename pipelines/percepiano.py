@@ -14,6 +14,7 @@ underscores, e.g. `D960_mv2`), passage length in bars, performer token (`3`,
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -30,13 +31,16 @@ STD_FILE = "label_2round_std_reg_19_with0_rm_highstd0.json"
 RAW_RATINGS_FILE = "labels/total_2rounds.csv"
 MIDI_DIR = "virtuoso/data/all_2rounds"
 MIDI_SUFFIXES = (".mid", ".midi")
-# Columns of the 19 answers in the raw CSV, in label order (the release's names).
+# The raw CSV's columns: user, answer id, clip file name, the 19 answers in label
+# order, one more question that is not a label dimension, and a free-text message.
 RAW_QUESTION_COLUMNS = (
     "Question_1_1_1", "Question_2_1_1", "Question_2_2_1", "Question_3_1_1", "Question_3_2_1",
     "Question_4_1_1", "Question_4_2_1", "Question_4_3_1", "Question_4_4_1_5_2_1",
     "Question_5_3_1", "Question_5_5_1", "Question_6_1_1", "Question_6_4_1",
     "Question_6_5_1_5_4_1", "Question_6_6_1_5_1_1", "Question_7_1_1", "Question_7_2_1",
     "Question_8_1_1", "Question_9_1_1")
+RAW_HEADER = ("user", "dataID", "filename") + RAW_QUESTION_COLUMNS + ("Question_9_2_1",
+                                                                     "message")
 
 _KEY = re.compile(
     r"^(?P<composer>[A-Za-z]+)_(?P<work>[^\s/\\]+?)_(?P<bars>\d+)bars_"
@@ -113,11 +117,19 @@ def _raise_collected(what: str, errors: list[str]) -> None:
     raise PercePianoError(f"{what}: {len(errors)} invalid entries\n  {listed}{more}")
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+  keys = [k for k, _ in pairs]
+  repeated = sorted({k for k in keys if keys.count(k) > 1})
+  if repeated:
+    raise json.JSONDecodeError(f"key(s) listed twice: {repeated[:_MAX_LISTED]}", "", 0)
+  return dict(pairs)
+
+
 def _load_json_object(path: pathlib.Path) -> dict:
   if not path.is_file():
     raise FileNotFoundError(f"PercePiano file not found: {path}")
   try:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise PercePianoError(f"{path}: not valid JSON ({e})") from None
   if not isinstance(data, dict) or not data:
@@ -172,6 +184,11 @@ def read_label_std(path: str | os.PathLike) -> dict[str, np.ndarray]:
   n = taxonomy.NUM_DIMENSIONS
   out, errors = {}, []
   for key, value in data.items():
+    try:
+      parse_key(key)
+    except PercePianoError as e:
+      errors.append(str(e))
+      continue
     if not isinstance(value, list) or len(value) not in (n, n + 1):
       errors.append(f"key {key!r}: expected {n} standard deviations, got {value!r:.80}")
       continue
@@ -262,3 +279,72 @@ def read_release(
       keys_without_midi=tuple(sorted(labels.keys() - midi.keys())),
       midi_without_keys=tuple(midi[k] for k in sorted(midi.keys() - labels.keys())),
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class RawRatings:
+  """Per-rater answers: one row per (user, clip) answer of `labels/total_2rounds.csv`."""
+
+  users: np.ndarray  # [rows] int
+  keys: tuple[str, ...]  # [rows] clip key (file name without .wav)
+  answers: np.ndarray  # [rows, 19] float; 0 = missing answer
+
+  def labels(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The release's rule: key -> (mean / 7, population std / 7), each float64 [19].
+
+    Rows with any answer above 7 are invalid and dropped; an empty or 0 answer is
+    missing for its dimension; exact duplicate rows count twice, as they do in
+    the released labels (this reproduces the real label file exactly).
+    """
+    valid = ~np.any(self.answers > 7, axis=1)
+    by_key: dict[str, list[np.ndarray]] = {}
+    for key, row in zip(np.asarray(self.keys)[valid], self.answers[valid]):
+      by_key.setdefault(str(key), []).append(row)
+    out = {}
+    for key, rows in by_key.items():
+      a = np.stack(rows)
+      present = a > 0
+      count = present.sum(axis=0)
+      if np.any(count == 0):
+        raise PercePianoError(f"key {key!r}: a dimension has no valid answer")
+      mean = np.where(present, a, 0.0).sum(axis=0) / count
+      var = np.where(present, (a - mean) ** 2, 0.0).sum(axis=0) / count
+      out[key] = (mean / 7.0, np.sqrt(var) / 7.0)
+    return out
+
+
+def read_raw_ratings(path: str | os.PathLike) -> RawRatings:
+  """Reads the raw per-rater CSV; malformed rows raise errors naming the line."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"raw ratings not found: {path}")
+  users, keys, answers = [], [], []
+  with path.open(newline="", encoding="utf-8") as f:
+    reader = csv.reader(f)
+    header = tuple(next(reader, ()))
+    if header[3:3 + len(RAW_QUESTION_COLUMNS)] != RAW_QUESTION_COLUMNS or header[:3] != (
+        "user", "dataID", "filename"):
+      raise PercePianoError(f"{path}: header {header[:4]}... is not the release's")
+    for line, row in enumerate(reader, start=2):
+      try:
+        values = [float(v) if v.strip() else 0.0 for v in row[3:3 + len(RAW_QUESTION_COLUMNS)]]
+        if len(values) != len(RAW_QUESTION_COLUMNS) or not all(map(math.isfinite, values)):
+          raise ValueError("expected 19 finite answers")
+        user = int(row[0])
+      except (ValueError, IndexError) as e:
+        raise PercePianoError(f"{path} line {line}: {e}") from None
+      filename = row[2]
+      if not filename.endswith(".wav"):
+        raise PercePianoError(f"{path} line {line}: file name {filename!r} is not <key>.wav")
+      users.append(user)
+      keys.append(filename[:-len(".wav")])
+      answers.append(values)
+  return RawRatings(users=np.asarray(users), keys=tuple(keys),
+                    answers=np.asarray(answers, dtype=np.float64).reshape(-1, len(
+                        RAW_QUESTION_COLUMNS)))
+
+
+if __name__ == "__main__":
+  # `python -m pipelines.percepiano` runs the Beam preprocessing job (pipelines/jobs.py).
+  from pipelines import jobs
+  jobs.run_main(jobs.define_percepiano_flags, jobs.main_percepiano)

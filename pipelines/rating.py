@@ -47,7 +47,7 @@ import dataclasses
 
 import numpy as np
 
-from pipelines import performance, taxonomy
+from pipelines import percepiano, performance, taxonomy
 
 # dim name -> ({regressor: weight}, strength)
 MAPPING: dict[str, tuple[dict[str, float], float]] = {
@@ -82,7 +82,7 @@ PASSAGE_SD = 0.35
 RATER_BIAS_SD = 0.5
 RATER_NOISE_SD = 0.9
 MISSING_RATE = 0.02
-INVALID_ROW_RATE = 0.01
+INVALID_ROW_RATE = 0.02  # of rows after the first 3 per clip; the release: 1.4 % of all rows
 DUPLICATE_ROW_RATE = 0.01
 MIN_VALID_RATERS = 3  # the first raters of a clip never skip an answer
 
@@ -145,24 +145,18 @@ def simulate_panel(means: np.ndarray, rater_bias: np.ndarray, rng: np.random.Gen
 
 
 def labels_from_panel(panel: Panel, num_clips: int) -> tuple[np.ndarray, np.ndarray]:
-  """The release's rule: drop rows with an answer > 7, ignore 0 answers, mean / 7.
+  """The release's label rule (`percepiano.RawRatings.labels`) applied to the panel.
 
   Returns (mean / 7, population std / 7), each `[num_clips, 19]`.
   """
-  valid = ~np.any(panel.answers > 7, axis=1)
-  answers, clips = panel.answers[valid], panel.clip[valid]
-  present = answers > 0
-  count = np.zeros((num_clips, answers.shape[1]))
-  total = np.zeros_like(count)
-  squares = np.zeros_like(count)
-  np.add.at(count, clips, present)
-  np.add.at(total, clips, np.where(present, answers, 0.0))
-  np.add.at(squares, clips, np.where(present, answers**2, 0.0))
-  if np.any(count == 0):
-    raise ValueError("a clip/dimension has no valid answer")
-  mean = total / count
-  std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-  return mean / 7.0, std / 7.0
+  raw = percepiano.RawRatings(users=panel.rater, keys=tuple(str(c) for c in panel.clip),
+                              answers=panel.answers)
+  labels = raw.labels()
+  missing = set(map(str, range(num_clips))) - labels.keys()
+  if missing:
+    raise ValueError(f"clips {sorted(missing, key=int)[:10]} have no valid answer")
+  return (np.stack([labels[str(c)][0] for c in range(num_clips)]),
+          np.stack([labels[str(c)][1] for c in range(num_clips)]))
 
 
 def ceiling(means: np.ndarray, labels: np.ndarray, passages: list[str],

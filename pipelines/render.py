@@ -21,11 +21,13 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
+import io
 import os
 import pathlib
 
 import midirenderer
 import numpy as np
+import pretty_midi
 
 from pipelines import audio
 
@@ -123,6 +125,13 @@ def trim_bounds(samples: np.ndarray, sample_rate: int, config: TrimConfig = Trim
   return start, end
 
 
+def midi_to_bytes(midi: pretty_midi.PrettyMIDI) -> bytes:
+  """Standard MIDI file bytes of an in-memory performance."""
+  buf = io.BytesIO()
+  midi.write(buf)
+  return buf.getvalue()
+
+
 def synthesize(midi: bytes, font: SoundFont, *, name: str) -> bytes:
   """The synthesiser's own output for MIDI bytes: 48 kHz stereo 16-bit WAV bytes."""
   if not midi.startswith(b"MThd"):
@@ -162,6 +171,8 @@ def render_midi(
       data = pathlib.Path(midi).read_bytes()
     except FileNotFoundError:
       raise RenderError(name, "MIDI file not found") from None
+    except OSError as e:
+      raise RenderError(name, f"cannot read the MIDI file: {e.strerror or e}") from None
   font = load_soundfont(soundfont)
   wav = synthesize(data, font, name=name)
   try:
@@ -170,6 +181,8 @@ def render_midi(
         min_sample_rate=sample_rate)
   except audio.EmptyAudioError:
     raise RenderError(name, "render is empty (MIDI has no events)") from None
+  except audio.AudioError as e:
+    raise RenderError(name, f"synthesiser output unusable: {e.reason}") from None
   untrimmed = samples.shape[0] / sample_rate
   start, end = 0, samples.shape[0]
   if trim.enabled:

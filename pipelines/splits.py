@@ -104,11 +104,15 @@ def grouped_split(
   """
   if num_folds < 1:
     raise ValueError(f"num_folds must be >= 1, got {num_folds}")
+  if not 0.0 <= test_fraction < 1.0:
+    raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+  test_groups = set(test_groups)
+  if test_groups and test_fraction:
+    raise ValueError("give test_groups or test_fraction, not both")
   groups: dict[str, list[str]] = {}
   for item in sorted(set(items)):
     groups.setdefault(group_of(item), []).append(item)
   rng = np.random.default_rng(seed)
-  test_groups = set(test_groups)
   unknown = test_groups - groups.keys()
   if unknown:
     raise ValueError(f"{name}: test groups {sorted(unknown)} have no items")

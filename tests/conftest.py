@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pathlib
 
 import pretty_midi
 import pytest
+
+from pipelines import render
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -49,9 +50,7 @@ def midi_bytes(notes, *, end_of_track_s: float | None = None) -> bytes:
     # end-of-track marker there, with no audible note.
     piano.control_changes.append(pretty_midi.ControlChange(number=7, value=100,
                                                            time=end_of_track_s))
-  buf = io.BytesIO()
-  pm.write(buf)
-  return buf.getvalue()
+  return render.midi_to_bytes(pm)
 
 
 def chord_passage(velocity: int = 80, seconds: float = 4.0):

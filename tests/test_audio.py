@@ -146,3 +146,9 @@ def test_from_array_validates_like_files():
     audio.from_array(np.zeros((2, 2, 2)), 16_000, name="mem")
   stereo = np.stack([np.ones(48_000), -np.ones(48_000)], axis=1)
   np.testing.assert_allclose(audio.from_array(stereo, 48_000, name="mem"), 0.0, atol=1e-6)
+
+
+def test_os_level_read_failure_is_typed(tmp_path):
+  (tmp_path / "plain.txt").write_text("x")
+  with pytest.raises(audio.UnreadableAudioError, match="plain.txt"):
+    audio.load_audio(tmp_path / "plain.txt" / "clip.wav")  # a file used as a folder

@@ -31,6 +31,7 @@ def test_demo_renders_a_real_performance(percepiano_dir, tmp_path):
   assert summary["labels"]["timing_stability"] == pytest.approx(0.4857, abs=1e-4)
 
 
+@pytest.mark.real_data
 def test_demo_unknown_key_fails_clearly(percepiano_dir):
   proc = subprocess.run(
       [sys.executable, "-m", "pipelines.demo", f"--percepiano_dir={percepiano_dir}",

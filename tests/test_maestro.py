@@ -181,3 +181,35 @@ def test_real_asap(asap_dir):
   assert len(linked) == 519
   assert all(2004 <= p.year <= 2018 for p in linked)
   assert all(p.maestro_midi_filename.startswith(f"{p.year}/") for p in linked)
+
+
+@pytest.mark.parametrize("content,message", [
+    ({c: [1, 2] for c in maestro.COLUMNS}, "each column must be an object"),
+    ([1, 2, 3], "must hold JSON objects"),
+    ("\udcff", "UTF-8"),
+])
+def test_malformed_json_metadata(tmp_path, content, message):
+  path = tmp_path / maestro.JSON_FILE
+  if isinstance(content, str):
+    path.write_bytes(b'{"canonical_composer": "\xff"}')
+  else:
+    path.write_text(json.dumps(content))
+  with pytest.raises(maestro.MetadataError, match=message):
+    maestro.read_maestro_json(path)
+
+
+def test_non_utf8_csv(tmp_path):
+  (tmp_path / maestro.CSV_FILE).write_bytes(",".join(maestro.COLUMNS).encode() + b"\n\xff\xfe,x\n")
+  with pytest.raises(maestro.MetadataError, match="UTF-8"):
+    maestro.read_maestro(tmp_path)
+
+
+def test_integral_float_year_in_json(tmp_path):
+  rows = [dict(r, year=float(r["year"])) for r in ROWS]
+  path = tmp_path / "m.json"
+  path.write_text(json.dumps(rows))
+  assert [p.year for p in maestro.read_maestro_json(path)] == [2004, 2006, 2018]
+  rows[0]["year"] = 2004.5
+  path.write_text(json.dumps(rows))
+  with pytest.raises(maestro.MetadataError, match="not numeric"):
+    maestro.read_maestro_json(path)

@@ -43,9 +43,11 @@ def test_same_seed_gives_byte_identical_files_whatever_the_workers(tiny, tmp_pat
 def test_parts_are_independent(tiny, tmp_path):
   only = tmp_path / "only"
   make_corpus.make_corpus(only, "tiny", seed=7, parts=("percepiano",))
-  assert sorted(p.name for p in only.iterdir()) == ["percepiano"]
-  full = {k: v for k, v in _checksums(tiny).items() if k.startswith("percepiano/")}
-  assert _checksums(only) == full
+  assert sorted(p.name for p in only.iterdir()) == [make_corpus.MANIFEST, "percepiano"]
+  part = lambda sums: {k: v for k, v in sums.items() if k.startswith("percepiano/")}
+  assert part(_checksums(only)) == part(_checksums(tiny))
+  manifest = json.loads((only / make_corpus.MANIFEST).read_text())
+  assert manifest["parts"] == ["percepiano"] and manifest["seed"] == 7
 
 
 def test_percepiano_layout_passes_the_real_reader(tiny):
@@ -66,45 +68,19 @@ def test_percepiano_layout_passes_the_real_reader(tiny):
   assert piece.test and all(piece.folds)
 
 
-def _labels_from_raw_csv(path: pathlib.Path) -> tuple[dict, dict]:
-  """The release's rule, reimplemented from its description (REFERENCE.md)."""
-  answers = collections.defaultdict(list)
-  with path.open(newline="") as f:
-    reader = csv.reader(f)
-    header = next(reader)
-    assert tuple(header[3:22]) == percepiano.RAW_QUESTION_COLUMNS
-    for row in reader:
-      values = [float(v) if v else 0.0 for v in row[3:22]]
-      if any(v > 7 for v in values):
-        continue
-      answers[row[2].removesuffix(".wav")].append(values)
-  means, stds = {}, {}
-  for key, rows in answers.items():
-    a = np.array(rows)
-    cols = [a[:, d][a[:, d] > 0] for d in range(19)]
-    means[key] = np.array([c.mean() / 7 for c in cols])
-    stds[key] = np.array([c.std() / 7 for c in cols])
-  return means, stds
-
-
 def test_raw_ratings_reproduce_the_labels_exactly(tiny):
   root = tiny / "percepiano"
-  means, stds = _labels_from_raw_csv(root / percepiano.RAW_RATINGS_FILE)
+  labels = percepiano.read_raw_ratings(root / percepiano.RAW_RATINGS_FILE).labels()
   release = percepiano.read_release(root)
-  assert set(means) == {p.key.text for p in release.performances}
+  assert set(labels) == {p.key.text for p in release.performances}
   for p in release.performances:
-    np.testing.assert_allclose(p.labels, means[p.key.text], atol=1e-6)
-    np.testing.assert_allclose(p.label_std, stds[p.key.text], atol=1e-6)
-  raw = (root / percepiano.RAW_RATINGS_FILE).read_text()
-  assert ",," in raw  # missing answers written empty, as the release does
-
-
-@pytest.mark.real_data
-def test_the_same_rule_reproduces_the_real_release(percepiano_dir):
-  means, _ = _labels_from_raw_csv(percepiano_dir / percepiano.RAW_RATINGS_FILE)
-  release = percepiano.read_release(percepiano_dir)
-  for p in release.performances:
-    np.testing.assert_allclose(p.labels, means[p.key.text], atol=1e-6)
+    np.testing.assert_allclose(p.labels, labels[p.key.text][0], atol=1e-6)
+    np.testing.assert_allclose(p.label_std, labels[p.key.text][1], atol=1e-6)
+  with (root / percepiano.RAW_RATINGS_FILE).open() as f:
+    rows = list(csv.reader(f))
+  assert tuple(rows[0]) == percepiano.RAW_HEADER  # the release's header, column for column
+  assert any(r[3:22].count("") for r in rows[1:])  # missing answers written empty ...
+  assert any("0.0" in r[3:22] for r in rows[1:])  # ... and as 0, as in the release
 
 
 def test_ceiling_and_factors_are_recorded(tiny):

@@ -184,7 +184,73 @@ def test_real_release(percepiano_dir):
   assert p.midi_path.name == " Schubert_D935_no.3_4bars_2_1.mid"
   labels = np.stack([p.labels for p in release.performances])
   assert labels.min() >= 1 / 7 - 1e-6 and labels.max() <= 1.0
-  # Means are k/7 averages: every label times 7 times the rater count is near an integer
-  # for some count <= 20; spot-check the first example from the release.
   first = release.by_key()["Schubert_D935_no.3_4bars_1_25"]
   assert first.labels[0] == pytest.approx(4 / 7) and first.performer_id == 0
+
+
+@pytest.mark.real_data
+def test_raw_ratings_reproduce_the_real_labels(percepiano_dir):
+  raw = percepiano.read_raw_ratings(percepiano_dir / percepiano.RAW_RATINGS_FILE)
+  assert raw.answers.shape == (14934, 19) and len(set(raw.users)) == 65
+  labels = raw.labels()
+  release = percepiano.read_release(percepiano_dir)
+  assert set(labels) == {p.key.text for p in release.performances}
+  for p in release.performances:
+    np.testing.assert_allclose(p.labels, labels[p.key.text][0], atol=1e-6)
+  # The std file is the population std / 7 for almost every clip (a few differ).
+  std_error = [np.abs(p.label_std - labels[p.key.text][1]).max() for p in release.performances]
+  assert np.median(std_error) < 1e-6
+
+
+def _write_raw(tmp_path, rows, header=percepiano.RAW_HEADER):
+  path = tmp_path / "total_2rounds.csv"
+  lines = [",".join(header)] + [",".join(map(str, r)) for r in rows]
+  path.write_text("\n".join(lines) + "\n")
+  return path
+
+
+def test_raw_ratings_rule_on_a_small_file(tmp_path):
+  key = "Schubert_D960_mv2_8bars_3_07"
+  rows = [[1, 1, f"{key}.wav"] + [7.0] * 19 + ["", ""],
+          [2, 2, f"{key}.wav"] + [5.0] * 19 + ["", ""],
+          [3, 3, f"{key}.wav"] + [9.0] + [1.0] * 18 + ["", ""],  # invalid row: dropped
+          [4, 4, f"{key}.wav"] + [""] + [3.0] * 18 + ["", "hi"],  # dimension 0 missing
+          [4, 4, f"{key}.wav"] + [0] + [3.0] * 18 + ["", "hi"]]  # duplicate, 0 = missing
+  mean, std = percepiano.read_raw_ratings(_write_raw(tmp_path, rows)).labels()[key]
+  assert mean[0] == pytest.approx(6 / 7) and std[0] == pytest.approx(1 / 7)
+  assert mean[1] == pytest.approx((7 + 5 + 3 + 3) / 4 / 7)
+
+
+@pytest.mark.parametrize("row,message", [
+    ([1, 1, "a.wav"] + ["x"] * 19 + ["", ""], "line 2"),
+    ([1, 1, "a.wav"] + [3.0] * 5, "line 2"),
+    (["me", 1, "a.wav"] + [3.0] * 19 + ["", ""], "line 2"),
+    ([1, 1, "a.mp3"] + [3.0] * 19 + ["", ""], "not <key>.wav"),
+    ([1, 1, "a.wav"] + ["nan"] + [3.0] * 18 + ["", ""], "finite"),
+])
+def test_malformed_raw_ratings(tmp_path, row, message):
+  with pytest.raises(percepiano.PercePianoError, match=message):
+    percepiano.read_raw_ratings(_write_raw(tmp_path, [row]))
+
+
+def test_raw_ratings_header_and_missing_file(tmp_path):
+  with pytest.raises(percepiano.PercePianoError, match="header"):
+    percepiano.read_raw_ratings(_write_raw(tmp_path, [], header=("User", "id", "file")))
+  with pytest.raises(FileNotFoundError):
+    percepiano.read_raw_ratings(tmp_path / "none.csv")
+
+
+def test_duplicate_key_in_label_json(tmp_path):
+  root = _write_release(tmp_path, GOOD)
+  text = (root / percepiano.LABELS_FILE).read_text()
+  key = sorted(GOOD)[0]
+  (root / percepiano.LABELS_FILE).write_text(
+      text[:-1] + f', "{key}": {json.dumps(_labels(7))}}}')
+  with pytest.raises(percepiano.PercePianoError, match="listed twice"):
+    percepiano.read_release(root)
+
+
+def test_std_file_keys_are_validated(tmp_path):
+  std = dict({k: [0.1] * N for k in GOOD}, **{"bad key": [0.1] * N})
+  with pytest.raises(percepiano.PercePianoError, match="'bad key'"):
+    percepiano.read_release(_write_release(tmp_path, GOOD, std=std))

@@ -46,8 +46,13 @@ def test_panel_answers_are_integers_1_to_7_or_quirks():
   means = rng.uniform(1, 7, (200, 19))
   bias = rng.normal(0, rating.RATER_BIAS_SD, (30, 19))
   panel = rating.simulate_panel(means, bias, rng, (5, 10))
-  valid = panel.answers[~np.any(panel.answers > 7, axis=1)]
+  invalid = np.any(panel.answers > 7, axis=1)
+  valid = panel.answers[~invalid]
   assert set(np.unique(valid)) <= set(range(8))
+  # The release's quirks appear: invalid rows, missing answers, exact duplicate rows.
+  assert 0 < invalid.mean() < 0.05 and np.any(valid == 0)
+  rows = {(r, c, a.tobytes()) for r, c, a in zip(panel.rater, panel.clip, panel.answers)}
+  assert len(rows) < len(panel.rater)
   assert np.all(panel.answers == np.round(panel.answers))
   # Every clip keeps at least MIN_VALID_RATERS complete answers.
   labels, _ = rating.labels_from_panel(panel, 200)

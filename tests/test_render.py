@@ -117,3 +117,9 @@ def test_real_d960_clip_loses_its_trailing_silence(percepiano_dir):
   out = render.render_midi(midi)
   assert out.untrimmed_seconds > 45 and out.trimmed_end_seconds > 20
   assert 24 < out.seconds < 26
+
+
+def test_unreadable_midi_path(tmp_path):
+  (tmp_path / "folder.mid").mkdir()
+  with pytest.raises(render.RenderError, match="folder.mid.*cannot read"):
+    render.render_midi(tmp_path / "folder.mid")
