@@ -1,0 +1,432 @@
+"""The Beam preprocessing job shared by MAESTRO and PercePiano: recordings -> shards.
+
+Graph (one `Source` per listed recording):
+
+  Create(sources) -> ProcessRecording -+-> window records -> WriteShards (ArrayRecord/TFRecord)
+                                       +-> audio records  -> WriteShards (for `pipelines.augment`)
+                                       +-> stats          -> CombineGlobally(MomentsFn) -> _stats.json
+                                       +-> outcomes       -> _outcomes.jsonl
+                                       +-> dead letters   -> _dead_letters.jsonl
+
+`ProcessRecording` loads or renders the audio, makes the clean and augmented
+variants, computes log-mel, cuts windows and encodes records. All of one
+recording's outputs are buffered and emitted together, so a failure at any
+stage sends the recording to the dead-letter output whole (key, stage, reason)
+and none of its windows reach a shard. After the pipeline, `finalize` checks
+`listed = written + filtered + dead-lettered`, writes `metadata.json` and
+renames the temporary directory into place; if the check fails, or too many
+recordings were dead-lettered, the job exits non-zero and the output stays
+under its `.partial` name.
+
+Determinism: a record's shard is a hash of its id, records inside a shard are
+sorted by id, normalisation statistics are summed exactly (`math.fsum`), and
+every augmentation draws from (seed, key, variant); so the same flags give
+byte-identical shards whatever the runner's parallelism.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import apache_beam as beam
+import ml_collections
+import numpy as np
+import pretty_midi
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
+                                                  StandardOptions, WorkerOptions)
+
+from pipelines import audio, augmentation, features, records, render, shards, windowing
+
+SCHEMA_VERSION = records.VERSION
+OUTCOMES = "_outcomes.jsonl"
+DEAD_LETTERS = "dead_letters.jsonl"
+STATS = "_stats.json"
+METADATA = "metadata.json"
+
+
+class AccountingError(RuntimeError):
+  """The job's counts do not add up, or too many recordings failed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One listed recording."""
+
+  key: str  # unique within the dataset; names the recording in every output
+  split: str  # "train", "validation", "test"
+  fold: int = -1  # cross-validation fold inside "train" (-1: none)
+  audio_path: str | None = None  # decode this file ...
+  midi_path: str | None = None  # ... or render this MIDI ...
+  audio_record: bytes | None = None  # ... or take the clean audio stored by an earlier run
+  labels: tuple[float, ...] | None = None
+  meta: tuple[tuple[str, Any], ...] = ()  # extra header fields (performer, passage, ...)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+  dataset: str  # shard name prefix: "percepiano", "maestro"
+  output_dir: str  # the temporary directory the pipeline writes into
+  augment: ml_collections.ConfigDict
+  window: windowing.WindowConfig = windowing.WindowConfig()
+  filter_silent: bool = False  # drop near-silent windows (MAESTRO)
+  soundfont: str | None = None
+  formats: tuple[str, ...] = ("array_record",)
+  target_shard_mb: float = 256.0
+  write_audio: bool = True
+  stats_split: str = "train"
+  first_variant: int = 0  # 1: augmented variants only (`pipelines.augment`)
+
+
+def _header(source: Source, variant: int, params: dict) -> dict:
+  return {"key": source.key, "split": source.split, "fold": source.fold, "variant": variant,
+          "augmentation": params, **dict(source.meta)}
+
+
+def record_id(key: str, variant: int, index: int) -> str:
+  return f"{key}#{variant:03d}#{index:06d}"
+
+
+class ProcessRecording(beam.DoFn):
+  """Source -> tagged outputs: "windows", "audio", "stats", "outcome", "dead"."""
+
+  def __init__(self, config: JobConfig):
+    self._config = config
+    self._counters: dict[str, beam.metrics.metric.Metrics.DelegatingCounter] = {}
+
+  def _count(self, name: str, n: int = 1) -> None:
+    if name not in self._counters:
+      self._counters[name] = beam.metrics.Metrics.counter("preprocess", name)
+    self._counters[name].inc(n)
+
+  def _load(self, source: Source) -> tuple[np.ndarray, str]:
+    """Returns (16 kHz mono samples, stage name) or raises a typed error."""
+    if source.audio_record is not None:
+      return records.decode(source.audio_record)[1]["samples"], "decode_record"
+    if source.audio_path:
+      with FileSystems.open(source.audio_path) as f:
+        data = f.read()
+      return audio.decode_audio(data, name=source.audio_path), "decode"
+    if source.midi_path:
+      return render.render_midi(source.midi_path, soundfont=self._config.soundfont).samples, \
+          "render"
+    raise FileNotFoundError(f"{source.key}: no audio or MIDI file listed")
+
+  def _variant_samples(self, source: Source, clean: np.ndarray, params: dict) -> np.ndarray:
+    if not params:
+      return clean
+    if self._config.augment.domain == "midi":
+      midi = augmentation.apply_midi(pretty_midi.PrettyMIDI(source.midi_path), params)
+      samples = render.render_midi(render.midi_to_bytes(midi), name=source.key,
+                                   soundfont=self._config.soundfont).samples
+      noise_only = {k: v for k, v in params.items() if k.startswith("noise")}
+      return augmentation.apply_audio(samples, audio.TARGET_SAMPLE_RATE, noise_only)
+    return augmentation.apply_audio(clean, audio.TARGET_SAMPLE_RATE, params)
+
+  def process(self, source: Source):
+    self._count("listed")
+    stage = "load"
+    try:
+      if source.audio_path is None and source.midi_path is None and source.audio_record is None:
+        raise FileNotFoundError("no audio or MIDI file for this recording")
+      clean, stage = self._load(source)
+      buffered: list[beam.pvalue.TaggedOutput] = []
+      written = filtered = 0
+      for variant in range(self._config.first_variant, self._config.augment.variants + 1):
+        stage = "augment"
+        params = augmentation.draw(self._config.augment, source.key, variant)
+        samples = self._variant_samples(source, clean, params)
+        stage = "features"
+        logmel = features.log_mel(samples)
+        windows = windowing.cut(logmel, self._config.window)
+        if not windows:
+          raise audio.EmptyAudioError(source.key, "shorter than one 25 ms frame")
+        mask = augmentation.label_mask(self._config.augment, params)
+        for w in windows:
+          if self._config.filter_silent and windowing.is_near_silent(w, self._config.window):
+            filtered += 1
+            continue
+          header = dict(_header(source, variant, params), window_index=w.index,
+                        window_count=len(windows), valid_frames=w.valid_frames,
+                        start_s=round(w.start_frame * features.AST.frame_shift_ms / 1000, 3))
+          data = records.encode_window(header, w.features.T, source.labels,
+                                       mask if source.labels is not None else None)
+          buffered.append(beam.pvalue.TaggedOutput(
+              "windows", (source.split, record_id(source.key, variant, w.index), data)))
+          written += 1
+          if variant == 0 and source.split == self._config.stats_split:
+            valid = w.features[:w.valid_frames].astype(np.float64)
+            buffered.append(beam.pvalue.TaggedOutput(
+                "stats", (float(valid.sum()), float(np.square(valid).sum()), valid.size)))
+      if self._config.write_audio:
+        buffered.append(beam.pvalue.TaggedOutput("audio", (
+            source.split, record_id(source.key, 0, 0),
+            records.encode_audio(dict(_header(source, 0, {}), labels=source.labels), clean,
+                                 audio.TARGET_SAMPLE_RATE))))
+    except (audio.AudioError, render.RenderError, records.RecordError, OSError, ValueError,
+            EOFError, KeyError, IndexError) as e:
+      # Expected kinds of bad input: recorded with the stage, never silent.
+      self._count(f"dead_lettered_{stage}")
+      yield beam.pvalue.TaggedOutput("dead", {"key": source.key, "stage": stage,
+                                              "reason": f"{type(e).__name__}: {e}"})
+      yield beam.pvalue.TaggedOutput("outcome", {"key": source.key, "outcome": "dead_lettered"})
+      return
+    yield from buffered
+    outcome = "written" if written else "filtered"
+    self._count(outcome)
+    self._count("windows_written", written)
+    self._count("windows_filtered", filtered)
+    yield beam.pvalue.TaggedOutput("outcome", {
+        "key": source.key, "outcome": outcome, "windows_written": written,
+        "windows_filtered": filtered, "split": source.split})
+
+
+class MomentsFn(beam.CombineFn):
+  """Exact (order-independent) mean and std of log-mel values over windows.
+
+  Accumulates the per-window partial sums and adds them with `math.fsum`,
+  which is correctly rounded, so the statistics are bit-identical however
+  the runner splits and merges the work.
+  """
+
+  def create_accumulator(self):
+    return ([], [], 0)
+
+  def add_input(self, acc, value):
+    acc[0].append(value[0])
+    acc[1].append(value[1])
+    return (acc[0], acc[1], acc[2] + value[2])
+
+  def merge_accumulators(self, accumulators):
+    sums, squares, count = [], [], 0
+    for s, q, n in accumulators:
+      sums.extend(s)
+      squares.extend(q)
+      count += n
+    return (sums, squares, count)
+
+  def extract_output(self, acc):
+    sums, squares, count = acc
+    if count == 0:
+      return {"count": 0, "mean": None, "std": None}
+    mean = math.fsum(sums) / count
+    variance = max(math.fsum(squares) / count - mean * mean, 0.0)
+    return {"count": count, "mean": mean, "std": math.sqrt(variance)}
+
+
+def _write_jsonl(path: str, rows: Iterable[dict]) -> None:
+  _write_text(path, "".join(line + "\n" for line in sorted(
+      json.dumps(r, sort_keys=True) for r in rows)))
+
+
+class _CollectJsonl(beam.PTransform):
+  """Writes a small PCollection of dicts to one sorted JSONL file."""
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._path = path
+
+  def expand(self, pcoll):
+    return (pcoll
+            | beam.combiners.ToList()
+            | beam.Map(lambda rows, path=self._path: _write_jsonl(path, rows)))
+
+
+def build(pipeline: beam.Pipeline, sources: Sequence[Source], config: JobConfig) -> None:
+  """Adds the preprocessing graph for `sources` to `pipeline`."""
+  out = config.output_dir
+  results = (
+      pipeline
+      | "ListSources" >> beam.Create(sorted(sources, key=lambda s: s.key), reshuffle=True)
+      | "ProcessRecording" >> beam.ParDo(ProcessRecording(config)).with_outputs(
+          "windows", "audio", "stats", "outcome", "dead"))
+  _ = results.windows | "WriteWindows" >> shards.WriteShards(
+      out, config.dataset, config.target_shard_mb, config.formats, "windows")
+  if config.write_audio:
+    _ = results.audio | "WriteAudio" >> shards.WriteShards(
+        out, f"{config.dataset}_audio", config.target_shard_mb, ("array_record",), "audio")
+  _ = (results.stats
+       | "Moments" >> beam.CombineGlobally(MomentsFn())
+       | "WriteStats" >> beam.Map(lambda s: _write_jsonl(f"{out}/{STATS}", [s])))
+  _ = results.outcome | "WriteOutcomes" >> _CollectJsonl(f"{out}/{OUTCOMES}")
+  _ = results.dead | "WriteDeadLetters" >> _CollectJsonl(f"{out}/{DEAD_LETTERS}")
+
+
+def default_pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
+  """Standard Beam options from the command line, with an offline-safe local default.
+
+  Without `--runner`, runs Beam's classic local runner (FnApiRunner) in
+  multi-processing mode with one worker per core: plain DirectRunner first
+  tries to download the Prism runner binary, which hangs without network.
+  """
+  options = PipelineOptions(list(beam_args))
+  standard = options.view_as(StandardOptions)
+  if standard.runner is None:
+    standard.runner = "FnApiRunner"
+    direct = options.view_as(DirectOptions)
+    if not any(a.startswith("--direct_num_workers") for a in beam_args):
+      direct.direct_num_workers = os.cpu_count() or 1
+    if not any(a.startswith("--direct_running_mode") for a in beam_args):
+      direct.direct_running_mode = "multi_processing"
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
+      options.view_as(WorkerOptions).default_sdk_harness_log_level = "WARNING"
+    # Multi-processing workers talk to the runner over localhost gRPC.
+    for var in ("no_proxy", "NO_PROXY"):
+      if "localhost" not in os.environ.get(var, ""):
+        os.environ[var] = ",".join(filter(None, [os.environ.get(var), "localhost,127.0.0.1"]))
+  return options
+
+
+def prepare_output(output_dir: str, overwrite: bool) -> str:
+  """Refuses an existing `output_dir` unless `overwrite`; returns a fresh temp dir beside it.
+
+  Works for local paths and any Beam filesystem (gs://, hdfs://, s3://).
+  """
+  output_dir = output_dir.rstrip("/")
+  if FileSystems.exists(output_dir) and not overwrite:
+    raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
+  parent, name = FileSystems.split(output_dir)
+  partial = FileSystems.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
+  if shards.is_local(partial):
+    pathlib.Path(partial).mkdir(parents=True)
+  return partial
+
+
+def _git_revision() -> str | None:
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=pathlib.Path(__file__).parent, timeout=10,
+                          check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not FileSystems.exists(path):
+    return []
+  with FileSystems.open(path) as f:
+    return [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line]
+
+
+def _write_text(path: str, text: str) -> None:
+  with FileSystems.create(path) as f:
+    f.write(text.encode("utf-8"))
+
+
+def _move_tree(source: str, destination: str, overwrite: bool) -> None:
+  """Renames the finished temp dir into place (per file on object stores)."""
+  if FileSystems.exists(destination):
+    if not overwrite:
+      raise FileExistsError(f"{destination} appeared while the job ran; output left in {source}")
+    if shards.is_local(destination):
+      shutil.rmtree(destination)
+    else:
+      FileSystems.delete([destination + "/"])
+  if shards.is_local(source):
+    pathlib.Path(source).rename(destination)
+    return
+  files = [m.path for m in FileSystems.match([source + "/*"])[0].metadata_list]
+  FileSystems.rename(files, [destination + f[len(source):] for f in files])
+
+
+def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
+             job_config: dict, source_checksums: dict[str, str], splits: dict,
+             max_failure_fraction: float, wall_s: float, overwrite: bool) -> dict:
+  """Checks the accounting, writes metadata.json and renames the output into place."""
+  partial = config.output_dir
+  join = FileSystems.join
+  outcomes = {o["key"]: o for o in _read_jsonl(join(partial, OUTCOMES))}
+  dead = _read_jsonl(join(partial, DEAD_LETTERS))
+  stats = _read_jsonl(join(partial, STATS))
+  index_files = [join(partial, f"_shards-{kind}.jsonl") for kind in ("windows", "audio")]
+  shard_rows = shards.fill_empty_shards(
+      partial, [row for f in index_files for row in _read_jsonl(f)])
+  listed = len(sources)
+  counts = {
+      "listed": listed,
+      "written": sum(o["outcome"] == "written" for o in outcomes.values()),
+      "filtered": sum(o["outcome"] == "filtered" for o in outcomes.values()),
+      "dead_lettered": sum(o["outcome"] == "dead_lettered" for o in outcomes.values()),
+      "windows_written": sum(o.get("windows_written", 0) for o in outcomes.values()),
+      "windows_filtered": sum(o.get("windows_filtered", 0) for o in outcomes.values()),
+  }
+  problems = []
+  if counts["written"] + counts["filtered"] + counts["dead_lettered"] != listed:
+    problems.append(f"listed {listed} != written {counts['written']} + filtered "
+                    f"{counts['filtered']} + dead-lettered {counts['dead_lettered']}")
+  if set(outcomes) != {s.key for s in sources}:
+    problems.append("outcomes do not name exactly the listed recordings")
+  if len(dead) != counts["dead_lettered"]:
+    problems.append(f"{len(dead)} dead letters for {counts['dead_lettered']} failed recordings")
+  for fmt in config.formats:
+    in_shards = sum(r["records"] for r in shard_rows
+                    if r["kind"] == "windows" and r["format"] == fmt)
+    if in_shards != counts["windows_written"]:
+      problems.append(f"{fmt} shards hold {in_shards} windows, outcomes report "
+                      f"{counts['windows_written']}")
+  failure = counts["dead_lettered"] / listed if listed else 0.0
+  if failure > max_failure_fraction:
+    problems.append(f"{counts['dead_lettered']} of {listed} recordings dead-lettered "
+                    f"({failure:.1%} > --max_failure_fraction {max_failure_fraction:.1%})")
+  statistics = stats[0] if stats else {"count": 0, "mean": None, "std": None}
+  metadata = {
+      "schema": records.SPEC,
+      "dataset": config.dataset,
+      "config": job_config,
+      "git_revision": _git_revision(),
+      "soundfont_sha256": render.soundfont_sha256(config.soundfont) if any(
+          s.midi_path for s in sources) else None,
+      "source_checksums": source_checksums,
+      "counts": counts,
+      "normalization": {**statistics, "split": config.stats_split,
+                        "formula": "(x - mean) / (2 * std)"},
+      "shards": sorted(shard_rows, key=lambda r: r["file"]),
+      "splits": splits,
+      "wall_seconds": round(wall_s, 1),
+  }
+  _write_text(join(partial, METADATA), json.dumps(metadata, indent=1, sort_keys=True) + "\n")
+  if not dead:
+    _write_text(join(partial, DEAD_LETTERS), "")
+  leftovers = [f for f in [join(partial, OUTCOMES), join(partial, STATS), *index_files]
+               if FileSystems.exists(f)]
+  if leftovers:
+    FileSystems.delete(leftovers)
+  if problems:
+    raise AccountingError(f"{partial} kept as partial output: " + "; ".join(problems))
+  _move_tree(partial, final_dir.rstrip("/"), overwrite)
+  return metadata
+
+
+def file_checksum(path: str) -> str:
+  digest = hashlib.sha256()
+  with FileSystems.open(path) as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def run(sources: Sequence[Source], config_kwargs: dict, *, output_dir: str, overwrite: bool,
+        beam_args: Sequence[str], job_config: dict, source_checksums: dict[str, str],
+        splits: dict, max_failure_fraction: float) -> dict:
+  """Builds and runs the job, then finalizes; returns the metadata."""
+  partial = prepare_output(output_dir, overwrite)
+  config = JobConfig(output_dir=partial, **config_kwargs)
+  start = time.perf_counter()
+  options = default_pipeline_options(beam_args)
+  with beam.Pipeline(options=options) as pipeline:
+    build(pipeline, sources, config)
+  return finalize(config, sources, output_dir, job_config=job_config,
+                  source_checksums=source_checksums, splits=splits,
+                  max_failure_fraction=max_failure_fraction,
+                  wall_s=time.perf_counter() - start, overwrite=overwrite)
