@@ -168,15 +168,15 @@ def define_percepiano_flags() -> None:
 
 # ----------------------------------------------------------------------------- MAESTRO
 
-def maestro_sources(root: str, from_midi: bool, split_seed: int
-                    ) -> tuple[list[preprocess.Source], dict]:
+def maestro_sources(root: str, from_midi: bool, split_seed: int,
+                    validation_fraction: float = 0.1) -> tuple[list[preprocess.Source], dict]:
   """Sources from a MAESTRO v3 tree, or from an ASAP tree (MIDI, split by composition)."""
   base = pathlib.Path(root)
   if (base / maestro.ASAP_METADATA).is_file() and not (base / maestro.CSV_FILE).is_file():
     index = maestro.read_asap(base)
     folder = {p.midi_filename: p.folder for p in index.performances}
     split = splits.grouped_split("asap", folder, folder.__getitem__, num_folds=1,
-                                 seed=split_seed, test_fraction=0.1)
+                                 seed=split_seed, test_fraction=validation_fraction)
     held_out = set(split.test)
     sources = [preprocess.Source(
         key=p.midi_filename.rsplit(".", 1)[0],
@@ -185,7 +185,8 @@ def maestro_sources(root: str, from_midi: bool, split_seed: int
         meta=(("composer", p.composer), ("title", p.title), ("composition", p.folder),
               ("maestro_filename", p.maestro_midi_filename)))
                for p in index.performances]
-    return sources, {"layout": "asap", "validation_compositions_seed": split_seed}
+    return sources, {"layout": "asap", "split_seed": split_seed,
+                     "validation_fraction": validation_fraction}
   index = maestro.read_maestro(base)
   sources = [preprocess.Source(
       key=p.audio_filename.rsplit(".", 1)[0],
@@ -199,9 +200,10 @@ def maestro_sources(root: str, from_midi: bool, split_seed: int
 
 
 def main_maestro(argv: list[str]) -> None:
-  sources, split_info = maestro_sources(FLAGS.maestro_dir, FLAGS.from_midi, FLAGS.split_seed)
+  sources, split_info = maestro_sources(FLAGS.maestro_dir, FLAGS.from_midi, FLAGS.split_seed,
+                                        FLAGS.validation_fraction)
   _run("maestro", sources, argv[1:], filter_silent=True,
-       job_flags=_COMMON + ["maestro_dir", "from_midi", "split_seed"],
+       job_flags=_COMMON + ["maestro_dir", "from_midi", "split_seed", "validation_fraction"],
        source_checksums={}, split_info=split_info)
 
 
@@ -212,6 +214,9 @@ def define_maestro_flags() -> None:
                       required=True)
   flags.DEFINE_bool("from_midi", False, "Render the MAESTRO MIDI instead of reading the WAVs.")
   flags.DEFINE_integer("split_seed", 0, "Seed of the ASAP validation compositions.")
+  flags.DEFINE_float("validation_fraction", 0.1,
+                     "ASAP has no official split: share of performances, in whole "
+                     "compositions, held out for validation.")
 
 
 # ----------------------------------------------------------------------------- augment

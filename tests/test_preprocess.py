@@ -1,0 +1,353 @@
+"""The Beam jobs as users run them: real subprocesses, Beam's local runner, real shards."""
+
+import csv
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import soundfile
+
+from pipelines import make_corpus, percepiano, preprocess, records, render, shards
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+TINY_SPLIT = ["--test_fraction=0.34", "--num_folds=2", "--target_shard_mb=1"]
+
+
+def run_job(module: str, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", f"pipelines.{module}", *map(str, args)],
+                        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> pathlib.Path:
+  out = tmp_path_factory.mktemp("corpus") / "tiny"
+  make_corpus.make_corpus(out, "tiny", seed=3)
+  return out
+
+
+@pytest.fixture(scope="module")
+def percepiano_shards(corpus, tmp_path_factory) -> pathlib.Path:
+  out = tmp_path_factory.mktemp("shards") / "percepiano"
+  ok(run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}", f"--output_dir={out}",
+             "--format=array_record", "--format=tfrecord", "--direct_num_workers=2",
+             *TINY_SPLIT))
+  return out
+
+
+def windows_in(root: pathlib.Path, fmt: str = "array_record", kind: str = "windows"):
+  metadata = json.loads((root / preprocess.METADATA).read_text())
+  out = []
+  for row in metadata["shards"]:
+    if row["kind"] == kind and row["format"] == fmt:
+      out += [records.decode(r) for r in shards.read_array_record(str(root / row["file"]))]
+  return out
+
+
+def test_percepiano_job_writes_every_performance(corpus, percepiano_shards):
+  metadata = json.loads((percepiano_shards / preprocess.METADATA).read_text())
+  release = percepiano.read_release(corpus / "percepiano")
+  counts = metadata["counts"]
+  assert counts["listed"] == counts["written"] == len(release.performances) == 28
+  assert counts["dead_lettered"] == counts["filtered"] == 0
+  assert (percepiano_shards / preprocess.DEAD_LETTERS).read_text() == ""
+  windows = windows_in(percepiano_shards)
+  assert len(windows) == counts["windows_written"]
+  by_key = {}
+  for header, arrays in windows:
+    by_key.setdefault(header["key"], []).append((header, arrays))
+  assert set(by_key) == {p.key.text for p in release.performances}
+  piece = metadata["splits"]["piece"]
+  for p in release.performances:
+    ws = sorted(by_key[p.key.text], key=lambda w: w[0]["window_index"])
+    assert [w[0]["window_index"] for w in ws] == list(range(ws[0][0]["window_count"]))
+    header, arrays = ws[-1]
+    assert arrays["features"].shape == (128, 1024)
+    assert 0 < header["valid_frames"] <= 1024
+    np.testing.assert_array_equal(arrays["features"][:, header["valid_frames"]:], 0)
+    np.testing.assert_allclose(arrays["labels"], p.labels, atol=1e-6)
+    assert arrays["label_mask"].all()
+    assert header["passage"] == p.key.passage and header["performer_id"] == p.performer_id
+    assert header["split"] == ("test" if piece[p.key.text] == "test" else "train")
+  # Shard names are TFDS-style and the files are all listed with checksums.
+  for row in metadata["shards"]:
+    assert row["file"].startswith(f"{row['name']}-{row['split']}.{row['format']}-")
+    assert (percepiano_shards / row["file"]).stat().st_size == row["bytes"]
+  assert metadata["schema"]["schema_version"] == records.VERSION
+  assert metadata["soundfont_sha256"] == render.soundfont_sha256()
+  assert len(metadata["source_checksums"]) == 28
+
+
+def test_normalisation_statistics_come_from_training_windows(percepiano_shards):
+  metadata = json.loads((percepiano_shards / preprocess.METADATA).read_text())
+  values = [a["features"][:, :h["valid_frames"]].astype(np.float64).ravel()
+            for h, a in windows_in(percepiano_shards) if h["split"] == "train"]
+  values = np.concatenate(values)
+  stats = metadata["normalization"]
+  assert stats["count"] == values.size and stats["split"] == "train"
+  assert stats["mean"] == pytest.approx(values.mean(), abs=2e-3)  # shards hold float16
+  assert stats["std"] == pytest.approx(values.std(), abs=2e-3)
+
+
+def test_tfrecord_export_holds_the_same_records(percepiano_shards):
+  from apache_beam.testing.util import assert_that, equal_to
+  metadata = json.loads((percepiano_shards / preprocess.METADATA).read_text())
+  tfrecords = [str(percepiano_shards / r["file"]) for r in metadata["shards"]
+               if r["format"] == "tfrecord"]
+  expected = [r for row in metadata["shards"]
+              if row["format"] == "array_record" and row["kind"] == "windows"
+              for r in shards.read_array_record(str(percepiano_shards / row["file"]))]
+  assert len(tfrecords) > 1 and expected
+  # Beam's own TFRecord reader checks the framing and both CRCs of every record.
+  with beam.Pipeline(runner="FnApiRunner") as p:
+    read = p | beam.Create(tfrecords) | beam.io.ReadAllFromTFRecord()
+    assert_that(read, equal_to(expected))
+
+
+def test_same_flags_give_byte_identical_shards_whatever_the_parallelism(corpus,
+                                                                        percepiano_shards,
+                                                                        tmp_path):
+  out = tmp_path / "again"
+  ok(run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}", f"--output_dir={out}",
+             "--format=array_record", "--format=tfrecord", *IN_MEMORY, *TINY_SPLIT))
+  first = json.loads((percepiano_shards / preprocess.METADATA).read_text())
+  second = json.loads((out / preprocess.METADATA).read_text())
+  assert first["shards"] == second["shards"]  # names, record counts and sha256 of every file
+  assert first["normalization"] == second["normalization"]
+  for row in first["shards"]:
+    assert (out / row["file"]).read_bytes() == (percepiano_shards / row["file"]).read_bytes()
+
+
+def _damaged_release(corpus: pathlib.Path, root: pathlib.Path) -> list[str]:
+  shutil.copytree(corpus / "percepiano", root)
+  midi_dir = root / percepiano.MIDI_DIR
+  keys = sorted(p.stem for p in midi_dir.glob("*.mid"))
+  (midi_dir / f"{keys[0]}.mid").write_bytes(b"MThd" + bytes(64))  # corrupt header
+  (midi_dir / f"{keys[1]}.mid").write_bytes((midi_dir / f"{keys[1]}.mid").read_bytes()[:40])
+  (midi_dir / f"{keys[2]}.mid").write_bytes(render.midi_to_bytes(__import__(
+      "pretty_midi").PrettyMIDI()))  # no notes: a silent render
+  (midi_dir / f"{keys[3]}.mid").unlink()  # listed in the labels, no MIDI
+  return keys[:4]
+
+
+def test_bad_recordings_are_dead_lettered_and_accounted(corpus, tmp_path):
+  root = tmp_path / "damaged"
+  bad = _damaged_release(corpus, root)
+  out = tmp_path / "out"
+  proc = ok(run_job("percepiano", f"--percepiano_dir={root}", f"--output_dir={out}",
+                    "--max_failure_fraction=0.2", *IN_MEMORY, *TINY_SPLIT))
+  assert "listed 28 = written 24 + filtered 0 + dead-lettered 4" in proc.stdout
+  dead = [json.loads(line) for line in (out / preprocess.DEAD_LETTERS).read_text().splitlines()]
+  assert sorted(d["key"] for d in dead) == sorted(bad)
+  reasons = {d["key"]: d for d in dead}
+  assert reasons[bad[3]]["reason"].startswith("FileNotFoundError")
+  assert "RenderError" in reasons[bad[0]]["reason"] and reasons[bad[0]]["stage"] == "load"
+  assert "silent" in reasons[bad[2]]["reason"]
+  metadata = json.loads((out / preprocess.METADATA).read_text())
+  assert {k: metadata["counts"][k] for k in ("listed", "written", "dead_lettered")} == {
+      "listed": 28, "written": 24, "dead_lettered": 4}
+  assert bad[3] in metadata["splits"]["keys_without_midi"]
+  assert not {h["key"] for h, _ in windows_in(out)} & set(bad)
+
+
+def test_too_many_failures_fail_the_job_and_leave_only_partial_output(corpus, tmp_path):
+  root = tmp_path / "damaged"
+  _damaged_release(corpus, root)
+  out = tmp_path / "out"
+  proc = run_job("percepiano", f"--percepiano_dir={root}", f"--output_dir={out}", *IN_MEMORY,
+                 *TINY_SPLIT)
+  assert proc.returncode != 0
+  assert "dead-lettered" in proc.stderr and "max_failure_fraction" in proc.stderr
+  assert not out.exists()  # nothing that looks complete
+  partial = [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial-")]
+  assert len(partial) == 1 and (partial[0] / preprocess.DEAD_LETTERS).is_file()
+
+
+def test_audio_dir_with_bad_files(corpus, tmp_path):
+  release = percepiano.read_release(corpus / "percepiano")
+  audio_dir = tmp_path / "audio"
+  audio_dir.mkdir()
+  keys = [p.key.text for p in release.performances]
+  for p in release.performances[4:]:
+    rendered = render.render_midi(p.midi_path)
+    soundfile.write(audio_dir / f"{p.key.text}.wav", rendered.samples, 16_000)
+  (audio_dir / f"{keys[0]}.wav").write_bytes(b"RIFF" + bytes(100))  # corrupt
+  soundfile.write(audio_dir / f"{keys[1]}.wav", np.full(16_000, np.nan, np.float32), 16_000,
+                  subtype="FLOAT")
+  soundfile.write(audio_dir / f"{keys[2]}.wav", np.zeros(8_000, np.float32), 8_000)
+  # keys[3] has no file at all.
+  out = tmp_path / "out"
+  proc = ok(run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}",
+                    f"--audio_dir={audio_dir}", f"--output_dir={out}",
+                    "--max_failure_fraction=0.2", *IN_MEMORY, *TINY_SPLIT))
+  assert "written 24 + filtered 0 + dead-lettered 4" in proc.stdout
+  dead = {json.loads(line)["key"]: json.loads(line)
+          for line in (out / preprocess.DEAD_LETTERS).read_text().splitlines()}
+  assert "CorruptAudioError" in dead[keys[0]]["reason"]
+  assert "NonFiniteAudioError" in dead[keys[1]]["reason"]
+  assert "SampleRateError" in dead[keys[2]]["reason"]
+  assert "FileNotFoundError" in dead[keys[3]]["reason"] or "No such file" in dead[keys[3]][
+      "reason"]
+  assert json.loads((out / preprocess.METADATA).read_text())["soundfont_sha256"] is None
+
+
+def test_refuses_existing_output_unless_overwrite(corpus, tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "mine.txt").write_text("keep")
+  proc = run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}",
+                 f"--output_dir={out}", *IN_MEMORY, *TINY_SPLIT)
+  assert proc.returncode != 0 and "--overwrite" in proc.stderr
+  assert (out / "mine.txt").is_file()
+  ok(run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}", f"--output_dir={out}",
+             "--overwrite", *IN_MEMORY, *TINY_SPLIT))
+  assert not (out / "mine.txt").exists() and (out / preprocess.METADATA).is_file()
+
+
+def test_augment_job_regenerates_from_stored_audio(percepiano_shards, tmp_path):
+  out = tmp_path / "augmented"
+  args = [f"--input_dir={percepiano_shards}", "--variants=2", "--seed=5", *IN_MEMORY,
+          "--target_shard_mb=1"]
+  ok(run_job("augment", *args, f"--output_dir={out}"))
+  clean = windows_in(percepiano_shards)
+  augmented = windows_in(out)
+  assert {h["variant"] for h, _ in augmented} == {1, 2}
+  assert len(augmented) == 2 * len(clean)  # noise keeps the length
+  for header, arrays in augmented:
+    assert set(header["augmentation"]) == {"noise_snr_db", "noise_seed"}
+    assert arrays["label_mask"].all()  # the PercePiano preset keeps every label valid
+  clean_by_id = {(h["key"], h["window_index"]): a["features"] for h, a in clean}
+  for header, arrays in augmented[:5]:
+    assert not np.array_equal(arrays["features"], clean_by_id[header["key"],
+                                                              header["window_index"]])
+  metadata = json.loads((out / preprocess.METADATA).read_text())
+  assert metadata["counts"]["written"] == 28
+  assert not any(r["kind"] == "audio" for r in metadata["shards"])
+  again = tmp_path / "again"
+  ok(run_job("augment", *args, f"--output_dir={again}"))
+  assert json.loads((again / preprocess.METADATA).read_text())["shards"] == metadata["shards"]
+
+
+def test_midi_domain_augmentation_marks_invalid_labels(corpus, tmp_path):
+  out = tmp_path / "out"
+  ok(run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}", f"--output_dir={out}",
+             "--augment_config.domain=midi", "--augment=time_stretch", "--variants=1",
+             "--nowrite_audio", *IN_MEMORY, *TINY_SPLIT))
+  windows = windows_in(out)
+  stretched = [(h, a) for h, a in windows if h["variant"] == 1]
+  assert stretched and all(set(h["augmentation"]) == {"time_stretch"} for h, _ in stretched)
+  pace = percepiano_dimension("pace")
+  assert all(not a["label_mask"][pace] and a["label_mask"].sum() == 18 for _, a in stretched)
+  assert all(a["label_mask"].all() for h, a in windows if h["variant"] == 0)
+
+
+def percepiano_dimension(name: str) -> int:
+  from pipelines import taxonomy
+  return taxonomy.DIMENSION_NAMES.index(name)
+
+
+def test_maestro_job_filters_silence_and_dead_letters_missing_audio(corpus, tmp_path):
+  root = tmp_path / "maestro"
+  shutil.copytree(corpus / "maestro-v3.0.0", root)
+  with (root / "maestro-v3.0.0.csv").open() as f:
+    rows = list(csv.DictReader(f))
+  silent = dict(rows[0], midi_filename="2010/silent.midi", audio_filename="2010/silent.wav",
+                duration="30.0", split="train")
+  (root / "2010").mkdir(exist_ok=True)
+  soundfile.write(root / "2010" / "silent.wav", np.zeros((48_000 * 30, 2), np.int16), 48_000,
+                  subtype="PCM_16")
+  (root / "2010" / "silent.midi").write_bytes(b"MThd")
+  missing = dict(rows[0], midi_filename="2010/gone.midi", audio_filename="2010/gone.wav")
+  with (root / "maestro-v3.0.0.csv").open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows + [silent, missing])
+  (root / "maestro-v3.0.0.json").unlink()
+  out = tmp_path / "out"
+  proc = ok(run_job("maestro", f"--maestro_dir={root}", f"--output_dir={out}",
+                    "--max_failure_fraction=0.2", "--target_shard_mb=4", *IN_MEMORY))
+  n = len(rows)
+  assert f"listed {n + 2} = written {n} + filtered 1 + dead-lettered 1" in proc.stdout
+  metadata = json.loads((out / preprocess.METADATA).read_text())
+  assert metadata["counts"]["windows_filtered"] >= 2
+  windows = windows_in(out)
+  assert {h["split"] for h, _ in windows} == {"train", "validation", "test"}
+  assert all(a["labels"].shape == (0,) for _, a in windows)
+  assert metadata["normalization"]["split"] == "train" and metadata["normalization"]["count"] > 0
+
+
+def test_asap_layout_is_rendered_on_the_fly(corpus, tmp_path):
+  root = tmp_path / "asap"
+  index_rows = []
+  with (corpus / "maestro-v3.0.0" / "maestro-v3.0.0.csv").open() as f:
+    for i, row in enumerate(csv.DictReader(f)):
+      folder = f"Composer/Piece_{row['canonical_title'][:6].replace(' ', '_')}"
+      (root / folder).mkdir(parents=True, exist_ok=True)
+      shutil.copy(corpus / "maestro-v3.0.0" / row["midi_filename"], root / folder / f"p{i}.mid")
+      index_rows.append({"composer": "Composer", "title": row["canonical_title"],
+                         "folder": folder, "midi_performance": f"{folder}/p{i}.mid",
+                         "maestro_midi_performance": "{maestro}/" + row["midi_filename"],
+                         "maestro_audio_performance": "{maestro}/" + row["audio_filename"]})
+  with (root / "metadata.csv").open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(index_rows[0]))
+    writer.writeheader()
+    writer.writerows(index_rows)
+  out = tmp_path / "out"
+  proc = ok(run_job("maestro", f"--maestro_dir={root}", f"--output_dir={out}", *IN_MEMORY,
+                    "--target_shard_mb=4", "--validation_fraction=0.3"))
+  assert f"listed {len(index_rows)} = written {len(index_rows)}" in proc.stdout
+  metadata = json.loads((out / preprocess.METADATA).read_text())
+  assert metadata["splits"]["layout"] == "asap"
+  windows = windows_in(out)
+  splits = {}
+  for h, _ in windows:
+    splits.setdefault(h["composition"], set()).add(h["split"])
+  assert all(len(s) == 1 for s in splits.values())  # compositions never straddle splits
+  assert set().union(*splits.values()) == {"train", "validation"}
+  assert metadata["soundfont_sha256"] == render.soundfont_sha256()
+
+
+@pytest.mark.parametrize("args,view,expected", [
+    (["--runner=DataflowRunner", "--project=my-project-123", "--region=europe-west4",
+      "--temp_location=gs://bucket/tmp", "--setup_file=./pyproject.toml"],
+     "GoogleCloudOptions", {"project": "my-project-123", "region": "europe-west4"}),
+    (["--runner=FlinkRunner", "--flink_master=localhost:8081", "--environment_type=LOOPBACK"],
+     "FlinkRunnerOptions", {"flink_master": "localhost:8081"}),
+    (["--runner=SparkRunner", "--spark_master_url=spark://host:7077"],
+     "SparkRunnerOptions", {"spark_master_url": "spark://host:7077"}),
+])
+def test_distributed_runner_options_reach_the_pipeline(args, view, expected, tmp_path):
+  from apache_beam.options import pipeline_options
+  options = preprocess.default_pipeline_options(args)
+  config = preprocess.JobConfig(dataset="x", output_dir=str(tmp_path),
+                                augment=__import__("pipelines.configs.augment",
+                                                   fromlist=["x"]).get_config())
+  pipeline = beam.Pipeline(options=options)
+  preprocess.build(pipeline, [preprocess.Source(key="k", split="train", audio_path="a.wav")],
+                   config)
+  built = pipeline.options
+  runner = built.view_as(pipeline_options.StandardOptions).runner
+  assert runner == args[0].split("=", 1)[1]
+  values = built.view_as(getattr(pipeline_options, view)).get_all_options()
+  assert {k: values[k] for k in expected} == expected
+  # Local defaults (FnApiRunner, one worker per core) are not forced onto remote runners.
+  assert built.view_as(pipeline_options.DirectOptions).direct_running_mode != \
+      "multi_processing" or runner == "FnApiRunner"
+
+
+def test_local_default_is_the_offline_classic_runner():
+  from apache_beam.options import pipeline_options
+  options = preprocess.default_pipeline_options([])
+  assert options.view_as(pipeline_options.StandardOptions).runner == "FnApiRunner"
+  direct = options.view_as(pipeline_options.DirectOptions)
+  assert direct.direct_running_mode == "multi_processing" and direct.direct_num_workers >= 1
