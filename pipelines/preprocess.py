@@ -2,26 +2,28 @@
 
 Graph (one `Source` per listed recording):
 
-  Create(sources) -> ProcessRecording -+-> window records -> WriteShards (ArrayRecord/TFRecord)
-                                       +-> audio records  -> WriteShards (for `pipelines.augment`)
-                                       +-> stats          -> CombineGlobally(MomentsFn) -> _stats.json
-                                       +-> outcomes       -> _outcomes.jsonl
-                                       +-> dead letters   -> _dead_letters.jsonl
+  Create(sources) -> ProcessRecording -+-> window spill descriptors -> WriteShards (ArrayRecord/TFRecord)
+                                       +-> audio spill descriptors  -> WriteShards (for `pipelines.augment`)
+                                       +-> stats    -> CombineGlobally(MomentsFn) -> _stats.json
+                                       +-> outcomes -> _outcomes.jsonl
+                                       +-> dead letters -> dead_letters.jsonl
 
 `ProcessRecording` loads or renders the audio, makes the clean and augmented
-variants, computes log-mel, cuts windows and encodes records. All of one
-recording's outputs are buffered and emitted together, so a failure at any
-stage sends the recording to the dead-letter output whole (key, stage, reason)
-and none of its windows reach a shard. After the pipeline, `finalize` checks
-`listed = written + filtered + dead-lettered`, writes `metadata.json` and
-renames the temporary directory into place; if the check fails, or too many
-recordings were dead-lettered, the job exits non-zero and the output stays
-under its `.partial` name.
+variants, computes log-mel, cuts windows and encodes records, then writes a
+recording's records to one spill file and emits only a small descriptor; the
+shard writers read the spills. Nothing is emitted before the recording has
+fully succeeded, so a failure at any stage sends it to the dead-letter output
+whole (key, stage, reason) and none of its windows reach a shard. After the
+pipeline, `finalize` checks `listed = written + filtered + dead-lettered` and
+that the shards hold exactly the windows the recordings reported, writes
+`metadata.json` and renames the temporary directory into place; if a check
+fails, or too many recordings were dead-lettered, the job exits non-zero and
+the output stays under its `.partial` name.
 
-Determinism: a record's shard is a hash of its id, records inside a shard are
-sorted by id, normalisation statistics are summed exactly (`math.fsum`), and
-every augmentation draws from (seed, key, variant); so the same flags give
-byte-identical shards whatever the runner's parallelism.
+Determinism: a recording's shard is a hash of its key, recordings inside a
+shard are in key order, normalisation statistics are summed exactly
+(`math.fsum`), and every augmentation draws from (seed, key, variant); so the
+same flags give byte-identical shards whatever the runner's parallelism.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ OUTCOMES = "_outcomes.jsonl"
 DEAD_LETTERS = "dead_letters.jsonl"
 STATS = "_stats.json"
 METADATA = "metadata.json"
+SPILL = "_spill"  # per-recording record files, deleted when the shards are written
 
 
 class AccountingError(RuntimeError):
@@ -94,10 +97,6 @@ def _header(source: Source, variant: int, params: dict) -> dict:
           "augmentation": params, **dict(source.meta)}
 
 
-def record_id(key: str, variant: int, index: int) -> str:
-  return f"{key}#{variant:03d}#{index:06d}"
-
-
 class ProcessRecording(beam.DoFn):
   """Source -> tagged outputs: "windows", "audio", "stats", "outcome", "dead"."""
 
@@ -109,6 +108,10 @@ class ProcessRecording(beam.DoFn):
     if name not in self._counters:
       self._counters[name] = beam.metrics.Metrics.counter("preprocess", name)
     self._counters[name].inc(n)
+
+  def _spill_path(self, kind: str, key: str) -> str:
+    name = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+    return f"{self._config.output_dir}/{SPILL}/{kind}/{name}.bin"
 
   def _load(self, source: Source) -> tuple[np.ndarray, str]:
     """Returns (16 kHz mono samples, stage name) or raises a typed error."""
@@ -141,7 +144,8 @@ class ProcessRecording(beam.DoFn):
       if source.audio_path is None and source.midi_path is None and source.audio_record is None:
         raise FileNotFoundError("no audio or MIDI file for this recording")
       clean, stage = self._load(source)
-      buffered: list[beam.pvalue.TaggedOutput] = []
+      window_records: list[bytes] = []
+      stats: list[tuple[float, float, int]] = []
       written = filtered = 0
       for variant in range(self._config.first_variant, self._config.augment.variants + 1):
         stage = "augment"
@@ -160,20 +164,28 @@ class ProcessRecording(beam.DoFn):
           header = dict(_header(source, variant, params), window_index=w.index,
                         window_count=len(windows), valid_frames=w.valid_frames,
                         start_s=round(w.start_frame * features.AST.frame_shift_ms / 1000, 3))
-          data = records.encode_window(header, w.features.T, source.labels,
-                                       mask if source.labels is not None else None)
-          buffered.append(beam.pvalue.TaggedOutput(
-              "windows", (source.split, record_id(source.key, variant, w.index), data)))
+          window_records.append(records.encode_window(
+              header, w.features.T, source.labels,
+              mask if source.labels is not None else None))
           written += 1
           if variant == 0 and source.split == self._config.stats_split:
             valid = w.features[:w.valid_frames].astype(np.float64)
-            buffered.append(beam.pvalue.TaggedOutput(
-                "stats", (float(valid.sum()), float(np.square(valid).sum()), valid.size)))
+            stats.append((float(valid.sum()), float(np.square(valid).sum()), valid.size))
+      # Records go to per-recording spill files; only descriptors travel on.
+      stage = "spill"
+      outputs = []
+      if window_records:
+        path = self._spill_path("windows", source.key)
+        outputs.append(beam.pvalue.TaggedOutput(
+            "windows", (source.split, source.key, path,
+                        *shards.write_spill(path, window_records))))
       if self._config.write_audio:
-        buffered.append(beam.pvalue.TaggedOutput("audio", (
-            source.split, record_id(source.key, 0, 0),
-            records.encode_audio(dict(_header(source, 0, {}), labels=source.labels), clean,
-                                 audio.TARGET_SAMPLE_RATE))))
+        path = self._spill_path("audio", source.key)
+        audio_record = records.encode_audio(dict(_header(source, 0, {}), labels=source.labels),
+                                            clean, audio.TARGET_SAMPLE_RATE)
+        outputs.append(beam.pvalue.TaggedOutput(
+            "audio", (source.split, source.key, path, *shards.write_spill(path, [audio_record]))))
+      outputs += [beam.pvalue.TaggedOutput("stats", s) for s in stats]
     except (audio.AudioError, render.RenderError, records.RecordError, OSError, ValueError,
             EOFError, KeyError, IndexError) as e:
       # Expected kinds of bad input: recorded with the stage, never silent.
@@ -182,7 +194,7 @@ class ProcessRecording(beam.DoFn):
                                               "reason": f"{type(e).__name__}: {e}"})
       yield beam.pvalue.TaggedOutput("outcome", {"key": source.key, "outcome": "dead_lettered"})
       return
-    yield from buffered
+    yield from outputs
     outcome = "written" if written else "filtered"
     self._count(outcome)
     self._count("windows_written", written)
@@ -398,8 +410,8 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
   _write_text(join(partial, METADATA), json.dumps(metadata, indent=1, sort_keys=True) + "\n")
   if not dead:
     _write_text(join(partial, DEAD_LETTERS), "")
-  leftovers = [f for f in [join(partial, OUTCOMES), join(partial, STATS), *index_files]
-               if FileSystems.exists(f)]
+  leftovers = [f for f in [join(partial, OUTCOMES), join(partial, STATS), *index_files,
+                           join(partial, SPILL)] if FileSystems.exists(f)]
   if leftovers:
     FileSystems.delete(leftovers)
   if problems:

@@ -22,10 +22,12 @@ import functools
 import hashlib
 import importlib.util
 import io
+import math
 import os
 import pathlib
 
 import midirenderer
+import mido
 import numpy as np
 import pretty_midi
 
@@ -56,6 +58,7 @@ class TrimConfig:
   top_db: float = 80.0  # frames quieter than the loudest frame by more are silence
   frame_s: float = 0.064
   margin_s: float = 0.05  # kept on each side so note attacks and tails stay whole
+  max_tail_s: float = 5.0  # synthesis stops this long after the last MIDI event
   enabled: bool = True
 
 
@@ -66,9 +69,9 @@ class Rendered:
   samples: np.ndarray
   sample_rate: int
   soundfont_sha256: str
-  untrimmed_seconds: float
+  untrimmed_seconds: float  # the file's full length, including silence never synthesised
   trimmed_start_seconds: float  # removed from the start
-  trimmed_end_seconds: float  # removed from the end
+  trimmed_end_seconds: float  # removed from the end (trimmed or never synthesised)
 
   @property
   def seconds(self) -> float:
@@ -132,6 +135,40 @@ def midi_to_bytes(midi: pretty_midi.PrettyMIDI) -> bytes:
   return buf.getvalue()
 
 
+def cap_trailing_time(midi: bytes, max_tail_s: float) -> tuple[bytes, float]:
+  """Moves each track's end-of-track marker to at most `max_tail_s` after its last event.
+
+  The synthesiser renders until the marker, and in the real release it trails
+  the last note by up to 20 s of silence that the trim then removes: capping
+  it saves that synthesis time. Everything that sounds (notes, pedal) is an
+  event before the marker, and piano decay is far shorter than the cap, so
+  the trimmed audio does not change (tested on real files). Returns the MIDI
+  bytes (unchanged when no marker trails by more than the cap) and the
+  seconds of trailing time removed.
+  """
+  try:
+    parsed = mido.MidiFile(file=io.BytesIO(midi))
+  except (OSError, ValueError, EOFError, KeyError, IndexError):
+    return midi, 0.0  # malformed: let the synthesiser report it
+  removed = 0.0
+  tempo = 500_000  # microseconds per beat, the MIDI default
+  for track in parsed.tracks:
+    for message in track:
+      if message.type == "set_tempo":
+        tempo = message.tempo  # the last tempo in force near the end
+    if track and track[-1].type == "end_of_track":
+      seconds_per_tick = tempo / 1e6 / parsed.ticks_per_beat
+      cap = math.ceil(max_tail_s / seconds_per_tick)
+      if track[-1].time > cap:
+        removed = max(removed, (track[-1].time - cap) * seconds_per_tick)
+        track[-1] = track[-1].copy(time=cap)
+  if not removed:
+    return midi, 0.0
+  buf = io.BytesIO()
+  parsed.save(file=buf)
+  return buf.getvalue(), removed
+
+
 def synthesize(midi: bytes, font: SoundFont, *, name: str) -> bytes:
   """The synthesiser's own output for MIDI bytes: 48 kHz stereo 16-bit WAV bytes."""
   if not midi.startswith(b"MThd"):
@@ -174,6 +211,9 @@ def render_midi(
     except OSError as e:
       raise RenderError(name, f"cannot read the MIDI file: {e.strerror or e}") from None
   font = load_soundfont(soundfont)
+  capped_s = 0.0
+  if trim.enabled and data.startswith(b"MThd"):  # the capped time would be trimmed anyway
+    data, capped_s = cap_trailing_time(data, trim.max_tail_s)
   wav = synthesize(data, font, name=name)
   try:
     samples = audio.decode_audio(
@@ -183,7 +223,7 @@ def render_midi(
     raise RenderError(name, "render is empty (MIDI has no events)") from None
   except audio.AudioError as e:
     raise RenderError(name, f"synthesiser output unusable: {e.reason}") from None
-  untrimmed = samples.shape[0] / sample_rate
+  untrimmed = samples.shape[0] / sample_rate + capped_s
   start, end = 0, samples.shape[0]
   if trim.enabled:
     try:
@@ -196,5 +236,5 @@ def render_midi(
       soundfont_sha256=font.sha256,
       untrimmed_seconds=untrimmed,
       trimmed_start_seconds=start / sample_rate,
-      trimmed_end_seconds=(samples.shape[0] - end) / sample_rate,
+      trimmed_end_seconds=(samples.shape[0] - end) / sample_rate + capped_s,
   )

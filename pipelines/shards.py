@@ -1,12 +1,13 @@
 """Deterministic sharded writes of encoded records: ArrayRecord, and TFRecord for export.
 
-`WriteShards` takes `(split, record_id, bytes)` elements and writes TFDS-style
-files `{name}-{split}.{format}-{i:05d}-of-{n:05d}`:
+`WriteShards` takes one descriptor per recording whose records were spilled
+to a file, and writes TFDS-style files `{name}-{split}.{format}-{i:05d}-of-{n:05d}`:
 
 - the shard count per split comes from the split's total size and
-  `target_shard_mb` (never more shards than records);
-- a record's shard is a hash of its id, and each shard's records are sorted by
-  id, so the files are byte-identical however the runner partitions the work;
+  `target_shard_mb` (never more shards than recordings);
+- a recording's shard is a hash of its key, and each shard holds its
+  recordings in key order, so the files are byte-identical however the runner
+  partitions the work;
 - ArrayRecord needs a local, seekable file: every shard is written to local
   scratch disk first and then moved (local output) or copied through Beam's
   FileSystems (gs://, hdfs://, ... output), which is how it runs on Dataflow.
@@ -25,6 +26,7 @@ import pathlib
 import shutil
 import struct
 import tempfile
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 import google_crc32c
@@ -44,23 +46,36 @@ def _masked_crc32c(data: bytes) -> int:
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def write_tfrecord(path: str, records: list[bytes]) -> None:
+class _TFRecordWriter:
   """TFRecord framing: u64 length, masked CRC32C of it, data, masked CRC32C of data."""
-  with open(path, "wb") as f:
-    for data in records:
-      length = struct.pack("<Q", len(data))
-      f.write(length + struct.pack("<I", _masked_crc32c(length)) + data
-              + struct.pack("<I", _masked_crc32c(data)))
+
+  def __init__(self, path: str):
+    self._file = open(path, "wb")
+
+  def write(self, data: bytes) -> None:
+    length = struct.pack("<Q", len(data))
+    self._file.write(length + struct.pack("<I", _masked_crc32c(length)) + data
+                     + struct.pack("<I", _masked_crc32c(data)))
+
+  def close(self) -> None:
+    self._file.close()
 
 
-def write_array_record(path: str, records: list[bytes]) -> None:
-  writer = array_record_module.ArrayRecordWriter(path, ARRAY_RECORD_OPTIONS)
-  for data in records:
-    writer.write(data)
-  writer.close()
+class _ArrayRecordWriter:
+
+  def __init__(self, path: str):
+    self._writer = array_record_module.ArrayRecordWriter(path, ARRAY_RECORD_OPTIONS)
+
+  def write(self, data: bytes) -> None:
+    self._writer.write(data)
+    if not self._writer.ok():
+      raise OSError("ArrayRecord writer reported an error")
+
+  def close(self) -> None:
+    self._writer.close()
 
 
-_WRITERS = {"array_record": write_array_record, "tfrecord": write_tfrecord}
+_WRITERS = {"array_record": _ArrayRecordWriter, "tfrecord": _TFRecordWriter}
 
 
 def is_local(path: str) -> bool:
@@ -78,29 +93,59 @@ def materialize(local_path: str, destination: str) -> None:
   os.remove(local_path)
 
 
-def write_shard(output_dir: str, name: str, split: str, fmt: str, index: int, count: int,
-                records: list[bytes], kind: str) -> dict:
-  file = shard_name(name, split, fmt, index, count)
+def write_shard(output_dir: str, name: str, split: str, formats: tuple[str, ...], index: int,
+                count: int, records: Iterable[bytes], kind: str) -> list[dict]:
+  """Streams `records` into one shard per format; returns their descriptions."""
+  files = {fmt: shard_name(name, split, fmt, index, count) for fmt in formats}
   with tempfile.TemporaryDirectory(prefix="shard-") as scratch:
-    local = os.path.join(scratch, file)
-    _WRITERS[fmt](local, records)
-    digest = hashlib.sha256()
-    with open(local, "rb") as f:
-      for block in iter(lambda: f.read(1 << 20), b""):
-        digest.update(block)
-    size = os.path.getsize(local)
-    materialize(local, f"{output_dir}/{file}")
-  return {"file": file, "format": fmt, "name": name, "split": split, "kind": kind,
-          "index": index, "count": count, "records": len(records), "bytes": size,
-          "sha256": digest.hexdigest()}
+    writers = {fmt: _WRITERS[fmt](os.path.join(scratch, f)) for fmt, f in files.items()}
+    written = 0
+    for data in records:
+      for writer in writers.values():
+        writer.write(data)
+      written += 1
+    rows = []
+    for fmt, writer in writers.items():
+      writer.close()
+      local = os.path.join(scratch, files[fmt])
+      digest = hashlib.sha256()
+      with open(local, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          digest.update(block)
+      rows.append({"file": files[fmt], "format": fmt, "name": name, "split": split,
+                   "kind": kind, "index": index, "count": count, "records": written,
+                   "bytes": os.path.getsize(local), "sha256": digest.hexdigest()})
+      materialize(local, f"{output_dir}/{files[fmt]}")
+  return rows
 
 
-def shard_count(records: int, total_bytes: int, target_mb: float) -> int:
-  return max(1, min(records, math.ceil(total_bytes / (target_mb * 2**20))))
+def shard_count(recordings: int, total_bytes: int, target_mb: float) -> int:
+  return max(1, min(recordings, math.ceil(total_bytes / (target_mb * 2**20))))
 
 
-def _shard_of(record_id: str, count: int) -> int:
-  return int.from_bytes(hashlib.sha256(record_id.encode("utf-8")).digest()[:8], "little") % count
+def _shard_of(key: str, count: int) -> int:
+  return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little") % count
+
+
+def write_spill(path: str, records: Iterable[bytes]) -> tuple[int, int]:
+  """One recording's encoded records as length-prefixed bytes; returns (count, bytes)."""
+  count = size = 0
+  with FileSystems.create(path) as f:
+    for data in records:
+      f.write(struct.pack("<I", len(data)) + data)
+      count += 1
+      size += len(data)
+  return count, size
+
+
+def read_spill(path: str) -> Iterator[bytes]:
+  with FileSystems.open(path) as f:
+    while header := f.read(4):
+      (length,) = struct.unpack("<I", header)
+      data = f.read(length)
+      if len(data) != length:
+        raise OSError(f"{path}: truncated spill file")
+      yield data
 
 
 class _WriteGroup(beam.DoFn):
@@ -109,15 +154,23 @@ class _WriteGroup(beam.DoFn):
     self._args = (output_dir, name, formats, kind)
 
   def process(self, element):
-    (split, index, count), items = element
+    (split, index, count), spills = element
     output_dir, name, formats, kind = self._args
-    ordered = [data for _, data in sorted(items, key=lambda item: item[0])]
-    for fmt in formats:
-      yield write_shard(output_dir, name, split, fmt, index, count, ordered, kind)
+    ordered = sorted(spills)  # (key, path): recordings in key order, records in spill order
+    records = (data for _, path in ordered for data in read_spill(path))
+    yield from write_shard(output_dir, name, split, formats, index, count, records, kind)
 
 
 class WriteShards(beam.PTransform):
-  """(split, record_id, bytes) -> shard files; returns the shard descriptions."""
+  """(split, key, spill_path, records, bytes) per recording -> shard files.
+
+  The records themselves never travel through the runner's shuffle: each
+  recording's records were spilled to one file by the producing worker, and
+  only these small descriptors are grouped (less shuffle on every runner; and
+  Beam's local multi-worker runner silently dropped values of very large
+  groups when the records themselves were grouped — see BUILD_NOTES.md).
+  All of a recording's records go to one shard. Returns shard descriptions.
+  """
 
   def __init__(self, output_dir: str, name: str, target_shard_mb: float,
                formats: tuple[str, ...], kind: str):
@@ -130,14 +183,14 @@ class WriteShards(beam.PTransform):
 
   def expand(self, pcoll):
     totals = (pcoll
-              | "Sizes" >> beam.Map(lambda e: (e[0], (1, len(e[2]))))
+              | "Sizes" >> beam.Map(lambda e: (e[0], (1, e[4])))
               | "SumSizes" >> beam.CombinePerKey(
                   lambda values: tuple(map(sum, zip(*values))) if values else (0, 0)))
 
     def assign(element, totals, target):
-      split, record_id, data = element
+      split, key, path, _, _ = element
       count = shard_count(*totals[split], target)
-      return (split, _shard_of(record_id, count), count), (record_id, data)
+      return (split, _shard_of(key, count), count), (key, path)
 
     infos = (pcoll
              | "AssignShard" >> beam.Map(assign, totals=beam.pvalue.AsDict(totals),
@@ -167,9 +220,10 @@ def fill_empty_shards(output_dir: str, rows: list[dict]) -> list[dict]:
     for index in range(r["count"]):
       file = shard_name(r["name"], r["split"], r["format"], index, r["count"])
       if file not in have:
-        have.add(file)
-        added.append(write_shard(output_dir, r["name"], r["split"], r["format"], index,
-                                 r["count"], [], r["kind"]))
+        new = write_shard(output_dir, r["name"], r["split"], (r["format"],), index,
+                          r["count"], [], r["kind"])
+        have.update(n["file"] for n in new)
+        added += new
   return rows + added
 
 

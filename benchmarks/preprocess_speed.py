@@ -1,0 +1,81 @@
+"""End-to-end preprocessing speed: the Beam job against a plain single-process loop.
+
+  python benchmarks/preprocess_speed.py --percepiano_dir ../shared/data/percepiano \
+      [--count 160] [--workers 2]
+
+Both do the same work on the same real PercePiano performances (a seeded
+sample): render the MIDI, trim, log-mel, cut windows, encode records, write
+ArrayRecord. The loop calls the job's own `ProcessRecording` for each
+recording and writes one shard; the job is `pipelines.percepiano`'s graph on
+Beam's local runner with `--workers` processes, including shard grouping,
+statistics, accounting and the final rename. Reported: windows/s, x real time
+(seconds of rendered, trimmed audio per wall second) and the job / loop ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from pipelines import jobs, percepiano, preprocess, records, shards, splits
+from pipelines.configs import augment
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--percepiano_dir", default="../shared/data/percepiano")
+  parser.add_argument("--count", type=int, default=160)
+  parser.add_argument("--workers", type=int, default=2)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+
+  release = percepiano.read_release(args.percepiano_dir)
+  split = splits.piece_split(release.performances, seed=0)
+  sources = jobs.percepiano_sources(release, None, split)
+  rng = np.random.default_rng(args.seed)
+  sources = [sources[i] for i in sorted(rng.choice(len(sources), args.count, replace=False))]
+  scratch = pathlib.Path(tempfile.mkdtemp(prefix="bench-preprocess-"))
+  config = dict(dataset="percepiano", augment=augment.get_config("percepiano"))
+
+  # Baseline: the same per-recording work in one process, one output file.
+  t0 = time.perf_counter()
+  fn = preprocess.ProcessRecording(preprocess.JobConfig(output_dir=str(scratch), **config))
+  window_records, audio_seconds = [], 0.0
+  for source in sources:
+    for out in fn.process(source):
+      if out.tag == "windows":
+        window_records.append(out.value)
+        header, _ = records.decode(out.value[2])
+        audio_seconds += header["valid_frames"] / 100.0
+  window_records.sort(key=lambda r: r[1])
+  shards.write_array_record(str(scratch / "loop.array_record"), [r[2] for r in window_records])
+  loop_s = time.perf_counter() - t0
+
+  # The Beam job, end to end.
+  t0 = time.perf_counter()
+  metadata = preprocess.run(
+      sources, config, output_dir=str(scratch / "job"), overwrite=False,
+      beam_args=[f"--direct_num_workers={args.workers}"], job_config={},
+      source_checksums={}, splits={}, max_failure_fraction=0.0)
+  job_s = time.perf_counter() - t0
+  windows = metadata["counts"]["windows_written"]
+  assert windows == len(window_records), (windows, len(window_records))
+  shutil.rmtree(scratch)
+
+  print(f"{args.count} real PercePiano performances, {windows} windows, "
+        f"{audio_seconds:.0f} s of trimmed audio")
+  print(f"{'':<30}{'seconds':>9}{'windows/s':>11}{'x real time':>13}")
+  print(f"{'plain loop, 1 process':<30}{loop_s:>9.1f}{windows / loop_s:>11.1f}"
+        f"{audio_seconds / loop_s:>13.0f}")
+  print(f"{f'Beam job, {args.workers} workers':<30}{job_s:>9.1f}{windows / job_s:>11.1f}"
+        f"{audio_seconds / job_s:>13.0f}")
+  print(f"job / loop speed: {loop_s / job_s:.2f}x")
+
+
+if __name__ == "__main__":
+  main()
