@@ -167,7 +167,12 @@ def _to_mono_resampled(
         name, f"sample rate {source_rate} Hz is below the minimum {min_rate} Hz: "
         "upsampling would leave the upper mel bands empty")
   # Mean of channels: the standard downmix, and what AST's loader does for stereo.
-  mono = samples.mean(axis=1, dtype=np.float32)
+  # Summed column by column: `mean(axis=1)` over 2 channels was 10x slower.
+  mono = samples[:, 0].copy()
+  for channel in range(1, samples.shape[1]):
+    mono += samples[:, channel]
+  if samples.shape[1] > 1:
+    mono *= np.float32(1.0 / samples.shape[1])
   if source_rate != target_rate:
     mono = soxr.resample(mono, source_rate, target_rate, quality="HQ")
   return np.ascontiguousarray(mono, dtype=np.float32)

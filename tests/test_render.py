@@ -123,3 +123,44 @@ def test_unreadable_midi_path(tmp_path):
   (tmp_path / "folder.mid").mkdir()
   with pytest.raises(render.RenderError, match="folder.mid.*cannot read"):
     render.render_midi(tmp_path / "folder.mid")
+
+
+def _late_end_of_track(midi: bytes, seconds: float) -> bytes:
+  """Moves the end-of-track marker `seconds` past the last event, as in the real D960 files."""
+  import io
+
+  import mido
+  parsed = mido.MidiFile(file=io.BytesIO(midi))
+  for track in parsed.tracks:
+    track[-1] = track[-1].copy(time=int(seconds * 2 * parsed.ticks_per_beat))  # 120 bpm
+  buf = io.BytesIO()
+  parsed.save(file=buf)
+  return buf.getvalue()
+
+
+def test_capping_the_end_of_track_changes_nothing_audible(make_midi, chords):
+  midi = _late_end_of_track(make_midi(chords(velocity=50, seconds=3.0)), 30.0)
+  capped_bytes, removed = render.cap_trailing_time(midi, 5.0)
+  assert removed == pytest.approx(25.0, abs=0.01) and len(capped_bytes) < len(midi) + 8
+  capped = render.render_midi(midi)  # caps at 5 s by default
+  full = render.render_midi(midi, trim=render.TrimConfig(max_tail_s=1000.0))
+  np.testing.assert_array_equal(capped.samples, full.samples)
+  assert capped.untrimmed_seconds == pytest.approx(full.untrimmed_seconds, abs=1e-3)
+  assert capped.trimmed_end_seconds == pytest.approx(full.trimmed_end_seconds, abs=1e-3)
+
+
+def test_cap_leaves_short_tails_and_malformed_midi_alone(make_midi, chords):
+  midi = make_midi(chords())
+  assert render.cap_trailing_time(midi, 5.0) == (midi, 0.0)
+  assert render.cap_trailing_time(b"MThd" + bytes(10), 5.0) == (b"MThd" + bytes(10), 0.0)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("key", ["Schubert_D960_mv2_8bars_3_07", "Schubert_D960_mv2_16bars_0_09",
+                                 "Schubert_D960_mv3_8bars_2_11", "Schubert_D960_mv2_8bars_4_03"])
+def test_capping_is_exact_on_real_d960_clips(percepiano_dir, key):
+  midi = percepiano_dir / f"virtuoso/data/all_2rounds/{key}.mid"
+  capped = render.render_midi(midi)
+  full = render.render_midi(midi, trim=render.TrimConfig(max_tail_s=1000.0))
+  np.testing.assert_array_equal(capped.samples, full.samples)
+  assert capped.untrimmed_seconds == pytest.approx(full.untrimmed_seconds, abs=1e-3)
