@@ -141,15 +141,13 @@ def main_percepiano(argv: list[str]) -> None:
                                      seed=FLAGS.split_seed)
   chosen = piece if FLAGS.split == "piece" else performer
   sources = percepiano_sources(release, FLAGS.audio_dir, chosen)
-  checksums = {p.key.text: preprocess.file_checksum(str(p.midi_path))
-               for p in release.performances if p.midi_path and not FLAGS.audio_dir}
   split_info = {"shards_follow": FLAGS.split, "piece": piece.assignment(),
                 "performer": performer.assignment(),
                 "keys_without_midi": list(release.keys_without_midi)}
   _run("percepiano", sources, argv[1:], filter_silent=False,
        job_flags=_COMMON + ["percepiano_dir", "audio_dir", "split", "split_seed",
                             "test_fraction", "num_folds", "test_performers"],
-       source_checksums=checksums, split_info=split_info)
+       source_checksums={}, split_info=split_info)
 
 
 def define_percepiano_flags() -> None:

@@ -119,18 +119,26 @@ class ProcessRecording(beam.DoFn):
     name = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
     return f"{self._config.output_dir}/{SPILL}/{kind}/{name}.bin"
 
-  def _load(self, source: Source) -> tuple[np.ndarray, str]:
-    """Returns (16 kHz mono samples, stage name) or raises a typed error."""
+  def _load(self, source: Source) -> tuple[np.ndarray, str, str]:
+    """Returns (16 kHz mono samples, stage name, SHA-256 of the source bytes).
+
+    Raises a typed error. The checksum is taken here, where the bytes are read
+    anyway, so the metadata names exactly what each recording was made from.
+    """
     if source.audio_record is not None:
-      return records.decode(source.audio_record)[1]["samples"], "decode_record"
-    if source.audio_path:
-      with FileSystems.open(source.audio_path) as f:
+      digest = hashlib.sha256(source.audio_record).hexdigest()
+      return records.decode(source.audio_record)[1]["samples"], "decode_record", digest
+    path = source.audio_path or source.midi_path
+    try:
+      with FileSystems.open(path) as f:
         data = f.read()
-      return audio.decode_audio(data, name=source.audio_path), "decode"
-    if source.midi_path:
-      return render.render_midi(source.midi_path, soundfont=self._config.soundfont).samples, \
-          "render"
-    raise FileNotFoundError(f"{source.key}: no audio or MIDI file listed")
+    except FileNotFoundError:
+      raise FileNotFoundError(f"{path}: file not found") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if source.audio_path:
+      return audio.decode_audio(data, name=source.audio_path), "decode", digest
+    rendered = render.render_midi(data, name=source.midi_path, soundfont=self._config.soundfont)
+    return rendered.samples, "render", digest
 
   def _variant_samples(self, source: Source, clean: np.ndarray, params: dict) -> np.ndarray:
     if not params:
@@ -149,7 +157,7 @@ class ProcessRecording(beam.DoFn):
     try:
       if source.audio_path is None and source.midi_path is None and source.audio_record is None:
         raise FileNotFoundError("no audio or MIDI file for this recording")
-      clean, stage = self._load(source)
+      clean, stage, source_sha256 = self._load(source)
       window_records: list[bytes] = []
       stats: list[tuple[float, float, int]] = []
       written = filtered = 0
@@ -207,7 +215,7 @@ class ProcessRecording(beam.DoFn):
     self._count("windows_filtered", filtered)
     yield beam.pvalue.TaggedOutput("outcome", {
         "key": source.key, "outcome": outcome, "windows_written": written,
-        "windows_filtered": filtered, "split": source.split})
+        "windows_filtered": filtered, "split": source.split, "sha256": source_sha256})
 
 
 class MomentsFn(beam.CombineFn):
@@ -398,6 +406,8 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
     problems.append(f"{counts['dead_lettered']} of {listed} recordings dead-lettered "
                     f"({failure:.1%} > --max_failure_fraction {max_failure_fraction:.1%})")
   statistics = stats[0] if stats else {"count": 0, "mean": None, "std": None}
+  checksums = {**source_checksums,
+               **{k: o["sha256"] for k, o in sorted(outcomes.items()) if "sha256" in o}}
   metadata = {
       "schema": records.SPEC,
       "dataset": config.dataset,
@@ -405,7 +415,7 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
       "git_revision": _git_revision(),
       "soundfont_sha256": render.soundfont_sha256(config.soundfont) if any(
           s.midi_path for s in sources) else None,
-      "source_checksums": source_checksums,
+      "source_checksums": checksums,
       "counts": counts,
       "normalization": {**statistics, "split": config.stats_split,
                         "formula": "(x - mean) / (2 * std)"},

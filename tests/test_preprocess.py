@@ -1,6 +1,7 @@
 """The Beam jobs as users run them: real subprocesses, Beam's local runner, real shards."""
 
 import csv
+import hashlib
 import json
 import pathlib
 import shutil
@@ -85,7 +86,9 @@ def test_percepiano_job_writes_every_performance(corpus, percepiano_shards):
     assert (percepiano_shards / row["file"]).stat().st_size == row["bytes"]
   assert metadata["schema"]["schema_version"] == records.VERSION
   assert metadata["soundfont_sha256"] == render.soundfont_sha256()
-  assert len(metadata["source_checksums"]) == 28
+  assert metadata["source_checksums"] == {
+      p.key.text: hashlib.sha256(p.midi_path.read_bytes()).hexdigest()
+      for p in release.performances}
 
 
 def test_normalisation_statistics_come_from_training_windows(percepiano_shards):
@@ -304,7 +307,7 @@ def test_asap_layout_is_rendered_on_the_fly(corpus, tmp_path):
     writer.writerows(index_rows)
   out = tmp_path / "out"
   proc = ok(run_job("maestro", f"--maestro_dir={root}", f"--output_dir={out}", *IN_MEMORY,
-                    "--target_shard_mb=4", "--validation_fraction=0.3"))
+                    "--target_shard_mb=4", "--validation_fraction=0.3", "--hop_s=5.12"))
   assert f"listed {len(index_rows)} = written {len(index_rows)}" in proc.stdout
   metadata = json.loads((out / preprocess.METADATA).read_text())
   assert metadata["splits"]["layout"] == "asap"
@@ -314,6 +317,10 @@ def test_asap_layout_is_rendered_on_the_fly(corpus, tmp_path):
     splits.setdefault(h["composition"], set()).add(h["split"])
   assert all(len(s) == 1 for s in splits.values())  # compositions never straddle splits
   assert set().union(*splits.values()) == {"train", "validation"}
+  # --hop_s 5.12: windows overlap by half, each a full 1024 frames except the last.
+  for h, _ in windows:
+    assert h["start_s"] == pytest.approx(5.12 * h["window_index"])
+    assert h["valid_frames"] == 1024 or h["window_index"] == h["window_count"] - 1
   assert metadata["soundfont_sha256"] == render.soundfont_sha256()
 
 
