@@ -147,60 +147,63 @@ def _finite_numbers(values: list, count: int) -> str | None:
   return None
 
 
-def read_labels(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, int]]:
-  """Reads the mean-label file: key -> (labels float32 [19], performer id)."""
-  path = pathlib.Path(path)
-  data = _load_json_object(path)
-  n = taxonomy.NUM_DIMENSIONS
+def _read_entries(path: pathlib.Path, check) -> dict:
+  """Loads a label JSON, validating each key and `check(value) -> (parsed, problem)`.
+
+  All invalid entries are collected and raised together, each naming its key.
+  """
   out, errors = {}, []
-  for key, value in data.items():
+  for key, value in _load_json_object(path).items():
     try:
       parse_key(key)
     except PercePianoError as e:
       errors.append(str(e))
       continue
-    if not isinstance(value, list) or len(value) != n + 1:
-      errors.append(f"key {key!r}: expected a list of {n} ratings + performer id, got {value!r:.80}")
-      continue
-    problem = _finite_numbers(value, n)
-    if problem is None and not all(0.0 <= v <= 1.0 for v in value[:n]):
-      problem = "ratings must lie in [0, 1] (mean rating / 7)"
-    performer = value[n]
-    if problem is None and (isinstance(performer, bool) or not isinstance(performer, (int, float))
-                            or not float(performer).is_integer() or performer < 0):
-      problem = f"performer id {performer!r} is not a non-negative integer"
+    parsed, problem = check(value)
     if problem:
       errors.append(f"key {key!r}: {problem}")
-      continue
-    out[key] = (np.asarray(value[:n], dtype=np.float32), int(performer))
+    else:
+      out[key] = parsed
   _raise_collected(str(path), errors)
   return out
+
+
+def _check_label(value) -> tuple[tuple[np.ndarray, int] | None, str | None]:
+  n = taxonomy.NUM_DIMENSIONS
+  if not isinstance(value, list) or len(value) != n + 1:
+    return None, f"expected a list of {n} ratings + performer id, got {value!r:.80}"
+  problem = _finite_numbers(value, n)
+  if problem is None and not all(0.0 <= v <= 1.0 for v in value[:n]):
+    problem = "ratings must lie in [0, 1] (mean rating / 7)"
+  performer = value[n]
+  if problem is None and (isinstance(performer, bool) or not isinstance(performer, (int, float))
+                          or not float(performer).is_integer() or performer < 0):
+    problem = f"performer id {performer!r} is not a non-negative integer"
+  if problem:
+    return None, problem
+  return (np.asarray(value[:n], dtype=np.float32), int(performer)), None
+
+
+def _check_std(value) -> tuple[np.ndarray | None, str | None]:
+  n = taxonomy.NUM_DIMENSIONS
+  if not isinstance(value, list) or len(value) not in (n, n + 1):
+    return None, f"expected {n} standard deviations, got {value!r:.80}"
+  problem = _finite_numbers(value, n)
+  if problem is None and any(v < 0 for v in value[:n]):
+    problem = "standard deviations must be >= 0"
+  if problem:
+    return None, problem
+  return np.asarray(value[:n], dtype=np.float32), None
+
+
+def read_labels(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, int]]:
+  """Reads the mean-label file: key -> (labels float32 [19], performer id)."""
+  return _read_entries(pathlib.Path(path), _check_label)
 
 
 def read_label_std(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads the std file: key -> float32 [19] (a trailing performer id is allowed)."""
-  path = pathlib.Path(path)
-  data = _load_json_object(path)
-  n = taxonomy.NUM_DIMENSIONS
-  out, errors = {}, []
-  for key, value in data.items():
-    try:
-      parse_key(key)
-    except PercePianoError as e:
-      errors.append(str(e))
-      continue
-    if not isinstance(value, list) or len(value) not in (n, n + 1):
-      errors.append(f"key {key!r}: expected {n} standard deviations, got {value!r:.80}")
-      continue
-    problem = _finite_numbers(value, n)
-    if problem is None and any(v < 0 for v in value[:n]):
-      problem = "standard deviations must be >= 0"
-    if problem:
-      errors.append(f"key {key!r}: {problem}")
-      continue
-    out[key] = np.asarray(value[:n], dtype=np.float32)
-  _raise_collected(str(path), errors)
-  return out
+  return _read_entries(pathlib.Path(path), _check_std)
 
 
 def index_midi(midi_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
