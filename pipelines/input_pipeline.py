@@ -1,0 +1,237 @@
+"""Grain input pipelines over the Beam jobs' ArrayRecord shards.
+
+  pretraining(dir, config)  features only, shuffled, repeated, SpecAugment
+  finetuning(dir, config)   features + 19 labels + label mask, SpecAugment and mixup
+  evaluation(dir, config)   every window exactly once in a stable order, padded last
+                            batch marked by `weight` 0, with the key and window index
+                            needed to average windows per performance
+
+Order of operations (MapDataset, all random choices from `config.seed`):
+source -> [filter splits/folds/variants] -> shuffle -> repeat -> host slice
+(`process_index::process_count`) -> decode (errors name shard and index) ->
+normalise with the shard metadata's mean/std -> SpecAugment (random_map) ->
+batch(drop_remainder) -> mixup (random_map on batches) -> to_iter_dataset(read
+threads) -> mp_prefetch(worker processes). The iterator's `get_state()` /
+`set_state()` is the checkpointable input state the trainer stores with the
+model, so a restored run continues on exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import json
+import pathlib
+from collections.abc import Sequence
+
+import grain
+import numpy as np
+
+from pipelines import preprocess, records
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+  batch_size: int = 8
+  seed: int = 0
+  splits: tuple[str, ...] = ("train",)
+  folds: tuple[int, ...] | None = None  # None: every fold of the chosen splits
+  variants: tuple[int, ...] | None = None  # None: clean and every augmented variant
+  read_threads: int = 4
+  worker_processes: int = 0
+  prefetch_buffer_size: int = 64
+  spec_augment: bool = True
+  freq_mask: int = 48  # AST's AudioSet setting (of 128 bins)
+  time_mask: int = 192  # AST's AudioSet setting for 1024 frames; scaled to the clip
+  mixup_alpha: float = 0.0  # 0: off; AST used Beta(10, 10) on AudioSet
+  process_index: int = 0
+  process_count: int = 1
+
+
+class ShardRecordError(ValueError):
+  """A record in a shard is corrupt or does not follow the schema."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSet:
+  """The window shards of one job's output, with what is needed to read them."""
+
+  root: pathlib.Path
+  files: tuple[pathlib.Path, ...]
+  offsets: tuple[int, ...]  # global index of each file's first record
+  mean: float
+  std: float
+  dataset: str
+
+  @classmethod
+  def open(cls, root: str | pathlib.Path, splits: Sequence[str]) -> ShardSet:
+    root = pathlib.Path(root)
+    metadata = json.loads((root / preprocess.METADATA).read_text())
+    rows = [r for r in metadata["shards"] if r["kind"] == "windows"
+            and r["format"] == "array_record" and r["split"] in splits and r["records"]]
+    if not rows:
+      raise FileNotFoundError(f"{root}: no ArrayRecord window shards for splits {list(splits)}")
+    norm = metadata["normalization"]
+    if norm.get("mean") is None or not norm.get("std"):
+      raise ValueError(f"{root}: metadata has no normalisation statistics")
+    offsets, total = [], 0
+    for r in rows:
+      offsets.append(total)
+      total += r["records"]
+    return cls(root=root, files=tuple(root / r["file"] for r in rows), offsets=tuple(offsets),
+               mean=float(norm["mean"]), std=float(norm["std"]), dataset=metadata["dataset"])
+
+  def locate(self, index: int) -> str:
+    """'file#local_index' of a global record index (for error messages)."""
+    i = bisect.bisect_right(self.offsets, index) - 1
+    return f"{self.files[i].name}#{index - self.offsets[i]}"
+
+  def source(self) -> grain.sources.ArrayRecordDataSource:
+    return grain.sources.ArrayRecordDataSource([str(f) for f in self.files])
+
+
+def _decode(shards: ShardSet, index: int, record: bytes) -> dict:
+  try:
+    header, arrays = records.decode(record)
+    if header["kind"] != "window":
+      raise records.RecordError(f"kind {header['kind']!r} is not a window")
+  except (records.RecordError, KeyError, ValueError) as e:
+    raise ShardRecordError(f"{shards.locate(index)}: {e}") from None
+  features = (arrays["features"].astype(np.float32) - shards.mean) / (2.0 * shards.std)
+  return {
+      "features": features,  # [mel, frames], normalised like AST: (x - mean) / (2 std)
+      "labels": arrays["labels"].astype(np.float32),
+      "label_mask": arrays["label_mask"],
+      "valid_frames": np.int32(header["valid_frames"]),
+      "key": header["key"],
+      "window_index": np.int32(header["window_index"]),
+      "fold": np.int32(header["fold"]),
+      "variant": np.int32(header["variant"]),
+  }
+
+
+def _spec_augment(config: InputConfig):
+  def augment(example: dict, rng: np.random.Generator) -> dict:
+    features = example["features"].copy()
+    mel, frames = features.shape
+    valid = int(example["valid_frames"])
+    f = int(rng.integers(0, config.freq_mask + 1))
+    f0 = int(rng.integers(0, mel - f + 1))
+    features[f0:f0 + f, :] = 0.0
+    t_max = int(round(config.time_mask * valid / frames))  # scaled to the clip's length
+    t = int(rng.integers(0, t_max + 1))
+    t0 = int(rng.integers(0, max(1, valid - t + 1)))
+    features[:, t0:t0 + t] = 0.0
+    return dict(example, features=features)
+  return augment
+
+
+def _mixup(alpha: float):
+  def mix(batch: dict, rng: np.random.Generator) -> dict:
+    lam = np.float32(rng.beta(alpha, alpha))
+    perm = rng.permutation(batch["features"].shape[0])
+    return dict(
+        batch,
+        features=lam * batch["features"] + (1 - lam) * batch["features"][perm],
+        labels=lam * batch["labels"] + (1 - lam) * batch["labels"][perm],
+        label_mask=batch["label_mask"] & batch["label_mask"][perm],
+        mixup_lambda=np.full(perm.shape, lam, np.float32))
+  return mix
+
+
+def _keep(config: InputConfig, shards: ShardSet) -> list[int] | None:
+  """Global indices passing the fold/variant filters (None: keep all)."""
+  if config.folds is None and config.variants is None:
+    return None
+  keep = []
+  for file, offset in zip(shards.files, shards.offsets):
+    for i, record in enumerate(grain.sources.ArrayRecordDataSource([str(file)])):
+      header, _ = records.decode(record)
+      if ((config.folds is None or header["fold"] in config.folds) and
+          (config.variants is None or header["variant"] in config.variants)):
+        keep.append(offset + i)
+  return keep
+
+
+def _finish(ds, config: InputConfig):
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
+                                            prefetch_buffer_size=config.prefetch_buffer_size))
+  if config.worker_processes > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_processes))
+  return ds
+
+
+class _Selected(grain.sources.RandomAccessDataSource):
+  """A subset of a source's records, by global index; yields (global index, record)."""
+
+  def __init__(self, source, indices: Sequence[int] | None):
+    self._source = source
+    self._indices = None if indices is None else np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._source) if self._indices is None else len(self._indices)
+
+  def __getitem__(self, index: int):
+    global_index = int(index if self._indices is None else self._indices[index])
+    return global_index, self._source[global_index]
+
+
+_TRAIN_FIELDS = {False: ("features", "valid_frames"),
+                 True: ("features", "labels", "label_mask", "valid_frames")}
+
+
+def training_examples(root, config: InputConfig) -> grain.MapDataset:
+  """The endless, shuffled, host-sliced, decoded and normalised example stream.
+
+  Examples keep their `key`, `variant` and `window_index` (tests use them to
+  check that hosts see disjoint examples covering every window per epoch).
+  """
+  shards = ShardSet.open(root, config.splits)
+  ds = grain.MapDataset.source(_Selected(shards.source(), _keep(config, shards)))
+  ds = ds.seed(config.seed).shuffle().repeat()
+  ds = ds[config.process_index::config.process_count]
+  return ds.map(lambda item: _decode(shards, *item))
+
+
+def _training(root, config: InputConfig, *, labelled: bool):
+  fields = _TRAIN_FIELDS[labelled]
+  ds = training_examples(root, config).map(lambda ex: {k: ex[k] for k in fields})
+  if config.spec_augment:
+    ds = ds.random_map(_spec_augment(config))
+  ds = ds.batch(config.batch_size, drop_remainder=True)
+  if labelled and config.mixup_alpha > 0:
+    ds = ds.random_map(_mixup(config.mixup_alpha))
+  return _finish(ds, config)
+
+
+def pretraining(root, config: InputConfig):
+  """Endless shuffled batches of `features` `[batch, mel, frames]` and `valid_frames`."""
+  return _training(root, config, labelled=False)
+
+
+def finetuning(root, config: InputConfig):
+  """Endless shuffled batches with `labels` and `label_mask` `[batch, 19]`."""
+  return _training(root, config, labelled=True)
+
+
+def evaluation(root, config: InputConfig):
+  """Every window of `config.splits` once, in shard order; no augmentation.
+
+  The last batch is padded by repeating its first example with `weight` 0.
+  """
+  shards = ShardSet.open(root, config.splits)
+  ds = grain.MapDataset.source(_Selected(shards.source(), _keep(config, shards)))
+  ds = ds[config.process_index::config.process_count]
+  ds = ds.map(lambda item: _decode(shards, *item))
+  ds = ds.batch(config.batch_size, drop_remainder=False, batch_fn=_padded_batch(config))
+  return _finish(ds, config)
+
+
+def _padded_batch(config: InputConfig):
+  def batch_fn(examples: Sequence[dict]) -> dict:
+    pad = config.batch_size - len(examples)
+    full = list(examples) + [examples[0]] * pad
+    out = {k: np.stack([np.asarray(e[k]) for e in full]) for k in full[0]}
+    out["weight"] = np.array([1.0] * len(examples) + [0.0] * pad, np.float32)
+    return out
+  return batch_fn
