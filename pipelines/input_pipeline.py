@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import grain
 import numpy as np
+from absl import flags
 
 from pipelines import preprocess, records
 
@@ -117,7 +118,7 @@ def _spec_augment(config: InputConfig):
     valid = int(example["valid_frames"])
     f = int(rng.integers(0, config.freq_mask + 1))
     f0 = int(rng.integers(0, mel - f + 1))
-    features[f0:f0 + f, :] = 0.0
+    features[f0:f0 + f, :valid] = 0.0  # padding keeps its constant value
     t_max = int(round(config.time_mask * valid / frames))  # scaled to the clip's length
     t = int(rng.integers(0, t_max + 1))
     t0 = int(rng.integers(0, max(1, valid - t + 1)))
@@ -154,6 +155,10 @@ def _keep(config: InputConfig, shards: ShardSet) -> list[int] | None:
 
 
 def _finish(ds, config: InputConfig):
+  if config.worker_processes > 0 and not flags.FLAGS.is_parsed():
+    # Grain's worker processes read absl flags; outside an absl program (tests,
+    # notebooks) accept their defaults.
+    flags.FLAGS.mark_as_parsed()
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                             prefetch_buffer_size=config.prefetch_buffer_size))
   if config.worker_processes > 0:
