@@ -22,6 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from pipelines import maestro, percepiano, preprocess, records, shards, splits, windowing
+from pipelines.configs import augment as augment_presets
 
 FLAGS = flags.FLAGS
 AUGMENT_OPS = ("time_stretch", "pitch_shift", "noise")
@@ -60,15 +61,20 @@ def _window_config() -> windowing.WindowConfig:
   return windowing.WindowConfig(frames=frames, hop_frames=hop, silence_db=FLAGS.silence_db)
 
 
-def _job_flags(names: list[str]) -> dict:
+def _job_flags(names: list[str], augment: ml_collections.ConfigDict) -> dict:
   values = {n: FLAGS[n].value for n in names}
-  values["augment_config"] = FLAGS.augment_config.to_dict()
+  values["augment_config"] = augment.to_dict()
   return json.loads(json.dumps(values, default=list))
 
 
-def augment_config() -> ml_collections.ConfigDict:
-  """The augmentation config with --augment/--variants/--seed applied."""
+def augment_config(dataset: str | None = None) -> ml_collections.ConfigDict:
+  """The augmentation config with --augment/--variants/--seed applied.
+
+  Without an explicit --augment_config, `dataset` (when given) picks its preset.
+  """
   config = FLAGS.augment_config
+  if dataset is not None and not FLAGS["augment_config"].present:
+    config = augment_presets.get_config(dataset)
   with config.unlocked():
     if FLAGS.augment is not None:
       for op in AUGMENT_OPS:
@@ -82,8 +88,9 @@ def augment_config() -> ml_collections.ConfigDict:
 
 def _run(dataset: str, sources: list[preprocess.Source], beam_args: list[str], *,
          filter_silent: bool, job_flags: list[str], source_checksums: dict, split_info: dict,
-         first_variant: int = 0, write_audio: bool | None = None) -> None:
-  augment = augment_config()
+         first_variant: int = 0, write_audio: bool | None = None,
+         augment: ml_collections.ConfigDict | None = None) -> None:
+  augment = augment or augment_config()
   if augment.domain == "midi" and any(s.midi_path is None for s in sources):
     raise app.UsageError("--augment_config.domain=midi needs MIDI sources for every recording")
   metadata = preprocess.run(
@@ -94,8 +101,8 @@ def _run(dataset: str, sources: list[preprocess.Source], beam_args: list[str], *
            write_audio=FLAGS.write_audio if write_audio is None else write_audio,
            first_variant=first_variant),
       output_dir=FLAGS.output_dir, overwrite=FLAGS.overwrite, beam_args=beam_args,
-      job_config=_job_flags(job_flags), source_checksums=source_checksums, splits=split_info,
-      max_failure_fraction=FLAGS.max_failure_fraction)
+      job_config=_job_flags(job_flags, augment), source_checksums=source_checksums,
+      splits=split_info, max_failure_fraction=FLAGS.max_failure_fraction)
   c = metadata["counts"]
   print(f"{dataset}: listed {c['listed']} = written {c['written']} + filtered {c['filtered']} "
         f"+ dead-lettered {c['dead_lettered']}; {c['windows_written']} windows written, "
@@ -243,22 +250,22 @@ def audio_record_sources(input_dir: str) -> tuple[list[preprocess.Source], dict]
 
 
 def main_augment(argv: list[str]) -> None:
-  config = augment_config()
+  sources, metadata = audio_record_sources(FLAGS.input_dir)
+  config = augment_config(metadata["dataset"])
   if config.variants < 1:
     raise app.UsageError("--variants must be >= 1: the clean windows are already written")
   if config.domain != "audio":
     raise app.UsageError("pipelines.augment works on stored audio: domain must be 'audio'")
-  sources, metadata = audio_record_sources(FLAGS.input_dir)
   _run(metadata["dataset"], sources, argv[1:], filter_silent=metadata["dataset"] == "maestro",
        job_flags=_COMMON + ["input_dir", "seed"],
        source_checksums={"input_metadata": preprocess.file_checksum(
            str(pathlib.Path(FLAGS.input_dir) / preprocess.METADATA))},
-       split_info=metadata["splits"], first_variant=1, write_audio=False)
+       split_info=metadata["splits"], first_variant=1, write_audio=False, augment=config)
 
 
 def define_augment_flags() -> None:
-  # The label-preserving preset by default; MAESTRO users pass
-  # --augment_config=pipelines/configs/augment.py:maestro (or --augment ...).
+  # Without --augment_config the preset follows the input's dataset (PercePiano:
+  # label-preserving noise only; MAESTRO: everything).
   _define_common("percepiano")
   flags.DEFINE_string("input_dir", None, "Output of pipelines.percepiano/maestro.",
                       required=True)

@@ -287,6 +287,14 @@ def test_maestro_job_filters_silence_and_dead_letters_missing_audio(corpus, tmp_
   assert {h["split"] for h, _ in windows} == {"train", "validation", "test"}
   assert all(a["labels"].shape == (0,) for _, a in windows)
   assert metadata["normalization"]["split"] == "train" and metadata["normalization"]["count"] > 0
+  # Regenerating augmentations from MAESTRO shards picks the MAESTRO preset (all three ops),
+  # and the unlabelled windows need no label mask.
+  augmented = tmp_path / "augmented"
+  ok(run_job("augment", f"--input_dir={out}", f"--output_dir={augmented}", "--variants=1",
+             "--max_failure_fraction=0.2", "--target_shard_mb=4", *IN_MEMORY))
+  params = [h["augmentation"] for h, _ in windows_in(augmented)]
+  assert params and all(set(p) == {"time_stretch", "pitch_shift", "noise_snr_db", "noise_seed"}
+                        for p in params)
 
 
 def test_asap_layout_is_rendered_on_the_fly(corpus, tmp_path):
