@@ -1,7 +1,7 @@
 """End-to-end preprocessing speed: the Beam job against a plain single-process loop.
 
   python benchmarks/preprocess_speed.py --percepiano_dir ../shared/data/percepiano \
-      [--count 400] [--workers 2]
+      [--count 400] [--workers 2] [--from_wav]
 
 Both do the same work on the same real PercePiano performances (a seeded
 sample): render the MIDI, trim, log-mel, cut windows, encode records, write
@@ -10,11 +10,15 @@ recording and writes one shard; the job is `pipelines.percepiano`'s graph on
 Beam's local runner with `--workers` processes, including shard grouping,
 statistics, accounting and the final rename. Reported: windows/s, x real time
 (seconds of rendered, trimmed audio per wall second) and the job / loop ratio.
+With --from_wav the performances are first rendered to 16-bit 48 kHz stereo WAV
+files (untimed, like MAESTRO's recordings) and both sides decode those instead
+of synthesising: the speed of the pipeline itself on recorded audio.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import shutil
 import tempfile
@@ -22,7 +26,7 @@ import time
 
 import numpy as np
 
-from pipelines import jobs, percepiano, preprocess, records, shards, splits
+from pipelines import jobs, percepiano, preprocess, records, render, shards, splits
 from pipelines.configs import augment
 
 
@@ -32,6 +36,7 @@ def main() -> None:
   parser.add_argument("--count", type=int, default=400)
   parser.add_argument("--workers", type=int, default=2)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--from_wav", action="store_true")
   args = parser.parse_args()
 
   release = percepiano.read_release(args.percepiano_dir)
@@ -40,6 +45,15 @@ def main() -> None:
   rng = np.random.default_rng(args.seed)
   sources = [sources[i] for i in sorted(rng.choice(len(sources), args.count, replace=False))]
   scratch = pathlib.Path(tempfile.mkdtemp(prefix="bench-preprocess-"))
+  if args.from_wav:
+    wav_dir = scratch / "wav"
+    wav_dir.mkdir()
+    font = render.load_soundfont()
+    for source in sources:
+      (wav_dir / f"{source.key}.wav").write_bytes(
+          render.synthesize(pathlib.Path(source.midi_path).read_bytes(), font, name=source.key))
+    sources = [dataclasses.replace(s, midi_path=None, audio_path=str(wav_dir / f"{s.key}.wav"))
+               for s in sources]
   config = dict(dataset="percepiano", augment=augment.get_config("percepiano"))
 
   # Baseline: the same per-recording work in one process, then one output shard.
@@ -68,8 +82,10 @@ def main() -> None:
   assert windows == loop_windows, (windows, loop_windows)
   shutil.rmtree(scratch)
 
-  print(f"{args.count} real PercePiano performances, {windows} windows, "
-        f"{audio_seconds:.0f} s of trimmed audio")
+  source_kind = "WAV recordings (48 kHz stereo, untrimmed)" if args.from_wav else \
+      "MIDI rendered on the fly (trimmed)"
+  print(f"{args.count} real PercePiano performances from {source_kind}, {windows} windows, "
+        f"{audio_seconds:.0f} s of audio")
   print(f"{'':<30}{'seconds':>9}{'windows/s':>11}{'x real time':>13}")
   print(f"{'plain loop, 1 process':<30}{loop_s:>9.1f}{windows / loop_s:>11.1f}"
         f"{audio_seconds / loop_s:>13.0f}")
