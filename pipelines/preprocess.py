@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -144,7 +145,8 @@ class ProcessRecording(beam.DoFn):
     if not params:
       return clean
     if self._config.augment.domain == "midi":
-      midi = augmentation.apply_midi(pretty_midi.PrettyMIDI(source.midi_path), params)
+      with FileSystems.open(source.midi_path) as f:
+        midi = augmentation.apply_midi(pretty_midi.PrettyMIDI(io.BytesIO(f.read())), params)
       samples = render.render_midi(render.midi_to_bytes(midi), name=source.key,
                                    soundfont=self._config.soundfont).samples
       noise_only = {k: v for k, v in params.items() if k.startswith("noise")}

@@ -172,3 +172,15 @@ def test_corrupt_record_names_its_shard_and_index(shard_dir, tmp_path):
   with pytest.raises(ip.ShardRecordError, match=rf"{row['file']}#2: .*payload"):
     for i in range(10 * len(data)):
       ds[i]
+
+
+def test_missing_shards_or_statistics_are_clear_errors(shard_dir, tmp_path):
+  with pytest.raises(FileNotFoundError, match="no ArrayRecord window shards"):
+    ip.ShardSet.open(shard_dir, ("validation",))
+  broken = tmp_path / "nostats"
+  shutil.copytree(shard_dir, broken)
+  metadata = json.loads((broken / preprocess.METADATA).read_text())
+  metadata["normalization"] = {"count": 0, "mean": None, "std": None}
+  (broken / preprocess.METADATA).write_text(json.dumps(metadata))
+  with pytest.raises(ValueError, match="normalisation statistics"):
+    ip.ShardSet.open(broken, ("train",))

@@ -366,3 +366,19 @@ def test_local_default_is_the_offline_classic_runner():
   assert options.view_as(pipeline_options.StandardOptions).runner == "FnApiRunner"
   direct = options.view_as(pipeline_options.DirectOptions)
   assert direct.direct_running_mode == "multi_processing" and direct.direct_num_workers >= 1
+
+
+def test_augment_job_argument_errors(percepiano_shards, tmp_path):
+  proc = run_job("augment", f"--input_dir={percepiano_shards}", f"--output_dir={tmp_path / 'a'}",
+                 "--variants=0")
+  assert proc.returncode != 0 and "--variants must be >= 1" in proc.stderr
+  proc = run_job("augment", f"--input_dir={tmp_path}", f"--output_dir={tmp_path / 'b'}")
+  assert proc.returncode != 0 and "metadata.json" in proc.stderr
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_midi_domain_needs_midi_sources(corpus, tmp_path):
+  proc = run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}",
+                 f"--audio_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}",
+                 "--augment_config.domain=midi", *TINY_SPLIT)
+  assert proc.returncode != 0 and "domain=midi needs MIDI sources" in proc.stderr
