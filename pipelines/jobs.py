@@ -258,7 +258,7 @@ def main_augment(argv: list[str]) -> None:
     raise app.UsageError("pipelines.augment works on stored audio: domain must be 'audio'")
   _run(metadata["dataset"], sources, argv[1:], filter_silent=metadata["dataset"] == "maestro",
        job_flags=_COMMON + ["input_dir", "seed"],
-       source_checksums={"input_metadata": preprocess.file_checksum(
+       source_checksums={"input_metadata": shards.file_sha256(
            str(pathlib.Path(FLAGS.input_dir) / preprocess.METADATA))},
        split_info=metadata["splits"], first_variant=1, write_audio=False, augment=config)
 

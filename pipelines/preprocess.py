@@ -39,7 +39,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -253,11 +253,6 @@ class MomentsFn(beam.CombineFn):
     return {"count": count, "mean": mean, "std": math.sqrt(variance)}
 
 
-def _write_jsonl(path: str, rows: Iterable[dict]) -> None:
-  _write_text(path, "".join(line + "\n" for line in sorted(
-      json.dumps(r, sort_keys=True) for r in rows)))
-
-
 class _CollectJsonl(beam.PTransform):
   """Writes a small PCollection of dicts to one sorted JSONL file."""
 
@@ -268,7 +263,7 @@ class _CollectJsonl(beam.PTransform):
   def expand(self, pcoll):
     return (pcoll
             | beam.combiners.ToList()
-            | beam.Map(lambda rows, path=self._path: _write_jsonl(path, rows)))
+            | beam.Map(lambda rows, path=self._path: shards.write_jsonl(path, rows)))
 
 
 def build(pipeline: beam.Pipeline, sources: Sequence[Source], config: JobConfig) -> None:
@@ -286,7 +281,7 @@ def build(pipeline: beam.Pipeline, sources: Sequence[Source], config: JobConfig)
         out, f"{config.dataset}_audio", config.target_shard_mb, ("array_record",), "audio")
   _ = (results.stats
        | "Moments" >> beam.CombineGlobally(MomentsFn())
-       | "WriteStats" >> beam.Map(lambda s: _write_jsonl(f"{out}/{STATS}", [s])))
+       | "WriteStats" >> beam.Map(lambda s: shards.write_jsonl(f"{out}/{STATS}", [s])))
   _ = results.outcome | "WriteOutcomes" >> _CollectJsonl(f"{out}/{OUTCOMES}")
   _ = results.dead | "WriteDeadLetters" >> _CollectJsonl(f"{out}/{DEAD_LETTERS}")
 
@@ -436,14 +431,6 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
     raise AccountingError(f"{partial} kept as partial output: " + "; ".join(problems))
   _move_tree(partial, final_dir.rstrip("/"), overwrite)
   return metadata
-
-
-def file_checksum(path: str) -> str:
-  digest = hashlib.sha256()
-  with FileSystems.open(path) as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def run(sources: Sequence[Source], config_kwargs: dict, *, output_dir: str, overwrite: bool,

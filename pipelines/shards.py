@@ -108,13 +108,9 @@ def write_shard(output_dir: str, name: str, split: str, formats: tuple[str, ...]
     for fmt, writer in writers.items():
       writer.close()
       local = os.path.join(scratch, files[fmt])
-      digest = hashlib.sha256()
-      with open(local, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-          digest.update(block)
       rows.append({"file": files[fmt], "format": fmt, "name": name, "split": split,
                    "kind": kind, "index": index, "count": count, "records": written,
-                   "bytes": os.path.getsize(local), "sha256": digest.hexdigest()})
+                   "bytes": os.path.getsize(local), "sha256": file_sha256(local)})
       materialize(local, f"{output_dir}/{files[fmt]}")
   return rows
 
@@ -201,13 +197,22 @@ class WriteShards(beam.PTransform):
     path = f"{self._output_dir}/_shards-{self._kind}.jsonl"
     _ = (infos
          | "CollectShardInfo" >> beam.combiners.ToList()
-         | "WriteShardInfo" >> beam.Map(lambda rows: _write_lines(path, rows)))
+         | "WriteShardInfo" >> beam.Map(lambda rows: write_jsonl(path, rows)))
     return infos
 
 
-def _write_lines(path: str, rows: list[dict]) -> None:
-  text = "".join(json.dumps(r, sort_keys=True) + "\n"
-                 for r in sorted(rows, key=lambda r: r["file"]))
+def file_sha256(path: str) -> str:
+  """SHA-256 of a file on any Beam filesystem, read in 1 MiB blocks."""
+  digest = hashlib.sha256()
+  with FileSystems.open(path) as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def write_jsonl(path: str, rows: Iterable[dict]) -> None:
+  """One JSON object per line (sorted keys), lines sorted: byte-identical for equal rows."""
+  text = "".join(line + "\n" for line in sorted(json.dumps(r, sort_keys=True) for r in rows))
   with FileSystems.create(path) as f:
     f.write(text.encode("utf-8"))
 
