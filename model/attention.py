@@ -44,6 +44,8 @@ def plain(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None =
 def blocked(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None,
             *, dtype=jnp.float32, block_size: int = 128) -> jax.Array:
   """Query-blocked attention; same result as `plain` (to float rounding)."""
+  if block_size < 1:
+    raise ValueError(f"block_size must be >= 1, got {block_size}")
   b, n, h, d = q.shape
   nb = -(-n // block_size)
   pad = nb * block_size - n
