@@ -64,7 +64,10 @@ class CNN(nn.Module):
     if n_mel % scale or n_frames % scale:
       raise ValueError(f"CNN with {len(c.channels)} blocks needs mel and frames divisible by "
                        f"{scale}, got {features.shape}")
-    x = features[..., None].astype(c.dtype)  # [B, mel, frames, 1]
+    # Convolutions and GroupNorm statistics reach across the clip boundary, so frames past
+    # `valid_frames` are zeroed first: what the padding holds can then never matter.
+    frame_mask = _valid_frame_mask(valid_frames, b, n_frames)
+    x = jnp.where(frame_mask[:, None, :], features, 0.0)[..., None].astype(c.dtype)
     for i, ch in enumerate(c.channels):
       for j in range(2):
         x = nn.Conv(ch, (3, 3), padding="SAME", use_bias=False, dtype=c.dtype,
@@ -78,7 +81,7 @@ class CNN(nn.Module):
     tokens = linear.Dense(c.width, (None,), ("embed",), dtype=c.dtype, param_dtype=c.param_dtype,
                           name="project")(x.reshape(b, gf * gt, -1))
     # A token is valid when its time span starts inside the real frames.
-    valid_t = _valid_frame_mask(valid_frames, b, n_frames)[:, ::scale]  # [B, T'']
+    valid_t = frame_mask[:, ::scale]  # [B, T'']
     token_mask = jnp.broadcast_to(valid_t[:, None, :], (b, gf, gt)).reshape(b, gf * gt)
     w = token_mask[..., None].astype(tokens.dtype)
     pooled = (tokens * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1)
