@@ -1,14 +1,31 @@
 """Multi-head dot-product attention kernels, `[batch, length, heads, head_dim]` in and out.
 
-  plain    materialises the `[batch, heads, q, k]` probabilities; the reference,
-           and the only kernel that can return them (attention maps) or apply
-           attention dropout.
-  blocked  memory-efficient: queries in blocks, each block's softmax over all keys,
-           so the live probability tensor is `[batch, heads, block, k]` and the
-           backward pass recomputes it per block instead of storing all of it.
+  plain    materialises the `[batch, heads, q, k]` probabilities: the reference,
+           and the kernel that returns them (attention maps, cross-task heads).
+  blocked  memory-efficient self-attention for the encoder (measured choices in
+           BUILD_NOTES.md, "Attention on CPU"):
+           * q, k, v go heads-first once (`[B, H, N, D]`, a cheap N·D transpose),
+             so no `[N, N]`-sized transpose or copy appears in the HLO (plain
+             einsum attention makes XLA transpose the probabilities for P·V).
+           * queries are processed in balanced blocks of ~`block_size` rows, one
+             example and one block per `lax.map` step: the `[H, Q, N]` score
+             block stays in cache (batching examples into the block made it B
+             times larger and 3x slower at B = 8), and XLA:CPU fuses
+             dot + max + sub + exp on it.
+           * a custom VJP saves only the output and the per-row log-sum-exp and
+             recomputes each block's probabilities in the backward pass
+             (flash-attention style), so training memory is O(B·H·N·D) instead
+             of O(B·H·N²) per layer (2.2 GB -> 0.17 GB per layer at B = 8,
+             N = 1214).
+           * the backward works on the *transposed* score block Sᵀ = K·q_blkᵀ so
+             every dot contracts its left operand's minor dimension: XLA:CPU
+             keeps such bf16 x bf16 -> f32 dots in bf16 but silently upcasts
+             dots with a transposed left operand to f32.
 
 Both take an optional key mask `[batch, k]` (True = attend); masked keys get a
-large negative logit, so a query never attends to padding.
+large negative logit, so a query never attends to padding. Softmax and
+accumulation are always float32; with bf16 inputs the matmul operands are bf16
+(probabilities rounded to bf16 before P·V, as PyTorch's bf16 SDPA does).
 """
 
 from __future__ import annotations
@@ -17,47 +34,130 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
+_F32 = jnp.float32
 _NEG = -1e30  # finite: exp underflows to 0 without producing NaN for all-masked rows
 
 
-def _logits(q, k, dtype):
-  """`[B, H, q, k]` logits accumulated in float32."""
-  q = q.astype(dtype)
-  k = k.astype(dtype)
-  return jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+def _mm(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+  """einsum accumulated in float32; bf16 operands stay bf16."""
+  return jnp.einsum(spec, a, b, preferred_element_type=_F32)
 
 
 def plain(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None,
           *, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
-  """Returns `(out [B, q, H, D], probabilities [B, H, q, k])`."""
+  """Returns `(out [B, q, H, D] in dtype, probabilities [B, H, q, k] float32)`."""
   scale = q.shape[-1] ** -0.5
-  logits = _logits(q * scale, k, dtype)
+  logits = _mm("bqhd,bkhd->bhqk", (q * scale).astype(dtype), k.astype(dtype))
   if key_mask is not None:
     logits = jnp.where(key_mask[:, None, None, :], logits, _NEG)
   probs = jax.nn.softmax(logits, axis=-1)
-  out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v.astype(dtype),
-                   preferred_element_type=jnp.float32)
+  out = _mm("bhqk,bkhd->bqhd", probs.astype(dtype), v.astype(dtype))
   return out.astype(dtype), probs
+
+
+def _plan_blocks(n: int, block_size: int) -> tuple[int, int]:
+  """`(number of blocks, block length)`, balanced and a multiple of 8 so padding is small
+  (N = 514 -> 5 x 104, N = 1214 -> 10 x 128 at block_size 128)."""
+  nb = max(1, -(-n // block_size))
+  q = -(-n // nb)
+  return nb, -(-q // 8) * 8
+
+
+def _to_blocks(x: jax.Array, q: int) -> jax.Array:
+  """`[H, nb·Q, X] -> [nb, H, Q, X]`."""
+  h, n, d = x.shape
+  return x.reshape(h, n // q, q, d).transpose(1, 0, 2, 3)
+
+
+def _from_blocks(x: jax.Array) -> jax.Array:
+  """`[nb, H, Q, X] -> [H, nb·Q, X]`."""
+  nb, h, q, d = x.shape
+  return x.transpose(1, 0, 2, 3).reshape(h, nb * q, d)
+
+
+def _forward_one(qh, kh, vh, bias, q_blk):
+  """One example: qh `[H, Np, D]` (pre-scaled), kh/vh `[H, N, D]`, bias `[1, 1, N]`
+  -> out `[H, Np, D]`, log-sum-exp `[H, Np, 1]`."""
+  dt = qh.dtype
+
+  def block(qb):  # [H, Q, D]
+    s = _mm("hqd,hkd->hqk", qb, kh) + bias  # [H, Q, N] float32
+    m = jnp.max(s, axis=-1, keepdims=True)
+    e = jnp.exp(s - m)
+    l = jnp.sum(e, axis=-1, keepdims=True)
+    o = _mm("hqk,hkd->hqd", e.astype(dt), vh) / l  # normalise the small output, not the block
+    return o.astype(dt), m + jnp.log(l)
+
+  o, lse = lax.map(block, _to_blocks(qh, q_blk))
+  return _from_blocks(o), _from_blocks(lse)
+
+
+def _backward_one(qh, kh, vh, bias, o, lse, do, q_blk):
+  """One example's flash-style backward, one query block per scan step (see module doc)."""
+  dt = qh.dtype
+  delta = jnp.sum(do.astype(_F32) * o.astype(_F32), axis=-1, keepdims=True)  # sum_j P_ij dP_ij
+  do = do.astype(dt)
+  bias_t = jnp.swapaxes(bias, -1, -2)  # [1, N, 1]
+  k_t = jnp.swapaxes(kh, -1, -2)  # [H, D, N], once
+
+  def step(carry, xs):
+    dk, dv = carry
+    qb, dob, lseb, deltab = xs  # lseb, deltab: [H, 1, Q]
+    pt = jnp.exp(_mm("hkd,hqd->hkq", kh, qb) + bias_t - lseb)  # Pᵀ, float32
+    dv = dv + _mm("hkq,hqd->hkd", pt.astype(dt), dob)
+    dst = (pt * (_mm("hkd,hqd->hkq", vh, dob) - deltab)).astype(dt)  # dSᵀ
+    dk = dk + _mm("hkq,hqd->hkd", dst, qb)
+    dq_t = _mm("hdk,hkq->hdq", k_t, dst)  # [H, D, Q]
+    # Without the barrier XLA folds the small transpose below into the dot, giving a
+    # layout YNNPACK rejects; the fallback has no bf16 x bf16 -> f32 kernel and fails
+    # at run time ("Unsupported element type for DotThunk::Execute").
+    dq_t = lax.optimization_barrier(dq_t)
+    return (dk, dv), jnp.swapaxes(dq_t, -1, -2)
+
+  blk = lambda x: _to_blocks(x, q_blk)
+  zeros = jnp.zeros(kh.shape, _F32)
+  xs = (blk(qh), blk(do), jnp.swapaxes(blk(lse), -1, -2), jnp.swapaxes(blk(delta), -1, -2))
+  (dk, dv), dq = lax.scan(step, (zeros, zeros), xs)
+  return _from_blocks(dq).astype(dt), dk.astype(dt), dv.astype(dt)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _blocked_core(qh, kh, vh, bias, q_blk):
+  """qh `[B, H, Np, D]` pre-scaled, kh/vh `[B, H, N, D]`, bias `[B, 1, 1, N]` -> `[B, H, Np, D]`."""
+  return _blocked_fwd(qh, kh, vh, bias, q_blk)[0]
+
+
+def _blocked_fwd(qh, kh, vh, bias, q_blk):
+  o, lse = lax.map(lambda x: _forward_one(*x, q_blk), (qh, kh, vh, bias))  # one example a step
+  return o, (qh, kh, vh, bias, o, lse)
+
+
+def _blocked_bwd(q_blk, res, do):
+  qh, kh, vh, bias, o, lse = res
+  dq, dk, dv = lax.map(lambda x: _backward_one(*x, q_blk), (qh, kh, vh, bias, o, lse, do))
+  return dq, dk, dv, jnp.zeros_like(bias)
+
+
+_blocked_core.defvjp(_blocked_fwd, _blocked_bwd)
 
 
 def blocked(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None,
             *, dtype=jnp.float32, block_size: int = 128) -> jax.Array:
-  """Query-blocked attention; same result as `plain` (to float rounding)."""
+  """Memory-efficient attention; equals `plain(...)[0]` to float rounding. Returns `[B, q, H, D]`."""
   if block_size < 1:
     raise ValueError(f"block_size must be >= 1, got {block_size}")
   b, n, h, d = q.shape
-  nb = -(-n // block_size)
-  pad = nb * block_size - n
-  qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
-  qb = qp.reshape(b, nb, block_size, h, d).transpose(1, 0, 2, 3, 4)  # [nb, B, blk, H, D]
-
-  @functools.partial(jax.checkpoint, prevent_cse=False)
-  def one_block(qi):
-    out, _ = plain(qi, k, v, key_mask, dtype=dtype)
-    return out
-
-  out = jax.lax.map(one_block, qb)  # [nb, B, blk, H, D]
-  out = out.transpose(1, 0, 2, 3, 4).reshape(b, nb * block_size, h, d)
-  return out[:, :n]
-
+  q = (q * d ** -0.5).astype(dtype)
+  k, v = k.astype(dtype), v.astype(dtype)
+  nb, q_blk = _plan_blocks(n, block_size)
+  if nb * q_blk != n:  # pad queries only: keys are never padded, so padding needs no mask
+    q = jnp.pad(q, ((0, 0), (0, nb * q_blk - n), (0, 0), (0, 0)))
+  qh, kh, vh = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+  if key_mask is None:
+    bias = jnp.zeros((b, 1, 1, k.shape[1]), _F32)
+  else:
+    bias = jnp.where(key_mask, 0.0, _NEG).astype(_F32)[:, None, None, :]
+  out = _blocked_core(qh, kh, vh, lax.stop_gradient(bias), q_blk)
+  return out.transpose(0, 2, 1, 3)[:, :n]

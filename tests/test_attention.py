@@ -97,3 +97,18 @@ def test_bad_block_size_is_refused(block):
   q, k, v = _qkv(5, 1, 8, 1, 4)
   with pytest.raises(ValueError, match="block_size"):
     attention.blocked(q, k, v, block_size=block)
+
+
+def test_bf16_backward_runs_and_tracks_f32():
+  """The bf16 backward must compile and run (XLA:CPU has no fallback for some bf16 dot layouts)."""
+  q, k, v = _qkv(6, 2, 70, 2, 16)
+  ct = jax.random.normal(jax.random.key(1), q.shape)
+  f = lambda dtype: jax.jit(jax.grad(lambda q, k, v: jnp.sum(
+      attention.blocked(q, k, v, dtype=dtype, block_size=32).astype(jnp.float32) * ct),
+      argnums=(0, 1, 2)))
+  g16 = f(jnp.bfloat16)(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16))
+  g32 = f(jnp.float32)(q, k, v)
+  for a, b in zip(g16, g32):
+    assert a.dtype == jnp.bfloat16
+    rel = float(jnp.abs(a.astype(jnp.float32) - b).max() / jnp.abs(b).max())
+    assert rel < 3e-2, rel
