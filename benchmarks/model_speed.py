@@ -13,8 +13,8 @@ pass (inference) and for a training step (forward + backward + AdamW on a
          (bf16 = torch.autocast on CPU, the standard mixed-precision recipe),
          torch.set_num_threads = the cores JAX uses.
 
-Timings alternate between the two frameworks rep by rep (median of `--reps`
-after warm-up), so machine load hits both alike; the ratio column is
+Timings alternate between the two frameworks in blocks of reps, twice, with a
+pause before each block (median of `--reps` after warm-up); the ratio column is
 torch time / flax time (> 1: Flax faster). FLOPs are the matmul-type FLOPs of
 one window (2 per multiply-add; a training step counts 3x the forward); % peak
 is against the matmul peak measured for each framework and dtype in the same
@@ -55,7 +55,9 @@ def _median_time(fn, reps: int) -> list[float]:
   return out
 
 
-def matmul_peaks(reps: int = 5) -> dict[str, float]:
+def matmul_peaks(reps: int = 20) -> dict[str, float]:
+  """Best 1024³ matmul rate per framework and dtype (FLOP/s); the best of many reps, because
+  a noisy neighbour only ever makes a rep slower."""
   n = 1024
   flops = 2 * n ** 3
   a = jax.random.normal(jax.random.key(0), (n, n))
@@ -68,9 +70,9 @@ def matmul_peaks(reps: int = 5) -> dict[str, float]:
     peaks[name] = flops / min(_median_time(lambda: fn(x).block_until_ready(), reps))
   t = torch.randn(n, n)
   tb = t.bfloat16()
-  for name, x in (("torch/float32", t), ("torch/bfloat16", tb)):
-    x @ x
-    peaks[name] = flops / min(_median_time(lambda: x @ x, reps))
+  for name, x, n_reps in (("torch/float32", t, reps), ("torch/bfloat16", tb, 2)):
+    x @ x  # bf16 has no fast path on AVX2-only CPUs (~2 s per matmul): few reps
+    peaks[name] = flops / min(_median_time(lambda: x @ x, n_reps))
   return peaks
 
 
@@ -156,6 +158,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--pause_s", type=float, default=0.5)
   parser.add_argument("--json", default=None)
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
@@ -184,11 +187,14 @@ def main() -> None:
         t_compile = time.perf_counter() - t_compile
         tf(), tt()  # warm up
         times = {"flax_fwd": [], "torch_fwd": [], "flax_train": [], "torch_train": []}
-        for _ in range(reps):  # interleaved so load affects both frameworks alike
-          times["flax_fwd"] += _median_time(ff, 1)
-          times["torch_fwd"] += _median_time(tf, 1)
-          times["flax_train"] += _median_time(ft, 1)
-          times["torch_train"] += _median_time(tt, 1)
+        # Alternating blocks (flax, torch, flax, torch) so machine load hits both alike; a
+        # pause before each block lets the other framework's spinning worker threads
+        # (OpenMP, Eigen) go idle, so neither starts on a core the other still occupies.
+        for _ in range(2):
+          for name, fn in (("flax_fwd", ff), ("torch_fwd", tf), ("flax_train", ft),
+                           ("torch_train", tt)):
+            time.sleep(args.pause_s)
+            times[name] += _median_time(fn, -(-reps // 2))
         med = {k: statistics.median(v) / args.batch for k, v in times.items()}
         pk_f, pk_t = peaks[f"flax/{dtype}"], peaks[f"torch/{dtype}"]
         row = dict(variant=variant, stride=stride, dtype=dtype, gflop_forward=fl / 1e9,
@@ -205,6 +211,8 @@ def main() -> None:
               f"{med['flax_train']:>13.3f}{med['torch_train']:>14.3f}{row['train_ratio']:>7.2f}"
               f"{'%.0f / %.0f' % row['flax_peak_pct']:>20}{'%.0f / %.0f' % row['torch_peak_pct']:>21}",
               flush=True)
+  end_peaks = matmul_peaks()
+  print("matmul peak GFLOP/s at the end: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in end_peaks.items()))
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"peaks_gflops": {k: v / 1e9 for k, v in peaks.items()}, "rows": rows,

@@ -37,7 +37,7 @@ def test_outputs_are_scattered_back_to_label_order():
   for name, dims in groups:
     p["params"][f"{name}_fc2"]["kernel"] = jnp.zeros_like(p["params"][f"{name}_fc2"]["kernel"])
     p["params"][f"{name}_fc2"]["bias"] = jnp.asarray(dims, jnp.float32) * 10.0
-  out = m.apply(p, t, mask)
+  out = jax.jit(m.apply)(p, t, mask)
   np.testing.assert_array_equal(out, np.broadcast_to(np.arange(5) * 10.0, (2, 5)))
 
 
@@ -55,8 +55,9 @@ def test_cross_task_attention_lets_groups_read_each_other_and_can_be_switched_of
   for cross, should_change in ((True, True), (False, False)):
     m = heads.GroupedHeads(groups, heads=2, cross_task=cross, dropout=0.0)
     v = nn.meta.unbox(_init(m, t, mask))
-    base = m.apply(v, t, mask)
-    moved = m.apply(_perturb_query(v, 2), t, mask)  # move the expression group's query
+    apply = jax.jit(m.apply)
+    base = apply(v, t, mask)
+    moved = apply(_perturb_query(v, 2), t, mask)  # move the expression group's query
     changed = not np.allclose(base[:, timing], moved[:, timing], atol=1e-6)
     assert changed == should_change, cross
     # The moved group itself always changes.
@@ -68,18 +69,19 @@ def test_padding_tokens_do_not_reach_the_predictions():
   mask = jnp.arange(12)[None, :] < jnp.array([[12], [7]])
   m = heads.GroupedHeads(heads=4)
   v = _init(m, t, mask)
-  a = m.apply(v, t, mask)
-  b = m.apply(v, t.at[1, 7:].set(100.0), mask)
+  apply = jax.jit(m.apply)
+  a = apply(v, t, mask)
+  b = apply(v, t.at[1, 7:].set(100.0), mask)
   np.testing.assert_allclose(a, b, atol=1e-6)
   real_change = jax.random.normal(jax.random.key(3), (7, D))
-  assert not np.allclose(m.apply(v, t.at[1, :7].add(real_change), mask)[1], a[1])
+  assert not np.allclose(apply(v, t.at[1, :7].add(real_change), mask)[1], a[1])
 
 
 def test_cross_attention_maps_are_sown_per_layer():
   t, mask = _tokens(n=9)
   m = heads.GroupedHeads(heads=4, depth=2)
   v = _init(m, t, mask)
-  _, state = m.apply(v, t, mask, mutable=["intermediates"])
+  _, state = jax.jit(lambda v: m.apply(v, t, mask, mutable=["intermediates"]))(v)
   for i in range(2):
     (probs,) = state["intermediates"][f"layer_{i}"]["cross_attention"]
     assert probs.shape == (2, 4, 3, 9 + 3)  # groups attend over tokens + groups

@@ -11,7 +11,7 @@ from model import masking
 GRID = (8, 64)  # SSAST's stride-16 grid on 128 x 1024
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 8), st.integers(1, 40), st.data(),
        st.sampled_from(["random", "cluster"]), st.integers(0, 2**16))
 def test_exactly_num_masked_per_clip_and_indices_agree(batch, f, t, data, kind, seed):
