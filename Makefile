@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PERCEPIANO_DIR ASAP_DIR
 
-.PHONY: demo demo-real test test-slow bench lock clean
+.PHONY: demo demo-real test test-slow bench bench-model lock clean
 
 # The lock is complete (every transitive dependency, with hashes), so pip
 # installs exactly it with --no-deps; the project itself is then installed
@@ -44,6 +44,10 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/features_speed.py
 	$(BIN)/python benchmarks/render_speed.py --percepiano_dir=$(PERCEPIANO_DIR)
+
+# Flax AST vs transformers' PyTorch ASTModel, forward and train step, f32 and bf16 (~30 min on 2 cores).
+bench-model: $(STAMP)
+	$(BIN)/python benchmarks/model_speed.py
 
 # Regenerate the lock after editing pyproject.toml dependencies (pip-tools is
 # in the locked dev extra).
