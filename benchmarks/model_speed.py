@@ -8,7 +8,8 @@ pass (inference) and for a training step (forward + backward + AdamW on a
 19-output regression head over the pooled embedding), for
 
   flax   model.ast.Encoder (blocked attention; bf16 = bf16 compute, f32 master
-         weights), jitted once, inputs donated nowhere, results blocked on.
+         weights), jitted once, the train state donated (updated in place, as
+         torch.optim does), results blocked on.
   torch  transformers.ASTModel with SDPA attention + nn.Linear + torch.optim.AdamW
          (bf16 = torch.autocast on CPU, the standard mixed-precision recipe),
          torch.set_num_threads = the cores JAX uses.

@@ -50,7 +50,9 @@ _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     # Keep the weight matmuls' outputs, recompute the rest (the attention
     # probabilities above all): most of the memory saving at little extra time.
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # By name, because the bf16 matmul's dot sits inside a custom VJP that the
+    # dot-based policies cannot see.
+    "dots": jax.checkpoint_policies.save_only_these_names(linear.MATMUL_NAME),
 }
 
 
@@ -180,7 +182,6 @@ class Mlp(nn.Module):
 
 class SelfAttention(nn.Module):
   config: EncoderConfig
-  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x, key_mask):
@@ -210,7 +211,7 @@ class EncoderBlock(nn.Module):
   def __call__(self, x, key_mask):
     c = self.config
     norm = functools.partial(linear.layer_norm, c.layer_norm_eps, c.dtype, c.param_dtype)
-    y = SelfAttention(c, self.deterministic, name="attn")(norm("norm1")(x), key_mask)
+    y = SelfAttention(c, name="attn")(norm("norm1")(x), key_mask)
     x = x + nn.Dropout(c.dropout)(y, deterministic=self.deterministic)
     y = Mlp(c, name="mlp")(norm("norm2")(x))
     x = x + nn.Dropout(c.dropout)(y, deterministic=self.deterministic)
@@ -254,7 +255,10 @@ class Encoder(nn.Module):
     pos = self.param("pos_embed", nn.with_logical_partitioning(
         nn.initializers.truncated_normal(0.02), (None, None, "embed")), (gf, gt, c.width),
         c.param_dtype)
-    x = x + pos.reshape(gf * gt, c.width).astype(x.dtype)
+    # The residual stream stays float32 whatever the compute dtype (as torch.autocast
+    # does): block outputs in bf16 are added to it in float32, so rounding does not
+    # accumulate over depth; only the LayerNorm outputs feeding the matmuls are bf16.
+    x = x.astype(jnp.float32) + pos.reshape(gf * gt, c.width).astype(jnp.float32)
     if c.num_tokens:
       tokens = self.param("tokens", nn.with_logical_partitioning(
           nn.initializers.truncated_normal(0.02), (None, "embed")), (c.num_tokens, c.width),
@@ -262,7 +266,7 @@ class Encoder(nn.Module):
       token_pos = self.param("token_pos_embed", nn.with_logical_partitioning(
           nn.initializers.truncated_normal(0.02), (None, "embed")), (c.num_tokens, c.width),
           c.param_dtype)
-      extra = jnp.broadcast_to((tokens + token_pos).astype(x.dtype), (b, c.num_tokens, c.width))
+      extra = jnp.broadcast_to((tokens + token_pos).astype(jnp.float32), (b, c.num_tokens, c.width))
       x = jnp.concatenate([extra, x], axis=1)
     x = nn.Dropout(c.dropout)(x, deterministic=not train)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))

@@ -105,6 +105,8 @@ class GroupedHeads(nn.Module):
   @nn.compact
   def __call__(self, tokens, token_mask, *, train: bool = False):
     groups = check_groups(self.groups, self.num_outputs)
+    if self.depth < 1:
+      raise ValueError(f"depth must be >= 1 (with 0 the predictions ignore the input), got {self.depth}")
     b, _, d = tokens.shape
     if d % self.heads:
       raise ValueError(f"head width {d} is not divisible by {self.heads} heads")

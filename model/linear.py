@@ -25,6 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 
@@ -62,14 +63,21 @@ def _bf16_matmul_bwd(residuals, g):
 _bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
 
 
+# Name under which every weight-matmul output is tagged for rematerialisation policies:
+# `jax.checkpoint_policies.dots_*` cannot see the dot inside the bf16 custom VJP.
+MATMUL_NAME = "dense_matmul"
+
+
 def matmul(x: jax.Array, w: jax.Array, dtype: Dtype) -> jax.Array:
   """`x[..., K] @ w[K, N]` in the compute `dtype` (float32 or bfloat16)."""
   x = x.astype(dtype)
   w = w.astype(dtype)
   if jnp.dtype(dtype) == jnp.bfloat16:
-    return _bf16_matmul(x, w)
-  # Float32 precision follows `jax_default_matmul_precision` (exact f32 on CPU).
-  return jnp.matmul(x, w)
+    y = _bf16_matmul(x, w)
+  else:
+    # Float32 precision follows `jax_default_matmul_precision` (exact f32 on CPU).
+    y = jnp.matmul(x, w)
+  return checkpoint_name(y, MATMUL_NAME)
 
 
 class Dense(nn.Module):

@@ -33,7 +33,8 @@ def per_dimension_mse(predictions: jax.Array, labels: jax.Array, label_mask: jax
     m = m * weights.astype(jnp.float32)[:, None]
   err = (predictions.astype(jnp.float32) - labels.astype(jnp.float32)) ** 2
   count = m.sum(axis=0)
-  return (err * m).sum(axis=0) / jnp.maximum(count, 1.0), count
+  # Select rather than multiply: a NaN label where the mask is 0 must not poison the loss.
+  return jnp.where(m > 0, err * m, 0.0).sum(axis=0) / jnp.maximum(count, 1.0), count
 
 
 def group_losses(mse: jax.Array, groups: Sequence[tuple[str, Sequence[int]]],
@@ -50,19 +51,30 @@ def group_losses(mse: jax.Array, groups: Sequence[tuple[str, Sequence[int]]],
   return out
 
 
+def group_presence(groups: Sequence[tuple[str, Sequence[int]]],
+                   count: jax.Array) -> dict[str, jax.Array]:
+  """1.0 for a group with at least one valid label in the batch, else 0.0."""
+  return {name: (count[jnp.asarray(dims)].sum() > 0).astype(jnp.float32) for name, dims in groups}
+
+
 def combine(losses: Mapping[str, jax.Array], *, fixed_weights: Mapping[str, float] | None = None,
-            log_variances: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+            log_variances: jax.Array | None = None,
+            present: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total loss and the effective weight per group.
 
   `log_variances` `[G]` (ordered as `losses`) switches on uncertainty weighting;
-  otherwise `fixed_weights` (default 1 per group) apply.
+  otherwise `fixed_weights` (default 1 per group) apply. `present` (per group,
+  1/0) drops a group without labels in this batch from the uncertainty term:
+  otherwise its `+s_g` regulariser alone would push `s_g` down and raise the
+  group's weight on exactly the batches that cannot inform it.
   """
   names = list(losses)
   if log_variances is not None:
     if log_variances.shape != (len(names),):
       raise ValueError(f"log_variances {log_variances.shape} do not match groups {names}")
     s = log_variances.astype(jnp.float32)
-    total = sum(0.5 * (jnp.exp(-s[i]) * losses[n] + s[i]) for i, n in enumerate(names))
+    on = {n: jnp.float32(1.0) if present is None else present[n] for n in names}
+    total = sum(on[n] * 0.5 * (jnp.exp(-s[i]) * losses[n] + s[i]) for i, n in enumerate(names))
     return total, {n: jnp.exp(-s[i]) for i, n in enumerate(names)}
   fixed_weights = dict(fixed_weights or {})
   unknown = set(fixed_weights) - set(names)

@@ -47,6 +47,11 @@ class MultiTaskConfig:
     if self.head not in ("grouped", "flat"):
       raise ValueError(f"head must be 'grouped' or 'flat', got {self.head!r}")
     heads.check_groups(self.groups, self.num_outputs)
+    if self.adaptive_weighting and self.loss_weights:
+      raise ValueError("loss_weights are fixed weights; they would be ignored with "
+                       "adaptive_weighting=True (set it to False to use them)")
+    if self.head_depth < 1:
+      raise ValueError(f"head_depth must be >= 1, got {self.head_depth}")
 
   @property
   def backbone_config(self):
@@ -97,7 +102,8 @@ def loss(outputs: dict, labels: jax.Array, label_mask: jax.Array, weights: jax.A
   per_group = losses.group_losses(mse, config.groups, count)
   total, group_weights = losses.combine(
       per_group, fixed_weights=dict(config.loss_weights),
-      log_variances=outputs.get("log_variances") if config.adaptive_weighting else None)
+      log_variances=outputs.get("log_variances") if config.adaptive_weighting else None,
+      present=losses.group_presence(config.groups, count))
   metrics = {"loss": total}
   metrics.update({f"mse/{n}": v for n, v in per_group.items()})
   metrics.update({f"weight/{n}": v for n, v in group_weights.items()})

@@ -42,6 +42,16 @@ class SSASTConfig:
   cluster_size: int = 3
   generative_weight: float = 10.0
 
+  def __post_init__(self):
+    e = self.encoder
+    # With overlapping patches every masked patch's values are visible in its unmasked
+    # neighbours, and the pretext task leaks its answer (SSAST refuses it too).
+    if not e.freq_stride == e.time_stride == e.patch_size:
+      raise ValueError(f"SSAST pre-training needs non-overlapping patches (strides = patch size "
+                       f"{e.patch_size}); got strides {e.freq_stride}/{e.time_stride}")
+    if not 0 < self.num_masked <= e.num_patches:
+      raise ValueError(f"num_masked must be in 1..{e.num_patches}, got {self.num_masked}")
+
 
 def info_nce(predictions: jax.Array, targets: jax.Array,
              weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -50,7 +60,10 @@ def info_nce(predictions: jax.Array, targets: jax.Array,
   predictions, targets: `[B, M, P]`; weights `[B, M]` (0 = padding position,
   excluded as a query and as a negative). Scores `s_ij = <prediction_i, target_j>`
   within a clip; returns `(mean of -log softmax_j(s_i)[i], accuracy of argmax_j s_ij = i)`
-  over the weighted positions.
+  over the weighted positions. Each prediction is normalised over the candidate
+  targets (pick your own patch among the clip's masked patches); SSAST's code
+  normalises each target over the predictions instead — the same objective up to
+  which side competes.
   """
   scores = jnp.einsum("bip,bjp->bij", predictions.astype(jnp.float32),
                       targets.astype(jnp.float32))

@@ -134,6 +134,16 @@ def test_remat_policies_do_not_change_values_or_gradients():
       assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(b).max()) + 1e-7
 
 
+def test_bf16_residual_stream_stays_float32():
+  c = ast.variant("tiny", **SMALL, dtype="bfloat16")
+  v, x = _params(c)
+  jaxpr = jax.make_jaxpr(lambda v, x: ast.Encoder(c).apply(v, x))(v, x)
+  scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+  assert scans, "layers are expected under one scan"
+  carry = scans[0].outvars[0]  # the residual stream carried from layer to layer
+  assert carry.aval.dtype == jnp.float32 and carry.aval.shape == (2, c.length, c.width)
+
+
 def test_bf16_compute_keeps_f32_weights_and_tracks_f32():
   c = ast.variant("tiny", **SMALL, dropout=0.0)
   v, x = _params(c)

@@ -77,3 +77,15 @@ def test_dense_multi_dimensional_shapes_and_logical_names():
 def test_dense_rejects_mismatched_axis_names():
   with pytest.raises(ValueError, match="out_axes"):
     linear.Dense((3, 4), ("embed",), ("mlp",)).init(jax.random.key(0), jnp.ones((1, 8)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_matmul_outputs_are_named_for_the_remat_policy(dtype, capsys):
+  """`remat="dots"` saves matmul outputs by name; the bf16 dot hides inside a custom VJP,
+  where the dot-based policies would not see it."""
+  policy = jax.checkpoint_policies.save_only_these_names(linear.MATMUL_NAME)
+  x, w1, w2 = jnp.ones((4, 8)), jnp.ones((8, 8)), jnp.ones((8, 8))
+  f = jax.checkpoint(lambda x, w1, w2: jnp.sum(jnp.tanh(linear.matmul(
+      jnp.tanh(linear.matmul(x, w1, dtype)), w2, dtype))), policy=policy)
+  jax.ad_checkpoint.print_saved_residuals(f, x, w1, w2)
+  assert capsys.readouterr().out.count(f"named '{linear.MATMUL_NAME}'") == 2

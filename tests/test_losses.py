@@ -58,3 +58,21 @@ def test_uncertainty_weighting_is_stationary_where_the_weight_matches_the_loss()
   assert float(w["t"]) == pytest.approx(2.0)  # the low-loss group gets the higher weight
   with pytest.raises(ValueError, match="do not match"):
     losses.combine(g, log_variances=jnp.zeros(2))
+
+
+def test_nan_labels_under_the_mask_do_not_poison_the_loss():
+  pred, lab, mask, _ = _batch()
+  lab = np.where(mask, lab, np.nan)
+  mse, _ = losses.per_dimension_mse(pred, lab, mask)
+  assert np.isfinite(np.asarray(mse)).all()
+
+
+def test_a_group_absent_from_the_batch_does_not_move_its_weight():
+  g = {"t": jnp.float32(0.0), "d": jnp.float32(2.0), "e": jnp.float32(4.0)}
+  present = {"t": jnp.float32(0.0), "d": jnp.float32(1.0), "e": jnp.float32(1.0)}
+  grad = jax.grad(lambda s: losses.combine(g, log_variances=s, present=present)[0])(jnp.zeros(3))
+  assert float(grad[0]) == 0.0 and float(grad[1]) != 0.0
+  mse = jnp.array([0.0, 1.0, 1.0, 1.0, 2.0, 2.0])
+  count = jnp.array([0, 3, 3, 3, 1, 0])
+  flags = losses.group_presence(GROUPS, count)
+  assert {k: float(v) for k, v in flags.items()} == {"t": 0.0, "d": 1.0, "e": 1.0}

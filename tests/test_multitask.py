@@ -7,9 +7,10 @@ import numpy as np
 import optax
 import pytest
 
-from model import ast, multitask, posemb, ssast
+from model import ast, baselines, multitask, posemb, ssast
 
 ENC = ast.variant("tiny", depth=2, num_mel_bins=32, num_frames=64, dropout=0.0)
+CNN = baselines.CNNConfig(channels=(8, 16, 32, 32, 64), width=64)  # the 5-block net, narrower
 
 
 def _toy(b=8, seed=0):
@@ -22,9 +23,10 @@ def _toy(b=8, seed=0):
 
 
 @pytest.mark.parametrize("backbone,head", [("ast", "grouped"), ("ast", "flat"), ("cnn", "grouped"),
-                                           ("pooled_stats", "grouped"), ("pooled_stats", "flat")])
+                                           ("cnn", "flat"), ("pooled_stats", "grouped"),
+                                           ("pooled_stats", "flat")])
 def test_every_backbone_and_head_learns_the_toy_task(backbone, head):
-  cfg = multitask.MultiTaskConfig(backbone=backbone, head=head, encoder=ENC)
+  cfg = multitask.MultiTaskConfig(backbone=backbone, head=head, encoder=ENC, cnn=CNN)
   model = multitask.MultiTaskModel(cfg)
   x, y, mask = _toy()
   params = jax.jit(model.init)(jax.random.key(0), x)["params"]
@@ -100,7 +102,9 @@ def test_ssast_encoder_weights_load_by_name_after_a_stride_change():
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(backbone="rnn"), "backbone"), (dict(head="deep"), "head"),
-                                          (dict(groups=(("a", (0, 1)),)), "exactly once")])
+                                          (dict(groups=(("a", (0, 1)),)), "exactly once"),
+                                          (dict(loss_weights=(("timing", 2.0),)), "ignored"),
+                                          (dict(head_depth=0), "head_depth")])
 def test_bad_configs_are_refused(kwargs, match):
   with pytest.raises(ValueError, match=match):
     multitask.MultiTaskConfig(**kwargs)

@@ -127,3 +127,11 @@ def test_masking_rng_is_required():
   model, variables, x = _init()
   with pytest.raises(Exception, match="masking"):
     model.apply(variables, x)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(encoder=ENC.replace(freq_stride=10, time_stride=10)), "non-overlapping"),
+    (dict(encoder=ENC, num_masked=17), "num_masked"), (dict(encoder=ENC, num_masked=0), "num_masked")])
+def test_configs_that_would_leak_or_overflow_are_refused(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    ssast.SSASTConfig(**kwargs)
