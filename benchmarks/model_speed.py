@@ -47,7 +47,8 @@ def flops_per_window(c: ast.EncoderConfig) -> float:
   return c.depth * per_layer + 2 * c.num_patches * c.patch_size ** 2 * d
 
 
-def _median_time(fn, reps: int) -> list[float]:
+def _times(fn, reps: int) -> list[float]:
+  """Wall-clock seconds of each of `reps` calls of `fn`."""
   out = []
   for _ in range(reps):
     t0 = time.perf_counter()
@@ -68,12 +69,12 @@ def matmul_peaks(reps: int = 20) -> dict[str, float]:
   ab = a.astype(jnp.bfloat16)
   for name, fn, x in (("flax/float32", f32, a), ("flax/bfloat16", bf16, ab)):
     fn(x).block_until_ready()
-    peaks[name] = flops / min(_median_time(lambda: fn(x).block_until_ready(), reps))
+    peaks[name] = flops / min(_times(lambda: fn(x).block_until_ready(), reps))
   t = torch.randn(n, n)
   tb = t.bfloat16()
   for name, x, n_reps in (("torch/float32", t, reps), ("torch/bfloat16", tb, 2)):
     x @ x  # bf16 has no fast path on AVX2-only CPUs (~2 s per matmul): few reps
-    peaks[name] = flops / min(_median_time(lambda: x @ x, n_reps))
+    peaks[name] = flops / min(_times(lambda: x @ x, n_reps))
   return peaks
 
 
@@ -195,7 +196,7 @@ def main() -> None:
           for name, fn in (("flax_fwd", ff), ("torch_fwd", tf), ("flax_train", ft),
                            ("torch_train", tt)):
             time.sleep(args.pause_s)
-            times[name] += _median_time(fn, -(-reps // 2))
+            times[name] += _times(fn, -(-reps // 2))
         med = {k: statistics.median(v) / args.batch for k, v in times.items()}
         pk_f, pk_t = peaks[f"flax/{dtype}"], peaks[f"torch/{dtype}"]
         row = dict(variant=variant, stride=stride, dtype=dtype, gflop_forward=fl / 1e9,

@@ -105,8 +105,8 @@ class EncoderConfig:
   @property
   def grid(self) -> tuple[int, int]:
     """The (frequency, time) patch grid, `(F', T')`."""
-    return ((self.num_mel_bins - self.patch_size) // self.freq_stride + 1,
-            (self.num_frames - self.patch_size) // self.time_stride + 1)
+    return (grid_size(self.num_mel_bins, self.patch_size, self.freq_stride),
+            grid_size(self.num_frames, self.patch_size, self.time_stride))
 
   @property
   def num_patches(self) -> int:
@@ -138,6 +138,11 @@ def variant(name: str, **overrides) -> EncoderConfig:
   return EncoderConfig(**{**VARIANTS[name], **overrides})
 
 
+def grid_size(size: int, patch_size: int, stride: int) -> int:
+  """Patches along one axis of `size` bins/frames: a strided convolution's output length."""
+  return (size - patch_size) // stride + 1
+
+
 def patchify(features: jax.Array, patch_size: int, freq_stride: int, time_stride: int) -> jax.Array:
   """`[B, mel, frames]` -> patches `[B, F', T', patch_size²]`, frequency-major in each patch.
 
@@ -145,8 +150,8 @@ def patchify(features: jax.Array, patch_size: int, freq_stride: int, time_stride
   indices (two takes), which is what a strided 16x16 convolution reads.
   """
   b, n_mel, n_frames = features.shape
-  gf = (n_mel - patch_size) // freq_stride + 1
-  gt = (n_frames - patch_size) // time_stride + 1
+  gf = grid_size(n_mel, patch_size, freq_stride)
+  gt = grid_size(n_frames, patch_size, time_stride)
   if freq_stride == patch_size and time_stride == patch_size:
     x = features[:, :gf * patch_size, :gt * patch_size]
     x = x.reshape(b, gf, patch_size, gt, patch_size)

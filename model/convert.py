@@ -590,7 +590,7 @@ def _input_size_grid(state_dict, names, layout: _Layout) -> tuple[int, int] | No
     return None
   kf, kt = np.shape(state_dict[conv])[2:]
   fdim, tdim = (int(np.asarray(_to_numpy(state_dict[names[k]], k))) for k in layout.input_size_keys)
-  return ((fdim - kf) // kf + 1, (tdim - kt) // kt + 1)
+  return (ast.grid_size(fdim, kf, kf), ast.grid_size(tdim, kt, kt))
 
 
 def _tokens_and_grid(
@@ -802,9 +802,7 @@ def _infer_strides(patches: int, mel: int, frames: int, patch: int) -> tuple[int
   Several strides can give the same grid ((128 - 16) // s + 1 = 8 for s = 15
   and 16); equal strides are preferred, then the largest (least overlap).
   """
-  def count(size, s):
-    return (size - patch) // s + 1
-
+  count = lambda size, s: ast.grid_size(size, patch, s)
   found = [(f, t) for f in range(1, patch + 1) for t in range(1, patch + 1)
            if count(mel, f) * count(frames, t) == patches]
   equal = [c for c in found if c[0] == c[1]]

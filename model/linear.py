@@ -19,6 +19,7 @@ compute dtype at use, so optimiser updates never round to bf16.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,12 +109,7 @@ class Dense(nn.Module):
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(self.kernel_init, (*self.in_axes, *self.out_axes)),
         (*in_shape, *features), self.param_dtype)
-    k_in = 1
-    for d in in_shape:
-      k_in *= d
-    k_out = 1
-    for d in features:
-      k_out *= d
+    k_in, k_out = math.prod(in_shape), math.prod(features)
     y = matmul(x.reshape(*x.shape[:-n_in], k_in), kernel.reshape(k_in, k_out), self.dtype)
     y = y.reshape(*x.shape[:-n_in], *features)
     if self.use_bias:
