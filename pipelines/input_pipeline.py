@@ -7,9 +7,9 @@
                             needed to average windows per performance
 
 Order of operations (MapDataset, all random choices from `config.seed`):
-source -> [filter splits/folds/variants] -> shuffle -> repeat -> host slice
-(`process_index::process_count`) -> decode (errors name shard and index) ->
-normalise with the shard metadata's mean/std -> SpecAugment (random_map) ->
+source -> [filter splits/folds/variants] -> shuffle -> repeat -> decode (errors
+name shard and index) -> normalise with the shard metadata's mean/std ->
+SpecAugment (random_map) -> host slice (`process_index::process_count`) ->
 batch(drop_remainder) -> mixup (random_map on batches) -> to_iter_dataset(read
 threads) -> mp_prefetch(worker processes). The iterator's `get_state()` /
 `set_state()` is the checkpointable input state the trainer stores with the
@@ -185,25 +185,43 @@ _TRAIN_FIELDS = {False: ("features", "valid_frames"),
                  True: ("features", "labels", "label_mask", "valid_frames")}
 
 
+def _examples(root, config: InputConfig) -> grain.MapDataset:
+  """The endless, shuffled, decoded and normalised stream of every host (not sliced)."""
+  shards = ShardSet.open(root, config.splits)
+  ds = grain.MapDataset.source(_Selected(shards.source(), _keep(config, shards)))
+  ds = ds.seed(config.seed).shuffle().repeat()
+  return ds.map(lambda item: _decode(shards, *item))
+
+
+def _host_slice(ds: grain.MapDataset, config: InputConfig) -> grain.MapDataset:
+  return ds[config.process_index::config.process_count]
+
+
 def training_examples(root, config: InputConfig) -> grain.MapDataset:
-  """The endless, shuffled, host-sliced, decoded and normalised example stream.
+  """This host's slice of the endless, shuffled, decoded and normalised example stream.
 
   Examples keep their `key`, `variant` and `window_index` (tests use them to
   check that hosts see disjoint examples covering every window per epoch).
   """
+  return _host_slice(_examples(root, config), config)
+
+
+def count(root, config: InputConfig) -> int:
+  """Windows per epoch of `config.splits` after the fold/variant filters (all hosts)."""
   shards = ShardSet.open(root, config.splits)
-  ds = grain.MapDataset.source(_Selected(shards.source(), _keep(config, shards)))
-  ds = ds.seed(config.seed).shuffle().repeat()
-  ds = ds[config.process_index::config.process_count]
-  return ds.map(lambda item: _decode(shards, *item))
+  keep = _keep(config, shards)
+  return len(shards.source()) if keep is None else len(keep)
 
 
 def _training(root, config: InputConfig, *, labelled: bool):
   fields = _TRAIN_FIELDS[labelled]
-  ds = training_examples(root, config).map(lambda ex: {k: ex[k] for k in fields})
+  ds = _examples(root, config).map(lambda ex: {k: ex[k] for k in fields})
   if config.spec_augment:
     ds = ds.random_map(_spec_augment(config))
-  ds = ds.batch(config.batch_size, drop_remainder=True)
+  # The host slice comes after SpecAugment (MapDataset is lazy: nothing is
+  # decoded for the other hosts' examples), so an example's masks depend on its
+  # global position only: the same seed augments alike on 1 host or 64.
+  ds = _host_slice(ds, config).batch(config.batch_size, drop_remainder=True)
   if labelled and config.mixup_alpha > 0:
     ds = ds.random_map(_mixup(config.mixup_alpha))
   return _finish(ds, config)

@@ -1,0 +1,48 @@
+"""Multi-task fine-tuning on the PercePiano job's shards (19 dimensions, grouped heads).
+
+  python -m train.main --config=train/configs/finetune.py:tiny --workdir=W \
+      --config.data_dir=out/percepiano-shards \
+      [--config.init.checkpoint=PRETRAIN_WORKDIR | --config.init.converted=CONVERT_DIR]
+
+`validation_fold=k` trains on the other cross-validation folds of the "train"
+split and validates on fold k; -1 trains on every fold and evaluates on "test".
+`base` is the paper setting (AST base at stride 10, batch 32, 50 epochs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from model import baselines
+from train.configs import defaults
+
+_MICROBATCH = {"tiny": 16, "small": 8, "base": 8}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  c = defaults.trainer_config("finetune", arg, batch_size=32, microbatch_size=_MICROBATCH[arg],
+                              num_epochs=50)
+  c.model = ml_collections.ConfigDict(dict(
+      backbone="ast",  # "cnn" / "pooled_stats": the baselines, same heads and loss
+      # AST's overlapping stride 10; one token and patch pooling as SSAST, so a
+      # pre-training checkpoint loads without fresh tokens.
+      encoder=defaults.encoder_config(arg, num_tokens=1, pooling="patches",
+                                      remat="dots" if arg == "base" else "none"),
+      cnn=ml_collections.ConfigDict(dataclasses.asdict(baselines.CNNConfig())),
+      pooled_stats=ml_collections.ConfigDict(dataclasses.asdict(baselines.PooledStatsConfig())),
+      head="grouped", head_heads=4, head_depth=1, head_hidden=256, cross_task=True,
+      adaptive_weighting=True,
+      loss_weights="",  # fixed weights "Timing=1,Dynamics=2" (needs adaptive_weighting=False)
+  ))
+  # Where the encoder starts: a pre-training work directory or checkpoint step
+  # directory, or the output directory of `python -m model.convert`; both empty:
+  # from scratch.
+  c.init = ml_collections.ConfigDict(dict(checkpoint="", converted=""))
+  c.validation_fold = 0
+  c.checkpoint.best_metric = "val/pearson/mean"
+  c.checkpoint.best_mode = "max"
+  c.log_every_steps = 10
+  c.eval_every_steps = 100
+  return c

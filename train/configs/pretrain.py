@@ -1,0 +1,34 @@
+"""SSAST masked-patch pre-training on the MAESTRO job's shards.
+
+  python -m train.main --config=train/configs/pretrain.py:tiny --workdir=W \
+      --config.data_dir=out/maestro-shards
+
+`base` is the paper setting (ViT-base at stride 16, 400 of 512 patches masked,
+batch 128, 100 epochs); `tiny` and `small` are sized for 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from train.configs import defaults
+
+_MICROBATCH = {"tiny": 16, "small": 16, "base": 16}
+_LOGGING = {"tiny": 10, "small": 20, "base": 50}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  c = defaults.trainer_config("pretrain", arg, batch_size=128, microbatch_size=_MICROBATCH[arg],
+                              num_epochs=100)
+  # SSAST: non-overlapping 16x16 patches, one [CLS] token, patch-mean pooling.
+  c.model = ml_collections.ConfigDict(dict(
+      encoder=defaults.encoder_config(arg, freq_stride=16, time_stride=16, num_tokens=1,
+                                      pooling="patches", remat="dots" if arg == "base" else "none"),
+      num_masked=400, masking="cluster", cluster_size=3, generative_weight=10.0,
+  ))
+  c.train_split = "train"
+  c.eval_split = "validation"
+  c.checkpoint.best_metric = "val/loss"
+  c.checkpoint.best_mode = "min"
+  c.log_every_steps = _LOGGING[arg]
+  return c

@@ -1,0 +1,300 @@
+"""The two training tasks: SSAST pre-training and multi-task fine-tuning.
+
+A task turns the config into a model, its loss, its input pipelines and its
+validation metrics; `train.trainer` runs either the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from eval import metrics as eval_metrics
+from model import ast, baselines, multitask, ssast, targets
+from pipelines import input_pipeline, preprocess, taxonomy
+from train import sharding
+
+
+class DataMismatchError(ValueError):
+  """The shards do not fit the configured model (shape, dataset or labels)."""
+
+
+def _input_config(config: ml_collections.ConfigDict, *, batch_size: int, splits, folds=None,
+                  train: bool) -> input_pipeline.InputConfig:
+  i = config.input
+  return input_pipeline.InputConfig(
+      batch_size=batch_size, seed=config.seed, splits=tuple(splits), folds=folds,
+      variants=None if (i.augmented and train) else (0,), read_threads=i.read_threads,
+      worker_processes=i.worker_processes if train else 0,
+      prefetch_buffer_size=i.prefetch_buffer_size, spec_augment=i.spec_augment and train,
+      freq_mask=i.freq_mask, time_mask=i.time_mask,
+      mixup_alpha=i.mixup_alpha if train else 0.0,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def _encoder(config: ml_collections.ConfigDict) -> ast.EncoderConfig:
+  return ast.EncoderConfig(**config.model.encoder.to_dict())
+
+
+def _gather(x) -> np.ndarray:
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+class Task:
+  """Shared plumbing; subclasses define the model, loss and validation."""
+
+  name: str
+  labelled: bool
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    if not config.data_dir:
+      raise ValueError("config.data_dir is not set (--config.data_dir=SHARD_DIR)")
+    self.config = config
+    self.data_dir = pathlib.Path(config.data_dir)
+    self.metadata = json.loads((self.data_dir / preprocess.METADATA).read_text()) if (
+        self.data_dir / preprocess.METADATA).is_file() else None
+    if self.metadata is None:
+      raise FileNotFoundError(f"{self.data_dir} has no {preprocess.METADATA}: not the output "
+                              "of a pipelines job")
+
+  # ---- inputs
+  @property
+  def host_batch(self) -> int:
+    return self.config.batch_size // jax.process_count()
+
+  def train_input_config(self) -> input_pipeline.InputConfig:
+    return _input_config(self.config, batch_size=self.host_batch, splits=self.train_splits,
+                         folds=self.train_folds, train=True)
+
+  def eval_input_config(self) -> input_pipeline.InputConfig:
+    return _input_config(self.config,
+                         batch_size=self.config.eval_batch_size // jax.process_count(),
+                         splits=self.eval_splits, folds=self.eval_folds, train=False)
+
+  def examples_per_epoch(self) -> int:
+    return input_pipeline.count(self.data_dir, self.train_input_config())
+
+  def eval_examples(self) -> int:
+    return input_pipeline.count(self.data_dir, self.eval_input_config())
+
+  def check_features(self, example: dict) -> None:
+    e = self.config.model.encoder
+    shape = tuple(np.shape(example["features"])[-2:])
+    if shape != (e.num_mel_bins, e.num_frames):
+      raise DataMismatchError(
+          f"{self.data_dir} holds windows of {shape[0]} mel bins x {shape[1]} frames; the model "
+          f"expects {e.num_mel_bins} x {e.num_frames} (set --config.model.encoder.num_frames="
+          f"{shape[1]} or re-run the job with another --window_s)")
+
+  train_folds = None
+  eval_folds = None
+
+  # ---- evaluation over the whole validation split, every host in lock-step
+  def eval_batches(self, mesh):
+    """Yields (global batch, host batch) for every validation window once.
+
+    All hosts run the same number of batches (collectives must match): a host
+    whose slice ends early pads with weight-0 copies of its last batch.
+    """
+    config = self.eval_input_config()
+    total = self.eval_examples()
+    per_host = math.ceil(total / jax.process_count())
+    num_batches = math.ceil(per_host / config.batch_size)
+    iterator = iter(input_pipeline.evaluation(self.data_dir, config))
+    last = None
+    for _ in range(num_batches):
+      host = next(iterator, None)
+      if host is None:
+        host = dict(last, weight=np.zeros_like(last["weight"]))
+      last = host
+      yield sharding.global_batch(self.host_fields(host), mesh), host
+
+  def host_fields(self, batch: dict) -> dict:
+    return batch
+
+
+class Pretraining(Task):
+  name = "pretrain"
+  labelled = False
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.model
+    self.model_config = ssast.SSASTConfig(
+        encoder=_encoder(config), num_masked=m.num_masked, masking=m.masking,
+        cluster_size=m.cluster_size, generative_weight=m.generative_weight)
+    self.model = ssast.SSAST(self.model_config)
+    self.train_splits = (config.train_split,)
+    self.eval_splits = (config.eval_split,)
+
+  @property
+  def depth(self) -> int:
+    return self.model_config.encoder.depth
+
+  def train_iterator(self):
+    return iter(input_pipeline.pretraining(self.data_dir, self.train_input_config()))
+
+  def init(self, rng, features):
+    r1, r2 = jax.random.split(rng)
+    return self.model.init({"params": r1, "masking": r2}, features)
+
+  def loss_fn(self, params, batch, rng, train: bool):
+    dropout, masking = jax.random.split(rng)
+    out = self.model.apply({"params": params}, batch["features"], train=train,
+                           valid_frames=batch["valid_frames"],
+                           rngs={"dropout": dropout, "masking": masking})
+    return out["loss"], {k: out[k] for k in ("loss", "info_nce", "mse", "accuracy")}
+
+  def make_eval_step(self):
+    def step(params, batch, rng):
+      _, m = self.loss_fn(params, batch, rng, False)
+      weight = batch["weight"].sum()
+      return {k: v * weight for k, v in m.items()} | {"weight": weight}
+    return step
+
+  def evaluate(self, eval_step, params, mesh) -> dict[str, float]:
+    """Masked-patch losses on the validation split, with a fixed masking seed per batch.
+
+    Batch means are weighted by their real examples; the padded last batch's
+    duplicates still take part in its mean (a small bias on one batch).
+    """
+    totals: dict[str, float] = {}
+    key = jax.random.key(self.config.seed + 1)
+    for i, (batch, _) in enumerate(self.eval_batches(mesh)):
+      out = jax.device_get(eval_step(params, batch, jax.random.fold_in(key, i)))
+      for k, v in out.items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    weight = totals.pop("weight")
+    return {f"val/{k}": v / weight for k, v in totals.items()}
+
+
+class Finetuning(Task):
+  name = "finetune"
+  labelled = True
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.model
+    weights = tuple((name.strip(), float(value)) for name, value in
+                    (item.split("=") for item in m.loss_weights.split(",") if item.strip()))
+    self.model_config = multitask.MultiTaskConfig(
+        backbone=m.backbone, encoder=_encoder(config),
+        cnn=baselines.CNNConfig(**m.cnn.to_dict()),
+        pooled_stats=baselines.PooledStatsConfig(**m.pooled_stats.to_dict()),
+        head=m.head, head_heads=m.head_heads, head_depth=m.head_depth, head_hidden=m.head_hidden,
+        cross_task=m.cross_task, adaptive_weighting=m.adaptive_weighting, loss_weights=weights)
+    self.model = multitask.MultiTaskModel(self.model_config)
+    fold = config.validation_fold
+    if self.metadata["dataset"] != "percepiano":
+      raise DataMismatchError(f"{self.data_dir} is a {self.metadata['dataset']!r} job's output; "
+                              "fine-tuning needs the PercePiano job's shards")
+    folds = sorted({int(r) for r in _folds(self.metadata)})
+    if fold == -1:
+      self.train_splits, self.train_folds = ("train",), None
+      self.eval_splits, self.eval_folds = ("test",), None
+    elif fold in folds:
+      self.train_splits, self.train_folds = ("train",), tuple(f for f in folds if f != fold)
+      self.eval_splits, self.eval_folds = ("train",), (fold,)
+    else:
+      raise ValueError(f"validation_fold {fold} is not one of the shards' folds {folds} (or -1 "
+                       "for the test split)")
+    keys = sorted(self.metadata["splits"][self.metadata["splits"]["shards_follow"]])
+    self.key_ids = {k: i for i, k in enumerate(keys)}
+    self.normalizer = self._fit_targets()
+
+  @property
+  def depth(self) -> int:
+    return self.model_config.encoder.depth
+
+  def _fit_targets(self) -> targets.TargetNormalizer:
+    """Per-dimension label statistics of the training windows (every host alike)."""
+    config = self.train_input_config()
+    config = input_pipeline.InputConfig(**{**config.__dict__, "batch_size": 64,
+                                           "spec_augment": False, "mixup_alpha": 0.0,
+                                           "process_index": 0, "process_count": 1})
+    labels, masks = [], []
+    for batch in input_pipeline.evaluation(self.data_dir, config):
+      real = batch["weight"] > 0
+      labels.append(batch["labels"][real])
+      masks.append(batch["label_mask"][real])
+    return targets.TargetNormalizer.fit(np.concatenate(labels), np.concatenate(masks))
+
+  def train_iterator(self):
+    return iter(input_pipeline.finetuning(self.data_dir, self.train_input_config()))
+
+  def init(self, rng, features):
+    return self.model.init({"params": rng}, features)
+
+  def _normalised(self, labels):
+    mean = jnp.asarray(self.normalizer.mean, jnp.float32)
+    std = jnp.asarray(self.normalizer.std, jnp.float32)
+    return (labels - mean) / std
+
+  def loss_fn(self, params, batch, rng, train: bool):
+    out = self.model.apply({"params": params}, batch["features"], train=train,
+                           valid_frames=batch["valid_frames"], rngs={"dropout": rng})
+    return multitask.loss(out, self._normalised(batch["labels"]), batch["label_mask"],
+                          batch.get("weight"), self.model_config)
+
+  def host_fields(self, batch: dict) -> dict:
+    unknown = sorted({str(k) for k in batch["key"]} - set(self.key_ids))
+    if unknown:
+      raise DataMismatchError(f"windows of keys {unknown[:5]} are not in the shards' split table")
+    return dict(batch, key_id=np.array([self.key_ids[str(k)] for k in batch["key"]], np.int32))
+
+  def make_eval_step(self):
+    def step(params, batch, rng):
+      del rng
+      out = self.model.apply({"params": params}, batch["features"], train=False,
+                             valid_frames=batch["valid_frames"])
+      return {"predictions": out["predictions"]}
+    return step
+
+  def evaluate(self, eval_step, params, mesh) -> dict[str, float]:
+    """Pearson per dimension / group on performance-averaged predictions (label space)."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("pred", "label", "mask", "id", "w")}
+    for batch, _ in self.eval_batches(mesh):
+      out = eval_step(params, batch, None)
+      parts["pred"].append(_gather(out["predictions"]))
+      parts["label"].append(_gather(batch["labels"]))
+      parts["mask"].append(_gather(batch["label_mask"]))
+      parts["id"].append(_gather(batch["key_id"]))
+      parts["w"].append(_gather(batch["weight"]))
+    real = np.concatenate(parts["w"]) > 0
+    pick = lambda k: np.concatenate(parts[k])[real]
+    predictions = self.normalizer.denormalize(pick("pred"))
+    pred, label, mask = eval_metrics.performance_means(pick("id"), predictions, pick("label"),
+                                                       pick("mask"))
+    values = eval_metrics.per_dimension_pearson(pred, label, mask)
+    out = {f"val/{k}": v for k, v in eval_metrics.summarise(values).items()}
+    out["val/performances"] = float(len(pred))
+    out["val/mse"] = float(np.mean(((pred - label) ** 2)[mask]))
+    return out
+
+
+def _folds(metadata: dict) -> set[int]:
+  assignment = metadata["splits"][metadata["splits"]["shards_follow"]]
+  return {int(v.removeprefix("fold")) for v in assignment.values() if v.startswith("fold")}
+
+
+TASKS = {"pretrain": Pretraining, "finetune": Finetuning}
+
+
+def make(config: ml_collections.ConfigDict) -> Task:
+  if config.task not in TASKS:
+    raise ValueError(f"unknown task {config.task!r}; expected one of {sorted(TASKS)}")
+  return TASKS[config.task](config)
+
+
+def summary_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+  """The scalar metrics worth a progress line (drops per-dimension entries)."""
+  names = set(taxonomy.DIMENSION_NAMES)
+  return {k: v for k, v in metrics.items() if k.rsplit("/", 1)[-1] not in names}

@@ -1,0 +1,274 @@
+"""The training loop: one code path for pre-training and fine-tuning, any mesh, exact resume.
+
+  state = restore(--resume) or restore(latest in WORKDIR) or initialise (+ warm start)
+  for step in range(state.step, total):
+    batch = next(grain iterator)  ->  global jax Arrays sharded over (data, fsdp)
+    state, metrics = train_step(state, batch)      # jitted, donated, accumulated
+    NaN/inf guard -> progress line / TensorBoard -> validation -> checkpoint
+  wait for the last asynchronous save
+
+A checkpoint holds the TrainState and every host's Grain iterator state, taken
+after the same step, so a restored run reads exactly the next batch and draws
+the same dropout/masking keys (`fold_in(rng, step)`): resuming after a kill gives
+bitwise the parameters of an uninterrupted run on the same machine and mesh.
+
+SIGTERM (pre-emption, `kill`) sets a flag; the loop saves after the step in
+flight, waits for the write, and exits with status 143.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from pipelines import input_pipeline
+from train import checkpointing, optimizer, sharding, steps, tasks, warm_start
+from train.metric_writer import MetricWriter
+from train.train_state import TrainState
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a killed job
+CONFIG_FILE = "config.json"
+RESULT_FILE = "result.json"
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or gradient norm became NaN/inf."""
+
+
+class ConfigError(ValueError):
+  pass
+
+
+@dataclasses.dataclass
+class Result:
+  status: str  # "finished" or "preempted"
+  step: int
+  total_steps: int
+  metrics: dict
+  wall_seconds: float
+
+
+def _check(config: ml_collections.ConfigDict, mesh) -> int:
+  """Validates batch arithmetic; returns the accumulation steps."""
+  if config.batch_size % config.microbatch_size:
+    raise ConfigError(f"batch_size {config.batch_size} is not a multiple of microbatch_size "
+                      f"{config.microbatch_size}")
+  sharding.check_batch(config.microbatch_size, mesh, "microbatch_size")
+  sharding.check_batch(config.batch_size, mesh, "batch_size")
+  sharding.check_batch(config.eval_batch_size, mesh, "eval_batch_size")
+  return config.batch_size // config.microbatch_size
+
+
+def _format_eta(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop polls (agreed across hosts)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def check(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    return bool(np.max(flags))
+
+  def restore(self) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  path = workdir / CONFIG_FILE
+  text = config.to_json_best_effort(indent=1, sort_keys=True) + "\n"
+  if path.exists() and path.read_text() != text:
+    old, new = json.loads(path.read_text()), json.loads(text)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    logging.warning("%s differs from this run's config in %s; overwriting", path, changed)
+  path.write_text(text)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       resume: str | None = None) -> Result:
+  t_start = time.perf_counter()
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  lead = jax.process_index() == 0
+  if lead:
+    _write_config(config, workdir)
+  task = tasks.make(config)
+  mesh = sharding.make_mesh(config.mesh)
+  accumulation = _check(config, mesh)
+  task.check_features(input_pipeline.training_examples(config.data_dir,
+                                                       task.train_input_config())[0])
+  per_epoch = task.examples_per_epoch()
+  total_steps = config.num_steps or max(1, math.ceil(config.num_epochs * per_epoch /
+                                                     config.batch_size))
+  logging.info("%s: %d training windows per epoch, %d steps of %d (%d x %d accumulated), "
+               "mesh %s, %d process(es)", task.name, per_epoch, total_steps, config.batch_size,
+               accumulation, config.microbatch_size, dict(mesh.shape), jax.process_count())
+
+  e = config.model.encoder
+  dummy = jax.ShapeDtypeStruct((config.microbatch_size, e.num_mel_bins, e.num_frames), jnp.float32)
+  base_key = jax.random.key(config.seed, impl=config.prng_impl)
+  init_key, run_key = jax.random.split(base_key)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    boxed = jax.eval_shape(lambda: task.init(init_key, jnp.zeros(dummy.shape, dummy.dtype)))
+    param_shardings = sharding.param_shardings(boxed["params"], mesh)
+    abstract_params = sharding.strip_boxes(boxed["params"])
+    tx, lr = optimizer.make(config.optimizer, abstract_params, total_steps,
+                            getattr(task, "depth", None))
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    replicated = sharding.replicated(mesh)
+    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
+                                          transform_non_params=lambda _: replicated)
+    state_shardings = TrainState(step=replicated, params=param_shardings,
+                                 opt_state=opt_shardings, rng=replicated)
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                   opt_state=abstract_opt,
+                   rng=jax.eval_shape(lambda: jax.random.key_data(run_key))),
+        state_shardings)
+
+    def initial_state() -> TrainState:
+      init = jax.jit(lambda k: nn.unbox(task.init(k, jnp.zeros(dummy.shape, dummy.dtype))
+                                        ["params"]), out_shardings=param_shardings)
+      params = init(init_key)
+      if config.task == "finetune" and (config.init.checkpoint or config.init.converted):
+        source, name, step = warm_start.load_source(config.init)
+        params, report = warm_start.apply(params, source, name, step)
+        logging.info("%s", report.summary())
+        if lead:
+          warm_start.write(report, workdir)
+      opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+      return TrainState(step=jax.device_put(jnp.int32(0), replicated), params=params,
+                        opt_state=opt_state,
+                        rng=jax.device_put(jax.random.key_data(run_key), replicated))
+
+    train_iter = task.train_iterator()
+    checkpointer = checkpointing.Checkpointer(
+        workdir / checkpointing.CHECKPOINTS, keep=config.checkpoint.keep,
+        best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,
+        async_save=config.checkpoint.async_save)
+    state, restored_from = None, None
+    if resume:
+      directory, step = checkpointing.locate(resume)
+      reader = checkpointing.Checkpointer(directory, read_only=True)
+      step = step if step is not None else reader.latest_step()
+      if step is None:
+        raise checkpointing.CheckpointNotFoundError(f"{resume} holds no checkpoint")
+      state = reader.restore(step, abstract_state, train_iter)
+      reader.close()
+      restored_from = f"{directory}/{step}"
+    elif checkpointer.latest_step() is not None:
+      step = checkpointer.latest_step()
+      state = checkpointer.restore(step, abstract_state, train_iter)
+      restored_from = f"{checkpointer.directory}/{step}"
+    else:
+      state = initial_state()
+    if restored_from:
+      logging.info("resumed from %s (step %d)", restored_from, int(state.step))
+    else:
+      logging.info("initialised %d parameters",
+                   sum(x.size for x in jax.tree.leaves(state.params)))
+
+    raw_step = steps.make_train_step(task.loss_fn, tx, lr, accumulation, config.prng_impl)
+
+    def constrained_step(state, batch):
+      new_state, metrics = raw_step(state, batch)
+      return jax.lax.with_sharding_constraint(new_state, state_shardings), metrics
+
+    train_step = jax.jit(constrained_step, donate_argnums=0)
+    eval_step = jax.jit(task.make_eval_step())
+    writer = MetricWriter(workdir, enabled=lead)
+    preemption = _Preemption()
+    step = int(state.step)
+    first_step = step
+    eval_metrics: dict = {}
+    window: dict[str, float] = {}
+    window_steps, t_window = 0, time.perf_counter()
+    status = "finished"
+    try:
+      while step < total_steps:
+        batch = sharding.global_batch(next(train_iter), mesh)
+        state, metrics = train_step(state, batch)
+        step += 1
+        metrics = jax.device_get(metrics)
+        if not metrics["finite"]:
+          checkpointer.wait()
+          last = checkpointer.latest_step()
+          raise NonFiniteError(
+              f"non-finite training at step {step}: loss {float(metrics['loss'])}, gradient "
+              f"norm {float(metrics['grad_norm'])}; last good checkpoint: "
+              + (f"{checkpointer.directory}/{last}" if last is not None else "none (no "
+                 "checkpoint was saved yet)")
+              + ". Lower optimizer.peak_lr or check the inputs; --resume from that checkpoint.")
+        for k, v in metrics.items():
+          if k != "finite":
+            window[k] = window.get(k, 0.0) + float(v)
+        window_steps += 1
+        if step % config.log_every_steps == 0 or step == total_steps:
+          elapsed = time.perf_counter() - t_window
+          rate = window_steps / elapsed
+          scalars = {f"train/{k}": v / window_steps for k, v in window.items()}
+          scalars.update({"perf/steps_per_second": rate,
+                          "perf/examples_per_second": rate * config.batch_size})
+          writer.write(step, scalars)
+          logging.info("step %d/%d (%.0f%%) | loss %.4f | %.2f steps/s | %.1f examples/s | "
+                       "ETA %s", step, total_steps, 100 * step / total_steps,
+                       scalars["train/loss"], rate, rate * config.batch_size,
+                       _format_eta((total_steps - step) / rate))
+          window, window_steps, t_window = {}, 0, time.perf_counter()
+        evaluate = step == total_steps or (config.eval_every_steps and
+                                           step % config.eval_every_steps == 0)
+        if evaluate:
+          eval_metrics = task.evaluate(eval_step, state.params, mesh)
+          writer.write(step, eval_metrics)
+          logging.info("validation at step %d: %s", step, ", ".join(
+              f"{k} {v:.4f}" for k, v in sorted(tasks.summary_metrics(eval_metrics).items())))
+        preempted = preemption.check()
+        if (evaluate or preempted or step == total_steps or
+            step % config.checkpoint.every_steps == 0):
+          checkpointer.save(step, state, train_iter, metrics=eval_metrics if evaluate else None)
+        if preempted:
+          status = "preempted"
+          logging.warning("SIGTERM: saved checkpoint %s/%d; resume with the same command",
+                          checkpointer.directory, step)
+          break
+    finally:
+      preemption.restore()
+      checkpointer.close()
+      writer.close()
+  result = Result(status=status, step=step, total_steps=total_steps, metrics=eval_metrics,
+                  wall_seconds=round(time.perf_counter() - t_start, 1))
+  if lead:
+    (workdir / RESULT_FILE).write_text(json.dumps(
+        {**dataclasses.asdict(result), "first_step": first_step,
+         "restored_from": restored_from}, indent=1, default=float) + "\n")
+  return result
