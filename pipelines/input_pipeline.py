@@ -9,7 +9,7 @@
 Order of operations (MapDataset, all random choices from `config.seed`):
 source -> [filter splits/folds/variants] -> shuffle -> repeat -> decode (errors
 name shard and index) -> normalise with the shard metadata's mean/std ->
-SpecAugment (random_map) -> host slice (`process_index::process_count`) ->
+SpecAugment (random_map) -> this host's block of each global batch ->
 batch(drop_remainder) -> mixup (random_map on batches) -> to_iter_dataset(read
 threads) -> mp_prefetch(worker processes). The iterator's `get_state()` /
 `set_state()` is the checkpointable input state the trainer stores with the
@@ -28,7 +28,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from pipelines import preprocess, records
+from pipelines import records, shards as shard_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +67,7 @@ class ShardSet:
   @classmethod
   def open(cls, root: str | pathlib.Path, splits: Sequence[str]) -> ShardSet:
     root = pathlib.Path(root)
-    metadata = json.loads((root / preprocess.METADATA).read_text())
+    metadata = json.loads((root / shard_files.METADATA).read_text())
     rows = [r for r in metadata["shards"] if r["kind"] == "windows"
             and r["format"] == "array_record" and r["split"] in splits and r["records"]]
     if not rows:
@@ -193,8 +193,38 @@ def _examples(root, config: InputConfig) -> grain.MapDataset:
   return ds.map(lambda item: _decode(shards, *item))
 
 
+class _HostBlocks(grain.MapDataset):
+  """This host's rows of every global batch: a contiguous block of `batch_size`.
+
+  Host `p` of `P` reads, for global batch `k` (of `P * batch_size` examples),
+  stream elements `k*P*b + p*b ... + b - 1`. Concatenating the hosts' batches in
+  process order (what `jax.make_array_from_process_local_data` does) therefore
+  rebuilds the single-host batch exactly, row for row, so per-row randomness
+  (dropout, SSAST masks) and results do not depend on the number of hosts.
+  """
+
+  def __init__(self, parent: grain.MapDataset, config: InputConfig):
+    super().__init__(parent)
+    self._b, self._p, self._count = config.batch_size, config.process_index, config.process_count
+
+  def __len__(self) -> int:
+    return len(self._parents[0]) // self._count
+
+  def _index(self, index: int) -> int:
+    k, row = divmod(index, self._b)
+    return (k * self._count + self._p) * self._b + row
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parents[0][self._index(index)]
+
+  def __str__(self) -> str:
+    return f"HostBlocks(batch={self._b}, host={self._p}/{self._count})"
+
+
 def _host_slice(ds: grain.MapDataset, config: InputConfig) -> grain.MapDataset:
-  return ds[config.process_index::config.process_count]
+  return _HostBlocks(ds, config) if config.process_count > 1 else ds
 
 
 def training_examples(root, config: InputConfig) -> grain.MapDataset:

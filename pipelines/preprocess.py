@@ -57,7 +57,7 @@ SCHEMA_VERSION = records.VERSION
 OUTCOMES = "_outcomes.jsonl"
 DEAD_LETTERS = "dead_letters.jsonl"
 STATS = "_stats.json"
-METADATA = "metadata.json"
+METADATA = shards.METADATA
 SPILL = "_spill"  # per-recording record files, deleted when the shards are written
 
 

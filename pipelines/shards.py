@@ -34,6 +34,9 @@ from apache_beam.io.filesystems import FileSystems
 from array_record.python import array_record_module
 
 FORMATS = ("array_record", "tfrecord")
+# The job's description of its shards (counts, statistics, splits), beside them. Here,
+# not in preprocess, so readers (Grain, the trainer) need no Beam import.
+METADATA = "metadata.json"
 ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for Grain
 
 

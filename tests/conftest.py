@@ -73,3 +73,35 @@ def make_midi():
 @pytest.fixture(scope="session")
 def chords():
   return chord_passage
+
+
+@pytest.fixture(scope="session")
+def train_shards(tmp_path_factory) -> dict[str, pathlib.Path]:
+  """MAESTRO- and PercePiano-layout shards of a tiny generated corpus, 2.56 s windows.
+
+  Short windows (256 frames) keep trainer tests fast; everything else is the
+  real Beam jobs' output.
+  """
+  import subprocess
+  import sys
+
+  from pipelines import make_corpus
+
+  root = tmp_path_factory.mktemp("train-shards")
+  make_corpus.make_corpus(root / "corpus", "tiny", seed=3)
+  common = ["--window_s=2.56", "--hop_s=1.28", "--target_shard_mb=1", "--nowrite_audio",
+            "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+  jobs = {
+      "maestro": ["-m", "pipelines.maestro",
+                  f"--maestro_dir={root / 'corpus' / 'maestro-v3.0.0'}"],
+      "percepiano": ["-m", "pipelines.percepiano",
+                     f"--percepiano_dir={root / 'corpus' / 'percepiano'}",
+                     "--test_fraction=0.34", "--num_folds=2"],
+  }
+  out = {}
+  for name, args in jobs.items():
+    out[name] = root / name
+    proc = subprocess.run([sys.executable, *args, f"--output_dir={out[name]}", *common],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+  return out

@@ -110,15 +110,32 @@ def test_iterator_state_restores_exactly_the_next_batch_in_a_fresh_process(shard
 @pytest.mark.parametrize("hosts", [2, 4])
 def test_hosts_see_disjoint_examples_covering_every_window_per_epoch(shard_dir, hosts):
   total = len(_all_windows(shard_dir))
-  epoch = total - total % hosts
+  batch = 2
+  global_batches = total // (hosts * batch)  # whole global batches inside one epoch
   seen = []
   for h in range(hosts):
-    ds = ip.training_examples(shard_dir, ip.InputConfig(process_index=h, process_count=hosts))
+    ds = ip.training_examples(shard_dir, ip.InputConfig(batch_size=batch, process_index=h,
+                                                        process_count=hosts))
     seen += [(ds[i]["key"], int(ds[i]["variant"]), int(ds[i]["window_index"]))
-             for i in range(epoch // hosts)]
-  assert len(seen) == len(set(seen)) == epoch
+             for i in range(global_batches * batch)]
+  assert len(seen) == len(set(seen)) == global_batches * hosts * batch
   everything = {(h["key"], h["variant"], h["window_index"]) for h, _ in _all_windows(shard_dir)}
-  assert set(seen) <= everything and len(everything) - len(set(seen)) < hosts
+  assert set(seen) <= everything and len(everything) - len(set(seen)) < hosts * batch
+
+
+@pytest.mark.parametrize("hosts", [2, 3])
+def test_host_batches_concatenate_to_the_single_host_batch(shard_dir, hosts):
+  # Row r of the global batch is the same example, with the same SpecAugment
+  # masks, whatever the number of hosts: results do not depend on the host count.
+  host_batch = 2
+  single = ip.pretraining(shard_dir, ip.InputConfig(batch_size=hosts * host_batch, seed=3))
+  expected = [b["features"] for _, b in zip(range(3), single)]
+  per_host = [ip.pretraining(shard_dir, ip.InputConfig(batch_size=host_batch, seed=3,
+                                                       process_index=h, process_count=hosts))
+              for h in range(hosts)]
+  for step, iterators in zip(range(3), zip(*per_host)):
+    np.testing.assert_array_equal(np.concatenate([b["features"] for b in iterators]),
+                                  expected[step])
 
 
 def test_evaluation_sees_every_window_once_in_a_stable_order(shard_dir):

@@ -41,7 +41,7 @@ class Checkpointer:
     keep_policies = [policies.LatestN(n=keep)]
     if best_metric:
       keep_policies.append(policies.BestN(
-          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == "max", n=1,
+          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == "min", n=1,  # keeps the end of the sorted list
           keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep_policies),

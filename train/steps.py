@@ -59,7 +59,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, lr: optax
                                          (jnp.arange(accumulation), micro))
       grads = jax.tree.map(lambda g, p: (g / accumulation).astype(p.dtype), grads, state.params)
       metrics = jax.tree.map(lambda m: m / accumulation, metrics)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=grad_norm, learning_rate=lr(state.step),

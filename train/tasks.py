@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 
 from eval import metrics as eval_metrics
 from model import ast, baselines, multitask, ssast, targets
-from pipelines import input_pipeline, preprocess, taxonomy
+from pipelines import input_pipeline, shards, taxonomy
 from train import sharding
 
 
@@ -59,10 +59,10 @@ class Task:
       raise ValueError("config.data_dir is not set (--config.data_dir=SHARD_DIR)")
     self.config = config
     self.data_dir = pathlib.Path(config.data_dir)
-    self.metadata = json.loads((self.data_dir / preprocess.METADATA).read_text()) if (
-        self.data_dir / preprocess.METADATA).is_file() else None
+    self.metadata = json.loads((self.data_dir / shards.METADATA).read_text()) if (
+        self.data_dir / shards.METADATA).is_file() else None
     if self.metadata is None:
-      raise FileNotFoundError(f"{self.data_dir} has no {preprocess.METADATA}: not the output "
+      raise FileNotFoundError(f"{self.data_dir} has no {shards.METADATA}: not the output "
                               "of a pipelines job")
 
   # ---- inputs
