@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PERCEPIANO_DIR ASAP_DIR
 
-.PHONY: demo demo-real test test-slow bench bench-model lock clean
+.PHONY: demo demo-real test test-slow bench bench-model bench-train lock clean
 
 # The lock is complete (every transitive dependency, with hashes), so pip
 # installs exactly it with --no-deps; the project itself is then installed
@@ -48,6 +48,11 @@ bench: $(STAMP)
 # Flax AST vs transformers' PyTorch ASTModel, forward and train step, f32 and bf16 (~30 min on 2 cores).
 bench-model: $(STAMP)
 	$(BIN)/python benchmarks/model_speed.py
+
+# The trainer's step vs a PyTorch training loop of the same model, tiny/small/base, plus the
+# compiled memory of every config's microbatch (~40 min on 2 cores).
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/train_speed.py --json reports/benchmarks/train_speed.json
 
 # Regenerate the lock after editing pyproject.toml dependencies (pip-tools is
 # in the locked dev extra).

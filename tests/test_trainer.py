@@ -1,6 +1,7 @@
 """train.main / train.trainer end to end: the real CLI in subprocesses, real shards, real Orbax.
 
-Every run uses a very small encoder (64 wide, 2 layers) on 2.56 s windows so a
+The 8-device and 2-process runs are marked slow (`make test-slow`, which CI
+runs too). Every run uses a very small encoder (64 wide, 2 layers) on 2.56 s windows so a
 run takes seconds; the code paths are those of the full-size configs. Runs
 share a persistent XLA compilation cache, so identical programs compile once.
 """
@@ -219,6 +220,7 @@ def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(trai
   assert not (tmp_path / "checkpoints" / str(step)).exists()
 
 
+@pytest.mark.slow
 def test_eight_host_devices_with_fsdp_match_one_device(uninterrupted, train_shards, env, tmp_path):
   eight = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   proc = run(pretrain_args(train_shards["maestro"], tmp_path, "--config.mesh.data=4",
@@ -238,6 +240,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_with_jax_distributed_match_one_process(uninterrupted, train_shards, env,
                                                               tmp_path):
   port = _free_port()

@@ -183,8 +183,7 @@ class Finetuning(Task):
   def __init__(self, config):
     super().__init__(config)
     m = config.model
-    weights = tuple((name.strip(), float(value)) for name, value in
-                    (item.split("=") for item in m.loss_weights.split(",") if item.strip()))
+    weights = _parse_weights(m.loss_weights)
     self.model_config = multitask.MultiTaskConfig(
         backbone=m.backbone, encoder=_encoder(config),
         cnn=baselines.CNNConfig(**m.cnn.to_dict()),
@@ -278,6 +277,23 @@ class Finetuning(Task):
     out["val/performances"] = float(len(pred))
     out["val/mse"] = float(np.mean(((pred - label) ** 2)[mask]))
     return out
+
+
+def _parse_weights(text: str) -> tuple[tuple[str, float], ...]:
+  """"timing=1,dynamics=2" -> (("timing", 1.0), ("dynamics", 2.0))."""
+  out = []
+  for item in (i.strip() for i in text.split(",")):
+    if not item:
+      continue
+    name, sep, value = item.partition("=")
+    try:
+      if not sep:
+        raise ValueError
+      out.append((name.strip(), float(value)))
+    except ValueError:
+      raise ValueError(f"model.loss_weights: {item!r} is not GROUP=WEIGHT (e.g. "
+                       f"'timing=1,dynamics=2')") from None
+  return tuple(out)
 
 
 def _folds(metadata: dict) -> set[int]:

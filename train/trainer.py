@@ -112,6 +112,81 @@ def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
   path.write_text(text)
 
 
+@dataclasses.dataclass
+class Built:
+  """A task's model, optimiser and shardings on a mesh (no arrays allocated yet)."""
+
+  task: tasks.Task
+  config: ml_collections.ConfigDict
+  abstract_state: TrainState  # ShapeDtypeStructs with their shardings
+  state_shardings: TrainState
+  param_shardings: object
+  opt_shardings: object
+  tx: optax.GradientTransformation
+  lr: optax.Schedule
+  init_key: jax.Array
+  run_key: jax.Array
+
+  def _dummy(self) -> jax.Array:
+    e = self.config.model.encoder
+    return jnp.zeros((self.config.microbatch_size, e.num_mel_bins, e.num_frames), jnp.float32)
+
+  def init_params(self):
+    init = jax.jit(lambda k: nn.unbox(self.task.init(k, self._dummy())["params"]),
+                   out_shardings=self.param_shardings)
+    return init(self.init_key)
+
+  def state_from(self, params) -> TrainState:
+    replicated = self.state_shardings.step
+    opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
+    return TrainState(step=jax.device_put(jnp.int32(0), replicated), params=params,
+                      opt_state=opt_state,
+                      rng=jax.device_put(jax.random.key_data(self.run_key), replicated))
+
+  def train_step(self, accumulation: int):
+    """The jitted step; the input state is donated (updated in place)."""
+    raw = steps.make_train_step(self.task.loss_fn, self.tx, self.lr, accumulation,
+                                self.config.prng_impl)
+
+    def constrained(state, batch):
+      new_state, metrics = raw(state, batch)
+      return jax.lax.with_sharding_constraint(new_state, self.state_shardings), metrics
+
+    return jax.jit(constrained, donate_argnums=0)
+
+
+def build(task, config: ml_collections.ConfigDict, mesh, total_steps: int) -> Built:
+  """Shapes and shardings of the train state. Call under the mesh and logical rules.
+
+  `task` needs `init(rng, features)`, `loss_fn(params, batch, rng, train)` and,
+  for layer-wise LR decay, `depth`.
+  """
+  e = config.model.encoder
+  dummy = jax.ShapeDtypeStruct((config.microbatch_size, e.num_mel_bins, e.num_frames),
+                               jnp.float32)
+  init_key, run_key = jax.random.split(jax.random.key(config.seed, impl=config.prng_impl))
+  boxed = jax.eval_shape(lambda: task.init(init_key, jnp.zeros(dummy.shape, dummy.dtype)))
+  param_shardings = sharding.param_shardings(boxed["params"], mesh)
+  abstract_params = sharding.strip_boxes(boxed["params"])
+  tx, lr = optimizer.make(config.optimizer, abstract_params, total_steps,
+                          getattr(task, "depth", None))
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  replicated = sharding.replicated(mesh)
+  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
+                                        transform_non_params=lambda _: replicated)
+  state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                               rng=replicated)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                 opt_state=abstract_opt,
+                 rng=jax.eval_shape(lambda: jax.random.key_data(run_key))),
+      state_shardings)
+  return Built(task=task, config=config, abstract_state=abstract_state,
+               state_shardings=state_shardings, param_shardings=param_shardings,
+               opt_shardings=opt_shardings, tx=tx, lr=lr, init_key=init_key, run_key=run_key)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                        resume: str | None = None) -> Result:
   t_start = time.perf_counter()
@@ -132,44 +207,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                "mesh %s, %d process(es)", task.name, per_epoch, total_steps, config.batch_size,
                accumulation, config.microbatch_size, dict(mesh.shape), jax.process_count())
 
-  e = config.model.encoder
-  dummy = jax.ShapeDtypeStruct((config.microbatch_size, e.num_mel_bins, e.num_frames), jnp.float32)
-  base_key = jax.random.key(config.seed, impl=config.prng_impl)
-  init_key, run_key = jax.random.split(base_key)
-
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    boxed = jax.eval_shape(lambda: task.init(init_key, jnp.zeros(dummy.shape, dummy.dtype)))
-    param_shardings = sharding.param_shardings(boxed["params"], mesh)
-    abstract_params = sharding.strip_boxes(boxed["params"])
-    tx, lr = optimizer.make(config.optimizer, abstract_params, total_steps,
-                            getattr(task, "depth", None))
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    replicated = sharding.replicated(mesh)
-    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
-                                          transform_non_params=lambda _: replicated)
-    state_shardings = TrainState(step=replicated, params=param_shardings,
-                                 opt_state=opt_shardings, rng=replicated)
-    abstract_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
-                   opt_state=abstract_opt,
-                   rng=jax.eval_shape(lambda: jax.random.key_data(run_key))),
-        state_shardings)
+    built = build(task, config, mesh, total_steps)
 
     def initial_state() -> TrainState:
-      init = jax.jit(lambda k: nn.unbox(task.init(k, jnp.zeros(dummy.shape, dummy.dtype))
-                                        ["params"]), out_shardings=param_shardings)
-      params = init(init_key)
+      params = built.init_params()
       if config.task == "finetune" and (config.init.checkpoint or config.init.converted):
         source, name, step = warm_start.load_source(config.init)
         params, report = warm_start.apply(params, source, name, step)
         logging.info("%s", report.summary())
         if lead:
           warm_start.write(report, workdir)
-      opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-      return TrainState(step=jax.device_put(jnp.int32(0), replicated), params=params,
-                        opt_state=opt_state,
-                        rng=jax.device_put(jax.random.key_data(run_key), replicated))
+      return built.state_from(params)
 
     train_iter = task.train_iterator()
     checkpointer = checkpointing.Checkpointer(
@@ -183,12 +232,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       step = step if step is not None else reader.latest_step()
       if step is None:
         raise checkpointing.CheckpointNotFoundError(f"{resume} holds no checkpoint")
-      state = reader.restore(step, abstract_state, train_iter)
+      state = reader.restore(step, built.abstract_state, train_iter)
       reader.close()
       restored_from = f"{directory}/{step}"
     elif checkpointer.latest_step() is not None:
       step = checkpointer.latest_step()
-      state = checkpointer.restore(step, abstract_state, train_iter)
+      state = checkpointer.restore(step, built.abstract_state, train_iter)
       restored_from = f"{checkpointer.directory}/{step}"
     else:
       state = initial_state()
@@ -198,13 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       logging.info("initialised %d parameters",
                    sum(x.size for x in jax.tree.leaves(state.params)))
 
-    raw_step = steps.make_train_step(task.loss_fn, tx, lr, accumulation, config.prng_impl)
-
-    def constrained_step(state, batch):
-      new_state, metrics = raw_step(state, batch)
-      return jax.lax.with_sharding_constraint(new_state, state_shardings), metrics
-
-    train_step = jax.jit(constrained_step, donate_argnums=0)
+    train_step = built.train_step(accumulation)
     eval_step = jax.jit(task.make_eval_step())
     writer = MetricWriter(workdir, enabled=lead)
     preemption = _Preemption()

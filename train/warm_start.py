@@ -131,6 +131,11 @@ def apply(params: Mapping[str, Any], source: Mapping[str, np.ndarray], source_na
       if name == "pos_embed" and new.shape[-1] == value.shape[-1]:
         resized[path] = f"{new.shape[0]}x{new.shape[1]} -> {value.shape[0]}x{value.shape[1]}"
         new = np.asarray(posemb.resize_grid(new, value.shape[:2]))
+      elif (name in ("tokens", "token_pos_embed") and new.shape[1:] == value.shape[1:]
+            and new.shape[0] > value.shape[0]):
+        # AST checkpoints carry [CLS] + distillation; a one-token model keeps [CLS] (row 0).
+        resized[path] = f"{new.shape[0]} -> {value.shape[0]} token(s), kept the first"
+        new = new[:value.shape[0]]
       else:
         problems.append(f"{path}: source {new.shape}, model {value.shape}")
         continue

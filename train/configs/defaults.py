@@ -24,10 +24,15 @@ def encoder_config(size: str, **overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dataclasses.asdict(ast.variant(size, **overrides)))
 
 
-def trainer_config(task: str, size: str, *, batch_size: int, microbatch_size: int,
-                   num_epochs: int) -> ml_collections.ConfigDict:
+def check_size(size: str) -> str:
   if size not in SIZES:
     raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
+  return size
+
+
+def trainer_config(task: str, size: str, *, batch_size: int, microbatch_size: int,
+                   num_epochs: int) -> ml_collections.ConfigDict:
+  check_size(size)
   c = ml_collections.ConfigDict()
   c.task = task
   c.size = size

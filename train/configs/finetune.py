@@ -22,6 +22,7 @@ _MICROBATCH = {"tiny": 16, "small": 8, "base": 8}
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  defaults.check_size(arg)
   c = defaults.trainer_config("finetune", arg, batch_size=32, microbatch_size=_MICROBATCH[arg],
                               num_epochs=50)
   c.model = ml_collections.ConfigDict(dict(
@@ -34,7 +35,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       pooled_stats=ml_collections.ConfigDict(dataclasses.asdict(baselines.PooledStatsConfig())),
       head="grouped", head_heads=4, head_depth=1, head_hidden=256, cross_task=True,
       adaptive_weighting=True,
-      loss_weights="",  # fixed weights "Timing=1,Dynamics=2" (needs adaptive_weighting=False)
+      loss_weights="",  # fixed weights "timing=1,dynamics=2" (needs adaptive_weighting=False)
   ))
   # Where the encoder starts: a pre-training work directory or checkpoint step
   # directory, or the output directory of `python -m model.convert`; both empty:

@@ -18,6 +18,7 @@ _LOGGING = {"tiny": 10, "small": 20, "base": 50}
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  defaults.check_size(arg)
   c = defaults.trainer_config("pretrain", arg, batch_size=128, microbatch_size=_MICROBATCH[arg],
                               num_epochs=100)
   # SSAST: non-overlapping 16x16 patches, one [CLS] token, patch-mean pooling.
