@@ -32,20 +32,20 @@ def test_fsdp_shards_embed_axes_and_replicates_what_does_not_divide():
       from train import sharding
       mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=4)))
       model = multitask.MultiTaskModel(multitask.MultiTaskConfig(
-          encoder=ast.variant("tiny", width=36, heads=3, depth=1, num_frames=64)))
+          encoder=ast.variant("tiny", width=30, heads=3, depth=1, num_frames=64), head="flat"))
       boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((8, 128, 64))))
       specs = sharding.param_shardings(boxed["params"], mesh)
       enc = specs["encoder"]
-      print("qkv", enc["blocks"]["attn"]["qkv"]["kernel"].spec)
-      print("fc1", enc["blocks"]["mlp"]["fc1"]["kernel"].spec)
-      print("pos", enc["pos_embed"].spec)
+      print("qkv", tuple(enc["blocks"]["attn"]["qkv"]["kernel"].spec))
+      print("fc1", tuple(enc["blocks"]["mlp"]["fc1"]["kernel"].spec))
+      print("pos", tuple(enc["pos_embed"].spec))
       model = multitask.MultiTaskModel(multitask.MultiTaskConfig(
           encoder=ast.variant("tiny", width=64, heads=2, depth=1, num_frames=64)))
       boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((8, 128, 64))))
       enc = sharding.param_shardings(boxed["params"], mesh)["encoder"]
-      print("qkv64", enc["blocks"]["attn"]["qkv"]["kernel"].spec)
-      print("fc1_64", enc["blocks"]["mlp"]["fc1"]["kernel"].spec)
-      print("batch", sharding.batch_sharding(mesh, 3).spec)
+      print("qkv64", tuple(enc["blocks"]["attn"]["qkv"]["kernel"].spec))
+      print("fc1_64", tuple(enc["blocks"]["mlp"]["fc1"]["kernel"].spec))
+      print("batch", tuple(sharding.batch_sharding(mesh, 3).spec))
   """)
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
          "PATH": "/usr/bin:/bin"}
@@ -53,9 +53,10 @@ def test_fsdp_shards_embed_axes_and_replicates_what_does_not_divide():
                        timeout=300, env=env, check=False)
   assert run.returncode == 0, run.stderr[-3000:]
   lines = dict(line.split(" ", 1) for line in run.stdout.strip().splitlines())
-  # width 36 is not divisible by fsdp=4: replicated; the layers axis is never sharded.
-  assert lines["qkv"] == "PartitionSpec(None, None, None, None, None)"
+  # width 30 is not divisible by fsdp=4: replicated; the layers axis is never sharded.
+  assert lines["qkv"] == "(None, None, None, None, None)"
+  assert lines["pos"] == "(None, None, None)"
   # width 64: the embed axis (dim 1 of [L, D, 3, H, K]; dim 1 of [L, D, mlp]) over fsdp.
-  assert lines["qkv64"] == "PartitionSpec(None, 'fsdp', None, None, None)"
-  assert lines["fc1_64"] == "PartitionSpec(None, 'fsdp', None)"
-  assert lines["batch"] == "PartitionSpec(('data', 'fsdp'), None, None)"
+  assert lines["qkv64"] == "(None, 'fsdp', None, None, None)"
+  assert lines["fc1_64"] == "(None, 'fsdp', None)"
+  assert lines["batch"] == "(('data', 'fsdp'), None, None)"

@@ -19,9 +19,12 @@ SMALL = dict(width=32, depth=1, heads=2, mlp_dim=64, num_frames=256)
 FEATURES = jnp.zeros((1, 128, 256))
 
 
-def _init(model, **rngs):
+def _init(model, seed=0, **rngs):
+  """Random values in the model's parameter shapes (apply() only sees shapes and values)."""
   keys = {"params": jax.random.key(0), **{k: jax.random.key(i + 1) for i, k in enumerate(rngs)}}
-  return sharding.strip_boxes(jax.jit(lambda: model.init(keys, FEATURES))()["params"])
+  shapes = sharding.strip_boxes(jax.eval_shape(lambda: model.init(keys, FEATURES))["params"])
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), shapes)
 
 
 def _finetune_params(**encoder):
@@ -32,7 +35,7 @@ def _finetune_params(**encoder):
 def _pretrained():
   config = ssast.SSASTConfig(encoder=ast.variant("tiny", **SMALL, freq_stride=16, time_stride=16,
                                                  num_tokens=1, pooling="patches"), num_masked=8)
-  params = _init(ssast.SSAST(config), masking=True)
+  params = _init(ssast.SSAST(config), seed=1, masking=True)
   return {k: np.asarray(v) for k, v in warm_start._flatten(params["encoder"]).items()}
 
 

@@ -52,7 +52,6 @@ class Task:
   """Shared plumbing; subclasses define the model, loss and validation."""
 
   name: str
-  labelled: bool
 
   def __init__(self, config: ml_collections.ConfigDict):
     if not config.data_dir:
@@ -64,6 +63,11 @@ class Task:
     if self.metadata is None:
       raise FileNotFoundError(f"{self.data_dir} has no {shards.METADATA}: not the output "
                               "of a pipelines job")
+
+  @property
+  def depth(self) -> int:
+    """Encoder layers (for layer-wise LR decay)."""
+    return self.model_config.encoder.depth
 
   # ---- inputs
   @property
@@ -123,7 +127,6 @@ class Task:
 
 class Pretraining(Task):
   name = "pretrain"
-  labelled = False
 
   def __init__(self, config):
     super().__init__(config)
@@ -134,10 +137,6 @@ class Pretraining(Task):
     self.model = ssast.SSAST(self.model_config)
     self.train_splits = (config.train_split,)
     self.eval_splits = (config.eval_split,)
-
-  @property
-  def depth(self) -> int:
-    return self.model_config.encoder.depth
 
   def train_iterator(self):
     return iter(input_pipeline.pretraining(self.data_dir, self.train_input_config()))
@@ -178,7 +177,6 @@ class Pretraining(Task):
 
 class Finetuning(Task):
   name = "finetune"
-  labelled = True
 
   def __init__(self, config):
     super().__init__(config)
@@ -208,10 +206,6 @@ class Finetuning(Task):
     keys = sorted(self.metadata["splits"][self.metadata["splits"]["shards_follow"]])
     self.key_ids = {k: i for i, k in enumerate(keys)}
     self.normalizer = self._fit_targets()
-
-  @property
-  def depth(self) -> int:
-    return self.model_config.encoder.depth
 
   def _fit_targets(self) -> targets.TargetNormalizer:
     """Per-dimension label statistics of the training windows (every host alike)."""

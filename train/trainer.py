@@ -255,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     first_step = step
     eval_metrics: dict = {}
     window: dict[str, float] = {}
-    window_steps, t_window = 0, time.perf_counter()
+    window_steps, timed_steps, t_window = 0, 0, time.perf_counter()
     status = "finished"
     try:
       while step < total_steps:
@@ -276,9 +276,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           if k != "finite":
             window[k] = window.get(k, 0.0) + float(v)
         window_steps += 1
+        if step == first_step + 1:
+          # The first step compiles: time the steady state from here on.
+          t_window = time.perf_counter()
+        else:
+          timed_steps += 1
         if step % config.log_every_steps == 0 or step == total_steps:
-          elapsed = time.perf_counter() - t_window
-          rate = window_steps / elapsed
+          rate = timed_steps / (time.perf_counter() - t_window) if timed_steps else float("nan")
           scalars = {f"train/{k}": v / window_steps for k, v in window.items()}
           scalars.update({"perf/steps_per_second": rate,
                           "perf/examples_per_second": rate * config.batch_size})
@@ -287,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                        "ETA %s", step, total_steps, 100 * step / total_steps,
                        scalars["train/loss"], rate, rate * config.batch_size,
                        _format_eta((total_steps - step) / rate))
-          window, window_steps, t_window = {}, 0, time.perf_counter()
+          window, window_steps, timed_steps, t_window = {}, 0, 0, time.perf_counter()
         evaluate = step == total_steps or (config.eval_every_steps and
                                            step % config.eval_every_steps == 0)
         if evaluate:
