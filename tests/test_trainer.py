@@ -1,6 +1,8 @@
 """train.main / train.trainer end to end: the real CLI in subprocesses, real shards, real Orbax.
 
-The 8-device and 2-process runs are marked slow (`make test-slow`, which CI
+The default suite keeps the main run, best-checkpoint retention, the SIGKILL
+resume and warm-started fine-tuning; SIGTERM, --resume, the NaN guard, config
+errors, 8 devices and 2 processes are marked slow (`make test-slow`, which CI
 runs too). Every run uses a very small encoder (64 wide, 2 layers) on 2.56 s windows so a
 run takes seconds; the code paths are those of the full-size configs. Runs
 share a persistent XLA compilation cache, so identical programs compile once.
@@ -79,12 +81,20 @@ def assert_trees_equal(a, b):
                                   err_msg=jax.tree_util.keystr(path))
 
 
-def wait_for_step(proc: subprocess.Popen, workdir: pathlib.Path, step: int, timeout=240) -> None:
+def _complete_checkpoints(workdir: pathlib.Path) -> list[int]:
+  root = workdir / "checkpoints"
+  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+
+
+def wait_for_step(proc: subprocess.Popen, workdir: pathlib.Path, step: int, timeout=240,
+                  checkpointed: bool = False) -> None:
+  """Until step `step` is logged (and, with `checkpointed`, some checkpoint is complete)."""
   deadline = time.time() + timeout
   while time.time() < deadline:
     if proc.poll() is not None:
       raise AssertionError(f"trainer exited early ({proc.returncode}): {proc.stdout.read()[-3000:]}")
-    if (workdir / metric_writer.METRICS_FILE).exists() and max(losses(workdir), default=0) >= step:
+    if ((workdir / metric_writer.METRICS_FILE).exists() and max(losses(workdir), default=0) >= step
+        and (not checkpointed or _complete_checkpoints(workdir))):
       return
     time.sleep(0.05)
   proc.kill()
@@ -160,9 +170,11 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(uninterrupted
                                                                     env, tmp_path):
   kill_after = random.randint(2, STEPS - 2)
   proc = start(pretrain_args(train_shards["maestro"], tmp_path), env)
-  wait_for_step(proc, tmp_path, kill_after)
+  # At a random step, once some checkpoint is complete (else there is nothing to resume).
+  wait_for_step(proc, tmp_path, kill_after, checkpointed=True)
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
+  kill_after = max(losses(tmp_path))
   assert not (tmp_path / "result.json").exists()
   resumed = run(pretrain_args(train_shards["maestro"], tmp_path), env)
   assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -174,6 +186,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(uninterrupted
   assert losses(tmp_path) == losses(uninterrupted), f"killed after step {kill_after}"
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_143_and_resumes_identically(uninterrupted, train_shards, env,
                                                          tmp_path):
   args = pretrain_args(train_shards["maestro"], tmp_path,
@@ -193,6 +206,7 @@ def test_sigterm_saves_exits_143_and_resumes_identically(uninterrupted, train_sh
   assert_trees_equal(final_state(tmp_path)["params"], final_state(uninterrupted)["params"])
 
 
+@pytest.mark.slow
 def test_resume_flag_takes_precedence_over_the_work_directory(uninterrupted, train_shards, env,
                                                               tmp_path):
   # --resume from step 6 of another run: continue there (not from scratch, not from 8).
@@ -204,6 +218,7 @@ def test_resume_flag_takes_precedence_over_the_work_directory(uninterrupted, tra
   assert_trees_equal(final_state(tmp_path)["params"], final_state(uninterrupted)["params"])
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(train_shards, env,
                                                                             tmp_path):
   proc = run(pretrain_args(train_shards["maestro"], tmp_path, "--config.optimizer.peak_lr=1e30",
@@ -293,6 +308,7 @@ def test_finetuning_warm_starts_from_pretraining_and_reports_pearson(uninterrupt
   assert {"train/mse/timing", "train/weight/dynamics"} <= set(train[0])
 
 
+@pytest.mark.slow
 def test_config_typos_and_missing_data_fail_clearly(env, tmp_path, train_shards):
   typo = run(["--config=train/configs/pretrain.py:tiny", f"--workdir={tmp_path}",
               "--config.optimizer.peak_lrr=1"], env, timeout=120)
