@@ -22,9 +22,15 @@ def _toy(b=8, seed=0):
   return x, levels, jnp.ones((b, 19), bool)
 
 
-@pytest.mark.parametrize("backbone,head", [("ast", "grouped"), ("ast", "flat"), ("cnn", "grouped"),
-                                           ("cnn", "flat"), ("pooled_stats", "grouped"),
-                                           ("pooled_stats", "flat")])
+# The AST combinations and the cheapest baseline run by default; the other
+# baseline combinations (~90 s of compiling) run with the slow checks.
+_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("backbone,head", [
+    ("ast", "grouped"), ("ast", "flat"), pytest.param("cnn", "grouped", marks=_SLOW),
+    pytest.param("cnn", "flat", marks=_SLOW), pytest.param("pooled_stats", "grouped", marks=_SLOW),
+    ("pooled_stats", "flat")])
 def test_every_backbone_and_head_learns_the_toy_task(backbone, head):
   cfg = multitask.MultiTaskConfig(backbone=backbone, head=head, encoder=ENC, cnn=CNN)
   model = multitask.MultiTaskModel(cfg)
