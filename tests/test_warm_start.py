@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 import safetensors.torch
 import transformers
+from flax import traverse_util
 
 from model import ast, multitask, posemb, ssast
 from train import sharding, warm_start
+
+def _flat(tree):
+  return traverse_util.flatten_dict(tree, sep="/")
+
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 SMALL = dict(width=32, depth=1, heads=2, mlp_dim=64, num_frames=256)
@@ -36,7 +41,7 @@ def _pretrained():
   config = ssast.SSASTConfig(encoder=ast.variant("tiny", **SMALL, freq_stride=16, time_stride=16,
                                                  num_tokens=1, pooling="patches"), num_masked=8)
   params = _init(ssast.SSAST(config), seed=1, masking=True)
-  return {k: np.asarray(v) for k, v in warm_start._flatten(params["encoder"]).items()}
+  return {k: np.asarray(v) for k, v in _flat(params["encoder"]).items()}
 
 
 def test_ssast_encoder_loads_resizes_the_grid_and_leaves_heads_fresh():
@@ -49,19 +54,19 @@ def test_ssast_encoder_loads_resizes_the_grid_and_leaves_heads_fresh():
       "encoder/pos_embed", "encoder/mask_embed"}
   assert report.initialised and all(p.startswith(("heads/", "loss_log")) for p in
                                     report.initialised)
-  flat = warm_start._flatten(params)
+  flat = _flat(params)
   for path in report.loaded:
     np.testing.assert_array_equal(flat[path], source[path.removeprefix("encoder/")])
   np.testing.assert_allclose(flat["encoder/pos_embed"],
                              posemb.resize_grid(source["pos_embed"], (12, 25)), rtol=1e-6)
-  before = warm_start._flatten(initial)
+  before = _flat(initial)
   for path in report.initialised:
     np.testing.assert_array_equal(flat[path], before[path])
   assert "1 resized" in report.summary() and "(step 40)" in report.summary()
 
 
 def test_two_token_checkpoint_into_a_one_token_model_keeps_cls():
-  source = {k: v for k, v in warm_start._flatten(
+  source = {k: v for k, v in _flat(
       jax.tree.map(np.asarray, _finetune_params(num_tokens=2)["encoder"])).items()}
   params, report = warm_start.apply(_finetune_params(num_tokens=1, pooling="patches"), source,
                                     "ast")

@@ -6,6 +6,8 @@ validation metrics; `train.trainer` runs either the same way.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -58,11 +60,11 @@ class Task:
       raise ValueError("config.data_dir is not set (--config.data_dir=SHARD_DIR)")
     self.config = config
     self.data_dir = pathlib.Path(config.data_dir)
-    self.metadata = json.loads((self.data_dir / shards.METADATA).read_text()) if (
-        self.data_dir / shards.METADATA).is_file() else None
-    if self.metadata is None:
+    path = self.data_dir / shards.METADATA
+    if not path.is_file():
       raise FileNotFoundError(f"{self.data_dir} has no {shards.METADATA}: not the output "
                               "of a pipelines job")
+    self.metadata = json.loads(path.read_text())
 
   @property
   def depth(self) -> int:
@@ -86,7 +88,9 @@ class Task:
   def examples_per_epoch(self) -> int:
     return input_pipeline.count(self.data_dir, self.train_input_config())
 
+  @functools.cached_property
   def eval_examples(self) -> int:
+    """Validation windows (counted once: with fold filters, counting reads every header)."""
     return input_pipeline.count(self.data_dir, self.eval_input_config())
 
   def check_features(self, example: dict) -> None:
@@ -109,7 +113,7 @@ class Task:
     whose slice ends early pads with weight-0 copies of its last batch.
     """
     config = self.eval_input_config()
-    total = self.eval_examples()
+    total = self.eval_examples
     per_host = math.ceil(total / jax.process_count())
     num_batches = math.ceil(per_host / config.batch_size)
     iterator = iter(input_pipeline.evaluation(self.data_dir, config))
@@ -210,9 +214,8 @@ class Finetuning(Task):
   def _fit_targets(self) -> targets.TargetNormalizer:
     """Per-dimension label statistics of the training windows (every host alike)."""
     config = self.train_input_config()
-    config = input_pipeline.InputConfig(**{**config.__dict__, "batch_size": 64,
-                                           "spec_augment": False, "mixup_alpha": 0.0,
-                                           "process_index": 0, "process_count": 1})
+    config = dataclasses.replace(config, batch_size=64, spec_augment=False, mixup_alpha=0.0,
+                                 process_index=0, process_count=1)
     labels, masks = [], []
     for batch in input_pipeline.evaluation(self.data_dir, config):
       real = batch["weight"] > 0

@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from model import posemb
 from train import checkpointing
@@ -54,28 +55,6 @@ class Report:
             f": {len(self.loaded)} loaded, {len(self.resized)} resized "
             f"({', '.join(f'{k} {v}' for k, v in self.resized.items()) or 'none'}), "
             f"{len(self.initialised)} initialised, {len(self.unused)} unused")
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    path = f"{prefix}/{k}" if prefix else str(k)
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, path))
-    else:
-      out[path] = v
-  return out
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = out
-    *parents, leaf = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
 
 
 def load_source(init: Mapping[str, str]) -> tuple[dict[str, np.ndarray], str, int | None]:
@@ -107,7 +86,7 @@ def load_source(init: Mapping[str, str]) -> tuple[dict[str, np.ndarray], str, in
   if "patch_embed" not in encoder:
     raise WarmStartError(f"{source} holds no AST encoder parameters (top level: "
                          f"{sorted(params)})")
-  return {k: np.asarray(v) for k, v in _flatten(encoder).items()}, source, step
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(encoder, sep="/").items()}, source, step
 
 
 def apply(params: Mapping[str, Any], source: Mapping[str, np.ndarray], source_name: str,
@@ -116,7 +95,7 @@ def apply(params: Mapping[str, Any], source: Mapping[str, np.ndarray], source_na
   if "encoder" not in params:
     raise WarmStartError("the fine-tuning model has no AST encoder to warm-start "
                          "(backbone must be 'ast')")
-  flat = _flatten(params)
+  flat = traverse_util.flatten_dict(params, sep="/")
   loaded, resized, initialised, problems = [], {}, [], []
   for path, value in flat.items():
     name = path.removeprefix("encoder/")
@@ -150,7 +129,7 @@ def apply(params: Mapping[str, Any], source: Mapping[str, np.ndarray], source_na
       p.removeprefix("encoder/") for p in resized}
   report = Report(source=source_name, step=step, loaded=loaded, resized=resized,
                   initialised=initialised, unused=sorted(set(source) - used))
-  return _unflatten(flat), report
+  return traverse_util.unflatten_dict(flat, sep="/"), report
 
 
 def write(report: Report, workdir: pathlib.Path) -> None:
