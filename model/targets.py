@@ -15,6 +15,9 @@ import dataclasses
 
 import numpy as np
 
+# The fine-tuning work directory's copy of the statistics (train.tasks writes it).
+FILE = "targets.json"
+
 
 @dataclasses.dataclass(frozen=True)
 class TargetNormalizer:

@@ -25,6 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from eval import metrics, predictions
+from model import targets
 from train import metric_writer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -306,6 +308,15 @@ def test_finetuning_warm_starts_from_pretraining_and_reports_pearson(uninterrupt
   assert final["val/performances"] > 0
   train = [r for r in metric_writer.read(tmp_path) if "train/loss" in r]
   assert {"train/mse/timing", "train/weight/dynamics"} <= set(train[0])
+  # What eval.report and eval.predict read: the final evaluation's per-performance
+  # predictions (scoring them reproduces the logged Pearson) and the target statistics.
+  saved = predictions.load_final(tmp_path)
+  assert saved.step == 4 and saved.split == "fold0" and len(saved.keys) == final["val/performances"]
+  values = metrics.per_dimension_pearson(saved.predictions, saved.labels, saved.mask)
+  assert metrics.summarise(values)["pearson/mean"] == pytest.approx(final["val/pearson/mean"])
+  normalizer = targets.TargetNormalizer.from_dict(
+      json.loads((tmp_path / targets.FILE).read_text()))
+  assert len(normalizer.mean) == 19
 
 
 @pytest.mark.slow

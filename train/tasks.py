@@ -20,6 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from eval import metrics as eval_metrics
+from eval import predictions as eval_predictions
 from model import ast, baselines, multitask, ssast, targets
 from pipelines import input_pipeline, shards, taxonomy
 from train import sharding
@@ -128,6 +129,13 @@ class Task:
   def host_fields(self, batch: dict) -> dict:
     return batch
 
+  # ---- files the evaluation and inference tools read (process 0 calls these)
+  def write_artifacts(self, workdir: pathlib.Path) -> None:
+    """Run-level files next to the checkpoints (written once, before training)."""
+
+  def write_evaluation(self, workdir: pathlib.Path, step: int) -> None:
+    """Per-example outputs of the evaluation just run."""
+
 
 class Pretraining(Task):
   name = "pretrain"
@@ -209,7 +217,10 @@ class Finetuning(Task):
                        "for the test split)")
     keys = sorted(self.metadata["splits"][self.metadata["splits"]["shards_follow"]])
     self.key_ids = {k: i for i, k in enumerate(keys)}
+    self.keys = tuple(keys)
+    self.split_name = "test" if fold == -1 else f"fold{fold}"
     self.normalizer = self._fit_targets()
+    self.last_predictions: eval_predictions.Predictions | None = None
 
   def _fit_targets(self) -> targets.TargetNormalizer:
     """Per-dimension label statistics of the training windows (every host alike)."""
@@ -267,13 +278,27 @@ class Finetuning(Task):
     real = np.concatenate(parts["w"]) > 0
     pick = lambda k: np.concatenate(parts[k])[real]
     predictions = self.normalizer.denormalize(pick("pred"))
-    pred, label, mask = eval_metrics.performance_means(pick("id"), predictions, pick("label"),
+    ids = pick("id")
+    pred, label, mask = eval_metrics.performance_means(ids, predictions, pick("label"),
                                                        pick("mask"))
+    unique, windows = np.unique(ids, return_counts=True)
+    self.last_predictions = eval_predictions.Predictions(
+        keys=tuple(self.keys[i] for i in unique), predictions=pred, labels=label, mask=mask,
+        windows=windows, split=self.split_name)
     values = eval_metrics.per_dimension_pearson(pred, label, mask)
     out = {f"val/{k}": v for k, v in eval_metrics.summarise(values).items()}
     out["val/performances"] = float(len(pred))
     out["val/mse"] = float(np.mean(((pred - label) ** 2)[mask]))
     return out
+
+  def write_artifacts(self, workdir: pathlib.Path) -> None:
+    # eval.predict maps the heads' standardised outputs back to the label scale with this.
+    (workdir / targets.FILE).write_text(json.dumps(self.normalizer.to_dict(), indent=1) + "\n")
+
+  def write_evaluation(self, workdir: pathlib.Path, step: int) -> None:
+    if self.last_predictions is not None:
+      dataclasses.replace(self.last_predictions, step=step).save(
+          eval_predictions.path_for(workdir, step))
 
 
 def _parse_weights(text: str) -> tuple[tuple[str, float], ...]:

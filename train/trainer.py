@@ -196,6 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if lead:
     _write_config(config, workdir)
   task = tasks.make(config)
+  if lead:
+    task.write_artifacts(workdir)
   mesh = sharding.make_mesh(config.mesh)
   accumulation = _check(config, mesh)
   task.check_features(input_pipeline.training_examples(config.data_dir,
@@ -297,6 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if evaluate:
           eval_metrics = task.evaluate(eval_step, state.params, mesh)
           writer.write(step, eval_metrics)
+          if lead:
+            task.write_evaluation(workdir, step)
           logging.info("validation at step %d: %s", step, ", ".join(
               f"{k} {v:.4f}" for k, v in sorted(tasks.summary_metrics(eval_metrics).items())))
         preempted = preemption.check()
