@@ -26,6 +26,10 @@ from pipelines import input_pipeline, shards, taxonomy
 from train import sharding
 
 
+# The work directory's copy of the training data's feature settings (see Task.write_artifacts).
+DATA_METADATA = "data_metadata.json"
+
+
 class DataMismatchError(ValueError):
   """The shards do not fit the configured model (shape, dataset or labels)."""
 
@@ -131,7 +135,14 @@ class Task:
 
   # ---- files the evaluation and inference tools read (process 0 calls these)
   def write_artifacts(self, workdir: pathlib.Path) -> None:
-    """Run-level files next to the checkpoints (written once, before training)."""
+    """Run-level files next to the checkpoints (written once, before training).
+
+    The data's metadata without its shard and checksum lists: how the features
+    were made (windowing, trimming, normalisation statistics), which inference
+    must repeat exactly, without the shards at hand.
+    """
+    kept = {k: v for k, v in self.metadata.items() if k not in ("shards", "source_checksums")}
+    (workdir / DATA_METADATA).write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
 
   def write_evaluation(self, workdir: pathlib.Path, step: int) -> None:
     """Per-example outputs of the evaluation just run."""
@@ -187,19 +198,24 @@ class Pretraining(Task):
     return {f"val/{k}": v / weight for k, v in totals.items()}
 
 
+def finetuning_model_config(config: ml_collections.ConfigDict) -> multitask.MultiTaskConfig:
+  """The fine-tuning model a config describes (also how eval rebuilds it from W/config.json)."""
+  m = config.model
+  return multitask.MultiTaskConfig(
+      backbone=m.backbone, encoder=_encoder(config),
+      cnn=baselines.CNNConfig(**m.cnn.to_dict()),
+      pooled_stats=baselines.PooledStatsConfig(**m.pooled_stats.to_dict()),
+      head=m.head, head_heads=m.head_heads, head_depth=m.head_depth, head_hidden=m.head_hidden,
+      cross_task=m.cross_task, adaptive_weighting=m.adaptive_weighting,
+      loss_weights=_parse_weights(m.loss_weights))
+
+
 class Finetuning(Task):
   name = "finetune"
 
   def __init__(self, config):
     super().__init__(config)
-    m = config.model
-    weights = _parse_weights(m.loss_weights)
-    self.model_config = multitask.MultiTaskConfig(
-        backbone=m.backbone, encoder=_encoder(config),
-        cnn=baselines.CNNConfig(**m.cnn.to_dict()),
-        pooled_stats=baselines.PooledStatsConfig(**m.pooled_stats.to_dict()),
-        head=m.head, head_heads=m.head_heads, head_depth=m.head_depth, head_hidden=m.head_hidden,
-        cross_task=m.cross_task, adaptive_weighting=m.adaptive_weighting, loss_weights=weights)
+    self.model_config = finetuning_model_config(config)
     self.model = multitask.MultiTaskModel(self.model_config)
     fold = config.validation_fold
     if self.metadata["dataset"] != "percepiano":
@@ -292,6 +308,7 @@ class Finetuning(Task):
     return out
 
   def write_artifacts(self, workdir: pathlib.Path) -> None:
+    super().write_artifacts(workdir)
     # eval.predict maps the heads' standardised outputs back to the label scale with this.
     (workdir / targets.FILE).write_text(json.dumps(self.normalizer.to_dict(), indent=1) + "\n")
 

@@ -1,0 +1,105 @@
+"""A fine-tuning run, reloaded for inference: model, parameters, target statistics, feature settings.
+
+Everything comes from the work directory the trainer wrote:
+
+  config.json          the resolved training config -> the model
+  targets.json         per-dimension label statistics -> predictions in label space
+  data_metadata.json   how the training windows were made (window length and hop,
+                       normalisation mean/std, trimming) -> inference repeats it
+  checkpoints/<step>/  parameters (the best checkpoint by the validation metric
+                       unless a step is named)
+
+Only process-local arrays are restored (no mesh): inference runs on one host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+
+from model import multitask, targets
+from train import checkpointing, tasks, trainer
+
+
+class RunError(ValueError):
+  """The directory is not a usable fine-tuning run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  workdir: pathlib.Path
+  config: ml_collections.ConfigDict
+  model_config: multitask.MultiTaskConfig
+  params: dict
+  normalizer: targets.TargetNormalizer
+  data_metadata: dict
+  step: int
+
+  @property
+  def model(self) -> multitask.MultiTaskModel:
+    return multitask.MultiTaskModel(self.model_config)
+
+  @property
+  def num_frames(self) -> int:
+    # Every backbone reads windows of the encoder config's length (the data's window).
+    return int(self.config.model.encoder.num_frames)
+
+  @property
+  def feature_mean(self) -> float:
+    return float(self.data_metadata["normalization"]["mean"])
+
+  @property
+  def feature_std(self) -> float:
+    return float(self.data_metadata["normalization"]["std"])
+
+
+def _read_json(path: pathlib.Path, what: str) -> dict:
+  if not path.is_file():
+    raise RunError(f"{path.parent} has no {path.name} ({what}); is it a fine-tuning work "
+                   "directory written by train.main?")
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise RunError(f"{path}: not valid JSON ({e})") from None
+
+
+def load(path: str | pathlib.Path, step: int | str = "best") -> Run:
+  """Loads a run from its work directory (or a checkpoint step directory inside it).
+
+  `step`: "best" (by the run's validation metric; the latest if none was
+  recorded), "latest", or a step number. A step directory path names its step.
+  """
+  directory, named_step = checkpointing.locate(path)
+  workdir = directory.parent
+  config = ml_collections.ConfigDict(_read_json(workdir / trainer.CONFIG_FILE, "the config"))
+  if config.get("task") != "finetune":
+    raise RunError(f"{workdir} is a {config.get('task')!r} run; inference needs a fine-tuning run")
+  normalizer = targets.TargetNormalizer.from_dict(
+      _read_json(workdir / targets.FILE, "the target statistics"))
+  data_metadata = _read_json(workdir / tasks.DATA_METADATA, "the feature settings")
+  reader = checkpointing.Checkpointer(directory, read_only=True,
+                                      best_metric=config.checkpoint.best_metric,
+                                      best_mode=config.checkpoint.best_mode)
+  try:
+    if named_step is not None:
+      chosen = named_step
+    elif step == "best":
+      chosen = reader.best_step() if reader.best_step() is not None else reader.latest_step()
+    elif step == "latest":
+      chosen = reader.latest_step()
+    else:
+      chosen = int(step)
+    if chosen is None or chosen not in reader.all_steps():
+      raise checkpointing.CheckpointNotFoundError(
+          f"{directory} has no checkpoint {step!r} (steps: {reader.all_steps()})")
+    state = reader.restore_raw_state(chosen)
+  finally:
+    reader.close()
+  params = jax.tree.map(np.asarray, state["params"])
+  return Run(workdir=workdir, config=config, model_config=tasks.finetuning_model_config(config),
+             params=params, normalizer=normalizer, data_metadata=data_metadata, step=int(chosen))
