@@ -1,0 +1,560 @@
+"""Attention maps of a fine-tuned AST, drawn over the log-mel: where did the model look?
+
+  python -m eval.attention --checkpoint=W --audio=FILE.{wav,flac,mid} \
+      [--window_index=K | --start_s=S] --output_dir=D
+
+Two kinds of map per window, each spread back from the patch grid to the mel x
+frames pixels and written as one multi-panel PNG:
+
+  rollout       attention rollout (Abnar & Zuidema 2020) through the encoder:
+                per layer the head-averaged attention plus the identity (the
+                residual stream), rows renormalised, multiplied through the
+                layers. The rows of the tokens the model pools (the valid
+                patches with pooling="patches", the extra tokens with "tokens")
+                are averaged: one relevance value per input patch.
+  group maps    each task group's query (timing, dynamics, expression) in the
+                grouped heads: its head-averaged cross-attention over the
+                encoder's patch tokens. The rest of its attention goes to the
+                extra tokens, its own query and the *other* groups' queries (the
+                cross-task part); those shares are returned and printed in the
+                panel title.
+
+Why a separate model config: the encoder's memory-efficient "blocked" kernel
+never materialises the attention probabilities, so the run's model config is
+rebuilt with `attention="plain"` (same parameters, same outputs; a test checks
+the predictions agree) and the probabilities the model sows as
+"intermediates" are collected.
+
+Layouts (checked against the model's sown values, see tests):
+
+  encoder   intermediates/encoder/blocks/attn/attention: a 1-tuple holding
+            [L, B, H, N, N] (nn.scan stacks layers first), N = num_tokens +
+            F'·T', the extra tokens first, then patches row-major in (frequency,
+            time): token num_tokens + f·T' + t is patch (f, t).
+  heads     intermediates/heads/layer_{i}/cross_attention: a 1-tuple holding
+            [B, H, G, N + G] (keys: the encoder tokens, then the G group
+            queries); with cross_task=False the groups are folded into the
+            batch, [B·G, H, 1, N + 1], and are unfolded here into the same
+            [B, H, G, N + G] layout with zero attention between groups.
+
+The maps read the *same* features the model was trained on: the CLI renders
+MIDI with `pipelines.render`, computes `pipelines.features.log_mel`, cuts the
+windows with `pipelines.windowing` at the run's window and hop and normalises
+with the run's statistics. Everything before the drawing is numpy and can be
+tested without a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+import textwrap
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from eval import loading
+from model import ast, multitask
+from pipelines import audio, features, render, taxonomy, windowing
+
+PNG_SUFFIX = "_attention.png"
+
+
+class AttentionMapError(ValueError):
+  """The run or the input cannot give attention maps; the message says why."""
+
+
+class WindowError(AttentionMapError):
+  """The requested window does not exist in the recording."""
+
+
+# ---------------------------------------------------------------------------
+# Pure functions (numpy, one example).
+
+
+def rollout(attentions: np.ndarray, token_mask: np.ndarray | None = None,
+            residual: float = 0.5) -> np.ndarray:
+  """Attention rollout `[N, N]` of one example's attention `[L, H, N, N]` (rows: queries).
+
+  Per layer: Â = (1 - residual) · mean_h(A) + residual · I, rows renormalised;
+  then R = Â_L ··· Â_1, so R[i, j] is how much output token i draws from input
+  token j. `residual` 0.5 is Abnar & Zuidema's choice (the residual stream and
+  the attention weighted equally).
+
+  `token_mask [N]` (True = a real token): padded tokens get zero weight as keys
+  in every layer, whatever the given probabilities say, and their identity term
+  is dropped, so no row of the result puts weight on padding. Every row sums to
+  1 (padded query rows too: they are carried along but pooled by nobody).
+  """
+  a = np.asarray(attentions, np.float64)
+  if a.ndim != 4 or a.shape[-1] != a.shape[-2]:
+    raise AttentionMapError(f"attentions must be [layers, heads, N, N], got {a.shape}")
+  if not 0.0 <= residual <= 1.0:
+    raise AttentionMapError(f"residual must be in [0, 1], got {residual}")
+  n = a.shape[-1]
+  keep = np.ones(n, bool) if token_mask is None else np.asarray(token_mask, bool)
+  if keep.shape != (n,):
+    raise AttentionMapError(f"token_mask must be [{n}], got {keep.shape}")
+  if not keep.any():
+    raise AttentionMapError("token_mask masks every token")
+  eye = np.diag(keep.astype(np.float64))
+  result = np.eye(n)
+  for layer in a:
+    mixed = (1.0 - residual) * layer.mean(axis=0) * keep[None, :] + residual * eye
+    rows = mixed.sum(axis=1, keepdims=True)
+    # A padded query with residual 1 has no weight left anywhere: let it read the
+    # valid tokens uniformly rather than divide by zero.
+    mixed = np.where(rows > 0, mixed / np.where(rows > 0, rows, 1.0), keep / keep.sum())
+    result = mixed @ result
+  return result
+
+
+def patch_relevance(rolled: np.ndarray, config: ast.EncoderConfig,
+                    token_mask: np.ndarray | None = None) -> np.ndarray:
+  """How much the model's pooled output draws from each input patch: `[F', T']`.
+
+  The pooled output is the mean of the valid patch tokens (pooling="patches")
+  or of the extra tokens ("tokens"), so its relevance row is the mean of those
+  rows of the rollout; its patch columns, in `patchify`'s row-major (frequency,
+  time) order, are reshaped to the grid. Values are shares of the pooled row
+  (they sum to at most 1: the rest is on the extra tokens); padded patches get 0.
+  """
+  n, t = config.length, config.num_tokens
+  rolled = np.asarray(rolled, np.float64)
+  if rolled.shape != (n, n):
+    raise AttentionMapError(f"rollout must be [{n}, {n}] for this encoder, got {rolled.shape}")
+  keep = np.ones(n, bool) if token_mask is None else np.asarray(token_mask, bool)
+  if config.pooling == "tokens":
+    rows = np.arange(t)
+  else:
+    rows = t + np.flatnonzero(keep[t:])
+    if rows.size == 0:
+      raise AttentionMapError("no valid patch to pool")
+  relevance = rolled[rows].mean(axis=0)[t:] * keep[t:]
+  return relevance.reshape(config.grid)
+
+
+def coverage(config: ast.EncoderConfig) -> np.ndarray:
+  """How many patches cover each mel x frame pixel, `[mel, frames]` (0: none, e.g. the
+  top mel bins that a stride of 10 leaves out)."""
+  return _spread(np.ones(config.grid), config)
+
+
+def _spread(grid: np.ndarray, config: ast.EncoderConfig) -> np.ndarray:
+  p, fs, ts = config.patch_size, config.freq_stride, config.time_stride
+  out = np.zeros((config.num_mel_bins, config.num_frames))
+  for f in range(grid.shape[0]):
+    for t in range(grid.shape[1]):
+      out[f * fs:f * fs + p, t * ts:t * ts + p] += grid[f, t]
+  return out
+
+
+def to_spectrogram(grid: np.ndarray, config: ast.EncoderConfig) -> np.ndarray:
+  """Patch values `[F', T']` -> `[mel, frames]`: each pixel the mean over the patches that
+  cover it (overlapping patches share pixels), 0 where no patch does.
+
+  A constant grid stays constant on the covered pixels, and with non-overlapping
+  patches every patch's value lands exactly on its own patch_size² block.
+  """
+  grid = np.asarray(grid, np.float64)
+  if grid.shape != config.grid:
+    raise AttentionMapError(f"grid must be {config.grid} for this encoder, got {grid.shape}")
+  counts = coverage(config)
+  return np.where(counts > 0, _spread(grid, config) / np.maximum(counts, 1), 0.0)
+
+
+def group_attention(cross: np.ndarray, config: ast.EncoderConfig, group_names: Sequence[str],
+                    token_mask: np.ndarray | None = None) -> dict[str, dict]:
+  """Each group query's attention, from one example's cross-attention `[layers, H, G, N + G]`.
+
+  Head- and layer-averaged (with several head layers every layer reads the
+  encoder into the group token's residual stream, so each counts equally).
+  Per group: `grid [F', T']` (attention on each patch token), and `shares`, which
+  sum to 1: `patches`, `extra_tokens` ([CLS]/distillation), `self` (its own
+  query) and `other_groups`, with `to_groups` the share per group query (the
+  cross-task part: what this group read from the others' summaries).
+  """
+  n, t = config.length, config.num_tokens
+  names = tuple(group_names)
+  g = len(names)
+  cross = np.asarray(cross, np.float64)
+  if cross.ndim != 4 or cross.shape[2:] != (g, n + g):
+    raise AttentionMapError(f"cross-attention must be [layers, heads, {g}, {n + g}] for {g} "
+                            f"groups and {n} encoder tokens, got {cross.shape}")
+  mean = cross.mean(axis=(0, 1))  # [G, N + G]
+  keep = np.ones(n, bool) if token_mask is None else np.asarray(token_mask, bool)
+  out = {}
+  for j, name in enumerate(names):
+    row = mean[j]
+    to_groups = {other: float(row[n + k]) for k, other in enumerate(names)}
+    out[name] = {
+        "grid": (row[t:n] * keep[t:]).reshape(config.grid),
+        "shares": {
+            "patches": float((row[t:n] * keep[t:]).sum()),
+            "extra_tokens": float(row[:t].sum()),
+            "self": to_groups[name],
+            "other_groups": float(sum(v for k, v in to_groups.items() if k != name)),
+            "to_groups": to_groups,
+        },
+    }
+  return out
+
+
+# ---------------------------------------------------------------------------
+# The model.
+
+
+def _map_config(model_config: multitask.MultiTaskConfig) -> multitask.MultiTaskConfig:
+  if model_config.backbone != "ast":
+    raise AttentionMapError(f"attention maps need the AST backbone; this run uses "
+                            f"{model_config.backbone!r}")
+  return model_config.replace(encoder=model_config.encoder.replace(attention="plain"))
+
+
+def _only(value, what: str) -> np.ndarray:
+  """A sown value is a tuple of one array per call; these modules are called once."""
+  if not isinstance(value, tuple) or len(value) != 1:
+    raise AttentionMapError(f"expected one sown {what} array, got {type(value).__name__} "
+                            f"of {len(value) if isinstance(value, tuple) else '?'}")
+  return np.asarray(value[0])
+
+
+class Collector:
+  """Runs the model with plain attention and returns its attention probabilities.
+
+  `__call__(features [B, mel, frames] normalised, valid_frames [B])` returns
+  `encoder [B, L, H, N, N]`, `cross [B, layers, H, G, N + G]` (None with a flat
+  head), `token_mask [B, N]` and `predictions [B, 19]` (normalised target space).
+  The apply function is jitted once per Collector.
+  """
+
+  def __init__(self, model_config: multitask.MultiTaskConfig, params: dict):
+    self.config = _map_config(model_config)
+    self.params = params
+    model = multitask.MultiTaskModel(self.config)
+
+    def apply(params, x, valid_frames):
+      out, state = model.apply({"params": params}, x, valid_frames=valid_frames,
+                               mutable=["intermediates"])
+      return out["predictions"], state["intermediates"]
+
+    self._apply = jax.jit(apply)
+
+  def __call__(self, features_batch: np.ndarray, valid_frames: np.ndarray) -> dict:
+    c = self.config.encoder
+    x = np.asarray(features_batch, np.float32)
+    if x.ndim != 3 or x.shape[1:] != (c.num_mel_bins, c.num_frames):
+      raise AttentionMapError(f"features must be [batch, {c.num_mel_bins}, {c.num_frames}] "
+                              f"(mel, frames; the run's window), got {x.shape}")
+    b = x.shape[0]
+    valid = np.asarray(valid_frames, np.int32).reshape(b)
+    if (valid < 1).any() or (valid > c.num_frames).any():
+      raise AttentionMapError(f"valid_frames must be in 1..{c.num_frames}, got {valid.tolist()}")
+    predictions, inter = self._apply(self.params, x, valid)
+    encoder = _only(inter["encoder"]["blocks"]["attn"]["attention"], "encoder attention")
+    encoder = np.moveaxis(encoder, 0, 1)  # [L, B, ...] -> [B, L, H, N, N]
+    token_mask = np.concatenate(
+        [np.ones((b, c.num_tokens), bool), np.asarray(ast.patch_validity(valid, c))], axis=1)
+    return {"encoder": encoder, "cross": self._cross(inter, b), "token_mask": token_mask,
+            "predictions": np.asarray(predictions)}
+
+  def _cross(self, inter: dict, b: int) -> np.ndarray | None:
+    if self.config.head != "grouped":
+      return None
+    n, g = self.config.encoder.length, len(self.config.groups)
+    layers = []
+    for i in range(self.config.head_depth):
+      probs = _only(inter["heads"][f"layer_{i}"]["cross_attention"], "cross-attention")
+      if self.config.cross_task:
+        if probs.shape[0] != b or probs.shape[2:] != (g, n + g):
+          raise AttentionMapError(f"cross-attention of shape {probs.shape}; expected "
+                                  f"[{b}, heads, {g}, {n + g}]")
+      else:
+        # Groups folded into the batch (row b·G + j, keys: encoder tokens + own query):
+        # unfold into the cross-task layout with zero attention to the other groups.
+        if probs.shape[0] != b * g or probs.shape[2:] != (1, n + 1):
+          raise AttentionMapError(f"cross-attention of shape {probs.shape}; expected "
+                                  f"[{b * g}, heads, 1, {n + 1}] with cross_task=False")
+        folded = probs.reshape(b, g, probs.shape[1], n + 1).transpose(0, 2, 1, 3)
+        unfolded = np.zeros(folded.shape[:3] + (n + g,), folded.dtype)
+        unfolded[..., :n] = folded[..., :n]
+        for j in range(g):
+          unfolded[:, :, j, n + j] = folded[:, :, j, n]
+        probs = unfolded
+      layers.append(probs)
+    return np.stack(layers, axis=1)
+
+
+def maps_from_attention(collected: dict, index: int, config: multitask.MultiTaskConfig,
+                        residual: float = 0.5) -> dict:
+  """The maps of example `index` of a `Collector` result (see `maps`)."""
+  enc = config.encoder
+  token_mask = collected["token_mask"][index]
+  rolled = rollout(collected["encoder"][index], token_mask, residual)
+  grid = patch_relevance(rolled, enc, token_mask)
+  result = {
+      "rollout": {"grid": grid, "map": to_spectrogram(grid, enc),
+                  "share_on_patches": float(grid.sum())},
+      "groups": {},
+      "covered": coverage(enc) > 0,
+      "token_mask": token_mask,
+      "valid_patches": int(token_mask[enc.num_tokens:].sum()),
+      "predictions": collected["predictions"][index],
+  }
+  if collected["cross"] is not None:
+    names = [name for name, _ in config.groups]
+    groups = group_attention(collected["cross"][index], enc, names, token_mask)
+    for (name, dims), value in zip(config.groups, groups.values()):
+      value["map"] = to_spectrogram(value["grid"], enc)
+      value["dimensions"] = tuple(taxonomy.DIMENSION_NAMES[d] for d in dims)
+    result["groups"] = groups
+  return result
+
+
+def maps(run: loading.Run, window_features: np.ndarray, valid_frames: int,
+         residual: float = 0.5) -> dict:
+  """Rollout and per-group maps of one window.
+
+  `window_features`: the model's input `[mel, frames]` (normalised as in training,
+  `pipelines.features.normalize`, then transposed). Returns
+
+    rollout      {"grid" [F', T'], "map" [mel, frames], "share_on_patches"}
+    groups       {name: {"grid", "map", "shares", "dimensions"}} ({} with a flat head)
+    covered      [mel, frames] bool: pixels some patch covers
+    token_mask   [N]; valid_patches; predictions [19] (normalised target space)
+  """
+  collected = Collector(run.model_config, run.params)(
+      np.asarray(window_features)[None], np.array([valid_frames]))
+  return maps_from_attention(collected, 0, _map_config(run.model_config), residual)
+
+
+# ---------------------------------------------------------------------------
+# Drawing.
+
+
+def mel_bin_hz(config: features.FbankConfig = features.AST) -> np.ndarray:
+  """Centre frequency in Hz of each mel filter (the triangles' apexes, Kaldi's spacing)."""
+  high = config.high_freq_hz if config.high_freq_hz > 0 else (
+      config.sample_rate / 2 + config.high_freq_hz)
+  low_mel, high_mel = features._mel(np.float64(config.low_freq_hz)), features._mel(np.float64(high))
+  centres = low_mel + (high_mel - low_mel) / (config.num_mel_bins + 1) * np.arange(
+      1, config.num_mel_bins + 1)
+  return 700.0 * (np.exp(centres / 1127.0) - 1.0)  # the inverse of features._mel
+
+
+def _share_text(shares: dict, name: str) -> str:
+  others = ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares["to_groups"].items() if k != name)
+  return (f"attention: patches {100 * shares['patches']:.1f}%, extra tokens "
+          f"{100 * shares['extra_tokens']:.1f}%, own query {100 * shares['self']:.1f}%, "
+          f"other groups {100 * shares['other_groups']:.1f}% ({others})")
+
+
+def draw(result: dict, logmel: np.ndarray, path: str | pathlib.Path, *, start_s: float = 0.0,
+         valid_frames: int | None = None, title: str = "") -> pathlib.Path:
+  """One PNG: the rollout and each group's map over the log-mel `[mel, frames]`.
+
+  Maps are shown relative to uniform attention over the valid patches (1 = the
+  share every patch would get if attention were flat), so panels and runs
+  compare on one scale.
+  """
+  from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+  logmel = np.asarray(logmel, np.float64)
+  mel, frames = logmel.shape
+  shift = features.AST.frame_shift_ms / 1000.0
+  extent = (start_s, start_s + frames * shift, -0.5, mel - 0.5)
+  panels = [("Rollout (pooled output -> input patches)",
+             f"{100 * result['rollout']['share_on_patches']:.1f}% of the pooled output's "
+             "rollout is on patches (the rest on the extra tokens)", result["rollout"]["map"])]
+  for name, group in result["groups"].items():
+    dims = ", ".join(group["dimensions"])
+    panels.append((f"{name.capitalize()} head ({dims})", _share_text(group["shares"], name),
+                   group["map"]))
+  uniform = max(result["valid_patches"], 1)
+  # Pixels no patch covers (the top mel bins at stride 10) and padding frames carry
+  # no attention: left transparent rather than drawn as zero.
+  hidden = ~np.asarray(result["covered"], bool)
+  if valid_frames is not None:
+    hidden = hidden | (np.arange(frames) >= valid_frames)[None, :]
+  hz = mel_bin_hz()
+  fig = Figure(figsize=(max(7.0, min(16.0, 3.0 + frames / 80)), 2.9 * len(panels) + 0.6),
+               layout="constrained")
+  if title:
+    fig.suptitle(title, fontsize=10)
+  axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+  for ax, (heading, subtitle, value) in zip(axes, panels):
+    shown = np.ma.masked_where(hidden, np.asarray(value, np.float64) * uniform)
+    # A robust colour range per panel: a trained model's maps are often within a few
+    # per cent of uniform, which a fixed 0-based scale would draw as flat.
+    visible = shown.compressed()
+    lo, hi = (np.percentile(visible, [1, 99]) if visible.size else (0.0, 1.0))
+    hi = max(hi, lo + 1e-6)
+    ax.imshow(logmel, origin="lower", aspect="auto", extent=extent, cmap="gray",
+              interpolation="nearest")
+    image = ax.imshow(shown, origin="lower", aspect="auto", extent=extent, cmap="inferno",
+                      alpha=0.55, interpolation="nearest", vmin=lo, vmax=hi)
+    if valid_frames is not None and valid_frames < frames:
+      ax.axvline(start_s + valid_frames * shift, color="cyan", linestyle="--", linewidth=1)
+    ax.set_title("\n".join(textwrap.wrap(heading, 110) + textwrap.wrap(subtitle, 110)),
+                 fontsize=8)
+    ax.set_xlabel("time (s)", fontsize=8)
+    ticks = np.linspace(0, mel - 1, 5).round().astype(int)
+    ax.set_yticks(ticks, [f"{hz[t]:.0f}" for t in ticks], fontsize=7)
+    ax.set_ylabel("frequency (Hz, mel)", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    bar = fig.colorbar(image, ax=ax, pad=0.01)
+    bar.set_label("attention / uniform", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def _model_input(run: loading.Run, window: windowing.Window) -> np.ndarray:
+  """A window's log-mel `[frames, mel]` -> the model's input `[mel, frames]` (training's
+  normalisation)."""
+  return features.normalize(window.features, run.feature_mean, run.feature_std).T
+
+
+def figures_for_windows(run: loading.Run, windows: Sequence[windowing.Window],
+                        output_dir: str | pathlib.Path, *, name: str = "window",
+                        residual: float = 0.5) -> list[pathlib.Path]:
+  """One PNG per window (`windowing.Window`: un-normalised log-mel `[frames, mel]`).
+
+  Files are `{output_dir}/{name}_window{index:03d}_attention.png` (a window with
+  index -1, not one of training's, is named by its start: `{name}_at{S}s_...`);
+  returns the paths.
+  """
+  collector = Collector(run.model_config, run.params)
+  config = collector.config
+  shift = features.AST.frame_shift_ms / 1000.0
+  paths = []
+  for window in windows:
+    if window.features.shape != (run.num_frames, config.encoder.num_mel_bins):
+      raise AttentionMapError(f"window {window.index} is {window.features.shape}; the run reads "
+                              f"[{run.num_frames}, {config.encoder.num_mel_bins}] (frames, mel)")
+    collected = collector(_model_input(run, window)[None], np.array([window.valid_frames]))
+    result = maps_from_attention(collected, 0, config, residual)
+    start_s = window.start_frame * shift
+    which = f"window {window.index}" if window.index >= 0 else "window"
+    title = (f"{name}, {which}: {start_s:.2f}-{start_s + window.valid_frames * shift:.2f} s "
+             f"(run {run.workdir.name}, step {run.step})")
+    stem = f"{name}_window{window.index:03d}" if window.index >= 0 else f"{name}_at{start_s:.2f}s"
+    paths.append(draw(result, window.features.T, pathlib.Path(output_dir) / f"{stem}{PNG_SUFFIX}",
+                      start_s=start_s, valid_frames=window.valid_frames, title=title))
+  return paths
+
+
+# ---------------------------------------------------------------------------
+# Windows of a file, as training made them.
+
+MIDI_SUFFIXES = (".mid", ".midi")
+
+
+def load_samples(path: str | pathlib.Path, soundfont: str | None = None) -> np.ndarray:
+  """16 kHz mono samples of an audio file, or of a MIDI file rendered as training did.
+
+  Raises `audio.AudioError` or `render.RenderError` (both ValueErrors naming the file).
+  """
+  path = pathlib.Path(path)
+  if path.suffix.lower() in MIDI_SUFFIXES:
+    return render.render_midi(path, soundfont=soundfont).samples
+  return audio.load_audio(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Windowing:
+  """The run's window and hop in frames (from its data's metadata)."""
+
+  frames: int
+  hop_frames: int
+
+  @classmethod
+  def of(cls, run: loading.Run) -> Windowing:
+    job = run.data_metadata.get("config", {})
+    hop_s = job.get("hop_s")
+    if hop_s is None:
+      raise AttentionMapError(f"{run.workdir}: data_metadata.json names no hop_s")
+    window_s = job.get("window_s")
+    if window_s is not None and round(window_s * 100) != run.num_frames:
+      raise AttentionMapError(f"{run.workdir}: the data's {window_s} s windows do not match the "
+                              f"model's {run.num_frames} frames")
+    return cls(frames=run.num_frames, hop_frames=round(hop_s * 100))
+
+
+def select_window(logmel: np.ndarray, spec: Windowing, *, window_index: int | None = None,
+                  start_s: float | None = None, name: str = "the recording") -> windowing.Window:
+  """Training's window `window_index` (every `hop_frames`), or one starting at `start_s`."""
+  if window_index is not None and start_s is not None:
+    raise AttentionMapError("give a window index or a start time, not both")
+  shift = features.AST.frame_shift_ms / 1000.0
+  total = logmel.shape[0]
+  if start_s is not None:
+    start = int(round(start_s / shift))
+    if not 0 <= start < total:
+      raise WindowError(f"start {start_s} s is outside {name}, which is {total * shift:.2f} s "
+                        "long")
+    window = windowing.cut(logmel[start:], windowing.WindowConfig(spec.frames, spec.frames))[0]
+    # Index -1: not one of training's windows (named by its start time instead).
+    return dataclasses.replace(window, index=-1, start_frame=start)
+  windows = windowing.cut(logmel, windowing.WindowConfig(spec.frames, spec.hop_frames))
+  index = 0 if window_index is None else window_index
+  if not 0 <= index < len(windows):
+    raise WindowError(f"window {index} is out of range: {name} ({total * shift:.2f} s) has "
+                      f"{len(windows)} window(s) of {spec.frames * shift:g} s every "
+                      f"{spec.hop_frames * shift:g} s (indices 0..{len(windows) - 1})")
+  return windows[index]
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("checkpoint", None, "Fine-tuning work dir (or a checkpoint step dir).",
+                      required=True)
+  flags.DEFINE_string("step", "best", "Checkpoint: 'best', 'latest' or a step number.")
+  flags.DEFINE_string("audio", None, "A .wav/.flac (any audio_load format) or .mid file.",
+                      required=True)
+  flags.DEFINE_integer("window_index", None, "Which training window (0 = first; default 0).")
+  flags.DEFINE_float("start_s", None, "Instead of --window_index: a window starting here (s).")
+  flags.DEFINE_string("output_dir", None, "Where the PNGs go.", required=True)
+  flags.DEFINE_string("soundfont", None, "SoundFont for MIDI (default: the run's data's, else "
+                      "pretty_midi's TimGM6mb).")
+  flags.DEFINE_float("residual", 0.5, "Rollout's identity weight (Abnar & Zuidema: 0.5).")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Orbax logs every restore step at INFO; the paths on stdout are this tool's output.
+  logging.set_verbosity(logging.WARNING)
+  try:
+    audio_path = pathlib.Path(FLAGS.audio)
+    if not audio_path.is_file():
+      raise AttentionMapError(f"{audio_path}: no such file")
+    run = loading.load(FLAGS.checkpoint, step=FLAGS.step)
+    soundfont = FLAGS.soundfont or run.data_metadata.get("config", {}).get("soundfont")
+    samples = load_samples(audio_path, soundfont)
+    logmel = features.log_mel(samples)
+    window = select_window(logmel, Windowing.of(run), window_index=FLAGS.window_index,
+                           start_s=FLAGS.start_s, name=str(audio_path))
+    paths = figures_for_windows(run, [window], FLAGS.output_dir, name=audio_path.stem,
+                                residual=FLAGS.residual)
+  except (AttentionMapError, loading.RunError, audio.AudioError, render.RenderError,
+          FileNotFoundError) as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(f"error: {e}")
+  for path in paths:
+    print(path)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
