@@ -1,0 +1,183 @@
+"""The human ceiling: how well *any* model could correlate with PercePiano's noisy labels.
+
+A label is the mean of 5-20 listeners' answers, so part of its variance is
+rater noise that no audio model can predict. The reliability of that mean is
+estimated by split-half: each performance's raters are split at random into
+two halves, the half-means are correlated across performances per dimension,
+and the Spearman-Brown formula `2r / (1 + r)` steps the half-length
+reliability up to the full panel. The average r over many random splits is
+used (one split is noisy). A model that predicted each performance's expected
+rating perfectly would reach Pearson `sqrt(reliability)` with the labels
+(classical test theory: the correlation of a score with its true score), so
+that is the ceiling every report divides by.
+
+The same is done *within passage* (half-means centred on each passage's mean
+before correlating), the ceiling for ranking performances of the same music.
+
+Rows follow the release's label rule (`percepiano.RawRatings.labels`): a row
+with an answer above 7 is invalid, an empty or 0 answer is missing for its
+dimension, duplicate rows count twice. A dimension is scored over the
+performances whose two halves both have an answer there. With an odd number
+of raters the halves differ by one; Spearman-Brown then slightly
+underestimates (by well under 0.01 at PercePiano's panel sizes, see the
+simulation test).
+
+  python -m eval.ceiling --percepiano_dir=../shared/data/percepiano [--output_json=F]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+
+from eval import metrics
+from pipelines import percepiano, taxonomy
+
+DEFAULT_SPLITS = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class Ceiling:
+  """Per-dimension `[19]` arrays (label order); `sqrt(reliability)` is the Pearson ceiling."""
+
+  split_half: np.ndarray  # mean split-half r over the random splits
+  reliability: np.ndarray  # Spearman-Brown stepped up to the full panel
+  split_half_within: np.ndarray
+  reliability_within: np.ndarray
+  performances: int
+  raters_per_performance: tuple[float, float, float]  # min, median, max valid rows
+  splits: int
+
+  @property
+  def pearson(self) -> np.ndarray:
+    return _ceiling(self.reliability)
+
+  @property
+  def pearson_within(self) -> np.ndarray:
+    return _ceiling(self.reliability_within)
+
+  def to_dict(self) -> dict:
+    per_dim = lambda values: dict(zip(taxonomy.DIMENSION_NAMES, map(float, values)))
+    return {
+        "method": "split-half reliability of the rater panel, Spearman-Brown; ceiling = "
+                  "sqrt(reliability)",
+        "performances": self.performances, "splits": self.splits,
+        "raters_per_performance": dict(zip(("min", "median", "max"),
+                                           self.raters_per_performance)),
+        "pearson": per_dim(self.pearson), "pearson_within": per_dim(self.pearson_within),
+        "reliability": per_dim(self.reliability),
+        "reliability_within": per_dim(self.reliability_within),
+    }
+
+
+def _ceiling(reliability: np.ndarray) -> np.ndarray:
+  return np.sqrt(np.clip(reliability, 0.0, 1.0))
+
+
+def spearman_brown(r: np.ndarray, factor: float = 2.0) -> np.ndarray:
+  """Reliability of a test `factor` times as long as one with reliability `r`."""
+  r = np.asarray(r, np.float64)
+  return factor * r / (1 + (factor - 1) * r)
+
+
+def split_half(raw: percepiano.RawRatings, keys=None, *, splits: int = DEFAULT_SPLITS,
+               seed: int = 0) -> Ceiling:
+  """Split-half reliability per dimension of the panel means, overall and within passage.
+
+  `keys` restricts the estimate to those performances (e.g. the labelled
+  ones); every key must have at least two valid answers rows.
+  """
+  valid = ~np.any(raw.answers > 7, axis=1)
+  row_keys = np.asarray(raw.keys)[valid]
+  answers = raw.answers[valid]
+  unique, key_index, counts = np.unique(row_keys, return_inverse=True, return_counts=True)
+  if keys is not None:
+    wanted = set(keys)
+    missing = sorted(wanted - set(unique.tolist()))
+    if missing:
+      raise percepiano.PercePianoError(
+          f"{len(missing)} performances have no valid rating row, e.g. {missing[:3]}")
+  else:
+    wanted = set(unique.tolist())
+  too_few = [k for k, c in zip(unique, counts) if c < 2 and k in wanted]
+  if too_few:
+    raise percepiano.PercePianoError(
+        f"{len(too_few)} performances have fewer than 2 valid raters (no split possible), "
+        f"e.g. {too_few[:3]}")
+  chosen = np.array([k in wanted for k in unique])
+  passages = np.array([percepiano.parse_key(str(k)).passage for k in unique])
+  present = answers > 0
+  values = np.where(present, answers, 0.0)
+  # Rows grouped by key once; each split shuffles positions within each key.
+  order = np.argsort(key_index, kind="stable")
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  rng = np.random.default_rng(seed)
+  r_overall = np.zeros((splits, taxonomy.NUM_DIMENSIONS))
+  r_within = np.zeros_like(r_overall)
+  for s in range(splits):
+    shuffled = order[np.lexsort((rng.random(len(order)), key_index[order]))]
+    position = np.empty(len(order), int)
+    position[shuffled] = np.arange(len(order)) - np.repeat(starts, counts)
+    first = position < (counts[key_index] // 2)
+    half_means = []
+    for half in (first, ~first):
+      total = np.zeros((len(unique), taxonomy.NUM_DIMENSIONS))
+      n = np.zeros_like(total)
+      np.add.at(total, key_index[half], values[half])
+      np.add.at(n, key_index[half], present[half])
+      with np.errstate(invalid="ignore", divide="ignore"):
+        half_means.append(np.where(n > 0, total / n, np.nan))
+    a, b = half_means
+    for d in range(taxonomy.NUM_DIMENSIONS):
+      m = chosen & np.isfinite(a[:, d]) & np.isfinite(b[:, d])
+      r_overall[s, d] = metrics.pearson(a[m, d], b[m, d])
+      r_within[s, d] = metrics.within_passage_pearson(a[m, d], b[m, d], passages[m])
+  rows = counts[chosen]
+  half, half_within = r_overall.mean(axis=0), r_within.mean(axis=0)
+  return Ceiling(split_half=half, reliability=spearman_brown(half),
+                 split_half_within=half_within, reliability_within=spearman_brown(half_within),
+                 performances=int(chosen.sum()),
+                 raters_per_performance=(float(rows.min()), float(np.median(rows)),
+                                         float(rows.max())),
+                 splits=splits)
+
+
+def from_release(percepiano_dir: str | pathlib.Path, *, splits: int = DEFAULT_SPLITS,
+                 seed: int = 0) -> Ceiling:
+  """The ceiling of a PercePiano-layout release over its labelled performances."""
+  root = pathlib.Path(percepiano_dir)
+  labels = percepiano.read_labels(root / percepiano.LABELS_FILE)
+  raw = percepiano.read_raw_ratings(root / percepiano.RAW_RATINGS_FILE)
+  return split_half(raw, sorted(labels), splits=splits, seed=seed)
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  result = from_release(f.percepiano_dir, splits=f.splits, seed=f.seed)
+  text = json.dumps(result.to_dict(), indent=1)
+  if f.output_json:
+    pathlib.Path(f.output_json).write_text(text + "\n")
+  print(f"{'dimension':24s} {'ceiling r':>9s} {'within':>7s} {'reliab.':>7s}")
+  for i, name in enumerate(taxonomy.DIMENSION_NAMES):
+    print(f"{name:24s} {result.pearson[i]:9.3f} {result.pearson_within[i]:7.3f} "
+          f"{result.reliability[i]:7.3f}")
+  for group, dims in taxonomy.GROUPS.items():
+    print(f"{group:24s} {np.mean(result.pearson[list(dims)]):9.3f} "
+          f"{np.mean(result.pearson_within[list(dims)]):7.3f}")
+  print(f"{result.performances} performances, raters per performance "
+        f"{result.raters_per_performance}, {result.splits} random splits")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("percepiano_dir", None, "A PercePiano-layout release (labels + raw CSV).")
+  flags.DEFINE_integer("splits", DEFAULT_SPLITS, "Random split-halves averaged.")
+  flags.DEFINE_integer("seed", 0, "Seed of the random splits.")
+  flags.DEFINE_string("output_json", None, "Also write the result here.")
+  flags.mark_flag_as_required("percepiano_dir")
+  app.run(main)
