@@ -56,9 +56,7 @@ def _define_common(augment_preset: str) -> None:
 
 
 def _window_config() -> windowing.WindowConfig:
-  frames = round(FLAGS.window_s * 100)
-  hop = round(FLAGS.hop_s * 100)
-  return windowing.WindowConfig(frames=frames, hop_frames=hop, silence_db=FLAGS.silence_db)
+  return windowing.WindowConfig.from_seconds(FLAGS.window_s, FLAGS.hop_s, FLAGS.silence_db)
 
 
 def _job_flags(names: list[str], augment: ml_collections.ConfigDict) -> dict:

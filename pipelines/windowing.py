@@ -22,6 +22,14 @@ class WindowConfig:
   hop_frames: int = 1024
   silence_db: float = -35.0
 
+  @classmethod
+  def from_seconds(cls, window_s: float, hop_s: float,
+                   silence_db: float = -35.0) -> WindowConfig:
+    """The config of the jobs' `--window_s/--hop_s` (10 ms frames); eval.predict reads
+    the same numbers from a run's data metadata, so both must round alike."""
+    return cls(frames=round(window_s * 100), hop_frames=round(hop_s * 100),
+               silence_db=silence_db)
+
 
 @dataclasses.dataclass(frozen=True)
 class Window:

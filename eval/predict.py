@@ -1,0 +1,497 @@
+"""Perceptual scores for recordings of any length, from a fine-tuning run.
+
+  python -m eval.predict --checkpoint=W [--step=best] [--batch_size=8] [--hop_s=S]
+      [--output_json=F] [--output_csv=F] FILE...
+
+FILE is a WAV/FLAC (any format `pipelines.audio` decodes) or a MIDI file
+(rendered with the training data's SoundFont first). Each is cut into the
+training windows, the windows go through the model in fixed-size batches, and
+the per-window predictions are averaged: the recording's score per dimension,
+printed as a table on the 1-7 rating scale (and written to JSON/CSV with the
+label-space values and every window's scores).
+
+Why the feature path is not re-implemented here: the model only knows the
+features it was trained on, so inference calls the preprocessing job's own
+functions in the job's order (decode or render+trim -> `features.log_mel` ->
+`windowing.cut` with the run's window/hop -> the shards' float16 storage ->
+`features.normalize` with the shards' statistics -> `[mel, frames]`). The
+known-answer test checks that a validation performance's score equals the
+trainer's own saved prediction for it.
+
+Why one compiled function: the forward is compiled ahead of time for one batch
+shape `[batch, mel, frames]`; the last batch of a file is padded with copies of
+its last window (and the copies' outputs dropped), so files of every length
+reuse it and a wrong shape fails loudly instead of compiling again.
+
+A file that cannot be scored (missing, corrupt, unsupported extension, empty,
+silent throughout) gets a one-line error naming it; the other files are still
+scored and written, and the command exits with status 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging as std_logging
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import threadpoolctl
+
+from eval import loading
+from model import multitask, targets
+from pipelines import audio, features, render, taxonomy, windowing
+
+# Labels are mean ratings / 7 (see model/targets.py): x 7 gives the questionnaire's 1-7 scale.
+RATING_SCALE = 7.0
+MIDI_EXTENSIONS = (".mid", ".midi")
+SAMPLE_RATE = audio.TARGET_SAMPLE_RATE
+FRAMES_PER_SECOND = 1000.0 / features.AST.frame_shift_ms
+
+# Which group each dimension belongs to (a dimension is in exactly one: taxonomy checks).
+GROUP_OF = {d: g for g, dims in taxonomy.GROUPS.items() for d in dims}
+
+# Called after every batch: (windows done, windows total, seconds of audio they cover).
+Progress = Callable[[int, int, float], None]
+
+
+class SilentInputError(audio.AudioError):
+  """Every window of the recording is near-silent: there is no playing to rate."""
+
+
+class NonFinitePredictionError(ValueError):
+  """The model returned NaN or infinity for a recording (a broken checkpoint)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSettings:
+  """How the training windows were made; inference must repeat it exactly."""
+
+  window: windowing.WindowConfig
+  mean: float  # the shards' normalisation statistics of the log-mel values
+  std: float
+  soundfont: str | None = None  # None: the default SoundFont (as the job)
+  soundfont_sha256: str | None = None  # the training renders' SoundFont, if known
+
+  @classmethod
+  def from_metadata(cls, data_metadata: dict, *, hop_s: float | None = None,
+                    soundfont: str | None = None) -> FeatureSettings:
+    """From a run's `data_metadata.json`; `hop_s` overrides the training hop."""
+    config = data_metadata["config"]
+    window = windowing.WindowConfig.from_seconds(
+        config["window_s"], config["hop_s"] if hop_s is None else hop_s,
+        config.get("silence_db", windowing.WindowConfig.silence_db))
+    norm = data_metadata["normalization"]
+    return cls(window=window, mean=float(norm["mean"]), std=float(norm["std"]),
+               soundfont=soundfont if soundfont is not None else config.get("soundfont"),
+               soundfont_sha256=data_metadata.get("soundfont_sha256"))
+
+  @property
+  def window_s(self) -> float:
+    return self.window.frames / FRAMES_PER_SECOND
+
+  @property
+  def hop_s(self) -> float:
+    return self.window.hop_frames / FRAMES_PER_SECOND
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """One recording's scores. Label space = mean rating / 7; `ratings` are on 1-7."""
+
+  path: str
+  duration_s: float  # of the audio analysed (a MIDI render after trimming)
+  window_scores: np.ndarray  # [windows, 19] label space
+  window_starts_s: np.ndarray  # [windows]
+  near_silent_windows: int  # counted, not dropped: the PercePiano training data kept them
+  feature_seconds: float  # decode/render + log-mel + windows
+  model_seconds: float
+
+  @property
+  def windows(self) -> int:
+    return int(self.window_scores.shape[0])
+
+  @property
+  def scores(self) -> np.ndarray:
+    """[19] label space: the mean over windows, as the trainer averages a performance."""
+    return self.window_scores.astype(np.float64).mean(axis=0)
+
+  @property
+  def ratings(self) -> np.ndarray:
+    return self.scores * RATING_SCALE
+
+  @property
+  def group_ratings(self) -> dict[str, float]:
+    return {g: float(self.ratings[list(dims)].mean()) for g, dims in taxonomy.GROUPS.items()}
+
+  @property
+  def seconds(self) -> float:
+    return self.feature_seconds + self.model_seconds
+
+  @property
+  def realtime_factor(self) -> float:
+    return self.duration_s / self.seconds if self.seconds > 0 else math.inf
+
+  def to_dict(self) -> dict:
+    names = taxonomy.DIMENSION_NAMES
+    return {
+        "path": self.path, "duration_s": self.duration_s, "windows": self.windows,
+        "near_silent_windows": self.near_silent_windows,
+        "seconds": self.seconds, "feature_seconds": self.feature_seconds,
+        "model_seconds": self.model_seconds, "realtime_factor": self.realtime_factor,
+        "ratings": {n: float(v) for n, v in zip(names, self.ratings)},
+        "label_space": {n: float(v) for n, v in zip(names, self.scores)},
+        "group_ratings": self.group_ratings,
+        "window_starts_s": [float(s) for s in self.window_starts_s],
+        "window_ratings": (self.window_scores.astype(np.float64) * RATING_SCALE).tolist(),
+    }
+
+
+def load_samples(path: str | pathlib.Path, settings: FeatureSettings) -> np.ndarray:
+  """16 kHz mono samples of an audio file, or of a MIDI file rendered and trimmed as the job does.
+
+  Raises an `audio.AudioError` (unsupported extension, missing, corrupt, empty)
+  or a `render.RenderError` naming the file.
+  """
+  path = pathlib.Path(path)
+  ext = path.suffix.lower()
+  if ext in MIDI_EXTENSIONS:
+    return render.render_midi(path, soundfont=settings.soundfont).samples
+  if ext not in audio.supported_extensions():
+    raise audio.UnsupportedFormatError(
+        path, f"unsupported extension {ext or '(none)'!r}; supported: "
+        f"{', '.join(audio.supported_extensions() + MIDI_EXTENSIONS)}")
+  return audio.load_audio(path)
+
+
+def windows_of(samples: np.ndarray, settings: FeatureSettings, *, name: str
+               ) -> list[windowing.Window]:
+  """The job's windows of `samples` (`[frames, mel]` each, unnormalised).
+
+  Raises `audio.EmptyAudioError` for audio shorter than one frame and
+  `SilentInputError` when every window is near-silent (a silent input would
+  otherwise get confident-looking scores of nothing).
+  """
+  # One BLAS thread, as the job's workers run (ProcessRecording.setup): the mel
+  # matmul's summation order depends on the thread count, and a last-bit difference
+  # can round a value to another float16 in storage. Single-threaded it is bitwise
+  # the shards' windows (tested), and faster too (0.18 s vs 0.48 s for 120 s here).
+  with threadpoolctl.threadpool_limits(1):
+    logmel = features.log_mel(samples)
+  windows = windowing.cut(logmel, settings.window)
+  if not windows:
+    raise audio.EmptyAudioError(name, f"{samples.shape[0] / SAMPLE_RATE * 1000:.1f} ms of "
+                                "audio is shorter than one 25 ms frame")
+  if all(windowing.is_near_silent(w, settings.window) for w in windows):
+    raise SilentInputError(name, f"silent: every window's loudest frame is below "
+                           f"{settings.window.silence_db:g} dB")
+  return windows
+
+
+def model_input(windows: Sequence[windowing.Window], settings: FeatureSettings) -> np.ndarray:
+  """`[n, mel, frames]` float32, exactly as the input pipeline reads the shards.
+
+  The job stores `[mel, frames]` windows as float16 (records.encode_window) and
+  the pipeline normalises the decoded float32 values: rounding through float16
+  here keeps inference bit-identical to what the model saw in training.
+  """
+  stored = np.stack([w.features.T for w in windows]).astype("<f2").astype(np.float32)
+  return features.normalize(stored, settings.mean, settings.std)
+
+
+class Predictor:
+  """A model compiled once for `[batch_size, mel, frames]`, scoring whole recordings.
+
+  Build it from a run (`from_run`) or from a model config, parameters, target
+  statistics and feature settings (the benchmark uses random parameters).
+  """
+
+  def __init__(self, model_config: multitask.MultiTaskConfig, params: dict,
+               normalizer: targets.TargetNormalizer, settings: FeatureSettings, *,
+               batch_size: int = 8):
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be positive, got {batch_size}")
+    encoder = model_config.encoder
+    if model_config.backbone == "ast" and encoder.num_frames != settings.window.frames:
+      raise ValueError(f"the model reads windows of {encoder.num_frames} frames but the "
+                       f"feature settings cut {settings.window.frames}")
+    # Rematerialisation only matters for a backward pass; the parameter tree is the same.
+    self.model_config = model_config.replace(encoder=encoder.replace(remat="none"))
+    self.model = multitask.MultiTaskModel(self.model_config)
+    self.params = jax.device_put(params)
+    self.normalizer = normalizer
+    self.settings = settings
+    self.batch_size = batch_size
+    self.traces = 0  # how often the forward was traced (compiled): once per Predictor
+    self._compiled = None
+
+  @classmethod
+  def from_run(cls, run: loading.Run, *, batch_size: int = 8, hop_s: float | None = None,
+               soundfont: str | None = None) -> Predictor:
+    settings = FeatureSettings.from_metadata(run.data_metadata, hop_s=hop_s,
+                                             soundfont=soundfont)
+    if settings.window.frames != run.num_frames:
+      raise loading.RunError(f"{run.workdir}: data_metadata.json windows are "
+                             f"{settings.window.frames} frames but the model reads "
+                             f"{run.num_frames}")
+    return cls(run.model_config, run.params, run.normalizer, settings, batch_size=batch_size)
+
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    e = self.model_config.encoder
+    return (self.batch_size, e.num_mel_bins, self.settings.window.frames)
+
+  def _forward(self, params, x, valid_frames):
+    self.traces += 1  # a Python side effect: runs only while JAX traces
+    out = self.model.apply({"params": params}, x, train=False, valid_frames=valid_frames)
+    return out["predictions"].astype(jnp.float32)
+
+  def compile(self) -> float:
+    """Compiles the forward (if not yet done); returns the seconds it took."""
+    if self._compiled is not None:
+      return 0.0
+    t0 = time.perf_counter()
+    x = jax.ShapeDtypeStruct(self.input_shape, jnp.float32)
+    valid = jax.ShapeDtypeStruct((self.batch_size,), jnp.int32)
+    self._compiled = jax.jit(self._forward).lower(self.params, x, valid).compile()
+    return time.perf_counter() - t0
+
+  def predict_windows(self, windows: Sequence[windowing.Window],
+                      progress: Progress | None = None, duration_s: float = 0.0
+                      ) -> np.ndarray:
+    """`[len(windows), 19]` label-space predictions, batch by batch."""
+    self.compile()
+    b, total = self.batch_size, len(windows)
+    out = []
+    for start in range(0, total, b):
+      chunk = list(windows[start:start + b])
+      real = len(chunk)
+      chunk += [chunk[-1]] * (b - real)  # padding rows: computed, then dropped
+      x = model_input(chunk, self.settings)
+      valid = np.array([w.valid_frames for w in chunk], np.int32)
+      out.append(np.asarray(self._compiled(self.params, x, valid))[:real])
+      if progress is not None:
+        progress(start + real, total, duration_s * (start + real) / total)
+    return self.normalizer.denormalize(np.concatenate(out))
+
+  def predict_samples(self, samples: np.ndarray, *, name: str,
+                      progress: Progress | None = None) -> Prediction:
+    t0 = time.perf_counter()
+    windows = windows_of(samples, self.settings, name=name)
+    return self._predict(windows, name, samples.shape[0] / SAMPLE_RATE,
+                         time.perf_counter() - t0, progress)
+
+  def predict_file(self, path: str | pathlib.Path, progress: Progress | None = None
+                   ) -> Prediction:
+    """Scores one file. Raises `audio.AudioError` / `render.RenderError` naming it."""
+    t0 = time.perf_counter()
+    samples = load_samples(path, self.settings)
+    windows = windows_of(samples, self.settings, name=str(path))
+    return self._predict(windows, str(path), samples.shape[0] / SAMPLE_RATE,
+                         time.perf_counter() - t0, progress)
+
+  def _predict(self, windows, name: str, duration_s: float, feature_seconds: float,
+               progress: Progress | None) -> Prediction:
+    self.compile()  # outside the timing: once per Predictor, not per file
+    t0 = time.perf_counter()
+    scores = self.predict_windows(windows, progress, duration_s)
+    model_seconds = time.perf_counter() - t0
+    if not np.isfinite(scores).all():
+      raise NonFinitePredictionError(f"{name}: the model returned NaN/inf for "
+                                     f"{int((~np.isfinite(scores)).any(axis=1).sum())} windows")
+    return Prediction(
+        path=name, duration_s=duration_s, window_scores=scores,
+        window_starts_s=np.array([w.start_frame / FRAMES_PER_SECOND for w in windows]),
+        near_silent_windows=sum(windowing.is_near_silent(w, self.settings.window)
+                                for w in windows),
+        feature_seconds=feature_seconds, model_seconds=model_seconds)
+
+
+# ----------------------------------------------------------------------------- output
+
+def format_table(p: Prediction, settings: FeatureSettings) -> str:
+  """A readable per-dimension table on the 1-7 scale, with group means."""
+  lines = [f"{p.path}: {p.duration_s:.1f} s, {p.windows} window(s) of {settings.window_s:g} s "
+           f"(hop {settings.hop_s:g} s) in {p.seconds:.2f} s ({p.realtime_factor:.0f}x real time)"]
+  if p.near_silent_windows:
+    lines.append(f"  note: {p.near_silent_windows} of {p.windows} windows are near-silent")
+  lines.append(f"  {'dimension':<24}{'group':<12}{'1 = low  <->  7 = high':<58}{'score':>6}")
+  for i, d in enumerate(taxonomy.DIMENSIONS):
+    lines.append(f"  {d.name:<24}{GROUP_OF[i]:<12}{d.describe():<58}{p.ratings[i]:>6.2f}")
+  lines.append("  group means: " + ", ".join(f"{g} {v:.2f}" for g, v in p.group_ratings.items()))
+  return "\n".join(lines)
+
+
+CSV_FIELDS = (["path", "error", "duration_s", "windows", "seconds"]
+              + list(taxonomy.DIMENSION_NAMES) + [f"group_{g}" for g in taxonomy.GROUPS])
+
+
+def write_csv(path: str | pathlib.Path, results: Sequence[Prediction],
+              errors: Sequence[tuple[str, str]]) -> None:
+  """One row per file: ratings (1-7) and group means; failed files with their error."""
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for p in results:
+      row = {"path": p.path, "error": "", "duration_s": f"{p.duration_s:.3f}",
+             "windows": p.windows, "seconds": f"{p.seconds:.3f}"}
+      row.update({n: f"{v:.6f}" for n, v in zip(taxonomy.DIMENSION_NAMES, p.ratings)})
+      row.update({f"group_{g}": f"{v:.6f}" for g, v in p.group_ratings.items()})
+      writer.writerow(row)
+    for name, reason in errors:
+      writer.writerow({"path": name, "error": reason})
+
+
+def write_json(path: str | pathlib.Path, run_info: dict, settings: FeatureSettings,
+               results: Sequence[Prediction], errors: Sequence[tuple[str, str]]) -> None:
+  doc = {**run_info, "window_s": settings.window_s, "hop_s": settings.hop_s,
+         "rating_scale": "1-7 (label space x 7)", "dimensions": list(taxonomy.DIMENSION_NAMES),
+         "groups": {g: [taxonomy.DIMENSION_NAMES[i] for i in dims]
+                    for g, dims in taxonomy.GROUPS.items()},
+         "files": [p.to_dict() for p in results],
+         "errors": [{"path": n, "error": r} for n, r in errors]}
+  pathlib.Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+class ProgressLine:
+  """Windows done / total and x real time on stderr, for files of more than one batch.
+
+  On a terminal the line redraws in place; otherwise (logs, pipes) it prints at
+  most one line every `every_s` seconds and a final one.
+  """
+
+  def __init__(self, name: str, batch_size: int, stream=None, every_s: float = 5.0):
+    self._name, self._batch = name, batch_size
+    self._stream = stream or sys.stderr
+    self._tty = hasattr(self._stream, "isatty") and self._stream.isatty()
+    self._every, self._start, self._last = every_s, time.perf_counter(), -math.inf
+
+  def __call__(self, done: int, total: int, audio_s: float) -> None:
+    if total <= self._batch:
+      return  # one batch: nothing to watch
+    now = time.perf_counter()
+    final = done == total
+    if not (final or self._tty or now - self._last >= self._every):
+      return
+    self._last = now
+    elapsed = max(now - self._start, 1e-9)
+    speed = audio_s / elapsed
+    width = 30
+    bar = "#" * (width * done // total) + "-" * (width - width * done // total)
+    text = (f"{self._name}: [{bar}] windows {done}/{total} ({100 * done // total}%), "
+            f"{speed:.0f}x real time")
+    if self._tty:
+      self._stream.write("\r" + text + ("\n" if final else ""))
+    else:
+      self._stream.write(text + "\n")
+    self._stream.flush()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+# What counts as bad input, as in the preprocessing job's dead-letter routing:
+# typed decode/render errors and the OS/parse errors a broken file can raise.
+BAD_INPUT = (audio.AudioError, render.RenderError, NonFinitePredictionError, OSError,
+             ValueError, EOFError)
+
+
+def _define_flags() -> None:
+  from absl import flags
+  flags.DEFINE_string("checkpoint", None, "Fine-tuning work directory (or a checkpoint step "
+                      "directory inside it).", required=True)
+  flags.DEFINE_string("step", "best", '"best" (by the run\'s validation metric), "latest" or '
+                      "a step number.")
+  flags.DEFINE_integer("batch_size", 8, "Windows per model call (the compiled batch shape).")
+  flags.DEFINE_float("hop_s", None, "Hop between window starts in seconds; default: the "
+                     "training data's hop.")
+  flags.DEFINE_string("soundfont", None, "SoundFont for MIDI inputs; default: the training "
+                      "data's.")
+  flags.DEFINE_string("output_json", None, "Write every file's scores (and errors) as JSON.")
+  flags.DEFINE_string("output_csv", None, "Write one CSV row per file (ratings 1-7).")
+
+
+def _parse_step(text: str) -> int | str:
+  if text in ("best", "latest"):
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    from absl import app
+    raise app.UsageError(f'--step must be "best", "latest" or a number, got {text!r}') from None
+
+
+def _check_soundfont(settings: FeatureSettings, paths: Sequence[str]) -> None:
+  """Warns when MIDI inputs would render with another SoundFont than the training data."""
+  if settings.soundfont_sha256 is None or not any(
+      pathlib.Path(p).suffix.lower() in MIDI_EXTENSIONS for p in paths):
+    return
+  try:
+    sha = render.soundfont_sha256(settings.soundfont)
+  except (OSError, ValueError) as e:
+    print(f"warning: SoundFont unusable ({e}); MIDI files will fail", file=sys.stderr)
+    return
+  if sha != settings.soundfont_sha256:
+    print(f"warning: MIDI files render with SoundFont {sha[:12]} but the training data used "
+          f"{settings.soundfont_sha256[:12]}: the timbre differs from what the model learned",
+          file=sys.stderr)
+
+
+class _QuietCheckpointReader(std_logging.Filter):
+  """Drops Orbax's restore chatter (a screen of INFO and read-only warnings per load)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.ERROR or "/orbax/" not in record.pathname
+
+
+def main(argv: list[str]) -> int:
+  from absl import flags, logging
+  flags_ = flags.FLAGS
+  logging.set_verbosity(logging.WARNING)
+  logging.get_absl_handler().addFilter(_QuietCheckpointReader())
+  paths = argv[1:]
+  if not paths:
+    from absl import app
+    raise app.UsageError("no input files (usage: python -m eval.predict --checkpoint=W FILE...)")
+  try:
+    run = loading.load(flags_.checkpoint, step=_parse_step(flags_.step))
+    predictor = Predictor.from_run(run, batch_size=flags_.batch_size, hop_s=flags_.hop_s,
+                                   soundfont=flags_.soundfont)
+  except (loading.RunError, FileNotFoundError, ValueError) as e:
+    print(f"error: cannot use checkpoint {flags_.checkpoint}: {e}", file=sys.stderr)
+    return 1
+  _check_soundfont(predictor.settings, paths)
+  results: list[Prediction] = []
+  errors: list[tuple[str, str]] = []
+  for path in paths:
+    try:
+      result = predictor.predict_file(path, ProgressLine(path, predictor.batch_size))
+    except BAD_INPUT as e:
+      # Typed errors already start with the file name; others get it added.
+      reason = str(e) if isinstance(e, (audio.AudioError, render.RenderError)) else (
+          f"{path}: {type(e).__name__}: {e}")
+      print(f"error: {reason}", file=sys.stderr, flush=True)
+      errors.append((path, reason))
+      continue
+    results.append(result)
+    print(format_table(result, predictor.settings) + "\n", flush=True)
+  run_info = {"checkpoint": str(run.workdir), "step": run.step}
+  if flags_.output_json:
+    write_json(flags_.output_json, run_info, predictor.settings, results, errors)
+  if flags_.output_csv:
+    write_csv(flags_.output_csv, results, errors)
+  if errors:
+    print(f"{len(errors)} of {len(paths)} file(s) failed", file=sys.stderr)
+  return 1 if errors else 0
+
+
+if __name__ == "__main__":
+  from absl import app
+  _define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))
