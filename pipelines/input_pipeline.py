@@ -37,6 +37,9 @@ class InputConfig:
   seed: int = 0
   splits: tuple[str, ...] = ("train",)
   folds: tuple[int, ...] | None = None  # None: every fold of the chosen splits
+  # None: every performance; else only these keys (a split other than the one the
+  # shards' split/fold headers follow, e.g. the performer split of piece-split shards).
+  keys: frozenset[str] | None = None
   variants: tuple[int, ...] | None = None  # None: clean and every augmented variant
   read_threads: int = 4
   worker_processes: int = 0
@@ -141,14 +144,15 @@ def _mixup(alpha: float):
 
 
 def _keep(config: InputConfig, shards: ShardSet) -> list[int] | None:
-  """Global indices passing the fold/variant filters (None: keep all)."""
-  if config.folds is None and config.variants is None:
+  """Global indices passing the fold/key/variant filters (None: keep all)."""
+  if config.folds is None and config.variants is None and config.keys is None:
     return None
   keep = []
   for file, offset in zip(shards.files, shards.offsets):
     for i, record in enumerate(grain.sources.ArrayRecordDataSource([str(file)])):
       header, _ = records.decode(record)
       if ((config.folds is None or header["fold"] in config.folds) and
+          (config.keys is None or header["key"] in config.keys) and
           (config.variants is None or header["variant"] in config.variants)):
         keep.append(offset + i)
   return keep
@@ -237,7 +241,7 @@ def training_examples(root, config: InputConfig) -> grain.MapDataset:
 
 
 def count(root, config: InputConfig) -> int:
-  """Windows per epoch of `config.splits` after the fold/variant filters (all hosts)."""
+  """Windows per epoch of `config.splits` after the fold/key/variant filters (all hosts)."""
   shards = ShardSet.open(root, config.splits)
   keep = _keep(config, shards)
   return len(shards.source()) if keep is None else len(keep)

@@ -34,11 +34,11 @@ class DataMismatchError(ValueError):
   """The shards do not fit the configured model (shape, dataset or labels)."""
 
 
-def _input_config(config: ml_collections.ConfigDict, *, batch_size: int, splits, folds=None,
+def _input_config(config: ml_collections.ConfigDict, *, batch_size: int, splits, keys=None,
                   train: bool) -> input_pipeline.InputConfig:
   i = config.input
   return input_pipeline.InputConfig(
-      batch_size=batch_size, seed=config.seed, splits=tuple(splits), folds=folds,
+      batch_size=batch_size, seed=config.seed, splits=tuple(splits), keys=keys,
       variants=None if (i.augmented and train) else (0,), read_threads=i.read_threads,
       worker_processes=i.worker_processes if train else 0,
       prefetch_buffer_size=i.prefetch_buffer_size, spec_augment=i.spec_augment and train,
@@ -83,12 +83,12 @@ class Task:
 
   def train_input_config(self) -> input_pipeline.InputConfig:
     return _input_config(self.config, batch_size=self.host_batch, splits=self.train_splits,
-                         folds=self.train_folds, train=True)
+                         keys=self.train_keys, train=True)
 
   def eval_input_config(self) -> input_pipeline.InputConfig:
     return _input_config(self.config,
                          batch_size=self.config.eval_batch_size // jax.process_count(),
-                         splits=self.eval_splits, folds=self.eval_folds, train=False)
+                         splits=self.eval_splits, keys=self.eval_keys, train=False)
 
   def examples_per_epoch(self) -> int:
     return input_pipeline.count(self.data_dir, self.train_input_config())
@@ -107,8 +107,8 @@ class Task:
           f"expects {e.num_mel_bins} x {e.num_frames} (set --config.model.encoder.num_frames="
           f"{shape[1]} or re-run the job with another --window_s)")
 
-  train_folds = None
-  eval_folds = None
+  train_keys = None
+  eval_keys = None
 
   # ---- evaluation over the whole validation split, every host in lock-step
   def eval_batches(self, mesh):
@@ -221,20 +221,33 @@ class Finetuning(Task):
     if self.metadata["dataset"] != "percepiano":
       raise DataMismatchError(f"{self.data_dir} is a {self.metadata['dataset']!r} job's output; "
                               "fine-tuning needs the PercePiano job's shards")
-    folds = sorted({int(r) for r in _folds(self.metadata)})
+    # Performances are selected by key from the split table in the metadata, so one
+    # set of shards serves both the piece and the performer split.
+    self.split = config.split or self.metadata["splits"]["shards_follow"]
+    if self.split not in ("piece", "performer"):
+      raise ValueError(f"split {self.split!r} is not 'piece' or 'performer'")
+    assignment = self.metadata["splits"][self.split]
+    folds = sorted({int(v.removeprefix("fold")) for v in assignment.values()
+                    if v.startswith("fold")})
+    self.train_splits = self.eval_splits = ("train", "test")
     if fold == -1:
-      self.train_splits, self.train_folds = ("train",), None
-      self.eval_splits, self.eval_folds = ("test",), None
+      train_sides = {f"fold{f}" for f in folds}
+      eval_side = "test"
     elif fold in folds:
-      self.train_splits, self.train_folds = ("train",), tuple(f for f in folds if f != fold)
-      self.eval_splits, self.eval_folds = ("train",), (fold,)
+      train_sides = {f"fold{f}" for f in folds if f != fold}
+      eval_side = f"fold{fold}"
     else:
-      raise ValueError(f"validation_fold {fold} is not one of the shards' folds {folds} (or -1 "
-                       "for the test split)")
-    keys = sorted(self.metadata["splits"][self.metadata["splits"]["shards_follow"]])
+      raise ValueError(f"validation_fold {fold} is not one of the {self.split} split's folds "
+                       f"{folds} (or -1 for its test set)")
+    self.train_keys = frozenset(k for k, v in assignment.items() if v in train_sides)
+    self.eval_keys = frozenset(k for k, v in assignment.items() if v == eval_side)
+    if not self.train_keys or not self.eval_keys:
+      raise DataMismatchError(f"the {self.split} split has no performances for training or for "
+                              f"{eval_side}")
+    keys = sorted(set(self.metadata["splits"]["piece"]) | set(self.metadata["splits"]["performer"]))
     self.key_ids = {k: i for i, k in enumerate(keys)}
     self.keys = tuple(keys)
-    self.split_name = "test" if fold == -1 else f"fold{fold}"
+    self.split_name = f"{self.split}/{eval_side}"
     self.normalizer = self._fit_targets()
     self.last_predictions: eval_predictions.Predictions | None = None
 
@@ -333,11 +346,6 @@ def _parse_weights(text: str) -> tuple[tuple[str, float], ...]:
       raise ValueError(f"model.loss_weights: {item!r} is not GROUP=WEIGHT (e.g. "
                        f"'timing=1,dynamics=2')") from None
   return tuple(out)
-
-
-def _folds(metadata: dict) -> set[int]:
-  assignment = metadata["splits"][metadata["splits"]["shards_follow"]]
-  return {int(v.removeprefix("fold")) for v in assignment.values() if v.startswith("fold")}
 
 
 TASKS = {"pretrain": Pretraining, "finetune": Finetuning}

@@ -4,8 +4,9 @@
       --config.data_dir=out/percepiano-shards \
       [--config.init.checkpoint=PRETRAIN_WORKDIR | --config.init.converted=CONVERT_DIR]
 
-`validation_fold=k` trains on the other cross-validation folds of the "train"
-split and validates on fold k; -1 trains on every fold and evaluates on "test".
+`validation_fold=k` trains on the other cross-validation folds of the split
+(`split=piece|performer`) and validates on fold k; -1 trains on every fold and
+evaluates on the split's held-out test set.
 `base` is the paper setting (AST base at stride 10, batch 32, 50 epochs).
 """
 
@@ -42,6 +43,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # from scratch.
   c.init = ml_collections.ConfigDict(dict(checkpoint="", converted=""))
   c.validation_fold = 0
+  # "piece" or "performer" (the PercePiano job writes both split tables into the
+  # shards' metadata); "" takes the one the job was run with.
+  c.split = ""
   c.checkpoint.best_metric = "val/pearson/mean"
   c.checkpoint.best_mode = "max"
   c.log_every_steps = 10
