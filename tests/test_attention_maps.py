@@ -21,7 +21,7 @@ import soundfile
 
 from eval import attention, loading
 from model import ast, multitask
-from pipelines import features, render, windowing
+from pipelines import features, windowing
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -114,13 +114,13 @@ def test_patch_relevance_of_identity_rollout():
 def test_patch_relevance_follows_patchify_order():
   cfg = ENC.replace(freq_stride=16, time_stride=16, num_frames=48)  # 2 x 3 grid
   x = np.zeros((1, 32, 48), np.float32)
-  x[0, 16:32, 32:48] = 1.0  # only patch (frequency 1, time 2) is non-zero
+  x[0, 0:16, 16:32] = 1.0  # only patch (frequency 0, time 1) is non-zero
   flat = np.asarray(ast.patchify(x, 16, 16, 16)).reshape(-1, 256).any(axis=1)
   token = cfg.num_tokens + int(np.flatnonzero(flat)[0])
   rolled = np.zeros((cfg.length, cfg.length))
   rolled[:, token] = 1.0  # every pooled row reads exactly that token
   relevance = attention.patch_relevance(rolled, cfg)
-  assert relevance[1, 2] == 1.0 and relevance.sum() == 1.0
+  assert relevance[0, 1] == 1.0 and relevance.sum() == 1.0
 
 
 def test_one_hot_patch_lands_on_its_block():
