@@ -269,16 +269,27 @@ class Predictor:
     """`[len(windows), 19]` label-space predictions, batch by batch."""
     self.compile()
     b, total = self.batch_size, len(windows)
-    out = []
+    out: list[np.ndarray] = []
+    pending = None  # (device result, real rows, windows done) of the batch in flight
+
+    def collect():
+      result, real, done = pending
+      out.append(np.asarray(result)[:real])
+      if progress is not None:
+        progress(done, total, duration_s * done / total)
+
     for start in range(0, total, b):
       chunk = list(windows[start:start + b])
       real = len(chunk)
       chunk += [chunk[-1]] * (b - real)  # padding rows: computed, then dropped
       x = model_input(chunk, self.settings)
       valid = np.array([w.valid_frames for w in chunk], np.int32)
-      out.append(np.asarray(self._compiled(self.params, x, valid))[:real])
-      if progress is not None:
-        progress(start + real, total, duration_s * (start + real) / total)
+      # Dispatch is asynchronous: the next batch's input is built while this one runs.
+      result = self._compiled(self.params, x, valid)
+      if pending is not None:
+        collect()
+      pending = (result, real, start + real)
+    collect()
     return self.normalizer.denormalize(np.concatenate(out))
 
   def predict_samples(self, samples: np.ndarray, *, name: str,
