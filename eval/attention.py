@@ -456,15 +456,22 @@ def figures_for_windows(run: loading.Run, windows: Sequence[windowing.Window],
 MIDI_SUFFIXES = (".mid", ".midi")
 
 
-def load_samples(path: str | pathlib.Path, soundfont: str | None = None) -> np.ndarray:
+def load_samples(path: str | pathlib.Path, soundfont: str | None = None,
+                 expected_soundfont_sha256: str | None = None) -> np.ndarray:
   """16 kHz mono samples of an audio file, or of a MIDI file rendered as training did.
 
+  A MIDI render through another SoundFont than the training data's (by SHA-256)
+  is allowed but logged: the timbre, and so the maps, would differ.
   Raises `audio.AudioError` or `render.RenderError` (both ValueErrors naming the file).
   """
   path = pathlib.Path(path)
-  if path.suffix.lower() in MIDI_SUFFIXES:
-    return render.render_midi(path, soundfont=soundfont).samples
-  return audio.load_audio(path)
+  if path.suffix.lower() not in MIDI_SUFFIXES:
+    return audio.load_audio(path)
+  rendered = render.render_midi(path, soundfont=soundfont)
+  if expected_soundfont_sha256 and rendered.soundfont_sha256 != expected_soundfont_sha256:
+    logging.warning("%s: rendered with SoundFont %s..., but the run's data used %s...", path,
+                    rendered.soundfont_sha256[:12], expected_soundfont_sha256[:12])
+  return rendered.samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,7 +549,7 @@ def main(argv: list[str]) -> None:
       raise AttentionMapError(f"{audio_path}: no such file")
     run = loading.load(FLAGS.checkpoint, step=FLAGS.step)
     soundfont = FLAGS.soundfont or run.data_metadata.get("config", {}).get("soundfont")
-    samples = load_samples(audio_path, soundfont)
+    samples = load_samples(audio_path, soundfont, run.data_metadata.get("soundfont_sha256"))
     logmel = features.log_mel(samples)
     window = select_window(logmel, Windowing.of(run), window_index=FLAGS.window_index,
                            start_s=FLAGS.start_s, name=str(audio_path))

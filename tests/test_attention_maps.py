@@ -21,7 +21,7 @@ import soundfile
 
 from eval import attention, loading
 from model import ast, multitask
-from pipelines import features, windowing
+from pipelines import audio, features, windowing
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -410,3 +410,15 @@ def test_maps_of_the_trained_model(finetuned, performance, tmp_path):
                                      "chords_window001_attention.png"]
   for path in paths:
     _png_is_a_picture(path)
+
+
+def test_load_samples_renders_midi_and_flags_another_soundfont(tmp_path, make_midi, chords,
+                                                               caplog):
+  midi = tmp_path / "short.mid"
+  midi.write_bytes(make_midi(chords(seconds=1.0)))
+  with caplog.at_level("WARNING"):
+    samples = attention.load_samples(midi, expected_soundfont_sha256="0" * 64)
+  assert samples.ndim == 1 and samples.size > 16_000 // 2
+  assert "but the run's data used 000000000000" in caplog.text
+  with pytest.raises(audio.UnsupportedFormatError, match="unsupported audio format '.txt'"):
+    attention.load_samples(tmp_path / "notes.txt")
