@@ -380,7 +380,7 @@ def draw(result: dict, logmel: np.ndarray, path: str | pathlib.Path, *, start_s:
   hidden = ~np.asarray(result["covered"], bool)
   if valid_frames is not None:
     hidden = hidden | (np.arange(frames) >= valid_frames)[None, :]
-  hz = mel_bin_hz()
+  hz = mel_bin_hz(dataclasses.replace(features.AST, num_mel_bins=mel))
   fig = Figure(figsize=(max(7.0, min(16.0, 3.0 + frames / 80)), 2.9 * len(panels) + 0.6),
                layout="constrained")
   if title:
