@@ -105,3 +105,42 @@ def train_shards(tmp_path_factory) -> dict[str, pathlib.Path]:
                           cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
   return out
+
+
+# The encoder of every trainer-driven test: 2 layers of width 64 on 2.56 s windows.
+SMALL_FINETUNE = ["--config=train/configs/finetune.py:tiny", "--config.model.encoder.num_frames=256",
+                  "--config.model.encoder.width=64", "--config.model.encoder.depth=2",
+                  "--config.model.encoder.heads=2", "--config.model.encoder.mlp_dim=128",
+                  "--config.batch_size=8", "--config.microbatch_size=8",
+                  "--config.eval_batch_size=8", "--config.log_every_steps=1"]
+
+
+@pytest.fixture(scope="session")
+def small_finetune() -> list[str]:
+  return list(SMALL_FINETUNE)
+
+
+@pytest.fixture(scope="session")
+def jax_env(tmp_path_factory) -> dict[str, str]:
+  """Subprocess environment sharing one persistent compilation cache (compiles once)."""
+  cache = tmp_path_factory.mktemp("xla-cache-session")
+  out = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
+  out.pop("XLA_FLAGS", None)
+  return out
+
+
+@pytest.fixture(scope="session")
+def crossval_dir(train_shards, jax_env, tmp_path_factory) -> pathlib.Path:
+  """A finished piece-split cross-validation (2 folds + the test set) of a tiny model."""
+  import subprocess
+  import sys
+
+  workdir = tmp_path_factory.mktemp("crossval")
+  proc = subprocess.run(
+      [sys.executable, "-m", "eval.crossval", *SMALL_FINETUNE, f"--workdir={workdir}",
+       f"--config.data_dir={train_shards['percepiano']}", "--config.num_steps=6",
+       "--config.eval_every_steps=3", "--split=piece", "--test"],
+      cwd=REPO, env=jax_env, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return workdir

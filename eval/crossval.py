@@ -1,0 +1,203 @@
+"""Cross-validation over PercePiano's piece or performer split, resumable fold by fold.
+
+  python -m eval.crossval --config=train/configs/finetune.py:tiny --workdir=W \
+      --split=piece --config.data_dir=SHARDS [--folds=0,1] [--test] [--config.x=y ...]
+
+Fold k trains on the split's other folds and validates on fold k, in
+`W/fold<k>` (an ordinary trainer work directory); `--test` also trains on every
+fold and evaluates the held-out test set once, in `W/test`. A fold whose
+`result.json` says finished is skipped; an interrupted fold resumes from its
+latest checkpoint (the trainer's own resume), so the job can be run in pieces
+(`--folds=0,1` now, `--folds=2,3` in the next session) and killed at any point.
+
+`W/crossval.json` is rewritten after every fold: the config, each fold's status
+and scores, and once every fold is done the pooled out-of-fold scores (every
+train/validation performance predicted by the one model that did not see it)
+next to the mean and spread of the per-fold scores. `eval.report --workdir=W`
+reports on the out-of-fold predictions (and the test set when present).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from eval import metrics, predictions
+from pipelines import shards, taxonomy
+from train import trainer
+
+SUMMARY = "crossval.json"
+TEST = "test"
+FLAGS = flags.FLAGS
+
+
+class CrossValidationError(ValueError):
+  pass
+
+
+def fold_dir(workdir: pathlib.Path, fold: int | str) -> pathlib.Path:
+  return workdir / (TEST if fold == TEST else f"fold{fold}")
+
+
+def split_folds(data_dir: str | pathlib.Path, split: str) -> list[int]:
+  """The cross-validation folds of `split` in the shards' split table."""
+  metadata = json.loads((pathlib.Path(data_dir) / shards.METADATA).read_text())
+  if split not in ("piece", "performer"):
+    raise CrossValidationError(f"--split must be 'piece' or 'performer', got {split!r}")
+  table = metadata["splits"][split]
+  return sorted({int(v.removeprefix("fold")) for v in table.values() if v.startswith("fold")})
+
+
+def finished(directory: pathlib.Path) -> bool:
+  path = directory / trainer.RESULT_FILE
+  if not path.is_file():
+    return False
+  result = json.loads(path.read_text())
+  return result.get("status") == "finished" and result.get("step") == result.get("total_steps")
+
+
+def fold_config(config: ml_collections.ConfigDict, split: str, fold: int | str
+                ) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+  c.split = split
+  c.validation_fold = -1 if fold == TEST else int(fold)
+  return c
+
+
+def out_of_fold(workdir: str | pathlib.Path) -> predictions.Predictions:
+  """Every fold's final validation predictions as one set (each performance once)."""
+  workdir = pathlib.Path(workdir)
+  summary = read_summary(workdir)
+  missing = [k for k in summary["folds"] if not finished(fold_dir(workdir, k))]
+  if missing:
+    raise CrossValidationError(f"{workdir}: folds {missing} are not finished; run "
+                               "eval.crossval again to complete them")
+  return _out_of_fold(workdir, summary["folds"], summary["split"])
+
+
+def _out_of_fold(workdir: pathlib.Path, folds: list[int], split: str) -> predictions.Predictions:
+  parts = [predictions.load_final(fold_dir(workdir, k)) for k in folds]
+  return predictions.concatenate(parts, split=f"{split}/out-of-fold")
+
+
+def read_summary(workdir: str | pathlib.Path) -> dict:
+  path = pathlib.Path(workdir) / SUMMARY
+  if not path.is_file():
+    raise FileNotFoundError(f"{workdir} has no {SUMMARY}: not an eval.crossval directory")
+  return json.loads(path.read_text())
+
+
+def _scores(p: predictions.Predictions) -> dict[str, float]:
+  out = {}
+  for name, values in metrics.score(p.predictions, p.labels, p.mask, p.passages).items():
+    out.update(metrics.summarise(values, prefix=name))
+  return out
+
+
+def _summarise(workdir: pathlib.Path, config, split: str, folds: list[int], test: bool) -> dict:
+  runs = [*folds, *([TEST] if test or finished(fold_dir(workdir, TEST)) else [])]
+  summary = {"split": split, "folds": folds, "config": json.loads(config.to_json_best_effort()),
+             "runs": {}}
+  for k in runs:
+    directory = fold_dir(workdir, k)
+    entry = {"directory": directory.name, "finished": finished(directory)}
+    if entry["finished"]:
+      result = json.loads((directory / trainer.RESULT_FILE).read_text())
+      entry["wall_seconds"] = result.get("wall_seconds")
+      entry["scores"] = _scores(predictions.load_final(directory))
+    summary["runs"][str(k)] = entry
+  done = [summary["runs"][str(k)] for k in folds if summary["runs"][str(k)]["finished"]]
+  if len(done) == len(folds):
+    pooled = _scores(_out_of_fold(workdir, folds, split))
+    headline = [f"pearson/{g}" for g in (*taxonomy.GROUPS, "mean")]
+    summary["out_of_fold"] = pooled
+    summary["per_fold"] = {k: {"mean": float(np.mean([d["scores"][k] for d in done])),
+                               "std": float(np.std([d["scores"][k] for d in done]))}
+                           for k in [*headline, "r2/mean", "pearson_within/mean"]}
+  return summary
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, split: str,
+        only: list[int] | None = None, test: bool = False) -> dict:
+  """Trains and evaluates the folds not finished yet; returns the summary.
+
+  Stops (returning the summary so far, with "preempted": True) when a fold is
+  stopped by SIGTERM: the next call resumes it.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  if not config.data_dir:
+    raise CrossValidationError("config.data_dir is not set (--config.data_dir=SHARD_DIR)")
+  if config.task != "finetune":
+    raise CrossValidationError(f"cross-validation runs fine-tuning configs, not {config.task!r}")
+  folds = split_folds(config.data_dir, split)
+  if not folds:
+    raise CrossValidationError(f"the {split} split has no cross-validation folds")
+  chosen = folds if only is None else only
+  unknown = sorted(set(chosen) - set(folds))
+  if unknown:
+    raise CrossValidationError(f"folds {unknown} are not folds of the {split} split {folds}")
+  workdir.mkdir(parents=True, exist_ok=True)
+  previous = workdir / SUMMARY
+  if previous.is_file():
+    before = read_summary(workdir)
+    if before["split"] != split or before["config"] != json.loads(
+        config.to_json_best_effort()):
+      raise CrossValidationError(
+          f"{workdir} holds a cross-validation with another split or config; use a new "
+          "--workdir (or delete it)")
+  todo = [*chosen, *([TEST] if test else [])]
+  preempted = False
+  for k in todo:
+    directory = fold_dir(workdir, k)
+    if finished(directory):
+      logging.info("%s: finished earlier, skipped", directory.name)
+      continue
+    logging.info("%s: training (%s split)", directory.name, split)
+    result = trainer.train_and_evaluate(fold_config(config, split, k), directory)
+    summary = _summarise(workdir, config, split, folds, test)
+    (workdir / SUMMARY).write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    if result.status == "preempted":
+      preempted = True
+      break
+  summary = _summarise(workdir, config, split, folds, test)
+  summary["preempted"] = preempted
+  (workdir / SUMMARY).write_text(json.dumps(summary, indent=1, default=float) + "\n")
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  only = [int(f) for f in FLAGS.folds.split(",")] if FLAGS.folds else None
+  try:
+    summary = run(FLAGS.config, FLAGS.workdir, FLAGS.split, only, FLAGS.test)
+  except (CrossValidationError, trainer.NonFiniteError, trainer.ConfigError, ValueError,
+          FileNotFoundError) as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(f"error: {e}")
+  status = {k: "finished" if r["finished"] else "not finished" for k, r in summary["runs"].items()}
+  print(f"{FLAGS.split} split, folds: {status}")
+  if "out_of_fold" in summary:
+    oof = summary["out_of_fold"]
+    print("out-of-fold Pearson: " + ", ".join(
+        f"{g} {oof[f'pearson/{g}']:.3f}" for g in (*taxonomy.GROUPS, "mean")))
+  if summary["preempted"]:
+    sys.exit(trainer.PREEMPTED_EXIT_CODE)
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Fine-tuning config file[:variant].",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "One directory per fold, plus crossval.json.",
+                      required=True)
+  flags.DEFINE_enum("split", "piece", ["piece", "performer"], "PercePiano split to cross-validate.")
+  flags.DEFINE_string("folds", "", "Comma-separated folds to run now (default: all).")
+  flags.DEFINE_bool("test", False, "Also train on every fold and evaluate the test set once.")
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

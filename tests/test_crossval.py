@@ -1,0 +1,68 @@
+"""eval.crossval: every fold trained and scored, out-of-fold predictions pooled, resumable."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from eval import crossval, metrics, predictions
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def run(small_finetune, jax_env):
+  def run(args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "eval.crossval", *small_finetune, *args],
+                          cwd=REPO, env=jax_env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+  return run
+
+
+def test_out_of_fold_predictions_cover_each_training_performance_once(crossval_dir, train_shards):
+  summary = crossval.read_summary(crossval_dir)
+  assert summary["split"] == "piece" and summary["folds"] == [0, 1]
+  assert all(r["finished"] for r in summary["runs"].values()) and set(summary["runs"]) == {
+      "0", "1", "test"}
+  table = json.loads((train_shards["percepiano"] / "metadata.json").read_text())["splits"]["piece"]
+  oof = crossval.out_of_fold(crossval_dir)
+  assert sorted(oof.keys) == sorted(k for k, v in table.items() if v.startswith("fold"))
+  # Each fold's predictions come from the model that validated on that fold.
+  fold0 = predictions.load_final(crossval_dir / "fold0")
+  assert set(fold0.keys) == {k for k, v in table.items() if v == "fold0"}
+  np.testing.assert_array_equal(oof.subset(fold0.keys).predictions, fold0.predictions)
+  pooled = metrics.per_dimension("pearson", oof.predictions, oof.labels, oof.mask)
+  assert summary["out_of_fold"]["pearson/mean"] == pytest.approx(
+      metrics.summarise(pooled)["pearson/mean"])
+  test = predictions.load_final(crossval_dir / "test")
+  assert set(test.keys) == {k for k, v in table.items() if v == "test"}
+  assert summary["per_fold"]["pearson/mean"]["std"] >= 0
+
+
+def test_a_rerun_skips_finished_folds_and_a_changed_config_is_refused(crossval_dir, train_shards,
+                                                                      run):
+  before = (crossval_dir / "fold0" / "result.json").read_text()
+  proc = run([f"--workdir={crossval_dir}", f"--config.data_dir={train_shards['percepiano']}",
+               "--config.num_steps=6", "--config.eval_every_steps=3", "--test"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "fold0: finished earlier, skipped" in proc.stderr
+  assert (crossval_dir / "fold0" / "result.json").read_text() == before
+  changed = run([f"--workdir={crossval_dir}", f"--config.data_dir={train_shards['percepiano']}",
+                  "--config.num_steps=7"])
+  assert changed.returncode == 1 and "another split or config" in changed.stderr
+
+
+def test_folds_can_run_in_pieces(train_shards, run, tmp_path):
+  common = [f"--workdir={tmp_path}", f"--config.data_dir={train_shards['percepiano']}",
+            "--config.num_steps=2", "--split=performer"]
+  first = run([*common, "--folds=1"])
+  assert first.returncode == 0, first.stderr[-3000:]
+  summary = crossval.read_summary(tmp_path)
+  assert summary["runs"]["1"]["finished"] and "out_of_fold" not in summary
+  with pytest.raises(crossval.CrossValidationError, match="not finished"):
+    crossval.out_of_fold(tmp_path)
+  bad = run([*common, "--folds=5"])
+  assert bad.returncode == 1 and "not folds of the performer split" in bad.stderr
