@@ -518,6 +518,18 @@ def select_window(logmel: np.ndarray, spec: Windowing, *, window_index: int | No
   return windows[index]
 
 
+def figures_for_audio(run: loading.Run, path: str | pathlib.Path, output_dir: str | pathlib.Path,
+                      *, window_index: int | None = None, start_s: float | None = None,
+                      soundfont: str | None = None, residual: float = 0.5) -> list[pathlib.Path]:
+  """The maps of one window of a recording (training's window `window_index`, default 0)."""
+  path = pathlib.Path(path)
+  soundfont = soundfont or run.data_metadata.get("config", {}).get("soundfont")
+  samples = load_samples(path, soundfont, run.data_metadata.get("soundfont_sha256"))
+  window = select_window(features.log_mel(samples), Windowing.of(run), window_index=window_index,
+                         start_s=start_s, name=str(path))
+  return figures_for_windows(run, [window], output_dir, name=path.stem, residual=residual)
+
+
 # ---------------------------------------------------------------------------
 # Command line.
 
@@ -548,13 +560,9 @@ def main(argv: list[str]) -> None:
     if not audio_path.is_file():
       raise AttentionMapError(f"{audio_path}: no such file")
     run = loading.load(FLAGS.checkpoint, step=FLAGS.step)
-    soundfont = FLAGS.soundfont or run.data_metadata.get("config", {}).get("soundfont")
-    samples = load_samples(audio_path, soundfont, run.data_metadata.get("soundfont_sha256"))
-    logmel = features.log_mel(samples)
-    window = select_window(logmel, Windowing.of(run), window_index=FLAGS.window_index,
-                           start_s=FLAGS.start_s, name=str(audio_path))
-    paths = figures_for_windows(run, [window], FLAGS.output_dir, name=audio_path.stem,
-                                residual=FLAGS.residual)
+    paths = figures_for_audio(run, audio_path, FLAGS.output_dir, window_index=FLAGS.window_index,
+                              start_s=FLAGS.start_s, soundfont=FLAGS.soundfont,
+                              residual=FLAGS.residual)
   except (AttentionMapError, loading.RunError, audio.AudioError, render.RenderError,
           FileNotFoundError) as e:
     logging.error("%s: %s", type(e).__name__, e)

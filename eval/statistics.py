@@ -169,19 +169,25 @@ def paired_bootstrap(metric: str, predictions_a, predictions_b, labels, mask, pa
                      confidence: float = 0.95) -> dict[str, dict[str, float]]:
   """Model A minus model B on the same performances, per dimension, group and mean.
 
-  Returns `{name: {"difference", "low", "high", "p"}}`. The p-value is
-  two-sided, from the replicate differences shifted to mean zero under the
-  null: `(1 + #|d* - d| >= |d|) / (1 + B)`.
+  Returns `{name: {"difference", "low", "high", "p"}}` (see `paired_summary`).
   """
   weights = bootstrap_weights(len(labels), resamples, seed)
-  a = replicate_scores(metric, predictions_a, labels, mask, weights, passages)
-  b = replicate_scores(metric, predictions_b, labels, mask, weights, passages)
   full = np.ones((1, len(labels)))
-  observed = with_groups((replicate_scores(metric, predictions_a, labels, mask, full, passages)
-                          - replicate_scores(metric, predictions_b, labels, mask, full, passages))[0])
-  reps = with_groups(a - b)
+  score = lambda p, w: replicate_scores(metric, p, labels, mask, w, passages)
+  return paired_summary(score(predictions_a, weights), score(predictions_b, weights),
+                        score(predictions_a, full)[0] - score(predictions_b, full)[0], confidence)
+
+
+def paired_summary(replicates_a: np.ndarray, replicates_b: np.ndarray, observed: np.ndarray,
+                   confidence: float = 0.95) -> dict[str, dict[str, float]]:
+  """Difference A - B from per-dimension replicates `[B, D]` drawn with the *same* weights.
+
+  The p-value is two-sided, from the replicate differences shifted to mean
+  zero under the null: `(1 + #|d* - mean(d*)| >= |d|) / (1 + B)`.
+  """
+  observed = with_groups(np.asarray(observed, np.float64))
   out = {}
-  for name, d in reps.items():
+  for name, d in with_groups(replicates_a - replicates_b).items():
     d = d[np.isfinite(d)]
     delta = float(observed[name])
     if not d.size or not np.isfinite(delta):

@@ -1,0 +1,500 @@
+"""The evaluation report: per-dimension scores with CIs, baselines, human ceiling, plots.
+
+  python -m eval.report --workdir=W [--compare=W2,W3] [--percepiano_dir=DIR] \
+      [--output_dir=W/report] [--resamples=10000] [--attention_audio=FILE]
+
+`W` (and every `--compare` directory) is a fine-tuning work directory (its final
+validation predictions are scored) or an `eval.crossval` directory (its
+pooled out-of-fold predictions, plus the held-out test set when it was run).
+The report is computed from the saved per-performance predictions only, so it
+can be rebuilt without checkpoints or shards. It writes `report.md`, a
+self-contained `report.html` (figures embedded) and `report.json` (every
+number in the tables), plus the PNG figures, into `--output_dir`.
+
+What it contains, per evaluated set:
+- per dimension and per group: Pearson with a 95 % bootstrap CI (performances
+  resampled, 10 000 times), Spearman, R² (with CI), MSE, MAE, within-passage
+  Pearson (with CI), the human ceiling from the raw ratings and model ÷ ceiling;
+- for every `--compare` run (e.g. the CNN and feed-forward baselines trained on
+  the same folds): the Pearson difference with its paired-bootstrap CI and
+  p-value and Williams' test p-value, both Holm-corrected across the 19
+  dimensions;
+- the published anchors (PercePiano paper R² 0.397 piece / 0.285 performer;
+  best audio model R² ≈ 0.537) beside our mean R²;
+- figures: Pearson bars with CIs and the ceiling, prediction-vs-label scatter
+  per dimension, training curves, and attention maps when `--attention_audio`
+  is given.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import html
+import json
+import pathlib
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from eval import ceiling as ceiling_lib
+from eval import crossval, figures, metrics, predictions, statistics
+from pipelines import taxonomy
+from train import metric_writer, trainer
+
+# Published results to put beside ours (REFERENCE.md): mean R² over the 19 dimensions.
+ANCHORS = (
+    {"source": "PercePiano paper, best symbolic model (score-aligned BiLSTM + HAN)",
+     "split": "piece", "r2": 0.397},
+    {"source": "PercePiano paper, best symbolic model (score-aligned BiLSTM + HAN)",
+     "split": "performer", "r2": 0.285},
+    {"source": "Best published audio model (frozen MuQ features, rendered audio, 2026)",
+     "split": "piece", "r2": 0.537},
+)
+BACKBONE_NAMES = {"ast": "AST", "cnn": "CNN baseline", "pooled_stats": "feed-forward baseline"}
+ROWS = (*taxonomy.DIMENSION_NAMES, *taxonomy.GROUPS, "mean")
+EVALUATION_TITLES = {"validation": "Validation fold", "out_of_fold": "Cross-validation, out of fold",
+                     "test": "Held-out test set"}
+
+
+class ReportError(ValueError):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One run to report on or compare with."""
+
+  name: str
+  workdir: pathlib.Path
+  kind: str  # "run" | "crossval"
+  config: dict
+  evaluations: dict[str, predictions.Predictions]
+  curves: dict[str, list[dict]]
+
+  @property
+  def backbone(self) -> str:
+    return self.config["model"]["backbone"]
+
+  @property
+  def split(self) -> str:
+    return self.config.get("split") or ""
+
+  @property
+  def run_dir(self) -> pathlib.Path:
+    """A fine-tuning work directory with checkpoints (fold 0 of a cross-validation)."""
+    return self.workdir / "fold0" if self.kind == "crossval" else self.workdir
+
+
+def default_name(config: dict) -> str:
+  name = BACKBONE_NAMES.get(config["model"]["backbone"], config["model"]["backbone"])
+  if config["model"]["backbone"] == "ast":
+    name += f" {config.get('size', '')}".rstrip()
+    if config.get("init", {}).get("checkpoint") or config.get("init", {}).get("converted"):
+      name += ", pre-trained"
+    if config["model"].get("head") == "flat":
+      name += ", flat head"
+  return name
+
+
+def _curves(workdir: pathlib.Path) -> list[dict]:
+  return metric_writer.read(workdir) if (workdir / metric_writer.METRICS_FILE).is_file() else []
+
+
+def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
+  workdir = pathlib.Path(path).absolute()
+  if not workdir.is_dir():
+    raise ReportError(f"{workdir} does not exist")
+  if (workdir / crossval.SUMMARY).is_file():
+    summary = crossval.read_summary(workdir)
+    config = summary["config"]
+    config = {**config, "split": summary["split"]}
+    evaluations = {"out_of_fold": crossval.out_of_fold(workdir)}
+    if crossval.finished(crossval.fold_dir(workdir, crossval.TEST)):
+      evaluations["test"] = predictions.load_final(crossval.fold_dir(workdir, crossval.TEST))
+    curves = {f"fold {k}": _curves(crossval.fold_dir(workdir, k)) for k in summary["folds"]}
+    kind = "crossval"
+  elif (workdir / trainer.CONFIG_FILE).is_file():
+    config = json.loads((workdir / trainer.CONFIG_FILE).read_text())
+    if config.get("task") != "finetune":
+      raise ReportError(f"{workdir} is a {config.get('task')!r} run; reports score fine-tuning")
+    final = predictions.load_final(workdir)
+    config = {**config, "split": final.split.split("/")[0] if "/" in final.split else ""}
+    evaluations = {"test" if final.split.endswith("test") else "validation": final}
+    curves = {"run": _curves(workdir)}
+    kind = "run"
+  else:
+    raise ReportError(f"{workdir} is neither a fine-tuning work directory nor an "
+                      "eval.crossval directory")
+  return Source(name=name or default_name(config), workdir=workdir, kind=kind, config=config,
+                evaluations=evaluations, curves=curves)
+
+
+def _common(main: predictions.Predictions, other: predictions.Predictions, name: str
+            ) -> predictions.Predictions:
+  if set(other.keys) != set(main.keys):
+    raise ReportError(
+        f"{name} was evaluated on other performances ({len(other.keys)} vs {len(main.keys)}, "
+        f"{len(set(other.keys) ^ set(main.keys))} differ): compare runs on the same split and "
+        "folds")
+  other = other.subset(main.keys)
+  if not np.allclose(np.where(main.mask, main.labels, 0), np.where(other.mask, other.labels, 0)):
+    raise ReportError(f"{name} has different labels for the same performances")
+  return other
+
+
+def _rows(values: np.ndarray) -> dict[str, float]:
+  """`[19]` -> {dimension, group, "mean"} (groups average their dimensions)."""
+  return {k: float(v) for k, v in statistics.with_groups(values).items()}
+
+
+def evaluate(main: predictions.Predictions, others: dict[str, predictions.Predictions],
+             ceiling: ceiling_lib.Ceiling | None, *, resamples: int, seed: int) -> dict:
+  """Every number of one evaluated set: rows per dimension/group, comparisons, ceiling."""
+  passages = main.passages
+  n = len(main.keys)
+  weights = statistics.bootstrap_weights(n, resamples, seed)
+  full = np.ones((1, n))
+
+  def replicate(p: predictions.Predictions, metric: str, w):
+    return statistics.replicate_scores(metric, p.predictions, p.labels, p.mask, w, passages)
+
+  def described(p: predictions.Predictions) -> tuple[dict, dict]:
+    scores = metrics.score(p.predictions, p.labels, p.mask, passages)
+    rows = {k: {} for k in ROWS}
+    reps = {}
+    for metric, values in scores.items():
+      for k, v in _rows(values).items():
+        rows[k][metric] = v
+    for metric in ("pearson", "pearson_within", "r2"):
+      reps[metric] = replicate(p, metric, weights)
+      low, high = statistics.percentile_interval(reps[metric])
+      for k, v in _rows(low).items():
+        rows[k][f"{metric}_low"] = v
+      for k, v in _rows(high).items():
+        rows[k][f"{metric}_high"] = v
+    return rows, reps
+
+  rows, reps = described(main)
+  if ceiling is not None:
+    for key, values in (("ceiling", ceiling.pearson), ("ceiling_within", ceiling.pearson_within)):
+      for k, v in _rows(values).items():
+        rows[k][key] = v
+    for k in ROWS:
+      rows[k]["of_ceiling"] = rows[k]["pearson"] / rows[k]["ceiling"]
+      rows[k]["of_ceiling_within"] = rows[k]["pearson_within"] / rows[k]["ceiling_within"]
+  compare = {}
+  for name, other in others.items():
+    other = _common(main, other, name)
+    other_rows, other_reps = described(other)
+    paired = statistics.paired_summary(
+        reps["pearson"], other_reps["pearson"],
+        replicate(main, "pearson", full)[0] - replicate(other, "pearson", full)[0])
+    williams = statistics.dependent_correlations(main.predictions, other.predictions,
+                                                 main.labels, main.mask)
+    p_boot = statistics.holm([paired[d]["p"] for d in taxonomy.DIMENSION_NAMES])
+    p_williams = [w["p"] for w in williams]
+    p_williams_holm = statistics.holm(p_williams)
+    table = {}
+    for k in ROWS:
+      entry = {"pearson": other_rows[k]["pearson"], "pearson_low": other_rows[k]["pearson_low"],
+               "pearson_high": other_rows[k]["pearson_high"], "r2": other_rows[k]["r2"],
+               "pearson_within": other_rows[k]["pearson_within"],
+               "difference": paired[k]["difference"], "difference_low": paired[k]["low"],
+               "difference_high": paired[k]["high"], "p_bootstrap": paired[k]["p"]}
+      if k in taxonomy.DIMENSION_NAMES:
+        d = taxonomy.DIMENSION_NAMES.index(k)
+        entry.update(p_bootstrap_holm=float(p_boot[d]), p_williams=float(p_williams[d]),
+                     p_williams_holm=float(p_williams_holm[d]))
+      table[k] = entry
+    mean_main, mean_other = rows["mean"]["pearson"], other_rows["mean"]["pearson"]
+    compare[name] = {"rows": table, "relative_mean_pearson_gain":
+                     (mean_main - mean_other) / abs(mean_other) if mean_other else float("nan")}
+  return {"performances": n, "passages": len(set(passages)), "split": main.split,
+          "rows": rows, "compare": compare}
+
+
+# ---- rendering: one list of blocks, written as Markdown and as HTML
+def _fmt(v, digits=3) -> str:
+  if v is None or (isinstance(v, float) and not np.isfinite(v)):
+    return "–"
+  return f"{v:.{digits}f}"
+
+
+def _p(v) -> str:
+  if v is None or not np.isfinite(v):
+    return "–"
+  return "<0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def _ci(row: dict, metric: str) -> str:
+  return (f"{_fmt(row[metric])} [{_fmt(row[f'{metric}_low'], 2)}, "
+          f"{_fmt(row[f'{metric}_high'], 2)}]")
+
+
+def _table(evaluation: dict, keys, with_ceiling: bool) -> tuple[list[str], list[list[str]]]:
+  head = ["", "Pearson [95% CI]", "within passage [CI]", "Spearman", "R² [CI]", "MSE", "MAE"]
+  if with_ceiling:
+    head += ["ceiling", "÷ ceiling", "÷ ceiling (within)"]
+  for name in evaluation["compare"]:
+    head += [f"Δ vs {name} [CI]", "p (boot., Holm)", "p (Williams, Holm)"]
+  rows = []
+  for k in keys:
+    r = evaluation["rows"][k]
+    line = [k, _ci(r, "pearson"), _ci(r, "pearson_within"), _fmt(r["spearman"]), _ci(r, "r2"),
+            _fmt(r["mse"], 4), _fmt(r["mae"], 4)]
+    if with_ceiling:
+      line += [_fmt(r["ceiling"]), _fmt(r["of_ceiling"], 2), _fmt(r["of_ceiling_within"], 2)]
+    for c in evaluation["compare"].values():
+      e = c["rows"][k]
+      line += [f"{e['difference']:+.3f} [{_fmt(e['difference_low'], 2)}, "
+               f"{_fmt(e['difference_high'], 2)}]",
+               _p(e.get("p_bootstrap_holm", e["p_bootstrap"])), _p(e.get("p_williams_holm"))]
+    rows.append(line)
+  return head, rows
+
+
+def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[tuple]:
+  main = report["runs"][0]
+  b: list[tuple] = [("h1", f"Evaluation report: {main['name']}")]
+  b.append(("p", f"Generated {report['generated']} from the saved per-performance predictions. "
+                 "Windows are averaged per performance before scoring; CIs are percentile "
+                 f"bootstrap intervals over performances ({report['resamples']} resamples, seed "
+                 f"{report['seed']}); comparisons are paired on the same performances."))
+  b.append(("table", ["run", "kind", "backbone", "split", "work directory"],
+            [[r["name"], r["kind"], r["backbone"], r["split"] or "–", r["workdir"]]
+             for r in report["runs"]]))
+  with_ceiling = all(e["ceiling"] is not None for e in report["evaluations"].values())
+  for key, evaluation in report["evaluations"].items():
+    title = EVALUATION_TITLES.get(key, key)
+    b.append(("h2", f"{title} ({evaluation['performances']} performances, "
+                    f"{evaluation['passages']} passages, {evaluation['split']})"))
+    b.append(("h3", "By task group"))
+    b.append(("table", *_table(evaluation, (*taxonomy.GROUPS, "mean"), with_ceiling)))
+    for name, c in evaluation["compare"].items():
+      b.append(("p", f"Relative gain in mean Pearson over {name}: "
+                     f"{100 * c['relative_mean_pearson_gain']:+.1f} %."))
+    b.append(("h3", "Per dimension"))
+    b.append(("table", *_table(evaluation, taxonomy.DIMENSION_NAMES, with_ceiling)))
+    for path in figure_paths.get(key, []):
+      b.append(("img", path))
+  b.append(("h2", "Published anchors (mean R² over the 19 dimensions)"))
+  rows = [[a["source"], a["split"], _fmt(a["r2"])] for a in ANCHORS]
+  for key, evaluation in report["evaluations"].items():
+    r = evaluation["rows"]["mean"]
+    rows.append([f"this report: {main['name']} ({EVALUATION_TITLES.get(key, key).lower()})",
+                 evaluation["split"].split("/")[0], f"{_ci(r, 'r2')}"])
+  b.append(("table", ["result", "split", "R²"], rows))
+  b.append(("p", "The published numbers are from symbolic (score-aligned MIDI) and audio models "
+                 "on their own folds; ours are on this project's folds of the same release, so "
+                 "the comparison is indicative, not paired."))
+  b.append(("h2", "Human ceiling"))
+  if with_ceiling:
+    c = next(iter(report["evaluations"].values()))["ceiling"]
+    b.append(("p", f"From {report['ceiling_source']}: split-half reliability of the rater panel "
+                   f"with Spearman-Brown ({c['splits']} random splits of each performance's "
+                   f"raters; {c['raters_per_performance']['median']:g} raters per performance "
+                   "in the median), computed on each evaluated set's own performances. The "
+                   "ceiling on Pearson is sqrt(reliability): what a model predicting every "
+                   "performance's expected rating perfectly would score against these labels."))
+  else:
+    b.append(("p", f"Not computed: {report['ceiling_source']}."))
+  for path in figure_paths.get("", []):
+    b.append(("img", path))
+  b.append(("h2", "Methods"))
+  b.append(("p", "Pearson's r is the primary metric; R² is sklearn's r2_score; within-passage "
+                 "Pearson centres labels and predictions on each passage's mean (how well the "
+                 "model ranks performances of the same music). Differences: paired bootstrap "
+                 "(p from the null-shifted bootstrap distribution) and Williams' t for dependent "
+                 "correlations sharing the labels; p-values are Holm-adjusted across the 19 "
+                 "dimensions (group and mean rows are unadjusted bootstrap p-values)."))
+  return b
+
+
+def to_markdown(blocks, directory: pathlib.Path) -> str:
+  out = []
+  for block in blocks:
+    kind = block[0]
+    if kind in ("h1", "h2", "h3"):
+      out.append("#" * int(kind[1]) + " " + block[1])
+    elif kind == "p":
+      out.append(block[1])
+    elif kind == "table":
+      head, rows = block[1], block[2]
+      out.append("| " + " | ".join(head) + " |")
+      out.append("|" + "|".join("---" for _ in head) + "|")
+      out.extend("| " + " | ".join(r) + " |" for r in rows)
+    elif kind == "img":
+      rel = block[1].relative_to(directory)
+      out.append(f"![{rel.stem}]({rel.as_posix()})")
+    out.append("")
+  return "\n".join(out)
+
+
+def to_html(blocks, title: str) -> str:
+  out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+         f"<title>{html.escape(title)}</title>",
+         "<style>body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}"
+         "table{border-collapse:collapse;font-size:12px;margin:0.5em 0}"
+         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+         "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style>",
+         "</head><body>"]
+  for block in blocks:
+    kind = block[0]
+    if kind in ("h1", "h2", "h3"):
+      out.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
+    elif kind == "p":
+      out.append(f"<p>{html.escape(block[1])}</p>")
+    elif kind == "table":
+      out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
+                 + "</tr>")
+      out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                 for r in block[2])
+      out.append("</table>")
+    elif kind == "img":
+      data = base64.b64encode(block[1].read_bytes()).decode("ascii")
+      out.append(f"<p><img alt='{html.escape(block[1].stem)}' "
+                 f"src='data:image/png;base64,{data}'></p>")
+  out.append("</body></html>")
+  return "\n".join(out)
+
+
+def _figures(report: dict, sources: list[Source], directory: pathlib.Path,
+             attention_audio: str | None) -> dict[str, list[pathlib.Path]]:
+  main = sources[0]
+  paths: dict[str, list[pathlib.Path]] = {}
+  for key, evaluation in report["evaluations"].items():
+    rows = evaluation["rows"]
+    dims = taxonomy.DIMENSION_NAMES
+    runs = {main.name: {"value": [rows[d]["pearson"] for d in dims],
+                        "low": [rows[d]["pearson_low"] for d in dims],
+                        "high": [rows[d]["pearson_high"] for d in dims]}}
+    for name, c in evaluation["compare"].items():
+      runs[name] = {"value": [c["rows"][d]["pearson"] for d in dims],
+                    "low": [c["rows"][d]["pearson_low"] for d in dims],
+                    "high": [c["rows"][d]["pearson_high"] for d in dims]}
+    title = EVALUATION_TITLES.get(key, key)
+    p = main.evaluations[key]
+    paths[key] = [
+        figures.pearson_bars(directory / f"{key}_pearson.png", runs,
+                             [rows[d]["ceiling"] for d in dims] if "ceiling" in rows["mean"]
+                             else None, f"{title}: Pearson r"),
+        figures.scatter(directory / f"{key}_scatter.png", p.predictions, p.labels, p.mask,
+                        [rows[d]["pearson"] for d in dims], f"{main.name}, {title.lower()}"),
+    ]
+  paths[""] = [figures.curves(directory / "training_curves.png", main.curves,
+                              f"{main.name}: training")]
+  if attention_audio:
+    from eval import attention, loading
+    run = loading.load(main.run_dir)
+    paths[""] += attention.figures_for_audio(run, attention_audio, directory / "attention")
+  return paths
+
+
+def _raw_ratings(main: Source, percepiano_dir: str | None):
+  """The raw per-rater answers for the ceiling, and where they came from.
+
+  `--percepiano_dir` must hold them; without it, the release the run's data
+  were made from is used when it is still there (else the report says so).
+  """
+  if percepiano_dir is not None:
+    path = pathlib.Path(percepiano_dir) / ceiling_lib.percepiano.RAW_RATINGS_FILE
+    return ceiling_lib.percepiano.read_raw_ratings(path), str(path)
+  metadata = main.run_dir / "data_metadata.json"
+  release = None
+  if metadata.is_file():
+    release = json.loads(metadata.read_text()).get("config", {}).get("percepiano_dir")
+  if not release:
+    return None, "no --percepiano_dir given and the run's data name no release"
+  path = pathlib.Path(release) / ceiling_lib.percepiano.RAW_RATINGS_FILE
+  if not path.is_file():
+    return None, f"the run's release has no raw ratings at {path} (pass --percepiano_dir)"
+  return ceiling_lib.percepiano.read_raw_ratings(path), str(path)
+
+
+def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
+          output_dir: str | pathlib.Path | None = None, resamples: int =
+          statistics.DEFAULT_RESAMPLES, seed: int = 0, ceiling_splits: int = 100,
+          attention_audio: str | None = None) -> dict:
+  """Builds the report; returns its JSON content (also written with the Markdown/HTML)."""
+  paths = [workdir, *compare]
+  names = list(names) + [None] * (len(paths) - len(names))
+  sources = [load_source(p, n) for p, n in zip(paths, names)]
+  if len({s.name for s in sources}) != len(sources):
+    raise ReportError(f"run names must differ: {[s.name for s in sources]} (pass --names)")
+  main = sources[0]
+  directory = pathlib.Path(output_dir) if output_dir else main.workdir / "report"
+  directory.mkdir(parents=True, exist_ok=True)
+  raw, ceiling_note = _raw_ratings(main, percepiano_dir)
+  evaluations = {}
+  for key, p in main.evaluations.items():
+    others = {}
+    for s in sources[1:]:
+      if key not in s.evaluations:
+        raise ReportError(f"{s.name} ({s.workdir}) has no {key} predictions to compare with")
+      others[s.name] = s.evaluations[key]
+    # The ceiling of exactly these performances' labels.
+    ceiling = None if raw is None else ceiling_lib.split_half(raw, p.keys, splits=ceiling_splits,
+                                                               seed=seed)
+    evaluations[key] = evaluate(p, others, ceiling, resamples=resamples, seed=seed)
+    evaluations[key]["ceiling"] = None if ceiling is None else ceiling.to_dict()
+  report = {
+      "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+      "resamples": resamples, "seed": seed,
+      "runs": [{"name": s.name, "workdir": str(s.workdir), "kind": s.kind,
+                "backbone": s.backbone, "split": s.split} for s in sources],
+      "evaluations": evaluations,
+      "ceiling_source": ceiling_note,
+      "anchors": list(ANCHORS),
+  }
+  figure_paths = _figures(report, sources, directory, attention_audio)
+  report["figures"] = [str(p.relative_to(directory)) for ps in figure_paths.values() for p in ps]
+  blocks = _blocks(report, figure_paths)
+  (directory / "report.md").write_text(to_markdown(blocks, directory))
+  (directory / "report.html").write_text(to_html(blocks, f"Evaluation report: {main.name}"))
+  (directory / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  # Orbax logs every restore step at INFO (attention maps load a checkpoint).
+  logging.set_verbosity(logging.WARNING)
+  compare = [c for c in f.compare.split(",") if c] if f.compare else []
+  names = [n for n in f.names.split(",")] if f.names else []
+  try:
+    report = build(f.workdir, compare, names=names, percepiano_dir=f.percepiano_dir,
+                   output_dir=f.output_dir, resamples=f.resamples, seed=f.seed,
+                   ceiling_splits=f.ceiling_splits, attention_audio=f.attention_audio)
+  except (ReportError, crossval.CrossValidationError, predictions.PredictionsError,
+          FileNotFoundError, ceiling_lib.percepiano.PercePianoError) as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(f"error: {e}")
+  directory = pathlib.Path(f.output_dir) if f.output_dir else pathlib.Path(
+      report["runs"][0]["workdir"]) / "report"
+  for key, evaluation in report["evaluations"].items():
+    r = evaluation["rows"]
+    print(f"{EVALUATION_TITLES.get(key, key)}: Pearson " + ", ".join(
+        f"{g} {r[g]['pearson']:.3f}" for g in (*taxonomy.GROUPS, "mean"))
+        + f"; R² {r['mean']['r2']:.3f}")
+  print(f"report: {directory / 'report.md'} (also report.html, report.json)")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "Fine-tuning or eval.crossval directory to report on.",
+                      required=True)
+  flags.DEFINE_string("compare", "", "Comma-separated directories to compare with (baselines).")
+  flags.DEFINE_string("names", "", "Comma-separated display names (workdir first).")
+  flags.DEFINE_string("percepiano_dir", None, "Release with labels/total_2rounds.csv: adds the "
+                      "human ceiling.")
+  flags.DEFINE_string("output_dir", None, "Where to write (default: WORKDIR/report).")
+  flags.DEFINE_integer("resamples", statistics.DEFAULT_RESAMPLES, "Bootstrap resamples.")
+  flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+  flags.DEFINE_integer("ceiling_splits", 100, "Random split-halves for the ceiling.")
+  flags.DEFINE_string("attention_audio", None, "A recording (wav/flac/mid) to draw attention maps "
+                      "of (from the main run; fold 0 of a cross-validation).")
+  app.run(main)

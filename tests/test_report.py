@@ -1,0 +1,120 @@
+"""eval.report: the numbers against direct computation, comparisons with known answers, the CLI."""
+
+import dataclasses
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from eval import crossval, metrics, predictions, report, statistics
+from pipelines import taxonomy
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _predictions(seed: int, noise: float, n_passages: int = 12, performers: int = 4):
+  rng = np.random.default_rng(seed)
+  keys = tuple(f"Synth_W{p}_8bars_{k + 1}_{p:02d}" for p in range(n_passages)
+               for k in range(performers))
+  n = len(keys)
+  labels = 0.5 + 0.1 * rng.normal(size=(n, 19))
+  return predictions.Predictions(
+      keys=keys, predictions=labels + noise * rng.normal(size=(n, 19)), labels=labels,
+      mask=np.ones((n, 19), bool), windows=np.ones(n, int), step=10, split="piece/fold0")
+
+
+def test_rows_match_direct_scores_and_intervals_contain_them():
+  p = _predictions(0, 0.1)
+  out = report.evaluate(p, {}, None, resamples=500, seed=0)
+  direct = metrics.score(p.predictions, p.labels, p.mask, p.passages)
+  for metric in ("pearson", "spearman", "r2", "mse", "mae", "pearson_within"):
+    summary = metrics.summarise(direct[metric], prefix=metric)
+    for k in report.ROWS:
+      assert out["rows"][k][metric] == pytest.approx(summary[f"{metric}/{k}"]), (metric, k)
+  for k in report.ROWS:
+    row = out["rows"][k]
+    assert row["pearson_low"] <= row["pearson"] <= row["pearson_high"]
+  assert out["performances"] == 48 and out["passages"] == 12
+
+
+def test_comparisons_know_the_answer():
+  good, bad = _predictions(1, 0.05), _predictions(1, 0.3)
+  bad = dataclasses.replace(bad, predictions=good.labels + 0.3 * np.random.default_rng(9).normal(
+      size=good.labels.shape))
+  out = report.evaluate(good, {"bad": bad, "same": good}, None, resamples=1000, seed=0)
+  vs_bad, vs_same = out["compare"]["bad"]["rows"], out["compare"]["same"]["rows"]
+  for d in taxonomy.DIMENSION_NAMES:
+    assert vs_bad[d]["difference"] > 0 and vs_bad[d]["p_williams_holm"] < 0.01
+    assert vs_bad[d]["p_bootstrap_holm"] < 0.05
+    assert vs_same[d]["difference"] == 0 and vs_same[d]["p_bootstrap"] == 1.0
+    assert vs_bad[d]["p_bootstrap_holm"] >= vs_bad[d]["p_bootstrap"]
+  assert out["compare"]["bad"]["relative_mean_pearson_gain"] > 0.2
+  # A run on other performances is refused, not silently intersected.
+  fewer = good.subset(good.keys[:-4])
+  with pytest.raises(report.ReportError, match="other performances"):
+    report.evaluate(good, {"fewer": fewer}, None, resamples=10, seed=0)
+
+
+def _baseline_from(source: pathlib.Path, target: pathlib.Path, noise: float) -> pathlib.Path:
+  """A copy of a cross-validation whose folds predict the labels plus noise, named a CNN."""
+  shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+  summary = json.loads((target / crossval.SUMMARY).read_text())
+  summary["config"]["model"]["backbone"] = "cnn"
+  (target / crossval.SUMMARY).write_text(json.dumps(summary))
+  rng = np.random.default_rng(0)
+  for fold in target.iterdir():
+    for path in (fold / predictions.DIRECTORY).glob("*.npz") if fold.is_dir() else []:
+      p = predictions.load(path)
+      dataclasses.replace(p, predictions=p.labels + noise * rng.normal(size=p.labels.shape)
+                          ).save(path)
+  return target
+
+
+def test_cli_writes_markdown_html_json_and_figures(crossval_dir, train_shards, tmp_path):
+  baseline = _baseline_from(crossval_dir, tmp_path / "cnn", noise=0.02)
+  corpus = train_shards["percepiano"].parent / "corpus" / "percepiano"
+  midi = sorted((corpus / "virtuoso" / "data" / "all_2rounds").glob("*.mid"))[0]
+  out = tmp_path / "report"
+  proc = subprocess.run(
+      [sys.executable, "-m", "eval.report", f"--workdir={crossval_dir}", f"--compare={baseline}",
+       f"--percepiano_dir={corpus}", f"--output_dir={out}", "--resamples=300",
+       "--ceiling_splits=10", f"--attention_audio={midi}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "report.md" in proc.stdout
+  data = json.loads((out / "report.json").read_text())
+  assert set(data["evaluations"]) == {"out_of_fold", "test"}
+  oof = data["evaluations"]["out_of_fold"]
+  # The near-perfect "CNN" beats the tiny AST: negative differences.
+  assert oof["compare"]["CNN baseline"]["rows"]["mean"]["difference"] < 0
+  assert oof["rows"]["mean"]["of_ceiling"] == pytest.approx(
+      oof["rows"]["mean"]["pearson"] / oof["rows"]["mean"]["ceiling"])
+  assert oof["ceiling"]["performances"] == oof["performances"]
+  md = (out / "report.md").read_text()
+  for text in ("By task group", "Per dimension", "Δ vs CNN baseline", "Published anchors",
+               "0.397", "0.285", "0.537", "Human ceiling", "timing_stability", "÷ ceiling"):
+    assert text in md, text
+  html = (out / "report.html").read_text()
+  assert html.count("data:image/png;base64,") == len(data["figures"]) >= 6
+  assert ".png'" not in html.replace("data:image/png", "")  # nothing linked from outside
+  for figure in data["figures"]:
+    image = matplotlib.image.imread(out / figure)
+    assert image.shape[0] > 100 and image.std() > 0.01, figure
+  assert any("attention" in f for f in data["figures"])
+
+
+def test_cli_errors_are_one_line(crossval_dir, tmp_path):
+  def run(*args):
+    return subprocess.run([sys.executable, "-m", "eval.report", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)
+  missing = run(f"--workdir={tmp_path / 'nothing'}")
+  assert missing.returncode == 1 and "does not exist" in missing.stderr
+  fold = run(f"--workdir={crossval_dir}", f"--compare={crossval_dir / 'fold0'}",
+             "--names=cv,fold0", f"--output_dir={tmp_path}", "--resamples=10")
+  assert fold.returncode == 1 and "no out_of_fold predictions" in fold.stderr
+  assert "Traceback" not in missing.stderr + fold.stderr
