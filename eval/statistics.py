@@ -63,12 +63,15 @@ def _weighted_pearson(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray
 
 
 def _weighted_within_pearson(w: np.ndarray, x: np.ndarray, y: np.ndarray,
-                             groups: np.ndarray) -> np.ndarray:
-  """The within-passage r of each replicate: centring on the replicate's own passage means."""
-  one_hot = np.zeros((len(x), groups.max() + 1))
-  one_hot[np.arange(len(x)), groups] = 1.0
-  sw = w @ one_hot  # [B, Q] weight of each passage
-  sx, sy = w @ (one_hot * x[:, None]), w @ (one_hot * y[:, None])
+                             starts: np.ndarray) -> np.ndarray:
+  """The within-passage r of each replicate: centring on the replicate's own passage means.
+
+  Items are sorted by passage and `starts` are the first index of each, so the
+  per-passage sums of a replicate are one `np.add.reduceat` (O(B·P), not a
+  [P, passages] one-hot product).
+  """
+  sums = lambda v: np.add.reduceat(v, starts, axis=1)  # [B, Q]
+  sw, sx, sy = sums(w), sums(w * x), sums(w * y)
   with np.errstate(invalid="ignore", divide="ignore"):
     inv = np.where(sw > 0, 1.0 / sw, 0.0)
   cov = w @ (x * y) - (sx * sy * inv).sum(axis=1)
@@ -106,18 +109,26 @@ def replicate_scores(metric: str, predictions: np.ndarray, labels: np.ndarray, m
     if passages is None:
       raise ValueError("pearson_within needs passages")
     groups = np.unique(np.asarray(passages), return_inverse=True)[1]
+    order = np.argsort(groups, kind="stable")
+    predictions, labels, mask, weights = (predictions[order], labels[order], mask[order],
+                                          weights[:, order])
+    starts = np.flatnonzero(np.r_[True, np.diff(groups[order]) != 0])
   elif metric not in ("pearson", "r2", "mse", "mae"):
     raise ValueError(f"no bootstrap for metric {metric!r}")
   out = np.empty((weights.shape[0], predictions.shape[1]))
   for start in range(0, weights.shape[0], _CHUNK):
     w_all = weights[start:start + _CHUNK]
     for d in range(predictions.shape[1]):
-      w = w_all * mask[:, d]
-      p, y = np.where(mask[:, d], predictions[:, d], 0.0), np.where(mask[:, d], labels[:, d], 0.0)
+      if mask[:, d].all():  # the usual case: no [chunk, P] copy
+        w, p, y = w_all, predictions[:, d], labels[:, d]
+      else:
+        w = w_all * mask[:, d]
+        p = np.where(mask[:, d], predictions[:, d], 0.0)
+        y = np.where(mask[:, d], labels[:, d], 0.0)
       if metric == "pearson":
         r = _weighted_pearson(w, p, y)
       elif metric == "pearson_within":
-        r = _weighted_within_pearson(w, p, y, groups)
+        r = _weighted_within_pearson(w, p, y, starts)
       elif metric == "r2":
         r = _weighted_r2(w, p, y)
       else:
