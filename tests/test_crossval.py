@@ -55,6 +55,7 @@ def test_a_rerun_skips_finished_folds_and_a_changed_config_is_refused(crossval_d
   assert changed.returncode == 1 and "another split or config" in changed.stderr
 
 
+@pytest.mark.slow
 def test_folds_can_run_in_pieces(train_shards, run, tmp_path):
   common = [f"--workdir={tmp_path}", f"--config.data_dir={train_shards['percepiano']}",
             "--config.num_steps=2", "--split=performer"]
