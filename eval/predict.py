@@ -1,6 +1,6 @@
 """Perceptual scores for recordings of any length, from a fine-tuning run.
 
-  python -m eval.predict --checkpoint=W [--step=best] [--batch_size=8] [--hop_s=S]
+  python -m eval.predict --checkpoint=W [--step=best] [--batch_size=N] [--hop_s=S]
       [--output_json=F] [--output_csv=F] FILE...
 
 FILE is a WAV/FLAC (any format `pipelines.audio` decodes) or a MIDI file
@@ -62,6 +62,18 @@ GROUP_OF = {d: g for g, dims in taxonomy.GROUPS.items() for d in dims}
 Progress = Callable[[int, int, float], None]
 
 
+def default_batch_size() -> int:
+  """1 on CPU, 8 on accelerators.
+
+  On 2 CPU cores a base window is already a 1214-token sequence that keeps the
+  matmuls busy: batch 1 took 2.32 s per window, batches of 4 and 8 3.18 and
+  3.06 s (reports/benchmarks/predict_speed.txt; the bigger activations fall out
+  of cache). A batch also pads its last call: up to batch-1 wasted windows per
+  file, most of the compute for a 1-3 window PercePiano clip.
+  """
+  return 1 if jax.default_backend() == "cpu" else 8
+
+
 class SilentInputError(audio.AudioError):
   """Every window of the recording is near-silent: there is no playing to rate."""
 
@@ -79,6 +91,13 @@ class FeatureSettings:
   std: float
   soundfont: str | None = None  # None: the default SoundFont (as the job)
   soundfont_sha256: str | None = None  # the training renders' SoundFont, if known
+
+  def __post_init__(self):
+    if not 1 <= self.window.hop_frames <= self.window.frames:
+      # A longer hop leaves audio between windows unscored (and windowing.cut does
+      # not support it).
+      raise ValueError(f"hop {self.hop_s:g} s must be positive and at most the "
+                       f"{self.window_s:g} s window")
 
   @classmethod
   def from_metadata(cls, data_metadata: dict, *, hop_s: float | None = None,
@@ -215,7 +234,8 @@ class Predictor:
 
   def __init__(self, model_config: multitask.MultiTaskConfig, params: dict,
                normalizer: targets.TargetNormalizer, settings: FeatureSettings, *,
-               batch_size: int = 8):
+               batch_size: int | None = None):
+    batch_size = default_batch_size() if batch_size is None else batch_size
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
     encoder = model_config.encoder
@@ -233,7 +253,7 @@ class Predictor:
     self._compiled = None
 
   @classmethod
-  def from_run(cls, run: loading.Run, *, batch_size: int = 8, hop_s: float | None = None,
+  def from_run(cls, run: loading.Run, *, batch_size: int | None = None, hop_s: float | None = None,
                soundfont: str | None = None) -> Predictor:
     settings = FeatureSettings.from_metadata(run.data_metadata, hop_s=hop_s,
                                              soundfont=soundfont)
@@ -372,26 +392,31 @@ def write_json(path: str | pathlib.Path, run_info: dict, settings: FeatureSettin
 
 
 class ProgressLine:
-  """Windows done / total and x real time on stderr, for files of more than one batch.
+  """Windows done / total and x real time on stderr, for files that take a while.
 
-  On a terminal the line redraws in place; otherwise (logs, pipes) it prints at
-  most one line every `every_s` seconds and a final one.
+  On a terminal the line appears after a second and redraws in place; otherwise
+  (logs, pipes) it prints one line every `every_s` seconds. Either way a file
+  that showed progress gets a final 100% line; a quick file prints nothing.
   """
 
   def __init__(self, name: str, batch_size: int, stream=None, every_s: float = 5.0):
     self._name, self._batch = name, batch_size
     self._stream = stream or sys.stderr
     self._tty = hasattr(self._stream, "isatty") and self._stream.isatty()
-    self._every, self._start, self._last = every_s, time.perf_counter(), -math.inf
+    self._every, self._start, self._last = every_s, time.perf_counter(), None
 
   def __call__(self, done: int, total: int, audio_s: float) -> None:
     if total <= self._batch:
       return  # one batch: nothing to watch
     now = time.perf_counter()
-    final = done == total
-    if not (final or self._tty or now - self._last >= self._every):
+    since = now - (self._start if self._last is None else self._last)
+    if done == total:
+      if self._last is None:
+        return  # quick: never shown
+    elif since < (1.0 if self._tty else self._every):
       return
     self._last = now
+    final = done == total
     elapsed = max(now - self._start, 1e-9)
     speed = audio_s / elapsed
     width = 30
@@ -419,7 +444,8 @@ def _define_flags() -> None:
                       "directory inside it).", required=True)
   flags.DEFINE_string("step", "best", '"best" (by the run\'s validation metric), "latest" or '
                       "a step number.")
-  flags.DEFINE_integer("batch_size", 8, "Windows per model call (the compiled batch shape).")
+  flags.DEFINE_integer("batch_size", None, "Windows per model call (the compiled batch "
+                       "shape); default 1 on CPU, 8 on accelerators.")
   flags.DEFINE_float("hop_s", None, "Hop between window starts in seconds; default: the "
                      "training data's hop.")
   flags.DEFINE_string("soundfont", None, "SoundFont for MIDI inputs; default: the training "
@@ -470,12 +496,17 @@ def main(argv: list[str]) -> int:
   if not paths:
     from absl import app
     raise app.UsageError("no input files (usage: python -m eval.predict --checkpoint=W FILE...)")
+  step = _parse_step(flags_.step)
   try:
-    run = loading.load(flags_.checkpoint, step=_parse_step(flags_.step))
-    predictor = Predictor.from_run(run, batch_size=flags_.batch_size, hop_s=flags_.hop_s,
-                                   soundfont=flags_.soundfont)
+    run = loading.load(flags_.checkpoint, step=step)
   except (loading.RunError, FileNotFoundError, ValueError) as e:
     print(f"error: cannot use checkpoint {flags_.checkpoint}: {e}", file=sys.stderr)
+    return 1
+  try:
+    predictor = Predictor.from_run(run, batch_size=flags_.batch_size, hop_s=flags_.hop_s,
+                                   soundfont=flags_.soundfont)
+  except ValueError as e:  # --hop_s / --batch_size out of range, or a run that does not fit
+    print(f"error: {e}", file=sys.stderr)
     return 1
   _check_soundfont(predictor.settings, paths)
   results: list[Prediction] = []
