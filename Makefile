@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PERCEPIANO_DIR ASAP_DIR
 
-.PHONY: demo demo-real test test-slow bench bench-model bench-train lock clean
+.PHONY: demo demo-data demo-real test test-slow bench bench-model bench-train bench-predict lock clean
 
 # The lock is complete (every transitive dependency, with hashes), so pip
 # installs exactly it with --no-deps; the project itself is then installed
@@ -53,6 +53,10 @@ bench-model: $(STAMP)
 # compiled memory of every config's microbatch (~40 min on 2 cores).
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train_speed.py --json reports/benchmarks/train_speed.json
+
+# eval.predict end to end from a 120 s WAV, tiny/small/base + base levers, vs PyTorch (~8 min on 2 quiet cores).
+bench-predict: $(STAMP)
+	$(BIN)/python benchmarks/predict_speed.py
 
 # Regenerate the lock after editing pyproject.toml dependencies (pip-tools is
 # in the locked dev extra).

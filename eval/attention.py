@@ -37,10 +37,9 @@ Layouts (checked against the model's sown values, see tests):
             batch, [B·G, H, 1, N + 1], and are unfolded here into the same
             [B, H, G, N + G] layout with zero attention between groups.
 
-The maps read the *same* features the model was trained on: the CLI renders
-MIDI with `pipelines.render`, computes `pipelines.features.log_mel`, cuts the
-windows with `pipelines.windowing` at the run's window and hop and normalises
-with the run's statistics. Everything before the drawing is numpy and can be
+The maps read the *same* features the model was trained on: recordings go
+through `eval.predict`'s feature path (the preprocessing job's functions in the
+job's order, bitwise the shards' windows) at the run's window and hop. Everything before the drawing is numpy and can be
 tested without a checkpoint.
 """
 
@@ -56,7 +55,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from eval import loading
+from eval import loading, predict
 from model import ast, multitask
 from pipelines import audio, features, render, taxonomy, windowing
 
@@ -415,12 +414,6 @@ def draw(result: dict, logmel: np.ndarray, path: str | pathlib.Path, *, start_s:
   return path
 
 
-def _model_input(run: loading.Run, window: windowing.Window) -> np.ndarray:
-  """A window's log-mel `[frames, mel]` -> the model's input `[mel, frames]` (training's
-  normalisation)."""
-  return features.normalize(window.features, run.feature_mean, run.feature_std).T
-
-
 def figures_for_windows(run: loading.Run, windows: Sequence[windowing.Window],
                         output_dir: str | pathlib.Path, *, name: str = "window",
                         residual: float = 0.5) -> list[pathlib.Path]:
@@ -432,13 +425,14 @@ def figures_for_windows(run: loading.Run, windows: Sequence[windowing.Window],
   """
   collector = Collector(run.model_config, run.params)
   config = collector.config
+  settings = predict.FeatureSettings.from_metadata(run.data_metadata)
   shift = features.AST.frame_shift_ms / 1000.0
   paths = []
   for window in windows:
     if window.features.shape != (run.num_frames, config.encoder.num_mel_bins):
       raise AttentionMapError(f"window {window.index} is {window.features.shape}; the run reads "
                               f"[{run.num_frames}, {config.encoder.num_mel_bins}] (frames, mel)")
-    collected = collector(_model_input(run, window)[None], np.array([window.valid_frames]))
+    collected = collector(predict.model_input([window], settings), np.array([window.valid_frames]))
     result = maps_from_attention(collected, 0, config, residual)
     start_s = window.start_frame * shift
     which = f"window {window.index}" if window.index >= 0 else "window"
@@ -453,48 +447,8 @@ def figures_for_windows(run: loading.Run, windows: Sequence[windowing.Window],
 # ---------------------------------------------------------------------------
 # Windows of a file, as training made them.
 
-MIDI_SUFFIXES = (".mid", ".midi")
-
-
-def load_samples(path: str | pathlib.Path, soundfont: str | None = None,
-                 expected_soundfont_sha256: str | None = None) -> np.ndarray:
-  """16 kHz mono samples of an audio file, or of a MIDI file rendered as training did.
-
-  A MIDI render through another SoundFont than the training data's (by SHA-256)
-  is allowed but logged: the timbre, and so the maps, would differ.
-  Raises `audio.AudioError` or `render.RenderError` (both ValueErrors naming the file).
-  """
-  path = pathlib.Path(path)
-  if path.suffix.lower() not in MIDI_SUFFIXES:
-    return audio.load_audio(path)
-  rendered = render.render_midi(path, soundfont=soundfont)
-  if expected_soundfont_sha256 and rendered.soundfont_sha256 != expected_soundfont_sha256:
-    logging.warning("%s: rendered with SoundFont %s..., but the run's data used %s...", path,
-                    rendered.soundfont_sha256[:12], expected_soundfont_sha256[:12])
-  return rendered.samples
-
-
-@dataclasses.dataclass(frozen=True)
-class Windowing:
-  """The run's window and hop in frames (from its data's metadata)."""
-
-  frames: int
-  hop_frames: int
-
-  @classmethod
-  def of(cls, run: loading.Run) -> Windowing:
-    job = run.data_metadata.get("config", {})
-    hop_s = job.get("hop_s")
-    if hop_s is None:
-      raise AttentionMapError(f"{run.workdir}: data_metadata.json names no hop_s")
-    window_s = job.get("window_s")
-    if window_s is not None and round(window_s * 100) != run.num_frames:
-      raise AttentionMapError(f"{run.workdir}: the data's {window_s} s windows do not match the "
-                              f"model's {run.num_frames} frames")
-    return cls(frames=run.num_frames, hop_frames=round(hop_s * 100))
-
-
-def select_window(logmel: np.ndarray, spec: Windowing, *, window_index: int | None = None,
+def select_window(logmel: np.ndarray, spec: windowing.WindowConfig, *,
+                  window_index: int | None = None,
                   start_s: float | None = None, name: str = "the recording") -> windowing.Window:
   """Training's window `window_index` (every `hop_frames`), or one starting at `start_s`."""
   if window_index is not None and start_s is not None:
@@ -506,10 +460,10 @@ def select_window(logmel: np.ndarray, spec: Windowing, *, window_index: int | No
     if not 0 <= start < total:
       raise WindowError(f"start {start_s} s is outside {name}, which is {total * shift:.2f} s "
                         "long")
-    window = windowing.cut(logmel[start:], windowing.WindowConfig(spec.frames, spec.frames))[0]
+    window = windowing.cut(logmel[start:], dataclasses.replace(spec, hop_frames=spec.frames))[0]
     # Index -1: not one of training's windows (named by its start time instead).
     return dataclasses.replace(window, index=-1, start_frame=start)
-  windows = windowing.cut(logmel, windowing.WindowConfig(spec.frames, spec.hop_frames))
+  windows = windowing.cut(logmel, spec)
   index = 0 if window_index is None else window_index
   if not 0 <= index < len(windows):
     raise WindowError(f"window {index} is out of range: {name} ({total * shift:.2f} s) has "
@@ -523,10 +477,14 @@ def figures_for_audio(run: loading.Run, path: str | pathlib.Path, output_dir: st
                       soundfont: str | None = None, residual: float = 0.5) -> list[pathlib.Path]:
   """The maps of one window of a recording (training's window `window_index`, default 0)."""
   path = pathlib.Path(path)
-  soundfont = soundfont or run.data_metadata.get("config", {}).get("soundfont")
-  samples = load_samples(path, soundfont, run.data_metadata.get("soundfont_sha256"))
-  window = select_window(features.log_mel(samples), Windowing.of(run), window_index=window_index,
-                         start_s=start_s, name=str(path))
+  settings = predict.FeatureSettings.from_metadata(run.data_metadata, soundfont=soundfont)
+  if settings.window.frames != run.num_frames:
+    raise AttentionMapError(f"{run.workdir}: the data's {settings.window_s} s windows do not "
+                            f"match the model's {run.num_frames} frames")
+  predict.check_soundfont(settings, [str(path)])
+  logmel = predict.log_mel(predict.load_samples(path, settings))
+  window = select_window(logmel, settings.window, window_index=window_index, start_s=start_s,
+                         name=str(path))
   return figures_for_windows(run, [window], output_dir, name=path.stem, residual=residual)
 
 

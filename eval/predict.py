@@ -190,6 +190,18 @@ def load_samples(path: str | pathlib.Path, settings: FeatureSettings) -> np.ndar
   return audio.load_audio(path)
 
 
+def log_mel(samples: np.ndarray) -> np.ndarray:
+  """`features.log_mel` with one BLAS thread, as the job's workers run (ProcessRecording.setup).
+
+  The mel matmul's summation order depends on the thread count, and a last-bit
+  difference can round a value to another float16 in storage. Single-threaded
+  it is bitwise the shards' windows (tested), and faster too (0.18 s vs 0.48 s
+  for 120 s here).
+  """
+  with threadpoolctl.threadpool_limits(1):
+    return features.log_mel(samples)
+
+
 def windows_of(samples: np.ndarray, settings: FeatureSettings, *, name: str
                ) -> list[windowing.Window]:
   """The job's windows of `samples` (`[frames, mel]` each, unnormalised).
@@ -198,13 +210,7 @@ def windows_of(samples: np.ndarray, settings: FeatureSettings, *, name: str
   `SilentInputError` when every window is near-silent (a silent input would
   otherwise get confident-looking scores of nothing).
   """
-  # One BLAS thread, as the job's workers run (ProcessRecording.setup): the mel
-  # matmul's summation order depends on the thread count, and a last-bit difference
-  # can round a value to another float16 in storage. Single-threaded it is bitwise
-  # the shards' windows (tested), and faster too (0.18 s vs 0.48 s for 120 s here).
-  with threadpoolctl.threadpool_limits(1):
-    logmel = features.log_mel(samples)
-  windows = windowing.cut(logmel, settings.window)
+  windows = windowing.cut(log_mel(samples), settings.window)
   if not windows:
     raise audio.EmptyAudioError(name, f"{samples.shape[0] / SAMPLE_RATE * 1000:.1f} ms of "
                                 "audio is shorter than one 25 ms frame")
@@ -464,7 +470,7 @@ def _parse_step(text: str) -> int | str:
     raise app.UsageError(f'--step must be "best", "latest" or a number, got {text!r}') from None
 
 
-def _check_soundfont(settings: FeatureSettings, paths: Sequence[str]) -> None:
+def check_soundfont(settings: FeatureSettings, paths: Sequence[str]) -> None:
   """Warns when MIDI inputs would render with another SoundFont than the training data."""
   if settings.soundfont_sha256 is None or not any(
       pathlib.Path(p).suffix.lower() in MIDI_EXTENSIONS for p in paths):
@@ -508,7 +514,7 @@ def main(argv: list[str]) -> int:
   except ValueError as e:  # --hop_s / --batch_size out of range, or a run that does not fit
     print(f"error: {e}", file=sys.stderr)
     return 1
-  _check_soundfont(predictor.settings, paths)
+  check_soundfont(predictor.settings, paths)
   results: list[Prediction] = []
   errors: list[tuple[str, str]] = []
   for path in paths:

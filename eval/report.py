@@ -266,6 +266,14 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
   b.append(("table", ["run", "kind", "backbone", "split", "work directory"],
             [[r["name"], r["kind"], r["backbone"], r["split"] or "–", r["workdir"]]
              for r in report["runs"]]))
+  if report.get("targets"):
+    b.append(("h2", "Targets"))
+    b.append(("table", ["set", "goal", "value", "met"],
+              [[EVALUATION_TITLES.get(t["evaluation"], t["evaluation"]), t["goal"],
+                _fmt(t["value"]), "yes" if t["met"] else "NO"] for t in report["targets"]]))
+    missed = [t["goal"] for t in report["targets"] if not t["met"]]
+    b.append(("p", "Every target is met." if not missed else
+              f"Not met: {'; '.join(missed)}. See the tables below for by how much."))
   with_ceiling = all(e["ceiling"] is not None for e in report["evaluations"].values())
   for key, evaluation in report["evaluations"].items():
     title = EVALUATION_TITLES.get(key, key)
@@ -393,6 +401,23 @@ def _figures(report: dict, sources: list[Source], directory: pathlib.Path,
   return paths
 
 
+def targets(evaluations: dict, pearson: float | None, gain: float | None) -> list[dict]:
+  """Plain checks of the goals: Pearson >= `pearson` per group, relative gain >= `gain`."""
+  out = []
+  for key, evaluation in evaluations.items():
+    if pearson is not None:
+      for group in taxonomy.GROUPS:
+        value = evaluation["rows"][group]["pearson"]
+        out.append({"evaluation": key, "goal": f"{group} Pearson >= {pearson:g}",
+                    "value": value, "met": bool(value >= pearson)})
+    if gain is not None:
+      for name, c in evaluation["compare"].items():
+        value = c["relative_mean_pearson_gain"]
+        out.append({"evaluation": key, "goal": f"mean Pearson >= {100 * gain:g} % over {name}",
+                    "value": value, "met": bool(value >= gain)})
+  return out
+
+
 def _raw_ratings(main: Source, percepiano_dir: str | None):
   """The raw per-rater answers for the ceiling, and where they came from.
 
@@ -417,7 +442,8 @@ def _raw_ratings(main: Source, percepiano_dir: str | None):
 def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
           output_dir: str | pathlib.Path | None = None, resamples: int =
           statistics.DEFAULT_RESAMPLES, seed: int = 0, ceiling_splits: int = 100,
-          attention_audio: str | None = None) -> dict:
+          attention_audio: str | None = None, target_pearson: float | None = None,
+          target_gain: float | None = None) -> dict:
   """Builds the report; returns its JSON content (also written with the Markdown/HTML)."""
   paths = [workdir, *compare]
   names = list(names) + [None] * (len(paths) - len(names))
@@ -449,6 +475,7 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
       "ceiling_source": ceiling_note,
       "anchors": list(ANCHORS),
   }
+  report["targets"] = targets(evaluations, target_pearson, target_gain)
   figure_paths = _figures(report, sources, directory, attention_audio)
   report["figures"] = [str(p.relative_to(directory)) for ps in figure_paths.values() for p in ps]
   blocks = _blocks(report, figure_paths)
@@ -469,7 +496,8 @@ def main(argv):
   try:
     report = build(f.workdir, compare, names=names, percepiano_dir=f.percepiano_dir,
                    output_dir=f.output_dir, resamples=f.resamples, seed=f.seed,
-                   ceiling_splits=f.ceiling_splits, attention_audio=f.attention_audio)
+                   ceiling_splits=f.ceiling_splits, attention_audio=f.attention_audio,
+                   target_pearson=f.target_pearson, target_gain=f.target_gain)
   except (ReportError, crossval.CrossValidationError, predictions.PredictionsError,
           FileNotFoundError, ceiling_lib.percepiano.PercePianoError) as e:
     logging.error("%s: %s", type(e).__name__, e)
@@ -497,4 +525,8 @@ if __name__ == "__main__":
   flags.DEFINE_integer("ceiling_splits", 100, "Random split-halves for the ceiling.")
   flags.DEFINE_string("attention_audio", None, "A recording (wav/flac/mid) to draw attention maps "
                       "of (from the main run; fold 0 of a cross-validation).")
+  flags.DEFINE_float("target_pearson", None, "Adds a Targets section: is every group's Pearson "
+                     "at least this?")
+  flags.DEFINE_float("target_gain", None, "Adds to Targets: is the relative mean-Pearson gain over "
+                     "each --compare run at least this (0.2 = 20 %)?")
   app.run(main)

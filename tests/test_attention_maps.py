@@ -17,11 +17,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-import soundfile
 
-from eval import attention, loading
+from eval import attention, loading, predict
 from model import ast, multitask
-from pipelines import audio, features, windowing
+from pipelines import features, windowing
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -291,8 +290,8 @@ def test_mel_bin_centres_lie_under_the_filters():
 
 def test_select_window_reproduces_training_windows_and_names_bad_requests():
   logmel = np.random.default_rng(4).normal(size=(700, 128)).astype(np.float32)
-  spec = attention.Windowing(frames=256, hop_frames=128)
-  cut = windowing.cut(logmel, windowing.WindowConfig(256, 128))
+  spec = windowing.WindowConfig(256, 128)
+  cut = windowing.cut(logmel, spec)
   chosen = attention.select_window(logmel, spec, window_index=2, name="x.wav")
   assert chosen.start_frame == 256 and np.array_equal(chosen.features, cut[2].features)
   with pytest.raises(attention.WindowError, match=r"window 9 is out of range: x.wav .* 5 window"):
@@ -386,16 +385,11 @@ def test_cli_out_of_range_window_and_missing_file_fail_clearly(finetuned, perfor
 @pytest.mark.slow
 def test_maps_of_the_trained_model(finetuned, performance, tmp_path):
   run = loading.load(finetuned)
-  samples = attention.load_samples(performance)
-  wav = tmp_path / "chords.wav"
-  soundfile.write(wav, samples, 16_000, subtype="FLOAT")
-  # A WAV of the render gives the same windows as rendering the MIDI (same feature path).
-  logmel = features.log_mel(attention.load_samples(wav))
-  np.testing.assert_allclose(logmel, features.log_mel(samples), atol=1e-5)
-  spec = attention.Windowing.of(run)
-  assert (spec.frames, spec.hop_frames) == (256, 128)
-  windows = windowing.cut(logmel, windowing.WindowConfig(spec.frames, spec.hop_frames))
-  inputs = [attention._model_input(run, w) for w in windows[:2]]
+  settings = predict.FeatureSettings.from_metadata(run.data_metadata)
+  samples = predict.load_samples(performance, settings)
+  assert (settings.window.frames, settings.window.hop_frames) == (256, 128)
+  windows = windowing.cut(predict.log_mel(samples), settings.window)
+  inputs = list(predict.model_input(windows[:2], settings))
   first = attention.maps(run, inputs[0], windows[0].valid_frames)
   second = attention.maps(run, inputs[1], windows[1].valid_frames)
   assert not np.allclose(first["rollout"]["grid"], second["rollout"]["grid"])
@@ -411,14 +405,3 @@ def test_maps_of_the_trained_model(finetuned, performance, tmp_path):
   for path in paths:
     _png_is_a_picture(path)
 
-
-def test_load_samples_renders_midi_and_flags_another_soundfont(tmp_path, make_midi, chords,
-                                                               caplog):
-  midi = tmp_path / "short.mid"
-  midi.write_bytes(make_midi(chords(seconds=1.0)))
-  with caplog.at_level("WARNING"):
-    samples = attention.load_samples(midi, expected_soundfont_sha256="0" * 64)
-  assert samples.ndim == 1 and samples.size > 16_000 // 2
-  assert "but the run's data used 000000000000" in caplog.text
-  with pytest.raises(audio.UnsupportedFormatError, match="unsupported audio format '.txt'"):
-    attention.load_samples(tmp_path / "notes.txt")

@@ -54,6 +54,11 @@ def test_comparisons_know_the_answer():
     assert vs_same[d]["difference"] == 0 and vs_same[d]["p_bootstrap"] == 1.0
     assert vs_bad[d]["p_bootstrap_holm"] >= vs_bad[d]["p_bootstrap"]
   assert out["compare"]["bad"]["relative_mean_pearson_gain"] > 0.2
+  checks = report.targets({"test": out}, 0.99, 0.2)
+  assert [t["met"] for t in checks if "Pearson >=" in t["goal"] and "over" not in t["goal"]] == [
+      out["rows"][g]["pearson"] >= 0.99 for g in taxonomy.GROUPS]
+  assert {t["goal"]: t["met"] for t in checks}["mean Pearson >= 20 % over bad"]
+  assert not {t["goal"]: t["met"] for t in checks}["mean Pearson >= 20 % over same"]
   # A run on other performances is refused, not silently intersected.
   fewer = good.subset(good.keys[:-4])
   with pytest.raises(report.ReportError, match="other performances"):
@@ -83,7 +88,8 @@ def test_cli_writes_markdown_html_json_and_figures(crossval_dir, train_shards, t
   proc = subprocess.run(
       [sys.executable, "-m", "eval.report", f"--workdir={crossval_dir}", f"--compare={baseline}",
        f"--percepiano_dir={corpus}", f"--output_dir={out}", "--resamples=300",
-       "--ceiling_splits=10", f"--attention_audio={midi}"],
+       "--ceiling_splits=10", f"--attention_audio={midi}", "--target_pearson=0.7",
+       "--target_gain=0.2"],
       cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "report.md" in proc.stdout
@@ -97,7 +103,7 @@ def test_cli_writes_markdown_html_json_and_figures(crossval_dir, train_shards, t
   assert oof["ceiling"]["performances"] == oof["performances"]
   md = (out / "report.md").read_text()
   for text in ("By task group", "Per dimension", "Δ vs CNN baseline", "Published anchors",
-               "0.397", "0.285", "0.537", "Human ceiling", "timing_stability", "÷ ceiling"):
+               "0.397", "0.285", "0.537", "Human ceiling", "Targets", "Not met:", "timing_stability", "÷ ceiling"):
     assert text in md, text
   html = (out / "report.html").read_text()
   assert html.count("data:image/png;base64,") == len(data["figures"]) >= 6
