@@ -26,8 +26,13 @@ $(STAMP): requirements.lock pyproject.toml
 	  --no-build-isolation -e .
 	touch $@
 
-# The embedded corpus: generated into out/demo-corpus on first use (~30 s).
+# End to end on the embedded corpus (generated into out/demo-corpus on first use):
+# Beam shards -> SSAST pre-training -> fine-tuning + CNN baseline -> report in out/demo/report.
 demo: $(STAMP)
+	$(BIN)/python -m experiments.demo --corpus_dir=out/demo-corpus --workdir=out/demo
+
+# The data path alone on the embedded corpus: MIDI -> audio -> log-mel -> windows (~1 min).
+demo-data: $(STAMP)
 	$(BIN)/python -m pipelines.demo --corpus_dir=out/demo-corpus
 
 # The same on the real PercePiano release (a Schubert D960 clip with 20 s of trailing silence).

@@ -131,6 +131,21 @@ def jax_env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def finetuned_run(train_shards, jax_env, tmp_path_factory) -> pathlib.Path:
+  """A finished 4-step tiny fine-tuning run (validation fold 0, evaluated at its last step)."""
+  import subprocess
+  import sys
+
+  workdir = tmp_path_factory.mktemp("finetuned")
+  proc = subprocess.run(
+      [sys.executable, "-m", "train.main", *SMALL_FINETUNE, f"--workdir={workdir}",
+       f"--config.data_dir={train_shards['percepiano']}", "--config.num_steps=4"],
+      cwd=REPO, env=jax_env, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return workdir
+
+
+@pytest.fixture(scope="session")
 def crossval_dir(train_shards, jax_env, tmp_path_factory) -> pathlib.Path:
   """A finished piece-split cross-validation (2 folds + the test set) of a tiny model."""
   import subprocess

@@ -8,7 +8,6 @@ trainer writes in a subprocess (slow: compiling the trainer takes ~70 s).
 
 from __future__ import annotations
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -320,31 +319,14 @@ def test_cli_missing_audio_fails_clearly(tmp_path):
 
 # ---- a real fine-tuning run (the trainer CLI), slow
 
-SMALL_ENCODER = ["--config.model.encoder.num_frames=256", "--config.model.encoder.width=64",
-                 "--config.model.encoder.depth=2", "--config.model.encoder.heads=2",
-                 "--config.model.encoder.mlp_dim=128"]
+@pytest.fixture(scope="module")
+def env(jax_env) -> dict[str, str]:
+  return jax_env
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-  cache = tmp_path_factory.mktemp("xla-cache")
-  out = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
-  out.pop("XLA_FLAGS", None)
-  return out
-
-
-@pytest.fixture(scope="module")
-def finetuned(train_shards, env, tmp_path_factory) -> pathlib.Path:
-  workdir = tmp_path_factory.mktemp("finetuned")
-  proc = subprocess.run(
-      [sys.executable, "-m", "train.main", "--config=train/configs/finetune.py:tiny",
-       f"--workdir={workdir}", f"--config.data_dir={train_shards['percepiano']}", *SMALL_ENCODER,
-       "--config.num_steps=2", "--config.batch_size=8", "--config.microbatch_size=8",
-       "--config.eval_batch_size=8", "--config.log_every_steps=1"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return workdir
+def finetuned(finetuned_run) -> pathlib.Path:
+  return finetuned_run
 
 
 @pytest.fixture(scope="module")

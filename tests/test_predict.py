@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -25,33 +24,18 @@ from eval import loading, predict, predictions
 from pipelines import render, taxonomy
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-SMALL_ENCODER = ["--config.model.encoder.num_frames=256", "--config.model.encoder.width=64",
-                 "--config.model.encoder.depth=2", "--config.model.encoder.heads=2",
-                 "--config.model.encoder.mlp_dim=128"]
 STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-  cache = tmp_path_factory.mktemp("xla-cache")
-  out = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
-  out.pop("XLA_FLAGS", None)
-  return out
+def env(jax_env) -> dict[str, str]:
+  return jax_env
 
 
 @pytest.fixture(scope="module")
-def workdir(train_shards, env, tmp_path_factory) -> pathlib.Path:
-  """A finished tiny fine-tuning run (validation fold 0, evaluated at its last step)."""
-  out = tmp_path_factory.mktemp("finetune")
-  proc = subprocess.run(
-      [sys.executable, "-m", "train.main", "--config=train/configs/finetune.py:tiny",
-       f"--workdir={out}", f"--config.data_dir={train_shards['percepiano']}", *SMALL_ENCODER,
-       f"--config.num_steps={STEPS}", "--config.batch_size=8", "--config.microbatch_size=8",
-       "--config.eval_batch_size=8", f"--config.log_every_steps={STEPS}"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return out
+def workdir(finetuned_run) -> pathlib.Path:
+  """A finished tiny fine-tuning run (validation fold 0, evaluated at its last step STEPS)."""
+  return finetuned_run
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ share a persistent XLA compilation cache, so identical programs compile once.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import random
 import signal
@@ -46,12 +45,8 @@ def pretrain_args(data_dir, workdir, *extra) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-  cache = tmp_path_factory.mktemp("xla-cache")
-  out = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
-  out.pop("XLA_FLAGS", None)
-  return out
+def env(jax_env) -> dict[str, str]:
+  return jax_env
 
 
 def start(args, env, **kwargs) -> subprocess.Popen:

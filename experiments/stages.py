@@ -1,0 +1,79 @@
+"""Resumable multi-stage jobs: each stage a subprocess with a log, skipped when its output is done.
+
+The demo and the real benchmark are chains of the project's own command lines
+(Beam jobs, trainer, cross-validation, report). Running each as a subprocess
+keeps the stages exactly what a user would type, gives each its own log file,
+and frees its memory when it ends. A stage is done when its output says so
+(a job's metadata.json, a run's finished result.json), so rerunning the chain
+after a kill, or in the next session, skips what is complete and resumes the
+stage that was cut (the trainer and crossval resume from their checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+
+class StageError(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  args: tuple[str, ...]  # after `python -m`
+  done: Callable[[], bool]
+  what: str = ""
+  always: bool = False  # cheap and derived from the others (a report): run every time
+
+
+def run_finished(workdir: pathlib.Path) -> bool:
+  """A trainer work directory whose run reached its last step."""
+  path = workdir / "result.json"
+  if not path.is_file():
+    return False
+  result = json.loads(path.read_text())
+  return result.get("status") == "finished" and result.get("step") == result.get("total_steps")
+
+
+def job_finished(output_dir: pathlib.Path) -> bool:
+  """A Beam job's output directory (moved into place only when complete)."""
+  return (output_dir / "metadata.json").is_file()
+
+
+def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | None = None,
+        env: dict | None = None) -> dict[str, float]:
+  """Runs the stages not done yet, in order; returns wall seconds per stage run now.
+
+  A failing stage raises `StageError` with the tail of its log; the stages
+  after it do not run.
+  """
+  log_dir.mkdir(parents=True, exist_ok=True)
+  timings = {}
+  for i, stage in enumerate(stages, 1):
+    prefix = f"[{i}/{len(stages)}] {stage.name}"
+    if not stage.always and stage.done():
+      print(f"{prefix}: done earlier, skipped", flush=True)
+      continue
+    log = log_dir / f"{i:02d}_{stage.name}.log"
+    print(f"{prefix}: {stage.what or ' '.join(stage.args[:2])} (log: {log})", flush=True)
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+      f.write("$ python -m " + " ".join(stage.args) + "\n")
+      f.flush()
+      proc = subprocess.run([sys.executable, "-m", *stage.args], cwd=cwd, env=env, stdout=f,
+                            stderr=subprocess.STDOUT, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0 or not stage.done():
+      tail = "\n".join(log.read_text().splitlines()[-25:])
+      raise StageError(f"stage {stage.name} failed (exit {proc.returncode}) after {seconds:.0f} s;"
+                       f" rerun the same command to resume. Log {log}:\n{tail}")
+    timings[stage.name] = round(seconds, 1)
+    print(f"{prefix}: finished in {seconds:.0f} s", flush=True)
+  return timings
