@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PERCEPIANO_DIR ASAP_DIR
 
-.PHONY: demo demo-data demo-real test test-slow bench bench-model bench-train bench-predict lock clean
+.PHONY: demo demo-data benchmark-percepiano demo-real test test-slow bench bench-model bench-train bench-predict lock clean
 
 # The lock is complete (every transitive dependency, with hashes), so pip
 # installs exactly it with --no-deps; the project itself is then installed
@@ -30,6 +30,14 @@ $(STAMP): requirements.lock pyproject.toml
 # Beam shards -> SSAST pre-training -> fine-tuning + CNN baseline -> report in out/demo/report.
 demo: $(STAMP)
 	$(BIN)/python -m experiments.demo --corpus_dir=out/demo-corpus --workdir=out/demo
+
+# The real benchmark on 2 cores, resumable stage by stage (rerun to continue; STAGES=a,b and
+# FOLDS=0,1 run pieces). Reports land in out/benchmark/reports/{piece,performer}.
+STAGES ?=
+FOLDS ?=
+benchmark-percepiano: $(STAMP)
+	$(BIN)/python -m experiments.percepiano_benchmark --percepiano_dir=$(PERCEPIANO_DIR) \
+	  --asap_dir=$(ASAP_DIR) --workdir=out/benchmark --only=$(STAGES) --folds=$(FOLDS)
 
 # The data path alone on the embedded corpus: MIDI -> audio -> log-mel -> windows (~1 min).
 demo-data: $(STAMP)

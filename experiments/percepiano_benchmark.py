@@ -1,0 +1,164 @@
+"""`make benchmark-percepiano`: the real benchmark, in resumable pieces sized for 2 CPU cores.
+
+  python -m experiments.percepiano_benchmark --percepiano_dir=../shared/data/percepiano \
+      --asap_dir=../shared/data/asap --workdir=out/benchmark [--only=STAGE,...] [--folds=0,1]
+
+Stages (each a project CLI, logged, skipped when complete; a killed stage
+resumes from its checkpoints on the next call, so the benchmark runs across
+sessions; shards and checkpoints are rebuilt on a fresh machine, reports are
+committed):
+
+  asap_shards          ASAP performances (MAESTRO recordings as MIDI) -> MAESTRO job shards
+  percepiano_shards    PercePiano rendered from its performance MIDI -> labelled shards
+  pretrain             SSAST pre-training on the ASAP shards
+  cv_<variant>         piece-split 4-fold cross-validation + the held-out test set, per variant:
+                         ast          pre-trained AST, grouped heads, adaptive weights, augmentation
+                         scratch      the same from random initialisation
+                         flat         one flat head instead of the grouped heads
+                         fixed        fixed (equal) loss weights instead of adaptive ones
+                         noaug        trained on the clean variant only
+                         cnn, ffn     the CNN and feed-forward (pooled statistics) baselines
+  performer_<variant>  the performer split, for ast / cnn / ffn
+  report_<split>       eval.report of the AST against every other variant
+
+`--size=cpu` (default) is the 2-core configuration: the tiny encoder (192 wide,
+4 layers) on 5.12 s windows at stride 16 (8 x 32 patches), a few epochs.
+`--size=base` prints the paper-scale run a TPU user would launch instead (10.24 s
+windows, stride 10, AST base, 50 fine-tuning epochs).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+from absl import app, flags
+
+from experiments import stages
+
+FLAGS = flags.FLAGS
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# name -> config overrides of the fine-tuning variant (on top of SIZES[size]["finetune"])
+VARIANTS = {
+    "ast": [],
+    "scratch": ["--config.init.checkpoint="],
+    "flat": ["--config.model.head=flat"],
+    "fixed": ["--config.model.adaptive_weighting=False",
+              "--config.model.loss_weights=timing=1,dynamics=1,expression=1"],
+    "noaug": ["--config.input.augmented=False"],
+    "cnn": ["--config.model.backbone=cnn", "--config.init.checkpoint="],
+    "ffn": ["--config.model.backbone=pooled_stats", "--config.init.checkpoint="],
+}
+PERFORMER_VARIANTS = ("ast", "cnn", "ffn")
+NAMES = {"ast": "AST, pre-trained", "scratch": "AST from scratch", "flat": "AST, flat head",
+         "fixed": "AST, fixed loss weights", "noaug": "AST, no augmentation",
+         "cnn": "CNN baseline", "ffn": "feed-forward baseline"}
+
+SIZES = {
+    "cpu": {
+        "window": ["--window_s=5.12", "--hop_s=2.56"],
+        "encoder": ["--config.model.encoder.num_frames=512", "--config.model.encoder.freq_stride=16",
+                    "--config.model.encoder.time_stride=16"],
+        "pretrain": ["--config=train/configs/pretrain.py:tiny", "--config.model.num_masked=200",
+                     "--config.num_epochs=2", "--config.batch_size=32"],
+        "finetune": ["--config=train/configs/finetune.py:tiny", "--config.num_epochs=4",
+                     "--config.batch_size=32", "--config.optimizer.peak_lr=3e-4",
+                     "--config.eval_every_steps=0"],
+    },
+    "base": {
+        "window": [],
+        "encoder": [],
+        "pretrain": ["--config=train/configs/pretrain.py:base"],
+        "finetune": ["--config=train/configs/finetune.py:base",
+                     "--config.optimizer.layer_decay=0.75"],
+    },
+}
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("percepiano_dir", "../shared/data/percepiano", "The PercePiano release.")
+  flags.DEFINE_string("asap_dir", "../shared/data/asap", "The ASAP tree (MAESTRO as MIDI).")
+  flags.DEFINE_string("workdir", "out/benchmark", "Shards, runs, logs and reports.")
+  flags.DEFINE_enum("size", "cpu", sorted(SIZES), "cpu: sized for 2 cores; base: the paper.")
+  flags.DEFINE_list("only", [], "Run only these stages (default: all, in order).")
+  flags.DEFINE_string("folds", "", "Cross-validation folds to run now (default: all).")
+  flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+
+
+def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Path, size: str,
+         folds: str = "") -> list[stages.Stage]:
+  s = SIZES[size]
+  asap, labelled, pretrain = work / "shards" / "asap", work / "shards" / "percepiano", work / "pretrain"
+  out = [
+      stages.Stage("asap_shards", ("pipelines.maestro", f"--maestro_dir={asap_dir}",
+                                   f"--output_dir={asap}", *s["window"], "--nowrite_audio"),
+                   lambda: stages.job_finished(asap), "ASAP MIDI rendered -> pre-training shards"),
+      stages.Stage("percepiano_shards", ("pipelines.percepiano", f"--percepiano_dir={percepiano_dir}",
+                                         f"--output_dir={labelled}", *s["window"],
+                                         "--variants=1", "--augment=noise", "--nowrite_audio"),
+                   lambda: stages.job_finished(labelled), "PercePiano rendered -> labelled shards"),
+      stages.Stage("pretrain", ("train.main", *s["pretrain"], f"--workdir={pretrain}",
+                                f"--config.data_dir={asap}", *s["encoder"]),
+                   lambda: stages.run_finished(pretrain), "SSAST pre-training"),
+  ]
+
+  def cross_validation(split: str, variant: str) -> stages.Stage:
+    directory = work / split / variant
+    args = ["eval.crossval", *s["finetune"], f"--workdir={directory}", f"--split={split}",
+            f"--config.data_dir={labelled}", f"--config.init.checkpoint={pretrain}",
+            *s["encoder"], *VARIANTS[variant], "--test"]
+    if folds:
+      args.append(f"--folds={folds}")
+    return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_{variant}", tuple(args),
+                        lambda: _crossval_finished(directory), f"{split} split, {variant}")
+
+  out += [cross_validation("piece", v) for v in VARIANTS]
+  out += [cross_validation("performer", v) for v in PERFORMER_VARIANTS]
+  for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
+    others = [str(work / split / v) for v in variants if v != "ast"]
+    report_dir = work / "reports" / split
+    out.append(stages.Stage(
+        f"report_{split}", ("eval.report", f"--workdir={work / split / 'ast'}",
+                            f"--compare={','.join(others)}",
+                            f"--names={','.join(NAMES[v] for v in variants)}",
+                            f"--percepiano_dir={percepiano_dir}", f"--output_dir={report_dir}",
+                            "--target_pearson=0.7", "--target_gain=0.2"),
+        lambda d=report_dir: (d / "report.json").is_file(), f"report, {split} split", always=True))
+  return out
+
+
+def _crossval_finished(directory: pathlib.Path) -> bool:
+  from eval import crossval
+  try:
+    summary = crossval.read_summary(directory)
+  except FileNotFoundError:
+    return False
+  return all(r["finished"] for r in summary["runs"].values()) and "test" in summary["runs"] \
+      and "out_of_fold" in summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  work = pathlib.Path(FLAGS.workdir).absolute()
+  chosen = plan(pathlib.Path(FLAGS.percepiano_dir).absolute(),
+                pathlib.Path(FLAGS.asap_dir).absolute(), work, FLAGS.size, FLAGS.folds)
+  if FLAGS.only:
+    unknown = sorted(set(FLAGS.only) - {st.name for st in chosen})
+    if unknown:
+      raise app.UsageError(f"unknown stages {unknown}; stages: {[st.name for st in chosen]}")
+    chosen = [st for st in chosen if st.name in FLAGS.only]
+  if FLAGS.dry_run or FLAGS.size == "base":
+    for st in chosen:
+      print(f"# {st.name}: {st.what}\npython -m " + " ".join(st.args))
+    return
+  try:
+    stages.run(chosen, work / "logs", cwd=REPO)
+  except stages.StageError as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
