@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def split_half(raw: percepiano.RawRatings, keys=None, *, splits: int = DEFAULT_S
   """Split-half reliability per dimension of the panel means, overall and within passage.
 
   `keys` restricts the estimate to those performances (e.g. the labelled
-  ones); every key must have at least two valid answers rows.
+  ones); every key must have at least two valid answer rows.
   """
   valid = ~np.any(raw.answers > 7, axis=1)
   row_keys = np.asarray(raw.keys)[valid]
@@ -108,7 +109,9 @@ def split_half(raw: percepiano.RawRatings, keys=None, *, splits: int = DEFAULT_S
         f"{len(too_few)} performances have fewer than 2 valid raters (no split possible), "
         f"e.g. {too_few[:3]}")
   chosen = np.array([k in wanted for k in unique])
-  passages = np.array([percepiano.parse_key(str(k)).passage for k in unique])
+  # Only the chosen keys must parse (the raw CSV may hold clips outside the release).
+  passages = np.array([percepiano.parse_key(str(k)).passage if c else "" for k, c in
+                       zip(unique, chosen)])
   present = answers > 0
   values = np.where(present, answers, 0.0)
   # Rows grouped by key once; each split shuffles positions within each key.
@@ -158,7 +161,10 @@ def main(argv):
   del argv
   from absl import flags
   f = flags.FLAGS
-  result = from_release(f.percepiano_dir, splits=f.splits, seed=f.seed)
+  try:
+    result = from_release(f.percepiano_dir, splits=f.splits, seed=f.seed)
+  except (FileNotFoundError, percepiano.PercePianoError) as e:
+    sys.exit(f"error: {e}")
   text = json.dumps(result.to_dict(), indent=1)
   if f.output_json:
     pathlib.Path(f.output_json).write_text(text + "\n")

@@ -67,6 +67,10 @@ def fold_config(config: ml_collections.ConfigDict, split: str, fold: int | str
   c = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
   c.split = split
   c.validation_fold = -1 if fold == TEST else int(fold)
+  if fold == TEST:
+    # The test set is evaluated once, at the end: evaluating it during training would
+    # also let the best-checkpoint policy select on it.
+    c.eval_every_steps = 0
   return c
 
 
@@ -174,8 +178,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, split: s
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  only = [int(f) for f in FLAGS.folds.split(",")] if FLAGS.folds else None
   try:
+    try:
+      only = [int(f) for f in FLAGS.folds.split(",")] if FLAGS.folds else None
+    except ValueError:
+      raise CrossValidationError(f"--folds must be comma-separated integers, got "
+                                 f"{FLAGS.folds!r}") from None
     summary = run(FLAGS.config, FLAGS.workdir, FLAGS.split, only, FLAGS.test)
   except (CrossValidationError, trainer.NonFiniteError, trainer.ConfigError, ValueError,
           FileNotFoundError) as e:

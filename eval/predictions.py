@@ -8,7 +8,7 @@ split (windows already averaged, label space):
   labels       [P, 19]
   mask         [P, 19]  bool: the dimension has a valid label
   windows      [P]      how many windows were averaged
-  step, split           the training step and "fold<k>" / "test"
+  step, split           the training step and "<split>/fold<k>" / "<split>/test"
 
 Scores, confidence intervals and significance tests are all computed from
 these files, so a report can be rebuilt (and two runs compared on the same

@@ -42,7 +42,7 @@ from absl import app, flags, logging
 from eval import ceiling as ceiling_lib
 from eval import crossval, figures, metrics, predictions, statistics
 from pipelines import taxonomy
-from train import metric_writer, trainer
+from train import metric_writer, tasks, trainer
 
 # Published results to put beside ours (REFERENCE.md): mean R² over the 19 dimensions.
 ANCHORS = (
@@ -182,9 +182,10 @@ def evaluate(main: predictions.Predictions, others: dict[str, predictions.Predic
     for key, values in (("ceiling", ceiling.pearson), ("ceiling_within", ceiling.pearson_within)):
       for k, v in _rows(values).items():
         rows[k][key] = v
+    ratio = lambda v, c: v / c if c > 0 else float("nan")  # a zero ceiling: no reliable signal
     for k in ROWS:
-      rows[k]["of_ceiling"] = rows[k]["pearson"] / rows[k]["ceiling"]
-      rows[k]["of_ceiling_within"] = rows[k]["pearson_within"] / rows[k]["ceiling_within"]
+      rows[k]["of_ceiling"] = ratio(rows[k]["pearson"], rows[k]["ceiling"])
+      rows[k]["of_ceiling_within"] = ratio(rows[k]["pearson_within"], rows[k]["ceiling_within"])
   compare = {}
   for name, other in others.items():
     other = _common(main, other, name)
@@ -249,7 +250,8 @@ def _table(evaluation: dict, keys, with_ceiling: bool) -> tuple[list[str], list[
       line += [_fmt(r["ceiling"]), _fmt(r["of_ceiling"], 2), _fmt(r["of_ceiling_within"], 2)]
     for c in evaluation["compare"].values():
       e = c["rows"][k]
-      line += [f"{e['difference']:+.3f} [{_fmt(e['difference_low'], 2)}, "
+      diff = f"{e['difference']:+.3f}" if np.isfinite(e["difference"]) else "–"
+      line += [f"{diff} [{_fmt(e['difference_low'], 2)}, "
                f"{_fmt(e['difference_high'], 2)}]",
                _p(e.get("p_bootstrap_holm", e["p_bootstrap"])), _p(e.get("p_williams_holm"))]
     rows.append(line)
@@ -396,7 +398,9 @@ def _figures(report: dict, sources: list[Source], directory: pathlib.Path,
                               f"{main.name}: training")]
   if attention_audio:
     from eval import attention, loading
-    run = loading.load(main.run_dir)
+    # The model the reported predictions came from (the run's last step), not the
+    # best-on-validation checkpoint.
+    run = loading.load(main.run_dir, step="latest")
     paths[""] += attention.figures_for_audio(run, attention_audio, directory / "attention")
   return paths
 
@@ -427,7 +431,7 @@ def _raw_ratings(main: Source, percepiano_dir: str | None):
   if percepiano_dir is not None:
     path = pathlib.Path(percepiano_dir) / ceiling_lib.percepiano.RAW_RATINGS_FILE
     return ceiling_lib.percepiano.read_raw_ratings(path), str(path)
-  metadata = main.run_dir / "data_metadata.json"
+  metadata = main.run_dir / tasks.DATA_METADATA
   release = None
   if metadata.is_file():
     release = json.loads(metadata.read_text()).get("config", {}).get("percepiano_dir")
@@ -446,6 +450,8 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
           target_gain: float | None = None) -> dict:
   """Builds the report; returns its JSON content (also written with the Markdown/HTML)."""
   paths = [workdir, *compare]
+  if len(names) > len(paths):
+    raise ReportError(f"{len(names)} --names for {len(paths)} runs")
   names = list(names) + [None] * (len(paths) - len(names))
   sources = [load_source(p, n) for p, n in zip(paths, names)]
   if len({s.name for s in sources}) != len(sources):
@@ -462,8 +468,12 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
         raise ReportError(f"{s.name} ({s.workdir}) has no {key} predictions to compare with")
       others[s.name] = s.evaluations[key]
     # The ceiling of exactly these performances' labels.
-    ceiling = None if raw is None else ceiling_lib.split_half(raw, p.keys, splits=ceiling_splits,
-                                                               seed=seed)
+    ceiling = None
+    if raw is not None:
+      try:
+        ceiling = ceiling_lib.split_half(raw, p.keys, splits=ceiling_splits, seed=seed)
+      except ceiling_lib.percepiano.PercePianoError as e:
+        ceiling_note = f"the raw ratings do not cover these performances ({e})"
     evaluations[key] = evaluate(p, others, ceiling, resamples=resamples, seed=seed)
     evaluations[key]["ceiling"] = None if ceiling is None else ceiling.to_dict()
   report = {

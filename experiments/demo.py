@@ -1,18 +1,18 @@
-"""`make demo`: the whole system end to end on the embedded corpus, in about 15 minutes on 2 cores.
+"""`make demo`: the whole system end to end on the embedded corpus, in about 20 minutes on 2 cores.
 
   python -m experiments.demo [--corpus_dir=out/demo-corpus] [--workdir=out/demo] [--steps_scale=1]
 
-Stages (each a project command line, logged to WORKDIR/logs, skipped when done,
-so a rerun after a kill resumes where it stopped):
+The demo corpus (generated MAESTRO- and PercePiano-layout data) is made first if
+missing; then the stages (each a project command line, logged to WORKDIR/logs,
+skipped when done, so a rerun after a kill resumes where it stopped):
 
-  1. the demo corpus (generated MAESTRO- and PercePiano-layout data), if missing
-  2. `pipelines.maestro`     MAESTRO job -> pre-training shards
-  3. `pipelines.percepiano`  PercePiano job -> labelled shards (piece split)
-  4. `train.main` pretrain   SSAST masked-patch pre-training of the tiny AST
-  5. `train.main` finetune   multi-task fine-tuning from it, on every fold, tested on the
-                             held-out test set
-  6. `train.main` finetune   the CNN baseline on the same performances
-  7. `eval.report`           report (Markdown/HTML/JSON) with CIs, the baseline comparison,
+  1. `pipelines.maestro`     MAESTRO job -> pre-training shards
+  2. `pipelines.percepiano`  PercePiano job -> labelled shards (piece split)
+  3. `train.main` pretrain   SSAST masked-patch pre-training of the tiny AST
+  4. `train.main` finetune   multi-task fine-tuning from it, on every fold, tested once on
+                             the held-out test set
+  5. `train.main` finetune   the CNN baseline on the same performances
+  6. `eval.report`           report (Markdown/HTML/JSON) with CIs, the baseline comparison,
                              the human ceiling, plots and attention maps
 
 Sized for 2 CPU cores rather than for accuracy: 2.56 s windows (256 frames,
@@ -67,7 +67,7 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
   pretrain, ast_run, cnn_run = work / "pretrain", work / "ast", work / "cnn"
   finetune = ["train.main", "--config=train/configs/finetune.py:tiny",
               f"--config.data_dir={labelled}", *ENCODER, *COMMON, "--config.validation_fold=-1",
-              "--config.eval_every_steps=125", "--config.optimizer.peak_lr=3e-4"]
+              "--config.eval_every_steps=0", "--config.optimizer.peak_lr=3e-4"]
   release = corpus / "percepiano"
   test_keys = sorted(k for k, v in _split_table(labelled).items() if v == "test") \
       if stages.job_finished(labelled) else []
@@ -91,15 +91,18 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
           f"--config.data_dir={maestro}", *ENCODER, *COMMON, "--config.model.num_masked=96",
           f"--config.num_steps={steps(150)}", "--config.eval_every_steps=75",
           "--config.optimizer.peak_lr=5e-4"),
-          lambda: stages.run_finished(pretrain), "SSAST pre-training (tiny AST)"),
+          lambda: stages.run_finished(pretrain, int(steps(150))),
+          "SSAST pre-training (tiny AST)"),
       stages.Stage("finetune_ast", (
           *finetune, f"--workdir={ast_run}", f"--config.init.checkpoint={pretrain}",
           f"--config.num_steps={steps(250)}"),
-          lambda: stages.run_finished(ast_run), "multi-task fine-tuning of the pre-trained AST"),
+          lambda: stages.run_finished(ast_run, int(steps(250))),
+          "multi-task fine-tuning of the pre-trained AST"),
       stages.Stage("finetune_cnn", (
           *finetune, f"--workdir={cnn_run}", "--config.model.backbone=cnn", *SMALL_CNN,
           f"--config.num_steps={steps(250)}"),
-          lambda: stages.run_finished(cnn_run), "the CNN baseline, same data and heads"),
+          lambda: stages.run_finished(cnn_run, int(steps(250))),
+          "the CNN baseline, same data and heads"),
       stages.Stage("report", tuple(report_args),
                    lambda: (work / "report" / "report.json").is_file(), "evaluation report",
                    always=True),

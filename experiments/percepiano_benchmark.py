@@ -111,7 +111,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
     if folds:
       args.append(f"--folds={folds}")
     return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_{variant}", tuple(args),
-                        lambda: _crossval_finished(directory), f"{split} split, {variant}")
+                        lambda: _crossval_finished(directory, folds), f"{split} split, {variant}")
 
   out += [cross_validation("piece", v) for v in VARIANTS]
   out += [cross_validation("performer", v) for v in PERFORMER_VARIANTS]
@@ -128,14 +128,17 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   return out
 
 
-def _crossval_finished(directory: pathlib.Path) -> bool:
+def _crossval_finished(directory: pathlib.Path, folds: str = "") -> bool:
+  """Every fold and the test set finished, or with `folds` (a piece of the work) those folds."""
   from eval import crossval
   try:
     summary = crossval.read_summary(directory)
   except FileNotFoundError:
     return False
-  return all(r["finished"] for r in summary["runs"].values()) and "test" in summary["runs"] \
-      and "out_of_fold" in summary
+  runs = summary["runs"]
+  if folds:
+    return all(runs.get(f, {}).get("finished") for f in folds.split(","))
+  return all(r["finished"] for r in runs.values()) and "test" in runs and "out_of_fold" in summary
 
 
 def main(argv):

@@ -33,13 +33,25 @@ class Stage:
   always: bool = False  # cheap and derived from the others (a report): run every time
 
 
-def run_finished(workdir: pathlib.Path) -> bool:
-  """A trainer work directory whose run reached its last step."""
+def run_finished(workdir: pathlib.Path, total_steps: int | None = None) -> bool:
+  """A trainer work directory whose run reached its last step.
+
+  With `total_steps`, a finished run of another length is an error rather than
+  done: the directory holds another experiment (e.g. a smoke run), and reusing
+  it would silently report the wrong model.
+  """
   path = workdir / "result.json"
   if not path.is_file():
     return False
-  result = json.loads(path.read_text())
-  return result.get("status") == "finished" and result.get("step") == result.get("total_steps")
+  try:
+    result = json.loads(path.read_text())
+  except json.JSONDecodeError:
+    return False
+  done = result.get("status") == "finished" and result.get("step") == result.get("total_steps")
+  if done and total_steps is not None and result["total_steps"] != total_steps:
+    raise StageError(f"{workdir} holds a finished run of {result['total_steps']} steps, not "
+                     f"{total_steps}; use another --workdir or delete it")
+  return done
 
 
 def job_finished(output_dir: pathlib.Path) -> bool:

@@ -124,3 +124,14 @@ def test_cli_errors_are_one_line(crossval_dir, tmp_path):
              "--names=cv,fold0", f"--output_dir={tmp_path}", "--resamples=10")
   assert fold.returncode == 1 and "no out_of_fold predictions" in fold.stderr
   assert "Traceback" not in missing.stderr + fold.stderr
+
+
+def test_a_zero_ceiling_gives_no_ratio_instead_of_dividing_by_zero():
+  from eval import ceiling
+  p = _predictions(3, 0.1)
+  zero = np.zeros(19)
+  flat = ceiling.Ceiling(split_half=zero, reliability=zero, split_half_within=zero,
+                         reliability_within=zero, performances=48,
+                         raters_per_performance=(5.0, 6.0, 7.0), splits=2)
+  out = report.evaluate(p, {}, flat, resamples=50, seed=0)
+  assert out["rows"]["mean"]["ceiling"] == 0 and np.isnan(out["rows"]["mean"]["of_ceiling"])
