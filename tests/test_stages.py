@@ -7,7 +7,6 @@ import pytest
 from experiments import stages
 
 
-
 def test_runs_what_is_not_done_and_skips_what_is(tmp_path, capsys):
   source = tmp_path / "in.json"
   source.write_text('{"a": 1}')
