@@ -22,6 +22,7 @@ def run(small_finetune, jax_env):
   return run
 
 
+@pytest.mark.slow
 def test_out_of_fold_predictions_cover_each_training_performance_once(crossval_dir, train_shards):
   summary = crossval.read_summary(crossval_dir)
   assert summary["split"] == "piece" and summary["folds"] == [0, 1]
@@ -42,6 +43,7 @@ def test_out_of_fold_predictions_cover_each_training_performance_once(crossval_d
   assert summary["per_fold"]["pearson/mean"]["std"] >= 0
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_folds_and_a_changed_config_is_refused(crossval_dir, train_shards,
                                                                       run):
   before = (crossval_dir / "fold0" / "result.json").read_text()

@@ -80,6 +80,7 @@ def _baseline_from(source: pathlib.Path, target: pathlib.Path, noise: float) -> 
   return target
 
 
+@pytest.mark.slow
 def test_cli_writes_markdown_html_json_and_figures(crossval_dir, train_shards, tmp_path):
   baseline = _baseline_from(crossval_dir, tmp_path / "cnn", noise=0.02)
   corpus = train_shards["percepiano"].parent / "corpus" / "percepiano"
@@ -114,6 +115,7 @@ def test_cli_writes_markdown_html_json_and_figures(crossval_dir, train_shards, t
   assert any("attention" in f for f in data["figures"])
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(crossval_dir, tmp_path):
   def run(*args):
     return subprocess.run([sys.executable, "-m", "eval.report", *args], cwd=REPO,
