@@ -30,7 +30,7 @@ from ml_collections import config_flags
 
 from eval import metrics, predictions
 from pipelines import shards, taxonomy
-from train import trainer
+from train import run_result, trainer
 
 SUMMARY = "crossval.json"
 TEST = "test"
@@ -55,11 +55,7 @@ def split_folds(data_dir: str | pathlib.Path, split: str) -> list[int]:
 
 
 def finished(directory: pathlib.Path) -> bool:
-  path = directory / trainer.RESULT_FILE
-  if not path.is_file():
-    return False
-  result = json.loads(path.read_text())
-  return result.get("status") == "finished" and result.get("step") == result.get("total_steps")
+  return run_result.finished(run_result.read(directory))
 
 
 def fold_config(config: ml_collections.ConfigDict, split: str, fold: int | str
@@ -112,7 +108,7 @@ def _summarise(workdir: pathlib.Path, config, split: str, folds: list[int], test
     directory = fold_dir(workdir, k)
     entry = {"directory": directory.name, "finished": finished(directory)}
     if entry["finished"]:
-      result = json.loads((directory / trainer.RESULT_FILE).read_text())
+      result = run_result.read(directory)
       entry["wall_seconds"] = result.get("wall_seconds")
       entry["scores"] = _scores(predictions.load_final(directory))
     summary["runs"][str(k)] = entry

@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipelines import taxonomy
+from pipelines import percepiano, taxonomy
 
-RATING_SCALE = 7.0  # labels are mean ratings / 7; plots show the 1-7 questionnaire scale
+RATING_SCALE = percepiano.RATING_SCALE  # plots show the 1-7 questionnaire scale
+
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:

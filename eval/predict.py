@@ -47,10 +47,10 @@ import threadpoolctl
 
 from eval import loading
 from model import multitask, targets
-from pipelines import audio, features, render, taxonomy, windowing
+from pipelines import audio, features, percepiano, render, taxonomy, windowing
 
 # Labels are mean ratings / 7 (see model/targets.py): x 7 gives the questionnaire's 1-7 scale.
-RATING_SCALE = 7.0
+RATING_SCALE = percepiano.RATING_SCALE
 MIDI_EXTENSIONS = (".mid", ".midi")
 SAMPLE_RATE = audio.TARGET_SAMPLE_RATE
 FRAMES_PER_SECOND = 1000.0 / features.AST.frame_shift_ms

@@ -12,12 +12,13 @@ stage that was cut (the trainer and crossval resume from their checkpoints).
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+
+from train import run_result
 
 
 class StageError(RuntimeError):
@@ -40,14 +41,8 @@ def run_finished(workdir: pathlib.Path, total_steps: int | None = None) -> bool:
   done: the directory holds another experiment (e.g. a smoke run), and reusing
   it would silently report the wrong model.
   """
-  path = workdir / "result.json"
-  if not path.is_file():
-    return False
-  try:
-    result = json.loads(path.read_text())
-  except json.JSONDecodeError:
-    return False
-  done = result.get("status") == "finished" and result.get("step") == result.get("total_steps")
+  result = run_result.read(workdir)
+  done = run_result.finished(result)
   if done and total_steps is not None and result["total_steps"] != total_steps:
     raise StageError(f"{workdir} holds a finished run of {result['total_steps']} steps, not "
                      f"{total_steps}; use another --workdir or delete it")

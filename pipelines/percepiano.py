@@ -29,6 +29,8 @@ from pipelines import taxonomy
 LABELS_FILE = "label_2round_mean_reg_19_with0_rm_highstd0.json"
 STD_FILE = "label_2round_std_reg_19_with0_rm_highstd0.json"
 RAW_RATINGS_FILE = "labels/total_2rounds.csv"
+# Labels are mean ratings / RATING_SCALE (the questionnaire's 1-7 scale); x RATING_SCALE undoes it.
+RATING_SCALE = 7.0
 MIDI_DIR = "virtuoso/data/all_2rounds"
 MIDI_SUFFIXES = (".mid", ".midi")
 # The raw CSV's columns: user, answer id, clip file name, the 19 answers in label
@@ -312,7 +314,7 @@ class RawRatings:
         raise PercePianoError(f"key {key!r}: a dimension has no valid answer")
       mean = np.where(present, a, 0.0).sum(axis=0) / count
       var = np.where(present, (a - mean) ** 2, 0.0).sum(axis=0) / count
-      out[key] = (mean / 7.0, np.sqrt(var) / 7.0)
+      out[key] = (mean / RATING_SCALE, np.sqrt(var) / RATING_SCALE)
     return out
 
 

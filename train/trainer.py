@@ -35,13 +35,13 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from pipelines import input_pipeline
-from train import checkpointing, optimizer, sharding, steps, tasks, warm_start
+from train import checkpointing, optimizer, run_result, sharding, steps, tasks, warm_start
 from train.metric_writer import MetricWriter
 from train.train_state import TrainState
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a killed job
 CONFIG_FILE = "config.json"
-RESULT_FILE = "result.json"
+RESULT_FILE = run_result.FILE
 
 
 class NonFiniteError(FloatingPointError):
