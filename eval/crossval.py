@@ -9,6 +9,8 @@ fold and evaluates the held-out test set once, in `W/test`. A fold whose
 `result.json` says finished is skipped; an interrupted fold resumes from its
 latest checkpoint (the trainer's own resume), so the job can be run in pieces
 (`--folds=0,1` now, `--folds=2,3` in the next session) and killed at any point.
+`--folds=none --test` runs the test set alone: how the 2-core benchmark runs its
+ablations, which need one comparison on held-out data rather than four folds.
 
 `W/crossval.json` is rewritten after every fold: the config, each fold's status
 and scores, and once every fold is done the pooled out-of-fold scores (every
@@ -52,6 +54,19 @@ def split_folds(data_dir: str | pathlib.Path, split: str) -> list[int]:
     raise CrossValidationError(f"--split must be 'piece' or 'performer', got {split!r}")
   table = metadata["splits"][split]
   return sorted({int(v.removeprefix("fold")) for v in table.values() if v.startswith("fold")})
+
+
+def parse_folds(value: str) -> list[int] | None:
+  """`--folds`: "" = every fold (None), "none" = no fold ([]), else "0,2"."""
+  if not value:
+    return None
+  if value == "none":
+    return []
+  try:
+    return [int(f) for f in value.split(",")]
+  except ValueError:
+    raise CrossValidationError(f"--folds must be comma-separated integers or 'none', got "
+                               f"{value!r}") from None
 
 
 def finished(directory: pathlib.Path) -> bool:
@@ -175,11 +190,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
-    try:
-      only = [int(f) for f in FLAGS.folds.split(",")] if FLAGS.folds else None
-    except ValueError:
-      raise CrossValidationError(f"--folds must be comma-separated integers, got "
-                                 f"{FLAGS.folds!r}") from None
+    only = parse_folds(FLAGS.folds)
+    if only == [] and not FLAGS.test:
+      raise CrossValidationError("--folds=none runs nothing without --test")
     summary = run(FLAGS.config, FLAGS.workdir, FLAGS.split, only, FLAGS.test)
   except (CrossValidationError, trainer.NonFiniteError, trainer.ConfigError, ValueError,
           FileNotFoundError) as e:
@@ -201,7 +214,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "One directory per fold, plus crossval.json.",
                       required=True)
   flags.DEFINE_enum("split", "piece", ["piece", "performer"], "PercePiano split to cross-validate.")
-  flags.DEFINE_string("folds", "", "Comma-separated folds to run now (default: all).")
+  flags.DEFINE_string("folds", "", "Comma-separated folds to run now (default: all; 'none': "
+                      "only the --test run).")
   flags.DEFINE_bool("test", False, "Also train on every fold and evaluate the test set once.")
   flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -91,6 +91,6 @@ def curves(path: pathlib.Path, series: Mapping[str, Sequence[Mapping[str, float]
         ax.plot(steps, values, marker="." if len(points) < 30 else None, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel(label)
-    if len(series) > 1:
+    if len(ax.get_legend_handles_labels()[0]) > 1:
       ax.legend(fontsize=7)
   return _save(fig, path)

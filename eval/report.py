@@ -84,8 +84,12 @@ class Source:
 
   @property
   def run_dir(self) -> pathlib.Path:
-    """A fine-tuning work directory with checkpoints (fold 0 of a cross-validation)."""
-    return self.workdir / "fold0" if self.kind == "crossval" else self.workdir
+    """A fine-tuning work directory with checkpoints (a cross-validation's fold 0, or its
+    test run when it ran the test set alone)."""
+    if self.kind != "crossval":
+      return self.workdir
+    fold0 = crossval.fold_dir(self.workdir, 0)
+    return fold0 if fold0.is_dir() else crossval.fold_dir(self.workdir, crossval.TEST)
 
 
 def default_name(config: dict) -> str:
@@ -111,10 +115,19 @@ def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
     summary = crossval.read_summary(workdir)
     config = summary["config"]
     config = {**config, "split": summary["split"]}
-    evaluations = {"out_of_fold": crossval.out_of_fold(workdir)}
+    # A cross-validation reports what is complete: the out-of-fold set once every
+    # fold finished, the test set once it finished (`--folds=none --test` runs only it).
+    evaluations = {}
+    if all(crossval.finished(crossval.fold_dir(workdir, k)) for k in summary["folds"]):
+      evaluations["out_of_fold"] = crossval.out_of_fold(workdir)
     if crossval.finished(crossval.fold_dir(workdir, crossval.TEST)):
       evaluations["test"] = predictions.load_final(crossval.fold_dir(workdir, crossval.TEST))
-    curves = {f"fold {k}": _curves(crossval.fold_dir(workdir, k)) for k in summary["folds"]}
+    if not evaluations:
+      raise ReportError(f"{workdir}: no finished evaluation yet (neither every fold nor the "
+                        "test set)")
+    curves = {("test" if k == crossval.TEST else f"fold {k}"): _curves(crossval.fold_dir(workdir, k))
+              for k in [*summary["folds"], crossval.TEST]
+              if crossval.fold_dir(workdir, k).is_dir()}
     kind = "crossval"
   elif (workdir / trainer.CONFIG_FILE).is_file():
     config = json.loads((workdir / trainer.CONFIG_FILE).read_text())
@@ -235,11 +248,13 @@ def _ci(row: dict, metric: str) -> str:
           f"{_fmt(row[f'{metric}_high'], 2)}]")
 
 
-def _table(evaluation: dict, keys, with_ceiling: bool) -> tuple[list[str], list[list[str]]]:
+def _table(evaluation: dict, keys, with_ceiling: bool, inline: bool = True
+           ) -> tuple[list[str], list[list[str]]]:
   head = ["", "Pearson [95% CI]", "within passage [CI]", "Spearman", "R² [CI]", "MSE", "MAE"]
   if with_ceiling:
     head += ["ceiling", "÷ ceiling", "÷ ceiling (within)"]
-  for name in evaluation["compare"]:
+  compare = evaluation["compare"] if inline else {}
+  for name in compare:
     head += [f"Δ vs {name} [CI]", "p (boot., Holm)", "p (Williams, Holm)"]
   rows = []
   for k in keys:
@@ -248,12 +263,41 @@ def _table(evaluation: dict, keys, with_ceiling: bool) -> tuple[list[str], list[
             _fmt(r["mse"], 4), _fmt(r["mae"], 4)]
     if with_ceiling:
       line += [_fmt(r["ceiling"]), _fmt(r["of_ceiling"], 2), _fmt(r["of_ceiling_within"], 2)]
+    for c in compare.values():
+      e = c["rows"][k]
+      line += [_difference(e), _p(e.get("p_bootstrap_holm", e["p_bootstrap"])),
+               _p(e.get("p_williams_holm"))]
+    rows.append(line)
+  return head, rows
+
+
+def _difference(e: dict) -> str:
+  diff = f"{e['difference']:+.3f}" if np.isfinite(e["difference"]) else "–"
+  return f"{diff} [{_fmt(e['difference_low'], 2)}, {_fmt(e['difference_high'], 2)}]"
+
+
+def _comparison_table(evaluation: dict) -> tuple[list[str], list[list[str]]]:
+  """One row per other run: its group Pearsons, and the main run's mean-Pearson lead."""
+  head = ["other run", *(f"{g} Pearson" for g in taxonomy.GROUPS), "mean Pearson [CI]",
+          "Δ mean [CI]", "p (bootstrap)", "relative gain"]
+  rows = []
+  for name, c in evaluation["compare"].items():
+    r = c["rows"]
+    rows.append([name, *(_fmt(r[g]["pearson"]) for g in taxonomy.GROUPS), _ci(r["mean"], "pearson"),
+                 _difference(r["mean"]), _p(r["mean"]["p_bootstrap"]),
+                 f"{100 * c['relative_mean_pearson_gain']:+.1f} %"])
+  return head, rows
+
+
+def _difference_table(evaluation: dict) -> tuple[list[str], list[list[str]]]:
+  head = ["", *evaluation["compare"]]
+  rows = []
+  for k in taxonomy.DIMENSION_NAMES:
+    line = [k]
     for c in evaluation["compare"].values():
       e = c["rows"][k]
-      diff = f"{e['difference']:+.3f}" if np.isfinite(e["difference"]) else "–"
-      line += [f"{diff} [{_fmt(e['difference_low'], 2)}, "
-               f"{_fmt(e['difference_high'], 2)}]",
-               _p(e.get("p_bootstrap_holm", e["p_bootstrap"])), _p(e.get("p_williams_holm"))]
+      star = "*" if e["p_bootstrap_holm"] < 0.05 else ""
+      line.append(f"{e['difference']:+.3f}{star}" if np.isfinite(e["difference"]) else "–")
     rows.append(line)
   return head, rows
 
@@ -268,6 +312,8 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
   b.append(("table", ["run", "kind", "backbone", "split", "work directory"],
             [[r["name"], r["kind"], r["backbone"], r["split"] or "–", r["workdir"]]
              for r in report["runs"]]))
+  for note in report.get("notes", []):
+    b.append(("p", note))
   if report.get("targets"):
     b.append(("h2", "Targets"))
     b.append(("table", ["set", "goal", "value", "met"],
@@ -281,13 +327,27 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
     title = EVALUATION_TITLES.get(key, key)
     b.append(("h2", f"{title} ({evaluation['performances']} performances, "
                     f"{evaluation['passages']} passages, {evaluation['split']})"))
+    # Beyond two baselines the difference columns would make the tables unreadable:
+    # the comparisons get tables of their own (every number stays in report.json).
+    inline = len(evaluation["compare"]) <= 2
     b.append(("h3", "By task group"))
-    b.append(("table", *_table(evaluation, (*taxonomy.GROUPS, "mean"), with_ceiling)))
-    for name, c in evaluation["compare"].items():
-      b.append(("p", f"Relative gain in mean Pearson over {name}: "
-                     f"{100 * c['relative_mean_pearson_gain']:+.1f} %."))
+    b.append(("table", *_table(evaluation, (*taxonomy.GROUPS, "mean"), with_ceiling, inline)))
+    if inline:
+      for name, c in evaluation["compare"].items():
+        b.append(("p", f"Relative gain in mean Pearson over {name}: "
+                       f"{100 * c['relative_mean_pearson_gain']:+.1f} %."))
+    else:
+      b.append(("h3", "Against each other run"))
+      b.append(("table", *_comparison_table(evaluation)))
+    if evaluation.get("not_compared"):
+      b.append(("p", f"Not compared on this set (no predictions for it): "
+                     f"{', '.join(evaluation['not_compared'])}."))
     b.append(("h3", "Per dimension"))
-    b.append(("table", *_table(evaluation, taxonomy.DIMENSION_NAMES, with_ceiling)))
+    b.append(("table", *_table(evaluation, taxonomy.DIMENSION_NAMES, with_ceiling, inline)))
+    if not inline:
+      b.append(("h3", "Per dimension: Δ Pearson against each other run"))
+      b.append(("p", "* = Holm-adjusted paired-bootstrap p < 0.05."))
+      b.append(("table", *_difference_table(evaluation)))
     for path in figure_paths.get(key, []):
       b.append(("img", path))
   b.append(("h2", "Published anchors (mean R² over the 19 dimensions)"))
@@ -405,8 +465,10 @@ def _figures(report: dict, sources: list[Source], directory: pathlib.Path,
   return paths
 
 
-def targets(evaluations: dict, pearson: float | None, gain: float | None) -> list[dict]:
-  """Plain checks of the goals: Pearson >= `pearson` per group, relative gain >= `gain`."""
+def targets(evaluations: dict, pearson: float | None, gain: float | None,
+            baselines: set[str]) -> list[dict]:
+  """Plain checks of the goals: Pearson >= `pearson` per group, relative gain >= `gain`
+  over each run named in `baselines`."""
   out = []
   for key, evaluation in evaluations.items():
     if pearson is not None:
@@ -415,7 +477,10 @@ def targets(evaluations: dict, pearson: float | None, gain: float | None) -> lis
         out.append({"evaluation": key, "goal": f"{group} Pearson >= {pearson:g}",
                     "value": value, "met": bool(value >= pearson)})
     if gain is not None:
+      # The gain goal is over the baselines, not over the AST's own ablations.
       for name, c in evaluation["compare"].items():
+        if name not in baselines:
+          continue
         value = c["relative_mean_pearson_gain"]
         out.append({"evaluation": key, "goal": f"mean Pearson >= {100 * gain:g} % over {name}",
                     "value": value, "met": bool(value >= gain)})
@@ -447,7 +512,7 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
           output_dir: str | pathlib.Path | None = None, resamples: int =
           statistics.DEFAULT_RESAMPLES, seed: int = 0, ceiling_splits: int = 100,
           attention_audio: str | None = None, target_pearson: float | None = None,
-          target_gain: float | None = None) -> dict:
+          target_gain: float | None = None, notes=()) -> dict:
   """Builds the report; returns its JSON content (also written with the Markdown/HTML)."""
   paths = [workdir, *compare]
   if len(names) > len(paths):
@@ -460,13 +525,14 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
   directory = pathlib.Path(output_dir) if output_dir else main.workdir / "report"
   directory.mkdir(parents=True, exist_ok=True)
   raw, ceiling_note = _raw_ratings(main, percepiano_dir)
+  for s in sources[1:]:
+    if not set(s.evaluations) & set(main.evaluations):
+      raise ReportError(f"{s.name} ({s.workdir}) has no {' or '.join(main.evaluations)} "
+                        "predictions to compare with")
   evaluations = {}
   for key, p in main.evaluations.items():
-    others = {}
-    for s in sources[1:]:
-      if key not in s.evaluations:
-        raise ReportError(f"{s.name} ({s.workdir}) has no {key} predictions to compare with")
-      others[s.name] = s.evaluations[key]
+    others = {s.name: s.evaluations[key] for s in sources[1:] if key in s.evaluations}
+    absent = [s.name for s in sources[1:] if key not in s.evaluations]
     # The ceiling of exactly these performances' labels.
     ceiling = None
     if raw is not None:
@@ -476,6 +542,9 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
         ceiling_note = f"the raw ratings do not cover these performances ({e})"
     evaluations[key] = evaluate(p, others, ceiling, resamples=resamples, seed=seed)
     evaluations[key]["ceiling"] = None if ceiling is None else ceiling.to_dict()
+    # A baseline evaluated on other sets only (e.g. an ablation run on the test set
+    # alone) is named, not silently left out of this set's comparisons.
+    evaluations[key]["not_compared"] = absent
   report = {
       "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       "resamples": resamples, "seed": seed,
@@ -484,8 +553,10 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
       "evaluations": evaluations,
       "ceiling_source": ceiling_note,
       "anchors": list(ANCHORS),
+      "notes": list(notes),
   }
-  report["targets"] = targets(evaluations, target_pearson, target_gain)
+  report["targets"] = targets(evaluations, target_pearson, target_gain,
+                              {s.name for s in sources[1:] if s.backbone != "ast"})
   figure_paths = _figures(report, sources, directory, attention_audio)
   report["figures"] = [str(p.relative_to(directory)) for ps in figure_paths.values() for p in ps]
   blocks = _blocks(report, figure_paths)
@@ -507,7 +578,8 @@ def main(argv):
     report = build(f.workdir, compare, names=names, percepiano_dir=f.percepiano_dir,
                    output_dir=f.output_dir, resamples=f.resamples, seed=f.seed,
                    ceiling_splits=f.ceiling_splits, attention_audio=f.attention_audio,
-                   target_pearson=f.target_pearson, target_gain=f.target_gain)
+                   target_pearson=f.target_pearson, target_gain=f.target_gain,
+                   notes=f.note)
   except (ReportError, crossval.CrossValidationError, predictions.PredictionsError,
           FileNotFoundError, ceiling_lib.percepiano.PercePianoError) as e:
     logging.error("%s: %s", type(e).__name__, e)
@@ -539,4 +611,6 @@ if __name__ == "__main__":
                      "at least this?")
   flags.DEFINE_float("target_gain", None, "Adds to Targets: is the relative mean-Pearson gain over "
                      "each --compare run at least this (0.2 = 20 %)?")
+  flags.DEFINE_multi_string("note", [], "A paragraph to put under the runs table (repeatable), "
+                            "e.g. which runs are still pending.")
   app.run(main)

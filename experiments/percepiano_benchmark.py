@@ -11,7 +11,7 @@ committed):
   asap_shards          ASAP performances (MAESTRO recordings as MIDI) -> MAESTRO job shards
   percepiano_shards    PercePiano rendered from its performance MIDI -> labelled shards
   pretrain             SSAST pre-training on the ASAP shards
-  cv_<variant>         piece-split 4-fold cross-validation + the held-out test set, per variant:
+  cv_<variant>         piece split, per variant:
                          ast          pre-trained AST, grouped heads, adaptive weights, augmentation
                          scratch      the same from random initialisation
                          flat         one flat head instead of the grouped heads
@@ -19,16 +19,21 @@ committed):
                          noaug        trained on the clean variant only
                          cnn, ffn     the CNN and feed-forward (pooled statistics) baselines
   performer_<variant>  the performer split, for ast / cnn / ffn
-  report_<split>       eval.report of the AST against every other variant
+  report_<split>       eval.report of the AST against every variant finished so far
+                       (the ones still pending are named in the report)
 
 `--size=cpu` (default) is the 2-core configuration: the tiny encoder (192 wide,
-4 layers) on 5.12 s windows at stride 16 (8 x 32 patches), a few epochs.
+4 layers) on 5.12 s windows at stride 16 (8 x 32 patches), a few epochs; the AST
+and both baselines are 4-fold cross-validated on the piece split and then
+trained on all folds for the held-out test set, while the ablations and the
+performer split run the test set alone (`eval.crossval --folds=none --test`).
 `--size=base` prints the paper-scale run a TPU user would launch instead (10.24 s
-windows, stride 10, AST base, 50 fine-tuning epochs).
+windows, stride 10, AST base, 50 fine-tuning epochs, every variant cross-validated).
 """
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import sys
 
@@ -51,13 +56,17 @@ VARIANTS = {
     "ffn": ["--config.model.backbone=pooled_stats", "--config.init.checkpoint="],
 }
 PERFORMER_VARIANTS = ("ast", "cnn", "ffn")
-NAMES = {"ast": "AST, pre-trained", "scratch": "AST from scratch", "flat": "AST, flat head",
-         "fixed": "AST, fixed loss weights", "noaug": "AST, no augmentation",
+# Display names in the reports (no commas: eval.report's --names is comma-separated).
+NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat": "AST flat head",
+         "fixed": "AST fixed loss weights", "noaug": "AST without augmentation",
          "cnn": "CNN baseline", "ffn": "feed-forward baseline"}
 
 SIZES = {
     "cpu": {
-        "window": ["--window_s=5.12", "--hop_s=2.56"],
+        # Pre-training windows do not overlap (more distinct audio per step); the short
+        # PercePiano passages (mean ~12 s) overlap by half so each yields several views.
+        "asap_window": ["--window_s=5.12", "--hop_s=5.12"],
+        "percepiano_window": ["--window_s=5.12", "--hop_s=2.56"],
         "encoder": ["--config.model.encoder.num_frames=512", "--config.model.encoder.freq_stride=16",
                     "--config.model.encoder.time_stride=16"],
         "pretrain": ["--config=train/configs/pretrain.py:tiny", "--config.model.num_masked=200",
@@ -65,13 +74,16 @@ SIZES = {
         "finetune": ["--config=train/configs/finetune.py:tiny", "--config.num_epochs=4",
                      "--config.batch_size=32", "--config.optimizer.peak_lr=3e-4",
                      "--config.eval_every_steps=0"],
+        "cross_validated": {"piece": ("ast", "cnn", "ffn")},
     },
     "base": {
-        "window": [],
+        "asap_window": [],
+        "percepiano_window": [],
         "encoder": [],
         "pretrain": ["--config=train/configs/pretrain.py:base"],
         "finetune": ["--config=train/configs/finetune.py:base",
                      "--config.optimizer.layer_decay=0.75"],
+        "cross_validated": {"piece": tuple(VARIANTS), "performer": PERFORMER_VARIANTS},
     },
 }
 
@@ -92,10 +104,10 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   asap, labelled, pretrain = work / "shards" / "asap", work / "shards" / "percepiano", work / "pretrain"
   out = [
       stages.Stage("asap_shards", ("pipelines.maestro", f"--maestro_dir={asap_dir}",
-                                   f"--output_dir={asap}", *s["window"], "--nowrite_audio"),
+                                   f"--output_dir={asap}", *s["asap_window"], "--nowrite_audio"),
                    lambda: stages.job_finished(asap), "ASAP MIDI rendered -> pre-training shards"),
       stages.Stage("percepiano_shards", ("pipelines.percepiano", f"--percepiano_dir={percepiano_dir}",
-                                         f"--output_dir={labelled}", *s["window"],
+                                         f"--output_dir={labelled}", *s["percepiano_window"],
                                          "--variants=1", "--augment=noise", "--nowrite_audio"),
                    lambda: stages.job_finished(labelled), "PercePiano rendered -> labelled shards"),
       stages.Stage("pretrain", ("train.main", *s["pretrain"], f"--workdir={pretrain}",
@@ -105,40 +117,84 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
 
   def cross_validation(split: str, variant: str) -> stages.Stage:
     directory = work / split / variant
+    # The 2-core size cross-validates the headline models only; the ablations (and the
+    # performer split) train on every fold and are compared on the held-out test set.
+    run_folds = folds if variant in s["cross_validated"].get(split, ()) else "none"
     args = ["eval.crossval", *s["finetune"], f"--workdir={directory}", f"--split={split}",
             f"--config.data_dir={labelled}", f"--config.init.checkpoint={pretrain}",
             *s["encoder"], *VARIANTS[variant], "--test"]
-    if folds:
-      args.append(f"--folds={folds}")
+    if run_folds:
+      args.append(f"--folds={run_folds}")
     return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_{variant}", tuple(args),
-                        lambda: _crossval_finished(directory, folds), f"{split} split, {variant}")
+                        lambda: _crossval_finished(directory, run_folds), f"{split} split, {variant}")
 
   out += [cross_validation("piece", v) for v in VARIANTS]
   out += [cross_validation("performer", v) for v in PERFORMER_VARIANTS]
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
-    others = [str(work / split / v) for v in variants if v != "ast"]
     report_dir = work / "reports" / split
     out.append(stages.Stage(
-        f"report_{split}", ("eval.report", f"--workdir={work / split / 'ast'}",
-                            f"--compare={','.join(others)}",
-                            f"--names={','.join(NAMES[v] for v in variants)}",
-                            f"--percepiano_dir={percepiano_dir}", f"--output_dir={report_dir}",
-                            "--target_pearson=0.7", "--target_gain=0.2"),
+        f"report_{split}", functools.partial(_report_command, work, split, variants,
+                                             percepiano_dir, report_dir),
         lambda d=report_dir: (d / "report.json").is_file(), f"report, {split} split", always=True))
   return out
 
 
-def _crossval_finished(directory: pathlib.Path, folds: str = "") -> bool:
-  """Every fold and the test set finished, or with `folds` (a piece of the work) those folds."""
+def _report_command(work: pathlib.Path, split: str, variants: list[str],
+                    percepiano_dir: pathlib.Path, report_dir: pathlib.Path) -> tuple[str, ...]:
+  """eval.report of the AST against every variant with a finished evaluation so far.
+
+  The benchmark runs over several sessions, so a report may be built before every
+  variant ran: those are named in a note (never silently absent), with each
+  variant's runs and training wall time.
+  """
+  if not _has_results(work / split / "ast"):
+    raise stages.StageError(f"report_{split}: the AST ({work / split / 'ast'}) has no finished "
+                            "evaluation yet")
+  ready = [v for v in variants if v == "ast" or _has_results(work / split / v)]
+  pending = [NAMES[v] for v in variants if v not in ready]
+  notes = [f"--note=Runs and training wall time (4 folds + test, or the test run alone): "
+           + "; ".join(_wall_time(work / split / v, NAMES[v]) for v in ready) + "."]
+  if pending:
+    notes.append(f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}.")
+  return ("eval.report", f"--workdir={work / split / 'ast'}",
+          f"--compare={','.join(str(work / split / v) for v in ready if v != 'ast')}",
+          f"--names={','.join(NAMES[v] for v in ready)}", f"--percepiano_dir={percepiano_dir}",
+          f"--output_dir={report_dir}", "--target_pearson=0.7", "--target_gain=0.2", *notes)
+
+
+def _has_results(directory: pathlib.Path) -> bool:
   from eval import crossval
   try:
     summary = crossval.read_summary(directory)
   except FileNotFoundError:
     return False
   runs = summary["runs"]
+  return runs.get("test", {}).get("finished", False) or "out_of_fold" in summary
+
+
+def _wall_time(directory: pathlib.Path, name: str) -> str:
+  from eval import crossval
+  runs = crossval.read_summary(directory)["runs"]
+  done = {k: r for k, r in runs.items() if r["finished"]}
+  seconds = sum(r.get("wall_seconds") or 0 for r in done.values())
+  return f"{name}: {', '.join(sorted(done))} in {seconds / 60:.0f} min"
+
+
+def _crossval_finished(directory: pathlib.Path, folds: str = "") -> bool:
+  """Every fold and the test set finished; with `folds` (a piece of the work, or "none"
+  for the test run alone) those folds and the test set."""
+  from eval import crossval
+  try:
+    summary = crossval.read_summary(directory)
+  except FileNotFoundError:
+    return False
+  runs = summary["runs"]
+  test = runs.get("test", {}).get("finished", False)
+  if folds == "none":
+    return test
   if folds:
     return all(runs.get(f, {}).get("finished") for f in folds.split(","))
-  return all(r["finished"] for r in runs.values()) and "test" in runs and "out_of_fold" in summary
+  return all(r["finished"] for r in runs.values()) and test and "out_of_fold" in summary
 
 
 def main(argv):
@@ -154,7 +210,11 @@ def main(argv):
     chosen = [st for st in chosen if st.name in FLAGS.only]
   if FLAGS.dry_run or FLAGS.size == "base":
     for st in chosen:
-      print(f"# {st.name}: {st.what}\npython -m " + " ".join(st.args))
+      try:
+        command = " ".join(st.command())
+      except stages.StageError as e:  # a report before its runs exist
+        command = f"(not yet: {e})"
+      print(f"# {st.name}: {st.what}\npython -m {command}")
     return
   try:
     stages.run(chosen, work / "logs", cwd=REPO)

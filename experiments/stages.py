@@ -28,10 +28,15 @@ class StageError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Stage:
   name: str
-  args: tuple[str, ...]  # after `python -m`
+  # After `python -m`; a callable is called when the stage starts, for a stage whose
+  # command depends on what the earlier stages produced (a report of the runs so far).
+  args: tuple[str, ...] | Callable[[], tuple[str, ...]]
   done: Callable[[], bool]
   what: str = ""
   always: bool = False  # cheap and derived from the others (a report): run every time
+
+  def command(self) -> tuple[str, ...]:
+    return tuple(self.args()) if callable(self.args) else self.args
 
 
 def run_finished(workdir: pathlib.Path, total_steps: int | None = None) -> bool:
@@ -69,12 +74,13 @@ def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | N
       print(f"{prefix}: done earlier, skipped", flush=True)
       continue
     log = log_dir / f"{i:02d}_{stage.name}.log"
-    print(f"{prefix}: {stage.what or ' '.join(stage.args[:2])} (log: {log})", flush=True)
+    print(f"{prefix}: {stage.what or stage.name} (log: {log})", flush=True)
     t0 = time.perf_counter()
+    args = stage.command()
     with log.open("w") as f:
-      f.write("$ python -m " + " ".join(stage.args) + "\n")
+      f.write("$ python -m " + " ".join(args) + "\n")
       f.flush()
-      proc = subprocess.run([sys.executable, "-m", *stage.args], cwd=cwd, env=env, stdout=f,
+      proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, stdout=f,
                             stderr=subprocess.STDOUT, check=False)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0 or not stage.done():

@@ -69,3 +69,24 @@ def test_folds_can_run_in_pieces(train_shards, run, tmp_path):
     crossval.out_of_fold(tmp_path)
   bad = run([*common, "--folds=5"])
   assert bad.returncode == 1 and "not folds of the performer split" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_test_set_alone(train_shards, run, tmp_path):
+  common = [f"--workdir={tmp_path}", f"--config.data_dir={train_shards['percepiano']}",
+            "--config.num_steps=2"]
+  nothing = run([*common, "--folds=none"])
+  assert nothing.returncode == 1 and "runs nothing without --test" in nothing.stderr
+  proc = run([*common, "--folds=none", "--test"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = crossval.read_summary(tmp_path)
+  assert list(summary["runs"]) == ["test"] and summary["runs"]["test"]["finished"]
+  assert not (tmp_path / "fold0").exists() and "out_of_fold" not in summary
+  assert predictions.load_final(tmp_path / "test").split == "piece/test"
+
+
+def test_folds_flag():
+  assert crossval.parse_folds("") is None and crossval.parse_folds("none") == []
+  assert crossval.parse_folds("0,2") == [0, 2]
+  with pytest.raises(crossval.CrossValidationError, match="integers or 'none'"):
+    crossval.parse_folds("0,x")

@@ -33,19 +33,26 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert {"performer_ast", "performer_cnn", "report_piece", "report_performer"} <= set(names)
   backbones = {}
   for stage in plan:
-    if stage.args[0] in ("train.main", "eval.crossval"):
+    if not callable(stage.args) and stage.args[0] in ("train.main", "eval.crossval"):
       config = _config(stage.args, monkeypatch)
       if config.task == "finetune":
         model = tasks.finetuning_model_config(config)
         backbones[stage.name] = (model.backbone, model.head, model.adaptive_weighting,
                                  bool(config.init.checkpoint), config.input.augmented)
-        assert "--folds=0" in stage.args and "--test" in stage.args
+        assert "--test" in stage.args
+        kind, variant = stage.name.split("_", 1)
+        split = "piece" if kind == "cv" else "performer"
+        cross_validated = benchmark.SIZES[size]["cross_validated"].get(split, ())
+        assert ("--folds=0" if variant in cross_validated else "--folds=none") in stage.args
   assert backbones["cv_ast"] == ("ast", "grouped", True, True, True)
   assert backbones["cv_scratch"][3] is False
   assert backbones["cv_flat"][1] == "flat"
   assert backbones["cv_fixed"][2] is False
   assert backbones["cv_noaug"][4] is False
   assert backbones["cv_cnn"][0] == "cnn" and backbones["performer_ffn"][0] == "pooled_stats"
+  if size == "cpu":  # the headline models are cross-validated on 2 cores, the ablations not
+    assert "--folds=0" in plan[names.index("cv_cnn")].args
+    assert "--folds=none" in plan[names.index("cv_flat")].args
 
 
 def test_dry_run_prints_the_commands(tmp_path):
@@ -58,3 +65,28 @@ def test_dry_run_prints_the_commands(tmp_path):
   bad = subprocess.run([sys.executable, "-m", "experiments.percepiano_benchmark", "--only=nope"],
                        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
   assert bad.returncode != 0 and "unknown stages" in bad.stderr
+
+
+def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
+  import json
+  work = tmp_path / "w"
+  report = next(s for s in benchmark.plan(tmp_path / "pp", tmp_path / "asap", work, "cpu")
+                if s.name == "report_piece")
+  with pytest.raises(benchmark.stages.StageError, match="no finished evaluation"):
+    report.command()  # nothing to report before the AST's runs
+  for variant, runs in (("ast", ["0", "1", "2", "3", "test"]), ("cnn", ["test"])):
+    directory = work / "piece" / variant
+    directory.mkdir(parents=True)
+    summary = {"split": "piece", "folds": [0, 1, 2, 3], "config": {},
+               "runs": {k: {"finished": True, "wall_seconds": 120.0} for k in runs}}
+    if variant == "ast":
+      summary["out_of_fold"] = {}
+    (directory / "crossval.json").write_text(json.dumps(summary))
+  args = report.command()
+  assert f"--compare={work / 'piece' / 'cnn'}" in args
+  assert f"--names={benchmark.NAMES['ast']},{benchmark.NAMES['cnn']}" in args
+  notes = [a for a in args if a.startswith("--note=")]
+  assert "AST (SSAST pre-trained): 0, 1, 2, 3, test in 10 min" in notes[0]
+  assert "CNN baseline: test in 2 min" in notes[0]
+  pending = [benchmark.NAMES[v] for v in benchmark.VARIANTS if v not in ("ast", "cnn")]
+  assert notes[1] == f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}."

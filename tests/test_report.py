@@ -54,11 +54,14 @@ def test_comparisons_know_the_answer():
     assert vs_same[d]["difference"] == 0 and vs_same[d]["p_bootstrap"] == 1.0
     assert vs_bad[d]["p_bootstrap_holm"] >= vs_bad[d]["p_bootstrap"]
   assert out["compare"]["bad"]["relative_mean_pearson_gain"] > 0.2
-  checks = report.targets({"test": out}, 0.99, 0.2)
+  checks = report.targets({"test": out}, 0.99, 0.2, baselines={"bad", "same"})
   assert [t["met"] for t in checks if "Pearson >=" in t["goal"] and "over" not in t["goal"]] == [
       out["rows"][g]["pearson"] >= 0.99 for g in taxonomy.GROUPS]
   assert {t["goal"]: t["met"] for t in checks}["mean Pearson >= 20 % over bad"]
   assert not {t["goal"]: t["met"] for t in checks}["mean Pearson >= 20 % over same"]
+  # The gain goal is checked against baselines only, not against ablations.
+  only_bad = report.targets({"test": out}, None, 0.2, baselines={"bad"})
+  assert [t["goal"] for t in only_bad] == ["mean Pearson >= 20 % over bad"]
   # A run on other performances is refused, not silently intersected.
   fewer = good.subset(good.keys[:-4])
   with pytest.raises(report.ReportError, match="other performances"):
@@ -124,7 +127,7 @@ def test_cli_errors_are_one_line(crossval_dir, tmp_path):
   assert missing.returncode == 1 and "does not exist" in missing.stderr
   fold = run(f"--workdir={crossval_dir}", f"--compare={crossval_dir / 'fold0'}",
              "--names=cv,fold0", f"--output_dir={tmp_path}", "--resamples=10")
-  assert fold.returncode == 1 and "no out_of_fold predictions" in fold.stderr
+  assert fold.returncode == 1 and "no out_of_fold or test predictions" in fold.stderr
   assert "Traceback" not in missing.stderr + fold.stderr
 
 
@@ -137,3 +140,69 @@ def test_a_zero_ceiling_gives_no_ratio_instead_of_dividing_by_zero():
                          raters_per_performance=(5.0, 6.0, 7.0), splits=2)
   out = report.evaluate(p, {}, flat, resamples=50, seed=0)
   assert out["rows"]["mean"]["ceiling"] == 0 and np.isnan(out["rows"]["mean"]["of_ceiling"])
+
+
+def _fake_crossval(root: pathlib.Path, p: predictions.Predictions, folds_done: list[int],
+                   test: bool, backbone: str = "ast") -> pathlib.Path:
+  """An eval.crossval directory as the CLI leaves it: summary, finished runs' results and
+  predictions (fold k predicts its own passages; the test run all of `p`)."""
+  config = {"task": "finetune", "model": {"backbone": backbone, "head": "grouped"},
+            "init": {"checkpoint": ""}, "size": "tiny"}
+  (root).mkdir(parents=True)
+  (root / crossval.SUMMARY).write_text(json.dumps({"split": "piece", "folds": [0, 1],
+                                                   "config": config, "runs": {}}))
+  halves = {0: p.subset(p.keys[: len(p.keys) // 2]), 1: p.subset(p.keys[len(p.keys) // 2:])}
+  runs = {k: dataclasses.replace(halves[k], split=f"piece/fold{k}") for k in folds_done}
+  if test:
+    runs["test"] = dataclasses.replace(p, split="piece/test")
+  for k, part in runs.items():
+    directory = crossval.fold_dir(root, k)
+    part.save(predictions.path_for(directory, part.step))
+    (directory / "result.json").write_text(json.dumps(
+        {"status": "finished", "step": part.step, "total_steps": part.step}))
+  return root
+
+
+def test_partial_cross_validations_report_what_is_finished(tmp_path):
+  p = _predictions(5, 0.1)
+  full = report.load_source(_fake_crossval(tmp_path / "full", p, [0, 1], test=True))
+  assert set(full.evaluations) == {"out_of_fold", "test"}
+  only_test = report.load_source(_fake_crossval(tmp_path / "ablation", p, [], test=True))
+  assert set(only_test.evaluations) == {"test"}
+  one_fold = report.load_source(_fake_crossval(tmp_path / "one", p, [1], test=True))
+  assert set(one_fold.evaluations) == {"test"}  # out of fold needs every fold
+  with pytest.raises(report.ReportError, match="no finished evaluation"):
+    report.load_source(_fake_crossval(tmp_path / "none", p, [0], test=False))
+  # A test-only ablation is compared on the test set and named as absent out of fold.
+  noisy = dataclasses.replace(p, predictions=p.labels + 0.3 * np.random.default_rng(1).normal(
+      size=p.labels.shape))
+  _fake_crossval(tmp_path / "cnn", noisy, [0, 1], test=True, backbone="cnn")
+  out = report.build(tmp_path / "full", [tmp_path / "ablation", tmp_path / "cnn"],
+                     names=["main", "ablation", "cnn"], output_dir=tmp_path / "report",
+                     resamples=50, target_gain=0.2, notes=["Pending: the flat-head run."])
+  oof, test = out["evaluations"]["out_of_fold"], out["evaluations"]["test"]
+  assert set(oof["compare"]) == {"cnn"} and oof["not_compared"] == ["ablation"]
+  assert set(test["compare"]) == {"ablation", "cnn"} and test["not_compared"] == []
+  assert {t["goal"] for t in out["targets"]} == {"mean Pearson >= 20 % over cnn"}
+  md = (tmp_path / "report" / "report.md").read_text()
+  assert "Pending: the flat-head run." in md
+  assert "Not compared on this set (no predictions for it): ablation." in md
+
+
+def test_many_comparisons_get_their_own_tables(tmp_path):
+  p = _predictions(6, 0.1)
+  names = ["main", "a", "b", "c"]
+  _fake_crossval(tmp_path / "main", p, [], test=True)
+  for i, name in enumerate(names[1:]):
+    worse = dataclasses.replace(p, predictions=p.labels + (0.2 + 0.1 * i) * np.random.default_rng(
+        i).normal(size=p.labels.shape))
+    _fake_crossval(tmp_path / name, worse, [], test=True)
+  out = report.build(tmp_path / "main", [tmp_path / n for n in names[1:]], names=names,
+                     output_dir=tmp_path / "report", resamples=50)
+  md = (tmp_path / "report" / "report.md").read_text()
+  assert "Against each other run" in md and "Δ Pearson against each other run" in md
+  assert "Δ vs a" not in md  # no difference columns squeezed into the main tables
+  test = out["evaluations"]["test"]
+  for name in names[1:]:
+    gain = f"{100 * test['compare'][name]['relative_mean_pearson_gain']:+.1f} %"
+    assert gain in md
