@@ -92,13 +92,6 @@ class FeatureSettings:
   soundfont: str | None = None  # None: the default SoundFont (as the job)
   soundfont_sha256: str | None = None  # the training renders' SoundFont, if known
 
-  def __post_init__(self):
-    if not 1 <= self.window.hop_frames <= self.window.frames:
-      # A longer hop leaves audio between windows unscored (and windowing.cut does
-      # not support it).
-      raise ValueError(f"hop {self.hop_s:g} s must be positive and at most the "
-                       f"{self.window_s:g} s window")
-
   @classmethod
   def from_metadata(cls, data_metadata: dict, *, hop_s: float | None = None,
                     soundfont: str | None = None) -> FeatureSettings:

@@ -32,7 +32,7 @@ import time
 
 from absl import app, flags
 
-from experiments import stages
+from experiments import cpu_scale, stages
 from pipelines import demo as data_demo
 from pipelines import percepiano, taxonomy
 
@@ -40,14 +40,8 @@ FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 WINDOW = ["--window_s=2.56", "--hop_s=1.28"]
-# The encoder at the demo's window: 256 frames, non-overlapping 16 x 16 patches.
-ENCODER = ["--config.model.encoder.num_frames=256", "--config.model.encoder.freq_stride=16",
-           "--config.model.encoder.time_stride=16"]
-# The CNN scaled down like the tiny AST: the default (32..256 channels) costs ~400 GFLOP
-# per step of 32 at 256 frames (~13 s on 2 cores), this one ~20 (about the tiny AST's).
-# Microbatches of 16: the convolutions ran 0.77 steps/s as 2 x 16, 0.41 as 1 x 32 (cache).
-SMALL_CNN = ["--config.model.cnn.channels=(8, 16, 32, 64, 128)", "--config.model.cnn.width=128",
-             "--config.microbatch_size=16"]
+# The encoder at the demo's window: 256 frames.
+ENCODER = cpu_scale.encoder(256)
 COMMON = ["--config.batch_size=32", "--config.microbatch_size=32", "--config.eval_batch_size=32",
           "--config.checkpoint.every_steps=100", "--config.log_every_steps=20"]
 
@@ -99,7 +93,7 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
           lambda: stages.run_finished(ast_run, int(steps(250))),
           "multi-task fine-tuning of the pre-trained AST"),
       stages.Stage("finetune_cnn", (
-          *finetune, f"--workdir={cnn_run}", "--config.model.backbone=cnn", *SMALL_CNN,
+          *finetune, f"--workdir={cnn_run}", "--config.model.backbone=cnn", *cpu_scale.SMALL_CNN,
           f"--config.num_steps={steps(250)}"),
           lambda: stages.run_finished(cnn_run, int(steps(250))),
           "the CNN baseline, same data and heads"),

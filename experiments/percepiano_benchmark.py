@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import shlex
 import sys
 
 from absl import app, flags
 
-from experiments import stages
+from experiments import cpu_scale, stages
 
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -67,14 +68,14 @@ SIZES = {
         # PercePiano passages (mean ~12 s) overlap by half so each yields several views.
         "asap_window": ["--window_s=5.12", "--hop_s=5.12"],
         "percepiano_window": ["--window_s=5.12", "--hop_s=2.56"],
-        "encoder": ["--config.model.encoder.num_frames=512", "--config.model.encoder.freq_stride=16",
-                    "--config.model.encoder.time_stride=16"],
+        "encoder": cpu_scale.encoder(512),
         "pretrain": ["--config=train/configs/pretrain.py:tiny", "--config.model.num_masked=200",
                      "--config.num_epochs=2", "--config.batch_size=32"],
         "finetune": ["--config=train/configs/finetune.py:tiny", "--config.num_epochs=4",
                      "--config.batch_size=32", "--config.optimizer.peak_lr=3e-4",
                      "--config.eval_every_steps=0"],
         "cross_validated": {"piece": ("ast", "cnn", "ffn")},
+        "variants": {"cnn": cpu_scale.SMALL_CNN},  # on top of VARIANTS
     },
     "base": {
         "asap_window": [],
@@ -122,7 +123,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
     run_folds = folds if variant in s["cross_validated"].get(split, ()) else "none"
     args = ["eval.crossval", *s["finetune"], f"--workdir={directory}", f"--split={split}",
             f"--config.data_dir={labelled}", f"--config.init.checkpoint={pretrain}",
-            *s["encoder"], *VARIANTS[variant], "--test"]
+            *s["encoder"], *VARIANTS[variant], *s.get("variants", {}).get(variant, []), "--test"]
     if run_folds:
       args.append(f"--folds={run_folds}")
     return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_{variant}", tuple(args),
@@ -211,7 +212,7 @@ def main(argv):
   if FLAGS.dry_run or FLAGS.size == "base":
     for st in chosen:
       try:
-        command = " ".join(st.command())
+        command = shlex.join(st.command())
       except stages.StageError as e:  # a report before its runs exist
         command = f"(not yet: {e})"
       print(f"# {st.name}: {st.what}\npython -m {command}")

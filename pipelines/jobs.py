@@ -56,7 +56,10 @@ def _define_common(augment_preset: str) -> None:
 
 
 def _window_config() -> windowing.WindowConfig:
-  return windowing.WindowConfig.from_seconds(FLAGS.window_s, FLAGS.hop_s, FLAGS.silence_db)
+  try:
+    return windowing.WindowConfig.from_seconds(FLAGS.window_s, FLAGS.hop_s, FLAGS.silence_db)
+  except ValueError as e:
+    raise app.UsageError(f"--window_s/--hop_s: {e}") from None
 
 
 def _job_flags(names: list[str], augment: ml_collections.ConfigDict) -> dict:

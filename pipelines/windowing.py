@@ -22,6 +22,13 @@ class WindowConfig:
   hop_frames: int = 1024
   silence_db: float = -35.0
 
+  def __post_init__(self):
+    # A hop longer than the window would leave audio between windows unseen: the
+    # jobs and inference refuse it up front rather than dropping audio.
+    if self.frames < 1 or not 1 <= self.hop_frames <= self.frames:
+      raise ValueError(f"the window ({self.frames / 100:g} s) must be positive and the hop "
+                       f"({self.hop_frames / 100:g} s) positive and at most the window")
+
   @classmethod
   def from_seconds(cls, window_s: float, hop_s: float,
                    silence_db: float = -35.0) -> WindowConfig:
@@ -41,8 +48,6 @@ class Window:
 
 def cut(logmel: np.ndarray, config: WindowConfig = WindowConfig()) -> list[Window]:
   """Windows of `logmel` `[frames, mel]`; none for an empty input."""
-  if config.frames < 1 or config.hop_frames < 1:
-    raise ValueError(f"window and hop must be positive, got {config}")
   total = logmel.shape[0]
   if total == 0:
     return []

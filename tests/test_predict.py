@@ -250,7 +250,7 @@ def test_model_input_is_bitwise_the_shards_windows(run, saved, corpus, train_sha
 
 
 def test_a_hop_longer_than_the_window_is_refused(run):
-  with pytest.raises(ValueError, match="at most the 2.56 s window"):
+  with pytest.raises(ValueError, match=r"hop \(5.12 s\) positive and at most the window"):
     predict.FeatureSettings.from_metadata(run.data_metadata, hop_s=5.12)
   settings = predict.FeatureSettings.from_metadata(run.data_metadata, hop_s=2.56)
   assert (settings.window.frames, settings.window.hop_frames) == (256, 256)

@@ -382,3 +382,11 @@ def test_midi_domain_needs_midi_sources(corpus, tmp_path):
                  f"--audio_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}",
                  "--augment_config.domain=midi", *TINY_SPLIT)
   assert proc.returncode != 0 and "domain=midi needs MIDI sources" in proc.stderr
+
+
+def test_a_hop_longer_than_the_window_is_refused_before_the_job_runs(corpus, tmp_path):
+  out = tmp_path / "out"
+  proc = run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}",
+                 f"--output_dir={out}", "--window_s=2.56", "--hop_s=5.12", *TINY_SPLIT)
+  assert proc.returncode != 0 and "positive and at most the window" in proc.stderr
+  assert "Traceback" not in proc.stderr and not out.exists()

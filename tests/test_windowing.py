@@ -30,9 +30,11 @@ def test_empty_input_has_no_windows():
   assert windowing.cut(np.zeros((0, 128), np.float32)) == []
 
 
-def test_bad_config():
-  with pytest.raises(ValueError):
-    windowing.cut(np.zeros((10, 4)), windowing.WindowConfig(frames=0))
+@pytest.mark.parametrize("frames,hop", [(0, 1), (100, 0), (100, 101), (-5, -5)])
+def test_bad_config(frames, hop):
+  # A hop beyond the window would leave audio unseen (and once crashed cut()).
+  with pytest.raises(ValueError, match="at most the window"):
+    windowing.WindowConfig(frames=frames, hop_frames=hop)
 
 
 def test_near_silence():
