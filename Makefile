@@ -32,12 +32,13 @@ demo: $(STAMP)
 	$(BIN)/python -m experiments.demo --corpus_dir=out/demo-corpus --workdir=out/demo
 
 # The real benchmark on 2 cores, resumable stage by stage (rerun to continue; STAGES=a,b and
-# FOLDS=0,1 run pieces). Reports land in out/benchmark/reports/{piece,performer}.
+# FOLDS=0,1 run pieces). Reports land in reports/benchmark/{piece,performer} (committed).
 STAGES ?=
 FOLDS ?=
 benchmark-percepiano: $(STAMP)
 	$(BIN)/python -m experiments.percepiano_benchmark --percepiano_dir=$(PERCEPIANO_DIR) \
-	  --asap_dir=$(ASAP_DIR) --workdir=out/benchmark --only=$(STAGES) --folds=$(FOLDS)
+	  --asap_dir=$(ASAP_DIR) --workdir=out/benchmark --report_dir=reports/benchmark \
+	  --only=$(STAGES) --folds=$(FOLDS)
 
 # The data path alone on the embedded corpus: MIDI -> audio -> log-mel -> windows (~1 min).
 demo-data: $(STAMP)
@@ -48,8 +49,11 @@ demo-real: $(STAMP)
 	$(BIN)/python -m pipelines.demo --percepiano_dir=$(PERCEPIANO_DIR) \
 	  --key=Schubert_D960_mv2_8bars_3_07
 
+# Two pytest workers (pytest-xdist), one test file each at a time: compilation is mostly
+# single-threaded, so a second process uses the second core that one JAX process leaves idle.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
