@@ -73,10 +73,12 @@ SIZES = {
         "pretrain": ["--config=train/configs/pretrain.py:tiny", "--config.model.num_masked=200",
                      "--config.num_steps=800", "--config.batch_size=32",
                      "--config.optimizer.peak_lr=5e-4", "--config.checkpoint.every_steps=100",
-                     "--config.eval_every_steps=400"],
+                     "--config.eval_every_steps=0", "--config.eval_batch_size=32"],
         "finetune": ["--config=train/configs/finetune.py:tiny", "--config.num_epochs=4",
                      "--config.batch_size=32", "--config.optimizer.peak_lr=3e-4",
-                     "--config.eval_every_steps=0"],
+                     "--config.eval_every_steps=0", "--config.eval_batch_size=32",
+                     # SpecAugment's time mask at AST's ratio (192 of 1024 frames).
+                     "--config.input.time_mask=96", "--config.checkpoint.every_steps=100"],
         "cross_validated": {"piece": ("ast", "cnn", "ffn")},
         "variants": {"cnn": cpu_scale.SMALL_CNN},  # on top of VARIANTS
     },
