@@ -101,11 +101,31 @@ def _out_of_fold(workdir: pathlib.Path, folds: list[int], split: str) -> predict
   return predictions.concatenate(parts, split=f"{split}/out-of-fold")
 
 
+def available_sets(workdir: str | pathlib.Path) -> dict[str, bool]:
+  """Which evaluated sets a cross-validation can report now: "out_of_fold" once every
+  fold finished, "test" once the test run finished."""
+  workdir = pathlib.Path(workdir)
+  summary = read_summary(workdir)
+  return {"out_of_fold": all(finished(fold_dir(workdir, k)) for k in summary["folds"]),
+          "test": finished(fold_dir(workdir, TEST))}
+
+
 def read_summary(workdir: str | pathlib.Path) -> dict:
   path = pathlib.Path(workdir) / SUMMARY
   if not path.is_file():
     raise FileNotFoundError(f"{workdir} has no {SUMMARY}: not an eval.crossval directory")
-  return json.loads(path.read_text())
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise CrossValidationError(f"{path} is not valid JSON ({e}); delete it and rerun to "
+                               "rebuild it from the fold directories") from None
+
+
+def _write_summary(workdir: pathlib.Path, summary: dict) -> None:
+  # Atomic: a kill mid-write must not leave a summary that no later run can read.
+  tmp = workdir / (SUMMARY + ".tmp")
+  tmp.write_text(json.dumps(summary, indent=1, default=float) + "\n")
+  tmp.replace(workdir / SUMMARY)
 
 
 def _scores(p: predictions.Predictions) -> dict[str, float]:
@@ -176,13 +196,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, split: s
     logging.info("%s: training (%s split)", directory.name, split)
     result = trainer.train_and_evaluate(fold_config(config, split, k), directory)
     summary = _summarise(workdir, config, split, folds, test)
-    (workdir / SUMMARY).write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    _write_summary(workdir, summary)
     if result.status == "preempted":
       preempted = True
       break
   summary = _summarise(workdir, config, split, folds, test)
   summary["preempted"] = preempted
-  (workdir / SUMMARY).write_text(json.dumps(summary, indent=1, default=float) + "\n")
+  _write_summary(workdir, summary)
   return summary
 
 

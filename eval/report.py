@@ -5,7 +5,8 @@
 
 `W` (and every `--compare` directory) is a fine-tuning work directory (its final
 validation predictions are scored) or an `eval.crossval` directory (its
-pooled out-of-fold predictions, plus the held-out test set when it was run).
+pooled out-of-fold predictions once every fold finished, and the held-out test
+set once that run finished; a set not finished yet is named in the report).
 The report is computed from the saved per-performance predictions only, so it
 can be rebuilt without checkpoints or shards. It writes `report.md`, a
 self-contained `report.html` (figures embedded) and `report.json` (every
@@ -73,6 +74,7 @@ class Source:
   config: dict
   evaluations: dict[str, predictions.Predictions]
   curves: dict[str, list[dict]]
+  pending: tuple[str, ...] = ()  # sets a cross-validation has not finished yet
 
   @property
   def backbone(self) -> str:
@@ -85,11 +87,11 @@ class Source:
   @property
   def run_dir(self) -> pathlib.Path:
     """A fine-tuning work directory with checkpoints (a cross-validation's fold 0, or its
-    test run when it ran the test set alone)."""
+    test run when fold 0 has not finished)."""
     if self.kind != "crossval":
       return self.workdir
     fold0 = crossval.fold_dir(self.workdir, 0)
-    return fold0 if fold0.is_dir() else crossval.fold_dir(self.workdir, crossval.TEST)
+    return fold0 if crossval.finished(fold0) else crossval.fold_dir(self.workdir, crossval.TEST)
 
 
 def default_name(config: dict) -> str:
@@ -116,15 +118,18 @@ def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
     config = summary["config"]
     config = {**config, "split": summary["split"]}
     # A cross-validation reports what is complete: the out-of-fold set once every
-    # fold finished, the test set once it finished (`--folds=none --test` runs only it).
-    evaluations = {}
-    if all(crossval.finished(crossval.fold_dir(workdir, k)) for k in summary["folds"]):
-      evaluations["out_of_fold"] = crossval.out_of_fold(workdir)
-    if crossval.finished(crossval.fold_dir(workdir, crossval.TEST)):
-      evaluations["test"] = predictions.load_final(crossval.fold_dir(workdir, crossval.TEST))
-    if not evaluations:
+    # fold finished, the test set once it finished (`--folds=none --test` runs only it);
+    # what is not is named in the report.
+    available = crossval.available_sets(workdir)
+    if not any(available.values()):
       raise ReportError(f"{workdir}: no finished evaluation yet (neither every fold nor the "
                         "test set)")
+    evaluations = {}
+    if available["out_of_fold"]:
+      evaluations["out_of_fold"] = crossval.out_of_fold(workdir)
+    if available["test"]:
+      evaluations["test"] = predictions.load_final(crossval.fold_dir(workdir, crossval.TEST))
+    pending = [k for k, ready in available.items() if not ready]
     curves = {("test" if k == crossval.TEST else f"fold {k}"): _curves(crossval.fold_dir(workdir, k))
               for k in [*summary["folds"], crossval.TEST]
               if crossval.fold_dir(workdir, k).is_dir()}
@@ -138,11 +143,12 @@ def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
     evaluations = {"test" if final.split.endswith("test") else "validation": final}
     curves = {"run": _curves(workdir)}
     kind = "run"
+    pending = []
   else:
     raise ReportError(f"{workdir} is neither a fine-tuning work directory nor an "
                       "eval.crossval directory")
   return Source(name=name or default_name(config), workdir=workdir, kind=kind, config=config,
-                evaluations=evaluations, curves=curves)
+                evaluations=evaluations, curves=curves, pending=tuple(pending))
 
 
 def _common(main: predictions.Predictions, other: predictions.Predictions, name: str
@@ -314,11 +320,16 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
              for r in report["runs"]]))
   for note in report.get("notes", []):
     b.append(("p", note))
+  for r in report["runs"]:
+    if r.get("pending"):
+      b.append(("p", f"{r['name']}: not finished yet, so not in this report: "
+                     f"{', '.join(EVALUATION_TITLES[k].lower() for k in r['pending'])}."))
   if report.get("targets"):
     b.append(("h2", "Targets"))
     b.append(("table", ["set", "goal", "value", "met"],
               [[EVALUATION_TITLES.get(t["evaluation"], t["evaluation"]), t["goal"],
-                _fmt(t["value"]), "yes" if t["met"] else "NO"] for t in report["targets"]]))
+                t["note"] if t.get("note") else _fmt(t["value"]), "yes" if t["met"] else "NO"]
+               for t in report["targets"]]))
     missed = [t["goal"] for t in report["targets"] if not t["met"]]
     b.append(("p", "Every target is met." if not missed else
               f"Not met: {'; '.join(missed)}. See the tables below for by how much."))
@@ -478,6 +489,11 @@ def targets(evaluations: dict, pearson: float | None, gain: float | None,
                     "value": value, "met": bool(value >= pearson)})
     if gain is not None:
       # The gain goal is over the baselines, not over the AST's own ablations.
+      compared = [name for name in evaluation["compare"] if name in baselines]
+      if not compared:  # never "every target is met" with the gain goal unchecked
+        out.append({"evaluation": key, "goal": f"mean Pearson >= {100 * gain:g} % over the "
+                    "baselines", "value": None, "met": False,
+                    "note": "no baseline compared on this set"})
       for name, c in evaluation["compare"].items():
         if name not in baselines:
           continue
@@ -549,7 +565,8 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
       "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       "resamples": resamples, "seed": seed,
       "runs": [{"name": s.name, "workdir": str(s.workdir), "kind": s.kind,
-                "backbone": s.backbone, "split": s.split} for s in sources],
+                "backbone": s.backbone, "split": s.split, "pending": list(s.pending)}
+               for s in sources],
       "evaluations": evaluations,
       "ceiling_source": ceiling_note,
       "anchors": list(ANCHORS),
@@ -606,11 +623,12 @@ if __name__ == "__main__":
   flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
   flags.DEFINE_integer("ceiling_splits", 100, "Random split-halves for the ceiling.")
   flags.DEFINE_string("attention_audio", None, "A recording (wav/flac/mid) to draw attention maps "
-                      "of (from the main run; fold 0 of a cross-validation).")
+                      "of (from the main run; fold 0 of a cross-validation, or its test run).")
   flags.DEFINE_float("target_pearson", None, "Adds a Targets section: is every group's Pearson "
                      "at least this?")
   flags.DEFINE_float("target_gain", None, "Adds to Targets: is the relative mean-Pearson gain over "
-                     "each --compare run at least this (0.2 = 20 %)?")
+                     "each baseline (--compare runs with a non-AST backbone) at least this "
+                     "(0.2 = 20 %)?")
   flags.DEFINE_multi_string("note", [], "A paragraph to put under the runs table (repeatable), "
                             "e.g. which runs are still pending.")
   app.run(main)

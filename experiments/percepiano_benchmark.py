@@ -103,7 +103,9 @@ def define_flags() -> None:
                       "committed).")
   flags.DEFINE_enum("size", "cpu", sorted(SIZES), "cpu: sized for 2 cores; base: the paper.")
   flags.DEFINE_list("only", [], "Run only these stages (default: all, in order).")
-  flags.DEFINE_string("folds", "", "Cross-validation folds to run now (default: all).")
+  flags.DEFINE_string("folds", "", "Cross-validation folds to run now (default: all). At "
+                      "--size=cpu only the cross-validated variants (piece split: ast, cnn, "
+                      "ffn) have folds; the others run the test set alone.")
   flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
 
 
@@ -162,7 +164,7 @@ def _report_command(work: pathlib.Path, split: str, variants: list[str],
                             "evaluation yet")
   ready = [v for v in variants if v == "ast" or _has_results(work / split / v)]
   pending = [NAMES[v] for v in variants if v not in ready]
-  notes = [f"--note=Runs and training wall time (4 folds + test, or the test run alone): "
+  notes = ["--note=Finished runs and their training wall time: "
            + "; ".join(_wall_time(work / split / v, NAMES[v]) for v in ready) + "."]
   if pending:
     notes.append(f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}.")
@@ -175,36 +177,35 @@ def _report_command(work: pathlib.Path, split: str, variants: list[str],
 def _has_results(directory: pathlib.Path) -> bool:
   from eval import crossval
   try:
-    summary = crossval.read_summary(directory)
+    return any(crossval.available_sets(directory).values())
   except FileNotFoundError:
     return False
-  runs = summary["runs"]
-  return runs.get("test", {}).get("finished", False) or "out_of_fold" in summary
 
 
 def _wall_time(directory: pathlib.Path, name: str) -> str:
   from eval import crossval
   runs = crossval.read_summary(directory)["runs"]
-  done = {k: r for k, r in runs.items() if r["finished"]}
-  seconds = sum(r.get("wall_seconds") or 0 for r in done.values())
-  return f"{name}: {', '.join(sorted(done))} in {seconds / 60:.0f} min"
+  done = sorted(k for k, r in runs.items() if r["finished"])
+  seconds = sum(runs[k].get("wall_seconds") or 0 for k in done)
+  folds = [k for k in done if k != crossval.TEST]
+  parts = ([f"{len(folds)} folds"] if folds else []) + (["test"] if crossval.TEST in done else [])
+  return f"{name}: {' + '.join(parts)} in {seconds / 60:.0f} min"
 
 
 def _crossval_finished(directory: pathlib.Path, folds: str = "") -> bool:
-  """Every fold and the test set finished; with `folds` (a piece of the work, or "none"
-  for the test run alone) those folds and the test set."""
+  """The stage's work is done: every fold and the test set; with `folds` (a piece of
+  the work) those folds and the test set; with "none" the test set alone."""
   from eval import crossval
   try:
     summary = crossval.read_summary(directory)
   except FileNotFoundError:
     return False
   runs = summary["runs"]
-  test = runs.get("test", {}).get("finished", False)
-  if folds == "none":
-    return test
-  if folds:
-    return all(runs.get(f, {}).get("finished") for f in folds.split(","))
-  return all(r["finished"] for r in runs.values()) and test and "out_of_fold" in summary
+  test = runs.get(crossval.TEST, {}).get("finished", False)
+  chosen = crossval.parse_folds(folds)
+  if chosen is None:
+    return test and "out_of_fold" in summary
+  return test and all(runs.get(str(f), {}).get("finished") for f in chosen)
 
 
 def main(argv):
@@ -222,14 +223,13 @@ def main(argv):
   if FLAGS.dry_run or FLAGS.size == "base":
     for st in chosen:
       try:
-        command = shlex.join(st.command())
+        print(f"# {st.name}: {st.what}\npython -m {shlex.join(st.command())}")
       except stages.StageError as e:  # a report before its runs exist
-        command = f"(not yet: {e})"
-      print(f"# {st.name}: {st.what}\npython -m {command}")
+        print(f"# {st.name}: {st.what}\n# (its command is built when it runs: {e})")
     return
   try:
     stages.run(chosen, work / "logs", cwd=REPO)
-  except stages.StageError as e:
+  except (stages.StageError, ValueError) as e:  # ValueError: e.g. an unreadable crossval.json
     sys.exit(f"error: {e}")
 
 

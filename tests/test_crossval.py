@@ -80,8 +80,10 @@ def test_the_test_set_alone(train_shards, run, tmp_path):
   proc = run([*common, "--folds=none", "--test"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = crossval.read_summary(tmp_path)
-  assert list(summary["runs"]) == ["test"] and summary["runs"]["test"]["finished"]
-  assert not (tmp_path / "fold0").exists() and "out_of_fold" not in summary
+  assert summary["runs"]["test"]["finished"] and "out_of_fold" not in summary
+  assert not any(r["finished"] for k, r in summary["runs"].items() if k != "test")
+  assert not (tmp_path / "fold0").exists()
+  assert crossval.available_sets(tmp_path) == {"out_of_fold": False, "test": True}
   assert predictions.load_final(tmp_path / "test").split == "piece/test"
 
 
@@ -90,3 +92,9 @@ def test_folds_flag():
   assert crossval.parse_folds("0,2") == [0, 2]
   with pytest.raises(crossval.CrossValidationError, match="integers or 'none'"):
     crossval.parse_folds("0,x")
+
+
+def test_an_unreadable_summary_is_a_clear_error(tmp_path):
+  (tmp_path / crossval.SUMMARY).write_text('{"split": "pie')  # cut mid-write (older versions)
+  with pytest.raises(crossval.CrossValidationError, match="not valid JSON.*delete it"):
+    crossval.read_summary(tmp_path)

@@ -39,6 +39,8 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
         model = tasks.finetuning_model_config(config)
         backbones[stage.name] = (model.backbone, model.head, model.adaptive_weighting,
                                  bool(config.init.checkpoint), config.input.augmented)
+        if model.backbone == "cnn":  # scaled down to the tiny AST's cost on 2 cores only
+          assert (tuple(config.model.cnn.channels) == (8, 16, 32, 64, 128)) == (size == "cpu")
         assert "--test" in stage.args
         kind, variant = stage.name.split("_", 1)
         split = "piece" if kind == "cv" else "performer"
@@ -67,6 +69,27 @@ def test_dry_run_prints_the_commands(tmp_path):
   assert bad.returncode != 0 and "unknown stages" in bad.stderr
 
 
+def test_display_names_survive_the_comma_separated_names_flag():
+  assert all("," not in name for name in benchmark.NAMES.values())
+  assert set(benchmark.NAMES) == set(benchmark.VARIANTS)
+
+
+def test_a_piece_of_folds_is_done_only_with_its_test_run(tmp_path):
+  import json
+  summary = {"split": "piece", "folds": [0, 1, 2, 3], "config": {},
+             "runs": {"0": {"finished": True}, "1": {"finished": True},
+                      "2": {"finished": False}, "3": {"finished": False},
+                      "test": {"finished": False}}}
+  (tmp_path / "crossval.json").write_text(json.dumps(summary))
+  assert not benchmark._crossval_finished(tmp_path, "0,1")  # killed during the test run
+  summary["runs"]["test"]["finished"] = True
+  (tmp_path / "crossval.json").write_text(json.dumps(summary))
+  assert benchmark._crossval_finished(tmp_path, "0,1")
+  assert benchmark._crossval_finished(tmp_path, "none")
+  assert not benchmark._crossval_finished(tmp_path, "")  # folds 2 and 3 still to run
+  assert not benchmark._crossval_finished(tmp_path / "absent", "none")
+
+
 def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
   import json
   work = tmp_path / "w"
@@ -76,17 +99,20 @@ def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
     report.command()  # nothing to report before the AST's runs
   for variant, runs in (("ast", ["0", "1", "2", "3", "test"]), ("cnn", ["test"])):
     directory = work / "piece" / variant
-    directory.mkdir(parents=True)
     summary = {"split": "piece", "folds": [0, 1, 2, 3], "config": {},
-               "runs": {k: {"finished": True, "wall_seconds": 120.0} for k in runs}}
-    if variant == "ast":
-      summary["out_of_fold"] = {}
+               "runs": {k: {"finished": k in runs, "wall_seconds": 120.0 if k in runs else None}
+                        for k in ["0", "1", "2", "3", "test"]}}
+    (directory).mkdir(parents=True)
     (directory / "crossval.json").write_text(json.dumps(summary))
+    for k in runs:  # the run directories' own results decide what is finished
+      run = directory / ("test" if k == "test" else f"fold{k}")
+      run.mkdir()
+      (run / "result.json").write_text('{"status": "finished", "step": 5, "total_steps": 5}')
   args = report.command()
   assert f"--compare={work / 'piece' / 'cnn'}" in args
   assert f"--names={benchmark.NAMES['ast']},{benchmark.NAMES['cnn']}" in args
   notes = [a for a in args if a.startswith("--note=")]
-  assert "AST (SSAST pre-trained): 0, 1, 2, 3, test in 10 min" in notes[0]
+  assert "AST (SSAST pre-trained): 4 folds + test in 10 min" in notes[0]
   assert "CNN baseline: test in 2 min" in notes[0]
   pending = [benchmark.NAMES[v] for v in benchmark.VARIANTS if v not in ("ast", "cnn")]
   assert notes[1] == f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}."

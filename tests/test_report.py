@@ -149,8 +149,10 @@ def _fake_crossval(root: pathlib.Path, p: predictions.Predictions, folds_done: l
   config = {"task": "finetune", "model": {"backbone": backbone, "head": "grouped"},
             "init": {"checkpoint": ""}, "size": "tiny"}
   (root).mkdir(parents=True)
-  (root / crossval.SUMMARY).write_text(json.dumps({"split": "piece", "folds": [0, 1],
-                                                   "config": config, "runs": {}}))
+  # The summary as eval.crossval writes it: every fold listed, finished or not.
+  (root / crossval.SUMMARY).write_text(json.dumps({
+      "split": "piece", "folds": [0, 1], "config": config,
+      "runs": {str(k): {"finished": k in folds_done} for k in (0, 1)}}))
   halves = {0: p.subset(p.keys[: len(p.keys) // 2]), 1: p.subset(p.keys[len(p.keys) // 2:])}
   runs = {k: dataclasses.replace(halves[k], split=f"piece/fold{k}") for k in folds_done}
   if test:
@@ -187,6 +189,13 @@ def test_partial_cross_validations_report_what_is_finished(tmp_path):
   md = (tmp_path / "report" / "report.md").read_text()
   assert "Pending: the flat-head run." in md
   assert "Not compared on this set (no predictions for it): ablation." in md
+  assert "ablation: not finished yet, so not in this report: cross-validation, out of fold." in md
+  # Without a baseline the gain goal is reported as not met, never silently dropped.
+  alone = report.build(tmp_path / "ablation", [], output_dir=tmp_path / "alone", resamples=20,
+                       target_pearson=0.1, target_gain=0.2)
+  gain = [t for t in alone["targets"] if "over the baselines" in t["goal"]]
+  assert len(gain) == 1 and not gain[0]["met"]
+  assert "Every target is met" not in (tmp_path / "alone" / "report.md").read_text()
 
 
 def test_many_comparisons_get_their_own_tables(tmp_path):
