@@ -39,3 +39,18 @@ def test_a_finished_run_of_another_length_is_refused(tmp_path):
   (tmp_path / "result.json").write_text('{"status": "fini')  # cut mid-write
   assert not stages.run_finished(tmp_path)
   assert not stages.run_finished(tmp_path / "nothing")
+
+
+def test_a_command_can_depend_on_what_earlier_stages_wrote(tmp_path):
+  first = tmp_path / "first.json"
+  second = tmp_path / "second.json"
+  # Built when the stage starts, from the file the stage before it wrote.
+  read = stages.Stage("read", lambda: ("json.tool", json.loads(first.read_text())["path"],
+                                       str(second)), second.is_file)
+  source = tmp_path / "in.json"
+  source.write_text(json.dumps({"path": str(source)}))
+  write = stages.Stage("write", ("json.tool", str(source), str(first)), first.is_file)
+  stages.run([write, read], tmp_path / "logs")
+  assert json.loads(second.read_text()) == {"path": str(source)}
+  assert (tmp_path / "logs" / "02_read.log").read_text().startswith(
+      f"$ python -m json.tool {source} {second}")

@@ -1,0 +1,51 @@
+"""experiments.demo (`make demo`): the plan, and the whole chain at smoke scale as a user runs it."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from experiments import demo
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_the_attention_example_is_the_first_test_performance(tmp_path):
+  release, shards = tmp_path / "percepiano", tmp_path / "shards"
+  midi = release / "virtuoso" / "data" / "all_2rounds"
+  midi.mkdir(parents=True)
+  shards.mkdir()
+  for key in ("B_piece_8bars_1_2", "A_piece_8bars_1_1", "C_piece_8bars_1_3"):
+    (midi / f"{key}.mid").write_bytes(b"MThd")
+  (shards / "metadata.json").write_text(json.dumps({"splits": {"piece": {
+      "A_piece_8bars_1_1": "fold0", "B_piece_8bars_1_2": "test", "C_piece_8bars_1_3": "test"}}}))
+  assert demo.first_test_midi(release, shards) == midi / "B_piece_8bars_1_2.mid"
+  plan = demo.plan(tmp_path / "corpus", tmp_path / "work", 1.0, 100)
+  assert [s.name for s in plan] == ["maestro_shards", "percepiano_shards", "pretrain",
+                                    "finetune_ast", "finetune_cnn", "report"]
+  assert callable(plan[-1].args)  # completed once the PercePiano job has run
+
+
+@pytest.mark.slow
+def test_make_demo_end_to_end_at_smoke_scale(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.demo", f"--corpus_dir={tmp_path / 'corpus'}",
+       f"--workdir={tmp_path / 'work'}", "--steps_scale=0.02", "--resamples=50"],
+      cwd=REPO, capture_output=True, text=True, timeout=1800, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Report:" in proc.stdout and "target timing Pearson >= 0.7" in proc.stdout
+  report = json.loads((tmp_path / "work" / "report" / "report.json").read_text())
+  assert set(report["evaluations"]) == {"test"}
+  assert [r["backbone"] for r in report["runs"]] == ["ast", "cnn"]
+  assert any("attention" in f for f in report["figures"])
+  assert {t["goal"] for t in report["targets"]} >= {"mean Pearson >= 20 % over CNN baseline"}
+  timings = json.loads((tmp_path / "work" / "timings.json").read_text())
+  assert set(timings) >= {"maestro_shards", "pretrain", "finetune_cnn", "report"}
+  # A rerun skips every finished stage (only the report is rebuilt).
+  again = subprocess.run(
+      [sys.executable, "-m", "experiments.demo", f"--corpus_dir={tmp_path / 'corpus'}",
+       f"--workdir={tmp_path / 'work'}", "--steps_scale=0.02", "--resamples=50"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 5
