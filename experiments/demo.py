@@ -34,7 +34,7 @@ from absl import app, flags
 
 from experiments import cpu_scale, stages
 from pipelines import demo as data_demo
-from pipelines import percepiano, taxonomy
+from pipelines import taxonomy
 
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -68,7 +68,8 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
                  f"--resamples={resamples}", "--target_pearson=0.7", "--target_gain=0.2")
   # The attention example is a test-set performance, known once the PercePiano job
   # has written its split table: the report's command is completed when it runs.
-  report_command = lambda: (*report_args, f"--attention_audio={first_test_midi(release, labelled)}")
+  report_command = lambda: (
+      *report_args, f"--attention_audio={stages.first_test_midi(release, labelled, 'piece')}")
   return [
       stages.Stage("maestro_shards", (
           "pipelines.maestro", f"--maestro_dir={corpus / 'maestro-v3.0.0'}",
@@ -99,13 +100,6 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
                    lambda: (work / "report" / "report.json").is_file(), "evaluation report",
                    always=True),
   ]
-
-
-def first_test_midi(release: pathlib.Path, shard_dir: pathlib.Path) -> pathlib.Path:
-  """The MIDI of the first held-out test performance (piece split) of a PercePiano job."""
-  metadata = json.loads((shard_dir / "metadata.json").read_text())
-  test_keys = sorted(k for k, v in metadata["splits"]["piece"].items() if v == "test")
-  return percepiano.index_midi(release / percepiano.MIDI_DIR)[test_keys[0]]
 
 
 def main(argv):

@@ -149,13 +149,14 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
     report_dir = (reports or work / "reports") / split
     out.append(stages.Stage(
         f"report_{split}", functools.partial(_report_command, work, split, variants,
-                                             percepiano_dir, report_dir),
+                                             percepiano_dir, labelled, report_dir),
         lambda d=report_dir: (d / "report.json").is_file(), f"report, {split} split", always=True))
   return out
 
 
 def _report_command(work: pathlib.Path, split: str, variants: list[str],
-                    percepiano_dir: pathlib.Path, report_dir: pathlib.Path) -> tuple[str, ...]:
+                    percepiano_dir: pathlib.Path, labelled: pathlib.Path,
+                    report_dir: pathlib.Path) -> tuple[str, ...]:
   """eval.report of the AST against every variant with a finished evaluation so far.
 
   The benchmark runs over several sessions, so a report may be built before every
@@ -174,7 +175,8 @@ def _report_command(work: pathlib.Path, split: str, variants: list[str],
   return ("eval.report", f"--workdir={work / split / 'ast'}",
           f"--compare={','.join(str(work / split / v) for v in ready if v != 'ast')}",
           f"--names={','.join(NAMES[v] for v in ready)}", f"--percepiano_dir={percepiano_dir}",
-          f"--output_dir={report_dir}", "--target_pearson=0.7", "--target_gain=0.2", *notes)
+          f"--output_dir={report_dir}", "--target_pearson=0.7", "--target_gain=0.2",
+          f"--attention_audio={stages.first_test_midi(percepiano_dir, labelled, split)}", *notes)
 
 
 def _has_results(directory: pathlib.Path) -> bool:

@@ -12,6 +12,7 @@ stage that was cut (the trainer and crossval resume from their checkpoints).
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import subprocess
 import sys
@@ -57,6 +58,17 @@ def run_finished(workdir: pathlib.Path, total_steps: int | None = None) -> bool:
 def job_finished(output_dir: pathlib.Path) -> bool:
   """A Beam job's output directory (moved into place only when complete)."""
   return (output_dir / "metadata.json").is_file()
+
+
+def first_test_midi(release: pathlib.Path, shard_dir: pathlib.Path, split: str) -> pathlib.Path:
+  """The MIDI of the first held-out test performance of a PercePiano job's `split`: the
+  recording a report draws attention maps of."""
+  from pipelines import percepiano
+  metadata = json.loads((shard_dir / "metadata.json").read_text())
+  test_keys = sorted(k for k, v in metadata["splits"][split].items() if v == "test")
+  if not test_keys:
+    raise StageError(f"{shard_dir}: the {split} split has no test performances")
+  return percepiano.index_midi(release / percepiano.MIDI_DIR)[test_keys[0]]
 
 
 def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | None = None,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from experiments import demo
+from experiments import demo, stages
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ def test_the_attention_example_is_the_first_test_performance(tmp_path):
     (midi / f"{key}.mid").write_bytes(b"MThd")
   (shards / "metadata.json").write_text(json.dumps({"splits": {"piece": {
       "A_piece_8bars_1_1": "fold0", "B_piece_8bars_1_2": "test", "C_piece_8bars_1_3": "test"}}}))
-  assert demo.first_test_midi(release, shards) == midi / "B_piece_8bars_1_2.mid"
+  assert stages.first_test_midi(release, shards, "piece") == midi / "B_piece_8bars_1_2.mid"
   plan = demo.plan(tmp_path / "corpus", tmp_path / "work", 1.0, 100)
   assert [s.name for s in plan] == ["maestro_shards", "percepiano_shards", "pretrain",
                                     "finetune_ast", "finetune_cnn", "report"]

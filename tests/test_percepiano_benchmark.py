@@ -108,7 +108,15 @@ def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
       run = directory / ("test" if k == "test" else f"fold{k}")
       run.mkdir()
       (run / "result.json").write_text('{"status": "finished", "step": 5, "total_steps": 5}')
+  # The attention example: the first test performance of the labelled shards' split table.
+  midi = tmp_path / "pp" / "virtuoso" / "data" / "all_2rounds"
+  midi.mkdir(parents=True)
+  (midi / "Y_piece_8bars_1_2.mid").write_bytes(b"MThd")
+  (work / "shards" / "percepiano").mkdir(parents=True)
+  (work / "shards" / "percepiano" / "metadata.json").write_text(json.dumps(
+      {"splits": {"piece": {"Y_piece_8bars_1_2": "test", "X_piece_8bars_1_1": "fold0"}}}))
   args = report.command()
+  assert f"--attention_audio={midi / 'Y_piece_8bars_1_2.mid'}" in args
   assert f"--compare={work / 'piece' / 'cnn'}" in args
   assert f"--names={benchmark.NAMES['ast']},{benchmark.NAMES['cnn']}" in args
   notes = [a for a in args if a.startswith("--note=")]
