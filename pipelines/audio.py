@@ -116,7 +116,8 @@ def decode_audio(
       source_rate = f.samplerate
       samples = f.read(dtype="float32", always_2d=True)
   except soundfile.LibsndfileError as e:
-    raise CorruptAudioError(name, f"cannot decode: {e}") from None
+    # The message names our in-memory buffer, not the file; `name` already says which.
+    raise CorruptAudioError(name, f"cannot decode: {e.error_string}") from None
   except (RuntimeError, TypeError) as e:  # soundfile raises these for some broken headers
     raise CorruptAudioError(name, f"cannot decode: {e}") from None
   return _to_mono_resampled(
