@@ -320,15 +320,20 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
              for r in report["runs"]]))
   for note in report.get("notes", []):
     b.append(("p", note))
+  pending: dict[tuple, list[str]] = {}  # one line per set of unfinished evaluations
   for r in report["runs"]:
     if r.get("pending"):
-      b.append(("p", f"{r['name']}: not finished yet, so not in this report: "
-                     f"{', '.join(EVALUATION_TITLES[k].lower() for k in r['pending'])}."))
+      pending.setdefault(tuple(r["pending"]), []).append(r["name"])
+  for sets, names in pending.items():
+    b.append(("p", f"Not finished yet, so not in this report: "
+                   f"{', '.join(EVALUATION_TITLES[k].lower() for k in sets)} "
+                   f"({', '.join(names)})."))
   if report.get("targets"):
     b.append(("h2", "Targets"))
     b.append(("table", ["set", "goal", "value", "met"],
               [[EVALUATION_TITLES.get(t["evaluation"], t["evaluation"]), t["goal"],
-                t["note"] if t.get("note") else _fmt(t["value"]), "yes" if t["met"] else "NO"]
+                t.get("note") or (f"{100 * t['value']:+.1f} %" if t.get("kind") == "gain"
+                                  else _fmt(t["value"])), "yes" if t["met"] else "NO"]
                for t in report["targets"]]))
     missed = [t["goal"] for t in report["targets"] if not t["met"]]
     b.append(("p", "Every target is met." if not missed else
@@ -492,14 +497,14 @@ def targets(evaluations: dict, pearson: float | None, gain: float | None,
       compared = [name for name in evaluation["compare"] if name in baselines]
       if not compared:  # never "every target is met" with the gain goal unchecked
         out.append({"evaluation": key, "goal": f"mean Pearson >= {100 * gain:g} % over the "
-                    "baselines", "value": None, "met": False,
+                    "baselines", "value": None, "met": False, "kind": "gain",
                     "note": "no baseline compared on this set"})
       for name, c in evaluation["compare"].items():
         if name not in baselines:
           continue
         value = c["relative_mean_pearson_gain"]
         out.append({"evaluation": key, "goal": f"mean Pearson >= {100 * gain:g} % over {name}",
-                    "value": value, "met": bool(value >= gain)})
+                    "value": value, "met": bool(value >= gain), "kind": "gain"})
   return out
 
 

@@ -189,7 +189,9 @@ def test_partial_cross_validations_report_what_is_finished(tmp_path):
   md = (tmp_path / "report" / "report.md").read_text()
   assert "Pending: the flat-head run." in md
   assert "Not compared on this set (no predictions for it): ablation." in md
-  assert "ablation: not finished yet, so not in this report: cross-validation, out of fold." in md
+  assert "Not finished yet, so not in this report: cross-validation, out of fold (ablation)." in md
+  cnn_gain = 100 * oof["compare"]["cnn"]["relative_mean_pearson_gain"]
+  assert f"| mean Pearson >= 20 % over cnn | {cnn_gain:+.1f} % |" in md
   # Without a baseline the gain goal is reported as not met, never silently dropped.
   alone = report.build(tmp_path / "ablation", [], output_dir=tmp_path / "alone", resamples=20,
                        target_pearson=0.1, target_gain=0.2)
