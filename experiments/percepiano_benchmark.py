@@ -69,8 +69,7 @@ SIZES = {
     "cpu": {
         # Windows do not overlap: on 2 cores the budget is steps, and overlapping
         # windows would make each epoch longer with little new audio per step.
-        "asap_window": ["--window_s=5.12", "--hop_s=5.12"],
-        "percepiano_window": ["--window_s=5.12", "--hop_s=5.12"],
+        "window": ["--window_s=5.12", "--hop_s=5.12"],
         "encoder": cpu_scale.encoder(512),
         # 200 of 256 patches masked, SSAST's ratio (400 of 512).
         "pretrain": ["--config=train/configs/pretrain.py:tiny", "--config.model.num_masked=200",
@@ -86,8 +85,7 @@ SIZES = {
         "variants": {"cnn": cpu_scale.SMALL_CNN},  # on top of VARIANTS
     },
     "base": {
-        "asap_window": [],
-        "percepiano_window": [],
+        "window": [],
         "encoder": [],
         "pretrain": ["--config=train/configs/pretrain.py:base"],
         "finetune": ["--config=train/configs/finetune.py:base",
@@ -119,10 +117,10 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   asap, labelled, pretrain = work / "shards" / "asap", work / "shards" / "percepiano", work / "pretrain"
   out = [
       stages.Stage("asap_shards", ("pipelines.maestro", f"--maestro_dir={asap_dir}",
-                                   f"--output_dir={asap}", *s["asap_window"], "--nowrite_audio"),
+                                   f"--output_dir={asap}", *s["window"], "--nowrite_audio"),
                    lambda: stages.job_finished(asap), "ASAP MIDI rendered -> pre-training shards"),
       stages.Stage("percepiano_shards", ("pipelines.percepiano", f"--percepiano_dir={percepiano_dir}",
-                                         f"--output_dir={labelled}", *s["percepiano_window"],
+                                         f"--output_dir={labelled}", *s["window"],
                                          "--variants=1", "--augment=noise", "--nowrite_audio"),
                    lambda: stages.job_finished(labelled), "PercePiano rendered -> labelled shards"),
       stages.Stage("pretrain", ("train.main", *s["pretrain"], f"--workdir={pretrain}",
