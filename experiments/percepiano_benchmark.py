@@ -197,18 +197,20 @@ def _wall_time(directory: pathlib.Path, name: str) -> str:
 
 def _crossval_finished(directory: pathlib.Path, folds: str = "") -> bool:
   """The stage's work is done: every fold and the test set; with `folds` (a piece of
-  the work) those folds and the test set; with "none" the test set alone."""
+  the work) those folds and the test set; with "none" the test set alone. Decided
+  from the run directories' own results, exactly as eval.crossval and the report
+  decide which sets they can show, so a stage never counts as done while the report
+  would still call a set pending."""
   from eval import crossval
   try:
-    summary = crossval.read_summary(directory)
+    available = crossval.available_sets(directory)
   except FileNotFoundError:
     return False
-  runs = summary["runs"]
-  test = runs.get(crossval.TEST, {}).get("finished", False)
   chosen = crossval.parse_folds(folds)
   if chosen is None:
-    return test and "out_of_fold" in summary
-  return test and all(runs.get(str(f), {}).get("finished") for f in chosen)
+    return available["test"] and available["out_of_fold"]
+  return available["test"] and all(crossval.finished(crossval.fold_dir(directory, f))
+                                   for f in chosen)
 
 
 def main(argv):

@@ -74,19 +74,34 @@ def test_display_names_survive_the_comma_separated_names_flag():
   assert set(benchmark.NAMES) == set(benchmark.VARIANTS)
 
 
+def _finish(run: pathlib.Path) -> None:
+  run.mkdir(parents=True, exist_ok=True)
+  (run / "result.json").write_text('{"status": "finished", "step": 5, "total_steps": 5}')
+
+
 def test_a_piece_of_folds_is_done_only_with_its_test_run(tmp_path):
   import json
+  # crossval.json's own flags claim everything finished: the run directories decide.
   summary = {"split": "piece", "folds": [0, 1, 2, 3], "config": {},
-             "runs": {"0": {"finished": True}, "1": {"finished": True},
-                      "2": {"finished": False}, "3": {"finished": False},
-                      "test": {"finished": False}}}
+             "runs": {k: {"finished": True} for k in ["0", "1", "2", "3", "test"]}}
   (tmp_path / "crossval.json").write_text(json.dumps(summary))
-  assert not benchmark._crossval_finished(tmp_path, "0,1")  # killed during the test run
-  summary["runs"]["test"]["finished"] = True
-  (tmp_path / "crossval.json").write_text(json.dumps(summary))
+  _finish(tmp_path / "fold0")
+  _finish(tmp_path / "fold1")
+  (tmp_path / "test").mkdir()  # killed during the test run: no result.json yet
+  assert not benchmark._crossval_finished(tmp_path, "0,1")
+  assert not benchmark._crossval_finished(tmp_path, "none")
+  _finish(tmp_path / "test")
   assert benchmark._crossval_finished(tmp_path, "0,1")
   assert benchmark._crossval_finished(tmp_path, "none")
+  assert not benchmark._crossval_finished(tmp_path, "1,2")
   assert not benchmark._crossval_finished(tmp_path, "")  # folds 2 and 3 still to run
+  (tmp_path / "fold2").mkdir()
+  (tmp_path / "fold2" / "result.json").write_text(  # stopped by SIGTERM at step 3
+      '{"status": "stopped", "step": 3, "total_steps": 5}')
+  _finish(tmp_path / "fold3")
+  assert not benchmark._crossval_finished(tmp_path, "")
+  _finish(tmp_path / "fold2")
+  assert benchmark._crossval_finished(tmp_path, "")
   assert not benchmark._crossval_finished(tmp_path / "absent", "none")
 
 
@@ -105,9 +120,7 @@ def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
     (directory).mkdir(parents=True)
     (directory / "crossval.json").write_text(json.dumps(summary))
     for k in runs:  # the run directories' own results decide what is finished
-      run = directory / ("test" if k == "test" else f"fold{k}")
-      run.mkdir()
-      (run / "result.json").write_text('{"status": "finished", "step": 5, "total_steps": 5}')
+      _finish(directory / ("test" if k == "test" else f"fold{k}"))
   # The attention example: the first test performance of the labelled shards' split table.
   midi = tmp_path / "pp" / "virtuoso" / "data" / "all_2rounds"
   midi.mkdir(parents=True)
