@@ -25,6 +25,10 @@ What it contains, per evaluated set:
 - figures: Pearson bars with CIs and the ceiling, prediction-vs-label scatter
   per dimension, training curves, and attention maps when `--attention_audio`
   is given.
+
+Paths in the report are written relative to the directory eval.report runs in
+(the repository root when the benchmark or the demo runs it), so a committed
+report names the repository's layout, not one machine's directories.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import dataclasses
 import datetime
 import html
 import json
+import os
 import pathlib
 import sys
 
@@ -508,6 +513,11 @@ def targets(evaluations: dict, pearson: float | None, gain: float | None,
   return out
 
 
+def _shown(path: str | pathlib.Path) -> str:
+  """`path` as the report writes it: relative to the working directory."""
+  return os.path.relpath(path)
+
+
 def _raw_ratings(main: Source, percepiano_dir: str | None):
   """The raw per-rater answers for the ceiling, and where they came from.
 
@@ -516,7 +526,7 @@ def _raw_ratings(main: Source, percepiano_dir: str | None):
   """
   if percepiano_dir is not None:
     path = pathlib.Path(percepiano_dir) / ceiling_lib.percepiano.RAW_RATINGS_FILE
-    return ceiling_lib.percepiano.read_raw_ratings(path), str(path)
+    return ceiling_lib.percepiano.read_raw_ratings(path), _shown(path)
   metadata = main.run_dir / tasks.DATA_METADATA
   release = None
   if metadata.is_file():
@@ -525,8 +535,9 @@ def _raw_ratings(main: Source, percepiano_dir: str | None):
     return None, "no --percepiano_dir given and the run's data name no release"
   path = pathlib.Path(release) / ceiling_lib.percepiano.RAW_RATINGS_FILE
   if not path.is_file():
-    return None, f"the run's release has no raw ratings at {path} (pass --percepiano_dir)"
-  return ceiling_lib.percepiano.read_raw_ratings(path), str(path)
+    return None, (f"the run's release has no raw ratings at {_shown(path)} "
+                  "(pass --percepiano_dir)")
+  return ceiling_lib.percepiano.read_raw_ratings(path), _shown(path)
 
 
 def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
@@ -548,7 +559,7 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
   raw, ceiling_note = _raw_ratings(main, percepiano_dir)
   for s in sources[1:]:
     if not set(s.evaluations) & set(main.evaluations):
-      raise ReportError(f"{s.name} ({s.workdir}) has no {' or '.join(main.evaluations)} "
+      raise ReportError(f"{s.name} ({_shown(s.workdir)}) has no {' or '.join(main.evaluations)} "
                         "predictions to compare with")
   evaluations = {}
   for key, p in main.evaluations.items():
@@ -569,7 +580,7 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
   report = {
       "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       "resamples": resamples, "seed": seed,
-      "runs": [{"name": s.name, "workdir": str(s.workdir), "kind": s.kind,
+      "runs": [{"name": s.name, "workdir": _shown(s.workdir), "kind": s.kind,
                 "backbone": s.backbone, "split": s.split, "pending": list(s.pending)}
                for s in sources],
       "evaluations": evaluations,

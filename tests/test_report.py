@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from eval import crossval, metrics, predictions, report, statistics
-from pipelines import taxonomy
+from pipelines import percepiano, taxonomy
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -198,6 +198,28 @@ def test_partial_cross_validations_report_what_is_finished(tmp_path):
   gain = [t for t in alone["targets"] if "over the baselines" in t["goal"]]
   assert len(gain) == 1 and not gain[0]["met"]
   assert "Every target is met" not in (tmp_path / "alone" / "report.md").read_text()
+
+
+def test_the_report_names_paths_relative_to_where_it_ran(tmp_path, monkeypatch):
+  p = _predictions(7, 0.1)
+  _fake_crossval(tmp_path / "out" / "ast", p, [], test=True)
+  raw = tmp_path / "release" / percepiano.RAW_RATINGS_FILE
+  raw.parent.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  rows = [",".join(percepiano.RAW_HEADER)]
+  for i, key in enumerate(p.keys):
+    for rater in range(4):
+      answers = rng.integers(1, 8, len(percepiano.RAW_HEADER) - 3)
+      rows.append(",".join([str(rater), str(4 * i + rater), f"{key}.wav", *map(str, answers)]))
+  raw.write_text("\n".join(rows) + "\n")
+  monkeypatch.chdir(tmp_path / "out")
+  out = report.build(tmp_path / "out" / "ast", [], output_dir=tmp_path / "report",
+                     resamples=20, percepiano_dir=str(tmp_path / "release"))
+  assert out["runs"][0]["workdir"] == "ast"
+  assert out["ceiling_source"] == f"../release/{percepiano.RAW_RATINGS_FILE}"
+  assert out["evaluations"]["test"]["ceiling"] is not None
+  text = (tmp_path / "report" / "report.md").read_text() + json.dumps(out)
+  assert str(tmp_path) not in text
 
 
 def test_many_comparisons_get_their_own_tables(tmp_path):
