@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from pipelines import jobs, percepiano, preprocess, records, render, shards, splits
+from pipelines import jobs, percepiano, preprocess, records, render, shard_layout, shards, splits
 from pipelines.configs import augment
 
 
@@ -69,7 +69,7 @@ def main() -> None:
   loop_s = time.perf_counter() - t0
   loop_windows = rows[0]["records"]
   audio_seconds = sum(records.decode(r)[0]["valid_frames"] / 100.0 for r in
-                      shards.read_array_record(str(scratch / rows[0]["file"])))
+                      shard_layout.read_array_record(str(scratch / rows[0]["file"])))
 
   # The Beam job, end to end.
   t0 = time.perf_counter()

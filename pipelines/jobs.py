@@ -21,7 +21,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from pipelines import maestro, percepiano, preprocess, records, shards, splits, windowing
+from pipelines import (maestro, percepiano, preprocess, records, shard_layout, shards, splits,
+                       windowing)
 from pipelines.configs import augment as augment_presets
 
 FLAGS = flags.FLAGS
@@ -36,7 +37,7 @@ def _define_common(augment_preset: str) -> None:
   flags.DEFINE_float("hop_s", 10.24, "Hop between window starts in seconds.")
   flags.DEFINE_float("silence_db", windowing.WindowConfig.silence_db,
                      "Windows whose loudest frame is below this are near-silent.")
-  flags.DEFINE_multi_enum("format", ["array_record"], shards.FORMATS,
+  flags.DEFINE_multi_enum("format", ["array_record"], shard_layout.FORMATS,
                           "Shard formats (repeat for both).")
   flags.DEFINE_float("target_shard_mb", 256.0, "Target shard size in MiB.")
   flags.DEFINE_float("max_failure_fraction", 0.01,
@@ -230,12 +231,12 @@ def define_maestro_flags() -> None:
 def audio_record_sources(input_dir: str) -> tuple[list[preprocess.Source], dict]:
   """Sources from the clean-audio shards an earlier job stored, and that job's metadata."""
   root = pathlib.Path(input_dir)
-  metadata = json.loads((root / preprocess.METADATA).read_text())
+  metadata = json.loads((root / shard_layout.METADATA).read_text())
   sources = []
   for row in metadata["shards"]:
     if row["kind"] != "audio":
       continue
-    for data in shards.read_array_record(str(root / row["file"])):
+    for data in shard_layout.read_array_record(str(root / row["file"])):
       header, _ = records.decode(data)
       meta = tuple(sorted((k, v) for k, v in header.items() if k not in {
           "key", "split", "fold", "variant", "augmentation", "kind", "sample_rate",
@@ -260,7 +261,7 @@ def main_augment(argv: list[str]) -> None:
   _run(metadata["dataset"], sources, argv[1:], filter_silent=metadata["dataset"] == "maestro",
        job_flags=_COMMON + ["input_dir", "seed"],
        source_checksums={"input_metadata": shards.file_sha256(
-           str(pathlib.Path(FLAGS.input_dir) / preprocess.METADATA))},
+           str(pathlib.Path(FLAGS.input_dir) / shard_layout.METADATA))},
        split_info=metadata["splits"], first_variant=1, write_audio=False, augment=config)
 
 

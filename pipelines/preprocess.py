@@ -51,13 +51,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
                                                   StandardOptions, WorkerOptions)
 
-from pipelines import audio, augmentation, features, records, render, shards, windowing
+from pipelines import (audio, augmentation, features, records, render, shard_layout, shards,
+                       windowing)
 
 SCHEMA_VERSION = records.VERSION
 OUTCOMES = "_outcomes.jsonl"
 DEAD_LETTERS = "dead_letters.jsonl"
 STATS = "_stats.json"
-METADATA = shards.METADATA
 SPILL = "_spill"  # per-recording record files, deleted when the shards are written
 
 
@@ -420,7 +420,8 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
       "splits": splits,
       "wall_seconds": round(wall_s, 1),
   }
-  _write_text(join(partial, METADATA), json.dumps(metadata, indent=1, sort_keys=True) + "\n")
+  _write_text(join(partial, shard_layout.METADATA),
+              json.dumps(metadata, indent=1, sort_keys=True) + "\n")
   if not dead:
     _write_text(join(partial, DEAD_LETTERS), "")
   leftovers = [f for f in [join(partial, OUTCOMES), join(partial, STATS), *index_files,

@@ -33,15 +33,7 @@ import google_crc32c
 from apache_beam.io.filesystems import FileSystems
 from array_record.python import array_record_module
 
-FORMATS = ("array_record", "tfrecord")
-# The job's description of its shards (counts, statistics, splits), beside them. Here,
-# not in preprocess, so readers (Grain, the trainer) need no Beam import.
-METADATA = "metadata.json"
-ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for Grain
-
-
-def shard_name(name: str, split: str, fmt: str, index: int, count: int) -> str:
-  return f"{name}-{split}.{fmt}-{index:05d}-of-{count:05d}"
+from pipelines.shard_layout import ARRAY_RECORD_OPTIONS, FORMATS, shard_name
 
 
 def _masked_crc32c(data: bytes) -> int:
@@ -233,12 +225,3 @@ def fill_empty_shards(output_dir: str, rows: list[dict]) -> list[dict]:
         have.update(n["file"] for n in new)
         added += new
   return rows + added
-
-
-def read_array_record(path: str) -> list[bytes]:
-  """All records of one ArrayRecord shard, in order (tests and tools)."""
-  reader = array_record_module.ArrayRecordReader(path)
-  try:
-    return [reader.read() for _ in range(reader.num_records())]
-  finally:
-    reader.close()

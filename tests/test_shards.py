@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipelines import shards
+from pipelines import shard_layout, shards
 
 
 def test_spill_round_trip_and_truncation(tmp_path):
@@ -25,7 +25,7 @@ def test_write_shard_both_formats(tmp_path):
                                        "ds-train.tfrecord-00001-of-00003"]
   assert all(r["records"] == 2 and (tmp_path / r["file"]).stat().st_size == r["bytes"]
              for r in rows)
-  assert shards.read_array_record(str(tmp_path / rows[0]["file"])) == [b"a", b"bb"]
+  assert shard_layout.read_array_record(str(tmp_path / rows[0]["file"])) == [b"a", b"bb"]
   # TFRecord framing: u64 length, masked crc, data, masked crc.
   blob = (tmp_path / rows[1]["file"]).read_bytes()
   assert len(blob) == (8 + 4 + 1 + 4) + (8 + 4 + 2 + 4)
@@ -35,7 +35,7 @@ def test_remote_destinations_are_copied_through_beam_filesystems(tmp_path, monke
   monkeypatch.setattr(shards, "is_local", lambda path: False)
   rows = shards.write_shard(str(tmp_path / "out"), "ds", "test", ("array_record",), 0, 1,
                             [b"x"], "windows")
-  assert shards.read_array_record(str(tmp_path / "out" / rows[0]["file"])) == [b"x"]
+  assert shard_layout.read_array_record(str(tmp_path / "out" / rows[0]["file"])) == [b"x"]
 
 
 def test_fill_empty_shards(tmp_path):
@@ -44,7 +44,7 @@ def test_fill_empty_shards(tmp_path):
   filled = shards.fill_empty_shards(str(tmp_path), rows)
   assert sorted(r["index"] for r in filled) == [0, 1, 2, 3]
   for r in filled:
-    assert len(shards.read_array_record(str(tmp_path / r["file"]))) == r["records"]
+    assert len(shard_layout.read_array_record(str(tmp_path / r["file"]))) == r["records"]
   assert json.dumps(filled)  # descriptions stay JSON-serialisable
 
 
