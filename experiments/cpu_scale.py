@@ -2,7 +2,8 @@
 
 Both run the tiny AST on short windows with non-overlapping 16 x 16 patches, and a
 CNN baseline scaled down to about the same compute, so the baseline comparison
-is between models of similar cost rather than a 20x bigger CNN.
+is between models of similar cost rather than a 20x bigger CNN. SpecAugment's
+time mask is scaled to the short windows too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ def encoder(num_frames: int) -> list[str]:
   """The encoder at `num_frames` frames per window, patches 16 x 16 without overlap."""
   return [f"--config.model.encoder.num_frames={num_frames}",
           "--config.model.encoder.freq_stride=16", "--config.model.encoder.time_stride=16"]
+
+
+# AST's AudioSet time mask, up to 192 of 1024 frames (the input config's default). The
+# mask is a width in frames of the window, so on a 256-frame window the default would
+# blank up to 75 % of it.
+AST_TIME_MASK, AST_FRAMES = 192, 1024
+
+
+def spec_augment(num_frames: int) -> list[str]:
+  """SpecAugment's time mask at AST's ratio for `num_frames`-frame windows."""
+  return [f"--config.input.time_mask={round(AST_TIME_MASK * num_frames / AST_FRAMES)}"]
 
 
 # The default CNN (32..256 channels) costs ~400 GFLOP per step of 32 at 256 frames (~13 s

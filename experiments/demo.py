@@ -61,7 +61,8 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
   pretrain, ast_run, cnn_run = work / "pretrain", work / "ast", work / "cnn"
   finetune = ["train.main", "--config=train/configs/finetune.py:tiny",
               f"--config.data_dir={labelled}", *ENCODER, *COMMON, "--config.validation_fold=-1",
-              "--config.eval_every_steps=0", "--config.optimizer.peak_lr=3e-4"]
+              "--config.eval_every_steps=0", "--config.optimizer.peak_lr=3e-4",
+              *cpu_scale.spec_augment(256)]
   release = corpus / "percepiano"
   report_args = ("eval.report", f"--workdir={ast_run}", f"--compare={cnn_run}",
                  f"--percepiano_dir={release}", f"--output_dir={work / 'report'}",

@@ -79,8 +79,7 @@ SIZES = {
         "finetune": ["--config=train/configs/finetune.py:tiny", "--config.num_epochs=1",
                      "--config.batch_size=32", "--config.optimizer.peak_lr=3e-4",
                      "--config.eval_every_steps=0", "--config.eval_batch_size=32",
-                     # SpecAugment's time mask at AST's ratio (192 of 1024 frames).
-                     "--config.input.time_mask=96", "--config.checkpoint.every_steps=100"],
+                     *cpu_scale.spec_augment(512), "--config.checkpoint.every_steps=100"],
         "cross_validated": {"piece": ("ast", "cnn", "ffn")},
         "variants": {"cnn": cpu_scale.SMALL_CNN},  # on top of VARIANTS
     },

@@ -42,6 +42,8 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
         if model.backbone == "cnn":  # scaled down to the tiny AST's cost on 2 cores only
           assert (tuple(config.model.cnn.channels) == (8, 16, 32, 64, 128)) == (size == "cpu")
         assert "--test" in stage.args
+        # SpecAugment masks up to AST's share of a window (192 of 1024 frames).
+        assert config.input.time_mask * 1024 == 192 * config.model.encoder.num_frames
         kind, variant = stage.name.split("_", 1)
         split = "piece" if kind == "cv" else "performer"
         cross_validated = benchmark.SIZES[size]["cross_validated"].get(split, ())
