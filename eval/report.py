@@ -41,6 +41,7 @@ import json
 import os
 import pathlib
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 from absl import app, flags, logging
@@ -79,7 +80,8 @@ class Source:
   config: dict
   evaluations: dict[str, predictions.Predictions]
   curves: dict[str, list[dict]]
-  pending: tuple[str, ...] = ()  # sets a cross-validation has not finished yet
+  pending: tuple[str, ...] = ()  # sets a cross-validation started but has not finished
+  not_run: tuple[str, ...] = ()  # sets it never started (e.g. `--folds=none`: no fold)
 
   @property
   def backbone(self) -> str:
@@ -134,7 +136,12 @@ def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
       evaluations["out_of_fold"] = crossval.out_of_fold(workdir)
     if available["test"]:
       evaluations["test"] = predictions.load_final(crossval.fold_dir(workdir, crossval.TEST))
-    pending = [k for k, ready in available.items() if not ready]
+    # A set with any run directory is under way; one without was never started
+    # (an ablation on the test set alone): the report words the two differently.
+    started = {"out_of_fold": any(crossval.fold_dir(workdir, k).is_dir() for k in summary["folds"]),
+               "test": crossval.fold_dir(workdir, crossval.TEST).is_dir()}
+    pending = [k for k, ready in available.items() if not ready and started[k]]
+    not_run = [k for k, ready in available.items() if not ready and not started[k]]
     curves = {("test" if k == crossval.TEST else f"fold {k}"): _curves(crossval.fold_dir(workdir, k))
               for k in [*summary["folds"], crossval.TEST]
               if crossval.fold_dir(workdir, k).is_dir()}
@@ -148,12 +155,13 @@ def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
     evaluations = {"test" if final.split.endswith("test") else "validation": final}
     curves = {"run": _curves(workdir)}
     kind = "run"
-    pending = []
+    pending, not_run = [], []
   else:
     raise ReportError(f"{workdir} is neither a fine-tuning work directory nor an "
                       "eval.crossval directory")
   return Source(name=name or default_name(config), workdir=workdir, kind=kind, config=config,
-                evaluations=evaluations, curves=curves, pending=tuple(pending))
+                evaluations=evaluations, curves=curves, pending=tuple(pending),
+                not_run=tuple(not_run))
 
 
 def _common(main: predictions.Predictions, other: predictions.Predictions, name: str
@@ -325,20 +333,20 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
              for r in report["runs"]]))
   for note in report.get("notes", []):
     b.append(("p", note))
-  pending: dict[tuple, list[str]] = {}  # one line per set of unfinished evaluations
-  for r in report["runs"]:
-    if r.get("pending"):
-      pending.setdefault(tuple(r["pending"]), []).append(r["name"])
-  for sets, names in pending.items():
-    b.append(("p", f"Not finished yet, so not in this report: "
-                   f"{', '.join(EVALUATION_TITLES[k].lower() for k in sets)} "
-                   f"({', '.join(names)})."))
+  for field, wording in (("pending", "Not finished yet"), ("not_run", "Not run")):
+    grouped: dict[tuple, list[str]] = {}  # one line per set of missing evaluations
+    for r in report["runs"]:
+      if r.get(field):
+        grouped.setdefault(tuple(r[field]), []).append(r["name"])
+    for sets, names in grouped.items():
+      b.append(("p", f"{wording}, so not in this report: "
+                     f"{', '.join(EVALUATION_TITLES[k].lower() for k in sets)} "
+                     f"({', '.join(names)})."))
   if report.get("targets"):
     b.append(("h2", "Targets"))
     b.append(("table", ["set", "goal", "value", "met"],
               [[EVALUATION_TITLES.get(t["evaluation"], t["evaluation"]), t["goal"],
-                t.get("note") or (f"{100 * t['value']:+.1f} %" if t.get("kind") == "gain"
-                                  else _fmt(t["value"])), "yes" if t["met"] else "NO"]
+                target_value(t), "yes" if t["met"] else "NO"]
                for t in report["targets"]]))
     missed = [t["goal"] for t in report["targets"] if not t["met"]]
     b.append(("p", "Every target is met." if not missed else
@@ -487,7 +495,7 @@ def _figures(report: dict, sources: list[Source], directory: pathlib.Path,
 
 
 def targets(evaluations: dict, pearson: float | None, gain: float | None,
-            baselines: set[str]) -> list[dict]:
+            baselines: Sequence[str]) -> list[dict]:
   """Plain checks of the goals: Pearson >= `pearson` per group, relative gain >= `gain`
   over each run named in `baselines`."""
   out = []
@@ -498,19 +506,33 @@ def targets(evaluations: dict, pearson: float | None, gain: float | None,
         out.append({"evaluation": key, "goal": f"{group} Pearson >= {pearson:g}",
                     "value": value, "met": bool(value >= pearson)})
     if gain is not None:
-      # The gain goal is over the baselines, not over the AST's own ablations.
-      compared = [name for name in evaluation["compare"] if name in baselines]
-      if not compared:  # never "every target is met" with the gain goal unchecked
+      # The gain goal is over the baselines, not over the AST's own ablations, and
+      # every baseline gets a row on every set: never "every target is met" with a
+      # baseline unchecked.
+      if not baselines:
         out.append({"evaluation": key, "goal": f"mean Pearson >= {100 * gain:g} % over the "
                     "baselines", "value": None, "met": False, "kind": "gain",
                     "note": "no baseline compared on this set"})
-      for name, c in evaluation["compare"].items():
-        if name not in baselines:
+      for name in baselines:
+        goal = f"mean Pearson >= {100 * gain:g} % over {name}"
+        c = evaluation["compare"].get(name)
+        if c is None:
+          out.append({"evaluation": key, "goal": goal, "value": None, "met": False,
+                      "kind": "gain", "note": f"{name} has no predictions for this set"})
           continue
         value = c["relative_mean_pearson_gain"]
-        out.append({"evaluation": key, "goal": f"mean Pearson >= {100 * gain:g} % over {name}",
-                    "value": value, "met": bool(value >= gain), "kind": "gain"})
+        out.append({"evaluation": key, "goal": goal, "value": value,
+                    "met": bool(value >= gain), "kind": "gain"})
   return out
+
+
+def target_value(target: dict) -> str:
+  """A target's value as the report shows it: a gain in percent, a Pearson as is."""
+  if target.get("note"):
+    return target["note"]
+  if target.get("kind") == "gain":
+    return f"{100 * target['value']:+.1f} %"
+  return _fmt(target["value"])
 
 
 def _shown(path: str | pathlib.Path) -> str:
@@ -581,7 +603,8 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
       "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       "resamples": resamples, "seed": seed,
       "runs": [{"name": s.name, "workdir": _shown(s.workdir), "kind": s.kind,
-                "backbone": s.backbone, "split": s.split, "pending": list(s.pending)}
+                "backbone": s.backbone, "split": s.split, "pending": list(s.pending),
+                "not_run": list(s.not_run)}
                for s in sources],
       "evaluations": evaluations,
       "ceiling_source": ceiling_note,
@@ -589,7 +612,7 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
       "notes": list(notes),
   }
   report["targets"] = targets(evaluations, target_pearson, target_gain,
-                              {s.name for s in sources[1:] if s.backbone != "ast"})
+                              [s.name for s in sources[1:] if s.backbone != "ast"])
   figure_paths = _figures(report, sources, directory, attention_audio)
   report["figures"] = [str(p.relative_to(directory)) for ps in figure_paths.values() for p in ps]
   blocks = _blocks(report, figure_paths)

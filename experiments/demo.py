@@ -115,14 +115,17 @@ def main(argv):
                               work / "logs", cwd=REPO))
   except stages.StageError as e:
     sys.exit(f"error: {e}")
+  # Imported here: the report's module loads JAX, which the chain's own process
+  # does not need while its stages run.
+  from eval import report as eval_report
   report = json.loads((work / "report" / "report.json").read_text())
   test = report["evaluations"]["test"]
   print("\nHeld-out test set "
         f"({test['performances']} performances): Pearson " + ", ".join(
             f"{g} {test['rows'][g]['pearson']:.3f}" for g in (*taxonomy.GROUPS, "mean")))
   for t in report["targets"]:
-    value = t.get("note") or f"{t['value']:.3f}"
-    print(f"  target {t['goal']}: {value} -> {'met' if t['met'] else 'NOT met'}")
+    print(f"  target {t['goal']}: {eval_report.target_value(t)} -> "
+          f"{'met' if t['met'] else 'NOT met'}")
   (work / "timings.json").write_text(json.dumps(
       {**timings, "total_wall_seconds": round(time.perf_counter() - t0, 1)}, indent=1) + "\n")
   print(f"\nReport: {work / 'report' / 'report.html'} (and report.md, report.json); "

@@ -62,6 +62,11 @@ def test_comparisons_know_the_answer():
   # The gain goal is checked against baselines only, not against ablations.
   only_bad = report.targets({"test": out}, None, 0.2, baselines={"bad"})
   assert [t["goal"] for t in only_bad] == ["mean Pearson >= 20 % over bad"]
+  # A baseline without predictions for a set is a not-met row, never silently skipped.
+  absent = report.targets({"test": out}, None, 0.2, baselines=["bad", "cnn"])
+  assert [(t["goal"], t["met"]) for t in absent] == [
+      ("mean Pearson >= 20 % over bad", True), ("mean Pearson >= 20 % over cnn", False)]
+  assert absent[1]["note"] == "cnn has no predictions for this set"
   # A run on other performances is refused, not silently intersected.
   fewer = good.subset(good.keys[:-4])
   with pytest.raises(report.ReportError, match="other performances"):
@@ -173,6 +178,9 @@ def test_partial_cross_validations_report_what_is_finished(tmp_path):
   assert set(only_test.evaluations) == {"test"}
   one_fold = report.load_source(_fake_crossval(tmp_path / "one", p, [1], test=True))
   assert set(one_fold.evaluations) == {"test"}  # out of fold needs every fold
+  # Folds under way are pending; folds never started (the test set alone) were not run.
+  assert (one_fold.pending, one_fold.not_run) == (("out_of_fold",), ())
+  assert (only_test.pending, only_test.not_run) == ((), ("out_of_fold",))
   with pytest.raises(report.ReportError, match="no finished evaluation"):
     report.load_source(_fake_crossval(tmp_path / "none", p, [0], test=False))
   # A test-only ablation is compared on the test set and named as absent out of fold.
@@ -189,7 +197,8 @@ def test_partial_cross_validations_report_what_is_finished(tmp_path):
   md = (tmp_path / "report" / "report.md").read_text()
   assert "Pending: the flat-head run." in md
   assert "Not compared on this set (no predictions for it): ablation." in md
-  assert "Not finished yet, so not in this report: cross-validation, out of fold (ablation)." in md
+  assert "Not run, so not in this report: cross-validation, out of fold (ablation)." in md
+  assert "Not finished yet" not in md
   cnn_gain = 100 * oof["compare"]["cnn"]["relative_mean_pearson_gain"]
   assert f"| mean Pearson >= 20 % over cnn | {cnn_gain:+.1f} % |" in md
   # Without a baseline the gain goal is reported as not met, never silently dropped.
@@ -239,3 +248,10 @@ def test_many_comparisons_get_their_own_tables(tmp_path):
   for name in names[1:]:
     gain = f"{100 * test['compare'][name]['relative_mean_pearson_gain']:+.1f} %"
     assert gain in md
+
+
+def test_target_values_read_as_the_report_shows_them():
+  assert report.target_value({"kind": "gain", "value": 2.303}) == "+230.3 %"
+  assert report.target_value({"value": 0.4567}) == "0.457"
+  assert report.target_value({"kind": "gain", "value": None, "note": "no baseline"}) == \
+      "no baseline"
