@@ -579,10 +579,6 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
   directory = pathlib.Path(output_dir) if output_dir else main.workdir / "report"
   directory.mkdir(parents=True, exist_ok=True)
   raw, ceiling_note = _raw_ratings(main, percepiano_dir)
-  for s in sources[1:]:
-    if not set(s.evaluations) & set(main.evaluations):
-      raise ReportError(f"{s.name} ({_shown(s.workdir)}) has no {' or '.join(main.evaluations)} "
-                        "predictions to compare with")
   evaluations = {}
   for key, p in main.evaluations.items():
     others = {s.name: s.evaluations[key] for s in sources[1:] if key in s.evaluations}

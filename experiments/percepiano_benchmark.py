@@ -122,9 +122,11 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                                          f"--output_dir={labelled}", *s["window"],
                                          "--variants=1", "--augment=noise", "--nowrite_audio"),
                    lambda: stages.job_finished(labelled), "PercePiano rendered -> labelled shards"),
+      # A finished pre-training of another length (an older plan's) is refused, not reused.
       stages.Stage("pretrain", ("train.main", *s["pretrain"], f"--workdir={pretrain}",
                                 f"--config.data_dir={asap}", *s["encoder"]),
-                   lambda: stages.run_finished(pretrain), "SSAST pre-training"),
+                   lambda: stages.run_finished(pretrain, stages.num_steps(s["pretrain"])),
+                   "SSAST pre-training"),
   ]
 
   def cross_validation(split: str, variant: str) -> stages.Stage:
@@ -140,9 +142,10 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
     return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_{variant}", tuple(args),
                         lambda: _crossval_finished(directory, run_folds), f"{split} split, {variant}")
 
-  out += [cross_validation("piece", v) for v in VARIANTS]
-  out += [cross_validation("performer", v) for v in PERFORMER_VARIANTS]
+  # Each split's report follows its own runs, so a failing performer run cannot hold
+  # back the piece split's report.
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
+    out += [cross_validation(split, v) for v in variants]
     report_dir = (reports or work / "reports") / split
     out.append(stages.Stage(
         f"report_{split}", functools.partial(_report_command, work, split, variants,

@@ -6,7 +6,12 @@ keeps the stages exactly what a user would type, gives each its own log file,
 and frees its memory when it ends. A stage is done when its output says so
 (a job's metadata.json, a run's finished result.json), so rerunning the chain
 after a kill, or in the next session, skips what is complete and resumes the
-stage that was cut (the trainer and crossval resume from their checkpoints).
+stage that was cut: the trainer and crossval resume from their checkpoints, while
+a Beam job starts again from the beginning (its output is moved into place only
+when complete, so a cut job leaves no output that looks finished).
+
+Each stage appends to `LOG_DIR/<name>.log`, one dated header per attempt, so the
+log of an attempt that failed survives the attempt that resumed it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import datetime
 import subprocess
 import sys
 import time
@@ -55,6 +61,12 @@ def run_finished(workdir: pathlib.Path, total_steps: int | None = None) -> bool:
   return done
 
 
+def num_steps(args: Sequence[str]) -> int | None:
+  """The `--config.num_steps=N` a trainer command sets, or None (the config's default)."""
+  values = [a.split("=", 1)[1] for a in args if a.startswith("--config.num_steps=")]
+  return int(values[-1]) if values else None
+
+
 def job_finished(output_dir: pathlib.Path) -> bool:
   """A Beam job's output directory (moved into place only when complete)."""
   return (output_dir / "metadata.json").is_file()
@@ -64,11 +76,22 @@ def first_test_midi(release: pathlib.Path, shard_dir: pathlib.Path, split: str) 
   """The MIDI of the first held-out test performance of a PercePiano job's `split`: the
   recording a report draws attention maps of."""
   from pipelines import percepiano
-  metadata = json.loads((shard_dir / "metadata.json").read_text())
-  test_keys = sorted(k for k, v in metadata["splits"][split].items() if v == "test")
+  try:
+    metadata = json.loads((shard_dir / "metadata.json").read_text())
+    test_keys = sorted(k for k, v in metadata["splits"][split].items() if v == "test")
+  except (FileNotFoundError, json.JSONDecodeError, KeyError) as e:
+    raise StageError(f"{shard_dir}: no {split} split table to pick the attention example "
+                     f"from ({type(e).__name__}: {e}); run the PercePiano job first") from None
   if not test_keys:
     raise StageError(f"{shard_dir}: the {split} split has no test performances")
-  return percepiano.index_midi(release / percepiano.MIDI_DIR)[test_keys[0]]
+  try:
+    midi = percepiano.index_midi(release / percepiano.MIDI_DIR)
+  except FileNotFoundError as e:
+    raise StageError(str(e)) from None
+  if test_keys[0] not in midi:
+    raise StageError(f"{release}: no MIDI for the test performance {test_keys[0]} (is "
+                     "--percepiano_dir the release the shards were made from?)")
+  return midi[test_keys[0]]
 
 
 def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | None = None,
@@ -85,18 +108,22 @@ def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | N
     if not stage.always and stage.done():
       print(f"{prefix}: done earlier, skipped", flush=True)
       continue
-    log = log_dir / f"{i:02d}_{stage.name}.log"
+    log = log_dir / f"{stage.name}.log"
     print(f"{prefix}: {stage.what or stage.name} (log: {log})", flush=True)
     t0 = time.perf_counter()
     args = stage.command()
-    with log.open("w") as f:
-      f.write("$ python -m " + " ".join(args) + "\n")
+    start = log.stat().st_size if log.is_file() else 0
+    with log.open("a") as f:
+      stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+      f.write(f"=== {stamp}\n$ python -m " + " ".join(args) + "\n")
       f.flush()
       proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, stdout=f,
                             stderr=subprocess.STDOUT, check=False)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0 or not stage.done():
-      tail = "\n".join(log.read_text().splitlines()[-25:])
+      with log.open() as f:  # this attempt's output only
+        f.seek(start)
+        tail = "\n".join(f.read().splitlines()[-25:])
       raise StageError(f"stage {stage.name} failed (exit {proc.returncode}) after {seconds:.0f} s;"
                        f" rerun the same command to resume. Log {log}:\n{tail}")
     timings[stage.name] = round(seconds, 1)

@@ -31,6 +31,9 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert names[:3] == ["asap_shards", "percepiano_shards", "pretrain"]
   assert {f"cv_{v}" for v in benchmark.VARIANTS} <= set(names)
   assert {"performer_ast", "performer_cnn", "report_piece", "report_performer"} <= set(names)
+  # Each report right after its split's runs.
+  assert names.index("report_piece") == max(i for i, n in enumerate(names) if n.startswith("cv_")) + 1
+  assert names[-1] == "report_performer"
   backbones = {}
   for stage in plan:
     if not callable(stage.args) and stage.args[0] in ("train.main", "eval.crossval"):
@@ -99,7 +102,7 @@ def test_a_piece_of_folds_is_done_only_with_its_test_run(tmp_path):
   assert not benchmark._crossval_finished(tmp_path, "")  # folds 2 and 3 still to run
   (tmp_path / "fold2").mkdir()
   (tmp_path / "fold2" / "result.json").write_text(  # stopped by SIGTERM at step 3
-      '{"status": "stopped", "step": 3, "total_steps": 5}')
+      '{"status": "preempted", "step": 3, "total_steps": 5}')
   _finish(tmp_path / "fold3")
   assert not benchmark._crossval_finished(tmp_path, "")
   _finish(tmp_path / "fold2")

@@ -207,6 +207,14 @@ def test_partial_cross_validations_report_what_is_finished(tmp_path):
   gain = [t for t in alone["targets"] if "over the baselines" in t["goal"]]
   assert len(gain) == 1 and not gain[0]["met"]
   assert "Every target is met" not in (tmp_path / "alone" / "report.md").read_text()
+  # A baseline sharing no set with the main run (its folds done, its test run not) is
+  # named on every set and fails the gain goal; the report is still written.
+  _fake_crossval(tmp_path / "cnn_folds", noisy, [0, 1], test=False, backbone="cnn")
+  apart = report.build(tmp_path / "ablation", [tmp_path / "cnn_folds"], names=["a", "cnn"],
+                       output_dir=tmp_path / "apart", resamples=20, target_gain=0.2)
+  assert apart["evaluations"]["test"]["not_compared"] == ["cnn"]
+  assert [(t["goal"], t["met"]) for t in apart["targets"]] == [
+      ("mean Pearson >= 20 % over cnn", False)]
 
 
 def test_the_report_names_paths_relative_to_where_it_ran(tmp_path, monkeypatch):

@@ -27,7 +27,47 @@ def test_a_failing_stage_stops_the_chain_with_its_log(tmp_path):
   with pytest.raises(stages.StageError, match="stage bad failed") as e:
     stages.run([bad, after], tmp_path / "logs")
   assert "missing.json" in str(e.value)
-  assert not (tmp_path / "logs" / "02_after.log").exists()
+  assert not (tmp_path / "logs" / "after.log").exists()
+
+
+def test_a_resumed_stage_keeps_the_log_of_the_attempt_that_failed(tmp_path):
+  source, out = tmp_path / "in.json", tmp_path / "out.json"
+  stage = stages.Stage("copy", ("json.tool", str(source), str(out)), out.is_file)
+  with pytest.raises(stages.StageError) as e:
+    stages.run([stage], tmp_path / "logs")
+  assert "in.json" in str(e.value)
+  source.write_text("{}")
+  stages.run([stage], tmp_path / "logs")
+  log = (tmp_path / "logs" / "copy.log").read_text()
+  assert log.count("=== ") == 2 and log.count("$ python -m json.tool") == 2
+  assert "No such file" in log.split("=== ")[1]  # the first attempt's error is kept
+
+
+def test_a_stage_that_exits_0_without_its_output_fails(tmp_path):
+  silent = stages.Stage("silent", ("json.tool", "--help"), lambda: False)
+  with pytest.raises(stages.StageError, match=r"stage silent failed \(exit 0\)"):
+    stages.run([silent], tmp_path / "logs")
+
+
+def test_the_attention_example_needs_the_split_table_and_its_midi(tmp_path):
+  release, shards = tmp_path / "release", tmp_path / "shards"
+  with pytest.raises(stages.StageError, match="run the PercePiano job first"):
+    stages.first_test_midi(release, shards, "piece")
+  shards.mkdir()
+  (shards / "metadata.json").write_text(json.dumps({"splits": {"piece": {"K_8bars_1_1": "test"}}}))
+  with pytest.raises(stages.StageError, match="MIDI folder not found"):
+    stages.first_test_midi(release, shards, "piece")
+  midi_dir = release / "virtuoso" / "data" / "all_2rounds"
+  midi_dir.mkdir(parents=True)
+  with pytest.raises(stages.StageError, match="no MIDI for the test performance K_8bars_1_1"):
+    stages.first_test_midi(release, shards, "piece")
+  with pytest.raises(stages.StageError, match="no performer split table"):
+    stages.first_test_midi(release, shards, "performer")
+
+
+def test_num_steps_reads_the_last_override():
+  assert stages.num_steps(["train.main", "--config.num_steps=5", "--config.num_steps=7"]) == 7
+  assert stages.num_steps(["train.main", "--config.num_epochs=1"]) is None
 
 
 def test_a_finished_run_of_another_length_is_refused(tmp_path):
@@ -52,5 +92,5 @@ def test_a_command_can_depend_on_what_earlier_stages_wrote(tmp_path):
   write = stages.Stage("write", ("json.tool", str(source), str(first)), first.is_file)
   stages.run([write, read], tmp_path / "logs")
   assert json.loads(second.read_text()) == {"path": str(source)}
-  assert (tmp_path / "logs" / "02_read.log").read_text().startswith(
-      f"$ python -m json.tool {source} {second}")
+  assert f"$ python -m json.tool {source} {second}\n" in (
+      tmp_path / "logs" / "read.log").read_text()
