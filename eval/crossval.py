@@ -144,7 +144,7 @@ def _summarise(workdir: pathlib.Path, config, split: str, folds: list[int], test
     entry = {"directory": directory.name, "finished": finished(directory)}
     if entry["finished"]:
       result = run_result.read(directory)
-      entry["wall_seconds"] = result.get("wall_seconds")
+      entry["wall_seconds"] = run_result.total_wall_seconds(result)
       entry["scores"] = _scores(predictions.load_final(directory))
     summary["runs"][str(k)] = entry
   done = [summary["runs"][str(k)] for k in folds if summary["runs"][str(k)]["finished"]]

@@ -44,6 +44,7 @@ import sys
 from absl import app, flags
 
 from experiments import cpu_scale, stages
+from train import run_result
 
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -188,10 +189,13 @@ def _has_results(directory: pathlib.Path) -> bool:
 
 
 def _wall_time(directory: pathlib.Path, name: str) -> str:
+  """The finished runs of a cross-validation and their training time, from the run
+  directories' results (as `_crossval_finished` decides)."""
   from eval import crossval
-  runs = crossval.read_summary(directory)["runs"]
-  done = sorted(k for k, r in runs.items() if r["finished"])
-  seconds = sum(runs[k].get("wall_seconds") or 0 for k in done)
+  runs = [*crossval.read_summary(directory)["folds"], crossval.TEST]
+  results = {k: run_result.read(crossval.fold_dir(directory, k)) for k in runs}
+  done = [k for k in runs if run_result.finished(results[k])]
+  seconds = sum(run_result.total_wall_seconds(results[k]) or 0 for k in done)
   folds = [k for k in done if k != crossval.TEST]
   parts = ([f"{len(folds)} folds"] if folds else []) + (["test"] if crossval.TEST in done else [])
   return f"{name}: {' + '.join(parts)} in {seconds / 60:.0f} min"

@@ -179,6 +179,8 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(uninterrupted
   # Resumed from the last checkpoint that was complete at the kill (saves are
   # asynchronous, so it can be a step or two before the kill); nothing was lost.
   assert result["restored_from"] and 1 <= result["first_step"] <= kill_after, (kill_after, result)
+  # The killed attempt wrote no result, so only this one's time is counted.
+  assert result["total_wall_seconds"] == result["wall_seconds"]
   assert_trees_equal(final_state(tmp_path), final_state(uninterrupted))
   assert losses(tmp_path) == losses(uninterrupted), f"killed after step {kill_after}"
 
@@ -199,7 +201,11 @@ def test_sigterm_saves_exits_143_and_resumes_identically(uninterrupted, train_sh
   assert "SIGTERM: saved checkpoint" in out
   resumed = run(args, env)
   assert resumed.returncode == 0, resumed.stderr[-4000:]
-  assert json.loads((tmp_path / "result.json").read_text())["first_step"] == result["step"]
+  final = json.loads((tmp_path / "result.json").read_text())
+  assert final["first_step"] == result["step"]
+  # Training time adds up over the attempts.
+  assert final["total_wall_seconds"] == pytest.approx(
+      result["total_wall_seconds"] + final["wall_seconds"], abs=0.11)
   assert_trees_equal(final_state(tmp_path)["params"], final_state(uninterrupted)["params"])
 
 

@@ -20,6 +20,14 @@ def read(workdir: str | pathlib.Path) -> dict | None:
     return None
 
 
+def total_wall_seconds(result: dict | None) -> float | None:
+  """Training wall time over the run's attempts (results written before this field:
+  the last attempt's)."""
+  if not result:
+    return None
+  return result.get("total_wall_seconds", result.get("wall_seconds"))
+
+
 def finished(result: dict | None) -> bool:
   """A run that reached its last step (not stopped by SIGTERM, not still running)."""
   return bool(result) and result.get("status") == "finished" and \

@@ -58,7 +58,10 @@ class Result:
   step: int
   total_steps: int
   metrics: dict
-  wall_seconds: float
+  wall_seconds: float  # this process
+  # Every attempt at this run that exited through the trainer (finished or SIGTERM);
+  # a process killed outright writes no result, so its time is not counted.
+  total_wall_seconds: float
 
 
 def _check(config: ml_collections.ConfigDict, mesh) -> int:
@@ -227,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         workdir / checkpointing.CHECKPOINTS, keep=config.checkpoint.keep,
         best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,
         async_save=config.checkpoint.async_save)
-    state, restored_from = None, None
+    state, restored_from, earlier_seconds = None, None, 0.0
     if resume:
       directory, step = checkpointing.locate(resume)
       reader = checkpointing.Checkpointer(directory, read_only=True)
@@ -241,6 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       step = checkpointer.latest_step()
       state = checkpointer.restore(step, built.abstract_state, train_iter)
       restored_from = f"{checkpointer.directory}/{step}"
+      earlier_seconds = run_result.total_wall_seconds(run_result.read(workdir)) or 0.0
     else:
       state = initial_state()
     if restored_from:
@@ -316,8 +320,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       preemption.restore()
       checkpointer.close()
       writer.close()
+  seconds = time.perf_counter() - t_start
   result = Result(status=status, step=step, total_steps=total_steps, metrics=eval_metrics,
-                  wall_seconds=round(time.perf_counter() - t_start, 1))
+                  wall_seconds=round(seconds, 1),
+                  total_wall_seconds=round(earlier_seconds + seconds, 1))
   if lead:
     (workdir / RESULT_FILE).write_text(json.dumps(
         {**dataclasses.asdict(result), "first_step": first_step,
