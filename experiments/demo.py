@@ -42,8 +42,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 WINDOW = ["--window_s=2.56", "--hop_s=1.28"]
 # The encoder at the demo's window: 256 frames.
 ENCODER = cpu_scale.encoder(256)
-COMMON = ["--config.batch_size=32", "--config.microbatch_size=32", "--config.eval_batch_size=32",
-          "--config.checkpoint.every_steps=100", "--config.log_every_steps=20"]
+COMMON = ["--config.microbatch_size=32", "--config.log_every_steps=20"]
 
 
 def define_flags() -> None:
@@ -60,9 +59,8 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
   maestro, labelled = shards / "maestro", shards / "percepiano"
   pretrain, ast_run, cnn_run = work / "pretrain", work / "ast", work / "cnn"
   finetune = ["train.main", "--config=train/configs/finetune.py:tiny",
-              f"--config.data_dir={labelled}", *ENCODER, *COMMON, "--config.validation_fold=-1",
-              "--config.eval_every_steps=0", "--config.optimizer.peak_lr=3e-4",
-              *cpu_scale.spec_augment(256)]
+              f"--config.data_dir={labelled}", *ENCODER, *cpu_scale.finetune(256), *COMMON,
+              "--config.validation_fold=-1"]
   release = corpus / "percepiano"
   report_args = ("eval.report", f"--workdir={ast_run}", f"--compare={cnn_run}",
                  f"--percepiano_dir={release}", f"--output_dir={work / 'report'}",
@@ -82,9 +80,9 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
           lambda: stages.job_finished(labelled), "PercePiano Beam job -> labelled shards"),
       stages.Stage("pretrain", (
           "train.main", "--config=train/configs/pretrain.py:tiny", f"--workdir={pretrain}",
-          f"--config.data_dir={maestro}", *ENCODER, *COMMON, "--config.model.num_masked=96",
-          f"--config.num_steps={steps(150)}", "--config.eval_every_steps=75",
-          "--config.optimizer.peak_lr=5e-4"),
+          f"--config.data_dir={maestro}", *ENCODER, *cpu_scale.PRETRAIN, *COMMON,
+          "--config.model.num_masked=96", f"--config.num_steps={steps(150)}",
+          "--config.eval_every_steps=75"),
           lambda: stages.run_finished(pretrain, int(steps(150))),
           "SSAST pre-training (tiny AST)"),
       stages.Stage("finetune_ast", (

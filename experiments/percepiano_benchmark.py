@@ -74,13 +74,10 @@ SIZES = {
         "encoder": cpu_scale.encoder(512),
         # 200 of 256 patches masked, SSAST's ratio (400 of 512).
         "pretrain": ["--config=train/configs/pretrain.py:tiny", "--config.model.num_masked=200",
-                     "--config.num_steps=500", "--config.batch_size=32",
-                     "--config.optimizer.peak_lr=5e-4", "--config.checkpoint.every_steps=100",
-                     "--config.eval_every_steps=0", "--config.eval_batch_size=32"],
+                     "--config.num_steps=500", "--config.eval_every_steps=0",
+                     *cpu_scale.PRETRAIN],
         "finetune": ["--config=train/configs/finetune.py:tiny", "--config.num_epochs=1",
-                     "--config.batch_size=32", "--config.optimizer.peak_lr=3e-4",
-                     "--config.eval_every_steps=0", "--config.eval_batch_size=32",
-                     *cpu_scale.spec_augment(512), "--config.checkpoint.every_steps=100"],
+                     *cpu_scale.finetune(512)],
         "cross_validated": {"piece": ("ast", "cnn", "ffn")},
         "variants": {"cnn": cpu_scale.SMALL_CNN},  # on top of VARIANTS
     },
