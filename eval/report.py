@@ -7,8 +7,9 @@
 validation predictions are scored) or an `eval.crossval` directory (its
 pooled out-of-fold predictions once every fold finished, and the held-out test
 set once that run finished; a set not finished yet is named in the report).
-The report is computed from the saved per-performance predictions only, so it
-can be rebuilt without checkpoints or shards. It writes `report.md`, a
+The numbers are computed from the saved per-performance predictions only, so
+they can be rebuilt without checkpoints or shards; the attention maps
+(`--attention_audio`) need the main run's checkpoint. It writes `report.md`, a
 self-contained `report.html` (figures embedded) and `report.json` (every
 number in the tables), plus the PNG figures, into `--output_dir`.
 

@@ -73,11 +73,13 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
       stages.Stage("maestro_shards", (
           "pipelines.maestro", f"--maestro_dir={corpus / 'maestro-v3.0.0'}",
           f"--output_dir={maestro}", *WINDOW, "--nowrite_audio"),
-          lambda: stages.job_finished(maestro), "MAESTRO Beam job -> pre-training shards"),
+          lambda: stages.job_finished(maestro, stages.window_flags(WINDOW)),
+          "MAESTRO Beam job -> pre-training shards"),
       stages.Stage("percepiano_shards", (
           "pipelines.percepiano", f"--percepiano_dir={release}", f"--output_dir={labelled}",
           *WINDOW, "--nowrite_audio"),
-          lambda: stages.job_finished(labelled), "PercePiano Beam job -> labelled shards"),
+          lambda: stages.job_finished(labelled, stages.window_flags(WINDOW)),
+          "PercePiano Beam job -> labelled shards"),
       stages.Stage("pretrain", (
           "train.main", "--config=train/configs/pretrain.py:tiny", f"--workdir={pretrain}",
           f"--config.data_dir={maestro}", *ENCODER, *cpu_scale.PRETRAIN, *COMMON,

@@ -67,9 +67,29 @@ def num_steps(args: Sequence[str]) -> int | None:
   return int(values[-1]) if values else None
 
 
-def job_finished(output_dir: pathlib.Path) -> bool:
-  """A Beam job's output directory (moved into place only when complete)."""
-  return (output_dir / "metadata.json").is_file()
+def window_flags(args: Sequence[str]) -> dict[str, float]:
+  """The `--window_s`/`--hop_s` a Beam job command sets: what its shards' windows are."""
+  return {a[2:].split("=", 1)[0]: float(a.split("=", 1)[1]) for a in args
+          if a.startswith(("--window_s=", "--hop_s="))}
+
+
+def job_finished(output_dir: pathlib.Path, expected: dict | None = None) -> bool:
+  """A Beam job's output directory (moved into place only when complete).
+
+  With `expected` (config values, e.g. the window), finished shards made with other
+  values are an error rather than done: reusing them would silently train on other
+  windows than the stage's command says.
+  """
+  path = output_dir / "metadata.json"
+  if not path.is_file():
+    return False
+  config = json.loads(path.read_text()).get("config", {})
+  differ = {k: (config.get(k), v) for k, v in (expected or {}).items() if config.get(k) != v}
+  if differ:
+    raise StageError(f"{output_dir} holds shards made with " + ", ".join(
+        f"{k}={have} (this stage: {want})" for k, (have, want) in differ.items())
+        + "; use another --workdir or delete it")
+  return True
 
 
 def first_test_midi(release: pathlib.Path, shard_dir: pathlib.Path, split: str) -> pathlib.Path:
