@@ -352,9 +352,9 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
     missed = [t["goal"] for t in report["targets"] if not t["met"]]
     b.append(("p", "Every target is met." if not missed else
               f"Not met: {'; '.join(missed)}. See the tables below for by how much."))
-  with_ceiling = all(e["ceiling"] is not None for e in report["evaluations"].values())
   for key, evaluation in report["evaluations"].items():
     title = EVALUATION_TITLES.get(key, key)
+    with_ceiling = evaluation["ceiling"] is not None
     b.append(("h2", f"{title} ({evaluation['performances']} performances, "
                     f"{evaluation['passages']} passages, {evaluation['split']})"))
     # Beyond two baselines the difference columns would make the tables unreadable:
@@ -391,14 +391,19 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
                  "on their own folds; ours are on this project's folds of the same release, so "
                  "the comparison is indicative, not paired."))
   b.append(("h2", "Human ceiling"))
-  if with_ceiling:
-    c = next(iter(report["evaluations"].values()))["ceiling"]
+  covered = [e["ceiling"] for e in report["evaluations"].values() if e["ceiling"] is not None]
+  if covered:
+    c = covered[0]
     b.append(("p", f"From {report['ceiling_source']}: split-half reliability of the rater panel "
                    f"with Spearman-Brown ({c['splits']} random splits of each performance's "
                    f"raters; {c['raters_per_performance']['median']:g} raters per performance "
                    "in the median), computed on each evaluated set's own performances. The "
                    "ceiling on Pearson is sqrt(reliability): what a model predicting every "
                    "performance's expected rating perfectly would score against these labels."))
+    for key, evaluation in report["evaluations"].items():
+      if evaluation["ceiling"] is None:
+        b.append(("p", f"Not computed for {EVALUATION_TITLES.get(key, key).lower()}: "
+                       f"{evaluation['ceiling_note']}."))
   else:
     b.append(("p", f"Not computed: {report['ceiling_source']}."))
   for path in figure_paths.get("", []):
@@ -585,14 +590,15 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
     others = {s.name: s.evaluations[key] for s in sources[1:] if key in s.evaluations}
     absent = [s.name for s in sources[1:] if key not in s.evaluations]
     # The ceiling of exactly these performances' labels.
-    ceiling = None
+    ceiling, note = None, ceiling_note if raw is None else None
     if raw is not None:
       try:
         ceiling = ceiling_lib.split_half(raw, p.keys, splits=ceiling_splits, seed=seed)
       except ceiling_lib.percepiano.PercePianoError as e:
-        ceiling_note = f"the raw ratings do not cover these performances ({e})"
+        note = f"the raw ratings do not cover these performances ({e})"
     evaluations[key] = evaluate(p, others, ceiling, resamples=resamples, seed=seed)
     evaluations[key]["ceiling"] = None if ceiling is None else ceiling.to_dict()
+    evaluations[key]["ceiling_note"] = note  # why there is no ceiling for this set
     # A baseline evaluated on other sets only (e.g. an ablation run on the test set
     # alone) is named, not silently left out of this set's comparisons.
     evaluations[key]["not_compared"] = absent

@@ -217,18 +217,43 @@ def test_partial_cross_validations_report_what_is_finished(tmp_path):
       ("mean Pearson >= 20 % over cnn", False)]
 
 
-def test_the_report_names_paths_relative_to_where_it_ran(tmp_path, monkeypatch):
-  p = _predictions(7, 0.1)
-  _fake_crossval(tmp_path / "out" / "ast", p, [], test=True)
-  raw = tmp_path / "release" / percepiano.RAW_RATINGS_FILE
+def _release_with_raw_ratings(root: pathlib.Path, keys) -> pathlib.Path:
+  """A release holding only the raw per-rater answers (4 random raters per performance)."""
+  raw = root / percepiano.RAW_RATINGS_FILE
   raw.parent.mkdir(parents=True)
   rng = np.random.default_rng(0)
   rows = [",".join(percepiano.RAW_HEADER)]
-  for i, key in enumerate(p.keys):
+  for i, key in enumerate(keys):
     for rater in range(4):
       answers = rng.integers(1, 8, len(percepiano.RAW_HEADER) - 3)
       rows.append(",".join([str(rater), str(4 * i + rater), f"{key}.wav", *map(str, answers)]))
   raw.write_text("\n".join(rows) + "\n")
+  return root
+
+
+def test_a_set_the_raw_ratings_do_not_cover_has_no_ceiling_the_others_keep_theirs(tmp_path):
+  p = _predictions(8, 0.1)  # 12 passages, rated
+  root = _fake_crossval(tmp_path / "cv", p, [0, 1], test=False)
+  unrated = _predictions(8, 0.1, n_passages=13)  # one passage the raters never heard
+  test = dataclasses.replace(unrated, split="piece/test")
+  test.save(predictions.path_for(crossval.fold_dir(root, crossval.TEST), test.step))
+  (crossval.fold_dir(root, crossval.TEST) / "result.json").write_text(json.dumps(
+      {"status": "finished", "step": test.step, "total_steps": test.step}))
+  release = _release_with_raw_ratings(tmp_path / "release", p.keys)
+  out = report.build(root, [], output_dir=tmp_path / "report", resamples=20,
+                     percepiano_dir=str(release))
+  assert out["evaluations"]["out_of_fold"]["ceiling"] is not None
+  assert out["evaluations"]["test"]["ceiling"] is None
+  assert "do not cover" in out["evaluations"]["test"]["ceiling_note"]
+  md = (tmp_path / "report" / "report.md").read_text()
+  assert "Not computed for held-out test set: the raw ratings do not cover" in md
+  assert "÷ ceiling" in md.split("## Held-out test")[0]  # the covered set keeps its columns
+
+
+def test_the_report_names_paths_relative_to_where_it_ran(tmp_path, monkeypatch):
+  p = _predictions(7, 0.1)
+  _fake_crossval(tmp_path / "out" / "ast", p, [], test=True)
+  _release_with_raw_ratings(tmp_path / "release", p.keys)
   monkeypatch.chdir(tmp_path / "out")
   out = report.build(tmp_path / "out" / "ast", [], output_dir=tmp_path / "report",
                      resamples=20, percepiano_dir=str(tmp_path / "release"))
