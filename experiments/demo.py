@@ -80,23 +80,17 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
           *WINDOW, "--nowrite_audio"),
           lambda: stages.job_finished(labelled, stages.window_flags(WINDOW)),
           "PercePiano Beam job -> labelled shards"),
-      stages.Stage("pretrain", (
+      stages.training("pretrain", pretrain, (
           "train.main", "--config=train/configs/pretrain.py:tiny", f"--workdir={pretrain}",
           f"--config.data_dir={maestro}", *ENCODER, *cpu_scale.PRETRAIN, *COMMON,
           "--config.model.num_masked=96", f"--config.num_steps={steps(150)}",
-          "--config.eval_every_steps=75"),
-          lambda: stages.run_finished(pretrain, int(steps(150))),
-          "SSAST pre-training (tiny AST)"),
-      stages.Stage("finetune_ast", (
+          "--config.eval_every_steps=75"), "SSAST pre-training (tiny AST)"),
+      stages.training("finetune_ast", ast_run, (
           *finetune, f"--workdir={ast_run}", f"--config.init.checkpoint={pretrain}",
-          f"--config.num_steps={steps(250)}"),
-          lambda: stages.run_finished(ast_run, int(steps(250))),
-          "multi-task fine-tuning of the pre-trained AST"),
-      stages.Stage("finetune_cnn", (
+          f"--config.num_steps={steps(250)}"), "multi-task fine-tuning of the pre-trained AST"),
+      stages.training("finetune_cnn", cnn_run, (
           *finetune, f"--workdir={cnn_run}", "--config.model.backbone=cnn", *cpu_scale.SMALL_CNN,
-          f"--config.num_steps={steps(250)}"),
-          lambda: stages.run_finished(cnn_run, int(steps(250))),
-          "the CNN baseline, same data and heads"),
+          f"--config.num_steps={steps(250)}"), "the CNN baseline, same data and heads"),
       stages.Stage("report", report_command,
                    lambda: (work / "report" / "report.json").is_file(), "evaluation report",
                    always=True),

@@ -112,6 +112,8 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   """The stages; reports go to `reports/<split>` (default WORK/reports)."""
   s = SIZES[size]
   asap, labelled, pretrain = work / "shards" / "asap", work / "shards" / "percepiano", work / "pretrain"
+  pretrain_args = ("train.main", *s["pretrain"], f"--workdir={pretrain}", f"--config.data_dir={asap}",
+                   *s["encoder"])
   out = [
       stages.Stage("asap_shards", ("pipelines.maestro", f"--maestro_dir={asap_dir}",
                                    f"--output_dir={asap}", *s["window"], "--nowrite_audio"),
@@ -123,10 +125,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                    lambda: stages.job_finished(labelled, stages.window_flags(s["window"])),
                    "PercePiano rendered -> labelled shards"),
       # A finished pre-training of another length (an older plan's) is refused, not reused.
-      stages.Stage("pretrain", ("train.main", *s["pretrain"], f"--workdir={pretrain}",
-                                f"--config.data_dir={asap}", *s["encoder"]),
-                   lambda: stages.run_finished(pretrain, stages.num_steps(s["pretrain"])),
-                   "SSAST pre-training"),
+      stages.training("pretrain", pretrain, pretrain_args, "SSAST pre-training"),
   ]
 
   def cross_validation(split: str, variant: str) -> stages.Stage:
@@ -140,7 +139,8 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
     if run_folds:
       args.append(f"--folds={run_folds}")
     return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_{variant}", tuple(args),
-                        lambda: _crossval_finished(directory, run_folds), f"{split} split, {variant}")
+                        lambda: _crossval_finished(directory, run_folds, args),
+                        f"{split} split, {variant}")
 
   # Each split's report follows its own runs, so a failing performer run cannot hold
   # back the piece split's report.
@@ -200,12 +200,14 @@ def _wall_time(directory: pathlib.Path, name: str) -> str:
   return f"{name}: {' + '.join(parts)} in {seconds / 60:.0f} min"
 
 
-def _crossval_finished(directory: pathlib.Path, folds: str = "") -> bool:
+def _crossval_finished(directory: pathlib.Path, folds: str = "",
+                       args: list[str] | None = None) -> bool:
   """The stage's work is done: every fold and the test set; with `folds` (a piece of
   the work) those folds and the test set; with "none" the test set alone. Decided
   from the run directories' own results, exactly as eval.crossval and the report
   decide which sets they can show, so a stage never counts as done while the report
-  would still call a set pending."""
+  would still call a set pending. With `args` (the stage's command), finished work
+  made with other settings is an error, not done."""
   from eval import crossval
   try:
     available = crossval.available_sets(directory)
@@ -213,9 +215,13 @@ def _crossval_finished(directory: pathlib.Path, folds: str = "") -> bool:
     return False
   chosen = crossval.parse_folds(folds)
   if chosen is None:
-    return available["test"] and available["out_of_fold"]
-  return available["test"] and all(crossval.finished(crossval.fold_dir(directory, f))
-                                   for f in chosen)
+    done = available["test"] and available["out_of_fold"]
+  else:
+    done = available["test"] and all(crossval.finished(crossval.fold_dir(directory, f))
+                                     for f in chosen)
+  if done and args is not None:
+    stages.check_config(directory, crossval.read_summary(directory)["config"], args)
+  return done
 
 
 def main(argv):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import ast
 import datetime
 import subprocess
 import sys
@@ -46,19 +47,66 @@ class Stage:
     return tuple(self.args()) if callable(self.args) else self.args
 
 
-def run_finished(workdir: pathlib.Path, total_steps: int | None = None) -> bool:
+def _value(text: str):
+  """A `--config.key=value` value as the config stores it (ml_collections parses
+  literals; anything else is a string)."""
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+  return list(value) if isinstance(value, tuple) else value
+
+
+def config_mismatches(config: dict, args: Sequence[str]) -> list[str]:
+  """The `--config.*` overrides in `args` that a stored config (a run's config.json,
+  a cross-validation's crossval.json) does not hold; the last override of a key wins."""
+  overrides = {}
+  for a in args:
+    if a.startswith("--config.") and "=" in a:
+      key, text = a[len("--config."):].split("=", 1)
+      overrides[key] = text
+  out = []
+  for key, text in overrides.items():
+    node = config
+    for part in key.split("."):
+      node = node.get(part, "<absent>") if isinstance(node, dict) else "<absent>"
+    if node != _value(text):
+      out.append(f"{key}={node!r} (this stage: {text!r})")
+  return out
+
+
+def check_config(directory: pathlib.Path, config: dict, args: Sequence[str] | None) -> None:
+  """Raises when finished output was made with other settings than the stage's
+  command: skipping the stage would silently report another experiment."""
+  differ = config_mismatches(config, args or ())
+  if differ:
+    raise StageError(f"{directory} holds finished output made with other settings: "
+                     + "; ".join(differ) + ". Use another --workdir or delete it")
+
+
+def run_finished(workdir: pathlib.Path, total_steps: int | None = None,
+                 args: Sequence[str] | None = None) -> bool:
   """A trainer work directory whose run reached its last step.
 
   With `total_steps`, a finished run of another length is an error rather than
   done: the directory holds another experiment (e.g. a smoke run), and reusing
-  it would silently report the wrong model.
+  it would silently report the wrong model. With `args` (the stage's command), so
+  is a finished run whose config.json differs from the command's overrides.
   """
   result = run_result.read(workdir)
   done = run_result.finished(result)
   if done and total_steps is not None and result["total_steps"] != total_steps:
     raise StageError(f"{workdir} holds a finished run of {result['total_steps']} steps, not "
                      f"{total_steps}; use another --workdir or delete it")
+  if done and args is not None:
+    check_config(workdir, json.loads((workdir / "config.json").read_text()), args)
   return done
+
+
+def training(name: str, workdir: pathlib.Path, args: tuple[str, ...], what: str) -> Stage:
+  """A `train.main` stage: done when its run finished with the command's length and
+  settings (another run in `workdir` is an error, never silently reused)."""
+  return Stage(name, args, lambda: run_finished(workdir, num_steps(args), args), what)
 
 
 def num_steps(args: Sequence[str]) -> int | None:

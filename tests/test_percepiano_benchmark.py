@@ -108,6 +108,12 @@ def test_a_piece_of_folds_is_done_only_with_its_test_run(tmp_path):
   assert not benchmark._crossval_finished(tmp_path, "")
   _finish(tmp_path / "fold2")
   assert benchmark._crossval_finished(tmp_path, "")
+  # Finished with other settings than the stage's command: an error, not done.
+  summary["config"] = {"input": {"time_mask": 96}}
+  (tmp_path / "crossval.json").write_text(json.dumps(summary))
+  assert benchmark._crossval_finished(tmp_path, "", ["--config.input.time_mask=96"])
+  with pytest.raises(benchmark.stages.StageError, match="input.time_mask=96"):
+    benchmark._crossval_finished(tmp_path, "", ["--config.input.time_mask=192"])
   assert not benchmark._crossval_finished(tmp_path / "absent", "none")
 
 

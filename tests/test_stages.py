@@ -75,6 +75,26 @@ def test_shards_made_with_other_windows_are_refused(tmp_path):
     stages.job_finished(tmp_path, {"window_s": 2.56, "hop_s": 5.12})
 
 
+def test_a_finished_run_with_other_settings_is_refused(tmp_path):
+  config = {"num_steps": 8, "input": {"time_mask": 192}, "init": {"checkpoint": ""},
+            "model": {"cnn": {"channels": [8, 16]}}, "optimizer": {"peak_lr": 0.0003}}
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  (tmp_path / "result.json").write_text(json.dumps(
+      {"status": "finished", "step": 8, "total_steps": 8}))
+  same = ("train.main", f"--workdir={tmp_path}", "--config.num_steps=8",
+          "--config.init.checkpoint=", "--config.model.cnn.channels=(8, 16)",
+          "--config.optimizer.peak_lr=3e-4", "--config.input.time_mask=48",
+          "--config.input.time_mask=192")  # the last override of a key wins
+  assert stages.config_mismatches(config, same) == []
+  assert stages.training("t", tmp_path, same, "").done()
+  changed = (*same, "--config.input.time_mask=48", "--config.model.depth=2")
+  assert stages.config_mismatches(config, changed) == [
+      "input.time_mask=192 (this stage: '48')", "model.depth='<absent>' (this stage: '2')"]
+  with pytest.raises(stages.StageError, match="made with other settings: input.time_mask=192"):
+    stages.training("t", tmp_path, changed, "").done()
+  assert not stages.training("t", tmp_path / "none", changed, "").done()  # not run yet
+
+
 def test_num_steps_reads_the_last_override():
   assert stages.num_steps(["train.main", "--config.num_steps=5", "--config.num_steps=7"]) == 7
   assert stages.num_steps(["train.main", "--config.num_epochs=1"]) is None
