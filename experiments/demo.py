@@ -50,6 +50,8 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", "out/demo", "Shards, runs, logs and the report.")
   flags.DEFINE_float("steps_scale", 1.0, "Multiplies every stage's training steps (0.05: smoke).")
   flags.DEFINE_integer("resamples", 10_000, "Bootstrap resamples of the report.")
+  flags.DEFINE_integer("jobs", 1, "Stages to run at once when their inputs are ready.",
+                       lower_bound=1)
 
 
 def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples: int
@@ -84,16 +86,19 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
           "train.main", "--config=train/configs/pretrain.py:tiny", f"--workdir={pretrain}",
           f"--config.data_dir={maestro}", *ENCODER, *cpu_scale.PRETRAIN, *COMMON,
           "--config.model.num_masked=96", f"--config.num_steps={steps(150)}",
-          "--config.eval_every_steps=75"), "SSAST pre-training (tiny AST)"),
+          "--config.eval_every_steps=75"), "SSAST pre-training (tiny AST)",
+          needs=("maestro_shards",)),
       stages.training("finetune_ast", ast_run, (
           *finetune, f"--workdir={ast_run}", f"--config.init.checkpoint={pretrain}",
-          f"--config.num_steps={steps(250)}"), "multi-task fine-tuning of the pre-trained AST"),
+          f"--config.num_steps={steps(250)}"), "multi-task fine-tuning of the pre-trained AST",
+          needs=("percepiano_shards", "pretrain")),
       stages.training("finetune_cnn", cnn_run, (
           *finetune, f"--workdir={cnn_run}", "--config.model.backbone=cnn", *cpu_scale.SMALL_CNN,
-          f"--config.num_steps={steps(250)}"), "the CNN baseline, same data and heads"),
+          f"--config.num_steps={steps(250)}"), "the CNN baseline, same data and heads",
+          needs=("percepiano_shards",)),
       stages.Stage("report", report_command,
                    lambda: (work / "report" / "report.json").is_file(), "evaluation report",
-                   always=True),
+                   always=True, needs=("finetune_ast", "finetune_cnn")),
   ]
 
 
@@ -106,7 +111,7 @@ def main(argv):
   timings = {}
   try:
     timings.update(stages.run(plan(corpus, work, FLAGS.steps_scale, FLAGS.resamples),
-                              work / "logs", cwd=REPO))
+                              work / "logs", cwd=REPO, jobs=FLAGS.jobs))
   except stages.StageError as e:
     sys.exit(f"error: {e}")
   # Imported here: the report's module loads JAX, which the chain's own process

@@ -105,6 +105,8 @@ def define_flags() -> None:
                       "--size=cpu only the cross-validated variants (piece split: ast, cnn, "
                       "ffn) have folds; the others run the test set alone.")
   flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+  flags.DEFINE_integer("jobs", 1, "Stages to run at once when their inputs are ready (2 on "
+                       "2 cores: 1.3x the training throughput of one at a time).", lower_bound=1)
 
 
 def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Path, size: str,
@@ -125,7 +127,8 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                    lambda: stages.job_finished(labelled, stages.window_flags(s["window"])),
                    "PercePiano rendered -> labelled shards"),
       # A finished pre-training of another length (an older plan's) is refused, not reused.
-      stages.training("pretrain", pretrain, pretrain_args, "SSAST pre-training"),
+      stages.training("pretrain", pretrain, pretrain_args, "SSAST pre-training",
+                      needs=("asap_shards",)),
   ]
 
   def cross_validation(split: str, variant: str) -> stages.Stage:
@@ -138,19 +141,24 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
             *s["encoder"], *VARIANTS[variant], *s.get("variants", {}).get(variant, []), "--test"]
     if run_folds:
       args.append(f"--folds={run_folds}")
+    # The variants trained from scratch (an empty init.checkpoint) do not wait for SSAST.
+    pretrained = "--config.init.checkpoint=" not in VARIANTS[variant]
     return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_{variant}", tuple(args),
                         lambda: _crossval_finished(directory, run_folds, args),
-                        f"{split} split, {variant}")
+                        f"{split} split, {variant}",
+                        needs=("percepiano_shards", *(("pretrain",) if pretrained else ())))
 
   # Each split's report follows its own runs, so a failing performer run cannot hold
   # back the piece split's report.
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
-    out += [cross_validation(split, v) for v in variants]
+    runs = [cross_validation(split, v) for v in variants]
+    out += runs
     report_dir = (reports or work / "reports") / split
     out.append(stages.Stage(
         f"report_{split}", functools.partial(_report_command, work, split, variants,
                                              percepiano_dir, labelled, report_dir),
-        lambda d=report_dir: (d / "report.json").is_file(), f"report, {split} split", always=True))
+        lambda d=report_dir: (d / "report.json").is_file(), f"report, {split} split", always=True,
+        needs=tuple(r.name for r in runs)))
   return out
 
 
@@ -244,7 +252,7 @@ def main(argv):
         print(f"# {st.name}: {st.what}\n# (its command is built when it runs: {e})")
     return
   try:
-    stages.run(chosen, work / "logs", cwd=REPO)
+    stages.run(chosen, work / "logs", cwd=REPO, jobs=FLAGS.jobs)
   except (stages.StageError, ValueError) as e:  # ValueError: e.g. an unreadable crossval.json
     sys.exit(f"error: {e}")
 

@@ -12,6 +12,11 @@ when complete, so a cut job leaves no output that looks finished).
 
 Each stage appends to `LOG_DIR/<name>.log`, one dated header per attempt, so the
 log of an attempt that failed survives the attempt that resumed it.
+
+With `jobs` > 1, stages whose inputs (`needs`) are complete run side by side. On 2
+cores two trainings at once did 1.3x the steps per second of one (XLA leaves a core
+partly idle); a failing stage stops new starts, lets the running ones finish (their
+work is kept), then raises.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import pathlib
 import ast
 import datetime
+import io
 import subprocess
 import sys
 import time
@@ -42,6 +48,9 @@ class Stage:
   done: Callable[[], bool]
   what: str = ""
   always: bool = False  # cheap and derived from the others (a report): run every time
+  # The stages whose output this one reads: with jobs > 1 it starts once they are done
+  # (a need outside the chosen stages is the caller's to have run).
+  needs: tuple[str, ...] = ()
 
   def command(self) -> tuple[str, ...]:
     return tuple(self.args()) if callable(self.args) else self.args
@@ -103,10 +112,12 @@ def run_finished(workdir: pathlib.Path, total_steps: int | None = None,
   return done
 
 
-def training(name: str, workdir: pathlib.Path, args: tuple[str, ...], what: str) -> Stage:
+def training(name: str, workdir: pathlib.Path, args: tuple[str, ...], what: str,
+             needs: tuple[str, ...] = ()) -> Stage:
   """A `train.main` stage: done when its run finished with the command's length and
   settings (another run in `workdir` is an error, never silently reused)."""
-  return Stage(name, args, lambda: run_finished(workdir, num_steps(args), args), what)
+  return Stage(name, args, lambda: run_finished(workdir, num_steps(args), args), what,
+               needs=needs)
 
 
 def num_steps(args: Sequence[str]) -> int | None:
@@ -162,38 +173,109 @@ def first_test_midi(release: pathlib.Path, shard_dir: pathlib.Path, split: str) 
   return midi[test_keys[0]]
 
 
-def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | None = None,
-        env: dict | None = None) -> dict[str, float]:
-  """Runs the stages not done yet, in order; returns wall seconds per stage run now.
+@dataclasses.dataclass
+class _Running:
+  stage: Stage
+  prefix: str
+  log: pathlib.Path
+  start: int  # the log's size before this attempt
+  file: io.TextIOWrapper
+  proc: subprocess.Popen
+  t0: float
 
-  A failing stage raises `StageError` with the tail of its log; the stages
-  after it do not run.
+
+def _start(stage: Stage, prefix: str, log_dir: pathlib.Path, cwd, env) -> _Running:
+  log = log_dir / f"{stage.name}.log"
+  print(f"{prefix}: {stage.what or stage.name} (log: {log})", flush=True)
+  t0 = time.perf_counter()
+  args = stage.command()
+  start = log.stat().st_size if log.is_file() else 0
+  f = log.open("a")
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+  f.write(f"=== {stamp}\n$ python -m " + " ".join(args) + "\n")
+  f.flush()
+  proc = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=env, stdout=f,
+                          stderr=subprocess.STDOUT)
+  return _Running(stage, prefix, log, start, f, proc, t0)
+
+
+def _outcome(r: _Running) -> tuple[float, StageError | None]:
+  """Wall seconds and the error (None when the stage's output is complete)."""
+  r.file.close()
+  seconds = time.perf_counter() - r.t0
+  try:
+    complete = r.proc.returncode == 0 and r.stage.done()
+  except StageError as e:
+    return seconds, e
+  if complete:
+    return seconds, None
+  with r.log.open() as f:  # this attempt's output only
+    f.seek(r.start)
+    tail = "\n".join(f.read().splitlines()[-25:])
+  return seconds, StageError(
+      f"stage {r.stage.name} failed (exit {r.proc.returncode}) after {seconds:.0f} s; rerun the "
+      f"same command to resume. Log {r.log}:\n{tail}")
+
+
+def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | None = None,
+        env: dict | None = None, jobs: int = 1) -> dict[str, float]:
+  """Runs the stages not done yet; returns wall seconds per stage run now.
+
+  With `jobs` = 1 they run in order. With more, up to `jobs` at once, each as soon
+  as the stages it `needs` among these are done, in order otherwise. A failing
+  stage raises `StageError` with the tail of its log; no stage starts after it.
   """
+  if jobs < 1:
+    raise ValueError(f"jobs must be >= 1, got {jobs}")
   log_dir.mkdir(parents=True, exist_ok=True)
-  timings = {}
-  for i, stage in enumerate(stages, 1):
-    prefix = f"[{i}/{len(stages)}] {stage.name}"
-    if not stage.always and stage.done():
-      print(f"{prefix}: done earlier, skipped", flush=True)
+  chosen = {s.name for s in stages}
+  waiting = list(enumerate(stages, 1))
+  running: list[_Running] = []
+  done: set[str] = set()
+  timings: dict[str, float] = {}
+  error: StageError | None = None
+  while waiting or running:
+    while error is None and waiting and len(running) < jobs:
+      ready = [(i, s) for i, s in waiting
+               if all(n in done or n not in chosen for n in s.needs)]
+      if jobs == 1 or not ready:  # in order: the next stage once nothing runs
+        ready = [waiting[0]] if not running else []
+      if not ready:
+        break
+      i, stage = ready[0]
+      waiting.remove(ready[0])
+      prefix = f"[{i}/{len(stages)}] {stage.name}"
+      try:
+        if not stage.always and stage.done():
+          print(f"{prefix}: done earlier, skipped", flush=True)
+          done.add(stage.name)
+          continue
+        running.append(_start(stage, prefix, log_dir, cwd, env))
+      except StageError as e:  # stale output, or a command that cannot be built yet
+        error = e
+    if not running:
+      break
+    finished = _wait_any(running)
+    running.remove(finished)
+    seconds, failure = _outcome(finished)
+    if failure is not None:
+      error = error or failure
       continue
-    log = log_dir / f"{stage.name}.log"
-    print(f"{prefix}: {stage.what or stage.name} (log: {log})", flush=True)
-    t0 = time.perf_counter()
-    args = stage.command()
-    start = log.stat().st_size if log.is_file() else 0
-    with log.open("a") as f:
-      stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-      f.write(f"=== {stamp}\n$ python -m " + " ".join(args) + "\n")
-      f.flush()
-      proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, stdout=f,
-                            stderr=subprocess.STDOUT, check=False)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0 or not stage.done():
-      with log.open() as f:  # this attempt's output only
-        f.seek(start)
-        tail = "\n".join(f.read().splitlines()[-25:])
-      raise StageError(f"stage {stage.name} failed (exit {proc.returncode}) after {seconds:.0f} s;"
-                       f" rerun the same command to resume. Log {log}:\n{tail}")
-    timings[stage.name] = round(seconds, 1)
-    print(f"{prefix}: finished in {seconds:.0f} s", flush=True)
+    done.add(finished.stage.name)
+    timings[finished.stage.name] = round(seconds, 1)
+    print(f"{finished.prefix}: finished in {seconds:.0f} s", flush=True)
+  if error is not None:
+    raise error
   return timings
+
+
+def _wait_any(running: list[_Running]) -> _Running:
+  """The first of the running stages to exit."""
+  if len(running) == 1:
+    running[0].proc.wait()
+    return running[0]
+  while True:
+    for r in running:
+      if r.proc.poll() is not None:
+        return r
+    time.sleep(0.5)

@@ -31,6 +31,12 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert names[:3] == ["asap_shards", "percepiano_shards", "pretrain"]
   assert {f"cv_{v}" for v in benchmark.VARIANTS} <= set(names)
   assert {"performer_ast", "performer_cnn", "report_piece", "report_performer"} <= set(names)
+  # What each stage waits for when stages run side by side.
+  needs = {s.name: s.needs for s in plan}
+  assert needs["pretrain"] == ("asap_shards",)
+  assert needs["cv_ast"] == ("percepiano_shards", "pretrain")
+  assert needs["cv_scratch"] == needs["cv_cnn"] == needs["performer_ffn"] == ("percepiano_shards",)
+  assert set(needs["report_piece"]) == {f"cv_{v}" for v in benchmark.VARIANTS}
   # Each report right after its split's runs.
   assert names.index("report_piece") == max(i for i, n in enumerate(names) if n.startswith("cv_")) + 1
   assert names[-1] == "report_performer"

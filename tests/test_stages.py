@@ -1,6 +1,7 @@
 """experiments.stages: real subprocess stages, skipped when done, failures named with their log."""
 
 import json
+import pathlib
 
 import pytest
 
@@ -124,3 +125,48 @@ def test_a_command_can_depend_on_what_earlier_stages_wrote(tmp_path):
   assert json.loads(second.read_text()) == {"path": str(source)}
   assert f"$ python -m json.tool {source} {second}\n" in (
       tmp_path / "logs" / "read.log").read_text()
+
+
+_RENDEZVOUS = '''
+import pathlib, sys, time
+me, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+me.touch()
+deadline = time.time() + 60
+while not other.exists():  # only a stage running alongside can create it
+  if time.time() > deadline:
+    sys.exit("the other stage never ran alongside this one")
+  time.sleep(0.05)
+pathlib.Path(f"{me}.done").touch()
+'''
+
+
+def test_two_jobs_run_independent_stages_side_by_side_and_dependents_after(tmp_path):
+  (tmp_path / "rendezvous.py").write_text(_RENDEZVOUS)
+  a, b = tmp_path / "a", tmp_path / "b"
+  meet = [stages.Stage(n, ("rendezvous", str(me), str(other)),
+                       lambda me=me: pathlib.Path(f"{me}.done").is_file())
+          for n, me, other in (("a", a, b), ("b", b, a))]
+  source, out = tmp_path / "in.json", tmp_path / "out.json"
+  source.write_text("{}")
+
+  def after_both():  # built when the stage starts: both of its needs must be complete
+    assert pathlib.Path(f"{a}.done").is_file() and pathlib.Path(f"{b}.done").is_file()
+    return ("json.tool", str(source), str(out))
+
+  last = stages.Stage("c", after_both, out.is_file, needs=("a", "b"))
+  timings = stages.run([*meet, last], tmp_path / "logs", cwd=tmp_path, jobs=2)
+  assert set(timings) == {"a", "b", "c"} and out.is_file()
+
+
+def test_a_failure_among_jobs_lets_the_others_finish_and_starts_nothing_new(tmp_path):
+  (tmp_path / "rendezvous.py").write_text(_RENDEZVOUS)
+  partner = tmp_path / "partner"
+  bad = stages.Stage("bad", ("json.tool", str(tmp_path / "missing.json")), lambda: False)
+  # Waits for the failing stage's log: it is still running when "bad" fails.
+  slow = stages.Stage("slow", ("rendezvous", str(partner), str(tmp_path / "logs" / "bad.log")),
+                      lambda: pathlib.Path(f"{partner}.done").is_file())
+  never = stages.Stage("never", ("json.tool", "--help"), lambda: False, needs=("bad",))
+  with pytest.raises(stages.StageError, match="stage bad failed"):
+    stages.run([bad, slow, never], tmp_path / "logs", cwd=tmp_path, jobs=2)
+  assert pathlib.Path(f"{partner}.done").is_file()  # finished, its work kept
+  assert not (tmp_path / "logs" / "never.log").exists()
