@@ -405,7 +405,8 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
         b.append(("p", f"Not computed for {EVALUATION_TITLES.get(key, key).lower()}: "
                        f"{evaluation['ceiling_note']}."))
   else:
-    b.append(("p", f"Not computed: {report['ceiling_source']}."))
+    notes = {e.get("ceiling_note") for e in report["evaluations"].values()} - {None}
+    b.append(("p", f"Not computed: {'; '.join(sorted(notes)) or report['ceiling_source']}."))
   for path in figure_paths.get("", []):
     b.append(("img", path))
   b.append(("h2", "Methods"))

@@ -100,7 +100,7 @@ def define_flags() -> None:
                       "(default WORKDIR/reports; `make benchmark-percepiano`: reports/benchmark, "
                       "committed).")
   flags.DEFINE_enum("size", "cpu", sorted(SIZES), "cpu: sized for 2 cores; base: the paper.")
-  flags.DEFINE_list("only", [], "Run only these stages (default: all, in order).")
+  flags.DEFINE_list("only", [], "Run only these stages (default: all).")
   flags.DEFINE_string("folds", "", "Cross-validation folds to run now (default: all). At "
                       "--size=cpu only the cross-validated variants (piece split: ast, cnn, "
                       "ffn) have folds; the others run the test set alone.")
@@ -148,8 +148,8 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                         f"{split} split, {variant}",
                         needs=("percepiano_shards", *(("pretrain",) if pretrained else ())))
 
-  # Each split's report follows its own runs, so a failing performer run cannot hold
-  # back the piece split's report.
+  # Each split's report follows (and needs) its own runs only, so a failing performer
+  # run cannot hold back the piece split's report.
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
     runs = [cross_validation(split, v) for v in variants]
     out += runs

@@ -15,8 +15,8 @@ log of an attempt that failed survives the attempt that resumed it.
 
 With `jobs` > 1, stages whose inputs (`needs`) are complete run side by side. On 2
 cores two trainings at once did 1.3x the steps per second of one (XLA leaves a core
-partly idle); a failing stage stops new starts, lets the running ones finish (their
-work is kept), then raises.
+partly idle). A failing stage stops only the stages that need it; the chain raises
+once the others are done, so one failure does not waste an unattended session.
 """
 
 from __future__ import annotations
@@ -56,14 +56,31 @@ class Stage:
     return tuple(self.args()) if callable(self.args) else self.args
 
 
-def _value(text: str):
-  """A `--config.key=value` value as the config stores it (ml_collections parses
-  literals; anything else is a string)."""
+def _as_json(value):
+  """Tuples as lists, as the stored JSON config has them."""
+  if isinstance(value, (tuple, list)):
+    return [_as_json(v) for v in value]
+  return value
+
+
+def _matches(stored, text: str) -> bool:
+  """Whether a `--config.key=text` override gives the stored value, parsed by the
+  stored value's type as ml_collections parses it for that field."""
+  if isinstance(stored, bool):
+    return text.lower() in (("true", "1") if stored else ("false", "0"))
+  if isinstance(stored, str):
+    return text == stored
+  if isinstance(stored, (int, float)):
+    try:
+      return float(text) == stored
+    except ValueError:
+      return False
+  if stored is None:
+    return text in ("None", "none", "")
   try:
-    value = ast.literal_eval(text)
+    return _as_json(ast.literal_eval(text)) == stored
   except (ValueError, SyntaxError):
-    return text
-  return list(value) if isinstance(value, tuple) else value
+    return False
 
 
 def config_mismatches(config: dict, args: Sequence[str]) -> list[str]:
@@ -75,11 +92,14 @@ def config_mismatches(config: dict, args: Sequence[str]) -> list[str]:
       key, text = a[len("--config."):].split("=", 1)
       overrides[key] = text
   out = []
+  absent = object()
   for key, text in overrides.items():
     node = config
     for part in key.split("."):
-      node = node.get(part, "<absent>") if isinstance(node, dict) else "<absent>"
-    if node != _value(text):
+      node = node.get(part, absent) if isinstance(node, dict) else absent
+    if node is absent:
+      out.append(f"{key} absent (this stage: {text!r})")
+    elif not _matches(node, text):
       out.append(f"{key}={node!r} (this stage: {text!r})")
   return out
 
@@ -191,12 +211,26 @@ def _start(stage: Stage, prefix: str, log_dir: pathlib.Path, cwd, env) -> _Runni
   args = stage.command()
   start = log.stat().st_size if log.is_file() else 0
   f = log.open("a")
-  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-  f.write(f"=== {stamp}\n$ python -m " + " ".join(args) + "\n")
-  f.flush()
-  proc = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=env, stdout=f,
-                          stderr=subprocess.STDOUT)
+  try:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    f.write(f"=== {stamp}\n$ python -m " + " ".join(args) + "\n")
+    f.flush()
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=env, stdout=f,
+                            stderr=subprocess.STDOUT)
+  except BaseException:
+    f.close()
+    raise
   return _Running(stage, prefix, log, start, f, proc, t0)
+
+
+def _checked(stage: Stage, what: str, call: Callable):
+  """`call()`, with any error but an interrupt reported as this stage's StageError."""
+  try:
+    return call()
+  except StageError:
+    raise
+  except Exception as e:  # e.g. an unreadable summary behind a done check
+    raise StageError(f"stage {stage.name}: {what}: {type(e).__name__}: {e}") from e
 
 
 def _outcome(r: _Running) -> tuple[float, StageError | None]:
@@ -204,7 +238,7 @@ def _outcome(r: _Running) -> tuple[float, StageError | None]:
   r.file.close()
   seconds = time.perf_counter() - r.t0
   try:
-    complete = r.proc.returncode == 0 and r.stage.done()
+    complete = r.proc.returncode == 0 and _checked(r.stage, "checking its output", r.stage.done)
   except StageError as e:
     return seconds, e
   if complete:
@@ -217,55 +251,97 @@ def _outcome(r: _Running) -> tuple[float, StageError | None]:
       f"same command to resume. Log {r.log}:\n{tail}")
 
 
+def _stop(running: list[_Running], grace_s: float = 120.0) -> None:
+  """SIGTERM to every running stage (the trainer checkpoints and exits), then SIGKILL
+  after `grace_s`: an interrupted chain leaves no stage running unattended."""
+  for r in running:
+    if r.proc.poll() is None:
+      r.proc.terminate()
+  deadline = time.monotonic() + grace_s
+  for r in running:
+    try:
+      r.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      r.proc.kill()
+      r.proc.wait()
+    r.file.close()
+
+
 def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | None = None,
         env: dict | None = None, jobs: int = 1) -> dict[str, float]:
   """Runs the stages not done yet; returns wall seconds per stage run now.
 
   With `jobs` = 1 they run in order. With more, up to `jobs` at once, each as soon
   as the stages it `needs` among these are done, in order otherwise. A failing
-  stage raises `StageError` with the tail of its log; no stage starts after it.
+  stage stops the stages that need it (directly or not); the others still run, so
+  the work of a long unattended chain is not held back by one failure. Every
+  failure is then raised in one `StageError`, each with the tail of its log. An
+  interrupt (or any unexpected error) stops the running stages before it propagates.
   """
   if jobs < 1:
     raise ValueError(f"jobs must be >= 1, got {jobs}")
+  names = [s.name for s in stages]
+  for k, stage in enumerate(stages):
+    later = [n for n in stage.needs if n in names[k:]]
+    if later:
+      raise ValueError(f"stage {stage.name} needs {later}, which are not earlier stages")
+  chosen = set(names)
   log_dir.mkdir(parents=True, exist_ok=True)
-  chosen = {s.name for s in stages}
   waiting = list(enumerate(stages, 1))
   running: list[_Running] = []
   done: set[str] = set()
+  failed: set[str] = set()  # failed, or not started because a need failed
+  errors: list[StageError] = []
   timings: dict[str, float] = {}
-  error: StageError | None = None
-  while waiting or running:
-    while error is None and waiting and len(running) < jobs:
-      ready = [(i, s) for i, s in waiting
-               if all(n in done or n not in chosen for n in s.needs)]
-      if jobs == 1 or not ready:  # in order: the next stage once nothing runs
-        ready = [waiting[0]] if not running else []
-      if not ready:
-        break
-      i, stage = ready[0]
-      waiting.remove(ready[0])
-      prefix = f"[{i}/{len(stages)}] {stage.name}"
-      try:
-        if not stage.always and stage.done():
-          print(f"{prefix}: done earlier, skipped", flush=True)
-          done.add(stage.name)
+
+  def fail(name: str, prefix: str, error: StageError) -> None:
+    failed.add(name)
+    errors.append(error)
+    print(f"{prefix}: FAILED ({str(error).splitlines()[0]})", flush=True)
+
+  try:
+    while waiting or running:
+      while waiting and len(running) < jobs:
+        if jobs == 1:  # in order: the next stage once nothing runs
+          ready = waiting[:1] if not running else []
+        else:
+          ready = [(i, s) for i, s in waiting
+                   if all(n in done or n in failed or n not in chosen for n in s.needs)]
+        if not ready:
+          break
+        i, stage = ready[0]
+        waiting.remove(ready[0])
+        prefix = f"[{i}/{len(stages)}] {stage.name}"
+        lost = [n for n in stage.needs if n in failed]
+        if lost:
+          failed.add(stage.name)
+          print(f"{prefix}: not started: needs {', '.join(lost)}, which did not finish", flush=True)
           continue
-        running.append(_start(stage, prefix, log_dir, cwd, env))
-      except StageError as e:  # stale output, or a command that cannot be built yet
-        error = e
-    if not running:
-      break
-    finished = _wait_any(running)
-    running.remove(finished)
-    seconds, failure = _outcome(finished)
-    if failure is not None:
-      error = error or failure
-      continue
-    done.add(finished.stage.name)
-    timings[finished.stage.name] = round(seconds, 1)
-    print(f"{finished.prefix}: finished in {seconds:.0f} s", flush=True)
-  if error is not None:
-    raise error
+        try:
+          if not stage.always and _checked(stage, "checking its output", stage.done):
+            print(f"{prefix}: done earlier, skipped", flush=True)
+            done.add(stage.name)
+            continue
+          running.append(_checked(stage, "starting",
+                                  lambda: _start(stage, prefix, log_dir, cwd, env)))
+        except StageError as e:  # stale output, or a command that cannot be built yet
+          fail(stage.name, prefix, e)
+      if not running:
+        break
+      finished = _wait_any(running)
+      running.remove(finished)
+      seconds, failure = _outcome(finished)
+      if failure is not None:
+        fail(finished.stage.name, finished.prefix, failure)
+        continue
+      done.add(finished.stage.name)
+      timings[finished.stage.name] = round(seconds, 1)
+      print(f"{finished.prefix}: finished in {seconds:.0f} s", flush=True)
+  except BaseException:
+    _stop(running)
+    raise
+  if errors:
+    raise StageError("\n\n".join(str(e) for e in errors))
   return timings
 
 

@@ -26,6 +26,10 @@ def test_the_attention_example_is_the_first_test_performance(tmp_path):
   assert [s.name for s in plan] == ["maestro_shards", "percepiano_shards", "pretrain",
                                     "finetune_ast", "finetune_cnn", "report"]
   assert callable(plan[-1].args)  # completed once the PercePiano job has run
+  names = [s.name for s in plan]
+  for k, stage in enumerate(plan):  # every need names an earlier stage
+    assert set(stage.needs) <= set(names[:k]), stage.name
+  assert plan[-1].needs == ("finetune_ast", "finetune_cnn")
 
 
 @pytest.mark.slow

@@ -33,6 +33,8 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert {"performer_ast", "performer_cnn", "report_piece", "report_performer"} <= set(names)
   # What each stage waits for when stages run side by side.
   needs = {s.name: s.needs for s in plan}
+  for k, stage in enumerate(plan):  # every need names an earlier stage of the plan
+    assert set(stage.needs) <= set(names[:k]), stage.name
   assert needs["pretrain"] == ("asap_shards",)
   assert needs["cv_ast"] == ("percepiano_shards", "pretrain")
   assert needs["cv_scratch"] == needs["cv_cnn"] == needs["performer_ffn"] == ("percepiano_shards",)

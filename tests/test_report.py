@@ -248,6 +248,12 @@ def test_a_set_the_raw_ratings_do_not_cover_has_no_ceiling_the_others_keep_their
   md = (tmp_path / "report" / "report.md").read_text()
   assert "Not computed for held-out test set: the raw ratings do not cover" in md
   assert "÷ ceiling" in md.split("## Held-out test")[0]  # the covered set keeps its columns
+  # Ratings that cover no evaluated set: the reason is given, not the file's name alone.
+  elsewhere = _release_with_raw_ratings(tmp_path / "elsewhere", [f"Other_{k}" for k in p.keys])
+  report.build(root, [], output_dir=tmp_path / "none", resamples=20,
+               percepiano_dir=str(elsewhere))
+  assert "Not computed: the raw ratings do not cover" in (
+      tmp_path / "none" / "report.md").read_text()
 
 
 def test_the_report_names_paths_relative_to_where_it_ran(tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
 """experiments.stages: real subprocess stages, skipped when done, failures named with their log."""
 
 import json
+import os
 import pathlib
+import time
 
 import pytest
 
@@ -21,14 +23,40 @@ def test_runs_what_is_not_done_and_skips_what_is(tmp_path, capsys):
   assert "report" in stages.run([again], tmp_path / "logs")
 
 
-def test_a_failing_stage_stops_the_chain_with_its_log(tmp_path):
+def test_a_failing_stage_stops_its_dependents_not_the_others(tmp_path):
   never = tmp_path / "never"
   bad = stages.Stage("bad", ("json.tool", str(tmp_path / "missing.json")), never.is_file)
-  after = stages.Stage("after", ("json.tool", "--help"), lambda: False)
+  dependent = stages.Stage("dependent", ("json.tool", "--help"), lambda: False, needs=("bad",))
+  indirect = stages.Stage("indirect", ("json.tool", "--help"), lambda: False,
+                          needs=("dependent",))
+  source, out = tmp_path / "in.json", tmp_path / "out.json"
+  source.write_text("{}")
+  other = stages.Stage("other", ("json.tool", str(source), str(out)), out.is_file)
   with pytest.raises(stages.StageError, match="stage bad failed") as e:
-    stages.run([bad, after], tmp_path / "logs")
+    stages.run([bad, dependent, indirect, other], tmp_path / "logs")
   assert "missing.json" in str(e.value)
-  assert not (tmp_path / "logs" / "after.log").exists()
+  assert not (tmp_path / "logs" / "dependent.log").exists()
+  assert not (tmp_path / "logs" / "indirect.log").exists()
+  assert out.is_file()  # independent work still done
+
+
+def test_every_failure_is_reported_and_needs_must_come_earlier(tmp_path):
+  one = stages.Stage("one", ("json.tool", str(tmp_path / "a.json")), lambda: False)
+  two = stages.Stage("two", ("json.tool", str(tmp_path / "b.json")), lambda: False)
+  with pytest.raises(stages.StageError) as e:
+    stages.run([one, two], tmp_path / "logs")
+  assert "stage one failed" in str(e.value) and "stage two failed" in str(e.value)
+  with pytest.raises(ValueError, match=r"needs \['two'\], which are not earlier"):
+    stages.run([stages.Stage("one", ("json.tool",), lambda: False, needs=("two",)), two],
+               tmp_path / "logs")
+
+
+def test_an_unreadable_output_check_is_a_stage_error(tmp_path):
+  def broken():
+    raise json.JSONDecodeError("Expecting value", "", 0)
+  stage = stages.Stage("broken", ("json.tool", "--help"), broken)
+  with pytest.raises(stages.StageError, match="stage broken: checking its output: JSONDecodeError"):
+    stages.run([stage], tmp_path / "logs")
 
 
 def test_a_resumed_stage_keeps_the_log_of_the_attempt_that_failed(tmp_path):
@@ -90,7 +118,7 @@ def test_a_finished_run_with_other_settings_is_refused(tmp_path):
   assert stages.training("t", tmp_path, same, "").done()
   changed = (*same, "--config.input.time_mask=48", "--config.model.depth=2")
   assert stages.config_mismatches(config, changed) == [
-      "input.time_mask=192 (this stage: '48')", "model.depth='<absent>' (this stage: '2')"]
+      "input.time_mask=192 (this stage: '48')", "model.depth absent (this stage: '2')"]
   with pytest.raises(stages.StageError, match="made with other settings: input.time_mask=192"):
     stages.training("t", tmp_path, changed, "").done()
   assert not stages.training("t", tmp_path / "none", changed, "").done()  # not run yet
@@ -128,9 +156,9 @@ def test_a_command_can_depend_on_what_earlier_stages_wrote(tmp_path):
 
 
 _RENDEZVOUS = '''
-import pathlib, sys, time
+import os, pathlib, sys, time
 me, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-me.touch()
+me.write_text(str(os.getpid()))
 deadline = time.time() + 60
 while not other.exists():  # only a stage running alongside can create it
   if time.time() > deadline:
@@ -158,15 +186,41 @@ def test_two_jobs_run_independent_stages_side_by_side_and_dependents_after(tmp_p
   assert set(timings) == {"a", "b", "c"} and out.is_file()
 
 
-def test_a_failure_among_jobs_lets_the_others_finish_and_starts_nothing_new(tmp_path):
+def test_a_failure_among_jobs_lets_the_others_finish_and_run(tmp_path):
   (tmp_path / "rendezvous.py").write_text(_RENDEZVOUS)
-  partner = tmp_path / "partner"
-  bad = stages.Stage("bad", ("json.tool", str(tmp_path / "missing.json")), lambda: False)
-  # Waits for the failing stage's log: it is still running when "bad" fails.
-  slow = stages.Stage("slow", ("rendezvous", str(partner), str(tmp_path / "logs" / "bad.log")),
+  partner, failed_flag = tmp_path / "partner", tmp_path / "bad-failed"
+  # "bad" fails only once "slow" runs; "slow" ends only after "bad" was seen to fail
+  # (its done check creates the flag), so it is still running when "bad" fails.
+  bad = stages.Stage("bad", ("rendezvous", str(tmp_path / "b"), str(partner)),
+                     lambda: failed_flag.touch() or False)
+  slow = stages.Stage("slow", ("rendezvous", str(partner), str(failed_flag)),
                       lambda: pathlib.Path(f"{partner}.done").is_file())
   never = stages.Stage("never", ("json.tool", "--help"), lambda: False, needs=("bad",))
-  with pytest.raises(stages.StageError, match="stage bad failed"):
-    stages.run([bad, slow, never], tmp_path / "logs", cwd=tmp_path, jobs=2)
+  source, out = tmp_path / "in.json", tmp_path / "out.json"
+  source.write_text("{}")
+  later = stages.Stage("later", ("json.tool", str(source), str(out)), out.is_file)
+  with pytest.raises(stages.StageError, match="stage bad failed \\(exit 0\\)"):
+    stages.run([bad, slow, never, later], tmp_path / "logs", cwd=tmp_path, jobs=2)
   assert pathlib.Path(f"{partner}.done").is_file()  # finished, its work kept
   assert not (tmp_path / "logs" / "never.log").exists()
+  assert out.is_file()  # an independent stage still started after the failure
+
+
+def test_an_interrupt_stops_the_running_stages(tmp_path):
+  (tmp_path / "rendezvous.py").write_text(_RENDEZVOUS)
+  waiter = tmp_path / "waiter"
+  hang = stages.Stage("hang", ("rendezvous", str(waiter), str(tmp_path / "never")),
+                      lambda: False)
+
+  def interrupt():  # the user's Ctrl-C, arriving while "hang" runs
+    deadline = time.time() + 30
+    while not waiter.is_file() and time.time() < deadline:
+      time.sleep(0.05)
+    raise KeyboardInterrupt
+
+  second = stages.Stage("second", ("json.tool", "--help"), interrupt)
+  with pytest.raises(KeyboardInterrupt):
+    stages.run([hang, second], tmp_path / "logs", cwd=tmp_path, jobs=2)
+  pid = int(waiter.read_text())
+  with pytest.raises(ProcessLookupError):
+    os.kill(pid, 0)  # stopped and reaped, not left running
