@@ -85,19 +85,23 @@ def fold_config(config: ml_collections.ConfigDict, split: str, fold: int | str
   return c
 
 
-def out_of_fold(workdir: str | pathlib.Path) -> predictions.Predictions:
-  """Every fold's final validation predictions as one set (each performance once)."""
+def fold_predictions(workdir: str | pathlib.Path) -> list[predictions.Predictions]:
+  """Every fold's final validation predictions, fold by fold (each performance once)."""
   workdir = pathlib.Path(workdir)
   summary = read_summary(workdir)
   missing = [k for k in summary["folds"] if not finished(fold_dir(workdir, k))]
   if missing:
     raise CrossValidationError(f"{workdir}: folds {missing} are not finished; run "
                                "eval.crossval again to complete them")
-  return _out_of_fold(workdir, summary["folds"], summary["split"])
+  return [predictions.load_final(fold_dir(workdir, k)) for k in summary["folds"]]
 
 
-def _out_of_fold(workdir: pathlib.Path, folds: list[int], split: str) -> predictions.Predictions:
-  parts = [predictions.load_final(fold_dir(workdir, k)) for k in folds]
+def out_of_fold(workdir: str | pathlib.Path) -> predictions.Predictions:
+  """Every fold's final validation predictions as one set (each performance once)."""
+  return pool(fold_predictions(workdir), read_summary(workdir)["split"])
+
+
+def pool(parts: list[predictions.Predictions], split: str) -> predictions.Predictions:
   return predictions.concatenate(parts, split=f"{split}/out-of-fold")
 
 
@@ -149,7 +153,7 @@ def _summarise(workdir: pathlib.Path, config, split: str, folds: list[int], test
     summary["runs"][str(k)] = entry
   done = [summary["runs"][str(k)] for k in folds if summary["runs"][str(k)]["finished"]]
   if len(done) == len(folds):
-    pooled = _scores(_out_of_fold(workdir, folds, split))
+    pooled = _scores(pool([predictions.load_final(fold_dir(workdir, k)) for k in folds], split))
     headline = [f"pearson/{g}" for g in (*taxonomy.GROUPS, "mean")]
     summary["out_of_fold"] = pooled
     summary["per_fold"] = {k: {"mean": float(np.mean([d["scores"][k] for d in done])),

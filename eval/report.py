@@ -21,6 +21,11 @@ What it contains, per evaluated set:
   the same folds): the Pearson difference with its paired-bootstrap CI and
   p-value and Williams' test p-value, both Holm-corrected across the 19
   dimensions;
+- out of fold, first the headline: each fold's Pearson and their mean over the
+  folds (CI by a bootstrap stratified by fold; differences paired), which is
+  what the targets and relative gains are judged by; then the pooled tables;
+- relative gains only over a baseline with a positive mean Pearson (relative to
+  a negative correlation the ratio flips sign and means nothing);
 - the published anchors (PercePiano paper R² 0.397 piece / 0.285 performer;
   best audio model R² ≈ 0.537) beside our mean R²;
 - figures: Pearson bars with CIs and the ceiling, prediction-vs-label scatter
@@ -42,6 +47,7 @@ import json
 import os
 import pathlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -83,6 +89,8 @@ class Source:
   curves: dict[str, list[dict]]
   pending: tuple[str, ...] = ()  # sets a cross-validation started but has not finished
   not_run: tuple[str, ...] = ()  # sets it never started (e.g. `--folds=none`: no fold)
+  # The performances of each fold, per set scored fold by fold (the out-of-fold set).
+  folds: dict[str, tuple[tuple[str, ...], ...]] = dataclasses.field(default_factory=dict)
 
   @property
   def backbone(self) -> str:
@@ -132,20 +140,23 @@ def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
     if not any(available.values()):
       raise ReportError(f"{workdir}: no finished evaluation yet (neither every fold nor the "
                         "test set)")
-    evaluations = {}
+    evaluations, folds = {}, {}
     if available["out_of_fold"]:
-      evaluations["out_of_fold"] = crossval.out_of_fold(workdir)
+      parts = crossval.fold_predictions(workdir)
+      evaluations["out_of_fold"] = crossval.pool(parts, summary["split"])
+      folds["out_of_fold"] = tuple(p.keys for p in parts)
     if available["test"]:
       evaluations["test"] = predictions.load_final(crossval.fold_dir(workdir, crossval.TEST))
     # A set with any run directory is under way; one without was never started
     # (an ablation on the test set alone): the report words the two differently.
-    started = {"out_of_fold": any(crossval.fold_dir(workdir, k).is_dir() for k in summary["folds"]),
-               "test": crossval.fold_dir(workdir, crossval.TEST).is_dir()}
+    present = [k for k in [*summary["folds"], crossval.TEST]
+               if crossval.fold_dir(workdir, k).is_dir()]
+    started = {"out_of_fold": any(k != crossval.TEST for k in present),
+               "test": crossval.TEST in present}
     pending = [k for k, ready in available.items() if not ready and started[k]]
     not_run = [k for k, ready in available.items() if not ready and not started[k]]
     curves = {("test" if k == crossval.TEST else f"fold {k}"): _curves(crossval.fold_dir(workdir, k))
-              for k in [*summary["folds"], crossval.TEST]
-              if crossval.fold_dir(workdir, k).is_dir()}
+              for k in present}
     kind = "crossval"
   elif (workdir / trainer.CONFIG_FILE).is_file():
     config = json.loads((workdir / trainer.CONFIG_FILE).read_text())
@@ -156,13 +167,13 @@ def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
     evaluations = {"test" if final.split.endswith("test") else "validation": final}
     curves = {"run": _curves(workdir)}
     kind = "run"
-    pending, not_run = [], []
+    pending, not_run, folds = [], [], {}
   else:
     raise ReportError(f"{workdir} is neither a fine-tuning work directory nor an "
                       "eval.crossval directory")
   return Source(name=name or default_name(config), workdir=workdir, kind=kind, config=config,
                 evaluations=evaluations, curves=curves, pending=tuple(pending),
-                not_run=tuple(not_run))
+                not_run=tuple(not_run), folds=folds)
 
 
 def _common(main: predictions.Predictions, other: predictions.Predictions, name: str
@@ -183,9 +194,60 @@ def _rows(values: np.ndarray) -> dict[str, float]:
   return {k: float(v) for k, v in statistics.with_groups(values).items()}
 
 
+def relative_gain(value: float, baseline: float) -> float | None:
+  """(value - baseline) / baseline; None when the baseline's Pearson is not positive:
+  a gain relative to a negative correlation has no meaning (the sign flips it)."""
+  if not (np.isfinite(value) and np.isfinite(baseline)) or baseline <= 0:
+    return None
+  return (value - baseline) / baseline
+
+
+class _FoldScores:
+  """Pearson scored fold by fold and averaged over the folds, as k-fold results are
+  reported: pooling the folds' predictions instead mixes models that each learned
+  their own training pieces' label means, which can turn every model's correlation
+  negative although each fold's is positive. The bootstrap resamples each fold's
+  performances on their own (stratified), with the same draws for every run."""
+
+  def __init__(self, keys: Sequence[str], folds: Sequence[Sequence[str]], resamples: int,
+               seed: int):
+    index = {k: i for i, k in enumerate(keys)}
+    self.members = [np.array([index[k] for k in fold], int) for fold in folds]
+    if sorted(np.concatenate(self.members)) != list(range(len(keys))):
+      raise ReportError("the folds do not partition the out-of-fold performances")
+    # Seeds apart from the pooled bootstrap's (seed) so the two never share draws.
+    self.weights = [statistics.bootstrap_weights(len(m), resamples, seed + 1 + f)
+                    for f, m in enumerate(self.members)]
+
+  def __call__(self, p: predictions.Predictions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(`[F, D]` each fold's Pearson, `[D]` their mean, `[B, D]` bootstrap replicates)."""
+    per_fold = np.stack([metrics.per_dimension_pearson(p.predictions[m], p.labels[m], p.mask[m])
+                         for m in self.members])
+    reps = np.stack([statistics.replicate_scores("pearson", p.predictions[m], p.labels[m],
+                                                 p.mask[m], w)
+                     for m, w in zip(self.members, self.weights)])
+    with warnings.catch_warnings():  # a dimension with no signal in some fold: NaN
+      warnings.simplefilter("ignore", RuntimeWarning)
+      return per_fold, np.nanmean(per_fold, axis=0), np.nanmean(reps, axis=0)
+
+
+def _fold_rows(per_fold: np.ndarray, mean: np.ndarray, reps: np.ndarray) -> dict[str, dict]:
+  low, high = statistics.percentile_interval(reps)
+  folds = [_rows(f) for f in per_fold]
+  return {k: {"pearson": v, "pearson_low": lo, "pearson_high": hi,
+              "folds": [f[k] for f in folds]}
+          for (k, v), lo, hi in zip(_rows(mean).items(), _rows(low).values(),
+                                    _rows(high).values())}
+
+
 def evaluate(main: predictions.Predictions, others: dict[str, predictions.Predictions],
-             ceiling: ceiling_lib.Ceiling | None, *, resamples: int, seed: int) -> dict:
-  """Every number of one evaluated set: rows per dimension/group, comparisons, ceiling."""
+             ceiling: ceiling_lib.Ceiling | None, *, resamples: int, seed: int,
+             folds: Sequence[Sequence[str]] | None = None) -> dict:
+  """Every number of one evaluated set: rows per dimension/group, comparisons, ceiling.
+
+  With `folds` (the performances of each cross-validation fold) the headline is the
+  mean over folds of each fold's Pearson (`fold_rows`); the pooled rows stay beside it.
+  """
   passages = main.passages
   n = len(main.keys)
   weights = statistics.bootstrap_weights(n, resamples, seed)
@@ -211,6 +273,10 @@ def evaluate(main: predictions.Predictions, others: dict[str, predictions.Predic
     return rows, reps
 
   rows, reps = described(main)
+  by_fold = _FoldScores(main.keys, folds, resamples, seed) if folds is not None else None
+  if by_fold is not None:
+    main_folds = by_fold(main)
+    fold_rows = _fold_rows(*main_folds)
   if ceiling is not None:
     for key, values in (("ceiling", ceiling.pearson), ("ceiling_within", ceiling.pearson_within)):
       for k, v in _rows(values).items():
@@ -243,11 +309,32 @@ def evaluate(main: predictions.Predictions, others: dict[str, predictions.Predic
         entry.update(p_bootstrap_holm=float(p_boot[d]), p_williams=float(p_williams[d]),
                      p_williams_holm=float(p_williams_holm[d]))
       table[k] = entry
-    mean_main, mean_other = rows["mean"]["pearson"], other_rows["mean"]["pearson"]
-    compare[name] = {"rows": table, "relative_mean_pearson_gain":
-                     (mean_main - mean_other) / abs(mean_other) if mean_other else float("nan")}
-  return {"performances": n, "passages": len(set(passages)), "split": main.split,
-          "rows": rows, "compare": compare}
+    compare[name] = {"rows": table}
+    headline, other_headline = rows["mean"]["pearson"], other_rows["mean"]["pearson"]
+    if by_fold is not None:
+      other_folds = by_fold(other)
+      fold_paired = statistics.paired_summary(main_folds[2], other_folds[2],
+                                              main_folds[1] - other_folds[1])
+      compare[name]["fold_rows"] = {
+          k: {**v, "difference": fold_paired[k]["difference"],
+              "difference_low": fold_paired[k]["low"], "difference_high": fold_paired[k]["high"],
+              "p_bootstrap": fold_paired[k]["p"]}
+          for k, v in _fold_rows(*other_folds).items()}
+      headline = fold_rows["mean"]["pearson"]
+      other_headline = compare[name]["fold_rows"]["mean"]["pearson"]
+    compare[name]["relative_mean_pearson_gain"] = relative_gain(headline, other_headline)
+  out = {"performances": n, "passages": len(set(passages)), "split": main.split,
+         "rows": rows, "compare": compare,
+         "headline": "pooled" if by_fold is None else "mean over folds"}
+  if by_fold is not None:
+    out["fold_rows"] = fold_rows
+    out["fold_sizes"] = [len(m) for m in by_fold.members]
+  return out
+
+
+def headline_rows(evaluation: dict) -> dict[str, dict]:
+  """The rows the set is judged by: the mean over folds where scored by fold, else pooled."""
+  return evaluation.get("fold_rows") or evaluation["rows"]
 
 
 # ---- rendering: one list of blocks, written as Markdown and as HTML
@@ -291,6 +378,33 @@ def _table(evaluation: dict, keys, with_ceiling: bool, inline: bool = True
   return head, rows
 
 
+def _gain(value: float | None) -> str:
+  return "not computable (baseline Pearson <= 0)" if value is None else f"{100 * value:+.1f} %"
+
+
+def _headline_words(evaluation: dict) -> str:
+  return ("mean Pearson" if evaluation.get("headline", "pooled") == "pooled"
+          else "mean Pearson (mean over folds)")
+
+
+def _fold_table(evaluation: dict) -> tuple[list[str], list[list[str]]]:
+  """Groups and mean: the mean over folds [CI], each fold's value, Δ vs each other run."""
+  sizes = evaluation["fold_sizes"]
+  head = ["", "mean over folds [95% CI]", *(f"fold {f} (n={n})" for f, n in enumerate(sizes))]
+  compare = evaluation["compare"]
+  for name in compare:
+    head += [f"{name} [CI]", f"Δ vs {name} [CI]", "p (bootstrap)"]
+  rows = []
+  for k in (*taxonomy.GROUPS, "mean"):
+    r = evaluation["fold_rows"][k]
+    line = [k, _ci(r, "pearson"), *(_fmt(v) for v in r["folds"])]
+    for c in compare.values():
+      e = c["fold_rows"][k]
+      line += [_ci(e, "pearson"), _difference(e), _p(e["p_bootstrap"])]
+    rows.append(line)
+  return head, rows
+
+
 def _difference(e: dict) -> str:
   diff = f"{e['difference']:+.3f}" if np.isfinite(e["difference"]) else "–"
   return f"{diff} [{_fmt(e['difference_low'], 2)}, {_fmt(e['difference_high'], 2)}]"
@@ -305,7 +419,7 @@ def _comparison_table(evaluation: dict) -> tuple[list[str], list[list[str]]]:
     r = c["rows"]
     rows.append([name, *(_fmt(r[g]["pearson"]) for g in taxonomy.GROUPS), _ci(r["mean"], "pearson"),
                  _difference(r["mean"]), _p(r["mean"]["p_bootstrap"]),
-                 f"{100 * c['relative_mean_pearson_gain']:+.1f} %"])
+                 _gain(c["relative_mean_pearson_gain"])])
   return head, rows
 
 
@@ -345,13 +459,19 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
                      f"({', '.join(names)})."))
   if report.get("targets"):
     b.append(("h2", "Targets"))
-    b.append(("table", ["set", "goal", "value", "met"],
+    b.append(("table", ["set", "goal", "value", "met", "p of the lead (bootstrap)"],
               [[EVALUATION_TITLES.get(t["evaluation"], t["evaluation"]), t["goal"],
-                target_value(t), "yes" if t["met"] else "NO"]
+                target_value(t), "yes" if t["met"] else "NO", _p(t.get("p"))]
                for t in report["targets"]]))
-    missed = [t["goal"] for t in report["targets"] if not t["met"]]
+    missed: dict[str, list[str]] = {}
+    for t in report["targets"]:
+      if not t["met"]:
+        missed.setdefault(EVALUATION_TITLES.get(t["evaluation"], t["evaluation"]).lower(),
+                          []).append(t["goal"])
     b.append(("p", "Every target is met." if not missed else
-              f"Not met: {'; '.join(missed)}. See the tables below for by how much."))
+              "Not met: " + "; ".join(f"{where}: {', '.join(goals)}"
+                                      for where, goals in missed.items())
+              + ". See the tables below for by how much."))
   for key, evaluation in report["evaluations"].items():
     title = EVALUATION_TITLES.get(key, key)
     with_ceiling = evaluation["ceiling"] is not None
@@ -360,12 +480,24 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
     # Beyond two baselines the difference columns would make the tables unreadable:
     # the comparisons get tables of their own (every number stays in report.json).
     inline = len(evaluation["compare"]) <= 2
-    b.append(("h3", "By task group"))
+    if "fold_rows" in evaluation:
+      b.append(("h3", "By task group, fold by fold (the headline)"))
+      b.append(("p", "Each fold model is scored on its own held-out performances and the "
+                     "folds' Pearsons are averaged, as k-fold results are reported; the CI "
+                     "resamples every fold's performances on its own. Pooling all folds' "
+                     "predictions into one correlation (the tables after this one) also "
+                     "compares performances predicted by different models: each fold model "
+                     "learned its training pieces' label means, so the pooled Pearson can be "
+                     "far lower, even negative, when every fold's is positive."))
+      b.append(("table", *_fold_table(evaluation)))
+      b.append(("h3", "By task group, all folds pooled"))
+    else:
+      b.append(("h3", "By task group"))
     b.append(("table", *_table(evaluation, (*taxonomy.GROUPS, "mean"), with_ceiling, inline)))
     if inline:
       for name, c in evaluation["compare"].items():
-        b.append(("p", f"Relative gain in mean Pearson over {name}: "
-                       f"{100 * c['relative_mean_pearson_gain']:+.1f} %."))
+        b.append(("p", f"Relative gain in {_headline_words(evaluation)} over {name}: "
+                       f"{_gain(c['relative_mean_pearson_gain'])}."))
     else:
       b.append(("h3", "Against each other run"))
       b.append(("table", *_comparison_table(evaluation)))
@@ -486,7 +618,8 @@ def _figures(report: dict, sources: list[Source], directory: pathlib.Path,
     paths[key] = [
         figures.pearson_bars(directory / f"{key}_pearson.png", runs,
                              [rows[d]["ceiling"] for d in dims] if "ceiling" in rows["mean"]
-                             else None, f"{title}: Pearson r"),
+                             else None, f"{title}: Pearson r"
+                             + (", all folds pooled" if "fold_rows" in evaluation else "")),
         figures.scatter(directory / f"{key}_scatter.png", p.predictions, p.labels, p.mask,
                         [rows[d]["pearson"] for d in dims], f"{main.name}, {title.lower()}"),
     ]
@@ -507,9 +640,10 @@ def targets(evaluations: dict, pearson: float | None, gain: float | None,
   over each run named in `baselines`."""
   out = []
   for key, evaluation in evaluations.items():
+    rows = headline_rows(evaluation)
     if pearson is not None:
       for group in taxonomy.GROUPS:
-        value = evaluation["rows"][group]["pearson"]
+        value = rows[group]["pearson"]
         out.append({"evaluation": key, "goal": f"{group} Pearson >= {pearson:g}",
                     "value": value, "met": bool(value >= pearson)})
     if gain is not None:
@@ -528,8 +662,15 @@ def targets(evaluations: dict, pearson: float | None, gain: float | None,
                       "kind": "gain", "note": f"{name} has no predictions for this set"})
           continue
         value = c["relative_mean_pearson_gain"]
+        if value is None:
+          out.append({"evaluation": key, "goal": goal, "value": None, "met": False,
+                      "kind": "gain", "note": f"not computable: {name}'s mean Pearson is <= 0"})
+          continue
+        # The point estimate decides "met"; the paired p-value of the lead says how
+        # far to trust it.
+        lead = (c.get("fold_rows") or c["rows"])["mean"]
         out.append({"evaluation": key, "goal": goal, "value": value,
-                    "met": bool(value >= gain), "kind": "gain"})
+                    "met": bool(value >= gain), "kind": "gain", "p": lead["p_bootstrap"]})
   return out
 
 
@@ -583,6 +724,12 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
   if len({s.name for s in sources}) != len(sources):
     raise ReportError(f"run names must differ: {[s.name for s in sources]} (pass --names)")
   main = sources[0]
+  for s in sources[1:]:
+    # A run sharing no set with the main run, and never going to (a single fold's
+    # validation run beside a cross-validation), is a mistake, not a pending baseline.
+    if not set(main.evaluations) & {*s.evaluations, *s.pending, *s.not_run}:
+      raise ReportError(f"{s.name} has no {' or '.join(main.evaluations)} predictions (it has "
+                        f"{', '.join(s.evaluations)}): compare runs evaluated on the same sets")
   directory = pathlib.Path(output_dir) if output_dir else main.workdir / "report"
   directory.mkdir(parents=True, exist_ok=True)
   raw, ceiling_note = _raw_ratings(main, percepiano_dir)
@@ -597,7 +744,8 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
         ceiling = ceiling_lib.split_half(raw, p.keys, splits=ceiling_splits, seed=seed)
       except ceiling_lib.percepiano.PercePianoError as e:
         note = f"the raw ratings do not cover these performances ({e})"
-    evaluations[key] = evaluate(p, others, ceiling, resamples=resamples, seed=seed)
+    evaluations[key] = evaluate(p, others, ceiling, resamples=resamples, seed=seed,
+                                folds=main.folds.get(key))
     evaluations[key]["ceiling"] = None if ceiling is None else ceiling.to_dict()
     evaluations[key]["ceiling_note"] = note  # why there is no ceiling for this set
     # A baseline evaluated on other sets only (e.g. an ablation run on the test set
@@ -647,10 +795,11 @@ def main(argv):
   directory = pathlib.Path(f.output_dir) if f.output_dir else pathlib.Path(
       report["runs"][0]["workdir"]) / "report"
   for key, evaluation in report["evaluations"].items():
-    r = evaluation["rows"]
-    print(f"{EVALUATION_TITLES.get(key, key)}: Pearson " + ", ".join(
+    r = headline_rows(evaluation)
+    how = "" if evaluation["headline"] == "pooled" else f" ({evaluation['headline']})"
+    print(f"{EVALUATION_TITLES.get(key, key)}: Pearson{how} " + ", ".join(
         f"{g} {r[g]['pearson']:.3f}" for g in (*taxonomy.GROUPS, "mean"))
-        + f"; R² {r['mean']['r2']:.3f}")
+        + f"; R² (pooled) {evaluation['rows']['mean']['r2']:.3f}")
   print(f"report: {directory / 'report.md'} (also report.html, report.json)")
 
 

@@ -294,3 +294,80 @@ def test_target_values_read_as_the_report_shows_them():
   assert report.target_value({"value": 0.4567}) == "0.457"
   assert report.target_value({"kind": "gain", "value": None, "note": "no baseline"}) == \
       "no baseline"
+
+
+def _offset_folds(seed: int, noise: float) -> predictions.Predictions:
+  """Two folds whose models each rank their performances well but predict the other
+  fold's label level: every fold's Pearson is positive, the pooled one negative."""
+  p = _predictions(seed, 0.0)
+  rng = np.random.default_rng(seed + 100)
+  half = len(p.keys) // 2
+  level = np.where(np.arange(len(p.keys))[:, None] < half, -0.2, 0.2)
+  labels = p.labels + level
+  guesses = p.labels - level + noise * rng.normal(size=p.labels.shape)
+  return dataclasses.replace(p, labels=labels, predictions=guesses)
+
+
+def test_out_of_fold_is_scored_fold_by_fold(tmp_path):
+  good, worse = _offset_folds(7, 0.03), _offset_folds(7, 0.15)
+  worse = dataclasses.replace(worse, labels=good.labels)
+  _fake_crossval(tmp_path / "ast", good, [0, 1], test=False)
+  _fake_crossval(tmp_path / "cnn", worse, [0, 1], test=False, backbone="cnn")
+  out = report.build(tmp_path / "ast", [tmp_path / "cnn"], names=["ast", "cnn"],
+                     output_dir=tmp_path / "report", resamples=200, target_pearson=0.5,
+                     target_gain=0.2)
+  oof = out["evaluations"]["out_of_fold"]
+  assert oof["headline"] == "mean over folds" and oof["fold_sizes"] == [24, 24]
+  half = len(good.keys) // 2
+
+  def direct(p):  # each fold's mean Pearson over the 19 dimensions, by numpy
+    return [np.mean([np.corrcoef(p.predictions[rows, d], p.labels[rows, d])[0, 1]
+                     for d in range(19)]) for rows in (slice(0, half), slice(half, None))]
+
+  folds = oof["fold_rows"]["mean"]
+  assert folds["folds"] == pytest.approx(direct(good))
+  assert folds["pearson"] == pytest.approx(np.mean(direct(good)))
+  assert folds["pearson_low"] <= folds["pearson"] <= folds["pearson_high"]
+  # Pooled, the level swap makes the correlation negative; fold by fold it is high.
+  assert oof["rows"]["mean"]["pearson"] < 0 < 0.5 < folds["pearson"]
+  cnn = oof["compare"]["cnn"]
+  assert cnn["fold_rows"]["mean"]["pearson"] == pytest.approx(np.mean(direct(worse)))
+  assert cnn["fold_rows"]["mean"]["difference"] == pytest.approx(
+      folds["pearson"] - cnn["fold_rows"]["mean"]["pearson"])
+  lead = cnn["fold_rows"]["mean"]
+  assert lead["difference_low"] > 0 and lead["p_bootstrap"] < 0.05
+  # The gain and the targets are judged on the fold means, not on the pooled rows.
+  assert cnn["relative_mean_pearson_gain"] == pytest.approx(
+      folds["pearson"] / cnn["fold_rows"]["mean"]["pearson"] - 1)
+  met = {t["goal"]: t["met"] for t in out["targets"]}
+  assert all(met[f"{g} Pearson >= 0.5"] for g in taxonomy.GROUPS)
+  (gain,) = [t for t in out["targets"] if t.get("kind") == "gain"]
+  assert gain["p"] == lead["p_bootstrap"]
+  md = (tmp_path / "report" / "report.md").read_text()
+  assert "By task group, fold by fold (the headline)" in md and "fold 1 (n=24)" in md
+  assert "Relative gain in mean Pearson (mean over folds) over cnn: +" in md
+
+
+def test_a_gain_over_a_baseline_with_no_positive_correlation_is_not_computed():
+  assert report.relative_gain(0.3, -0.2) is None and report.relative_gain(0.3, 0.0) is None
+  assert report.relative_gain(0.3, 0.2) == pytest.approx(0.5)
+  good = _predictions(3, 0.05)
+  anti = dataclasses.replace(good, predictions=-good.predictions)
+  out = report.evaluate(good, {"anti": anti}, None, resamples=50, seed=0)
+  assert out["compare"]["anti"]["relative_mean_pearson_gain"] is None
+  (check,) = report.targets({"test": out}, None, 0.2, ["anti"])
+  assert not check["met"] and "not computable" in report.target_value(check)
+
+
+def test_a_run_that_can_never_share_a_set_is_refused(tmp_path):
+  p = _predictions(4, 0.1)
+  _fake_crossval(tmp_path / "cv", p, [0, 1], test=True)
+  fold = dataclasses.replace(p, split="piece/fold0")
+  run = tmp_path / "fold_run"
+  fold.save(predictions.path_for(run, fold.step))
+  (run / "result.json").write_text(json.dumps({"status": "finished", "step": 10,
+                                               "total_steps": 10}))
+  (run / "config.json").write_text(json.dumps(
+      {"task": "finetune", "model": {"backbone": "cnn"}, "init": {}, "size": "tiny"}))
+  with pytest.raises(report.ReportError, match="no out_of_fold or test predictions"):
+    report.build(tmp_path / "cv", [run], output_dir=tmp_path / "report", resamples=20)
