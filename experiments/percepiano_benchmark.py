@@ -82,7 +82,9 @@ SIZES = {
         "variants": {"cnn": cpu_scale.SMALL_CNN},  # on top of VARIANTS
     },
     "base": {
-        "window": [],
+        # AST's window, spelled out (the jobs' default) so finished shards made with
+        # the cpu windows in the same work directory are refused, not reused.
+        "window": ["--window_s=10.24", "--hop_s=10.24"],
         "encoder": [],
         "pretrain": ["--config=train/configs/pretrain.py:base"],
         "finetune": ["--config=train/configs/finetune.py:base",

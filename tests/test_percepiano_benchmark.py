@@ -157,3 +157,18 @@ def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
   assert "CNN baseline: test in 2 min" in notes[0]
   pending = [benchmark.NAMES[v] for v in benchmark.VARIANTS if v not in ("ast", "cnn")]
   assert notes[1] == f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}."
+
+
+def test_shards_of_one_size_are_refused_by_the_other(tmp_path):
+  import json
+  work = tmp_path / "w"
+  for name in ("asap", "percepiano"):  # shards as the cpu plan made them
+    (work / "shards" / name).mkdir(parents=True)
+    (work / "shards" / name / "metadata.json").write_text(
+        json.dumps({"config": {"window_s": 5.12, "hop_s": 5.12}}))
+  by_size = {size: {s.name: s for s in benchmark.plan(tmp_path, tmp_path, work, size)}
+             for size in benchmark.SIZES}
+  for name in ("asap_shards", "percepiano_shards"):
+    assert by_size["cpu"][name].done()
+    with pytest.raises(benchmark.stages.StageError, match=r"window_s=5.12 \(this stage: 10.24\)"):
+      by_size["base"][name].done()
