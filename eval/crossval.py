@@ -13,10 +13,11 @@ latest checkpoint (the trainer's own resume), so the job can be run in pieces
 ablations, which need one comparison on held-out data rather than four folds.
 
 `W/crossval.json` is rewritten after every fold: the config, each fold's status
-and scores, and once every fold is done the pooled out-of-fold scores (every
-train/validation performance predicted by the one model that did not see it)
-next to the mean and spread of the per-fold scores. `eval.report --workdir=W`
-reports on the out-of-fold predictions (and the test set when present).
+and scores, and once every fold is done the mean and spread of the per-fold
+scores (the headline) next to the pooled out-of-fold scores (every
+train/validation performance predicted by the one model that did not see it,
+all in one correlation). `eval.report --workdir=W` reports on the out-of-fold
+predictions fold by fold and pooled (and the test set when present).
 """
 
 from __future__ import annotations
@@ -94,11 +95,6 @@ def fold_predictions(workdir: str | pathlib.Path) -> list[predictions.Prediction
     raise CrossValidationError(f"{workdir}: folds {missing} are not finished; run "
                                "eval.crossval again to complete them")
   return [predictions.load_final(fold_dir(workdir, k)) for k in summary["folds"]]
-
-
-def out_of_fold(workdir: str | pathlib.Path) -> predictions.Predictions:
-  """Every fold's final validation predictions as one set (each performance once)."""
-  return pool(fold_predictions(workdir), read_summary(workdir)["split"])
 
 
 def pool(parts: list[predictions.Predictions], split: str) -> predictions.Predictions:
@@ -225,9 +221,12 @@ def main(argv):
   status = {k: "finished" if r["finished"] else "not finished" for k, r in summary["runs"].items()}
   print(f"{FLAGS.split} split, folds: {status}")
   if "out_of_fold" in summary:
-    oof = summary["out_of_fold"]
-    print("out-of-fold Pearson: " + ", ".join(
-        f"{g} {oof[f'pearson/{g}']:.3f}" for g in (*taxonomy.GROUPS, "mean")))
+    # The mean over folds is the headline (eval.report's too): pooling the folds'
+    # predictions mixes models, each fitted to its own training pieces' label means.
+    per_fold, oof = summary["per_fold"], summary["out_of_fold"]
+    print("out-of-fold Pearson, mean over folds: " + ", ".join(
+        f"{g} {per_fold[f'pearson/{g}']['mean']:.3f}" for g in (*taxonomy.GROUPS, "mean"))
+        + f"; all folds pooled: mean {oof['pearson/mean']:.3f}")
   if summary["preempted"]:
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
 

@@ -5,8 +5,9 @@
 
 `W` (and every `--compare` directory) is a fine-tuning work directory (its final
 validation predictions are scored) or an `eval.crossval` directory (its
-pooled out-of-fold predictions once every fold finished, and the held-out test
-set once that run finished; a set not finished yet is named in the report).
+out-of-fold predictions once every fold finished, scored fold by fold and pooled,
+and the held-out test set once that run finished; a set not finished yet is named
+in the report).
 The numbers are computed from the saved per-performance predictions only, so
 they can be rebuilt without checkpoints or shards; the attention maps
 (`--attention_audio`) need the main run's checkpoint. It writes `report.md`, a
@@ -207,7 +208,9 @@ class _FoldScores:
   reported: pooling the folds' predictions instead mixes models that each learned
   their own training pieces' label means, which can turn every model's correlation
   negative although each fold's is positive. The bootstrap resamples each fold's
-  performances on their own (stratified), with the same draws for every run."""
+  performances on their own (stratified), with the same draws for every run; it holds
+  the fold models fixed and treats performances as independent, so its CI is narrower
+  than the spread between folds (see each fold's value beside it)."""
 
   def __init__(self, keys: Sequence[str], folds: Sequence[Sequence[str]], resamples: int,
                seed: int):
@@ -215,23 +218,38 @@ class _FoldScores:
     self.members = [np.array([index[k] for k in fold], int) for fold in folds]
     if sorted(np.concatenate(self.members)) != list(range(len(keys))):
       raise ReportError("the folds do not partition the out-of-fold performances")
+    if min(len(m) for m in self.members) < 3:
+      raise ReportError(f"a fold of {[len(m) for m in self.members]} performances has too few "
+                        "for a correlation")
     # Seeds apart from the pooled bootstrap's (seed) so the two never share draws.
     self.weights = [statistics.bootstrap_weights(len(m), resamples, seed + 1 + f)
                     for f, m in enumerate(self.members)]
 
-  def __call__(self, p: predictions.Predictions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(`[F, D]` each fold's Pearson, `[D]` their mean, `[B, D]` bootstrap replicates)."""
+  def __call__(self, p: predictions.Predictions) -> tuple[np.ndarray, np.ndarray]:
+    """(`[F, D]` each fold's Pearson, `[F, B, D]` its bootstrap replicates)."""
     per_fold = np.stack([metrics.per_dimension_pearson(p.predictions[m], p.labels[m], p.mask[m])
                          for m in self.members])
     reps = np.stack([statistics.replicate_scores("pearson", p.predictions[m], p.labels[m],
                                                  p.mask[m], w)
                      for m, w in zip(self.members, self.weights)])
-    with warnings.catch_warnings():  # a dimension with no signal in some fold: NaN
-      warnings.simplefilter("ignore", RuntimeWarning)
-      return per_fold, np.nanmean(per_fold, axis=0), np.nanmean(reps, axis=0)
+    return per_fold, reps
 
 
-def _fold_rows(per_fold: np.ndarray, mean: np.ndarray, reps: np.ndarray) -> dict[str, dict]:
+def _over_folds(per_fold: np.ndarray, reps: np.ndarray, valid: np.ndarray | None = None,
+                valid_reps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(`[D]`, `[B, D]`): the mean over the folds where a dimension's Pearson is defined
+  (no signal in a fold: NaN, left out) or, for a paired difference, over `valid` ones:
+  the folds defined for both runs, so the two means average the same folds."""
+  valid = np.isfinite(per_fold) if valid is None else valid
+  valid_reps = np.isfinite(reps) if valid_reps is None else valid_reps
+  with warnings.catch_warnings():  # a dimension defined in no fold: NaN, as intended
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return (np.nanmean(np.where(valid, per_fold, np.nan), axis=0),
+            np.nanmean(np.where(valid_reps, reps, np.nan), axis=0))
+
+
+def _fold_rows(per_fold: np.ndarray, reps: np.ndarray) -> dict[str, dict]:
+  mean, reps = _over_folds(per_fold, reps)
   low, high = statistics.percentile_interval(reps)
   folds = [_rows(f) for f in per_fold]
   return {k: {"pearson": v, "pearson_low": lo, "pearson_high": hi,
@@ -242,11 +260,13 @@ def _fold_rows(per_fold: np.ndarray, mean: np.ndarray, reps: np.ndarray) -> dict
 
 def evaluate(main: predictions.Predictions, others: dict[str, predictions.Predictions],
              ceiling: ceiling_lib.Ceiling | None, *, resamples: int, seed: int,
-             folds: Sequence[Sequence[str]] | None = None) -> dict:
+             folds: Sequence[Sequence[str]] | None = None,
+             other_folds: dict[str, Sequence[Sequence[str]]] | None = None) -> dict:
   """Every number of one evaluated set: rows per dimension/group, comparisons, ceiling.
 
   With `folds` (the performances of each cross-validation fold) the headline is the
   mean over folds of each fold's Pearson (`fold_rows`); the pooled rows stay beside it.
+  A compared run must have been cross-validated on the same folds (`other_folds`).
   """
   passages = main.passages
   n = len(main.keys)
@@ -312,14 +332,21 @@ def evaluate(main: predictions.Predictions, others: dict[str, predictions.Predic
     compare[name] = {"rows": table}
     headline, other_headline = rows["mean"]["pearson"], other_rows["mean"]["pearson"]
     if by_fold is not None:
-      other_folds = by_fold(other)
-      fold_paired = statistics.paired_summary(main_folds[2], other_folds[2],
-                                              main_folds[1] - other_folds[1])
+      theirs = (other_folds or {}).get(name)
+      if theirs is not None and {frozenset(f) for f in theirs} != {frozenset(f) for f in folds}:
+        raise ReportError(f"{name} was cross-validated on other folds: its fold models cannot "
+                          "be compared fold by fold (use the same split and --folds)")
+      scores = by_fold(other)
+      valid = np.isfinite(main_folds[0]) & np.isfinite(scores[0])
+      valid_reps = np.isfinite(main_folds[1]) & np.isfinite(scores[1]) & valid[:, None, :]
+      (mine, mine_reps), (its, its_reps) = (_over_folds(*x, valid, valid_reps)
+                                            for x in (main_folds, scores))
+      fold_paired = statistics.paired_summary(mine_reps, its_reps, mine - its)
       compare[name]["fold_rows"] = {
           k: {**v, "difference": fold_paired[k]["difference"],
               "difference_low": fold_paired[k]["low"], "difference_high": fold_paired[k]["high"],
               "p_bootstrap": fold_paired[k]["p"]}
-          for k, v in _fold_rows(*other_folds).items()}
+          for k, v in _fold_rows(*scores).items()}
       headline = fold_rows["mean"]["pearson"]
       other_headline = compare[name]["fold_rows"]["mean"]["pearson"]
     compare[name]["relative_mean_pearson_gain"] = relative_gain(headline, other_headline)
@@ -379,7 +406,8 @@ def _table(evaluation: dict, keys, with_ceiling: bool, inline: bool = True
 
 
 def _gain(value: float | None) -> str:
-  return "not computable (baseline Pearson <= 0)" if value is None else f"{100 * value:+.1f} %"
+  return ("not computable (baseline Pearson <= 0 or undefined)" if value is None
+          else f"{100 * value:+.1f} %")
 
 
 def _headline_words(evaluation: dict) -> str:
@@ -387,11 +415,11 @@ def _headline_words(evaluation: dict) -> str:
           else "mean Pearson (mean over folds)")
 
 
-def _fold_table(evaluation: dict) -> tuple[list[str], list[list[str]]]:
+def _fold_table(evaluation: dict, inline: bool) -> tuple[list[str], list[list[str]]]:
   """Groups and mean: the mean over folds [CI], each fold's value, Δ vs each other run."""
   sizes = evaluation["fold_sizes"]
   head = ["", "mean over folds [95% CI]", *(f"fold {f} (n={n})" for f, n in enumerate(sizes))]
-  compare = evaluation["compare"]
+  compare = evaluation["compare"] if inline else {}
   for name in compare:
     head += [f"{name} [CI]", f"Δ vs {name} [CI]", "p (bootstrap)"]
   rows = []
@@ -411,12 +439,13 @@ def _difference(e: dict) -> str:
 
 
 def _comparison_table(evaluation: dict) -> tuple[list[str], list[list[str]]]:
-  """One row per other run: its group Pearsons, and the main run's mean-Pearson lead."""
+  """One row per other run: its group Pearsons, and the main run's mean-Pearson lead
+  (on the headline: the mean over folds where the set was scored fold by fold)."""
   head = ["other run", *(f"{g} Pearson" for g in taxonomy.GROUPS), "mean Pearson [CI]",
           "Δ mean [CI]", "p (bootstrap)", "relative gain"]
   rows = []
   for name, c in evaluation["compare"].items():
-    r = c["rows"]
+    r = c.get("fold_rows") or c["rows"]
     rows.append([name, *(_fmt(r[g]["pearson"]) for g in taxonomy.GROUPS), _ci(r["mean"], "pearson"),
                  _difference(r["mean"]), _p(r["mean"]["p_bootstrap"]),
                  _gain(c["relative_mean_pearson_gain"])])
@@ -459,7 +488,7 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
                      f"({', '.join(names)})."))
   if report.get("targets"):
     b.append(("h2", "Targets"))
-    b.append(("table", ["set", "goal", "value", "met", "p of the lead (bootstrap)"],
+    b.append(("table", ["set", "goal", "value", "met", "p of Δ ≠ 0 (bootstrap, two-sided)"],
               [[EVALUATION_TITLES.get(t["evaluation"], t["evaluation"]), t["goal"],
                 target_value(t), "yes" if t["met"] else "NO", _p(t.get("p"))]
                for t in report["targets"]]))
@@ -489,7 +518,7 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
                      "compares performances predicted by different models: each fold model "
                      "learned its training pieces' label means, so the pooled Pearson can be "
                      "far lower, even negative, when every fold's is positive."))
-      b.append(("table", *_fold_table(evaluation)))
+      b.append(("table", *_fold_table(evaluation, inline)))
       b.append(("h3", "By task group, all folds pooled"))
     else:
       b.append(("h3", "By task group"))
@@ -516,7 +545,9 @@ def _blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[t
   rows = [[a["source"], a["split"], _fmt(a["r2"])] for a in ANCHORS]
   for key, evaluation in report["evaluations"].items():
     r = evaluation["rows"]["mean"]
-    rows.append([f"this report: {main['name']} ({EVALUATION_TITLES.get(key, key).lower()})",
+    pooled = ", pooled" if "fold_rows" in evaluation else ""
+    rows.append([f"this report: {main['name']} ({EVALUATION_TITLES.get(key, key).lower()}"
+                 f"{pooled})",
                  evaluation["split"].split("/")[0], f"{_ci(r, 'r2')}"])
   b.append(("table", ["result", "split", "R²"], rows))
   b.append(("p", "The published numbers are from symbolic (score-aligned MIDI) and audio models "
@@ -662,13 +693,14 @@ def targets(evaluations: dict, pearson: float | None, gain: float | None,
                       "kind": "gain", "note": f"{name} has no predictions for this set"})
           continue
         value = c["relative_mean_pearson_gain"]
-        if value is None:
-          out.append({"evaluation": key, "goal": goal, "value": None, "met": False,
-                      "kind": "gain", "note": f"not computable: {name}'s mean Pearson is <= 0"})
-          continue
         # The point estimate decides "met"; the paired p-value of the lead says how
         # far to trust it.
         lead = (c.get("fold_rows") or c["rows"])["mean"]
+        if value is None:
+          out.append({"evaluation": key, "goal": goal, "value": None, "met": False,
+                      "kind": "gain", "note": f"not computable: {name}'s mean Pearson is "
+                      f"{_fmt(lead['pearson'])} (<= 0 or undefined)"})
+          continue
         out.append({"evaluation": key, "goal": goal, "value": value,
                     "met": bool(value >= gain), "kind": "gain", "p": lead["p_bootstrap"]})
   return out
@@ -725,11 +757,13 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
     raise ReportError(f"run names must differ: {[s.name for s in sources]} (pass --names)")
   main = sources[0]
   for s in sources[1:]:
-    # A run sharing no set with the main run, and never going to (a single fold's
-    # validation run beside a cross-validation), is a mistake, not a pending baseline.
+    # A run sharing no set with the main run, with none of them under way or still to
+    # run (a single fold's validation run beside a cross-validation), is a mistake,
+    # not a pending baseline.
     if not set(main.evaluations) & {*s.evaluations, *s.pending, *s.not_run}:
       raise ReportError(f"{s.name} has no {' or '.join(main.evaluations)} predictions (it has "
-                        f"{', '.join(s.evaluations)}): compare runs evaluated on the same sets")
+                        f"{', '.join(s.evaluations) or 'none'}): compare runs evaluated on "
+                        "the same sets")
   directory = pathlib.Path(output_dir) if output_dir else main.workdir / "report"
   directory.mkdir(parents=True, exist_ok=True)
   raw, ceiling_note = _raw_ratings(main, percepiano_dir)
@@ -745,7 +779,8 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
       except ceiling_lib.percepiano.PercePianoError as e:
         note = f"the raw ratings do not cover these performances ({e})"
     evaluations[key] = evaluate(p, others, ceiling, resamples=resamples, seed=seed,
-                                folds=main.folds.get(key))
+                                folds=main.folds.get(key),
+                                other_folds={s.name: s.folds.get(key) for s in sources[1:]})
     evaluations[key]["ceiling"] = None if ceiling is None else ceiling.to_dict()
     evaluations[key]["ceiling_note"] = note  # why there is no ceiling for this set
     # A baseline evaluated on other sets only (e.g. an ablation run on the test set
@@ -770,8 +805,20 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
   blocks = _blocks(report, figure_paths)
   (directory / "report.md").write_text(to_markdown(blocks, directory))
   (directory / "report.html").write_text(to_html(blocks, f"Evaluation report: {main.name}"))
-  (directory / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+  (directory / "report.json").write_text(
+      json.dumps(_finite(report), indent=1, default=float, allow_nan=False) + "\n")
   return report
+
+
+def _finite(value):
+  """`value` with every NaN/inf float as None: strict JSON (NaN is not JSON)."""
+  if isinstance(value, dict):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(v) for v in value]
+  if isinstance(value, (float, np.floating)):
+    return float(value) if np.isfinite(value) else None
+  return value
 
 
 def main(argv):

@@ -158,4 +158,7 @@ def crossval_dir(train_shards, jax_env, tmp_path_factory) -> pathlib.Path:
        "--config.eval_every_steps=3", "--split=piece", "--test"],
       cwd=REPO, env=jax_env, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
+  # The CLI's headline is the mean over folds, with the pooled figure named as such.
+  assert "out-of-fold Pearson, mean over folds: timing" in proc.stdout, proc.stdout
+  assert "all folds pooled: mean" in proc.stdout, proc.stdout
   return workdir

@@ -29,8 +29,11 @@ def test_out_of_fold_predictions_cover_each_training_performance_once(crossval_d
   assert all(r["finished"] for r in summary["runs"].values()) and set(summary["runs"]) == {
       "0", "1", "test"}
   table = json.loads((train_shards["percepiano"] / "metadata.json").read_text())["splits"]["piece"]
-  oof = crossval.out_of_fold(crossval_dir)
-  assert sorted(oof.keys) == sorted(k for k, v in table.items() if v.startswith("fold"))
+  parts = crossval.fold_predictions(crossval_dir)
+  assert [set(p.keys) for p in parts] == [
+      {k for k, v in table.items() if v == f"fold{f}"} for f in summary["folds"]]
+  oof = crossval.pool(parts, summary["split"])
+  assert oof.split == "piece/out-of-fold" and sorted(oof.keys) == sorted(k for k, v in table.items() if v.startswith("fold"))
   # Each fold's predictions come from the model that validated on that fold.
   fold0 = predictions.load_final(crossval_dir / "fold0")
   assert set(fold0.keys) == {k for k, v in table.items() if v == "fold0"}
@@ -66,7 +69,7 @@ def test_folds_can_run_in_pieces(train_shards, run, tmp_path):
   summary = crossval.read_summary(tmp_path)
   assert summary["runs"]["1"]["finished"] and "out_of_fold" not in summary
   with pytest.raises(crossval.CrossValidationError, match="not finished"):
-    crossval.out_of_fold(tmp_path)
+    crossval.fold_predictions(tmp_path)
   bad = run([*common, "--folds=5"])
   assert bad.returncode == 1 and "not folds of the performer split" in bad.stderr
 

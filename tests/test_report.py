@@ -371,3 +371,60 @@ def test_a_run_that_can_never_share_a_set_is_refused(tmp_path):
       {"task": "finetune", "model": {"backbone": "cnn"}, "init": {}, "size": "tiny"}))
   with pytest.raises(report.ReportError, match="no out_of_fold or test predictions"):
     report.build(tmp_path / "cv", [run], output_dir=tmp_path / "report", resamples=20)
+
+
+def test_fold_by_fold_comparisons_average_the_same_folds_and_refuse_other_folds():
+  good, worse = _offset_folds(8, 0.03), _offset_folds(8, 0.15)
+  worse = dataclasses.replace(worse, labels=good.labels)
+  half = len(good.keys) // 2
+  folds = [good.keys[:half], good.keys[half:]]
+  # The baseline predicts a constant for dimension 0 in fold 0: no Pearson there, so
+  # that dimension's difference is fold 1's alone (not fold 1's minus the mean of both).
+  flat = worse.predictions.copy()
+  flat[:half, 0] = 0.5
+  worse = dataclasses.replace(worse, predictions=flat)
+  out = report.evaluate(good, {"cnn": worse}, None, resamples=100, seed=0, folds=folds,
+                        other_folds={"cnn": [folds[1], folds[0]]})  # order does not matter
+  dim = taxonomy.DIMENSION_NAMES[0]
+  mine, theirs = out["fold_rows"][dim], out["compare"]["cnn"]["fold_rows"][dim]
+  assert np.isnan(theirs["folds"][0]) and theirs["pearson"] == pytest.approx(theirs["folds"][1])
+  assert mine["pearson"] == pytest.approx(np.mean(mine["folds"]))
+  assert theirs["difference"] == pytest.approx(mine["folds"][1] - theirs["folds"][1])
+  assert np.isfinite(theirs["difference_low"]) and np.isfinite(out["fold_rows"]["mean"]["pearson"])
+  with pytest.raises(report.ReportError, match="cross-validated on other folds"):
+    report.evaluate(good, {"cnn": worse}, None, resamples=20, seed=0, folds=folds,
+                    other_folds={"cnn": [good.keys[:10], good.keys[10:]]})
+  with pytest.raises(report.ReportError, match="do not partition"):
+    report.evaluate(good, {}, None, resamples=20, seed=0, folds=[good.keys[:10]])
+  with pytest.raises(report.ReportError, match="too few"):
+    report.evaluate(good, {}, None, resamples=20, seed=0,
+                    folds=[good.keys[:2], good.keys[2:]])
+
+
+def test_many_baselines_out_of_fold_are_tabled_on_the_fold_means(tmp_path):
+  good = _offset_folds(9, 0.03)
+  _fake_crossval(tmp_path / "ast", good, [0, 1], test=True)
+  compare = []
+  for name, noise in (("b1", 0.1), ("b2", 0.2), ("b3", 0.3)):
+    other = dataclasses.replace(_offset_folds(9, noise), labels=good.labels)
+    if name == "b3":  # a constant dimension in fold 0: its Pearson there is NaN
+      other.predictions[: len(good.keys) // 2, 0] = 0.5
+    compare.append(_fake_crossval(tmp_path / name, other, [0, 1], test=True, backbone="cnn"))
+  # On the test set one baseline anti-correlates: its gain is not computable.
+  anti = dataclasses.replace(good, predictions=-good.labels)
+  (compare[0] / "test" / "predictions").rename(compare[0] / "test" / "old")
+  anti.save(predictions.path_for(compare[0] / "test", anti.step))
+  out = report.build(tmp_path / "ast", compare, names=["ast", "b1", "b2", "b3"],
+                     output_dir=tmp_path / "report", resamples=50, target_gain=0.2)
+  md = (tmp_path / "report" / "report.md").read_text()
+  b2 = out["evaluations"]["out_of_fold"]["compare"]["b2"]
+  assert f"{b2['fold_rows']['mean']['pearson']:.3f} [" in md  # the fold mean, not pooled
+  tabled = md.split("Against each other run")[1][:2000]
+  assert f"{b2['rows']['mean']['pearson']:.3f} [" not in tabled
+  assert out["evaluations"]["test"]["compare"]["b1"]["relative_mean_pearson_gain"] is None
+  assert "| b1 |" in md and "not computable (baseline Pearson <= 0 or undefined)" in md
+  b1_test = [t for t in out["targets"] if t["evaluation"] == "test" and "b1" in t["goal"]]
+  assert len(b1_test) == 1 and not b1_test[0]["met"] and "not computable" in b1_test[0]["note"]
+  # report.json is strict JSON: no NaN (the unset p-values of Pearson goals are null).
+  json.loads((tmp_path / "report" / "report.json").read_text(),
+             parse_constant=lambda c: pytest.fail(f"{c} in report.json"))
