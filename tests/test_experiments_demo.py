@@ -44,6 +44,9 @@ def test_make_demo_end_to_end_at_smoke_scale(tmp_path):
   assert set(report["evaluations"]) == {"test"}
   assert [r["backbone"] for r in report["runs"]] == ["ast", "cnn"]
   assert any("attention" in f for f in report["figures"])
+  # The report names the scale its numbers come from (the smoke run's 3 SSAST steps).
+  (scale,) = [n for n in report["notes"] if n.startswith("Scale:")]
+  assert "3 SSAST pre-training steps, 5 fine-tuning steps" in scale
   assert {t["goal"] for t in report["targets"]} >= {"mean Pearson >= 20 % over CNN baseline"}
   timings = json.loads((tmp_path / "work" / "timings.json").read_text())
   assert set(timings) >= {"maestro_shards", "pretrain", "finetune_cnn", "report"}
