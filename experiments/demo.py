@@ -134,8 +134,13 @@ def main(argv):
   for t in report["targets"]:
     print(f"  target {t['goal']}: {eval_report.target_value(t)} -> "
           f"{'met' if t['met'] else 'NOT met'}")
-  (work / "timings.json").write_text(json.dumps(
-      {**timings, "total_wall_seconds": round(time.perf_counter() - t0, 1)}, indent=1) + "\n")
+  # A rerun skips finished stages: their times are kept from the run that did them
+  # (the total is this run's).
+  path = work / "timings.json"
+  earlier = json.loads(path.read_text()) if path.is_file() else {}
+  path.write_text(json.dumps({**earlier, **timings,
+                              "total_wall_seconds": round(time.perf_counter() - t0, 1)},
+                             indent=1) + "\n")
   print(f"\nReport: {work / 'report' / 'report.html'} (and report.md, report.json); "
         f"{time.perf_counter() - t0:.0f} s")
 

@@ -56,3 +56,6 @@ def test_make_demo_end_to_end_at_smoke_scale(tmp_path):
        f"--workdir={tmp_path / 'work'}", "--steps_scale=0.02", "--resamples=50"],
       cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 5
+  rerun = json.loads((tmp_path / "work" / "timings.json").read_text())
+  assert {k: rerun[k] for k in timings if k not in ("report", "total_wall_seconds")} == {
+      k: timings[k] for k in timings if k not in ("report", "total_wall_seconds")}
