@@ -139,17 +139,19 @@ def _summarise(workdir: pathlib.Path, config, split: str, folds: list[int], test
   runs = [*folds, *([TEST] if test or finished(fold_dir(workdir, TEST)) else [])]
   summary = {"split": split, "folds": folds, "config": json.loads(config.to_json_best_effort()),
              "runs": {}}
+  loaded = {}  # each finished run's final predictions, read once
   for k in runs:
     directory = fold_dir(workdir, k)
     entry = {"directory": directory.name, "finished": finished(directory)}
     if entry["finished"]:
       result = run_result.read(directory)
       entry["wall_seconds"] = run_result.total_wall_seconds(result)
-      entry["scores"] = _scores(predictions.load_final(directory))
+      loaded[k] = predictions.load_final(directory)
+      entry["scores"] = _scores(loaded[k])
     summary["runs"][str(k)] = entry
   done = [summary["runs"][str(k)] for k in folds if summary["runs"][str(k)]["finished"]]
   if len(done) == len(folds):
-    pooled = _scores(pool([predictions.load_final(fold_dir(workdir, k)) for k in folds], split))
+    pooled = _scores(pool([loaded[k] for k in folds], split))
     headline = [f"pearson/{g}" for g in (*taxonomy.GROUPS, "mean")]
     summary["out_of_fold"] = pooled
     summary["per_fold"] = {k: {"mean": float(np.mean([d["scores"][k] for d in done])),

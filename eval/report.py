@@ -360,7 +360,8 @@ def evaluate(main: predictions.Predictions, others: dict[str, predictions.Predic
 
 
 def headline_rows(evaluation: dict) -> dict[str, dict]:
-  """The rows the set is judged by: the mean over folds where scored by fold, else pooled."""
+  """The rows a set (or a comparison on it) is judged by: the mean over folds where
+  scored by fold, else pooled."""
   return evaluation.get("fold_rows") or evaluation["rows"]
 
 
@@ -411,7 +412,7 @@ def _gain(value: float | None) -> str:
 
 
 def _headline_words(evaluation: dict) -> str:
-  return ("mean Pearson" if evaluation.get("headline", "pooled") == "pooled"
+  return ("mean Pearson" if evaluation["headline"] == "pooled"
           else "mean Pearson (mean over folds)")
 
 
@@ -445,7 +446,7 @@ def _comparison_table(evaluation: dict) -> tuple[list[str], list[list[str]]]:
           "Δ mean [CI]", "p (bootstrap)", "relative gain"]
   rows = []
   for name, c in evaluation["compare"].items():
-    r = c.get("fold_rows") or c["rows"]
+    r = headline_rows(c)
     rows.append([name, *(_fmt(r[g]["pearson"]) for g in taxonomy.GROUPS), _ci(r["mean"], "pearson"),
                  _difference(r["mean"]), _p(r["mean"]["p_bootstrap"]),
                  _gain(c["relative_mean_pearson_gain"])])
@@ -695,7 +696,7 @@ def targets(evaluations: dict, pearson: float | None, gain: float | None,
         value = c["relative_mean_pearson_gain"]
         # The point estimate decides "met"; the paired p-value of the lead says how
         # far to trust it.
-        lead = (c.get("fold_rows") or c["rows"])["mean"]
+        lead = headline_rows(c)["mean"]
         if value is None:
           out.append({"evaluation": key, "goal": goal, "value": None, "met": False,
                       "kind": "gain", "note": f"not computable: {name}'s mean Pearson is "
