@@ -45,11 +45,11 @@ benchmark-percepiano: $(STAMP)
 
 # The data path alone on the embedded corpus: MIDI -> audio -> log-mel -> windows (~1 min).
 demo-data: $(STAMP)
-	$(BIN)/python -m pipelines.demo --corpus_dir=out/demo-corpus
+	$(BIN)/python -m pipelines.walkthrough --corpus_dir=out/demo-corpus
 
 # The same on the real PercePiano release (a Schubert D960 clip with 20 s of trailing silence).
 demo-real: $(STAMP)
-	$(BIN)/python -m pipelines.demo --percepiano_dir=$(PERCEPIANO_DIR) \
+	$(BIN)/python -m pipelines.walkthrough --percepiano_dir=$(PERCEPIANO_DIR) \
 	  --key=Schubert_D960_mv2_8bars_3_07
 
 # Two pytest workers (pytest-xdist), one test file each at a time: compilation is mostly

@@ -26,7 +26,7 @@ import threadpoolctl
 def _render_piano(seconds: float) -> np.ndarray:
   import pretty_midi
 
-  from pipelines import render
+  from pipelines.audio import render
 
   pm = pretty_midi.PrettyMIDI()
   piano = pretty_midi.Instrument(program=0)
@@ -46,7 +46,7 @@ def _front_ends():
   import librosa
   from transformers import ASTFeatureExtractor
 
-  from pipelines import features
+  from pipelines.audio import features
 
   extractor = ASTFeatureExtractor(do_normalize=False)
   ours80 = features.FbankConfig(num_mel_bins=80)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from pipelines import input_pipeline as ip
-from pipelines import records
+from pipelines.shards import records
 
 
 def _loop(shard_dir: str, windows: int, batch_size: int) -> float:

@@ -60,7 +60,8 @@ import model_speed  # noqa: E402  (the shared FLOP count, matmul peaks and PyTor
 
 from eval import predict  # noqa: E402
 from model import ast, multitask, targets  # noqa: E402
-from pipelines import make_corpus, render, windowing  # noqa: E402
+from pipelines.audio import render, windowing  # noqa: E402
+from pipelines.corpus import make_corpus
 from train.configs import finetune  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

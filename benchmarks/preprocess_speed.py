@@ -6,7 +6,7 @@
 Both do the same work on the same real PercePiano performances (a seeded
 sample): render the MIDI, trim, log-mel, cut windows, encode records, write
 ArrayRecord. The loop calls the job's own `ProcessRecording` for each
-recording and writes one shard; the job is `pipelines.percepiano`'s graph on
+recording and writes one shard; the job is `pipelines.beam.percepiano_job`'s graph on
 Beam's local runner with `--workers` processes, including shard grouping,
 statistics, accounting and the final rename. Reported: windows/s, x real time
 (seconds of rendered, trimmed audio per wall second) and the job / loop ratio.
@@ -26,8 +26,11 @@ import time
 
 import numpy as np
 
-from pipelines import jobs, percepiano, preprocess, records, render, shard_layout, shards, splits
-from pipelines.configs import augment
+from pipelines.audio import render
+from pipelines.beam import percepiano_job, preprocess, writer
+from pipelines.datasets import percepiano, splits
+from pipelines.shards import layout, records
+from pipelines.beam import augment_presets
 
 
 def main() -> None:
@@ -41,7 +44,7 @@ def main() -> None:
 
   release = percepiano.read_release(args.percepiano_dir)
   split = splits.piece_split(release.performances, seed=0)
-  sources = jobs.percepiano_sources(release, None, split)
+  sources = percepiano_job.percepiano_sources(release, None, split)
   rng = np.random.default_rng(args.seed)
   sources = [sources[i] for i in sorted(rng.choice(len(sources), args.count, replace=False))]
   scratch = pathlib.Path(tempfile.mkdtemp(prefix="bench-preprocess-"))
@@ -54,7 +57,7 @@ def main() -> None:
           render.synthesize(pathlib.Path(source.midi_path).read_bytes(), font, name=source.key))
     sources = [dataclasses.replace(s, midi_path=None, audio_path=str(wav_dir / f"{s.key}.wav"))
                for s in sources]
-  config = dict(dataset="percepiano", augment=augment.get_config("percepiano"))
+  config = dict(dataset="percepiano", augment=augment_presets.get_config("percepiano"))
 
   # Baseline: the same per-recording work in one process, then one output shard.
   t0 = time.perf_counter()
@@ -63,13 +66,13 @@ def main() -> None:
   fn.setup()  # one BLAS thread: a true single-core baseline
   spills = sorted((out.value[1], out.value[2]) for source in sources
                   for out in fn.process(source) if out.tag == "windows")
-  rows = shards.write_shard(str(scratch), "loop", "all", ("array_record",), 0, 1,
-                            (r for _, path in spills for r in shards.read_spill(path)),
+  rows = writer.write_shard(str(scratch), "loop", "all", ("array_record",), 0, 1,
+                            (r for _, path in spills for r in writer.read_spill(path)),
                             "windows")
   loop_s = time.perf_counter() - t0
   loop_windows = rows[0]["records"]
   audio_seconds = sum(records.decode(r)[0]["valid_frames"] / 100.0 for r in
-                      shard_layout.read_array_record(str(scratch / rows[0]["file"])))
+                      layout.read_array_record(str(scratch / rows[0]["file"])))
 
   # The Beam job, end to end.
   t0 = time.perf_counter()

@@ -16,7 +16,8 @@ import time
 import midirenderer
 import numpy as np
 
-from pipelines import percepiano, render
+from pipelines.audio import render
+from pipelines.datasets import percepiano
 
 
 def main() -> None:

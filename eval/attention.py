@@ -57,7 +57,8 @@ from absl import app, flags, logging
 
 from eval import loading, predict
 from model import ast, multitask
-from pipelines import audio, features, render, taxonomy, windowing
+from pipelines.audio import decode, features, render, windowing
+from pipelines.datasets import taxonomy
 
 PNG_SUFFIX = "_attention.png"
 
@@ -521,7 +522,7 @@ def main(argv: list[str]) -> None:
     paths = figures_for_audio(run, audio_path, FLAGS.output_dir, window_index=FLAGS.window_index,
                               start_s=FLAGS.start_s, soundfont=FLAGS.soundfont,
                               residual=FLAGS.residual)
-  except (AttentionMapError, loading.RunError, audio.AudioError, render.RenderError,
+  except (AttentionMapError, loading.RunError, decode.AudioError, render.RenderError,
           FileNotFoundError) as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"error: {e}")

@@ -35,7 +35,7 @@ import sys
 import numpy as np
 
 from eval import metrics
-from pipelines import percepiano, taxonomy
+from pipelines.datasets import percepiano, taxonomy
 
 DEFAULT_SPLITS = 200
 

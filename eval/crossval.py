@@ -32,7 +32,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from eval import metrics, predictions
-from pipelines import shard_layout, taxonomy
+from pipelines.datasets import taxonomy
+from pipelines.shards import layout
 from train import run_result, trainer
 
 SUMMARY = "crossval.json"
@@ -50,7 +51,7 @@ def fold_dir(workdir: pathlib.Path, fold: int | str) -> pathlib.Path:
 
 def split_folds(data_dir: str | pathlib.Path, split: str) -> list[int]:
   """The cross-validation folds of `split` in the shards' split table."""
-  metadata = json.loads((pathlib.Path(data_dir) / shard_layout.METADATA).read_text())
+  metadata = json.loads((pathlib.Path(data_dir) / layout.METADATA).read_text())
   if split not in ("piece", "performer"):
     raise CrossValidationError(f"--split must be 'piece' or 'performer', got {split!r}")
   table = metadata["splits"][split]

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipelines import percepiano, taxonomy
+from pipelines.datasets import percepiano, taxonomy
 
 RATING_SCALE = percepiano.RATING_SCALE  # plots show the 1-7 questionnaire scale
 

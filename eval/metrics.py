@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import scipy.stats
 
-from pipelines import taxonomy
+from pipelines.datasets import taxonomy
 
 
 def performance_means(ids: np.ndarray, predictions: np.ndarray, labels: np.ndarray,

@@ -3,7 +3,7 @@
   python -m eval.predict --checkpoint=W [--step=best] [--batch_size=N] [--hop_s=S]
       [--output_json=F] [--output_csv=F] FILE...
 
-FILE is a WAV/FLAC (any format `pipelines.audio` decodes) or a MIDI file
+FILE is a WAV/FLAC (any format `pipelines.audio.decode` decodes) or a MIDI file
 (rendered with the training data's SoundFont first). Each is cut into the
 training windows, the windows go through the model in fixed-size batches, and
 the per-window predictions are averaged: the recording's score per dimension,
@@ -47,12 +47,13 @@ import threadpoolctl
 
 from eval import loading
 from model import multitask, targets
-from pipelines import audio, features, percepiano, render, taxonomy, windowing
+from pipelines.audio import decode, features, render, windowing
+from pipelines.datasets import percepiano, taxonomy
 
 # Labels are mean ratings / 7 (see model/targets.py): x 7 gives the questionnaire's 1-7 scale.
 RATING_SCALE = percepiano.RATING_SCALE
 MIDI_EXTENSIONS = (".mid", ".midi")
-SAMPLE_RATE = audio.TARGET_SAMPLE_RATE
+SAMPLE_RATE = decode.TARGET_SAMPLE_RATE
 FRAMES_PER_SECOND = 1000.0 / features.AST.frame_shift_ms
 
 # Which group each dimension belongs to (a dimension is in exactly one: taxonomy checks).
@@ -74,7 +75,7 @@ def default_batch_size() -> int:
   return 1 if jax.default_backend() == "cpu" else 8
 
 
-class SilentInputError(audio.AudioError):
+class SilentInputError(decode.AudioError):
   """Every window of the recording is near-silent: there is no playing to rate."""
 
 
@@ -169,18 +170,18 @@ class Prediction:
 def load_samples(path: str | pathlib.Path, settings: FeatureSettings) -> np.ndarray:
   """16 kHz mono samples of an audio file, or of a MIDI file rendered and trimmed as the job does.
 
-  Raises an `audio.AudioError` (unsupported extension, missing, corrupt, empty)
+  Raises an `decode.AudioError` (unsupported extension, missing, corrupt, empty)
   or a `render.RenderError` naming the file.
   """
   path = pathlib.Path(path)
   ext = path.suffix.lower()
   if ext in MIDI_EXTENSIONS:
     return render.render_midi(path, soundfont=settings.soundfont).samples
-  if ext not in audio.supported_extensions():
-    raise audio.UnsupportedFormatError(
+  if ext not in decode.supported_extensions():
+    raise decode.UnsupportedFormatError(
         path, f"unsupported extension {ext or '(none)'!r}; supported: "
-        f"{', '.join(audio.supported_extensions() + MIDI_EXTENSIONS)}")
-  return audio.load_audio(path)
+        f"{', '.join(decode.supported_extensions() + MIDI_EXTENSIONS)}")
+  return decode.load_audio(path)
 
 
 def log_mel(samples: np.ndarray) -> np.ndarray:
@@ -199,13 +200,13 @@ def windows_of(samples: np.ndarray, settings: FeatureSettings, *, name: str
                ) -> list[windowing.Window]:
   """The job's windows of `samples` (`[frames, mel]` each, unnormalised).
 
-  Raises `audio.EmptyAudioError` for audio shorter than one frame and
+  Raises `decode.EmptyAudioError` for audio shorter than one frame and
   `SilentInputError` when every window is near-silent (a silent input would
   otherwise get confident-looking scores of nothing).
   """
   windows = windowing.cut(log_mel(samples), settings.window)
   if not windows:
-    raise audio.EmptyAudioError(name, f"{samples.shape[0] / SAMPLE_RATE * 1000:.1f} ms of "
+    raise decode.EmptyAudioError(name, f"{samples.shape[0] / SAMPLE_RATE * 1000:.1f} ms of "
                                 "audio is shorter than one 25 ms frame")
   if all(windowing.is_near_silent(w, settings.window) for w in windows):
     raise SilentInputError(name, f"silent: every window's loudest frame is below "
@@ -320,7 +321,7 @@ class Predictor:
 
   def predict_file(self, path: str | pathlib.Path, progress: Progress | None = None
                    ) -> Prediction:
-    """Scores one file. Raises `audio.AudioError` / `render.RenderError` naming it."""
+    """Scores one file. Raises `decode.AudioError` / `render.RenderError` naming it."""
     t0 = time.perf_counter()
     samples = load_samples(path, self.settings)
     windows = windows_of(samples, self.settings, name=str(path))
@@ -433,7 +434,7 @@ class ProgressLine:
 
 # What counts as bad input, as in the preprocessing job's dead-letter routing:
 # typed decode/render errors and the OS/parse errors a broken file can raise.
-BAD_INPUT = (audio.AudioError, render.RenderError, NonFinitePredictionError, OSError,
+BAD_INPUT = (decode.AudioError, render.RenderError, NonFinitePredictionError, OSError,
              ValueError, EOFError)
 
 
@@ -515,7 +516,7 @@ def main(argv: list[str]) -> int:
       result = predictor.predict_file(path, ProgressLine(path, predictor.batch_size))
     except BAD_INPUT as e:
       # Typed errors already start with the file name; others get it added.
-      reason = str(e) if isinstance(e, (audio.AudioError, render.RenderError)) else (
+      reason = str(e) if isinstance(e, (decode.AudioError, render.RenderError)) else (
           f"{path}: {type(e).__name__}: {e}")
       print(f"error: {reason}", file=sys.stderr, flush=True)
       errors.append((path, reason))

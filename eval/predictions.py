@@ -22,7 +22,7 @@ import pathlib
 
 import numpy as np
 
-from pipelines import percepiano, taxonomy
+from pipelines.datasets import percepiano, taxonomy
 
 DIRECTORY = "predictions"
 

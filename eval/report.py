@@ -56,7 +56,7 @@ from absl import app, flags, logging
 
 from eval import ceiling as ceiling_lib
 from eval import crossval, figures, metrics, predictions, statistics
-from pipelines import taxonomy
+from pipelines.datasets import taxonomy
 from train import metric_writer, tasks, trainer
 
 # Published results to put beside ours (REFERENCE.md): mean R² over the 19 dimensions.

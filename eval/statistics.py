@@ -34,7 +34,7 @@ import numpy as np
 import scipy.stats
 
 from eval import metrics
-from pipelines import taxonomy
+from pipelines.datasets import taxonomy
 
 DEFAULT_RESAMPLES = 10_000
 # Resamples scored per matrix product: bounds the [chunk, P] temporaries.

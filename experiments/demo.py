@@ -6,8 +6,8 @@ The demo corpus (generated MAESTRO- and PercePiano-layout data) is made first if
 missing; then the stages (each a project command line, logged to WORKDIR/logs,
 skipped when done, so a rerun after a kill resumes where it stopped):
 
-  1. `pipelines.maestro`     MAESTRO job -> pre-training shards
-  2. `pipelines.percepiano`  PercePiano job -> labelled shards (piece split)
+  1. `pipelines.beam.maestro_job`     MAESTRO job -> pre-training shards
+  2. `pipelines.beam.percepiano_job`  PercePiano job -> labelled shards (piece split)
   3. `train.main` pretrain   SSAST masked-patch pre-training of the tiny AST
   4. `train.main` finetune   multi-task fine-tuning from it, on every fold, tested once on
                              the held-out test set
@@ -33,8 +33,8 @@ import time
 from absl import app, flags
 
 from experiments import cpu_scale, stages
-from pipelines import demo as data_demo
-from pipelines import taxonomy
+from pipelines import walkthrough as data_demo
+from pipelines.datasets import taxonomy
 
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -82,12 +82,12 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
       *report_args, f"--attention_audio={stages.first_test_midi(release, labelled, 'piece')}")
   return [
       stages.Stage("maestro_shards", (
-          "pipelines.maestro", f"--maestro_dir={corpus / 'maestro-v3.0.0'}",
+          "pipelines.beam.maestro_job", f"--maestro_dir={corpus / 'maestro-v3.0.0'}",
           f"--output_dir={maestro}", *WINDOW, "--nowrite_audio"),
           lambda: stages.job_finished(maestro, stages.window_flags(WINDOW)),
           "MAESTRO Beam job -> pre-training shards"),
       stages.Stage("percepiano_shards", (
-          "pipelines.percepiano", f"--percepiano_dir={release}", f"--output_dir={labelled}",
+          "pipelines.beam.percepiano_job", f"--percepiano_dir={release}", f"--output_dir={labelled}",
           *WINDOW, "--nowrite_audio"),
           lambda: stages.job_finished(labelled, stages.window_flags(WINDOW)),
           "PercePiano Beam job -> labelled shards"),

@@ -127,11 +127,11 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   pretrain_args = ("train.main", *s["pretrain"], f"--workdir={pretrain}", f"--config.data_dir={asap}",
                    *s["encoder"])
   out = [
-      stages.Stage("asap_shards", ("pipelines.maestro", f"--maestro_dir={asap_dir}",
+      stages.Stage("asap_shards", ("pipelines.beam.maestro_job", f"--maestro_dir={asap_dir}",
                                    f"--output_dir={asap}", *s["window"], "--nowrite_audio"),
                    lambda: stages.job_finished(asap, stages.window_flags(s["window"])),
                    "ASAP MIDI rendered -> pre-training shards"),
-      stages.Stage("percepiano_shards", ("pipelines.percepiano", f"--percepiano_dir={percepiano_dir}",
+      stages.Stage("percepiano_shards", ("pipelines.beam.percepiano_job", f"--percepiano_dir={percepiano_dir}",
                                          f"--output_dir={labelled}", *s["window"],
                                          "--variants=1", "--augment=noise", "--nowrite_audio"),
                    lambda: stages.job_finished(labelled, stages.window_flags(s["window"])),

@@ -174,7 +174,7 @@ def job_finished(output_dir: pathlib.Path, expected: dict | None = None) -> bool
 def first_test_midi(release: pathlib.Path, shard_dir: pathlib.Path, split: str) -> pathlib.Path:
   """The MIDI of the first held-out test performance of a PercePiano job's `split`: the
   recording a report draws attention maps of."""
-  from pipelines import percepiano
+  from pipelines.datasets import percepiano
   try:
     metadata = json.loads((shard_dir / "metadata.json").read_text())
     test_keys = sorted(k for k, v in metadata["splits"][split].items() if v == "test")

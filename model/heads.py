@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model import attention, linear
-from pipelines import taxonomy
+from pipelines.datasets import taxonomy
 
 Groups = tuple[tuple[str, tuple[int, ...]], ...]
 

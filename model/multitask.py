@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from model import ast, baselines, heads, losses
-from pipelines import taxonomy
+from pipelines.datasets import taxonomy
 
 BACKBONES = ("ast", "cnn", "pooled_stats")
 

@@ -28,7 +28,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from pipelines import records, shard_layout
+from pipelines.shards import layout, records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,7 @@ class ShardSet:
   @classmethod
   def open(cls, root: str | pathlib.Path, splits: Sequence[str]) -> ShardSet:
     root = pathlib.Path(root)
-    metadata = json.loads((root / shard_layout.METADATA).read_text())
+    metadata = json.loads((root / layout.METADATA).read_text())
     rows = [r for r in metadata["shards"] if r["kind"] == "windows"
             and r["format"] == "array_record" and r["split"] in splits and r["records"]]
     if not rows:

@@ -8,7 +8,7 @@ import pathlib
 import pretty_midi
 import pytest
 
-from pipelines import render
+from pipelines.audio import render
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -85,16 +85,16 @@ def train_shards(tmp_path_factory) -> dict[str, pathlib.Path]:
   import subprocess
   import sys
 
-  from pipelines import make_corpus
+  from pipelines.corpus import make_corpus
 
   root = tmp_path_factory.mktemp("train-shards")
   make_corpus.make_corpus(root / "corpus", "tiny", seed=3)
   common = ["--window_s=2.56", "--hop_s=1.28", "--target_shard_mb=1", "--nowrite_audio",
             "--direct_running_mode=in_memory", "--direct_num_workers=1"]
   jobs = {
-      "maestro": ["-m", "pipelines.maestro",
+      "maestro": ["-m", "pipelines.beam.maestro_job",
                   f"--maestro_dir={root / 'corpus' / 'maestro-v3.0.0'}"],
-      "percepiano": ["-m", "pipelines.percepiano",
+      "percepiano": ["-m", "pipelines.beam.percepiano_job",
                      f"--percepiano_dir={root / 'corpus' / 'percepiano'}",
                      "--test_fraction=0.34", "--num_folds=2"],
   }

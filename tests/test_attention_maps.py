@@ -19,7 +19,7 @@ import pytest
 
 from eval import attention, loading, predict
 from model import ast, multitask
-from pipelines import features, windowing
+from pipelines.audio import features, windowing
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

@@ -1,10 +1,10 @@
-"""pipelines.audio against real files written with libsndfile, good and bad."""
+"""pipelines.audio.decode against real files written with libsndfile, good and bad."""
 
 import numpy as np
 import pytest
 import soundfile
 
-from pipelines import audio
+from pipelines.audio import decode
 
 
 def _tone(rate, seconds=1.0, freq=1000.0, amp=0.5):
@@ -21,14 +21,14 @@ def _dominant_hz(x, rate):
     (".wav", "WAV", "PCM_16"), (".flac", "FLAC", "PCM_16"), (".ogg", "OGG", "VORBIS"),
     (".mp3", "MP3", "MPEG_LAYER_III")])
 def test_decodes_resamples_and_downmixes(tmp_path, ext, fmt, subtype):
-  if ext not in audio.supported_extensions():
+  if ext not in decode.supported_extensions():
     pytest.skip(f"libsndfile {soundfile.__libsndfile_version__} has no {fmt}")
   rate = 44_100
   left, right = _tone(rate, freq=1000.0), _tone(rate, freq=1000.0, amp=0.1)
   path = tmp_path / f"stereo{ext}"
   soundfile.write(path, np.stack([left, right], axis=1), rate, format=fmt, subtype=subtype)
 
-  out = audio.load_audio(path)
+  out = decode.load_audio(path)
 
   assert out.dtype == np.float32 and out.ndim == 1
   assert abs(out.shape[0] - 16_000) <= 1200  # lossy codecs add encoder padding
@@ -43,42 +43,42 @@ def test_wav_matches_soxr_hq_reference(tmp_path):
   path = tmp_path / "mono.wav"
   soundfile.write(path, x, rate, subtype="FLOAT")
   import soxr
-  np.testing.assert_array_equal(audio.load_audio(path), soxr.resample(x, rate, 16_000, "HQ"))
+  np.testing.assert_array_equal(decode.load_audio(path), soxr.resample(x, rate, 16_000, "HQ"))
 
 
 def test_16k_input_passes_through_unchanged(tmp_path):
   x = _tone(16_000)
   path = tmp_path / "a.wav"
   soundfile.write(path, x, 16_000, subtype="FLOAT")
-  np.testing.assert_array_equal(audio.load_audio(path), x)
+  np.testing.assert_array_equal(decode.load_audio(path), x)
 
 
 def test_missing_file(tmp_path):
-  with pytest.raises(audio.MissingAudioError, match="nope.wav"):
-    audio.load_audio(tmp_path / "nope.wav")
+  with pytest.raises(decode.MissingAudioError, match="nope.wav"):
+    decode.load_audio(tmp_path / "nope.wav")
   with pytest.raises(FileNotFoundError):  # also a FileNotFoundError for callers that expect one
-    audio.load_audio(tmp_path / "nope.wav")
+    decode.load_audio(tmp_path / "nope.wav")
 
 
 def test_directory_is_not_audio(tmp_path):
   (tmp_path / "dir.wav").mkdir()
-  with pytest.raises(audio.MissingAudioError, match="directory"):
-    audio.load_audio(tmp_path / "dir.wav")
+  with pytest.raises(decode.MissingAudioError, match="directory"):
+    decode.load_audio(tmp_path / "dir.wav")
 
 
 @pytest.mark.parametrize("name", ["notes.txt", "clip.aiff", "noextension"])
 def test_unsupported_format(tmp_path, name):
   path = tmp_path / name
   path.write_bytes(b"hello")
-  with pytest.raises(audio.UnsupportedFormatError, match=name):
-    audio.load_audio(path)
+  with pytest.raises(decode.UnsupportedFormatError, match=name):
+    decode.load_audio(path)
 
 
 def test_corrupt_file(tmp_path):
   path = tmp_path / "garbage.wav"
   path.write_bytes(np.random.default_rng(0).bytes(4096))
-  with pytest.raises(audio.CorruptAudioError, match="garbage.wav") as e:
-    audio.load_audio(path)
+  with pytest.raises(decode.CorruptAudioError, match="garbage.wav") as e:
+    decode.load_audio(path)
   assert "BytesIO" not in str(e.value)  # the file's name, not our in-memory buffer's repr
 
 
@@ -87,30 +87,30 @@ def test_truncated_header(tmp_path):
   soundfile.write(good, _tone(16_000), 16_000)
   path = tmp_path / "truncated.wav"
   path.write_bytes(good.read_bytes()[:20])
-  with pytest.raises(audio.CorruptAudioError, match="truncated.wav"):
-    audio.load_audio(path)
+  with pytest.raises(decode.CorruptAudioError, match="truncated.wav"):
+    decode.load_audio(path)
 
 
 def test_content_does_not_match_extension(tmp_path):
   path = tmp_path / "actually_flac.wav"
   soundfile.write(path, _tone(16_000), 16_000, format="FLAC")
-  with pytest.raises(audio.CorruptAudioError, match="FLAC"):
-    audio.load_audio(path)
+  with pytest.raises(decode.CorruptAudioError, match="FLAC"):
+    decode.load_audio(path)
 
 
 def test_zero_byte_file(tmp_path):
   path = tmp_path / "empty.wav"
   path.write_bytes(b"")
-  with pytest.raises(audio.EmptyAudioError, match="empty.wav"):
-    audio.load_audio(path)
+  with pytest.raises(decode.EmptyAudioError, match="empty.wav"):
+    decode.load_audio(path)
 
 
 def test_zero_length_audio(tmp_path):
   path = tmp_path / "zero.wav"
   soundfile.write(path, np.zeros((0, 2), np.float32), 44_100)
   assert path.stat().st_size > 0  # a valid header with no frames
-  with pytest.raises(audio.EmptyAudioError, match="zero.wav"):
-    audio.load_audio(path)
+  with pytest.raises(decode.EmptyAudioError, match="zero.wav"):
+    decode.load_audio(path)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -119,37 +119,37 @@ def test_non_finite_samples(tmp_path, bad):
   x[100] = bad
   path = tmp_path / "nonfinite.wav"
   soundfile.write(path, x, 16_000, subtype="FLOAT")
-  with pytest.raises(audio.NonFiniteAudioError, match="nonfinite.wav.*1 samples"):
-    audio.load_audio(path)
+  with pytest.raises(decode.NonFiniteAudioError, match="nonfinite.wav.*1 samples"):
+    decode.load_audio(path)
 
 
 def test_sample_rate_too_low(tmp_path):
   path = tmp_path / "phone.wav"
   soundfile.write(path, _tone(8_000), 8_000)
-  with pytest.raises(audio.SampleRateError, match="8000 Hz"):
-    audio.load_audio(path)
+  with pytest.raises(decode.SampleRateError, match="8000 Hz"):
+    decode.load_audio(path)
   # Explicitly allowed when the caller accepts an empty upper band.
-  assert audio.load_audio(path, min_sample_rate=8_000).shape == (16_000,)
+  assert decode.load_audio(path, min_sample_rate=8_000).shape == (16_000,)
 
 
 def test_silence_is_valid_audio(tmp_path):
   path = tmp_path / "silence.wav"
   soundfile.write(path, np.zeros(16_000, np.float32), 16_000)
-  np.testing.assert_array_equal(audio.load_audio(path), np.zeros(16_000, np.float32))
+  np.testing.assert_array_equal(decode.load_audio(path), np.zeros(16_000, np.float32))
 
 
 def test_from_array_validates_like_files():
-  with pytest.raises(audio.NonFiniteAudioError, match="mem"):
-    audio.from_array(np.array([0.0, np.nan]), 16_000, name="mem")
-  with pytest.raises(audio.EmptyAudioError):
-    audio.from_array(np.zeros(0), 16_000, name="mem")
-  with pytest.raises(audio.AudioError, match="shape"):
-    audio.from_array(np.zeros((2, 2, 2)), 16_000, name="mem")
+  with pytest.raises(decode.NonFiniteAudioError, match="mem"):
+    decode.from_array(np.array([0.0, np.nan]), 16_000, name="mem")
+  with pytest.raises(decode.EmptyAudioError):
+    decode.from_array(np.zeros(0), 16_000, name="mem")
+  with pytest.raises(decode.AudioError, match="shape"):
+    decode.from_array(np.zeros((2, 2, 2)), 16_000, name="mem")
   stereo = np.stack([np.ones(48_000), -np.ones(48_000)], axis=1)
-  np.testing.assert_allclose(audio.from_array(stereo, 48_000, name="mem"), 0.0, atol=1e-6)
+  np.testing.assert_allclose(decode.from_array(stereo, 48_000, name="mem"), 0.0, atol=1e-6)
 
 
 def test_os_level_read_failure_is_typed(tmp_path):
   (tmp_path / "plain.txt").write_text("x")
-  with pytest.raises(audio.UnreadableAudioError, match="plain.txt"):
-    audio.load_audio(tmp_path / "plain.txt" / "clip.wav")  # a file used as a folder
+  with pytest.raises(decode.UnreadableAudioError, match="plain.txt"):
+    decode.load_audio(tmp_path / "plain.txt" / "clip.wav")  # a file used as a folder

@@ -1,11 +1,12 @@
-"""pipelines.augmentation: deterministic draws, label masks from config, audible effects."""
+"""pipelines.audio.augmentation: deterministic draws, label masks from config, audible effects."""
 
 import numpy as np
 import pretty_midi
 import pytest
 
-from pipelines import augmentation, taxonomy
-from pipelines.configs import augment as augment_config
+from pipelines.audio import augmentation
+from pipelines.datasets import taxonomy
+from pipelines.beam import augment_presets as augment_config
 
 
 def _config(preset, **enabled):

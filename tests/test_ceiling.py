@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from eval import ceiling
-from pipelines import percepiano, rating, taxonomy
+from pipelines.corpus import rating
+from pipelines.datasets import percepiano, taxonomy
 
 
 def _simulated_release(seed: int, passages: int = 60, performers: int = 5):

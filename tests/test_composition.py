@@ -1,9 +1,9 @@
-"""pipelines.composition: seeded, well-formed musical material."""
+"""pipelines.corpus.composition: seeded, well-formed musical material."""
 
 import numpy as np
 import pytest
 
-from pipelines import composition
+from pipelines.corpus import composition
 
 
 def test_same_seed_same_movement_and_different_seeds_differ():

@@ -11,7 +11,9 @@ import concurrent.futures
 import numpy as np
 import pytest
 
-from pipelines import features, make_corpus, percepiano, render, splits, taxonomy
+from pipelines.audio import features, render
+from pipelines.corpus import make_corpus
+from pipelines.datasets import percepiano, splits, taxonomy
 
 
 def _pooled_statistics(path) -> np.ndarray:

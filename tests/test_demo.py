@@ -1,4 +1,4 @@
-"""`python -m pipelines.demo` as a user runs it: a real subprocess on the real release."""
+"""`python -m pipelines.walkthrough` as a user runs it: a real subprocess on the real release."""
 
 import json
 import pathlib
@@ -16,7 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 def test_demo_renders_a_real_performance(percepiano_dir, tmp_path):
   key = "Beethoven_WoO80_var27_8bars_1_15"
   proc = subprocess.run(
-      [sys.executable, "-m", "pipelines.demo", f"--percepiano_dir={percepiano_dir}",
+      [sys.executable, "-m", "pipelines.walkthrough", f"--percepiano_dir={percepiano_dir}",
        f"--key={key}", f"--output_dir={tmp_path}"],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr
@@ -34,7 +34,7 @@ def test_demo_renders_a_real_performance(percepiano_dir, tmp_path):
 @pytest.mark.real_data
 def test_demo_unknown_key_fails_clearly(percepiano_dir):
   proc = subprocess.run(
-      [sys.executable, "-m", "pipelines.demo", f"--percepiano_dir={percepiano_dir}",
+      [sys.executable, "-m", "pipelines.walkthrough", f"--percepiano_dir={percepiano_dir}",
        "--key=Nobody_X_8bars_1_1"],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode != 0

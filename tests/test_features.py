@@ -1,4 +1,4 @@
-"""pipelines.features against independent Kaldi front ends.
+"""pipelines.audio.features against independent Kaldi front ends.
 
 Oracles:
 - `transformers`' ASTFeatureExtractor, numpy path (torchaudio is not installed,
@@ -16,7 +16,7 @@ import pytest
 from transformers import ASTFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
 
-from pipelines import features, render
+from pipelines.audio import features, render
 
 TOLERANCE = 1e-3
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from model import heads
-from pipelines import taxonomy
+from pipelines.datasets import taxonomy
 
 D = 32
 

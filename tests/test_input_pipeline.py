@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from pipelines import input_pipeline as ip
-from pipelines import make_corpus, records, shard_layout, shards
+from pipelines.beam import writer
+from pipelines.corpus import make_corpus
+from pipelines.shards import layout, records
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -22,7 +24,7 @@ def shard_dir(tmp_path_factory) -> pathlib.Path:
   make_corpus.make_corpus(root / "corpus", "tiny", seed=5, parts=("percepiano",))
   out = root / "shards"
   proc = subprocess.run(
-      [sys.executable, "-m", "pipelines.percepiano",
+      [sys.executable, "-m", "pipelines.beam.percepiano_job",
        f"--percepiano_dir={root / 'corpus' / 'percepiano'}", f"--output_dir={out}",
        "--test_fraction=0.34", "--num_folds=2", "--variants=1", "--target_shard_mb=1",
        "--direct_running_mode=in_memory", "--direct_num_workers=1", "--nowrite_audio"],
@@ -32,11 +34,11 @@ def shard_dir(tmp_path_factory) -> pathlib.Path:
 
 
 def _all_windows(root: pathlib.Path, splits=("train",)):
-  metadata = json.loads((root / shard_layout.METADATA).read_text())
+  metadata = json.loads((root / layout.METADATA).read_text())
   out = []
   for r in metadata["shards"]:
     if r["kind"] == "windows" and r["format"] == "array_record" and r["split"] in splits:
-      out += [records.decode(x) for x in shard_layout.read_array_record(str(root / r["file"]))]
+      out += [records.decode(x) for x in layout.read_array_record(str(root / r["file"]))]
   return out
 
 
@@ -175,14 +177,14 @@ def test_mixup_blends_features_and_labels(shard_dir):
 def test_corrupt_record_names_its_shard_and_index(shard_dir, tmp_path):
   broken = tmp_path / "broken"
   shutil.copytree(shard_dir, broken)
-  metadata = json.loads((broken / shard_layout.METADATA).read_text())
+  metadata = json.loads((broken / layout.METADATA).read_text())
   row = next(r for r in metadata["shards"] if r["kind"] == "windows" and r["split"] == "train"
              and r["format"] == "array_record" and r["records"] > 2)
   path = broken / row["file"]
-  data = shard_layout.read_array_record(str(path))
+  data = layout.read_array_record(str(path))
   data[2] = data[2][:-100]  # truncated payload
   path.unlink()
-  shards.write_shard(str(broken), row["name"], row["split"], ("array_record",), row["index"],
+  writer.write_shard(str(broken), row["name"], row["split"], ("array_record",), row["index"],
                      row["count"], data, "windows")
   config = ip.InputConfig(batch_size=1, spec_augment=False)
   ds = ip.training_examples(broken, config)
@@ -196,8 +198,8 @@ def test_missing_shards_or_statistics_are_clear_errors(shard_dir, tmp_path):
     ip.ShardSet.open(shard_dir, ("validation",))
   broken = tmp_path / "nostats"
   shutil.copytree(shard_dir, broken)
-  metadata = json.loads((broken / shard_layout.METADATA).read_text())
+  metadata = json.loads((broken / layout.METADATA).read_text())
   metadata["normalization"] = {"count": 0, "mean": None, "std": None}
-  (broken / shard_layout.METADATA).write_text(json.dumps(metadata))
+  (broken / layout.METADATA).write_text(json.dumps(metadata))
   with pytest.raises(ValueError, match="normalisation statistics"):
     ip.ShardSet.open(broken, ("train",))

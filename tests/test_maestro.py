@@ -1,4 +1,4 @@
-"""pipelines.maestro on generated MAESTRO-layout trees (good and malformed) and on real ASAP."""
+"""pipelines.beam.maestro_job on generated MAESTRO-layout trees (good and malformed) and on real ASAP."""
 
 import csv
 import json
@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from pipelines import maestro
+from pipelines.datasets import maestro
 
 ROWS = [
     dict(canonical_composer="Franz Schubert", canonical_title="Sonata D960", split="train",

@@ -1,4 +1,4 @@
-"""pipelines.make_corpus: real layouts, determinism, the release's label rule, safety."""
+"""pipelines.corpus.make_corpus: real layouts, determinism, the release's label rule, safety."""
 
 import collections
 import csv
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from pipelines import make_corpus, maestro, percepiano, performance, splits, taxonomy
+from pipelines.corpus import make_corpus, performance
+from pipelines.datasets import maestro, percepiano, splits, taxonomy
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -149,12 +150,12 @@ def test_bad_arguments(tmp_path):
 def test_command_line(tmp_path):
   out = tmp_path / "cli"
   proc = subprocess.run(
-      [sys.executable, "-m", "pipelines.make_corpus", f"--output_dir={out}", "--size=tiny",
+      [sys.executable, "-m", "pipelines.corpus.make_corpus", f"--output_dir={out}", "--size=tiny",
        "--seed=3", "--workers=1"],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr
   assert "Wrote 28 rated PercePiano-layout clips" in proc.stdout
   again = subprocess.run(
-      [sys.executable, "-m", "pipelines.make_corpus", f"--output_dir={out}", "--size=tiny"],
+      [sys.executable, "-m", "pipelines.corpus.make_corpus", f"--output_dir={out}", "--size=tiny"],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert again.returncode != 0 and "refusing to overwrite" in again.stderr

@@ -5,7 +5,7 @@ import pytest
 import scipy.stats
 
 from eval import metrics
-from pipelines import taxonomy
+from pipelines.datasets import taxonomy
 
 
 def test_windows_are_averaged_per_performance_before_scoring():

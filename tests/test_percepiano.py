@@ -1,4 +1,4 @@
-"""pipelines.percepiano on the real release and on small generated releases."""
+"""pipelines.beam.percepiano_job on the real release and on small generated releases."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from pipelines import percepiano, taxonomy
+from pipelines.datasets import percepiano, taxonomy
 
 N = taxonomy.NUM_DIMENSIONS
 

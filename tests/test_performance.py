@@ -1,11 +1,11 @@
-"""pipelines.performance: each factor changes the MIDI the way it says."""
+"""pipelines.corpus.performance: each factor changes the MIDI the way it says."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from pipelines import composition, performance
+from pipelines.corpus import composition, performance
 
 MOVEMENT = composition.compose(np.random.default_rng(3), 8)
 

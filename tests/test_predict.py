@@ -21,7 +21,8 @@ import pytest
 import soundfile
 
 from eval import loading, predict, predictions
-from pipelines import render, taxonomy
+from pipelines.audio import render
+from pipelines.datasets import taxonomy
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 4
@@ -214,13 +215,13 @@ def test_batch_size_and_padding_do_not_change_scores(run, predictor, saved, corp
 
 
 def test_library_errors_are_typed_and_name_the_file(predictor, bad_files):
-  from pipelines import audio
+  from pipelines.audio import decode
   for kind, path in bad_files.items():
-    with pytest.raises(audio.AudioError, match=str(path)):
+    with pytest.raises(decode.AudioError, match=str(path)):
       predictor.predict_file(path)
   with pytest.raises(predict.SilentInputError):
     predictor.predict_file(bad_files["silent"])
-  with pytest.raises(audio.EmptyAudioError, match="shorter than one 25 ms frame"):
+  with pytest.raises(decode.EmptyAudioError, match="shorter than one 25 ms frame"):
     predictor.predict_samples(np.full(200, 0.1, np.float32), name="click")
 
 

@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from pipelines import make_corpus, percepiano, preprocess, records, render, shard_layout
+from pipelines.audio import render
+from pipelines.beam import preprocess
+from pipelines.corpus import make_corpus
+from pipelines.datasets import percepiano
+from pipelines.shards import layout, records
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -21,7 +25,7 @@ TINY_SPLIT = ["--test_fraction=0.34", "--num_folds=2", "--target_shard_mb=1"]
 
 
 def run_job(module: str, *args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", f"pipelines.{module}", *map(str, args)],
+  return subprocess.run([sys.executable, "-m", f"pipelines.beam.{module}_job", *map(str, args)],
                         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -47,16 +51,16 @@ def percepiano_shards(corpus, tmp_path_factory) -> pathlib.Path:
 
 
 def windows_in(root: pathlib.Path, fmt: str = "array_record", kind: str = "windows"):
-  metadata = json.loads((root / shard_layout.METADATA).read_text())
+  metadata = json.loads((root / layout.METADATA).read_text())
   out = []
   for row in metadata["shards"]:
     if row["kind"] == kind and row["format"] == fmt:
-      out += [records.decode(r) for r in shard_layout.read_array_record(str(root / row["file"]))]
+      out += [records.decode(r) for r in layout.read_array_record(str(root / row["file"]))]
   return out
 
 
 def test_percepiano_job_writes_every_performance(corpus, percepiano_shards):
-  metadata = json.loads((percepiano_shards / shard_layout.METADATA).read_text())
+  metadata = json.loads((percepiano_shards / layout.METADATA).read_text())
   release = percepiano.read_release(corpus / "percepiano")
   counts = metadata["counts"]
   assert counts["listed"] == counts["written"] == len(release.performances) == 28
@@ -92,7 +96,7 @@ def test_percepiano_job_writes_every_performance(corpus, percepiano_shards):
 
 
 def test_normalisation_statistics_come_from_training_windows(percepiano_shards):
-  metadata = json.loads((percepiano_shards / shard_layout.METADATA).read_text())
+  metadata = json.loads((percepiano_shards / layout.METADATA).read_text())
   values = [a["features"][:, :h["valid_frames"]].astype(np.float64).ravel()
             for h, a in windows_in(percepiano_shards) if h["split"] == "train"]
   values = np.concatenate(values)
@@ -104,12 +108,12 @@ def test_normalisation_statistics_come_from_training_windows(percepiano_shards):
 
 def test_tfrecord_export_holds_the_same_records(percepiano_shards):
   from apache_beam.testing.util import assert_that, equal_to
-  metadata = json.loads((percepiano_shards / shard_layout.METADATA).read_text())
+  metadata = json.loads((percepiano_shards / layout.METADATA).read_text())
   tfrecords = [str(percepiano_shards / r["file"]) for r in metadata["shards"]
                if r["format"] == "tfrecord"]
   expected = [r for row in metadata["shards"]
               if row["format"] == "array_record" and row["kind"] == "windows"
-              for r in shard_layout.read_array_record(str(percepiano_shards / row["file"]))]
+              for r in layout.read_array_record(str(percepiano_shards / row["file"]))]
   assert len(tfrecords) > 1 and expected
   # Beam's own TFRecord reader checks the framing and both CRCs of every record.
   with beam.Pipeline(runner="FnApiRunner") as p:
@@ -123,8 +127,8 @@ def test_same_flags_give_byte_identical_shards_whatever_the_parallelism(corpus,
   out = tmp_path / "again"
   ok(run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}", f"--output_dir={out}",
              "--format=array_record", "--format=tfrecord", *IN_MEMORY, *TINY_SPLIT))
-  first = json.loads((percepiano_shards / shard_layout.METADATA).read_text())
-  second = json.loads((out / shard_layout.METADATA).read_text())
+  first = json.loads((percepiano_shards / layout.METADATA).read_text())
+  second = json.loads((out / layout.METADATA).read_text())
   assert first["shards"] == second["shards"]  # names, record counts and sha256 of every file
   assert first["normalization"] == second["normalization"]
   for row in first["shards"]:
@@ -156,7 +160,7 @@ def test_bad_recordings_are_dead_lettered_and_accounted(corpus, tmp_path):
   assert reasons[bad[3]]["reason"].startswith("FileNotFoundError")
   assert "RenderError" in reasons[bad[0]]["reason"] and reasons[bad[0]]["stage"] == "load"
   assert "silent" in reasons[bad[2]]["reason"]
-  metadata = json.loads((out / shard_layout.METADATA).read_text())
+  metadata = json.loads((out / layout.METADATA).read_text())
   assert {k: metadata["counts"][k] for k in ("listed", "written", "dead_lettered")} == {
       "listed": 28, "written": 24, "dead_lettered": 4}
   assert bad[3] in metadata["splits"]["keys_without_midi"]
@@ -201,7 +205,7 @@ def test_audio_dir_with_bad_files(corpus, tmp_path):
   assert "SampleRateError" in dead[keys[2]]["reason"]
   assert "FileNotFoundError" in dead[keys[3]]["reason"] or "No such file" in dead[keys[3]][
       "reason"]
-  assert json.loads((out / shard_layout.METADATA).read_text())["soundfont_sha256"] is None
+  assert json.loads((out / layout.METADATA).read_text())["soundfont_sha256"] is None
 
 
 def test_refuses_existing_output_unless_overwrite(corpus, tmp_path):
@@ -214,7 +218,7 @@ def test_refuses_existing_output_unless_overwrite(corpus, tmp_path):
   assert (out / "mine.txt").is_file()
   ok(run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}", f"--output_dir={out}",
              "--overwrite", *IN_MEMORY, *TINY_SPLIT))
-  assert not (out / "mine.txt").exists() and (out / shard_layout.METADATA).is_file()
+  assert not (out / "mine.txt").exists() and (out / layout.METADATA).is_file()
 
 
 def test_augment_job_regenerates_from_stored_audio(percepiano_shards, tmp_path):
@@ -233,12 +237,12 @@ def test_augment_job_regenerates_from_stored_audio(percepiano_shards, tmp_path):
   for header, arrays in augmented[:5]:
     assert not np.array_equal(arrays["features"], clean_by_id[header["key"],
                                                               header["window_index"]])
-  metadata = json.loads((out / shard_layout.METADATA).read_text())
+  metadata = json.loads((out / layout.METADATA).read_text())
   assert metadata["counts"]["written"] == 28
   assert not any(r["kind"] == "audio" for r in metadata["shards"])
   again = tmp_path / "again"
   ok(run_job("augment", *args, f"--output_dir={again}"))
-  assert json.loads((again / shard_layout.METADATA).read_text())["shards"] == metadata["shards"]
+  assert json.loads((again / layout.METADATA).read_text())["shards"] == metadata["shards"]
 
 
 def test_midi_domain_augmentation_marks_invalid_labels(corpus, tmp_path):
@@ -255,7 +259,7 @@ def test_midi_domain_augmentation_marks_invalid_labels(corpus, tmp_path):
 
 
 def percepiano_dimension(name: str) -> int:
-  from pipelines import taxonomy
+  from pipelines.datasets import taxonomy
   return taxonomy.DIMENSION_NAMES.index(name)
 
 
@@ -281,7 +285,7 @@ def test_maestro_job_filters_silence_and_dead_letters_missing_audio(corpus, tmp_
                     "--max_failure_fraction=0.2", "--target_shard_mb=4", *IN_MEMORY))
   n = len(rows)
   assert f"listed {n + 2} = written {n} + filtered 1 + dead-lettered 1" in proc.stdout
-  metadata = json.loads((out / shard_layout.METADATA).read_text())
+  metadata = json.loads((out / layout.METADATA).read_text())
   assert metadata["counts"]["windows_filtered"] >= 2
   windows = windows_in(out)
   assert {h["split"] for h, _ in windows} == {"train", "validation", "test"}
@@ -317,7 +321,7 @@ def test_asap_layout_is_rendered_on_the_fly(corpus, tmp_path):
   proc = ok(run_job("maestro", f"--maestro_dir={root}", f"--output_dir={out}", *IN_MEMORY,
                     "--target_shard_mb=4", "--validation_fraction=0.3", "--hop_s=5.12"))
   assert f"listed {len(index_rows)} = written {len(index_rows)}" in proc.stdout
-  metadata = json.loads((out / shard_layout.METADATA).read_text())
+  metadata = json.loads((out / layout.METADATA).read_text())
   assert metadata["splits"]["layout"] == "asap"
   windows = windows_in(out)
   splits = {}
@@ -345,7 +349,7 @@ def test_distributed_runner_options_reach_the_pipeline(args, view, expected, tmp
   from apache_beam.options import pipeline_options
   options = preprocess.default_pipeline_options(args)
   config = preprocess.JobConfig(dataset="x", output_dir=str(tmp_path),
-                                augment=__import__("pipelines.configs.augment",
+                                augment=__import__("pipelines.beam.augment_presets",
                                                    fromlist=["x"]).get_config())
   pipeline = beam.Pipeline(options=options)
   preprocess.build(pipeline, [preprocess.Source(key="k", split="train", audio_path="a.wav")],

@@ -1,9 +1,10 @@
-"""pipelines.rating: the mapping, the panel and the release's label rule."""
+"""pipelines.corpus.rating: the mapping, the panel and the release's label rule."""
 
 import numpy as np
 import pytest
 
-from pipelines import performance, rating, taxonomy
+from pipelines.corpus import performance, rating
+from pipelines.datasets import taxonomy
 
 
 def test_mapping_covers_every_dimension_with_known_regressors():

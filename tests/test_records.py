@@ -1,4 +1,4 @@
-"""pipelines.records: the versioned binary schema round-trips and rejects damage."""
+"""pipelines.shards.records: the versioned binary schema round-trips and rejects damage."""
 
 import json
 import struct
@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from pipelines import records
+from pipelines.shards import records
 
 
 def _window():

@@ -6,7 +6,8 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from pipelines import features, percepiano, render
+from pipelines.audio import features, render
+from pipelines.datasets import percepiano
 
 
 def _render_summary(path):

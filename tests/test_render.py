@@ -1,4 +1,4 @@
-"""pipelines.render: determinism, checksums, the silence rule, and bad MIDI."""
+"""pipelines.audio.render: determinism, checksums, the silence rule, and bad MIDI."""
 
 import hashlib
 
@@ -6,7 +6,7 @@ import librosa
 import numpy as np
 import pytest
 
-from pipelines import render
+from pipelines.audio import render
 
 
 def test_render_is_deterministic_and_reports_soundfont_checksum(make_midi, chords):

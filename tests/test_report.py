@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from eval import crossval, metrics, predictions, report, statistics
-from pipelines import percepiano, taxonomy
+from pipelines.datasets import percepiano, taxonomy
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

@@ -1,21 +1,22 @@
-"""pipelines.shard_layout: the shard names, and that readers never import Beam."""
+"""pipelines.shards.layout: the shard names, and that readers never import Beam."""
 
 import pathlib
 import subprocess
 import sys
 
-from pipelines import shard_layout, shards
+from pipelines.beam import writer
+from pipelines.shards import layout
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_shard_names_follow_tfds_and_the_writer_uses_them(tmp_path):
-  assert shard_layout.shard_name("ds", "train", "array_record", 3, 12) == \
+  assert layout.shard_name("ds", "train", "array_record", 3, 12) == \
       "ds-train.array_record-00003-of-00012"
-  rows = shards.write_shard(str(tmp_path), "ds", "train", ("array_record",), 3, 12, [b"a"],
+  rows = writer.write_shard(str(tmp_path), "ds", "train", ("array_record",), 3, 12, [b"a"],
                             "window")
   assert [r["file"] for r in rows] == ["ds-train.array_record-00003-of-00012"]
-  assert shard_layout.read_array_record(str(tmp_path / rows[0]["file"])) == [b"a"]
+  assert layout.read_array_record(str(tmp_path / rows[0]["file"])) == [b"a"]
 
 
 def test_readers_do_not_import_beam():

@@ -1,10 +1,10 @@
-"""pipelines.splits: no group ever on two sides, every key exactly once, seeded."""
+"""pipelines.datasets.splits: no group ever on two sides, every key exactly once, seeded."""
 
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from pipelines import percepiano, splits
+from pipelines.datasets import percepiano, splits
 
 
 def _performance(key: str, performer_id: int = 0) -> percepiano.Performance:

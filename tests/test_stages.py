@@ -97,7 +97,7 @@ def test_the_attention_example_needs_the_split_table_and_its_midi(tmp_path):
 def test_shards_made_with_other_windows_are_refused(tmp_path):
   assert not stages.job_finished(tmp_path / "absent", {"window_s": 5.12})
   (tmp_path / "metadata.json").write_text(json.dumps({"config": {"window_s": 2.56, "hop_s": 1.28}}))
-  want = stages.window_flags(["pipelines.maestro", "--window_s=2.56", "--hop_s=1.28", "--x=1"])
+  want = stages.window_flags(["pipelines.beam.maestro_job", "--window_s=2.56", "--hop_s=1.28", "--x=1"])
   assert want == {"window_s": 2.56, "hop_s": 1.28}
   assert stages.job_finished(tmp_path, want) and stages.job_finished(tmp_path)
   with pytest.raises(stages.StageError, match=r"hop_s=1.28 \(this stage: 5.12\)"):

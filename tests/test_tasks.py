@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from pipelines import input_pipeline, percepiano
+from pipelines import input_pipeline
+from pipelines.datasets import percepiano
 from train import tasks
 from train.configs import finetune
 

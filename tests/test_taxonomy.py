@@ -1,6 +1,6 @@
 """The label taxonomy matches REFERENCE.md: 19 dimensions, three disjoint groups."""
 
-from pipelines import taxonomy
+from pipelines.datasets import taxonomy
 
 
 def test_nineteen_dimensions_in_release_order():

@@ -1,9 +1,9 @@
-"""pipelines.windowing: fixed windows, padding, valid lengths, silence."""
+"""pipelines.audio.windowing: fixed windows, padding, valid lengths, silence."""
 
 import numpy as np
 import pytest
 
-from pipelines import windowing
+from pipelines.audio import windowing
 
 CONFIG = windowing.WindowConfig(frames=100, hop_frames=50)
 
@@ -38,7 +38,7 @@ def test_bad_config(frames, hop):
 
 
 def test_near_silence():
-  from pipelines import features
+  from pipelines.audio import features
   silent = features.log_mel(np.zeros(16_000, np.float32))
   tone = features.log_mel((0.01 * np.sin(np.arange(16_000) * 0.3)).astype(np.float32))
   config = windowing.WindowConfig()

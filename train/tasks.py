@@ -22,7 +22,9 @@ from jax.experimental import multihost_utils
 from eval import metrics as eval_metrics
 from eval import predictions as eval_predictions
 from model import ast, baselines, multitask, ssast, targets
-from pipelines import input_pipeline, shard_layout, taxonomy
+from pipelines import input_pipeline
+from pipelines.datasets import taxonomy
+from pipelines.shards import layout
 from train import sharding
 
 
@@ -65,9 +67,9 @@ class Task:
       raise ValueError("config.data_dir is not set (--config.data_dir=SHARD_DIR)")
     self.config = config
     self.data_dir = pathlib.Path(config.data_dir)
-    path = self.data_dir / shard_layout.METADATA
+    path = self.data_dir / layout.METADATA
     if not path.is_file():
-      raise FileNotFoundError(f"{self.data_dir} has no {shard_layout.METADATA}: not the output "
+      raise FileNotFoundError(f"{self.data_dir} has no {layout.METADATA}: not the output "
                               "of a pipelines job")
     self.metadata = json.loads(path.read_text())
 

@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from pipelines import taxonomy
+from pipelines.datasets import taxonomy
 
 LABELS_FILE = "label_2round_mean_reg_19_with0_rm_highstd0.json"
 STD_FILE = "label_2round_std_reg_19_with0_rm_highstd0.json"
@@ -347,9 +347,3 @@ def read_raw_ratings(path: str | os.PathLike) -> RawRatings:
   return RawRatings(users=np.asarray(users), keys=tuple(keys),
                     answers=np.asarray(answers, dtype=np.float64).reshape(-1, len(
                         RAW_QUESTION_COLUMNS)))
-
-
-if __name__ == "__main__":
-  # `python -m pipelines.percepiano` runs the Beam preprocessing job (pipelines/jobs.py).
-  from pipelines import jobs
-  jobs.run_main(jobs.define_percepiano_flags, jobs.main_percepiano)

@@ -31,7 +31,7 @@ import mido
 import numpy as np
 import pretty_midi
 
-from pipelines import audio
+from pipelines.audio import decode
 
 
 class RenderError(ValueError):
@@ -185,7 +185,7 @@ def render_midi(
     *,
     name: str | None = None,
     soundfont: str | os.PathLike | None = None,
-    sample_rate: int = audio.TARGET_SAMPLE_RATE,
+    sample_rate: int = decode.TARGET_SAMPLE_RATE,
     trim: TrimConfig = TrimConfig(),
 ) -> Rendered:
   """Renders performance MIDI (a path or the file's bytes) to mono audio.
@@ -217,12 +217,12 @@ def render_midi(
     data, capped_s = cap_trailing_time(data, trim.max_tail_s)
   wav = synthesize(data, font, name=name)
   try:
-    samples = audio.decode_audio(
+    samples = decode.decode_audio(
         wav, name=f"{name}.wav", target_sample_rate=sample_rate,
         min_sample_rate=sample_rate)
-  except audio.EmptyAudioError:
+  except decode.EmptyAudioError:
     raise RenderError(name, "render is empty (MIDI has no events)") from None
-  except audio.AudioError as e:
+  except decode.AudioError as e:
     raise RenderError(name, f"synthesiser output unusable: {e.reason}") from None
   untrimmed = samples.shape[0] / sample_rate + capped_s
   start, end = 0, samples.shape[0]

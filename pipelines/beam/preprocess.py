@@ -3,7 +3,7 @@
 Graph (one `Source` per listed recording):
 
   Create(sources) -> ProcessRecording -+-> window spill descriptors -> WriteShards (ArrayRecord/TFRecord)
-                                       +-> audio spill descriptors  -> WriteShards (for `pipelines.augment`)
+                                       +-> audio spill descriptors  -> WriteShards (for `pipelines.beam.augment_job`)
                                        +-> stats    -> CombineGlobally(MomentsFn) -> _stats.json
                                        +-> outcomes -> _outcomes.jsonl
                                        +-> dead letters -> dead_letters.jsonl
@@ -51,8 +51,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
                                                   StandardOptions, WorkerOptions)
 
-from pipelines import (audio, augmentation, features, records, render, shard_layout, shards,
-                       windowing)
+from pipelines.audio import augmentation, decode, features, render, windowing
+from pipelines.beam import writer
+from pipelines.shards import layout, records
 
 SCHEMA_VERSION = records.VERSION
 OUTCOMES = "_outcomes.jsonl"
@@ -91,7 +92,7 @@ class JobConfig:
   target_shard_mb: float = 256.0
   write_audio: bool = True
   stats_split: str = "train"
-  first_variant: int = 0  # 1: augmented variants only (`pipelines.augment`)
+  first_variant: int = 0  # 1: augmented variants only (`pipelines.beam.augment_job`)
 
 
 def _header(source: Source, variant: int, params: dict) -> dict:
@@ -137,7 +138,7 @@ class ProcessRecording(beam.DoFn):
       raise FileNotFoundError(f"{path}: file not found") from None
     digest = hashlib.sha256(data).hexdigest()
     if source.audio_path:
-      return audio.decode_audio(data, name=source.audio_path), "decode", digest
+      return decode.decode_audio(data, name=source.audio_path), "decode", digest
     rendered = render.render_midi(data, name=source.midi_path, soundfont=self._config.soundfont)
     return rendered.samples, "render", digest
 
@@ -150,8 +151,8 @@ class ProcessRecording(beam.DoFn):
       samples = render.render_midi(render.midi_to_bytes(midi), name=source.key,
                                    soundfont=self._config.soundfont).samples
       noise_only = {k: v for k, v in params.items() if k.startswith("noise")}
-      return augmentation.apply_audio(samples, audio.TARGET_SAMPLE_RATE, noise_only)
-    return augmentation.apply_audio(clean, audio.TARGET_SAMPLE_RATE, params)
+      return augmentation.apply_audio(samples, decode.TARGET_SAMPLE_RATE, noise_only)
+    return augmentation.apply_audio(clean, decode.TARGET_SAMPLE_RATE, params)
 
   def process(self, source: Source):
     self._count("listed")
@@ -171,7 +172,7 @@ class ProcessRecording(beam.DoFn):
         logmel = features.log_mel(samples)
         windows = windowing.cut(logmel, self._config.window)
         if not windows:
-          raise audio.EmptyAudioError(source.key, "shorter than one 25 ms frame")
+          raise decode.EmptyAudioError(source.key, "shorter than one 25 ms frame")
         mask = augmentation.label_mask(self._config.augment, params)
         for w in windows:
           if self._config.filter_silent and windowing.is_near_silent(w, self._config.window):
@@ -194,15 +195,15 @@ class ProcessRecording(beam.DoFn):
         path = self._spill_path("windows", source.key)
         outputs.append(beam.pvalue.TaggedOutput(
             "windows", (source.split, source.key, path,
-                        *shards.write_spill(path, window_records))))
+                        *writer.write_spill(path, window_records))))
       if self._config.write_audio:
         path = self._spill_path("audio", source.key)
         audio_record = records.encode_audio(dict(_header(source, 0, {}), labels=source.labels),
-                                            clean, audio.TARGET_SAMPLE_RATE)
+                                            clean, decode.TARGET_SAMPLE_RATE)
         outputs.append(beam.pvalue.TaggedOutput(
-            "audio", (source.split, source.key, path, *shards.write_spill(path, [audio_record]))))
+            "audio", (source.split, source.key, path, *writer.write_spill(path, [audio_record]))))
       outputs += [beam.pvalue.TaggedOutput("stats", s) for s in stats]
-    except (audio.AudioError, render.RenderError, records.RecordError, OSError, ValueError,
+    except (decode.AudioError, render.RenderError, records.RecordError, OSError, ValueError,
             EOFError, KeyError, IndexError) as e:
       # Expected kinds of bad input: recorded with the stage, never silent.
       self._count(f"dead_lettered_{stage}")
@@ -263,7 +264,7 @@ class _CollectJsonl(beam.PTransform):
   def expand(self, pcoll):
     return (pcoll
             | beam.combiners.ToList()
-            | beam.Map(lambda rows, path=self._path: shards.write_jsonl(path, rows)))
+            | beam.Map(lambda rows, path=self._path: writer.write_jsonl(path, rows)))
 
 
 def build(pipeline: beam.Pipeline, sources: Sequence[Source], config: JobConfig) -> None:
@@ -274,14 +275,14 @@ def build(pipeline: beam.Pipeline, sources: Sequence[Source], config: JobConfig)
       | "ListSources" >> beam.Create(sorted(sources, key=lambda s: s.key), reshuffle=True)
       | "ProcessRecording" >> beam.ParDo(ProcessRecording(config)).with_outputs(
           "windows", "audio", "stats", "outcome", "dead"))
-  _ = results.windows | "WriteWindows" >> shards.WriteShards(
+  _ = results.windows | "WriteWindows" >> writer.WriteShards(
       out, config.dataset, config.target_shard_mb, config.formats, "windows")
   if config.write_audio:
-    _ = results.audio | "WriteAudio" >> shards.WriteShards(
+    _ = results.audio | "WriteAudio" >> writer.WriteShards(
         out, f"{config.dataset}_audio", config.target_shard_mb, ("array_record",), "audio")
   _ = (results.stats
        | "Moments" >> beam.CombineGlobally(MomentsFn())
-       | "WriteStats" >> beam.Map(lambda s: shards.write_jsonl(f"{out}/{STATS}", [s])))
+       | "WriteStats" >> beam.Map(lambda s: writer.write_jsonl(f"{out}/{STATS}", [s])))
   _ = results.outcome | "WriteOutcomes" >> _CollectJsonl(f"{out}/{OUTCOMES}")
   _ = results.dead | "WriteDeadLetters" >> _CollectJsonl(f"{out}/{DEAD_LETTERS}")
 
@@ -321,7 +322,7 @@ def prepare_output(output_dir: str, overwrite: bool) -> str:
     raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
   parent, name = FileSystems.split(output_dir)
   partial = FileSystems.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
-  if shards.is_local(partial):
+  if writer.is_local(partial):
     pathlib.Path(partial).mkdir(parents=True)
   return partial
 
@@ -352,11 +353,11 @@ def _move_tree(source: str, destination: str, overwrite: bool) -> None:
   if FileSystems.exists(destination):
     if not overwrite:
       raise FileExistsError(f"{destination} appeared while the job ran; output left in {source}")
-    if shards.is_local(destination):
+    if writer.is_local(destination):
       shutil.rmtree(destination)
     else:
       FileSystems.delete([destination + "/"])
-  if shards.is_local(source):
+  if writer.is_local(source):
     pathlib.Path(source).rename(destination)
     return
   files = [m.path for m in FileSystems.match([source + "/*"])[0].metadata_list]
@@ -373,7 +374,7 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
   dead = _read_jsonl(join(partial, DEAD_LETTERS))
   stats = _read_jsonl(join(partial, STATS))
   index_files = [join(partial, f"_shards-{kind}.jsonl") for kind in ("windows", "audio")]
-  shard_rows = shards.fill_empty_shards(
+  shard_rows = writer.fill_empty_shards(
       partial, [row for f in index_files for row in _read_jsonl(f)])
   listed = len(sources)
   counts = {
@@ -420,7 +421,7 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
       "splits": splits,
       "wall_seconds": round(wall_s, 1),
   }
-  _write_text(join(partial, shard_layout.METADATA),
+  _write_text(join(partial, layout.METADATA),
               json.dumps(metadata, indent=1, sort_keys=True) + "\n")
   if not dead:
     _write_text(join(partial, DEAD_LETTERS), "")

@@ -33,7 +33,7 @@ import google_crc32c
 from apache_beam.io.filesystems import FileSystems
 from array_record.python import array_record_module
 
-from pipelines.shard_layout import ARRAY_RECORD_OPTIONS, FORMATS, shard_name
+from pipelines.shards.layout import ARRAY_RECORD_OPTIONS, FORMATS, shard_name
 
 
 def _masked_crc32c(data: bytes) -> int:

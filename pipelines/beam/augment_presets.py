@@ -1,7 +1,7 @@
 """Augmentation config: which operations, their ranges, and which labels each invalidates.
 
-  --augment_config=pipelines/configs/augment.py:percepiano   (default for PercePiano)
-  --augment_config=pipelines/configs/augment.py:maestro      (default for MAESTRO)
+  --augment_config=pipelines/beam/augment_presets.py:percepiano   (default for PercePiano)
+  --augment_config=pipelines/beam/augment_presets.py:maestro      (default for MAESTRO)
   --augment_config.variants=3 --augment_config.pitch_shift.enabled=True ...
 
 Label-awareness lives here, not in code: time-stretching changes the perceived

@@ -47,7 +47,8 @@ import dataclasses
 
 import numpy as np
 
-from pipelines import percepiano, performance, taxonomy
+from pipelines.corpus import performance
+from pipelines.datasets import percepiano, taxonomy
 
 # dim name -> ({regressor: weight}, strength)
 MAPPING: dict[str, tuple[dict[str, float], float]] = {

@@ -1,6 +1,6 @@
 """Waveform and MIDI augmentation, deterministic from (seed, example key, variant).
 
-Operations (ranges and label effects from `pipelines/configs/augment.py`):
+Operations (ranges and label effects from `pipelines/beam/augment_presets.py`):
   time_stretch  rate in [low, high]: librosa's phase vocoder on audio; on MIDI,
                 every event time divided by the rate (no artefacts)
   pitch_shift   semitones in [low, high]: librosa (stretch + soxr resample) on
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import pretty_midi
 
-from pipelines import taxonomy
+from pipelines.datasets import taxonomy
 
 
 def _rng(seed: int, key: str, variant: int) -> np.random.Generator:

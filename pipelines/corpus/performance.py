@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 import pretty_midi
 
-from pipelines import composition
+from pipelines.corpus import composition
 
 SUSTAIN_PEDAL = 64
 

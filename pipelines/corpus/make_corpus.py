@@ -1,6 +1,6 @@
 """Generates small corpora in exactly the real MAESTRO v3 and PercePiano layouts.
 
-  python -m pipelines.make_corpus --output_dir DIR --size {tiny,demo} --seed S \
+  python -m pipelines.corpus.make_corpus --output_dir DIR --size {tiny,demo} --seed S \
       [--soundfont PATH] [--workers N] [--parts percepiano --parts maestro]
 
 writes
@@ -38,7 +38,9 @@ import numpy as np
 import soundfile
 from absl import app, flags, logging
 
-from pipelines import composition, maestro, percepiano, performance, rating, render, taxonomy
+from pipelines.audio import render
+from pipelines.corpus import composition, performance, rating
+from pipelines.datasets import maestro, percepiano, taxonomy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +233,7 @@ PARTS = ("percepiano", "maestro")
 def corpus_manifest(size: str, seed: int, soundfont: str | None,
                     parts: tuple[str, ...] = PARTS) -> dict:
   """What `corpus.json` records; a corpus is reusable only for an equal manifest."""
-  return {"generator": "pipelines.make_corpus", "size": size, "seed": seed,
+  return {"generator": "pipelines.corpus.make_corpus", "size": size, "seed": seed,
           "parts": sorted(parts), "soundfont_sha256": render.soundfont_sha256(soundfont)}
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pipelines import percepiano
+from pipelines.datasets import percepiano
 
 PAPER_TEST_PERFORMERS = ("1", "2")
 

@@ -1,7 +1,7 @@
 """End-to-end demo of what exists so far: corpus -> MIDI -> audio -> log-mel -> summary.
 
-  python -m pipelines.demo [--corpus_dir out/demo-corpus]          # generated corpus
-  python -m pipelines.demo --percepiano_dir ../shared/data/percepiano \
+  python -m pipelines.walkthrough [--corpus_dir out/demo-corpus]          # generated corpus
+  python -m pipelines.walkthrough --percepiano_dir ../shared/data/percepiano \
       [--key Schubert_D960_mv2_8bars_3_07] [--soundfont PATH] [--output_dir DIR]
 
 Without `--percepiano_dir` it uses the embedded demo corpus in `--corpus_dir`,
@@ -22,7 +22,9 @@ import numpy as np
 import soundfile
 from absl import app, flags, logging
 
-from pipelines import features, maestro, make_corpus, percepiano, render, taxonomy
+from pipelines.audio import features, render
+from pipelines.corpus import make_corpus
+from pipelines.datasets import maestro, percepiano, taxonomy
 
 WINDOW_FRAMES = 1024  # 10.24 s at a 10 ms hop, AST's input length
 

@@ -241,9 +241,3 @@ def _read_asap_rows(path: pathlib.Path) -> list[AsapPerformance]:
           year=int(year_match[1]) if year_match else None,
       ))
   return performances
-
-
-if __name__ == "__main__":
-  # `python -m pipelines.maestro` runs the Beam preprocessing job (pipelines/jobs.py).
-  from pipelines import jobs
-  jobs.run_main(jobs.define_maestro_flags, jobs.main_maestro)

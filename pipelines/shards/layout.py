@@ -1,7 +1,7 @@
 """What a pipelines job's output directory holds, as its readers see it.
 
 The file names, formats and ArrayRecord options of the shards and their
-metadata. Kept apart from the Beam writer (`pipelines.shards`) so that the
+metadata. Kept apart from the Beam writer (`pipelines.beam.writer`) so that the
 readers (the Grain input pipeline, the trainer, cross-validation, tests and
 tools) never import Apache Beam.
 """
