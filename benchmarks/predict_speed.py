@@ -63,6 +63,7 @@ from model import ast, multitask, targets  # noqa: E402
 from pipelines.audio import render, windowing  # noqa: E402
 from pipelines.corpus import make_corpus
 from train.configs import finetune  # noqa: E402
+from pipelines.audio import frontend
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 REAL_MIDI = REPO.parent / "shared" / "data" / "percepiano" / "virtuoso" / "data" / "all_2rounds"
@@ -128,7 +129,7 @@ def padded_batches(p: predict.Predictor, path: pathlib.Path) -> list[tuple[np.nd
   for start in range(0, len(windows), p.batch_size):
     chunk = list(windows[start:start + p.batch_size])
     chunk += [chunk[-1]] * (p.batch_size - len(chunk))
-    out.append((predict.model_input(chunk, p.settings),
+    out.append((frontend.model_input(chunk, p.settings.mean, p.settings.std),
                 np.array([w.valid_frames for w in chunk], np.int32)))
   return out
 

@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from eval import metrics, statistics
+from eval import statistics
+from train import metrics
 
 
 def _rate(hits: int, trials: int) -> str:

@@ -57,7 +57,7 @@ from absl import app, flags, logging
 
 from eval import loading, predict
 from model import ast, multitask
-from pipelines.audio import decode, features, render, windowing
+from pipelines.audio import decode, features, frontend, render, windowing
 from pipelines.datasets import taxonomy
 
 PNG_SUFFIX = "_attention.png"
@@ -320,7 +320,7 @@ def maps(run: loading.Run, window_features: np.ndarray, valid_frames: int,
   """Rollout and per-group maps of one window.
 
   `window_features`: the model's input `[mel, frames]` (normalised as in training,
-  `pipelines.features.normalize`, then transposed). Returns
+  `pipelines.audio.frontend.normalize`, then transposed). Returns
 
     rollout      {"grid" [F', T'], "map" [mel, frames], "share_on_patches"}
     groups       {name: {"grid", "map", "shares", "dimensions"}} ({} with a flat head)
@@ -433,7 +433,7 @@ def figures_for_windows(run: loading.Run, windows: Sequence[windowing.Window],
     if window.features.shape != (run.num_frames, config.encoder.num_mel_bins):
       raise AttentionMapError(f"window {window.index} is {window.features.shape}; the run reads "
                               f"[{run.num_frames}, {config.encoder.num_mel_bins}] (frames, mel)")
-    collected = collector(predict.model_input([window], settings), np.array([window.valid_frames]))
+    collected = collector(frontend.model_input([window], settings.mean, settings.std), np.array([window.valid_frames]))
     result = maps_from_attention(collected, 0, config, residual)
     start_s = window.start_frame * shift
     which = f"window {window.index}" if window.index >= 0 else "window"
@@ -483,7 +483,7 @@ def figures_for_audio(run: loading.Run, path: str | pathlib.Path, output_dir: st
     raise AttentionMapError(f"{run.workdir}: the data's {settings.window_s} s windows do not "
                             f"match the model's {run.num_frames} frames")
   predict.check_soundfont(settings, [str(path)])
-  logmel = predict.log_mel(predict.load_samples(path, settings))
+  logmel = frontend.log_mel(predict.load_samples(path, settings))
   window = select_window(logmel, settings.window, window_index=window_index, start_s=start_s,
                          name=str(path))
   return figures_for_windows(run, [window], output_dir, name=path.stem, residual=residual)
@@ -530,6 +530,11 @@ def main(argv: list[str]) -> None:
     print(path)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """Console entry point (`ppt-attention`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -34,7 +34,7 @@ import sys
 
 import numpy as np
 
-from eval import metrics
+from train import metrics
 from pipelines.datasets import percepiano, taxonomy
 
 DEFAULT_SPLITS = 200
@@ -179,7 +179,8 @@ def main(argv):
         f"{result.raters_per_performance}, {result.splits} random splits")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """Console entry point (`ppt-ceiling`)."""
   from absl import app, flags
   flags.DEFINE_string("percepiano_dir", None, "A PercePiano-layout release (labels + raw CSV).")
   flags.DEFINE_integer("splits", DEFAULT_SPLITS, "Random split-halves averaged.")
@@ -187,3 +188,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("output_json", None, "Also write the result here.")
   flags.mark_flag_as_required("percepiano_dir")
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from model import multitask, targets
-from train import checkpointing, tasks, trainer
+from train import checkpointing, rundir, tasks
 
 
 class RunError(ValueError):
@@ -76,12 +76,12 @@ def load(path: str | pathlib.Path, step: int | str = "best") -> Run:
   """
   directory, named_step = checkpointing.locate(path)
   workdir = directory.parent
-  config = ml_collections.ConfigDict(_read_json(workdir / trainer.CONFIG_FILE, "the config"))
+  config = ml_collections.ConfigDict(_read_json(workdir / rundir.CONFIG, "the config"))
   if config.get("task") != "finetune":
     raise RunError(f"{workdir} is a {config.get('task')!r} run; inference needs a fine-tuning run")
   normalizer = targets.TargetNormalizer.from_dict(
       _read_json(workdir / targets.FILE, "the target statistics"))
-  data_metadata = _read_json(workdir / tasks.DATA_METADATA, "the feature settings")
+  data_metadata = _read_json(workdir / rundir.DATA_METADATA, "the feature settings")
   reader = checkpointing.Checkpointer(directory, read_only=True,
                                       best_metric=config.checkpoint.best_metric,
                                       best_mode=config.checkpoint.best_mode)

@@ -11,10 +11,10 @@ printed as a table on the 1-7 rating scale (and written to JSON/CSV with the
 label-space values and every window's scores).
 
 Why the feature path is not re-implemented here: the model only knows the
-features it was trained on, so inference calls the preprocessing job's own
-functions in the job's order (decode or render+trim -> `features.log_mel` ->
-`windowing.cut` with the run's window/hop -> the shards' float16 storage ->
-`features.normalize` with the shards' statistics -> `[mel, frames]`). The
+features it was trained on, so inference runs the preprocessing job's own
+front end (decode or render+trim -> `pipelines.audio.frontend`: log-mel, windows
+with the run's window/hop, the shards' float16 storage, normalisation with the
+shards' statistics -> `[mel, frames]`). The
 known-answer test checks that a validation performance's score equals the
 trainer's own saved prediction for it.
 
@@ -43,11 +43,10 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import threadpoolctl
 
 from eval import loading
 from model import multitask, targets
-from pipelines.audio import decode, features, render, windowing
+from pipelines.audio import decode, features, frontend, render, windowing
 from pipelines.datasets import percepiano, taxonomy
 
 # Labels are mean ratings / 7 (see model/targets.py): x 7 gives the questionnaire's 1-7 scale.
@@ -184,18 +183,6 @@ def load_samples(path: str | pathlib.Path, settings: FeatureSettings) -> np.ndar
   return decode.load_audio(path)
 
 
-def log_mel(samples: np.ndarray) -> np.ndarray:
-  """`features.log_mel` with one BLAS thread, as the job's workers run (ProcessRecording.setup).
-
-  The mel matmul's summation order depends on the thread count, and a last-bit
-  difference can round a value to another float16 in storage. Single-threaded
-  it is bitwise the shards' windows (tested), and faster too (0.18 s vs 0.48 s
-  for 120 s here).
-  """
-  with threadpoolctl.threadpool_limits(1):
-    return features.log_mel(samples)
-
-
 def windows_of(samples: np.ndarray, settings: FeatureSettings, *, name: str
                ) -> list[windowing.Window]:
   """The job's windows of `samples` (`[frames, mel]` each, unnormalised).
@@ -204,7 +191,7 @@ def windows_of(samples: np.ndarray, settings: FeatureSettings, *, name: str
   `SilentInputError` when every window is near-silent (a silent input would
   otherwise get confident-looking scores of nothing).
   """
-  windows = windowing.cut(log_mel(samples), settings.window)
+  windows = frontend.windows(samples, settings.window)
   if not windows:
     raise decode.EmptyAudioError(name, f"{samples.shape[0] / SAMPLE_RATE * 1000:.1f} ms of "
                                 "audio is shorter than one 25 ms frame")
@@ -212,17 +199,6 @@ def windows_of(samples: np.ndarray, settings: FeatureSettings, *, name: str
     raise SilentInputError(name, f"silent: every window's loudest frame is below "
                            f"{settings.window.silence_db:g} dB")
   return windows
-
-
-def model_input(windows: Sequence[windowing.Window], settings: FeatureSettings) -> np.ndarray:
-  """`[n, mel, frames]` float32, exactly as the input pipeline reads the shards.
-
-  The job stores `[mel, frames]` windows as float16 (records.encode_window) and
-  the pipeline normalises the decoded float32 values: rounding through float16
-  here keeps inference bit-identical to what the model saw in training.
-  """
-  stored = np.stack([w.features.T for w in windows]).astype("<f2").astype(np.float32)
-  return features.normalize(stored, settings.mean, settings.std)
 
 
 class Predictor:
@@ -302,7 +278,7 @@ class Predictor:
       chunk = list(windows[start:start + b])
       real = len(chunk)
       chunk += [chunk[-1]] * (b - real)  # padding rows: computed, then dropped
-      x = model_input(chunk, self.settings)
+      x = frontend.model_input(chunk, self.settings.mean, self.settings.std)
       valid = np.array([w.valid_frames for w in chunk], np.int32)
       # Dispatch is asynchronous: the next batch's input is built while this one runs.
       result = self._compiled(self.params, x, valid)
@@ -533,7 +509,12 @@ def main(argv: list[str]) -> int:
   return 1 if errors else 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """Console entry point (`ppt-predict`)."""
   from absl import app
   _define_flags()
   app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  cli()

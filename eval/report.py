@@ -4,7 +4,7 @@
       [--output_dir=W/report] [--resamples=10000] [--attention_audio=FILE]
 
 `W` (and every `--compare` directory) is a fine-tuning work directory (its final
-validation predictions are scored) or an `eval.crossval` directory (its
+validation predictions are scored) or an `train.crossval` directory (its
 out-of-fold predictions once every fold finished, scored fold by fold and pooled,
 and the held-out test set once that run finished; a set not finished yet is named
 in the report).
@@ -55,9 +55,10 @@ import numpy as np
 from absl import app, flags, logging
 
 from eval import ceiling as ceiling_lib
-from eval import crossval, figures, metrics, predictions, statistics
+from eval import figures, statistics
+from train import crossval, metrics, predictions, rundir
 from pipelines.datasets import taxonomy
-from train import metric_writer, tasks, trainer
+from train import metric_writer
 
 # Published results to put beside ours (REFERENCE.md): mean R² over the 19 dimensions.
 ANCHORS = (
@@ -123,7 +124,7 @@ def default_name(config: dict) -> str:
 
 
 def _curves(workdir: pathlib.Path) -> list[dict]:
-  return metric_writer.read(workdir) if (workdir / metric_writer.METRICS_FILE).is_file() else []
+  return metric_writer.read(workdir) if (workdir / rundir.METRICS).is_file() else []
 
 
 def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
@@ -159,8 +160,8 @@ def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
     curves = {("test" if k == crossval.TEST else f"fold {k}"): _curves(crossval.fold_dir(workdir, k))
               for k in present}
     kind = "crossval"
-  elif (workdir / trainer.CONFIG_FILE).is_file():
-    config = json.loads((workdir / trainer.CONFIG_FILE).read_text())
+  elif (workdir / rundir.CONFIG).is_file():
+    config = json.loads((workdir / rundir.CONFIG).read_text())
     if config.get("task") != "finetune":
       raise ReportError(f"{workdir} is a {config.get('task')!r} run; reports score fine-tuning")
     final = predictions.load_final(workdir)
@@ -171,7 +172,7 @@ def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
     pending, not_run, folds = [], [], {}
   else:
     raise ReportError(f"{workdir} is neither a fine-tuning work directory nor an "
-                      "eval.crossval directory")
+                      "train.crossval directory")
   return Source(name=name or default_name(config), workdir=workdir, kind=kind, config=config,
                 evaluations=evaluations, curves=curves, pending=tuple(pending),
                 not_run=tuple(not_run), folds=folds)
@@ -730,7 +731,7 @@ def _raw_ratings(main: Source, percepiano_dir: str | None):
   if percepiano_dir is not None:
     path = pathlib.Path(percepiano_dir) / ceiling_lib.percepiano.RAW_RATINGS_FILE
     return ceiling_lib.percepiano.read_raw_ratings(path), _shown(path)
-  metadata = main.run_dir / tasks.DATA_METADATA
+  metadata = main.run_dir / rundir.DATA_METADATA
   release = None
   if metadata.is_file():
     release = json.loads(metadata.read_text()).get("config", {}).get("percepiano_dir")
@@ -852,7 +853,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("workdir", None, "Fine-tuning or eval.crossval directory to report on.",
+  flags.DEFINE_string("workdir", None, "Fine-tuning or train.crossval directory to report on.",
                       required=True)
   flags.DEFINE_string("compare", "", "Comma-separated directories to compare with (baselines).")
   flags.DEFINE_string("names", "", "Comma-separated display names (workdir first).")

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import scipy.stats
 
-from eval import metrics
+from train import metrics
 from pipelines.datasets import taxonomy
 
 DEFAULT_RESAMPLES = 10_000

@@ -145,6 +145,11 @@ def main(argv):
         f"{time.perf_counter() - t0:.0f} s")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """Console entry point (`ppt-demo`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

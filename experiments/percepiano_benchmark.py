@@ -28,7 +28,7 @@ SSAST steps (~25 min) and one fine-tuning epoch over the clean and noisy windows
 (~270 steps, ~13 min for the test run); the AST and both baselines are 4-fold
 cross-validated on the piece split and then trained on all folds for the held-out
 test set, while the ablations and the performer split run the test set alone
-(`eval.crossval --folds=none --test`). `FOLDS=none` runs the cross-validated
+(`train.crossval --folds=none --test`). `FOLDS=none` runs the cross-validated
 variants' test sets first, so the key comparisons land in one session.
 `--size=base` prints the paper-scale run a TPU user would launch instead (10.24 s
 windows, stride 10, AST base, 50 fine-tuning epochs, every variant cross-validated).
@@ -44,7 +44,7 @@ import sys
 from absl import app, flags
 
 from experiments import cpu_scale, stages
-from train import run_result
+from train import rundir
 
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -146,7 +146,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
     # The 2-core size cross-validates the headline models only; the ablations (and the
     # performer split) train on every fold and are compared on the held-out test set.
     run_folds = folds if variant in s["cross_validated"].get(split, ()) else "none"
-    args = ["eval.crossval", *s["finetune"], f"--workdir={directory}", f"--split={split}",
+    args = ["train.crossval", *s["finetune"], f"--workdir={directory}", f"--split={split}",
             f"--config.data_dir={labelled}", f"--config.init.checkpoint={pretrain}",
             *s["encoder"], *VARIANTS[variant], *s.get("variants", {}).get(variant, []), "--test"]
     if run_folds:
@@ -198,7 +198,7 @@ def _report_command(work: pathlib.Path, split: str, variants: list[str],
 
 
 def _has_results(directory: pathlib.Path) -> bool:
-  from eval import crossval
+  from train import crossval
   try:
     return any(crossval.available_sets(directory).values())
   except FileNotFoundError:
@@ -208,11 +208,11 @@ def _has_results(directory: pathlib.Path) -> bool:
 def _wall_time(directory: pathlib.Path, name: str) -> str:
   """The finished runs of a cross-validation and their training time, from the run
   directories' results (as `_crossval_finished` decides)."""
-  from eval import crossval
+  from train import crossval
   runs = [*crossval.read_summary(directory)["folds"], crossval.TEST]
-  results = {k: run_result.read(crossval.fold_dir(directory, k)) for k in runs}
-  done = [k for k in runs if run_result.finished(results[k])]
-  seconds = sum(run_result.total_wall_seconds(results[k]) or 0 for k in done)
+  results = {k: rundir.read_result(crossval.fold_dir(directory, k)) for k in runs}
+  done = [k for k in runs if rundir.finished(results[k])]
+  seconds = sum(rundir.total_wall_seconds(results[k]) or 0 for k in done)
   folds = [k for k in done if k != crossval.TEST]
   parts = ([f"{len(folds)} folds"] if folds else []) + (["test"] if crossval.TEST in done else [])
   return f"{name}: {' + '.join(parts)} in {seconds / 60:.0f} min"
@@ -222,11 +222,11 @@ def _crossval_finished(directory: pathlib.Path, folds: str = "",
                        args: list[str] | None = None) -> bool:
   """The stage's work is done: every fold and the test set; with `folds` (a piece of
   the work) those folds and the test set; with "none" the test set alone. Decided
-  from the run directories' own results, exactly as eval.crossval and the report
+  from the run directories' own results, exactly as train.crossval and the report
   decide which sets they can show, so a stage never counts as done while the report
   would still call a set pending. With `args` (the stage's command), finished work
   made with other settings is an error, not done."""
-  from eval import crossval
+  from train import crossval
   try:
     available = crossval.available_sets(directory)
   except FileNotFoundError:
@@ -267,6 +267,11 @@ def main(argv):
     sys.exit(f"error: {e}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """Console entry point (`ppt-benchmark`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

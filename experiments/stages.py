@@ -32,7 +32,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from train import run_result
+from train import rundir
+from pipelines.shards import layout, metadata
 
 
 class StageError(RuntimeError):
@@ -122,8 +123,8 @@ def run_finished(workdir: pathlib.Path, total_steps: int | None = None,
   it would silently report the wrong model. With `args` (the stage's command), so
   is a finished run whose config.json differs from the command's overrides.
   """
-  result = run_result.read(workdir)
-  done = run_result.finished(result)
+  result = rundir.read_result(workdir)
+  done = rundir.finished(result)
   if done and total_steps is not None and result["total_steps"] != total_steps:
     raise StageError(f"{workdir} holds a finished run of {result['total_steps']} steps, not "
                      f"{total_steps}; use another --workdir or delete it")
@@ -159,10 +160,9 @@ def job_finished(output_dir: pathlib.Path, expected: dict | None = None) -> bool
   values are an error rather than done: reusing them would silently train on other
   windows than the stage's command says.
   """
-  path = output_dir / "metadata.json"
-  if not path.is_file():
+  if not (output_dir / layout.METADATA).is_file():
     return False
-  config = json.loads(path.read_text()).get("config", {})
+  config = metadata.read(output_dir).config
   differ = {k: (config.get(k), v) for k, v in (expected or {}).items() if config.get(k) != v}
   if differ:
     raise StageError(f"{output_dir} holds shards made with " + ", ".join(
@@ -176,9 +176,8 @@ def first_test_midi(release: pathlib.Path, shard_dir: pathlib.Path, split: str) 
   recording a report draws attention maps of."""
   from pipelines.datasets import percepiano
   try:
-    metadata = json.loads((shard_dir / "metadata.json").read_text())
-    test_keys = sorted(k for k, v in metadata["splits"][split].items() if v == "test")
-  except (FileNotFoundError, json.JSONDecodeError, KeyError) as e:
+    test_keys = metadata.read(shard_dir).test_keys(split)
+  except (FileNotFoundError, metadata.MetadataError) as e:
     raise StageError(f"{shard_dir}: no {split} split table to pick the attention example "
                      f"from ({type(e).__name__}: {e}); run the PercePiano job first") from None
   if not test_keys:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
 import pathlib
 from collections.abc import Sequence
 
@@ -28,7 +27,8 @@ import grain
 import numpy as np
 from absl import flags
 
-from pipelines.shards import layout, records
+from pipelines.shards import metadata, records
+from pipelines.audio import frontend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,20 +70,17 @@ class ShardSet:
   @classmethod
   def open(cls, root: str | pathlib.Path, splits: Sequence[str]) -> ShardSet:
     root = pathlib.Path(root)
-    metadata = json.loads((root / layout.METADATA).read_text())
-    rows = [r for r in metadata["shards"] if r["kind"] == "windows"
-            and r["format"] == "array_record" and r["split"] in splits and r["records"]]
+    meta = metadata.read(root)
+    rows = meta.shard_files("windows", splits=splits)
     if not rows:
       raise FileNotFoundError(f"{root}: no ArrayRecord window shards for splits {list(splits)}")
-    norm = metadata["normalization"]
-    if norm.get("mean") is None or not norm.get("std"):
-      raise ValueError(f"{root}: metadata has no normalisation statistics")
+    mean, std = meta.normalization
     offsets, total = [], 0
     for r in rows:
       offsets.append(total)
-      total += r["records"]
-    return cls(root=root, files=tuple(root / r["file"] for r in rows), offsets=tuple(offsets),
-               mean=float(norm["mean"]), std=float(norm["std"]), dataset=metadata["dataset"])
+      total += r.records
+    return cls(root=root, files=tuple(root / r.file for r in rows), offsets=tuple(offsets),
+               mean=mean, std=std, dataset=meta.dataset)
 
   def locate(self, index: int) -> str:
     """'file#local_index' of a global record index (for error messages)."""
@@ -101,7 +98,7 @@ def _decode(shards: ShardSet, index: int, record: bytes) -> dict:
       raise records.RecordError(f"kind {header['kind']!r} is not a window")
   except (records.RecordError, KeyError, ValueError) as e:
     raise ShardRecordError(f"{shards.locate(index)}: {e}") from None
-  features = (arrays["features"].astype(np.float32) - shards.mean) / (2.0 * shards.std)
+  features = frontend.normalize(arrays["features"].astype(np.float32), shards.mean, shards.std)
   return {
       "features": features,  # [mel, frames], normalised like AST: (x - mean) / (2 std)
       "labels": arrays["labels"].astype(np.float32),

@@ -164,6 +164,11 @@ def main(argv):
   print(format_summary(summary))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """Console entry point (`ppt-walkthrough`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -153,7 +153,7 @@ def crossval_dir(train_shards, jax_env, tmp_path_factory) -> pathlib.Path:
 
   workdir = tmp_path_factory.mktemp("crossval")
   proc = subprocess.run(
-      [sys.executable, "-m", "eval.crossval", *SMALL_FINETUNE, f"--workdir={workdir}",
+      [sys.executable, "-m", "train.crossval", *SMALL_FINETUNE, f"--workdir={workdir}",
        f"--config.data_dir={train_shards['percepiano']}", "--config.num_steps=6",
        "--config.eval_every_steps=3", "--split=piece", "--test"],
       cwd=REPO, env=jax_env, capture_output=True, text=True, timeout=900, check=False)

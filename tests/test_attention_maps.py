@@ -19,7 +19,7 @@ import pytest
 
 from eval import attention, loading, predict
 from model import ast, multitask
-from pipelines.audio import features, windowing
+from pipelines.audio import features, frontend, windowing
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -370,8 +370,8 @@ def test_maps_of_the_trained_model(finetuned, performance, tmp_path):
   settings = predict.FeatureSettings.from_metadata(run.data_metadata)
   samples = predict.load_samples(performance, settings)
   assert (settings.window.frames, settings.window.hop_frames) == (256, 128)
-  windows = windowing.cut(predict.log_mel(samples), settings.window)
-  inputs = list(predict.model_input(windows[:2], settings))
+  windows = frontend.windows(samples, settings.window)
+  inputs = list(frontend.model_input(windows[:2], settings.mean, settings.std))
   first = attention.maps(run, inputs[0], windows[0].valid_frames)
   second = attention.maps(run, inputs[1], windows[1].valid_frames)
   assert not np.allclose(first["rollout"]["grid"], second["rollout"]["grid"])

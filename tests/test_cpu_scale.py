@@ -1,7 +1,5 @@
 """experiments.cpu_scale: the 2-core sizing shared by the demo and the benchmark."""
 
-import pathlib
-
 from experiments import cpu_scale, demo
 from pipelines import input_pipeline
 

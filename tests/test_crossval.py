@@ -1,4 +1,4 @@
-"""eval.crossval: every fold trained and scored, out-of-fold predictions pooled, resumable."""
+"""train.crossval: every fold trained and scored, out-of-fold predictions pooled, resumable."""
 
 import json
 import pathlib
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from eval import crossval, metrics, predictions
+from train import crossval, metrics, predictions
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -16,7 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 @pytest.fixture()
 def run(small_finetune, jax_env):
   def run(args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "eval.crossval", *small_finetune, *args],
+    return subprocess.run([sys.executable, "-m", "train.crossval", *small_finetune, *args],
                           cwd=REPO, env=jax_env, capture_output=True, text=True, timeout=timeout,
                           check=False)
   return run

@@ -72,7 +72,6 @@ def test_a_group_absent_from_the_batch_does_not_move_its_weight():
   present = {"t": jnp.float32(0.0), "d": jnp.float32(1.0), "e": jnp.float32(1.0)}
   grad = jax.grad(lambda s: losses.combine(g, log_variances=s, present=present)[0])(jnp.zeros(3))
   assert float(grad[0]) == 0.0 and float(grad[1]) != 0.0
-  mse = jnp.array([0.0, 1.0, 1.0, 1.0, 2.0, 2.0])
   count = jnp.array([0, 3, 3, 3, 1, 0])
   flags = losses.group_presence(GROUPS, count)
   assert {k: float(v) for k, v in flags.items()} == {"t": 0.0, "d": 1.0, "e": 1.0}

@@ -1,10 +1,10 @@
-"""eval.metrics: performance averaging and Pearson, against scipy."""
+"""train.metrics: performance averaging and Pearson, against scipy."""
 
 import numpy as np
 import pytest
 import scipy.stats
 
-from eval import metrics
+from train import metrics
 from pipelines.datasets import taxonomy
 
 

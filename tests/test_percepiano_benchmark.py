@@ -44,7 +44,7 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert names[-1] == "report_performer"
   backbones = {}
   for stage in plan:
-    if not callable(stage.args) and stage.args[0] in ("train.main", "eval.crossval"):
+    if not callable(stage.args) and stage.args[0] in ("train.main", "train.crossval"):
       config = _config(stage.args, monkeypatch)
       if config.task == "finetune":
         model = tasks.finetuning_model_config(config)

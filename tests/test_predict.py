@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from eval import loading, predict, predictions
-from pipelines.audio import render
+from eval import loading, predict
+from train import predictions
+from pipelines.audio import frontend, render
 from pipelines.datasets import taxonomy
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -242,7 +243,7 @@ def test_model_input_is_bitwise_the_shards_windows(run, saved, corpus, train_sha
   for key in saved.keys[:3]:
     samples = predict.load_samples(corpus / f"{key}.mid", settings)
     windows = predict.windows_of(samples, settings, name=key)
-    ours = predict.model_input(windows, settings)
+    ours = frontend.model_input(windows, settings.mean, settings.std)
     assert len(windows) == len(shard_windows[key])
     for w, x in zip(windows, ours):
       expected, valid = shard_windows[key][w.index]

@@ -11,7 +11,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from eval import crossval, metrics, predictions, report, statistics
+from eval import report, statistics
+from train import crossval, metrics, predictions, rundir
 from pipelines.datasets import percepiano, taxonomy
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -81,7 +82,7 @@ def _baseline_from(source: pathlib.Path, target: pathlib.Path, noise: float) -> 
   (target / crossval.SUMMARY).write_text(json.dumps(summary))
   rng = np.random.default_rng(0)
   for fold in target.iterdir():
-    for path in (fold / predictions.DIRECTORY).glob("*.npz") if fold.is_dir() else []:
+    for path in (fold / rundir.PREDICTIONS).glob("*.npz") if fold.is_dir() else []:
       p = predictions.load(path)
       dataclasses.replace(p, predictions=p.labels + noise * rng.normal(size=p.labels.shape)
                           ).save(path)
@@ -149,12 +150,12 @@ def test_a_zero_ceiling_gives_no_ratio_instead_of_dividing_by_zero():
 
 def _fake_crossval(root: pathlib.Path, p: predictions.Predictions, folds_done: list[int],
                    test: bool, backbone: str = "ast") -> pathlib.Path:
-  """An eval.crossval directory as the CLI leaves it: summary, finished runs' results and
+  """An train.crossval directory as the CLI leaves it: summary, finished runs' results and
   predictions (fold k predicts its own passages; the test run all of `p`)."""
   config = {"task": "finetune", "model": {"backbone": backbone, "head": "grouped"},
             "init": {"checkpoint": ""}, "size": "tiny"}
   (root).mkdir(parents=True)
-  # The summary as eval.crossval writes it: every fold listed, finished or not.
+  # The summary as train.crossval writes it: every fold listed, finished or not.
   (root / crossval.SUMMARY).write_text(json.dumps({
       "split": "piece", "folds": [0, 1], "config": config,
       "runs": {str(k): {"finished": k in folds_done} for k in (0, 1)}}))

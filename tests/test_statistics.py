@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-import scipy.stats
 
-from eval import metrics, statistics
+from eval import statistics
+from train import metrics
 
 
 def _bivariate(rng, n, rho):

@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from eval import metrics, predictions
+from train import metrics, predictions, rundir
 from model import targets
 from train import metric_writer
 
@@ -90,7 +90,7 @@ def wait_for_step(proc: subprocess.Popen, workdir: pathlib.Path, step: int, time
   while time.time() < deadline:
     if proc.poll() is not None:
       raise AssertionError(f"trainer exited early ({proc.returncode}): {proc.stdout.read()[-3000:]}")
-    if ((workdir / metric_writer.METRICS_FILE).exists() and max(losses(workdir), default=0) >= step
+    if ((workdir / rundir.METRICS).exists() and max(losses(workdir), default=0) >= step
         and (not checkpointed or _complete_checkpoints(workdir))):
       return
     time.sleep(0.05)

@@ -21,8 +21,8 @@ import pathlib
 import grain
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+from train import rundir
 
-CHECKPOINTS = "checkpoints"
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -98,8 +98,8 @@ def locate(path: str | pathlib.Path) -> tuple[pathlib.Path, int | None]:
   path = pathlib.Path(path).absolute()
   if not path.exists():
     raise CheckpointNotFoundError(f"{path} does not exist")
-  if (path / CHECKPOINTS).is_dir():
-    return path / CHECKPOINTS, None
+  if (path / rundir.CHECKPOINTS).is_dir():
+    return path / rundir.CHECKPOINTS, None
   if path.name.isdigit() and (path / "state").is_dir():
     return path.parent, int(path.name)
   if any(p.name.isdigit() for p in path.iterdir()):

@@ -19,7 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train import trainer
+from train import configs, trainer
 
 FLAGS = flags.FLAGS
 
@@ -75,6 +75,11 @@ def main(argv: list[str]) -> None:
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """Console entry point (`ppt-train`)."""
   define_flags()
-  app.run(main)
+  app.run(main, argv=configs.resolve_argv(sys.argv))
+
+
+if __name__ == "__main__":
+  cli()

@@ -12,8 +12,8 @@ import json
 import math
 import pathlib
 from collections.abc import Mapping
+from train import rundir
 
-METRICS_FILE = "metrics.jsonl"
 
 
 class MetricWriter:
@@ -26,7 +26,7 @@ class MetricWriter:
       from tensorboardX import SummaryWriter
       workdir = pathlib.Path(workdir)
       self._tb = SummaryWriter(logdir=str(workdir / "tensorboard"), flush_secs=30)
-      self._jsonl = open(workdir / METRICS_FILE, "a", encoding="utf-8")
+      self._jsonl = open(workdir / rundir.METRICS, "a", encoding="utf-8")
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -47,5 +47,5 @@ class MetricWriter:
 
 def read(workdir: str | pathlib.Path) -> list[dict]:
   """The JSON-lines log of a run (for reports and tests)."""
-  path = pathlib.Path(workdir) / METRICS_FILE
+  path = pathlib.Path(workdir) / rundir.METRICS
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

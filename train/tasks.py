@@ -19,17 +19,16 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from eval import metrics as eval_metrics
-from eval import predictions as eval_predictions
+from train import metrics as val_metrics, rundir
+from train import predictions as prediction_files
 from model import ast, baselines, multitask, ssast, targets
 from pipelines import input_pipeline
 from pipelines.datasets import taxonomy
-from pipelines.shards import layout
+from pipelines.shards import metadata
 from train import sharding
 
 
 # The work directory's copy of the training data's feature settings (see Task.write_artifacts).
-DATA_METADATA = "data_metadata.json"
 
 
 class DataMismatchError(ValueError):
@@ -67,11 +66,7 @@ class Task:
       raise ValueError("config.data_dir is not set (--config.data_dir=SHARD_DIR)")
     self.config = config
     self.data_dir = pathlib.Path(config.data_dir)
-    path = self.data_dir / layout.METADATA
-    if not path.is_file():
-      raise FileNotFoundError(f"{self.data_dir} has no {layout.METADATA}: not the output "
-                              "of a pipelines job")
-    self.metadata = json.loads(path.read_text())
+    self.metadata = metadata.read(self.data_dir)
 
   @property
   def depth(self) -> int:
@@ -143,8 +138,8 @@ class Task:
     were made (windowing, trimming, normalisation statistics), which inference
     must repeat exactly, without the shards at hand.
     """
-    kept = {k: v for k, v in self.metadata.items() if k not in ("shards", "source_checksums")}
-    (workdir / DATA_METADATA).write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    kept = {k: v for k, v in self.metadata.raw.items() if k not in ("shards", "source_checksums")}
+    (workdir / rundir.DATA_METADATA).write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
 
   def write_evaluation(self, workdir: pathlib.Path, step: int) -> None:
     """Per-example outputs of the evaluation just run."""
@@ -220,15 +215,15 @@ class Finetuning(Task):
     self.model_config = finetuning_model_config(config)
     self.model = multitask.MultiTaskModel(self.model_config)
     fold = config.validation_fold
-    if self.metadata["dataset"] != "percepiano":
-      raise DataMismatchError(f"{self.data_dir} is a {self.metadata['dataset']!r} job's output; "
+    if self.metadata.dataset != "percepiano":
+      raise DataMismatchError(f"{self.data_dir} is a {self.metadata.dataset!r} job's output; "
                               "fine-tuning needs the PercePiano job's shards")
     # Performances are selected by key from the split table in the metadata, so one
     # set of shards serves both the piece and the performer split.
-    self.split = config.split or self.metadata["splits"]["shards_follow"]
+    self.split = config.split or self.metadata.splits["shards_follow"]
     if self.split not in ("piece", "performer"):
       raise ValueError(f"split {self.split!r} is not 'piece' or 'performer'")
-    assignment = self.metadata["splits"][self.split]
+    assignment = self.metadata.split_table(self.split)
     folds = sorted({int(v.removeprefix("fold")) for v in assignment.values()
                     if v.startswith("fold")})
     self.train_splits = self.eval_splits = ("train", "test")
@@ -246,12 +241,13 @@ class Finetuning(Task):
     if not self.train_keys or not self.eval_keys:
       raise DataMismatchError(f"the {self.split} split has no performances for training or for "
                               f"{eval_side}")
-    keys = sorted(set(self.metadata["splits"]["piece"]) | set(self.metadata["splits"]["performer"]))
+    keys = sorted(set(self.metadata.split_table("piece")) |
+                  set(self.metadata.split_table("performer")))
     self.key_ids = {k: i for i, k in enumerate(keys)}
     self.keys = tuple(keys)
     self.split_name = f"{self.split}/{eval_side}"
     self.normalizer = self._fit_targets()
-    self.last_predictions: eval_predictions.Predictions | None = None
+    self.last_predictions: prediction_files.Predictions | None = None
 
   def _fit_targets(self) -> targets.TargetNormalizer:
     """Per-dimension label statistics of the training windows (every host alike)."""
@@ -310,14 +306,14 @@ class Finetuning(Task):
     pick = lambda k: np.concatenate(parts[k])[real]
     predictions = self.normalizer.denormalize(pick("pred"))
     ids = pick("id")
-    pred, label, mask = eval_metrics.performance_means(ids, predictions, pick("label"),
+    pred, label, mask = val_metrics.performance_means(ids, predictions, pick("label"),
                                                        pick("mask"))
     unique, windows = np.unique(ids, return_counts=True)
-    self.last_predictions = eval_predictions.Predictions(
+    self.last_predictions = prediction_files.Predictions(
         keys=tuple(self.keys[i] for i in unique), predictions=pred, labels=label, mask=mask,
         windows=windows, split=self.split_name)
-    values = eval_metrics.per_dimension_pearson(pred, label, mask)
-    out = {f"val/{k}": v for k, v in eval_metrics.summarise(values).items()}
+    values = val_metrics.per_dimension_pearson(pred, label, mask)
+    out = {f"val/{k}": v for k, v in val_metrics.summarise(values).items()}
     out["val/performances"] = float(len(pred))
     out["val/mse"] = float(np.mean(((pred - label) ** 2)[mask]))
     return out
@@ -330,7 +326,7 @@ class Finetuning(Task):
   def write_evaluation(self, workdir: pathlib.Path, step: int) -> None:
     if self.last_predictions is not None:
       dataclasses.replace(self.last_predictions, step=step).save(
-          eval_predictions.path_for(workdir, step))
+          prediction_files.path_for(workdir, step))
 
 
 def _parse_weights(text: str) -> tuple[tuple[str, float], ...]:

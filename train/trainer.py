@@ -35,13 +35,11 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from pipelines import input_pipeline
-from train import checkpointing, optimizer, run_result, sharding, steps, tasks, warm_start
+from train import checkpointing, optimizer, rundir, sharding, steps, tasks, warm_start
 from train.metric_writer import MetricWriter
 from train.train_state import TrainState
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a killed job
-CONFIG_FILE = "config.json"
-RESULT_FILE = run_result.FILE
 
 
 class NonFiniteError(FloatingPointError):
@@ -106,7 +104,7 @@ class _Preemption:
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  path = workdir / CONFIG_FILE
+  path = workdir / rundir.CONFIG
   text = config.to_json_best_effort(indent=1, sort_keys=True) + "\n"
   if path.exists() and path.read_text() != text:
     old, new = json.loads(path.read_text()), json.loads(text)
@@ -227,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     train_iter = task.train_iterator()
     checkpointer = checkpointing.Checkpointer(
-        workdir / checkpointing.CHECKPOINTS, keep=config.checkpoint.keep,
+        workdir / rundir.CHECKPOINTS, keep=config.checkpoint.keep,
         best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,
         async_save=config.checkpoint.async_save)
     state, restored_from, earlier_seconds = None, None, 0.0
@@ -244,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       step = checkpointer.latest_step()
       state = checkpointer.restore(step, built.abstract_state, train_iter)
       restored_from = f"{checkpointer.directory}/{step}"
-      earlier_seconds = run_result.total_wall_seconds(run_result.read(workdir)) or 0.0
+      earlier_seconds = rundir.total_wall_seconds(rundir.read_result(workdir)) or 0.0
     else:
       state = initial_state()
     if restored_from:
@@ -325,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                   wall_seconds=round(seconds, 1),
                   total_wall_seconds=round(earlier_seconds + seconds, 1))
   if lead:
-    (workdir / RESULT_FILE).write_text(json.dumps(
+    (workdir / rundir.RESULT).write_text(json.dumps(
         {**dataclasses.asdict(result), "first_step": first_step,
          "restored_from": restored_from}, indent=1, default=float) + "\n")
   return result

@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from model import posemb
-from train import checkpointing
+from train import checkpointing, rundir
 
 
 class WarmStartError(ValueError):
@@ -133,4 +133,4 @@ def apply(params: Mapping[str, Any], source: Mapping[str, np.ndarray], source_na
 
 
 def write(report: Report, workdir: pathlib.Path) -> None:
-  (workdir / "warm_start.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+  (workdir / rundir.WARM_START).write_text(json.dumps(report.to_dict(), indent=1) + "\n")

@@ -163,9 +163,3 @@ def pad_or_crop(features: np.ndarray, num_frames: int = 1024) -> tuple[np.ndarra
   out[:valid] = features[:valid]
   return out, valid
 
-
-def normalize(features: np.ndarray, mean: float, std: float) -> np.ndarray:
-  """AST's normalisation `(x - mean) / (2 std)` with dataset statistics."""
-  if not std > 0:
-    raise ValueError(f"std must be positive, got {std}")
-  return ((features - mean) / (2.0 * std)).astype(np.float32)

@@ -11,26 +11,24 @@ define go to Beam (see jobs.py).
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from absl import app, flags
 
 from pipelines.beam import jobs, preprocess, writer
-from pipelines.shards import layout, records
+from pipelines.shards import layout, metadata, records
 
 FLAGS = flags.FLAGS
 
 
-def audio_record_sources(input_dir: str) -> tuple[list[preprocess.Source], dict]:
+def audio_record_sources(input_dir: str
+                         ) -> tuple[list[preprocess.Source], metadata.ShardMetadata]:
   """Sources from the clean-audio shards an earlier job stored, and that job's metadata."""
   root = pathlib.Path(input_dir)
-  metadata = json.loads((root / layout.METADATA).read_text())
+  meta = metadata.read(root)
   sources = []
-  for row in metadata["shards"]:
-    if row["kind"] != "audio":
-      continue
-    for data in layout.read_array_record(str(root / row["file"])):
+  for row in meta.shard_files("audio"):
+    for data in layout.read_array_record(str(root / row.file)):
       header, _ = records.decode(data)
       meta = tuple(sorted((k, v) for k, v in header.items() if k not in {
           "key", "split", "fold", "variant", "augmentation", "kind", "sample_rate",
@@ -42,21 +40,21 @@ def audio_record_sources(input_dir: str) -> tuple[list[preprocess.Source], dict]
   if not sources:
     raise app.UsageError(f"{input_dir} holds no audio shards (was it written with "
                          "--nowrite_audio?)")
-  return sources, metadata
+  return sources, meta
 
 
 def main(argv: list[str]) -> None:
-  sources, metadata = audio_record_sources(FLAGS.input_dir)
-  config = jobs.augment_config(metadata["dataset"])
+  sources, meta = audio_record_sources(FLAGS.input_dir)
+  config = jobs.augment_config(meta.dataset)
   if config.variants < 1:
     raise app.UsageError("--variants must be >= 1: the clean windows are already written")
   if config.domain != "audio":
     raise app.UsageError("pipelines.beam.augment_job works on stored audio: domain must be 'audio'")
-  jobs.run(metadata["dataset"], sources, argv[1:], filter_silent=metadata["dataset"] == "maestro",
+  jobs.run(meta.dataset, sources, argv[1:], filter_silent=meta.dataset == "maestro",
        job_flags=jobs.COMMON_FLAGS + ["input_dir", "seed"],
        source_checksums={"input_metadata": writer.file_sha256(
            str(pathlib.Path(FLAGS.input_dir) / layout.METADATA))},
-       split_info=metadata["splits"], first_variant=1, write_audio=False, augment=config)
+       split_info=meta.splits, first_variant=1, write_audio=False, augment=config)
 
 
 def define_flags() -> None:
@@ -68,10 +66,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Augmentation seed.")
 
 
-def run() -> None:
+def cli() -> None:
   """Console entry point (`ppt-shards-augment`)."""
   jobs.run_main(define_flags, main)
 
 
 if __name__ == "__main__":
-  run()
+  cli()

@@ -70,10 +70,10 @@ def define_flags() -> None:
                      "compositions, held out for validation.")
 
 
-def run() -> None:
+def cli() -> None:
   """Console entry point (`ppt-shards-maestro`)."""
   jobs.run_main(define_flags, main)
 
 
 if __name__ == "__main__":
-  run()
+  cli()

@@ -71,10 +71,10 @@ def define_flags() -> None:
                     "Performer split: the test performers (key tokens).")
 
 
-def run() -> None:
+def cli() -> None:
   """Console entry point (`ppt-shards-percepiano`)."""
   jobs.run_main(define_flags, main)
 
 
 if __name__ == "__main__":
-  run()
+  cli()

@@ -51,7 +51,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
                                                   StandardOptions, WorkerOptions)
 
-from pipelines.audio import augmentation, decode, features, render, windowing
+from pipelines.audio import augmentation, decode, features, frontend, render, windowing
 from pipelines.beam import writer
 from pipelines.shards import layout, records
 
@@ -169,8 +169,7 @@ class ProcessRecording(beam.DoFn):
         params = augmentation.draw(self._config.augment, source.key, variant)
         samples = self._variant_samples(source, clean, params)
         stage = "features"
-        logmel = features.log_mel(samples)
-        windows = windowing.cut(logmel, self._config.window)
+        windows = frontend.windows(samples, self._config.window)
         if not windows:
           raise decode.EmptyAudioError(source.key, "shorter than one 25 ms frame")
         mask = augmentation.label_mask(self._config.augment, params)

@@ -293,6 +293,11 @@ def main(argv):
         f"{summary['maestro_hours']:.2f} h of MAESTRO-layout audio to {summary['output_dir']}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """Console entry point (`ppt-make-corpus`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -31,6 +31,9 @@ import numpy as np
 
 MAGIC = b"PPTR"
 VERSION = 1
+# Log-mel values are stored as little-endian float16: half the bytes, below the front end's
+# own precision.
+FEATURE_DTYPE = np.dtype("<f2")
 _PREFIX = struct.Struct("<4sBI")
 
 SPEC = {
@@ -64,7 +67,7 @@ def encode_window(header: dict, features: np.ndarray, labels: np.ndarray | None 
     raise ValueError(f"label mask {mask.shape} does not match labels {labels.shape}")
   full = dict(header, kind="window", num_mel_bins=features.shape[0],
               num_frames=features.shape[1], num_labels=labels.shape[0])
-  payload = (features.astype("<f2").tobytes() + labels.astype("<f4").tobytes()
+  payload = (features.astype(FEATURE_DTYPE).tobytes() + labels.astype("<f4").tobytes()
              + mask.tobytes())
   return _pack(full, payload)
 
@@ -98,7 +101,7 @@ def decode(record: bytes) -> tuple[dict, dict[str, np.ndarray]]:
       sizes = (2 * mel * frames, 4 * n, n)
       if len(payload) != sum(sizes):
         raise RecordError(f"window payload is {len(payload)} bytes, header implies {sum(sizes)}")
-      features = np.frombuffer(payload[:sizes[0]], "<f2").reshape(mel, frames)
+      features = np.frombuffer(payload[:sizes[0]], FEATURE_DTYPE).reshape(mel, frames)
       labels = np.frombuffer(payload[sizes[0]:sizes[0] + sizes[1]], "<f4")
       mask = np.frombuffer(payload[sizes[0] + sizes[1]:], np.uint8).astype(bool)
       return header, {"features": features, "labels": labels, "label_mask": mask}

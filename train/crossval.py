@@ -1,6 +1,6 @@
 """Cross-validation over PercePiano's piece or performer split, resumable fold by fold.
 
-  python -m eval.crossval --config=train/configs/finetune.py:tiny --workdir=W \
+  python -m train.crossval --config=train/configs/finetune.py:tiny --workdir=W \
       --split=piece --config.data_dir=SHARDS [--folds=0,1] [--test] [--config.x=y ...]
 
 Fold k trains on the split's other folds and validates on fold k, in
@@ -31,10 +31,9 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from eval import metrics, predictions
 from pipelines.datasets import taxonomy
-from pipelines.shards import layout
-from train import run_result, trainer
+from pipelines.shards import metadata
+from train import configs, metrics, predictions, rundir, trainer
 
 SUMMARY = "crossval.json"
 TEST = "test"
@@ -51,11 +50,9 @@ def fold_dir(workdir: pathlib.Path, fold: int | str) -> pathlib.Path:
 
 def split_folds(data_dir: str | pathlib.Path, split: str) -> list[int]:
   """The cross-validation folds of `split` in the shards' split table."""
-  metadata = json.loads((pathlib.Path(data_dir) / layout.METADATA).read_text())
   if split not in ("piece", "performer"):
     raise CrossValidationError(f"--split must be 'piece' or 'performer', got {split!r}")
-  table = metadata["splits"][split]
-  return sorted({int(v.removeprefix("fold")) for v in table.values() if v.startswith("fold")})
+  return metadata.read(data_dir).folds(split)
 
 
 def parse_folds(value: str) -> list[int] | None:
@@ -72,7 +69,7 @@ def parse_folds(value: str) -> list[int] | None:
 
 
 def finished(directory: pathlib.Path) -> bool:
-  return run_result.finished(run_result.read(directory))
+  return rundir.finished(rundir.read_result(directory))
 
 
 def fold_config(config: ml_collections.ConfigDict, split: str, fold: int | str
@@ -94,7 +91,7 @@ def fold_predictions(workdir: str | pathlib.Path) -> list[predictions.Prediction
   missing = [k for k in summary["folds"] if not finished(fold_dir(workdir, k))]
   if missing:
     raise CrossValidationError(f"{workdir}: folds {missing} are not finished; run "
-                               "eval.crossval again to complete them")
+                               "train.crossval again to complete them")
   return [predictions.load_final(fold_dir(workdir, k)) for k in summary["folds"]]
 
 
@@ -114,7 +111,7 @@ def available_sets(workdir: str | pathlib.Path) -> dict[str, bool]:
 def read_summary(workdir: str | pathlib.Path) -> dict:
   path = pathlib.Path(workdir) / SUMMARY
   if not path.is_file():
-    raise FileNotFoundError(f"{workdir} has no {SUMMARY}: not an eval.crossval directory")
+    raise FileNotFoundError(f"{workdir} has no {SUMMARY}: not an train.crossval directory")
   try:
     return json.loads(path.read_text())
   except json.JSONDecodeError as e:
@@ -145,8 +142,8 @@ def _summarise(workdir: pathlib.Path, config, split: str, folds: list[int], test
     directory = fold_dir(workdir, k)
     entry = {"directory": directory.name, "finished": finished(directory)}
     if entry["finished"]:
-      result = run_result.read(directory)
-      entry["wall_seconds"] = run_result.total_wall_seconds(result)
+      result = rundir.read_result(directory)
+      entry["wall_seconds"] = rundir.total_wall_seconds(result)
       loaded[k] = predictions.load_final(directory)
       entry["scores"] = _scores(loaded[k])
     summary["runs"][str(k)] = entry
@@ -234,7 +231,7 @@ def main(argv):
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Fine-tuning config file[:variant].",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "One directory per fold, plus crossval.json.",
@@ -244,4 +241,13 @@ if __name__ == "__main__":
                       "only the --test run).")
   flags.DEFINE_bool("test", False, "Also train on every fold and evaluate the test set once.")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+
+
+def cli() -> None:
+  """Console entry point (`ppt-crossval`)."""
+  define_flags()
+  app.run(main, argv=configs.resolve_argv(sys.argv))
+
+
+if __name__ == "__main__":
+  cli()

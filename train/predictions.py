@@ -23,8 +23,8 @@ import pathlib
 import numpy as np
 
 from pipelines.datasets import percepiano, taxonomy
+from train import rundir
 
-DIRECTORY = "predictions"
 
 
 class PredictionsError(ValueError):
@@ -98,18 +98,18 @@ def load(path: str | pathlib.Path) -> Predictions:
 
 
 def steps(workdir: str | pathlib.Path) -> list[int]:
-  directory = pathlib.Path(workdir) / DIRECTORY
+  directory = pathlib.Path(workdir) / rundir.PREDICTIONS
   return sorted(int(p.stem) for p in directory.glob("*.npz") if p.stem.isdigit())
 
 
 def path_for(workdir: str | pathlib.Path, step: int) -> pathlib.Path:
-  return pathlib.Path(workdir) / DIRECTORY / f"{step}.npz"
+  return pathlib.Path(workdir) / rundir.PREDICTIONS / f"{step}.npz"
 
 
 def load_final(workdir: str | pathlib.Path) -> Predictions:
   """The last evaluation of a run (the model the run ended with, not the best-on-validation)."""
   found = steps(workdir)
   if not found:
-    raise FileNotFoundError(f"{workdir} has no {DIRECTORY}/<step>.npz: not a finished "
+    raise FileNotFoundError(f"{workdir} has no {rundir.PREDICTIONS}/<step>.npz: not a finished "
                             "fine-tuning run")
   return load(path_for(workdir, found[-1]))

@@ -1,0 +1,103 @@
+"""A Beam job's `metadata.json`, read once and typed.
+
+The job (pipelines.beam.preprocess.finalize) writes it last, after every shard, so
+its presence means the output is complete. Everything downstream asks it the same
+few questions — which shard files hold which split and kind, the normalisation
+statistics, the split tables, the job's flags — and before this module each reader
+parsed the JSON by hand, with its own error for a missing or damaged file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Sequence
+
+from pipelines.shards import layout
+
+
+class MetadataError(ValueError):
+  """metadata.json is missing, not JSON, or lacks a field a reader needs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardFile:
+  """One row of `shards`: a file of one kind, split and format."""
+
+  file: str
+  kind: str  # "windows" or "audio"
+  split: str
+  format: str
+  records: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardMetadata:
+  root: pathlib.Path
+  raw: dict  # the whole document, for fields no typed accessor covers
+
+  @property
+  def dataset(self) -> str:
+    return self.raw["dataset"]
+
+  @property
+  def config(self) -> dict:
+    """The job's resolved flags (window_s, hop_s, augment_config, ...)."""
+    return self.raw.get("config", {})
+
+  @property
+  def splits(self) -> dict:
+    """The split tables: "shards_follow", and key -> "test" / "fold<k>" per split."""
+    return self.raw["splits"]
+
+  def split_table(self, split: str) -> dict[str, str]:
+    try:
+      return self.raw["splits"][split]
+    except KeyError:
+      raise MetadataError(f"{self.root}: no {split!r} split table (a "
+                          f"{self.raw.get('dataset')!r} job's output?)") from None
+
+  def folds(self, split: str) -> list[int]:
+    """The cross-validation folds of `split`, in order."""
+    return sorted({int(v.removeprefix("fold")) for v in self.split_table(split).values()
+                   if v.startswith("fold")})
+
+  def test_keys(self, split: str) -> list[str]:
+    return sorted(k for k, v in self.split_table(split).items() if v == "test")
+
+  @property
+  def normalization(self) -> tuple[float, float]:
+    """(mean, std) of the training windows' log-mel values."""
+    norm = self.raw.get("normalization", {})
+    if norm.get("mean") is None or not norm.get("std"):
+      raise MetadataError(f"{self.root}: metadata has no normalisation statistics")
+    return float(norm["mean"]), float(norm["std"])
+
+  def shard_files(self, kind: str, *, splits: Sequence[str] | None = None,
+                  fmt: str = "array_record") -> list[ShardFile]:
+    """Non-empty shard files of `kind` in `fmt`, in the metadata's (file name) order."""
+    return [ShardFile(file=r["file"], kind=r["kind"], split=r["split"], format=r["format"],
+                      records=r["records"])
+            for r in self.raw["shards"]
+            if r["kind"] == kind and r["format"] == fmt and r["records"]
+            and (splits is None or r["split"] in splits)]
+
+
+def read(root: str | pathlib.Path) -> ShardMetadata:
+  """The metadata of the job output in `root`; a clear error when it is not one."""
+  root = pathlib.Path(root)
+  path = root / layout.METADATA
+  if not path.is_file():
+    raise FileNotFoundError(f"{root} has no {layout.METADATA}: not the finished output of a "
+                            "pipelines.beam job")
+  try:
+    raw = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise MetadataError(f"{path} is not valid JSON ({e}); rerun the job") from None
+  missing = [k for k in ("dataset", "shards", "splits") if k not in raw] \
+      if isinstance(raw, dict) else None
+  if missing is None or missing:
+    raise MetadataError(f"{path} lacks {missing or 'an object'}: not a pipelines.beam job's "
+                        "metadata")
+  return ShardMetadata(root=root, raw=raw)
