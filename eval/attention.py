@@ -532,6 +532,7 @@ def main(argv: list[str]) -> None:
 
 def cli() -> None:
   """Console entry point (`ppt-attention`)."""
+  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
   define_flags()
   app.run(main)
 

@@ -181,6 +181,7 @@ def main(argv):
 
 def cli() -> None:
   """Console entry point (`ppt-ceiling`)."""
+  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
   from absl import app, flags
   flags.DEFINE_string("percepiano_dir", None, "A PercePiano-layout release (labels + raw CSV).")
   flags.DEFINE_integer("splits", DEFAULT_SPLITS, "Random split-halves averaged.")

@@ -511,6 +511,7 @@ def main(argv: list[str]) -> int:
 
 def cli() -> None:
   """Console entry point (`ppt-predict`)."""
+  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
   from absl import app
   _define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

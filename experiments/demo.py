@@ -147,6 +147,7 @@ def main(argv):
 
 def cli() -> None:
   """Console entry point (`ppt-demo`)."""
+  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
   define_flags()
   app.run(main)
 

@@ -269,6 +269,7 @@ def main(argv):
 
 def cli() -> None:
   """Console entry point (`ppt-benchmark`)."""
+  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
   define_flags()
   app.run(main)
 

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import soundfile
+import sys
 from absl import app, flags, logging
 
 from pipelines.audio import features, render
@@ -166,6 +167,7 @@ def main(argv):
 
 def cli() -> None:
   """Console entry point (`ppt-walkthrough`)."""
+  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
   define_flags()
   app.run(main)
 

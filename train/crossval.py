@@ -245,6 +245,7 @@ def define_flags() -> None:
 
 def cli() -> None:
   """Console entry point (`ppt-crossval`)."""
+  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
   define_flags()
   app.run(main, argv=configs.resolve_argv(sys.argv))
 

@@ -77,6 +77,7 @@ def main(argv: list[str]) -> None:
 
 def cli() -> None:
   """Console entry point (`ppt-train`)."""
+  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
   define_flags()
   app.run(main, argv=configs.resolve_argv(sys.argv))
 

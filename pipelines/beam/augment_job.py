@@ -25,9 +25,9 @@ def audio_record_sources(input_dir: str
                          ) -> tuple[list[preprocess.Source], metadata.ShardMetadata]:
   """Sources from the clean-audio shards an earlier job stored, and that job's metadata."""
   root = pathlib.Path(input_dir)
-  meta = metadata.read(root)
+  stored = metadata.read(root)
   sources = []
-  for row in meta.shard_files("audio"):
+  for row in stored.shard_files("audio"):
     for data in layout.read_array_record(str(root / row.file)):
       header, _ = records.decode(data)
       meta = tuple(sorted((k, v) for k, v in header.items() if k not in {
@@ -40,21 +40,21 @@ def audio_record_sources(input_dir: str
   if not sources:
     raise app.UsageError(f"{input_dir} holds no audio shards (was it written with "
                          "--nowrite_audio?)")
-  return sources, meta
+  return sources, stored
 
 
 def main(argv: list[str]) -> None:
-  sources, meta = audio_record_sources(FLAGS.input_dir)
-  config = jobs.augment_config(meta.dataset)
+  sources, stored = audio_record_sources(FLAGS.input_dir)
+  config = jobs.augment_config(stored.dataset)
   if config.variants < 1:
     raise app.UsageError("--variants must be >= 1: the clean windows are already written")
   if config.domain != "audio":
     raise app.UsageError("pipelines.beam.augment_job works on stored audio: domain must be 'audio'")
-  jobs.run(meta.dataset, sources, argv[1:], filter_silent=meta.dataset == "maestro",
+  jobs.run(stored.dataset, sources, argv[1:], filter_silent=stored.dataset == "maestro",
        job_flags=jobs.COMMON_FLAGS + ["input_dir", "seed"],
        source_checksums={"input_metadata": writer.file_sha256(
            str(pathlib.Path(FLAGS.input_dir) / layout.METADATA))},
-       split_info=meta.splits, first_variant=1, write_audio=False, augment=config)
+       split_info=stored.splits, first_variant=1, write_audio=False, augment=config)
 
 
 def define_flags() -> None:
@@ -68,7 +68,7 @@ def define_flags() -> None:
 
 def cli() -> None:
   """Console entry point (`ppt-shards-augment`)."""
-  jobs.run_main(define_flags, main)
+  jobs.run_main(define_flags, main, __doc__)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import pathlib
+import sys
 
 import ml_collections
 from absl import app, flags
@@ -119,8 +120,9 @@ COMMON_FLAGS = ["output_dir", "overwrite", "window_s", "hop_s", "silence_db", "f
            "variants"]
 
 
-def run_main(define, main) -> None:
-  """absl entry point that hands flags it does not know to Beam."""
+def run_main(define, main, doc: str) -> None:
+  """absl entry point that hands flags it does not know to Beam; `doc` is what --help prints."""
+  sys.modules["__main__"].__doc__ = doc
   # Beam's local runner relays every worker's INFO lines; keep the job's own output readable.
   std_logging.getLogger("apache_beam").setLevel(std_logging.WARNING)
   define()

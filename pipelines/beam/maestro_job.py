@@ -72,7 +72,7 @@ def define_flags() -> None:
 
 def cli() -> None:
   """Console entry point (`ppt-shards-maestro`)."""
-  jobs.run_main(define_flags, main)
+  jobs.run_main(define_flags, main, __doc__)
 
 
 if __name__ == "__main__":

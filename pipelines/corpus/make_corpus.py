@@ -36,6 +36,7 @@ import tempfile
 
 import numpy as np
 import soundfile
+import sys
 from absl import app, flags, logging
 
 from pipelines.audio import render
@@ -295,6 +296,7 @@ def main(argv):
 
 def cli() -> None:
   """Console entry point (`ppt-make-corpus`)."""
+  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
   define_flags()
   app.run(main)
 
