@@ -1,7 +1,10 @@
 """What can go wrong turning PyTorch weights into our parameters.
 
 Every error is a `ConversionError`, itself a `ValueError`, so the command line
-(and any caller) catches them all with one `except`.
+(and any caller) catches them all with one `except`. `CheckpointNotFoundError`
+is also the trainer's (`train.checkpointing` re-exports it): a missing weights
+file and a missing training checkpoint are the same failure to a caller, and
+both are `FileNotFoundError`s.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ class ConversionError(ValueError):
 
 
 class CheckpointNotFoundError(ConversionError, FileNotFoundError):
-  """The checkpoint file does not exist."""
+  """The checkpoint (a weights file, or a training run's checkpoint) does not exist."""
 
 
 class UnknownFormatError(ConversionError):
