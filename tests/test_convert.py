@@ -9,7 +9,7 @@ pattern (hence the q/k/v and head layout) matters to the output.
 
 The other layouts (transformers 4.x names, the original AST's fused `qkv`,
 SSAST) are built here from the oracle's weights with rename tables written
-independently of convert.py's, and must give the same parameters.
+independently of model/convert/rules.py's, and must give the same parameters.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import safetensors.torch
 import torch
 from transformers import ASTConfig, ASTModel
 
-from model import ast, convert
+from model import ast
+from model.convert import conversion, errors, loading, merging
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-4  # max abs, float32 (measured ~5e-6 at 2 layers)
@@ -92,7 +93,7 @@ class _Oracle:
     self.features = torch.randn(2, 1024, 128, generator=torch.Generator().manual_seed(1))
     self.pooled, self.tokens = _hf_outputs(self.model, self.features)
     self.config = ast.EncoderConfig(**SMALL, layer_norm_eps=1e-6)
-    self.params, self.report = convert.convert(self.state, self.config)
+    self.params, self.report = conversion.convert(self.state, self.config)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +138,7 @@ def test_report_and_tree(oracle):
 def test_safetensors_file(oracle, tmp_path):
   path = tmp_path / "model.safetensors"
   safetensors.torch.save_file(oracle.model.state_dict(), str(path))
-  params, report = convert.convert(convert.load_state_dict(path), oracle.config)
+  params, report = conversion.convert(loading.load_state_dict(path), oracle.config)
   _assert_trees_equal(params, oracle.params)
   pooled, tokens = _ours(params, oracle.config, oracle.features)
   assert _max_err(pooled, oracle.pooled) < TOLERANCE
@@ -166,7 +167,7 @@ def test_torch_save(oracle, tmp_path, wrap, suffix):
     obj = state
   path = tmp_path / f"weights{suffix}"
   torch.save(obj, path)
-  params, report = convert.convert(convert.load_state_dict(path), oracle.config)
+  params, report = conversion.convert(loading.load_state_dict(path), oracle.config)
   _assert_trees_equal(params, oracle.params)
   assert report.unused == unused and report.missing == {}
 
@@ -175,9 +176,9 @@ def test_bfloat16_safetensors(oracle, tmp_path):
   path = tmp_path / "bf16.safetensors"
   safetensors.torch.save_file({k: v.to(torch.bfloat16) for k, v in oracle.state.items()},
                               str(path))
-  state = convert.load_state_dict(path)
+  state = loading.load_state_dict(path)
   assert state["layernorm.weight"].dtype == np.float32
-  params, _ = convert.convert(state, oracle.config)
+  params, _ = conversion.convert(state, oracle.config)
   expected = oracle.state["layers.0.mlp.fc1.weight"].to(torch.bfloat16).float().numpy().T
   np.testing.assert_array_equal(params["blocks"]["mlp"]["fc1"]["kernel"][0], expected)
 
@@ -213,7 +214,7 @@ def test_transformers_4x_names(oracle):
   assert "encoder.layer.1.attention.attention.value.bias" in state
   hub = {f"audio_spectrogram_transformer.{k}": v for k, v in state.items()}
   hub["classifier.dense.bias"] = torch.zeros(527)
-  params, report = convert.convert(hub, oracle.config)
+  params, report = conversion.convert(hub, oracle.config)
   assert report.naming == "transformers 4.x"
   assert report.unused == ["classifier.dense.bias"] and report.missing == {}
   _assert_trees_equal(params, oracle.params)
@@ -252,12 +253,12 @@ def test_original_ast_layout(oracle):
   state = _to_original_ast(oracle.state, SMALL["depth"])
   state["module.mlp_head.0.weight"] = torch.ones(192)
   state["module.mlp_head.1.weight"] = torch.zeros(527, 192)
-  assert convert.detect_source(state) == "ast"
-  params, report = convert.convert(state, oracle.config)
+  assert conversion.detect_source(state) == "ast"
+  params, report = conversion.convert(state, oracle.config)
   assert (report.source, report.missing) == ("ast", {})
   assert report.unused == ["module.mlp_head.0.weight", "module.mlp_head.1.weight"]
   _assert_trees_equal(params, oracle.params)
-  _assert_trees_equal(convert.from_ast(state, oracle.config)[0], oracle.params)
+  _assert_trees_equal(conversion.from_ast(state, oracle.config)[0], oracle.params)
 
 
 def test_ssast_layout_one_token_and_heads(oracle):
@@ -268,9 +269,9 @@ def test_ssast_layout_one_token_and_heads(oracle):
            for j, kind, shape in ((0, "weight", (192, 192)), (0, "bias", (192,)),
                                   (2, "weight", (256, 192)), (2, "bias", (256,)))}
   state.update(heads, **{"module.mask_embed": torch.randn(1, 1, 192, generator=g)})
-  assert convert.detect_source(state) == "ssast"
+  assert conversion.detect_source(state) == "ssast"
   config = oracle.config.replace(num_tokens=1, pooling="patches")
-  params, report = convert.convert(state, config)
+  params, report = conversion.convert(state, config)
   assert (report.source, report.num_tokens, report.missing, report.unused) == ("ssast", 1, {}, [])
   assert sorted(params) == ["discriminative", "encoder", "generative"]
   encoder = dict(params["encoder"])
@@ -324,7 +325,7 @@ _SSAST_CONFIG = ast.EncoderConfig(width=32, depth=1, heads=2, mlp_dim=64, freq_s
 @pytest.mark.parametrize("tokens", [1, 2])
 def test_ssast_token_count(tokens):
   state = _ssast_state(tokens=tokens)
-  params, report = convert.from_ssast(state, _SSAST_CONFIG.replace(num_tokens=tokens))
+  params, report = conversion.from_ssast(state, _SSAST_CONFIG.replace(num_tokens=tokens))
   assert report.num_tokens == tokens and report.pos_embed_grid == (8, 64)
   enc = params["encoder"]
   assert enc["tokens"].shape == (tokens, 32) and enc["pos_embed"].shape == (8, 64, 32)
@@ -336,22 +337,22 @@ def test_ssast_token_count(tokens):
   np.testing.assert_array_equal(enc["blocks"]["attn"]["qkv"]["kernel"][0, :, 1, 1],
                                 qkv[32 + 16:32 + 32].T)
   # A config expecting the other token count is refused, naming the fix.
-  with pytest.raises(convert.ConfigMismatchError, match=f"num_tokens={tokens}"):
-    convert.from_ssast(state, _SSAST_CONFIG.replace(num_tokens=3 - tokens))
+  with pytest.raises(errors.ConfigMismatchError, match=f"num_tokens={tokens}"):
+    conversion.from_ssast(state, _SSAST_CONFIG.replace(num_tokens=3 - tokens))
 
 
 def test_ssast_token_conflict():
   state = _ssast_state(tokens=2)
   state["module.v.pos_embed"] = state["module.v.pos_embed"][:, 1:]  # 1 + 512 rows
-  with pytest.raises(convert.ConfigMismatchError, match="leaves 1 token row"):
-    convert.from_ssast(state, _SSAST_CONFIG)
+  with pytest.raises(errors.ConfigMismatchError, match="leaves 1 token row"):
+    conversion.from_ssast(state, _SSAST_CONFIG)
 
 
 def test_ssast_pretraining_grid_differs_from_config():
   # Pre-trained at 16x16 stride on 128x1024, to be fine-tuned at stride 10.
   state = _ssast_state(tokens=2, p_input=(128, 1024))
   config = _SSAST_CONFIG.replace(freq_stride=10, time_stride=10)
-  params, report = convert.from_ssast(state, config)
+  params, report = conversion.from_ssast(state, config)
   assert report.pos_embed_grid == (8, 64) and report.config_grid == (12, 101)
   assert report.resize_needed and any("p_input_fdim" in n for n in report.notes)
   assert params["encoder"]["pos_embed"].shape == (8, 64, 32)
@@ -360,13 +361,13 @@ def test_ssast_pretraining_grid_differs_from_config():
 
 def test_shorter_clip_grid_keeps_frequency_rows():
   state = _ssast_state(tokens=2, grid=(8, 32))  # pre-trained on 512 frames, no size record
-  params, report = convert.from_ssast(state, _SSAST_CONFIG)
+  params, report = conversion.from_ssast(state, _SSAST_CONFIG)
   assert report.pos_embed_grid == (8, 32) and report.resize_needed
   np.testing.assert_array_equal(params["encoder"]["pos_embed"][1, 0],
                                 state["module.v.pos_embed"][0, 2 + 32])
-  with pytest.raises(convert.ConfigMismatchError, match="pos_grid"):
-    convert.from_ssast(_ssast_state(tokens=2, grid=(7, 33)), _SSAST_CONFIG)
-  params, report = convert.from_ssast(_ssast_state(tokens=2, grid=(7, 33)), _SSAST_CONFIG,
+  with pytest.raises(errors.ConfigMismatchError, match="pos_grid"):
+    conversion.from_ssast(_ssast_state(tokens=2, grid=(7, 33)), _SSAST_CONFIG)
+  params, report = conversion.from_ssast(_ssast_state(tokens=2, grid=(7, 33)), _SSAST_CONFIG,
                                       pos_grid=(7, 33))
   assert params["encoder"]["pos_embed"].shape == (7, 33, 32)
 
@@ -377,34 +378,34 @@ def test_shorter_clip_grid_keeps_frequency_rows():
 def test_wrong_shape_names_the_key(oracle):
   state = dict(oracle.state)
   state["layers.1.mlp.fc1.weight"] = torch.zeros(767, 192)
-  with pytest.raises(convert.ShapeMismatchError) as e:
-    convert.convert(state, oracle.config)
+  with pytest.raises(errors.ShapeMismatchError) as e:
+    conversion.convert(state, oracle.config)
   message = str(e.value)
   assert "layers.1.mlp.fc1.weight" in message and "(767, 192)" in message
   assert "(768, 192)" in message and "mlp_dim" in message
-  with pytest.raises(convert.ShapeMismatchError, match="projection.weight.*width"):
-    convert.convert(oracle.state, oracle.config.replace(width=96))
+  with pytest.raises(errors.ShapeMismatchError, match="projection.weight.*width"):
+    conversion.convert(oracle.state, oracle.config.replace(width=96))
 
 
 def test_config_mismatch(oracle):
-  with pytest.raises(convert.ConfigMismatchError, match="2 layers.*depth is 3"):
-    convert.convert(oracle.state, oracle.config.replace(depth=3))
-  with pytest.raises(convert.UnknownFormatError, match="source='ast'"):
-    convert.convert(oracle.state, oracle.config, source="ast")
-  with pytest.raises(convert.UnknownFormatError, match="layout we know"):
-    convert.convert({"backbone.weight": np.zeros(3, np.float32)}, oracle.config)
+  with pytest.raises(errors.ConfigMismatchError, match="2 layers.*depth is 3"):
+    conversion.convert(oracle.state, oracle.config.replace(depth=3))
+  with pytest.raises(errors.UnknownFormatError, match="source='ast'"):
+    conversion.convert(oracle.state, oracle.config, source="ast")
+  with pytest.raises(errors.UnknownFormatError, match="layout we know"):
+    conversion.convert({"backbone.weight": np.zeros(3, np.float32)}, oracle.config)
 
 
 def test_missing_keys_are_reported(oracle):
   state = dict(oracle.state)
   del state["layers.1.attention.k_proj.bias"], state["layernorm.weight"]
-  params, report = convert.convert(state, oracle.config)
+  params, report = conversion.convert(state, oracle.config)
   assert report.missing == {"blocks/attn/qkv/bias": ["layers.1.attention.k_proj.bias"],
                             "norm/scale": ["layernorm.weight"]}
   assert "bias" not in params["blocks"]["attn"]["qkv"] and "scale" not in params["norm"]
   assert "kernel" in params["blocks"]["attn"]["qkv"]
-  with pytest.raises(convert.MissingWeightsError, match="layernorm.weight"):
-    convert.convert(state, oracle.config, strict=True)
+  with pytest.raises(errors.MissingWeightsError, match="layernorm.weight"):
+    conversion.convert(state, oracle.config, strict=True)
 
 
 class _Payload:
@@ -426,8 +427,8 @@ def test_malicious_pickle_is_refused(tmp_path, writer):
     path.write_bytes(pickle.dumps({"w": _Payload(marker)}))
   else:
     torch.save({"w": _Payload(marker)}, path)
-  with pytest.raises(convert.UnsafeCheckpointError, match="refuse to unpickle"):
-    convert.load_state_dict(path)
+  with pytest.raises(errors.UnsafeCheckpointError, match="refuse to unpickle"):
+    loading.load_state_dict(path)
   assert not marker.exists()
   # The payload is live: an unrestricted unpickler does run it.
   if writer == "pickle":
@@ -438,25 +439,25 @@ def test_malicious_pickle_is_refused(tmp_path, writer):
 
 
 def test_file_errors(tmp_path):
-  with pytest.raises(convert.CheckpointNotFoundError, match="no such"):
-    convert.load_state_dict(tmp_path / "absent.safetensors")
-  assert issubclass(convert.CheckpointNotFoundError, FileNotFoundError)
+  with pytest.raises(errors.CheckpointNotFoundError, match="no such"):
+    loading.load_state_dict(tmp_path / "absent.safetensors")
+  assert issubclass(errors.CheckpointNotFoundError, FileNotFoundError)
   (tmp_path / "weights.h5").write_bytes(b"\x89HDF")
-  with pytest.raises(convert.UnknownFormatError, match="'.h5'"):
-    convert.load_state_dict(tmp_path / "weights.h5")
+  with pytest.raises(errors.UnknownFormatError, match="'.h5'"):
+    loading.load_state_dict(tmp_path / "weights.h5")
   torch.save({"w": torch.zeros(100)}, tmp_path / "whole.pt")
   (tmp_path / "truncated.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:300])
-  with pytest.raises(convert.CorruptCheckpointError, match="not a readable PyTorch"):
-    convert.load_state_dict(tmp_path / "truncated.pt")
+  with pytest.raises(errors.CorruptCheckpointError, match="not a readable PyTorch"):
+    loading.load_state_dict(tmp_path / "truncated.pt")
   (tmp_path / "junk.safetensors").write_bytes(b"garbage")
-  with pytest.raises(convert.CorruptCheckpointError):
-    convert.load_state_dict(tmp_path / "junk.safetensors")
+  with pytest.raises(errors.CorruptCheckpointError):
+    loading.load_state_dict(tmp_path / "junk.safetensors")
   torch.save({"epoch": 3, "w": torch.zeros(2)}, tmp_path / "mixed.pt")
-  with pytest.raises(convert.UnknownFormatError, match="epoch"):
-    convert.load_state_dict(tmp_path / "mixed.pt")
-  for error in (convert.CheckpointNotFoundError, convert.UnsafeCheckpointError,
-                convert.ShapeMismatchError, convert.StructureMismatchError):
-    assert issubclass(error, convert.ConversionError) and issubclass(error, ValueError)
+  with pytest.raises(errors.UnknownFormatError, match="epoch"):
+    loading.load_state_dict(tmp_path / "mixed.pt")
+  for error in (errors.CheckpointNotFoundError, errors.UnsafeCheckpointError,
+                errors.ShapeMismatchError, errors.StructureMismatchError):
+    assert issubclass(error, errors.ConversionError) and issubclass(error, ValueError)
 
 
 # ------------------------------------------------------------------ merging into an init
@@ -464,7 +465,7 @@ def test_file_errors(tmp_path):
 
 def test_merge_into_keeps_boxes():
   config = _SSAST_CONFIG.replace(pooling="tokens")
-  converted, _ = convert.from_ast(_ssast_state(tokens=2), config)  # SSAST heads unused
+  converted, _ = conversion.from_ast(_ssast_state(tokens=2), config)  # SSAST heads unused
   model = ast.Encoder(config)
   features = jax.random.normal(jax.random.key(1), (1, 128, 1024))
   # The boxed tree `init` returns, without paying for its compilation (~8 s here):
@@ -472,25 +473,25 @@ def test_merge_into_keeps_boxes():
   abstract = jax.eval_shape(model.init, jax.random.key(0), features)["params"]
   initialised = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
   assert isinstance(initialised["pos_embed"], nn.LogicallyPartitioned)
-  merged = convert.merge_into(initialised, converted)
+  merged = merging.merge_into(initialised, converted)
   box = merged["blocks"]["attn"]["qkv"]["kernel"]
   assert isinstance(box, nn.LogicallyPartitioned)
   assert box.names == ("layers", "embed", None, "heads", "kv")
   assert isinstance(box.value, jax.Array)
   _assert_trees_equal(nn.meta.unbox(merged), converted)
   # The shape-only tree itself works too.
-  _assert_trees_equal(nn.meta.unbox(convert.merge_into(abstract, converted)), converted)
+  _assert_trees_equal(nn.meta.unbox(merging.merge_into(abstract, converted)), converted)
 
   wrong = jax.tree.map(lambda a: a, converted)
   wrong["pos_embed"] = wrong["pos_embed"][:, :50]
   wrong["extra"] = np.zeros(3, np.float32)
   del wrong["norm"]["bias"]
-  with pytest.raises(convert.StructureMismatchError) as e:
-    convert.merge_into(initialised, wrong)
+  with pytest.raises(errors.StructureMismatchError) as e:
+    merging.merge_into(initialised, wrong)
   for fragment in ("/pos_embed: converted shape (8, 50, 32), initialised (8, 64, 32)",
                    "/extra: converted but absent", "/norm/bias: initialised but not converted"):
     assert fragment in str(e.value)
-  partial = convert.merge_into(initialised, {"norm": {"scale": converted["norm"]["scale"]}},
+  partial = merging.merge_into(initialised, {"norm": {"scale": converted["norm"]["scale"]}},
                                strict=False)
   assert partial["pos_embed"] is initialised["pos_embed"]
 
@@ -498,22 +499,22 @@ def test_merge_into_keeps_boxes():
 def test_ssast_checkpoint_fits_our_models():
   """Pre-trained SSAST -> our SSAST tree as is, and -> a stride-10 encoder after resizing."""
   from model import posemb, ssast
-  converted, report = convert.from_ssast(_ssast_state(tokens=1, p_input=(128, 1024)),
-                                         _SSAST_CONFIG.replace(num_tokens=1))
+  converted, report = conversion.from_ssast(_ssast_state(tokens=1, p_input=(128, 1024)),
+                                            _SSAST_CONFIG.replace(num_tokens=1))
   model = ssast.SSAST(ssast.SSASTConfig(encoder=_SSAST_CONFIG.replace(num_tokens=1)))
   features = jnp.zeros((1, 128, 1024))
   rngs = {"params": jax.random.key(0), "masking": jax.random.key(1)}
   abstract = jax.eval_shape(model.init, rngs, features)["params"]
-  convert.merge_into(abstract, converted)  # strict: every parameter, every shape
+  merging.merge_into(abstract, converted)  # strict: every parameter, every shape
 
   fine_tune = _SSAST_CONFIG.replace(num_tokens=1, freq_stride=10, time_stride=10)
-  encoder, report = convert.from_ssast(_ssast_state(tokens=1, p_input=(128, 1024)), fine_tune)
+  encoder, report = conversion.from_ssast(_ssast_state(tokens=1, p_input=(128, 1024)), fine_tune)
   encoder = dict(encoder["encoder"])
   assert report.resize_needed and encoder["pos_embed"].shape[:2] == (8, 64)
   encoder["pos_embed"] = np.asarray(posemb.resize_grid(encoder["pos_embed"], fine_tune.grid))
   del encoder["mask_embed"]  # the fine-tuning encoder never masks
   abstract = jax.eval_shape(ast.Encoder(fine_tune).init, jax.random.key(0), features)["params"]
-  convert.merge_into(abstract, encoder)
+  merging.merge_into(abstract, encoder)
 
 
 # ------------------------------------------------------------------ command line
@@ -537,7 +538,7 @@ def test_cli_end_to_end(tmp_path):
   assert summary["report"]["missing"] == {} and summary["report"]["pos_embed_grid"] == [8, 64]
   with ocp.StandardCheckpointer() as checkpointer:
     restored = checkpointer.restore(out / "params")
-  expected, _ = convert.convert(model.state_dict(), config)
+  expected, _ = conversion.convert(model.state_dict(), config)
   _assert_trees_equal(restored, expected)
 
   again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -553,7 +554,7 @@ def test_base_size_matches_transformers():
   features = torch.randn(1, 1024, 128, generator=torch.Generator().manual_seed(1))
   pooled_hf, tokens_hf = _hf_outputs(model, features)
   config = ast.variant("base")
-  params, report = convert.convert(model.state_dict(), config)
+  params, report = conversion.convert(model.state_dict(), config)
   assert report.missing == {} and report.unused == []
   pooled, tokens = _ours(params, config, features)
   print(f"base: pooled {_max_err(pooled, pooled_hf):.2e}, tokens {_max_err(tokens, tokens_hf):.2e}")

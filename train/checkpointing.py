@@ -21,12 +21,12 @@ import pathlib
 import grain
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+# Re-exported as `checkpointing.CheckpointNotFoundError`: one class for a missing
+# checkpoint, a training run's or a weights file to convert (a FileNotFoundError,
+# and a ValueError through ConversionError, which every caller here catches too).
+from model.convert.errors import CheckpointNotFoundError  # noqa: F401
 from train import rundir
-
-
-
-class CheckpointNotFoundError(FileNotFoundError):
-  pass
 
 
 class Checkpointer:

@@ -25,11 +25,10 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import traverse_util
 
+from model import params as params_lib
 from model import posemb
 from train import checkpointing, rundir
 
@@ -86,7 +85,7 @@ def load_source(init: Mapping[str, str]) -> tuple[dict[str, np.ndarray], str, in
   if "patch_embed" not in encoder:
     raise WarmStartError(f"{source} holds no AST encoder parameters (top level: "
                          f"{sorted(params)})")
-  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(encoder, sep="/").items()}, source, step
+  return {k: np.asarray(v) for k, v in params_lib.flatten(encoder).items()}, source, step
 
 
 def apply(params: Mapping[str, Any], source: Mapping[str, np.ndarray], source_name: str,
@@ -95,41 +94,45 @@ def apply(params: Mapping[str, Any], source: Mapping[str, np.ndarray], source_na
   if "encoder" not in params:
     raise WarmStartError("the fine-tuning model has no AST encoder to warm-start "
                          "(backbone must be 'ast')")
-  flat = traverse_util.flatten_dict(params, sep="/")
   loaded, resized, initialised, problems = [], {}, [], []
-  for path, value in flat.items():
+  updates: dict[str, np.ndarray] = {}
+  for path, value in params_lib.flatten(params).items():
     name = path.removeprefix("encoder/")
-    if not path.startswith("encoder/"):
-      initialised.append(path)
-      continue
-    if name not in source:
+    if not path.startswith("encoder/") or name not in source:
       initialised.append(path)
       continue
     new = source[name]
-    if new.shape != value.shape:
-      if name == "pos_embed" and new.shape[-1] == value.shape[-1]:
-        resized[path] = f"{new.shape[0]}x{new.shape[1]} -> {value.shape[0]}x{value.shape[1]}"
-        new = np.asarray(posemb.resize_grid(new, value.shape[:2]))
-      elif (name in ("tokens", "token_pos_embed") and new.shape[1:] == value.shape[1:]
-            and new.shape[0] > value.shape[0]):
-        # AST checkpoints carry [CLS] + distillation; a one-token model keeps [CLS] (row 0).
-        resized[path] = f"{new.shape[0]} -> {value.shape[0]} token(s), kept the first"
-        new = new[:value.shape[0]]
-      else:
-        problems.append(f"{path}: source {new.shape}, model {value.shape}")
-        continue
-    else:
+    if new.shape == value.shape:
       loaded.append(path)
-    array = jax.numpy.asarray(new, dtype=value.dtype)
-    sharding = getattr(value, "sharding", None)
-    flat[path] = jax.device_put(array, sharding) if sharding is not None else array
+    else:
+      new, how = _fit(name, new, value.shape)
+      if new is None:
+        problems.append(f"{path}: source {source[name].shape}, model {value.shape}")
+        continue
+      resized[path] = how
+    updates[path] = new
+  # The shared placement: the model's dtype and sharding; the rest stays as initialised.
+  merged, misfits = params_lib.merge(params, params_lib.unflatten(updates), strict=False)
+  problems += misfits
   if problems:
     raise WarmStartError(f"{source_name} does not fit the model:\n  " + "\n  ".join(problems))
   used = {p.removeprefix("encoder/") for p in loaded} | {
       p.removeprefix("encoder/") for p in resized}
   report = Report(source=source_name, step=step, loaded=loaded, resized=resized,
                   initialised=initialised, unused=sorted(set(source) - used))
-  return traverse_util.unflatten_dict(flat, sep="/"), report
+  return merged, report
+
+
+def _fit(name: str, new: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
+  """`new` made to fit `shape` where a different size is expected, and how; else (None, "")."""
+  if name == "pos_embed" and new.shape[-1] == shape[-1]:
+    return (np.asarray(posemb.resize_grid(new, shape[:2])),
+            f"{new.shape[0]}x{new.shape[1]} -> {shape[0]}x{shape[1]}")
+  if (name in ("tokens", "token_pos_embed") and new.shape[1:] == shape[1:]
+      and new.shape[0] > shape[0]):
+    # AST checkpoints carry [CLS] + distillation; a one-token model keeps [CLS] (row 0).
+    return new[:shape[0]], f"{new.shape[0]} -> {shape[0]} token(s), kept the first"
+  return None, ""
 
 
 def write(report: Report, workdir: pathlib.Path) -> None:
