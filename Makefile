@@ -72,7 +72,7 @@ bench-model: $(STAMP)
 # The trainer's step vs a PyTorch training loop of the same model, tiny/small/base, plus the
 # compiled memory of every config's microbatch (~40 min on 2 cores).
 bench-train: $(STAMP)
-	$(BIN)/python benchmarks/train_speed.py --json reports/benchmarks/train_speed.json
+	$(BIN)/python benchmarks/train_speed.py --json reports/speed/train_speed.json
 
 # eval.predict end to end from a 120 s WAV, tiny/small/base + base levers, vs PyTorch (~8 min on 2 quiet cores).
 bench-predict: $(STAMP)

@@ -2,7 +2,7 @@
 
   python benchmarks/predict_speed.py [--variants tiny,small,base] [--seconds 120]
       [--reps 3] [--no-levers] [--torch_bf16]
-      [--json reports/benchmarks/predict_speed.json] [--txt reports/benchmarks/predict_speed.txt]
+      [--json reports/speed/predict_speed.json] [--txt reports/speed/predict_speed.txt]
 
 The input is a real recording's format: PercePiano MIDI clips (the real release
 if present, else a generated corpus) rendered back to back to `--seconds`,
@@ -186,8 +186,8 @@ def main() -> None:
   parser.add_argument("--torch_bf16", action="store_true")
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--workdir", default="/tmp/predict_speed")
-  parser.add_argument("--json", default="reports/benchmarks/predict_speed.json")
-  parser.add_argument("--txt", default="reports/benchmarks/predict_speed.txt")
+  parser.add_argument("--json", default="reports/speed/predict_speed.json")
+  parser.add_argument("--txt", default="reports/speed/predict_speed.txt")
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   t_start = time.perf_counter()

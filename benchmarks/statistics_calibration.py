@@ -1,6 +1,6 @@
 """Calibration of eval.statistics on simulations with known truth (larger than the tests').
 
-  python benchmarks/statistics_calibration.py [--trials=1000] [--out=reports/benchmarks/statistics_calibration.txt]
+  python benchmarks/statistics_calibration.py [--trials=1000] [--out=reports/calibration/statistics_calibration.txt]
 
 Reports, per setting: the 95 % percentile-bootstrap CI's coverage of the true
 Pearson r (overall and within passage), the type-I error at alpha = 0.05 of
@@ -77,7 +77,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--trials", type=int, default=1000)
   parser.add_argument("--resamples", type=int, default=2000)
-  parser.add_argument("--out", default="reports/benchmarks/statistics_calibration.txt")
+  parser.add_argument("--out", default="reports/calibration/statistics_calibration.txt")
   args = parser.parse_args()
   t0 = time.perf_counter()
   lines = [f"# python benchmarks/statistics_calibration.py --trials={args.trials} "

@@ -1,7 +1,7 @@
 """Trainer speed: our jitted train step against a PyTorch training loop of the same model.
 
   python benchmarks/train_speed.py [--variants tiny,small,base] [--dtypes float32,bfloat16]
-      [--reps 4] [--json reports/benchmarks/train_speed.json]
+      [--reps 4] [--json reports/speed/train_speed.json]
 
 For each variant of `train/configs/finetune.py` (AST at stride 10, 10.24 s
 windows, the config's microbatch as the batch, the config's remat setting):

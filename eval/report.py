@@ -659,11 +659,11 @@ def _figures(report: dict, sources: list[Source], directory: pathlib.Path,
   paths[""] = [figures.curves(directory / "training_curves.png", main.curves,
                               f"{main.name}: training")]
   if attention_audio:
-    from eval import attention, loading
+    from eval import attention_figures, loading
     # The model the reported predictions came from (the run's last step), not the
     # best-on-validation checkpoint.
     run = loading.load(main.run_dir, step="latest")
-    paths[""] += attention.figures_for_audio(run, attention_audio, directory / "attention")
+    paths[""] += attention_figures.figures_for_audio(run, attention_audio, directory / "attention")
   return paths
 
 

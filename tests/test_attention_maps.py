@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from eval import attention, loading, predict
+from eval import attention, attention_figures, loading, predict
 from model import ast, multitask
 from pipelines.audio import features, frontend, windowing
 
@@ -266,14 +266,14 @@ def _png_is_a_picture(path: pathlib.Path) -> np.ndarray:
 def test_draw_writes_a_png(grouped, tmp_path):
   _, _, x, collector = grouped
   result = attention.maps_from_attention(collector(x, np.array([64, 50])), 1, collector.config)
-  path = attention.draw(result, x[1], tmp_path / "sub" / "a.png", start_s=1.28, valid_frames=50,
+  path = attention_figures.draw(result, x[1], tmp_path / "sub" / "a.png", start_s=1.28, valid_frames=50,
                         title="tiny")
   assert path == tmp_path / "sub" / "a.png"
   _png_is_a_picture(path)
 
 
 def test_mel_bin_centres_lie_under_the_filters():
-  hz = attention.mel_bin_hz()
+  hz = attention_figures.mel_bin_hz()
   banks = features.mel_banks()  # [fft bins, mel]
   resolution = features.AST.sample_rate / features.AST.fft_length
   peak_hz = banks.argmax(axis=0) * resolution
@@ -291,22 +291,22 @@ def test_select_window_reproduces_training_windows_and_names_bad_requests():
   logmel = np.random.default_rng(4).normal(size=(700, 128)).astype(np.float32)
   spec = windowing.WindowConfig(256, 128)
   cut = windowing.cut(logmel, spec)
-  chosen = attention.select_window(logmel, spec, window_index=2, name="x.wav")
+  chosen = attention_figures.select_window(logmel, spec, window_index=2, name="x.wav")
   assert chosen.start_frame == 256 and np.array_equal(chosen.features, cut[2].features)
   with pytest.raises(attention.WindowError, match=r"window 9 is out of range: x.wav .* 5 window"):
-    attention.select_window(logmel, spec, window_index=9, name="x.wav")
-  late = attention.select_window(logmel, spec, start_s=5.0)
+    attention_figures.select_window(logmel, spec, window_index=9, name="x.wav")
+  late = attention_figures.select_window(logmel, spec, start_s=5.0)
   assert late.start_frame == 500 and late.valid_frames == 200 and late.index == -1
   np.testing.assert_array_equal(late.features[:200], logmel[500:])
   assert (late.features[200:] == 0).all()
   with pytest.raises(attention.WindowError, match="outside"):
-    attention.select_window(logmel, spec, start_s=7.5)
+    attention_figures.select_window(logmel, spec, start_s=7.5)
   with pytest.raises(attention.AttentionMapError, match="not both"):
-    attention.select_window(logmel, spec, window_index=0, start_s=1.0)
+    attention_figures.select_window(logmel, spec, window_index=0, start_s=1.0)
 
 
 def _cli(args, env=None, timeout=300) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "eval.attention", *args], cwd=REPO, env=env,
+  return subprocess.run([sys.executable, "-m", "eval.attention_figures", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -381,7 +381,7 @@ def test_maps_of_the_trained_model(finetuned, performance, tmp_path):
   trained = run.model.apply({"params": run.params}, inputs[0][None],
                             valid_frames=np.array([windows[0].valid_frames]))
   np.testing.assert_allclose(first["predictions"], trained["predictions"][0], atol=1e-5)
-  paths = attention.figures_for_windows(run, windows[:2], tmp_path / "figures", name="chords")
+  paths = attention_figures.figures_for_windows(run, windows[:2], tmp_path / "figures", name="chords")
   assert [p.name for p in paths] == ["chords_window000_attention.png",
                                      "chords_window001_attention.png"]
   for path in paths:

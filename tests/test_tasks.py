@@ -28,7 +28,7 @@ def _keys_read(data_dir, input_config) -> set[str]:
 def test_each_split_table_selects_its_folds_and_test_set(train_shards, split):
   data = train_shards["percepiano"]
   task = _task(data, split=split, validation_fold=1)
-  table = task.metadata["splits"][split]
+  table = task.metadata.split_table(split)
   assert task.train_keys == {k for k, v in table.items() if v.startswith("fold") and v != "fold1"}
   assert task.eval_keys == {k for k, v in table.items() if v == "fold1"}
   assert task.split_name == f"{split}/fold1"
@@ -45,7 +45,7 @@ def test_each_split_table_selects_its_folds_and_test_set(train_shards, split):
 def test_the_performer_split_of_piece_split_shards_differs_from_the_piece_split(train_shards):
   data = train_shards["percepiano"]
   piece, performer = _task(data, split="piece"), _task(data, split="performer")
-  assert piece.metadata["splits"]["shards_follow"] == "piece"
+  assert piece.metadata.splits["shards_follow"] == "piece"
   assert piece.eval_keys != performer.eval_keys
   # No performer of the performer split's test set is trained on.
   test = _task(data, split="performer", validation_fold=-1)

@@ -128,12 +128,10 @@ class Built:
   init_key: jax.Array
   run_key: jax.Array
 
-  def _dummy(self) -> jax.Array:
-    e = self.config.model.encoder
-    return jnp.zeros((self.config.microbatch_size, e.num_mel_bins, e.num_frames), jnp.float32)
-
   def init_params(self):
-    init = jax.jit(lambda k: nn.unbox(self.task.init(k, self._dummy())["params"]),
+    dummy = example_input(self.config)
+    init = jax.jit(lambda k: nn.unbox(self.task.init(k, jnp.zeros(dummy.shape, dummy.dtype))
+                                      ["params"]),
                    out_shardings=self.param_shardings)
     return init(self.init_key)
 
@@ -156,15 +154,20 @@ class Built:
     return jax.jit(constrained, donate_argnums=0)
 
 
+def example_input(config: ml_collections.ConfigDict) -> jax.ShapeDtypeStruct:
+  """One microbatch of features `[microbatch, mel, frames]`: what parameters are shaped by."""
+  e = config.model.encoder
+  return jax.ShapeDtypeStruct((config.microbatch_size, e.num_mel_bins, e.num_frames),
+                              jnp.float32)
+
+
 def build(task, config: ml_collections.ConfigDict, mesh, total_steps: int) -> Built:
   """Shapes and shardings of the train state. Call under the mesh and logical rules.
 
   `task` needs `init(rng, features)`, `loss_fn(params, batch, rng, train)` and,
   for layer-wise LR decay, `depth`.
   """
-  e = config.model.encoder
-  dummy = jax.ShapeDtypeStruct((config.microbatch_size, e.num_mel_bins, e.num_frames),
-                               jnp.float32)
+  dummy = example_input(config)
   init_key, run_key = jax.random.split(jax.random.key(config.seed, impl=config.prng_impl))
   boxed = jax.eval_shape(lambda: task.init(init_key, jnp.zeros(dummy.shape, dummy.dtype)))
   param_shardings = sharding.param_shardings(boxed["params"], mesh)
@@ -188,6 +191,166 @@ def build(task, config: ml_collections.ConfigDict, mesh, total_steps: int) -> Bu
                opt_shardings=opt_shardings, tx=tx, lr=lr, init_key=init_key, run_key=run_key)
 
 
+def _total_steps(config: ml_collections.ConfigDict, task, accumulation: int, mesh) -> int:
+  per_epoch = task.examples_per_epoch()
+  total_steps = config.num_steps or max(1, math.ceil(config.num_epochs * per_epoch /
+                                                     config.batch_size))
+  logging.info("%s: %d training windows per epoch, %d steps of %d (%d x %d accumulated), "
+               "mesh %s, %d process(es)", task.name, per_epoch, total_steps, config.batch_size,
+               accumulation, config.microbatch_size, dict(mesh.shape), jax.process_count())
+  return total_steps
+
+
+def _initial_state(built: Built, workdir: pathlib.Path, lead: bool) -> TrainState:
+  """Fresh parameters, warm-started from `config.init` when fine-tuning names a source."""
+  config = built.config
+  params = built.init_params()
+  if config.task == "finetune" and (config.init.checkpoint or config.init.converted):
+    source, name, step = warm_start.load_source(config.init)
+    params, report = warm_start.apply(params, source, name, step)
+    logging.info("%s", report.summary())
+    if lead:
+      warm_start.write(report, workdir)
+  return built.state_from(params)
+
+
+def _restore_or_initialise(built: Built, checkpointer: checkpointing.Checkpointer, train_iter,
+                           workdir: pathlib.Path, resume: str | None, lead: bool
+                           ) -> tuple[TrainState, str | None, float]:
+  """Resume order: an explicit `resume`, then the latest checkpoint in the work directory,
+  then initialisation. Returns (state, where it was restored from, earlier attempts' seconds)."""
+  state, restored_from, earlier_seconds = None, None, 0.0
+  if resume:
+    directory, step = checkpointing.locate(resume)
+    reader = checkpointing.Checkpointer(directory, read_only=True)
+    step = step if step is not None else reader.latest_step()
+    if step is None:
+      raise checkpointing.CheckpointNotFoundError(f"{resume} holds no checkpoint")
+    state = reader.restore(step, built.abstract_state, train_iter)
+    reader.close()
+    restored_from = f"{directory}/{step}"
+  elif checkpointer.latest_step() is not None:
+    step = checkpointer.latest_step()
+    state = checkpointer.restore(step, built.abstract_state, train_iter)
+    restored_from = f"{checkpointer.directory}/{step}"
+    earlier_seconds = rundir.total_wall_seconds(rundir.read_result(workdir)) or 0.0
+  else:
+    state = _initial_state(built, workdir, lead)
+  if restored_from:
+    logging.info("resumed from %s (step %d)", restored_from, int(state.step))
+  else:
+    logging.info("initialised %d parameters", sum(x.size for x in jax.tree.leaves(state.params)))
+  return state, restored_from, earlier_seconds
+
+
+class _ProgressLog:
+  """Averages the training metrics between log lines and times the steady-state steps."""
+
+  def __init__(self, writer: MetricWriter, first_step: int, total_steps: int, batch_size: int):
+    self._writer, self._first_step = writer, first_step
+    self._total_steps, self._batch_size = total_steps, batch_size
+    self._reset()
+
+  def _reset(self) -> None:
+    self._window: dict[str, float] = {}
+    self._steps, self._timed, self._t0 = 0, 0, time.perf_counter()
+
+  def add(self, step: int, metrics: dict) -> None:
+    for k, v in metrics.items():
+      if k != "finite":
+        self._window[k] = self._window.get(k, 0.0) + float(v)
+    self._steps += 1
+    if step == self._first_step + 1:
+      # The first step compiles: time the steady state from here on.
+      self._t0 = time.perf_counter()
+    else:
+      self._timed += 1
+
+  def write(self, step: int) -> None:
+    rate = self._timed / (time.perf_counter() - self._t0) if self._timed else float("nan")
+    scalars = {f"train/{k}": v / self._steps for k, v in self._window.items()}
+    scalars.update({"perf/steps_per_second": rate,
+                    "perf/examples_per_second": rate * self._batch_size})
+    self._writer.write(step, scalars)
+    logging.info("step %d/%d (%.0f%%) | loss %.4f | %.2f steps/s | %.1f examples/s | ETA %s",
+                 step, self._total_steps, 100 * step / self._total_steps, scalars["train/loss"],
+                 rate, rate * self._batch_size, _format_eta((self._total_steps - step) / rate))
+    self._reset()
+
+
+def _check_finite(metrics: dict, step: int, checkpointer: checkpointing.Checkpointer) -> None:
+  if metrics["finite"]:
+    return
+  checkpointer.wait()
+  last = checkpointer.latest_step()
+  raise NonFiniteError(
+      f"non-finite training at step {step}: loss {float(metrics['loss'])}, gradient "
+      f"norm {float(metrics['grad_norm'])}; last good checkpoint: "
+      + (f"{checkpointer.directory}/{last}" if last is not None else "none (no "
+         "checkpoint was saved yet)")
+      + ". Lower optimizer.peak_lr or check the inputs; --resume from that checkpoint.")
+
+
+@dataclasses.dataclass
+class _Loop:
+  """What the step loop needs besides the state."""
+
+  built: Built
+  mesh: object
+  train_iter: object
+  checkpointer: checkpointing.Checkpointer
+  workdir: pathlib.Path
+  total_steps: int
+  accumulation: int
+  lead: bool
+
+
+def _train(loop: _Loop, state: TrainState) -> tuple[str, int, dict]:
+  """Steps until `total_steps` or SIGTERM; returns (status, last step, last evaluation)."""
+  config, task = loop.built.config, loop.built.task
+  train_step = loop.built.train_step(loop.accumulation)
+  eval_step = jax.jit(task.make_eval_step())
+  writer = MetricWriter(loop.workdir, enabled=loop.lead)
+  preemption = _Preemption()
+  step = int(state.step)
+  progress = _ProgressLog(writer, step, loop.total_steps, config.batch_size)
+  eval_metrics: dict = {}
+  status = "finished"
+  try:
+    while step < loop.total_steps:
+      batch = sharding.global_batch(next(loop.train_iter), loop.mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      metrics = jax.device_get(metrics)
+      _check_finite(metrics, step, loop.checkpointer)
+      progress.add(step, metrics)
+      if step % config.log_every_steps == 0 or step == loop.total_steps:
+        progress.write(step)
+      evaluate = step == loop.total_steps or (config.eval_every_steps and
+                                              step % config.eval_every_steps == 0)
+      if evaluate:
+        eval_metrics = task.evaluate(eval_step, state.params, loop.mesh)
+        writer.write(step, eval_metrics)
+        if loop.lead:
+          task.write_evaluation(loop.workdir, step)
+        logging.info("validation at step %d: %s", step, ", ".join(
+            f"{k} {v:.4f}" for k, v in sorted(tasks.summary_metrics(eval_metrics).items())))
+      preempted = preemption.check()
+      if (evaluate or preempted or step == loop.total_steps or
+          step % config.checkpoint.every_steps == 0):
+        loop.checkpointer.save(step, state, loop.train_iter,
+                               metrics=eval_metrics if evaluate else None)
+      if preempted:
+        status = "preempted"
+        logging.warning("SIGTERM: saved checkpoint %s/%d; resume with the same command",
+                        loop.checkpointer.directory, step)
+        break
+  finally:
+    preemption.restore()
+    writer.close()
+  return status, step, eval_metrics
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                        resume: str | None = None) -> Result:
   t_start = time.perf_counter()
@@ -203,121 +366,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   accumulation = _check(config, mesh)
   task.check_features(input_pipeline.training_examples(config.data_dir,
                                                        task.train_input_config())[0])
-  per_epoch = task.examples_per_epoch()
-  total_steps = config.num_steps or max(1, math.ceil(config.num_epochs * per_epoch /
-                                                     config.batch_size))
-  logging.info("%s: %d training windows per epoch, %d steps of %d (%d x %d accumulated), "
-               "mesh %s, %d process(es)", task.name, per_epoch, total_steps, config.batch_size,
-               accumulation, config.microbatch_size, dict(mesh.shape), jax.process_count())
+  total_steps = _total_steps(config, task, accumulation, mesh)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     built = build(task, config, mesh, total_steps)
-
-    def initial_state() -> TrainState:
-      params = built.init_params()
-      if config.task == "finetune" and (config.init.checkpoint or config.init.converted):
-        source, name, step = warm_start.load_source(config.init)
-        params, report = warm_start.apply(params, source, name, step)
-        logging.info("%s", report.summary())
-        if lead:
-          warm_start.write(report, workdir)
-      return built.state_from(params)
-
     train_iter = task.train_iterator()
     checkpointer = checkpointing.Checkpointer(
         workdir / rundir.CHECKPOINTS, keep=config.checkpoint.keep,
         best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,
         async_save=config.checkpoint.async_save)
-    state, restored_from, earlier_seconds = None, None, 0.0
-    if resume:
-      directory, step = checkpointing.locate(resume)
-      reader = checkpointing.Checkpointer(directory, read_only=True)
-      step = step if step is not None else reader.latest_step()
-      if step is None:
-        raise checkpointing.CheckpointNotFoundError(f"{resume} holds no checkpoint")
-      state = reader.restore(step, built.abstract_state, train_iter)
-      reader.close()
-      restored_from = f"{directory}/{step}"
-    elif checkpointer.latest_step() is not None:
-      step = checkpointer.latest_step()
-      state = checkpointer.restore(step, built.abstract_state, train_iter)
-      restored_from = f"{checkpointer.directory}/{step}"
-      earlier_seconds = rundir.total_wall_seconds(rundir.read_result(workdir)) or 0.0
-    else:
-      state = initial_state()
-    if restored_from:
-      logging.info("resumed from %s (step %d)", restored_from, int(state.step))
-    else:
-      logging.info("initialised %d parameters",
-                   sum(x.size for x in jax.tree.leaves(state.params)))
-
-    train_step = built.train_step(accumulation)
-    eval_step = jax.jit(task.make_eval_step())
-    writer = MetricWriter(workdir, enabled=lead)
-    preemption = _Preemption()
-    step = int(state.step)
-    first_step = step
-    eval_metrics: dict = {}
-    window: dict[str, float] = {}
-    window_steps, timed_steps, t_window = 0, 0, time.perf_counter()
-    status = "finished"
     try:
-      while step < total_steps:
-        batch = sharding.global_batch(next(train_iter), mesh)
-        state, metrics = train_step(state, batch)
-        step += 1
-        metrics = jax.device_get(metrics)
-        if not metrics["finite"]:
-          checkpointer.wait()
-          last = checkpointer.latest_step()
-          raise NonFiniteError(
-              f"non-finite training at step {step}: loss {float(metrics['loss'])}, gradient "
-              f"norm {float(metrics['grad_norm'])}; last good checkpoint: "
-              + (f"{checkpointer.directory}/{last}" if last is not None else "none (no "
-                 "checkpoint was saved yet)")
-              + ". Lower optimizer.peak_lr or check the inputs; --resume from that checkpoint.")
-        for k, v in metrics.items():
-          if k != "finite":
-            window[k] = window.get(k, 0.0) + float(v)
-        window_steps += 1
-        if step == first_step + 1:
-          # The first step compiles: time the steady state from here on.
-          t_window = time.perf_counter()
-        else:
-          timed_steps += 1
-        if step % config.log_every_steps == 0 or step == total_steps:
-          rate = timed_steps / (time.perf_counter() - t_window) if timed_steps else float("nan")
-          scalars = {f"train/{k}": v / window_steps for k, v in window.items()}
-          scalars.update({"perf/steps_per_second": rate,
-                          "perf/examples_per_second": rate * config.batch_size})
-          writer.write(step, scalars)
-          logging.info("step %d/%d (%.0f%%) | loss %.4f | %.2f steps/s | %.1f examples/s | "
-                       "ETA %s", step, total_steps, 100 * step / total_steps,
-                       scalars["train/loss"], rate, rate * config.batch_size,
-                       _format_eta((total_steps - step) / rate))
-          window, window_steps, timed_steps, t_window = {}, 0, 0, time.perf_counter()
-        evaluate = step == total_steps or (config.eval_every_steps and
-                                           step % config.eval_every_steps == 0)
-        if evaluate:
-          eval_metrics = task.evaluate(eval_step, state.params, mesh)
-          writer.write(step, eval_metrics)
-          if lead:
-            task.write_evaluation(workdir, step)
-          logging.info("validation at step %d: %s", step, ", ".join(
-              f"{k} {v:.4f}" for k, v in sorted(tasks.summary_metrics(eval_metrics).items())))
-        preempted = preemption.check()
-        if (evaluate or preempted or step == total_steps or
-            step % config.checkpoint.every_steps == 0):
-          checkpointer.save(step, state, train_iter, metrics=eval_metrics if evaluate else None)
-        if preempted:
-          status = "preempted"
-          logging.warning("SIGTERM: saved checkpoint %s/%d; resume with the same command",
-                          checkpointer.directory, step)
-          break
+      state, restored_from, earlier_seconds = _restore_or_initialise(
+          built, checkpointer, train_iter, workdir, resume, lead)
+      first_step = int(state.step)
+      status, step, eval_metrics = _train(
+          _Loop(built=built, mesh=mesh, train_iter=train_iter, checkpointer=checkpointer,
+                workdir=workdir, total_steps=total_steps, accumulation=accumulation,
+                lead=lead), state)
     finally:
-      preemption.restore()
       checkpointer.close()
-      writer.close()
   seconds = time.perf_counter() - t_start
   result = Result(status=status, step=step, total_steps=total_steps, metrics=eval_metrics,
                   wall_seconds=round(seconds, 1),

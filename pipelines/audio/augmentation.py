@@ -16,19 +16,17 @@ the identity is not reported as applied and invalidates no label.
 
 from __future__ import annotations
 
-import hashlib
 
 import librosa
 import ml_collections
 import numpy as np
 import pretty_midi
 
-from pipelines.datasets import taxonomy
+from pipelines.datasets import keys, taxonomy
 
 
 def _rng(seed: int, key: str, variant: int) -> np.random.Generator:
-  key_hash = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
-  return np.random.default_rng([seed, key_hash, variant])
+  return np.random.default_rng([seed, keys.stable_hash(key), variant])
 
 
 def draw(config: ml_collections.ConfigDict, key: str, variant: int) -> dict[str, float]:

@@ -33,6 +33,7 @@ import google_crc32c
 from apache_beam.io.filesystems import FileSystems
 from array_record.python import array_record_module
 
+from pipelines.datasets import keys
 from pipelines.shards.layout import ARRAY_RECORD_OPTIONS, FORMATS, shard_name
 
 
@@ -115,7 +116,7 @@ def shard_count(recordings: int, total_bytes: int, target_mb: float) -> int:
 
 
 def _shard_of(key: str, count: int) -> int:
-  return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little") % count
+  return keys.stable_hash(key) % count
 
 
 def write_spill(path: str, records: Iterable[bytes]) -> tuple[int, int]:

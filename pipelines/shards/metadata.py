@@ -37,9 +37,16 @@ class ShardMetadata:
   root: pathlib.Path
   raw: dict  # the whole document, for fields no typed accessor covers
 
+  def _field(self, name: str):
+    try:
+      return self.raw[name]
+    except KeyError:
+      raise MetadataError(f"{self.root}/{layout.METADATA} has no {name!r}: not a "
+                          "pipelines.beam job's metadata") from None
+
   @property
   def dataset(self) -> str:
-    return self.raw["dataset"]
+    return self._field("dataset")
 
   @property
   def config(self) -> dict:
@@ -49,11 +56,11 @@ class ShardMetadata:
   @property
   def splits(self) -> dict:
     """The split tables: "shards_follow", and key -> "test" / "fold<k>" per split."""
-    return self.raw["splits"]
+    return self._field("splits")
 
   def split_table(self, split: str) -> dict[str, str]:
     try:
-      return self.raw["splits"][split]
+      return self.splits[split]
     except KeyError:
       raise MetadataError(f"{self.root}: no {split!r} split table (a "
                           f"{self.raw.get('dataset')!r} job's output?)") from None
@@ -79,7 +86,7 @@ class ShardMetadata:
     """Non-empty shard files of `kind` in `fmt`, in the metadata's (file name) order."""
     return [ShardFile(file=r["file"], kind=r["kind"], split=r["split"], format=r["format"],
                       records=r["records"])
-            for r in self.raw["shards"]
+            for r in self._field("shards")
             if r["kind"] == kind and r["format"] == fmt and r["records"]
             and (splits is None or r["split"] in splits)]
 
@@ -95,9 +102,7 @@ def read(root: str | pathlib.Path) -> ShardMetadata:
     raw = json.loads(path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise MetadataError(f"{path} is not valid JSON ({e}); rerun the job") from None
-  missing = [k for k in ("dataset", "shards", "splits") if k not in raw] \
-      if isinstance(raw, dict) else None
-  if missing is None or missing:
-    raise MetadataError(f"{path} lacks {missing or 'an object'}: not a pipelines.beam job's "
+  if not isinstance(raw, dict):
+    raise MetadataError(f"{path} holds a JSON {type(raw).__name__}, not a pipelines.beam job's "
                         "metadata")
   return ShardMetadata(root=root, raw=raw)
