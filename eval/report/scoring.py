@@ -94,6 +94,95 @@ def _fold_rows(per_fold: np.ndarray, reps: np.ndarray) -> dict[str, dict]:
                                     _rows(high).values())}
 
 
+def _replicate(p: predictions.Predictions, metric: str, weights: np.ndarray,
+               passages: Sequence[str]) -> np.ndarray:
+  return statistics.replicate_scores(metric, p.predictions, p.labels, p.mask, weights, passages)
+
+
+def _described(p: predictions.Predictions, weights: np.ndarray, passages: Sequence[str]
+               ) -> tuple[dict, dict]:
+  """(rows of every metric, with CIs for Pearson, within-passage Pearson and R²; the
+  bootstrap replicates of those three)."""
+  scores = metrics.score(p.predictions, p.labels, p.mask, passages)
+  rows = {k: {} for k in ROWS}
+  reps = {}
+  for metric, values in scores.items():
+    for k, v in _rows(values).items():
+      rows[k][metric] = v
+  for metric in ("pearson", "pearson_within", "r2"):
+    reps[metric] = _replicate(p, metric, weights, passages)
+    low, high = statistics.percentile_interval(reps[metric])
+    for k, v in _rows(low).items():
+      rows[k][f"{metric}_low"] = v
+    for k, v in _rows(high).items():
+      rows[k][f"{metric}_high"] = v
+  return rows, reps
+
+
+def _add_ceiling(rows: dict[str, dict], ceiling: ceiling_lib.Ceiling) -> None:
+  """The human ceiling in every row, and the model's Pearson as a fraction of it."""
+  for key, values in (("ceiling", ceiling.pearson), ("ceiling_within", ceiling.pearson_within)):
+    for k, v in _rows(values).items():
+      rows[k][key] = v
+  ratio = lambda v, c: v / c if c > 0 else float("nan")  # a zero ceiling: no reliable signal
+  for k in ROWS:
+    rows[k]["of_ceiling"] = ratio(rows[k]["pearson"], rows[k]["ceiling"])
+    rows[k]["of_ceiling_within"] = ratio(rows[k]["pearson_within"], rows[k]["ceiling_within"])
+
+
+def _compared_rows(main: predictions.Predictions, other: predictions.Predictions, reps: dict,
+                   other_rows: dict[str, dict], other_reps: dict, passages: Sequence[str]
+                   ) -> dict[str, dict]:
+  """The other run's rows, with the main run's Pearson lead over it: paired-bootstrap
+  difference (CI, p) and Williams' test, Holm-corrected across the dimensions."""
+  full = np.ones((1, len(main.keys)))
+  paired = statistics.paired_summary(
+      reps["pearson"], other_reps["pearson"],
+      _replicate(main, "pearson", full, passages)[0]
+      - _replicate(other, "pearson", full, passages)[0])
+  williams = statistics.dependent_correlations(main.predictions, other.predictions,
+                                               main.labels, main.mask)
+  p_boot = statistics.holm([paired[d]["p"] for d in taxonomy.DIMENSION_NAMES])
+  p_williams = [w["p"] for w in williams]
+  p_williams_holm = statistics.holm(p_williams)
+  table = {}
+  for k in ROWS:
+    entry = {"pearson": other_rows[k]["pearson"], "pearson_low": other_rows[k]["pearson_low"],
+             "pearson_high": other_rows[k]["pearson_high"], "r2": other_rows[k]["r2"],
+             "pearson_within": other_rows[k]["pearson_within"],
+             "difference": paired[k]["difference"], "difference_low": paired[k]["low"],
+             "difference_high": paired[k]["high"], "p_bootstrap": paired[k]["p"]}
+    if k in taxonomy.DIMENSION_NAMES:
+      d = taxonomy.DIMENSION_NAMES.index(k)
+      entry.update(p_bootstrap_holm=float(p_boot[d]), p_williams=float(p_williams[d]),
+                   p_williams_holm=float(p_williams_holm[d]))
+    table[k] = entry
+  return table
+
+
+def _compared_fold_rows(by_fold: _FoldScores, main_folds: tuple[np.ndarray, np.ndarray],
+                        other: predictions.Predictions, name: str,
+                        folds: Sequence[Sequence[str]],
+                        other_folds: dict[str, Sequence[Sequence[str]]] | None
+                        ) -> dict[str, dict]:
+  """The other run's rows scored fold by fold, with the main run's lead over it averaged
+  over the folds defined for both."""
+  theirs = (other_folds or {}).get(name)
+  if theirs is not None and {frozenset(f) for f in theirs} != {frozenset(f) for f in folds}:
+    raise ReportError(f"{name} was cross-validated on other folds: its fold models cannot "
+                      "be compared fold by fold (use the same split and --folds)")
+  scores = by_fold(other)
+  valid = np.isfinite(main_folds[0]) & np.isfinite(scores[0])
+  valid_reps = np.isfinite(main_folds[1]) & np.isfinite(scores[1]) & valid[:, None, :]
+  (mine, mine_reps), (its, its_reps) = (_over_folds(*x, valid, valid_reps)
+                                        for x in (main_folds, scores))
+  fold_paired = statistics.paired_summary(mine_reps, its_reps, mine - its)
+  return {k: {**v, "difference": fold_paired[k]["difference"],
+              "difference_low": fold_paired[k]["low"], "difference_high": fold_paired[k]["high"],
+              "p_bootstrap": fold_paired[k]["p"]}
+          for k, v in _fold_rows(*scores).items()}
+
+
 def evaluate(main: predictions.Predictions, others: dict[str, predictions.Predictions],
              ceiling: ceiling_lib.Ceiling | None, *, resamples: int, seed: int,
              folds: Sequence[Sequence[str]] | None = None,
@@ -107,82 +196,22 @@ def evaluate(main: predictions.Predictions, others: dict[str, predictions.Predic
   passages = main.passages
   n = len(main.keys)
   weights = statistics.bootstrap_weights(n, resamples, seed)
-  full = np.ones((1, n))
-
-  def replicate(p: predictions.Predictions, metric: str, w):
-    return statistics.replicate_scores(metric, p.predictions, p.labels, p.mask, w, passages)
-
-  def described(p: predictions.Predictions) -> tuple[dict, dict]:
-    scores = metrics.score(p.predictions, p.labels, p.mask, passages)
-    rows = {k: {} for k in ROWS}
-    reps = {}
-    for metric, values in scores.items():
-      for k, v in _rows(values).items():
-        rows[k][metric] = v
-    for metric in ("pearson", "pearson_within", "r2"):
-      reps[metric] = replicate(p, metric, weights)
-      low, high = statistics.percentile_interval(reps[metric])
-      for k, v in _rows(low).items():
-        rows[k][f"{metric}_low"] = v
-      for k, v in _rows(high).items():
-        rows[k][f"{metric}_high"] = v
-    return rows, reps
-
-  rows, reps = described(main)
+  rows, reps = _described(main, weights, passages)
   by_fold = _FoldScores(main.keys, folds, resamples, seed) if folds is not None else None
   if by_fold is not None:
     main_folds = by_fold(main)
     fold_rows = _fold_rows(*main_folds)
   if ceiling is not None:
-    for key, values in (("ceiling", ceiling.pearson), ("ceiling_within", ceiling.pearson_within)):
-      for k, v in _rows(values).items():
-        rows[k][key] = v
-    ratio = lambda v, c: v / c if c > 0 else float("nan")  # a zero ceiling: no reliable signal
-    for k in ROWS:
-      rows[k]["of_ceiling"] = ratio(rows[k]["pearson"], rows[k]["ceiling"])
-      rows[k]["of_ceiling_within"] = ratio(rows[k]["pearson_within"], rows[k]["ceiling_within"])
+    _add_ceiling(rows, ceiling)
   compare = {}
   for name, other in others.items():
     other = _common(main, other, name)
-    other_rows, other_reps = described(other)
-    paired = statistics.paired_summary(
-        reps["pearson"], other_reps["pearson"],
-        replicate(main, "pearson", full)[0] - replicate(other, "pearson", full)[0])
-    williams = statistics.dependent_correlations(main.predictions, other.predictions,
-                                                 main.labels, main.mask)
-    p_boot = statistics.holm([paired[d]["p"] for d in taxonomy.DIMENSION_NAMES])
-    p_williams = [w["p"] for w in williams]
-    p_williams_holm = statistics.holm(p_williams)
-    table = {}
-    for k in ROWS:
-      entry = {"pearson": other_rows[k]["pearson"], "pearson_low": other_rows[k]["pearson_low"],
-               "pearson_high": other_rows[k]["pearson_high"], "r2": other_rows[k]["r2"],
-               "pearson_within": other_rows[k]["pearson_within"],
-               "difference": paired[k]["difference"], "difference_low": paired[k]["low"],
-               "difference_high": paired[k]["high"], "p_bootstrap": paired[k]["p"]}
-      if k in taxonomy.DIMENSION_NAMES:
-        d = taxonomy.DIMENSION_NAMES.index(k)
-        entry.update(p_bootstrap_holm=float(p_boot[d]), p_williams=float(p_williams[d]),
-                     p_williams_holm=float(p_williams_holm[d]))
-      table[k] = entry
-    compare[name] = {"rows": table}
+    other_rows, other_reps = _described(other, weights, passages)
+    compare[name] = {"rows": _compared_rows(main, other, reps, other_rows, other_reps, passages)}
     headline, other_headline = rows["mean"]["pearson"], other_rows["mean"]["pearson"]
     if by_fold is not None:
-      theirs = (other_folds or {}).get(name)
-      if theirs is not None and {frozenset(f) for f in theirs} != {frozenset(f) for f in folds}:
-        raise ReportError(f"{name} was cross-validated on other folds: its fold models cannot "
-                          "be compared fold by fold (use the same split and --folds)")
-      scores = by_fold(other)
-      valid = np.isfinite(main_folds[0]) & np.isfinite(scores[0])
-      valid_reps = np.isfinite(main_folds[1]) & np.isfinite(scores[1]) & valid[:, None, :]
-      (mine, mine_reps), (its, its_reps) = (_over_folds(*x, valid, valid_reps)
-                                            for x in (main_folds, scores))
-      fold_paired = statistics.paired_summary(mine_reps, its_reps, mine - its)
-      compare[name]["fold_rows"] = {
-          k: {**v, "difference": fold_paired[k]["difference"],
-              "difference_low": fold_paired[k]["low"], "difference_high": fold_paired[k]["high"],
-              "p_bootstrap": fold_paired[k]["p"]}
-          for k, v in _fold_rows(*scores).items()}
+      compare[name]["fold_rows"] = _compared_fold_rows(by_fold, main_folds, other, name, folds,
+                                                       other_folds)
       headline = fold_rows["mean"]["pearson"]
       other_headline = compare[name]["fold_rows"]["mean"]["pearson"]
     compare[name]["relative_mean_pearson_gain"] = relative_gain(headline, other_headline)
