@@ -87,7 +87,8 @@ def _difference_table(evaluation: dict) -> tuple[list[str], list[list[str]]]:
   return head, rows
 
 
-def blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[tuple]:
+def _run_blocks(report: dict) -> list[tuple]:
+  """The title, how the numbers were made, the runs, the notes and what is missing."""
   main = report["runs"][0]
   b: list[tuple] = [("h1", f"Evaluation report: {main['name']}")]
   b.append(("p", f"Generated {report['generated']} from the saved per-performance predictions. "
@@ -108,62 +109,78 @@ def blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[tu
       b.append(("p", f"{wording}, so not in this report: "
                      f"{', '.join(EVALUATION_TITLES[k].lower() for k in sets)} "
                      f"({', '.join(names)})."))
-  if report.get("targets"):
-    b.append(("h2", "Targets"))
-    b.append(("table", ["set", "goal", "value", "met", "p of Δ ≠ 0 (bootstrap, two-sided)"],
-              [[EVALUATION_TITLES.get(t["evaluation"], t["evaluation"]), t["goal"],
-                target_value(t), "yes" if t["met"] else "NO", fmt_p(t.get("p"))]
-               for t in report["targets"]]))
-    missed: dict[str, list[str]] = {}
-    for t in report["targets"]:
-      if not t["met"]:
-        missed.setdefault(EVALUATION_TITLES.get(t["evaluation"], t["evaluation"]).lower(),
-                          []).append(t["goal"])
-    b.append(("p", "Every target is met." if not missed else
-              "Not met: " + "; ".join(f"{where}: {', '.join(goals)}"
-                                      for where, goals in missed.items())
-              + ". See the tables below for by how much."))
-  for key, evaluation in report["evaluations"].items():
-    title = EVALUATION_TITLES.get(key, key)
-    with_ceiling = evaluation["ceiling"] is not None
-    b.append(("h2", f"{title} ({evaluation['performances']} performances, "
-                    f"{evaluation['passages']} passages, {evaluation['split']})"))
-    # Beyond two baselines the difference columns would make the tables unreadable:
-    # the comparisons get tables of their own (every number stays in report.json).
-    inline = len(evaluation["compare"]) <= 2
-    if "fold_rows" in evaluation:
-      b.append(("h3", "By task group, fold by fold (the headline)"))
-      b.append(("p", "Each fold model is scored on its own held-out performances and the "
-                     "folds' Pearsons are averaged, as k-fold results are reported; the CI "
-                     "resamples every fold's performances on its own. Pooling all folds' "
-                     "predictions into one correlation (the tables after this one) also "
-                     "compares performances predicted by different models: each fold model "
-                     "learned its training pieces' label means, so the pooled Pearson can be "
-                     "far lower, even negative, when every fold's is positive."))
-      b.append(("table", *_fold_table(evaluation, inline)))
-      b.append(("h3", "By task group, all folds pooled"))
-    else:
-      b.append(("h3", "By task group"))
-    b.append(("table", *_table(evaluation, (*taxonomy.GROUPS, "mean"), with_ceiling, inline)))
-    if inline:
-      for name, c in evaluation["compare"].items():
-        b.append(("p", f"Relative gain in {_headline_words(evaluation)} over {name}: "
-                       f"{fmt_gain(c['relative_mean_pearson_gain'])}."))
-    else:
-      b.append(("h3", "Against each other run"))
-      b.append(("table", *_comparison_table(evaluation)))
-    if evaluation.get("not_compared"):
-      b.append(("p", f"Not compared on this set (no predictions for it): "
-                     f"{', '.join(evaluation['not_compared'])}."))
-    b.append(("h3", "Per dimension"))
-    b.append(("table", *_table(evaluation, taxonomy.DIMENSION_NAMES, with_ceiling, inline)))
-    if not inline:
-      b.append(("h3", "Per dimension: Δ Pearson against each other run"))
-      b.append(("p", "* = Holm-adjusted paired-bootstrap p < 0.05."))
-      b.append(("table", *_difference_table(evaluation)))
-    for path in figure_paths.get(key, []):
-      b.append(("img", path))
-  b.append(("h2", "Published anchors (mean R² over the 19 dimensions)"))
+  return b
+
+
+def _target_blocks(targets: list[dict]) -> list[tuple]:
+  """The goals, met or not, and a line naming the missed ones."""
+  b: list[tuple] = [("h2", "Targets")]
+  b.append(("table", ["set", "goal", "value", "met", "p of Δ ≠ 0 (bootstrap, two-sided)"],
+            [[EVALUATION_TITLES.get(t["evaluation"], t["evaluation"]), t["goal"],
+              target_value(t), "yes" if t["met"] else "NO", fmt_p(t.get("p"))]
+             for t in targets]))
+  missed: dict[str, list[str]] = {}
+  for t in targets:
+    if not t["met"]:
+      missed.setdefault(EVALUATION_TITLES.get(t["evaluation"], t["evaluation"]).lower(),
+                        []).append(t["goal"])
+  b.append(("p", "Every target is met." if not missed else
+            "Not met: " + "; ".join(f"{where}: {', '.join(goals)}"
+                                    for where, goals in missed.items())
+            + ". See the tables below for by how much."))
+  return b
+
+
+def _evaluation_blocks(key: str, evaluation: dict, figure_paths: list[pathlib.Path]
+                       ) -> list[tuple]:
+  """One evaluated set: its tables by group and per dimension, comparisons, figures."""
+  b: list[tuple] = []
+  title = EVALUATION_TITLES.get(key, key)
+  with_ceiling = evaluation["ceiling"] is not None
+  b.append(("h2", f"{title} ({evaluation['performances']} performances, "
+                  f"{evaluation['passages']} passages, {evaluation['split']})"))
+  # Beyond two baselines the difference columns would make the tables unreadable:
+  # the comparisons get tables of their own (every number stays in report.json).
+  inline = len(evaluation["compare"]) <= 2
+  if "fold_rows" in evaluation:
+    b.append(("h3", "By task group, fold by fold (the headline)"))
+    b.append(("p", "Each fold model is scored on its own held-out performances and the "
+                   "folds' Pearsons are averaged, as k-fold results are reported; the CI "
+                   "resamples every fold's performances on its own. Pooling all folds' "
+                   "predictions into one correlation (the tables after this one) also "
+                   "compares performances predicted by different models: each fold model "
+                   "learned its training pieces' label means, so the pooled Pearson can be "
+                   "far lower, even negative, when every fold's is positive."))
+    b.append(("table", *_fold_table(evaluation, inline)))
+    b.append(("h3", "By task group, all folds pooled"))
+  else:
+    b.append(("h3", "By task group"))
+  b.append(("table", *_table(evaluation, (*taxonomy.GROUPS, "mean"), with_ceiling, inline)))
+  if inline:
+    for name, c in evaluation["compare"].items():
+      b.append(("p", f"Relative gain in {_headline_words(evaluation)} over {name}: "
+                     f"{fmt_gain(c['relative_mean_pearson_gain'])}."))
+  else:
+    b.append(("h3", "Against each other run"))
+    b.append(("table", *_comparison_table(evaluation)))
+  if evaluation.get("not_compared"):
+    b.append(("p", f"Not compared on this set (no predictions for it): "
+                   f"{', '.join(evaluation['not_compared'])}."))
+  b.append(("h3", "Per dimension"))
+  b.append(("table", *_table(evaluation, taxonomy.DIMENSION_NAMES, with_ceiling, inline)))
+  if not inline:
+    b.append(("h3", "Per dimension: Δ Pearson against each other run"))
+    b.append(("p", "* = Holm-adjusted paired-bootstrap p < 0.05."))
+    b.append(("table", *_difference_table(evaluation)))
+  for path in figure_paths:
+    b.append(("img", path))
+  return b
+
+
+def _anchor_blocks(report: dict) -> list[tuple]:
+  """The published results beside this report's mean R²."""
+  main = report["runs"][0]
+  b: list[tuple] = [("h2", "Published anchors (mean R² over the 19 dimensions)")]
   rows = [[a["source"], a["split"], fmt(a["r2"])] for a in ANCHORS]
   for key, evaluation in report["evaluations"].items():
     r = evaluation["rows"]["mean"]
@@ -175,7 +192,12 @@ def blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[tu
   b.append(("p", "The published numbers are from symbolic (score-aligned MIDI) and audio models "
                  "on their own folds; ours are on this project's folds of the same release, so "
                  "the comparison is indicative, not paired."))
-  b.append(("h2", "Human ceiling"))
+  return b
+
+
+def _ceiling_blocks(report: dict) -> list[tuple]:
+  """Where the human ceiling comes from, or why there is none."""
+  b: list[tuple] = [("h2", "Human ceiling")]
   covered = [e["ceiling"] for e in report["evaluations"].values() if e["ceiling"] is not None]
   if covered:
     c = covered[0]
@@ -192,6 +214,18 @@ def blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[tu
   else:
     notes = {e.get("ceiling_note") for e in report["evaluations"].values()} - {None}
     b.append(("p", f"Not computed: {'; '.join(sorted(notes)) or report['ceiling_source']}."))
+  return b
+
+
+def blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[tuple]:
+  """The whole report, in order."""
+  b = _run_blocks(report)
+  if report.get("targets"):
+    b += _target_blocks(report["targets"])
+  for key, evaluation in report["evaluations"].items():
+    b += _evaluation_blocks(key, evaluation, figure_paths.get(key, []))
+  b += _anchor_blocks(report)
+  b += _ceiling_blocks(report)
   for path in figure_paths.get("", []):
     b.append(("img", path))
   b.append(("h2", "Methods"))
