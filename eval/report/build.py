@@ -13,17 +13,13 @@ from eval import statistics
 from eval.report import plots, rendering, sections
 from eval.report.common import ANCHORS, ReportError
 from eval.report.scoring import evaluate
-from eval.report.sources import load_source, raw_ratings, shown
+from eval.report.sources import Source, load_source, raw_ratings, shown
 from eval.report.targets import targets
 
 
-def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
-          output_dir: str | pathlib.Path | None = None, resamples: int =
-          statistics.DEFAULT_RESAMPLES, seed: int = 0, ceiling_splits: int = 100,
-          attention_audio: str | None = None, target_pearson: float | None = None,
-          target_gain: float | None = None, notes=()) -> dict:
-  """Builds the report; returns its JSON content (also written with the Markdown/HTML)."""
-  paths = [workdir, *compare]
+def _sources(paths: list, names) -> list[Source]:
+  """The runs, main first; refused when their names clash or a compared run can never
+  share a set with the main run."""
   if len(names) > len(paths):
     raise ReportError(f"{len(names)} --names for {len(paths)} runs")
   names = list(names) + [None] * (len(paths) - len(names))
@@ -39,28 +35,58 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
       raise ReportError(f"{s.name} has no {' or '.join(main.evaluations)} predictions (it has "
                         f"{', '.join(s.evaluations) or 'none'}): compare runs evaluated on "
                         "the same sets")
+  return sources
+
+
+def _evaluation(key: str, sources: list[Source], raw, ceiling_note: str, *, resamples: int,
+                seed: int, ceiling_splits: int) -> dict:
+  """One set of the main run scored, with its ceiling and every run compared on it."""
+  main = sources[0]
+  p = main.evaluations[key]
+  others = {s.name: s.evaluations[key] for s in sources[1:] if key in s.evaluations}
+  absent = [s.name for s in sources[1:] if key not in s.evaluations]
+  # The ceiling of exactly these performances' labels.
+  ceiling, note = None, ceiling_note if raw is None else None
+  if raw is not None:
+    try:
+      ceiling = ceiling_lib.split_half(raw, p.keys, splits=ceiling_splits, seed=seed)
+    except ceiling_lib.percepiano.PercePianoError as e:
+      note = f"the raw ratings do not cover these performances ({e})"
+  evaluation = evaluate(p, others, ceiling, resamples=resamples, seed=seed,
+                        folds=main.folds.get(key),
+                        other_folds={s.name: s.folds.get(key) for s in sources[1:]})
+  evaluation["ceiling"] = None if ceiling is None else ceiling.to_dict()
+  evaluation["ceiling_note"] = note  # why there is no ceiling for this set
+  # A baseline evaluated on other sets only (e.g. an ablation run on the test set
+  # alone) is named, not silently left out of this set's comparisons.
+  evaluation["not_compared"] = absent
+  return evaluation
+
+
+def _write(report: dict, figure_paths: dict[str, list[pathlib.Path]], directory: pathlib.Path,
+           title: str) -> None:
+  """report.md, report.html and report.json into `directory`."""
+  blocks = sections.blocks(report, figure_paths)
+  (directory / "report.md").write_text(rendering.to_markdown(blocks, directory))
+  (directory / "report.html").write_text(rendering.to_html(blocks, title))
+  (directory / "report.json").write_text(
+      json.dumps(_finite(report), indent=1, default=float, allow_nan=False) + "\n")
+
+
+def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
+          output_dir: str | pathlib.Path | None = None, resamples: int =
+          statistics.DEFAULT_RESAMPLES, seed: int = 0, ceiling_splits: int = 100,
+          attention_audio: str | None = None, target_pearson: float | None = None,
+          target_gain: float | None = None, notes=()) -> dict:
+  """Builds the report; returns its JSON content (also written with the Markdown/HTML)."""
+  sources = _sources([workdir, *compare], names)
+  main = sources[0]
   directory = pathlib.Path(output_dir) if output_dir else main.workdir / "report"
   directory.mkdir(parents=True, exist_ok=True)
   raw, ceiling_note = raw_ratings(main, percepiano_dir)
-  evaluations = {}
-  for key, p in main.evaluations.items():
-    others = {s.name: s.evaluations[key] for s in sources[1:] if key in s.evaluations}
-    absent = [s.name for s in sources[1:] if key not in s.evaluations]
-    # The ceiling of exactly these performances' labels.
-    ceiling, note = None, ceiling_note if raw is None else None
-    if raw is not None:
-      try:
-        ceiling = ceiling_lib.split_half(raw, p.keys, splits=ceiling_splits, seed=seed)
-      except ceiling_lib.percepiano.PercePianoError as e:
-        note = f"the raw ratings do not cover these performances ({e})"
-    evaluations[key] = evaluate(p, others, ceiling, resamples=resamples, seed=seed,
-                                folds=main.folds.get(key),
-                                other_folds={s.name: s.folds.get(key) for s in sources[1:]})
-    evaluations[key]["ceiling"] = None if ceiling is None else ceiling.to_dict()
-    evaluations[key]["ceiling_note"] = note  # why there is no ceiling for this set
-    # A baseline evaluated on other sets only (e.g. an ablation run on the test set
-    # alone) is named, not silently left out of this set's comparisons.
-    evaluations[key]["not_compared"] = absent
+  evaluations = {key: _evaluation(key, sources, raw, ceiling_note, resamples=resamples,
+                                  seed=seed, ceiling_splits=ceiling_splits)
+                 for key in main.evaluations}
   report = {
       "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       "resamples": resamples, "seed": seed,
@@ -77,12 +103,7 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
                               [s.name for s in sources[1:] if s.backbone != "ast"])
   figure_paths = plots.draw(report, sources, directory, attention_audio)
   report["figures"] = [str(p.relative_to(directory)) for ps in figure_paths.values() for p in ps]
-  blocks = sections.blocks(report, figure_paths)
-  (directory / "report.md").write_text(rendering.to_markdown(blocks, directory))
-  (directory / "report.html").write_text(
-      rendering.to_html(blocks, f"Evaluation report: {main.name}"))
-  (directory / "report.json").write_text(
-      json.dumps(_finite(report), indent=1, default=float, allow_nan=False) + "\n")
+  _write(report, figure_paths, directory, f"Evaluation report: {main.name}")
   return report
 
 
