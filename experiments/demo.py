@@ -125,14 +125,14 @@ def main(argv):
     sys.exit(f"error: {e}")
   # Imported here: the report's module loads JAX, which the chain's own process
   # does not need while its stages run.
-  from eval import report as eval_report
+  from eval.report import targets as report_targets
   report = json.loads((work / "report" / "report.json").read_text())
   test = report["evaluations"]["test"]
   print("\nHeld-out test set "
         f"({test['performances']} performances): Pearson " + ", ".join(
             f"{g} {test['rows'][g]['pearson']:.3f}" for g in (*taxonomy.GROUPS, "mean")))
   for t in report["targets"]:
-    print(f"  target {t['goal']}: {eval_report.target_value(t)} -> "
+    print(f"  target {t['goal']}: {report_targets.target_value(t)} -> "
           f"{'met' if t['met'] else 'NOT met'}")
   # A rerun skips finished stages: their times are kept from the run that did them
   # (the total is this run's).

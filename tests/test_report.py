@@ -11,9 +11,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from eval import report, statistics
-from train import crossval, metrics, predictions, rundir
+from eval.report import build, common, scoring, sources, targets
 from pipelines.datasets import percepiano, taxonomy
+from train import crossval, metrics, predictions, rundir
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -31,13 +31,13 @@ def _predictions(seed: int, noise: float, n_passages: int = 12, performers: int 
 
 def test_rows_match_direct_scores_and_intervals_contain_them():
   p = _predictions(0, 0.1)
-  out = report.evaluate(p, {}, None, resamples=500, seed=0)
+  out = scoring.evaluate(p, {}, None, resamples=500, seed=0)
   direct = metrics.score(p.predictions, p.labels, p.mask, p.passages)
   for metric in ("pearson", "spearman", "r2", "mse", "mae", "pearson_within"):
     summary = metrics.summarise(direct[metric], prefix=metric)
-    for k in report.ROWS:
+    for k in common.ROWS:
       assert out["rows"][k][metric] == pytest.approx(summary[f"{metric}/{k}"]), (metric, k)
-  for k in report.ROWS:
+  for k in common.ROWS:
     row = out["rows"][k]
     assert row["pearson_low"] <= row["pearson"] <= row["pearson_high"]
   assert out["performances"] == 48 and out["passages"] == 12
@@ -47,7 +47,7 @@ def test_comparisons_know_the_answer():
   good, bad = _predictions(1, 0.05), _predictions(1, 0.3)
   bad = dataclasses.replace(bad, predictions=good.labels + 0.3 * np.random.default_rng(9).normal(
       size=good.labels.shape))
-  out = report.evaluate(good, {"bad": bad, "same": good}, None, resamples=1000, seed=0)
+  out = scoring.evaluate(good, {"bad": bad, "same": good}, None, resamples=1000, seed=0)
   vs_bad, vs_same = out["compare"]["bad"]["rows"], out["compare"]["same"]["rows"]
   for d in taxonomy.DIMENSION_NAMES:
     assert vs_bad[d]["difference"] > 0 and vs_bad[d]["p_williams_holm"] < 0.01
@@ -55,23 +55,23 @@ def test_comparisons_know_the_answer():
     assert vs_same[d]["difference"] == 0 and vs_same[d]["p_bootstrap"] == 1.0
     assert vs_bad[d]["p_bootstrap_holm"] >= vs_bad[d]["p_bootstrap"]
   assert out["compare"]["bad"]["relative_mean_pearson_gain"] > 0.2
-  checks = report.targets({"test": out}, 0.99, 0.2, baselines={"bad", "same"})
+  checks = targets.targets({"test": out}, 0.99, 0.2, baselines={"bad", "same"})
   assert [t["met"] for t in checks if "Pearson >=" in t["goal"] and "over" not in t["goal"]] == [
       out["rows"][g]["pearson"] >= 0.99 for g in taxonomy.GROUPS]
   assert {t["goal"]: t["met"] for t in checks}["mean Pearson >= 20 % over bad"]
   assert not {t["goal"]: t["met"] for t in checks}["mean Pearson >= 20 % over same"]
   # The gain goal is checked against baselines only, not against ablations.
-  only_bad = report.targets({"test": out}, None, 0.2, baselines={"bad"})
+  only_bad = targets.targets({"test": out}, None, 0.2, baselines={"bad"})
   assert [t["goal"] for t in only_bad] == ["mean Pearson >= 20 % over bad"]
   # A baseline without predictions for a set is a not-met row, never silently skipped.
-  absent = report.targets({"test": out}, None, 0.2, baselines=["bad", "cnn"])
+  absent = targets.targets({"test": out}, None, 0.2, baselines=["bad", "cnn"])
   assert [(t["goal"], t["met"]) for t in absent] == [
       ("mean Pearson >= 20 % over bad", True), ("mean Pearson >= 20 % over cnn", False)]
   assert absent[1]["note"] == "cnn has no predictions for this set"
   # A run on other performances is refused, not silently intersected.
   fewer = good.subset(good.keys[:-4])
-  with pytest.raises(report.ReportError, match="other performances"):
-    report.evaluate(good, {"fewer": fewer}, None, resamples=10, seed=0)
+  with pytest.raises(common.ReportError, match="other performances"):
+    scoring.evaluate(good, {"fewer": fewer}, None, resamples=10, seed=0)
 
 
 def _baseline_from(source: pathlib.Path, target: pathlib.Path, noise: float) -> pathlib.Path:
@@ -144,7 +144,7 @@ def test_a_zero_ceiling_gives_no_ratio_instead_of_dividing_by_zero():
   flat = ceiling.Ceiling(split_half=zero, reliability=zero, split_half_within=zero,
                          reliability_within=zero, performances=48,
                          raters_per_performance=(5.0, 6.0, 7.0), splits=2)
-  out = report.evaluate(p, {}, flat, resamples=50, seed=0)
+  out = scoring.evaluate(p, {}, flat, resamples=50, seed=0)
   assert out["rows"]["mean"]["ceiling"] == 0 and np.isnan(out["rows"]["mean"]["of_ceiling"])
 
 
@@ -173,22 +173,22 @@ def _fake_crossval(root: pathlib.Path, p: predictions.Predictions, folds_done: l
 
 def test_partial_cross_validations_report_what_is_finished(tmp_path):
   p = _predictions(5, 0.1)
-  full = report.load_source(_fake_crossval(tmp_path / "full", p, [0, 1], test=True))
+  full = sources.load_source(_fake_crossval(tmp_path / "full", p, [0, 1], test=True))
   assert set(full.evaluations) == {"out_of_fold", "test"}
-  only_test = report.load_source(_fake_crossval(tmp_path / "ablation", p, [], test=True))
+  only_test = sources.load_source(_fake_crossval(tmp_path / "ablation", p, [], test=True))
   assert set(only_test.evaluations) == {"test"}
-  one_fold = report.load_source(_fake_crossval(tmp_path / "one", p, [1], test=True))
+  one_fold = sources.load_source(_fake_crossval(tmp_path / "one", p, [1], test=True))
   assert set(one_fold.evaluations) == {"test"}  # out of fold needs every fold
   # Folds under way are pending; folds never started (the test set alone) were not run.
   assert (one_fold.pending, one_fold.not_run) == (("out_of_fold",), ())
   assert (only_test.pending, only_test.not_run) == ((), ("out_of_fold",))
-  with pytest.raises(report.ReportError, match="no finished evaluation"):
-    report.load_source(_fake_crossval(tmp_path / "none", p, [0], test=False))
+  with pytest.raises(common.ReportError, match="no finished evaluation"):
+    sources.load_source(_fake_crossval(tmp_path / "none", p, [0], test=False))
   # A test-only ablation is compared on the test set and named as absent out of fold.
   noisy = dataclasses.replace(p, predictions=p.labels + 0.3 * np.random.default_rng(1).normal(
       size=p.labels.shape))
   _fake_crossval(tmp_path / "cnn", noisy, [0, 1], test=True, backbone="cnn")
-  out = report.build(tmp_path / "full", [tmp_path / "ablation", tmp_path / "cnn"],
+  out = build.build(tmp_path / "full", [tmp_path / "ablation", tmp_path / "cnn"],
                      names=["main", "ablation", "cnn"], output_dir=tmp_path / "report",
                      resamples=50, target_gain=0.2, notes=["Pending: the flat-head run."])
   oof, test = out["evaluations"]["out_of_fold"], out["evaluations"]["test"]
@@ -203,7 +203,7 @@ def test_partial_cross_validations_report_what_is_finished(tmp_path):
   cnn_gain = 100 * oof["compare"]["cnn"]["relative_mean_pearson_gain"]
   assert f"| mean Pearson >= 20 % over cnn | {cnn_gain:+.1f} % |" in md
   # Without a baseline the gain goal is reported as not met, never silently dropped.
-  alone = report.build(tmp_path / "ablation", [], output_dir=tmp_path / "alone", resamples=20,
+  alone = build.build(tmp_path / "ablation", [], output_dir=tmp_path / "alone", resamples=20,
                        target_pearson=0.1, target_gain=0.2)
   gain = [t for t in alone["targets"] if "over the baselines" in t["goal"]]
   assert len(gain) == 1 and not gain[0]["met"]
@@ -211,7 +211,7 @@ def test_partial_cross_validations_report_what_is_finished(tmp_path):
   # A baseline sharing no set with the main run (its folds done, its test run not) is
   # named on every set and fails the gain goal; the report is still written.
   _fake_crossval(tmp_path / "cnn_folds", noisy, [0, 1], test=False, backbone="cnn")
-  apart = report.build(tmp_path / "ablation", [tmp_path / "cnn_folds"], names=["a", "cnn"],
+  apart = build.build(tmp_path / "ablation", [tmp_path / "cnn_folds"], names=["a", "cnn"],
                        output_dir=tmp_path / "apart", resamples=20, target_gain=0.2)
   assert apart["evaluations"]["test"]["not_compared"] == ["cnn"]
   assert [(t["goal"], t["met"]) for t in apart["targets"]] == [
@@ -241,7 +241,7 @@ def test_a_set_the_raw_ratings_do_not_cover_has_no_ceiling_the_others_keep_their
   (crossval.fold_dir(root, crossval.TEST) / "result.json").write_text(json.dumps(
       {"status": "finished", "step": test.step, "total_steps": test.step}))
   release = _release_with_raw_ratings(tmp_path / "release", p.keys)
-  out = report.build(root, [], output_dir=tmp_path / "report", resamples=20,
+  out = build.build(root, [], output_dir=tmp_path / "report", resamples=20,
                      percepiano_dir=str(release))
   assert out["evaluations"]["out_of_fold"]["ceiling"] is not None
   assert out["evaluations"]["test"]["ceiling"] is None
@@ -251,7 +251,7 @@ def test_a_set_the_raw_ratings_do_not_cover_has_no_ceiling_the_others_keep_their
   assert "÷ ceiling" in md.split("## Held-out test")[0]  # the covered set keeps its columns
   # Ratings that cover no evaluated set: the reason is given, not the file's name alone.
   elsewhere = _release_with_raw_ratings(tmp_path / "elsewhere", [f"Other_{k}" for k in p.keys])
-  report.build(root, [], output_dir=tmp_path / "none", resamples=20,
+  build.build(root, [], output_dir=tmp_path / "none", resamples=20,
                percepiano_dir=str(elsewhere))
   assert "Not computed: the raw ratings do not cover" in (
       tmp_path / "none" / "report.md").read_text()
@@ -262,7 +262,7 @@ def test_the_report_names_paths_relative_to_where_it_ran(tmp_path, monkeypatch):
   _fake_crossval(tmp_path / "out" / "ast", p, [], test=True)
   _release_with_raw_ratings(tmp_path / "release", p.keys)
   monkeypatch.chdir(tmp_path / "out")
-  out = report.build(tmp_path / "out" / "ast", [], output_dir=tmp_path / "report",
+  out = build.build(tmp_path / "out" / "ast", [], output_dir=tmp_path / "report",
                      resamples=20, percepiano_dir=str(tmp_path / "release"))
   assert out["runs"][0]["workdir"] == "ast"
   assert out["ceiling_source"] == f"../release/{percepiano.RAW_RATINGS_FILE}"
@@ -279,7 +279,7 @@ def test_many_comparisons_get_their_own_tables(tmp_path):
     worse = dataclasses.replace(p, predictions=p.labels + (0.2 + 0.1 * i) * np.random.default_rng(
         i).normal(size=p.labels.shape))
     _fake_crossval(tmp_path / name, worse, [], test=True)
-  out = report.build(tmp_path / "main", [tmp_path / n for n in names[1:]], names=names,
+  out = build.build(tmp_path / "main", [tmp_path / n for n in names[1:]], names=names,
                      output_dir=tmp_path / "report", resamples=50)
   md = (tmp_path / "report" / "report.md").read_text()
   assert "Against each other run" in md and "Δ Pearson against each other run" in md
@@ -291,9 +291,9 @@ def test_many_comparisons_get_their_own_tables(tmp_path):
 
 
 def test_target_values_read_as_the_report_shows_them():
-  assert report.target_value({"kind": "gain", "value": 2.303}) == "+230.3 %"
-  assert report.target_value({"value": 0.4567}) == "0.457"
-  assert report.target_value({"kind": "gain", "value": None, "note": "no baseline"}) == \
+  assert targets.target_value({"kind": "gain", "value": 2.303}) == "+230.3 %"
+  assert targets.target_value({"value": 0.4567}) == "0.457"
+  assert targets.target_value({"kind": "gain", "value": None, "note": "no baseline"}) == \
       "no baseline"
 
 
@@ -314,7 +314,7 @@ def test_out_of_fold_is_scored_fold_by_fold(tmp_path):
   worse = dataclasses.replace(worse, labels=good.labels)
   _fake_crossval(tmp_path / "ast", good, [0, 1], test=False)
   _fake_crossval(tmp_path / "cnn", worse, [0, 1], test=False, backbone="cnn")
-  out = report.build(tmp_path / "ast", [tmp_path / "cnn"], names=["ast", "cnn"],
+  out = build.build(tmp_path / "ast", [tmp_path / "cnn"], names=["ast", "cnn"],
                      output_dir=tmp_path / "report", resamples=200, target_pearson=0.5,
                      target_gain=0.2)
   oof = out["evaluations"]["out_of_fold"]
@@ -350,14 +350,14 @@ def test_out_of_fold_is_scored_fold_by_fold(tmp_path):
 
 
 def test_a_gain_over_a_baseline_with_no_positive_correlation_is_not_computed():
-  assert report.relative_gain(0.3, -0.2) is None and report.relative_gain(0.3, 0.0) is None
-  assert report.relative_gain(0.3, 0.2) == pytest.approx(0.5)
+  assert scoring.relative_gain(0.3, -0.2) is None and scoring.relative_gain(0.3, 0.0) is None
+  assert scoring.relative_gain(0.3, 0.2) == pytest.approx(0.5)
   good = _predictions(3, 0.05)
   anti = dataclasses.replace(good, predictions=-good.predictions)
-  out = report.evaluate(good, {"anti": anti}, None, resamples=50, seed=0)
+  out = scoring.evaluate(good, {"anti": anti}, None, resamples=50, seed=0)
   assert out["compare"]["anti"]["relative_mean_pearson_gain"] is None
-  (check,) = report.targets({"test": out}, None, 0.2, ["anti"])
-  assert not check["met"] and "not computable" in report.target_value(check)
+  (check,) = targets.targets({"test": out}, None, 0.2, ["anti"])
+  assert not check["met"] and "not computable" in targets.target_value(check)
 
 
 def test_a_run_that_can_never_share_a_set_is_refused(tmp_path):
@@ -370,8 +370,8 @@ def test_a_run_that_can_never_share_a_set_is_refused(tmp_path):
                                                "total_steps": 10}))
   (run / "config.json").write_text(json.dumps(
       {"task": "finetune", "model": {"backbone": "cnn"}, "init": {}, "size": "tiny"}))
-  with pytest.raises(report.ReportError, match="no out_of_fold or test predictions"):
-    report.build(tmp_path / "cv", [run], output_dir=tmp_path / "report", resamples=20)
+  with pytest.raises(common.ReportError, match="no out_of_fold or test predictions"):
+    build.build(tmp_path / "cv", [run], output_dir=tmp_path / "report", resamples=20)
 
 
 def test_fold_by_fold_comparisons_average_the_same_folds_and_refuse_other_folds():
@@ -384,7 +384,7 @@ def test_fold_by_fold_comparisons_average_the_same_folds_and_refuse_other_folds(
   flat = worse.predictions.copy()
   flat[:half, 0] = 0.5
   worse = dataclasses.replace(worse, predictions=flat)
-  out = report.evaluate(good, {"cnn": worse}, None, resamples=100, seed=0, folds=folds,
+  out = scoring.evaluate(good, {"cnn": worse}, None, resamples=100, seed=0, folds=folds,
                         other_folds={"cnn": [folds[1], folds[0]]})  # order does not matter
   dim = taxonomy.DIMENSION_NAMES[0]
   mine, theirs = out["fold_rows"][dim], out["compare"]["cnn"]["fold_rows"][dim]
@@ -392,13 +392,13 @@ def test_fold_by_fold_comparisons_average_the_same_folds_and_refuse_other_folds(
   assert mine["pearson"] == pytest.approx(np.mean(mine["folds"]))
   assert theirs["difference"] == pytest.approx(mine["folds"][1] - theirs["folds"][1])
   assert np.isfinite(theirs["difference_low"]) and np.isfinite(out["fold_rows"]["mean"]["pearson"])
-  with pytest.raises(report.ReportError, match="cross-validated on other folds"):
-    report.evaluate(good, {"cnn": worse}, None, resamples=20, seed=0, folds=folds,
+  with pytest.raises(common.ReportError, match="cross-validated on other folds"):
+    scoring.evaluate(good, {"cnn": worse}, None, resamples=20, seed=0, folds=folds,
                     other_folds={"cnn": [good.keys[:10], good.keys[10:]]})
-  with pytest.raises(report.ReportError, match="do not partition"):
-    report.evaluate(good, {}, None, resamples=20, seed=0, folds=[good.keys[:10]])
-  with pytest.raises(report.ReportError, match="too few"):
-    report.evaluate(good, {}, None, resamples=20, seed=0,
+  with pytest.raises(common.ReportError, match="do not partition"):
+    scoring.evaluate(good, {}, None, resamples=20, seed=0, folds=[good.keys[:10]])
+  with pytest.raises(common.ReportError, match="too few"):
+    scoring.evaluate(good, {}, None, resamples=20, seed=0,
                     folds=[good.keys[:2], good.keys[2:]])
 
 
@@ -415,7 +415,7 @@ def test_many_baselines_out_of_fold_are_tabled_on_the_fold_means(tmp_path):
   anti = dataclasses.replace(good, predictions=-good.labels)
   (compare[0] / "test" / "predictions").rename(compare[0] / "test" / "old")
   anti.save(predictions.path_for(compare[0] / "test", anti.step))
-  out = report.build(tmp_path / "ast", compare, names=["ast", "b1", "b2", "b3"],
+  out = build.build(tmp_path / "ast", compare, names=["ast", "b1", "b2", "b3"],
                      output_dir=tmp_path / "report", resamples=50, target_gain=0.2)
   md = (tmp_path / "report" / "report.md").read_text()
   b2 = out["evaluations"]["out_of_fold"]["compare"]["b2"]
