@@ -20,6 +20,7 @@ from absl import app, flags, logging
 
 from eval import attention, loading, predict
 from pipelines.audio import decode, features, frontend, render, windowing
+from pipelines import entry_point
 
 PNG_SUFFIX = "_attention.png"
 
@@ -220,9 +221,7 @@ def main(argv: list[str]) -> None:
 
 def cli() -> None:
   """Console entry point (`ppt-attention`)."""
-  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
-  define_flags()
-  app.run(main)
+  entry_point.run(__doc__, define_flags, main)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import numpy as np
 
 from train import metrics
 from pipelines.datasets import percepiano, taxonomy
+from pipelines import entry_point
 
 DEFAULT_SPLITS = 200
 
@@ -179,16 +180,18 @@ def main(argv):
         f"{result.raters_per_performance}, {result.splits} random splits")
 
 
-def cli() -> None:
-  """Console entry point (`ppt-ceiling`)."""
-  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
-  from absl import app, flags
+def _define_flags() -> None:
+  from absl import flags
   flags.DEFINE_string("percepiano_dir", None, "A PercePiano-layout release (labels + raw CSV).")
   flags.DEFINE_integer("splits", DEFAULT_SPLITS, "Random split-halves averaged.")
   flags.DEFINE_integer("seed", 0, "Seed of the random splits.")
   flags.DEFINE_string("output_json", None, "Also write the result here.")
   flags.mark_flag_as_required("percepiano_dir")
-  app.run(main)
+
+
+def cli() -> None:
+  """Console entry point (`ppt-ceiling`)."""
+  entry_point.run(__doc__, _define_flags, main)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from eval import loading
 from model import multitask, targets
 from pipelines.audio import decode, features, frontend, render, windowing
 from pipelines.datasets import percepiano, taxonomy
+from pipelines import entry_point
 
 # Labels are mean ratings / 7 (see model/targets.py): x 7 gives the questionnaire's 1-7 scale.
 RATING_SCALE = percepiano.RATING_SCALE
@@ -511,10 +512,7 @@ def main(argv: list[str]) -> int:
 
 def cli() -> None:
   """Console entry point (`ppt-predict`)."""
-  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
-  from absl import app
-  _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  entry_point.run(__doc__, _define_flags, lambda argv: sys.exit(main(argv)))
 
 
 if __name__ == "__main__":

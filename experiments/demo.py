@@ -33,7 +33,7 @@ import time
 from absl import app, flags
 
 from experiments import cpu_scale, stages
-from pipelines import walkthrough as data_demo
+from pipelines import entry_point, walkthrough as data_demo
 from pipelines.datasets import taxonomy
 
 FLAGS = flags.FLAGS
@@ -147,9 +147,7 @@ def main(argv):
 
 def cli() -> None:
   """Console entry point (`ppt-demo`)."""
-  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
-  define_flags()
-  app.run(main)
+  entry_point.run(__doc__, define_flags, main)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from absl import app, flags
 
 from experiments import cpu_scale, stages
 from train import rundir
+from pipelines import entry_point
 
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -269,9 +270,7 @@ def main(argv):
 
 def cli() -> None:
   """Console entry point (`ppt-benchmark`)."""
-  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
-  define_flags()
-  app.run(main)
+  entry_point.run(__doc__, define_flags, main)
 
 
 if __name__ == "__main__":

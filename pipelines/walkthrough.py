@@ -20,12 +20,12 @@ import time
 
 import numpy as np
 import soundfile
-import sys
 from absl import app, flags, logging
 
 from pipelines.audio import features, render
 from pipelines.corpus import make_corpus
 from pipelines.datasets import maestro, percepiano, taxonomy
+from pipelines import entry_point
 
 WINDOW_FRAMES = 1024  # 10.24 s at a 10 ms hop, AST's input length
 
@@ -167,9 +167,7 @@ def main(argv):
 
 def cli() -> None:
   """Console entry point (`ppt-walkthrough`)."""
-  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
-  define_flags()
-  app.run(main)
+  entry_point.run(__doc__, define_flags, main)
 
 
 if __name__ == "__main__":

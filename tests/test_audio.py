@@ -138,17 +138,6 @@ def test_silence_is_valid_audio(tmp_path):
   np.testing.assert_array_equal(decode.load_audio(path), np.zeros(16_000, np.float32))
 
 
-def test_from_array_validates_like_files():
-  with pytest.raises(decode.NonFiniteAudioError, match="mem"):
-    decode.from_array(np.array([0.0, np.nan]), 16_000, name="mem")
-  with pytest.raises(decode.EmptyAudioError):
-    decode.from_array(np.zeros(0), 16_000, name="mem")
-  with pytest.raises(decode.AudioError, match="shape"):
-    decode.from_array(np.zeros((2, 2, 2)), 16_000, name="mem")
-  stereo = np.stack([np.ones(48_000), -np.ones(48_000)], axis=1)
-  np.testing.assert_allclose(decode.from_array(stereo, 48_000, name="mem"), 0.0, atol=1e-6)
-
-
 def test_os_level_read_failure_is_typed(tmp_path):
   (tmp_path / "plain.txt").write_text("x")
   with pytest.raises(decode.UnreadableAudioError, match="plain.txt"):

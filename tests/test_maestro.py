@@ -45,7 +45,7 @@ def test_reads_a_valid_tree(tmp_path):
   assert index.performances[1].canonical_composer == "Frédéric Chopin"
   assert index.performances[2].duration == 60.25 and index.performances[2].year == 2018
   assert index.missing_files == ()
-  assert index.path(index.performances[0].midi_filename).is_file()
+  assert (index.root / index.performances[0].midi_filename).is_file()
 
 
 def test_json_alone_is_enough(tmp_path):

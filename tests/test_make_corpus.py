@@ -112,7 +112,7 @@ def test_maestro_layout_passes_the_real_reader(tiny):
   assert all(len(s) == 1 for s in split_of.values())  # splits disjoint by composition
   assert {s for v in split_of.values() for s in v} == set(maestro.SPLITS)
   first = index.performances[0]
-  info = soundfile.info(index.path(first.audio_filename))
+  info = soundfile.info(index.root / first.audio_filename)
   assert (info.samplerate, info.channels, info.subtype) == (48_000, 2, "PCM_16")
   assert info.duration == pytest.approx(first.duration, abs=1e-5)
   csv_rows = maestro.read_maestro_csv(tiny / "maestro-v3.0.0" / maestro.CSV_FILE)

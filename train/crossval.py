@@ -34,6 +34,7 @@ from ml_collections import config_flags
 from pipelines.datasets import taxonomy
 from pipelines.shards import metadata
 from train import configs, metrics, predictions, rundir, trainer
+from pipelines import entry_point
 
 SUMMARY = "crossval.json"
 TEST = "test"
@@ -245,9 +246,7 @@ def define_flags() -> None:
 
 def cli() -> None:
   """Console entry point (`ppt-crossval`)."""
-  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
-  define_flags()
-  app.run(main, argv=configs.resolve_argv(sys.argv))
+  entry_point.run(__doc__, define_flags, main, argv=configs.resolve_argv(sys.argv))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from train import configs, trainer
+from pipelines import entry_point
 
 FLAGS = flags.FLAGS
 
@@ -77,9 +78,7 @@ def main(argv: list[str]) -> None:
 
 def cli() -> None:
   """Console entry point (`ppt-train`)."""
-  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
-  define_flags()
-  app.run(main, argv=configs.resolve_argv(sys.argv))
+  entry_point.run(__doc__, define_flags, main, argv=configs.resolve_argv(sys.argv))
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from eval.report.build import build
 from eval.report.common import EVALUATION_TITLES, ReportError
 from eval.report.scoring import headline_rows
 from pipelines.datasets import taxonomy
+from pipelines import entry_point
 
 
 def main(argv):
@@ -107,9 +108,7 @@ def _define_flags():
 
 def cli() -> None:
   """Console entry point (`ppt-report`; also `python -m eval.report`)."""
-  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
-  _define_flags()
-  app.run(main)
+  entry_point.run(__doc__, _define_flags, main)
 
 
 if __name__ == "__main__":

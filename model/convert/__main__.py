@@ -19,6 +19,7 @@ from absl import app, flags, logging
 
 from model.convert import config_inference, conversion, loading, rules
 from model.convert.errors import ConversionError
+from pipelines import entry_point
 
 
 def define_flags() -> None:
@@ -76,9 +77,7 @@ def main(argv: list[str]) -> None:
 
 def cli() -> None:
   """Console entry point (`ppt-convert`; also `python -m model.convert`)."""
-  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
-  define_flags()
-  app.run(main)
+  entry_point.run(__doc__, define_flags, main)
 
 
 if __name__ == "__main__":

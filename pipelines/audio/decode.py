@@ -124,24 +124,6 @@ def decode_audio(
       samples, source_rate, name, target_sample_rate, min_sample_rate)
 
 
-def from_array(
-    samples: np.ndarray,
-    sample_rate: int,
-    *,
-    name: str,
-    target_sample_rate: int = TARGET_SAMPLE_RATE,
-    min_sample_rate: int = TARGET_SAMPLE_RATE,
-) -> np.ndarray:
-  """Validates, downmixes and resamples an in-memory `[time]` or `[time, channels]` array."""
-  samples = np.asarray(samples, dtype=np.float32)
-  if samples.ndim == 1:
-    samples = samples[:, None]
-  if samples.ndim != 2:
-    raise AudioError(name, f"expected [time] or [time, channels], got shape {samples.shape}")
-  return _to_mono_resampled(
-      samples, sample_rate, name, target_sample_rate, min_sample_rate)
-
-
 def _check_extension(path: pathlib.PurePath) -> str:
   ext = path.suffix.lower()
   if ext not in supported_extensions():

@@ -149,17 +149,3 @@ def log_mel(waveform: np.ndarray, config: FbankConfig = AST) -> np.ndarray:
     energies = power.astype(np.float32) @ banks
     np.log(np.maximum(energies, LOG_FLOOR, out=energies), out=out[start:start + count])
   return out
-
-
-def pad_or_crop(features: np.ndarray, num_frames: int = 1024) -> tuple[np.ndarray, int]:
-  """Fixes the time axis of `[frames, mel]` features to `num_frames`.
-
-  Shorter inputs are padded with zeros at the end (as AST does, in the log
-  domain); longer ones are cut. Returns the features and the number of valid
-  (unpadded) frames.
-  """
-  valid = min(features.shape[0], num_frames)
-  out = np.zeros((num_frames,) + features.shape[1:], dtype=features.dtype)
-  out[:valid] = features[:valid]
-  return out, valid
-

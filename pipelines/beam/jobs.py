@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import pathlib
-import sys
 
 import ml_collections
 from absl import app, flags
@@ -26,6 +25,7 @@ from ml_collections import config_flags
 from pipelines.audio import windowing
 from pipelines.beam import augment_presets, preprocess
 from pipelines.shards import layout
+from pipelines import entry_point
 
 FLAGS = flags.FLAGS
 AUGMENT_OPS = ("time_stretch", "pitch_shift", "noise")
@@ -122,9 +122,7 @@ COMMON_FLAGS = ["output_dir", "overwrite", "window_s", "hop_s", "silence_db", "f
 
 def run_main(define, main, doc: str) -> None:
   """absl entry point that hands flags it does not know to Beam; `doc` is what --help prints."""
-  sys.modules["__main__"].__doc__ = doc
   # Beam's local runner relays every worker's INFO lines; keep the job's own output readable.
   std_logging.getLogger("apache_beam").setLevel(std_logging.WARNING)
-  define()
-  app.run(main, flags_parser=lambda argv: FLAGS(argv, known_only=True))
+  entry_point.run(doc, define, main, flags_parser=lambda argv: FLAGS(argv, known_only=True))
 

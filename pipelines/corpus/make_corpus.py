@@ -36,12 +36,12 @@ import tempfile
 
 import numpy as np
 import soundfile
-import sys
 from absl import app, flags, logging
 
 from pipelines.audio import render
 from pipelines.corpus import composition, performance, rating
 from pipelines.datasets import maestro, percepiano, taxonomy
+from pipelines import entry_point
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,9 +296,7 @@ def main(argv):
 
 def cli() -> None:
   """Console entry point (`ppt-make-corpus`)."""
-  sys.modules["__main__"].__doc__ = __doc__  # what absl prints for --help
-  define_flags()
-  app.run(main)
+  entry_point.run(__doc__, define_flags, main)
 
 
 if __name__ == "__main__":

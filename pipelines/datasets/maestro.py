@@ -76,9 +76,6 @@ class MaestroIndex:
   performances: tuple[MaestroPerformance, ...]
   missing_files: tuple[str, ...]  # listed but absent, relative to root
 
-  def path(self, relative: str) -> pathlib.Path:
-    return self.root / relative
-
 
 def _validate_row(row: dict, where: str) -> MaestroPerformance:
   missing = [c for c in COLUMNS if row.get(c) is None]
