@@ -60,10 +60,9 @@ import model_speed  # noqa: E402  (the shared FLOP count, matmul peaks and PyTor
 
 from eval import predict  # noqa: E402
 from model import ast, multitask, targets  # noqa: E402
-from pipelines.audio import render, windowing  # noqa: E402
+from pipelines.audio import frontend, render, windowing  # noqa: E402
 from pipelines.corpus import make_corpus
 from train.configs import finetune  # noqa: E402
-from pipelines.audio import frontend
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 REAL_MIDI = REPO.parent / "shared" / "data" / "percepiano" / "virtuoso" / "data" / "all_2rounds"

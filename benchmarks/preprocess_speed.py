@@ -27,10 +27,9 @@ import time
 import numpy as np
 
 from pipelines.audio import render
-from pipelines.beam import percepiano_job, preprocess, writer
+from pipelines.beam import augment_presets, percepiano_job, preprocess, writer
 from pipelines.datasets import percepiano, splits
 from pipelines.shards import layout, records
-from pipelines.beam import augment_presets
 
 
 def main() -> None:

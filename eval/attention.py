@@ -52,7 +52,6 @@ from model import ast, multitask
 from pipelines.datasets import taxonomy
 
 
-
 class AttentionMapError(ValueError):
   """The run or the input cannot give attention maps; the message says why."""
 

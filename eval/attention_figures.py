@@ -19,8 +19,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from eval import attention, loading, predict
-from pipelines.audio import decode, features, frontend, render, windowing
 from pipelines import entry_point
+from pipelines.audio import decode, features, frontend, render, windowing
 
 PNG_SUFFIX = "_attention.png"
 

@@ -34,9 +34,9 @@ import sys
 
 import numpy as np
 
-from train import metrics
-from pipelines.datasets import percepiano, taxonomy
 from pipelines import entry_point
+from pipelines.datasets import percepiano, taxonomy
+from train import metrics
 
 DEFAULT_SPLITS = 200
 

@@ -46,9 +46,9 @@ import numpy as np
 
 from eval import loading
 from model import multitask, targets
+from pipelines import entry_point
 from pipelines.audio import decode, features, frontend, render, windowing
 from pipelines.datasets import percepiano, taxonomy
-from pipelines import entry_point
 
 # Labels are mean ratings / 7 (see model/targets.py): x 7 gives the questionnaire's 1-7 scale.
 RATING_SCALE = percepiano.RATING_SCALE

@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import scipy.stats
 
-from train import metrics
 from pipelines.datasets import taxonomy
+from train import metrics
 
 DEFAULT_RESAMPLES = 10_000
 # Resamples scored per matrix product: bounds the [chunk, P] temporaries.

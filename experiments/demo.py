@@ -33,7 +33,8 @@ import time
 from absl import app, flags
 
 from experiments import cpu_scale, stages
-from pipelines import entry_point, walkthrough as data_demo
+from pipelines import entry_point
+from pipelines import walkthrough as data_demo
 from pipelines.datasets import taxonomy
 
 FLAGS = flags.FLAGS

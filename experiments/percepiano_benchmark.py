@@ -44,8 +44,8 @@ import sys
 from absl import app, flags
 
 from experiments import cpu_scale, stages
-from train import rundir
 from pipelines import entry_point
+from train import rundir
 
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parent.parent

@@ -21,19 +21,19 @@ once the others are done, so one failure does not waste an unattended session.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import pathlib
 import ast
+import dataclasses
 import datetime
 import io
+import json
+import pathlib
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 
-from train import rundir
 from pipelines.shards import layout, metadata
+from train import rundir
 
 
 class StageError(RuntimeError):

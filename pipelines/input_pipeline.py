@@ -27,8 +27,8 @@ import grain
 import numpy as np
 from absl import flags
 
-from pipelines.shards import metadata, records
 from pipelines.audio import frontend
+from pipelines.shards import metadata, records
 
 
 @dataclasses.dataclass(frozen=True)

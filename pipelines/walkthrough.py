@@ -22,10 +22,10 @@ import numpy as np
 import soundfile
 from absl import app, flags, logging
 
+from pipelines import entry_point
 from pipelines.audio import features, render
 from pipelines.corpus import make_corpus
 from pipelines.datasets import maestro, percepiano, taxonomy
-from pipelines import entry_point
 
 WINDOW_FRAMES = 1024  # 10.24 s at a 10 ms hop, AST's input length
 

@@ -5,8 +5,8 @@ import pretty_midi
 import pytest
 
 from pipelines.audio import augmentation
-from pipelines.datasets import taxonomy
 from pipelines.beam import augment_presets as augment_config
+from pipelines.datasets import taxonomy
 
 
 def _config(preset, **enabled):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from train import metrics
 from pipelines.datasets import taxonomy
+from train import metrics
 
 
 def test_windows_are_averaged_per_performance_before_scoring():

@@ -95,6 +95,7 @@ def _finish(run: pathlib.Path, seconds: float = 1.0) -> None:
 
 def test_a_piece_of_folds_is_done_only_with_its_test_run(tmp_path):
   import json
+
   # crossval.json's own flags claim everything finished: the run directories decide.
   summary = {"split": "piece", "folds": [0, 1, 2, 3], "config": {},
              "runs": {k: {"finished": True} for k in ["0", "1", "2", "3", "test"]}}

@@ -21,9 +21,9 @@ import pytest
 import soundfile
 
 from eval import loading, predict
-from train import predictions
 from pipelines.audio import frontend, render
 from pipelines.datasets import taxonomy
+from train import predictions
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 4

@@ -24,9 +24,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from train import metrics, predictions, rundir
 from model import targets
-from train import metric_writer
+from train import metric_writer, metrics, predictions, rundir
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 8

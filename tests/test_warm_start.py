@@ -15,6 +15,7 @@ from flax import traverse_util
 from model import ast, multitask, posemb, ssast
 from train import sharding, warm_start
 
+
 def _flat(tree):
   return traverse_util.flatten_dict(tree, sep="/")
 

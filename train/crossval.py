@@ -31,10 +31,10 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from pipelines import entry_point
 from pipelines.datasets import taxonomy
 from pipelines.shards import metadata
 from train import configs, metrics, predictions, rundir, trainer
-from pipelines import entry_point
 
 SUMMARY = "crossval.json"
 TEST = "test"

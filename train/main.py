@@ -19,8 +19,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train import configs, trainer
 from pipelines import entry_point
+from train import configs, trainer
 
 FLAGS = flags.FLAGS
 

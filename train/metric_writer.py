@@ -12,8 +12,8 @@ import json
 import math
 import pathlib
 from collections.abc import Mapping
-from train import rundir
 
+from train import rundir
 
 
 class MetricWriter:

@@ -26,7 +26,6 @@ from pipelines.datasets import percepiano, taxonomy
 from train import rundir
 
 
-
 class PredictionsError(ValueError):
   pass
 

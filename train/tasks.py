@@ -19,14 +19,13 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from train import metrics as val_metrics, rundir
-from train import predictions as prediction_files
 from model import ast, baselines, multitask, ssast, targets
 from pipelines import input_pipeline
 from pipelines.datasets import taxonomy
 from pipelines.shards import metadata
-from train import sharding
-
+from train import metrics as val_metrics
+from train import predictions as prediction_files
+from train import rundir, sharding
 
 # The work directory's copy of the training data's feature settings (see Task.write_artifacts).
 

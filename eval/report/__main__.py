@@ -47,12 +47,12 @@ from absl import app, flags, logging
 
 from eval import ceiling as ceiling_lib
 from eval import statistics
-from train import crossval, predictions
 from eval.report.build import build
 from eval.report.common import EVALUATION_TITLES, ReportError
 from eval.report.scoring import headline_rows
-from pipelines.datasets import taxonomy
 from pipelines import entry_point
+from pipelines.datasets import taxonomy
+from train import crossval, predictions
 
 
 def main(argv):

@@ -38,6 +38,7 @@ def draw(report: dict, sources: list[Source], directory: pathlib.Path,
                               f"{main.name}: training")]
   if attention_audio:
     from eval import attention_figures, loading
+
     # The model the reported predictions came from (the run's last step), not the
     # best-on-validation checkpoint.
     run = loading.load(main.run_dir, step="latest")

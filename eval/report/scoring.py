@@ -9,9 +9,9 @@ import numpy as np
 
 from eval import ceiling as ceiling_lib
 from eval import statistics
-from train import metrics, predictions
 from eval.report.common import ROWS, ReportError
 from pipelines.datasets import taxonomy
+from train import metrics, predictions
 
 
 def _common(main: predictions.Predictions, other: predictions.Predictions, name: str

@@ -41,8 +41,7 @@ import numpy as np
 from model import ast
 from model import params as params_lib
 from model.convert import keys, rules
-from model.convert.errors import (ConfigMismatchError, MissingWeightsError,
-                                  ShapeMismatchError)
+from model.convert.errors import ConfigMismatchError, MissingWeightsError, ShapeMismatchError
 from model.convert.loading import to_numpy
 
 # target path -> (layer | None, part | None) -> the transformed source tensor

@@ -16,9 +16,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from model.convert.errors import (CheckpointNotFoundError, ConversionError,
-                                  CorruptCheckpointError, UnknownFormatError,
-                                  UnsafeCheckpointError)
+from model.convert.errors import (CheckpointNotFoundError, ConversionError, CorruptCheckpointError,
+                                  UnknownFormatError, UnsafeCheckpointError)
 
 _SAFETENSORS_SUFFIXES = (".safetensors",)
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth")

@@ -16,7 +16,6 @@ the identity is not reported as applied and invalidates no label.
 
 from __future__ import annotations
 
-
 import librosa
 import ml_collections
 import numpy as np

@@ -20,6 +20,7 @@ import threadpoolctl
 from pipelines.audio import features, windowing
 from pipelines.shards import records
 
+
 def log_mel(samples: np.ndarray) -> np.ndarray:
   """`features.log_mel` with one BLAS thread, as the job's workers run it.
 

@@ -22,10 +22,10 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from pipelines import entry_point
 from pipelines.audio import windowing
 from pipelines.beam import augment_presets, preprocess
 from pipelines.shards import layout
-from pipelines import entry_point
 
 FLAGS = flags.FLAGS
 AUGMENT_OPS = ("time_stretch", "pitch_shift", "noise")

@@ -48,8 +48,8 @@ import numpy as np
 import pretty_midi
 import threadpoolctl
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
-                                                  StandardOptions, WorkerOptions)
+from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, StandardOptions,
+                                                  WorkerOptions)
 
 from pipelines.audio import augmentation, decode, features, frontend, render, windowing
 from pipelines.beam import writer

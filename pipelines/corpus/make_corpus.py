@@ -38,10 +38,10 @@ import numpy as np
 import soundfile
 from absl import app, flags, logging
 
+from pipelines import entry_point
 from pipelines.audio import render
 from pipelines.corpus import composition, performance, rating
 from pipelines.datasets import maestro, percepiano, taxonomy
-from pipelines import entry_point
 
 
 @dataclasses.dataclass(frozen=True)
