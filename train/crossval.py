@@ -120,7 +120,7 @@ def read_summary(workdir: str | pathlib.Path) -> dict:
                                "rebuild it from the fold directories") from None
 
 
-def _write_summary(workdir: pathlib.Path, summary: dict) -> None:
+def write_summary(workdir: pathlib.Path, summary: dict) -> None:
   # Atomic: a kill mid-write must not leave a summary that no later run can read.
   tmp = workdir / (SUMMARY + ".tmp")
   tmp.write_text(json.dumps(summary, indent=1, default=float) + "\n")
@@ -134,7 +134,7 @@ def _scores(p: predictions.Predictions) -> dict[str, float]:
   return out
 
 
-def _summarise(workdir: pathlib.Path, config, split: str, folds: list[int], test: bool) -> dict:
+def summarise(workdir: pathlib.Path, config, split: str, folds: list[int], test: bool) -> dict:
   runs = [*folds, *([TEST] if test or finished(fold_dir(workdir, TEST)) else [])]
   summary = {"split": split, "folds": folds, "config": json.loads(config.to_json_best_effort()),
              "runs": {}}
@@ -196,14 +196,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, split: s
       continue
     logging.info("%s: training (%s split)", directory.name, split)
     result = trainer.train_and_evaluate(fold_config(config, split, k), directory)
-    summary = _summarise(workdir, config, split, folds, test)
-    _write_summary(workdir, summary)
+    summary = summarise(workdir, config, split, folds, test)
+    write_summary(workdir, summary)
     if result.status == "preempted":
       preempted = True
       break
-  summary = _summarise(workdir, config, split, folds, test)
+  summary = summarise(workdir, config, split, folds, test)
   summary["preempted"] = preempted
-  _write_summary(workdir, summary)
+  write_summary(workdir, summary)
   return summary
 
 

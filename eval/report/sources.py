@@ -11,7 +11,8 @@ from eval import ceiling as ceiling_lib
 from eval.report.common import ReportError
 from train import crossval, metric_writer, predictions, rundir
 
-BACKBONE_NAMES = {"ast": "AST", "cnn": "CNN baseline", "pooled_stats": "feed-forward baseline"}
+BACKBONE_NAMES = {"ast": "AST", "cnn": "CNN baseline", "pooled_stats": "feed-forward baseline",
+                  "ridge": "ridge on clip statistics"}
 
 
 @dataclasses.dataclass(frozen=True)

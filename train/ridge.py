@@ -1,0 +1,335 @@
+"""The closed-form baseline: ridge regression on clip statistics, in the trainer's run format.
+
+  python -m train.ridge --data_dir=SHARDS --workdir=W [--split=piece|performer] \
+      [--folds=0,1|none] [--test]
+
+SHARDS is a PercePiano job's output written with its clean audio (the default;
+not `--nowrite_audio`): the statistics (pipelines.audio.clip_statistics) are
+computed once per performance from that audio and cached in
+`W/clip_statistics.npz`. Every learned model is judged against this bar, so it
+goes through the same machinery: the same split tables and folds, a
+`W/crossval.json` and one run directory per fold (and `W/test`) with
+`config.json`, `predictions/1.npz` and `result.json`, which `eval.report`
+reads like any cross-validation (`--compare=W`; backbone "ridge").
+
+Fit: standardise the statistics on the training performances, centre the
+labels, and solve ridge for all 19 dimensions at once through one SVD. The
+regularisation is chosen by an inner cross-validation over the *training*
+performances only, grouped like the outer split (by passage for the piece
+split, by performer for the performer split), by the report's metric: the mean
+over dimensions of the Pearson correlation.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from pipelines import entry_point
+from pipelines.audio import clip_statistics
+from pipelines.datasets import percepiano, taxonomy
+from pipelines.shards import layout, metadata, records
+from train import crossval, metrics, predictions, rundir
+
+STATISTICS_CACHE = "clip_statistics.npz"
+ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
+FLAGS = flags.FLAGS
+
+
+class RidgeError(ValueError):
+  pass
+
+
+# ----------------------------------------------------------------------------- the fit
+
+@dataclasses.dataclass(frozen=True)
+class RidgeModel:
+  mean: np.ndarray  # [F] feature means of the training performances
+  scale: np.ndarray  # [F] their standard deviations (1 where constant)
+  weights: np.ndarray  # [F, D]
+  bias: np.ndarray  # [D] the training labels' means
+  alpha: float
+  inner_pearson: dict[float, float]  # mean inner-CV Pearson of every alpha tried
+
+  def predict(self, x: np.ndarray) -> np.ndarray:
+    return ((x - self.mean) / self.scale) @ self.weights + self.bias
+
+
+def _solve(x: np.ndarray, y: np.ndarray, alphas) -> list[np.ndarray]:
+  """Ridge weights `[F, D]` for each alpha (x standardised, y centred), from one SVD."""
+  u, s, vt = np.linalg.svd(x, full_matrices=False)
+  uty = u.T @ y
+  return [vt.T @ ((s / (s * s + a))[:, None] * uty) for a in alphas]
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  mean, scale = x.mean(0), x.std(0)
+  return mean, np.where(scale > 0, scale, 1.0)
+
+
+def _mean_pearson(pred: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
+  values = metrics.per_dimension_pearson(pred, labels, mask)
+  finite = values[np.isfinite(values)]
+  return float(finite.mean()) if finite.size else float("nan")
+
+
+def group_folds(groups: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
+  """An inner fold per item, whole groups at a time: groups shuffled by `seed`, then dealt
+  to the fold with the fewest items so far (folds stay about the same size)."""
+  unique = np.unique(groups)
+  if unique.size < num_folds:
+    raise RidgeError(f"{unique.size} groups cannot fill {num_folds} inner folds")
+  order = np.random.default_rng(seed).permutation(unique)
+  sizes = np.zeros(num_folds, int)
+  fold_of = {}
+  for g in order:
+    k = int(np.argmin(sizes))
+    fold_of[g] = k
+    sizes[k] += int((groups == g).sum())
+  return np.array([fold_of[g] for g in groups])
+
+
+def fit(x: np.ndarray, labels: np.ndarray, mask: np.ndarray, groups: np.ndarray, *,
+        alphas=ALPHAS, inner_folds: int = 4, seed: int = 0) -> RidgeModel:
+  """Ridge on `x [N, F]` -> `labels [N, D]`, alpha chosen by grouped inner cross-validation.
+
+  With fewer groups than `inner_folds` (a small corpus) each group is its own inner fold.
+  """
+  inner_folds = min(inner_folds, np.unique(groups).size)
+  if inner_folds < 2:
+    raise RidgeError("the training performances form one group: no inner cross-validation "
+                     "can choose the regularisation")
+  folds = group_folds(groups, inner_folds, seed)
+  scores = np.zeros((inner_folds, len(alphas)))
+  for k in range(inner_folds):
+    train, held = folds != k, folds == k
+    mean, scale = _standardise(x[train])
+    bias = labels[train].mean(0)
+    for j, w in enumerate(_solve((x[train] - mean) / scale, labels[train] - bias, alphas)):
+      scores[k, j] = _mean_pearson(((x[held] - mean) / scale) @ w + bias, labels[held],
+                                   mask[held])
+  inner = np.nanmean(scores, axis=0)
+  best = float(alphas[int(np.nanargmax(inner))])
+  mean, scale = _standardise(x)
+  bias = labels.mean(0)
+  weights = _solve((x - mean) / scale, labels - bias, [best])[0]
+  return RidgeModel(mean=mean, scale=scale, weights=weights, bias=bias, alpha=best,
+                    inner_pearson={float(a): float(v) for a, v in zip(alphas, inner)})
+
+
+# ----------------------------------------------------------------------------- the data
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """One row per performance: its clip statistics and labels."""
+
+  keys: tuple[str, ...]
+  x: np.ndarray  # [P, F]
+  labels: np.ndarray  # [P, D]
+
+  @property
+  def mask(self) -> np.ndarray:
+    return np.isfinite(self.labels)
+
+  def rows(self, keys) -> np.ndarray:
+    index = {k: i for i, k in enumerate(self.keys)}
+    return np.array([index[k] for k in keys], int)
+
+
+def _audio_records(data_dir: pathlib.Path, meta: metadata.ShardMetadata):
+  files = meta.shard_files("audio")
+  if not files:
+    raise RidgeError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
+                     "--nowrite_audio (the ridge reads the clean audio it stores)")
+  for f in files:
+    for data in layout.read_array_record(str(data_dir / f.file)):
+      header, arrays = records.decode(data)
+      yield header, arrays["samples"]
+
+
+def _statistics_of(samples: np.ndarray) -> np.ndarray:
+  return clip_statistics.compute(samples)
+
+
+def statistics_table(data_dir: str | pathlib.Path, cache: pathlib.Path,
+                     workers: int = 1) -> Table:
+  """Every performance's statistics, from `cache` when it was made from these shards."""
+  data_dir = pathlib.Path(data_dir)
+  meta = metadata.read(data_dir)
+  sources = sorted(r["sha256"] for r in meta.raw["shards"] if r["kind"] == "audio")
+  if cache.is_file():
+    with np.load(cache, allow_pickle=False) as f:
+      if list(f["sources"]) == sources:
+        return Table(keys=tuple(str(k) for k in f["keys"]), x=f["x"], labels=f["labels"])
+    logging.info("%s was made from other shards: recomputing", cache)
+  keys, labels, audio = [], [], []
+  for header, samples in _audio_records(data_dir, meta):
+    if header.get("labels") is None:
+      raise RidgeError(f"{data_dir}: performance {header['key']} has no labels (not a "
+                       "PercePiano job's output?)")
+    keys.append(header["key"])
+    labels.append(np.asarray(header["labels"], np.float64))
+    audio.append(samples)
+  t0 = time.perf_counter()
+  with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    x = np.stack(list(pool.map(_statistics_of, audio, chunksize=4)))
+  logging.info("clip statistics of %d performances in %.0f s", len(keys), time.perf_counter() - t0)
+  order = np.argsort(keys)
+  table = Table(keys=tuple(keys[i] for i in order), x=x[order], labels=np.stack(labels)[order])
+  cache.parent.mkdir(parents=True, exist_ok=True)
+  tmp = cache.with_suffix(".tmp.npz")
+  np.savez(tmp, keys=np.asarray(table.keys, str), x=table.x, labels=table.labels,
+           sources=np.asarray(sources, str))
+  tmp.replace(cache)
+  return table
+
+
+def groups_of(keys, split: str) -> np.ndarray:
+  """What the outer split keeps together: passages (piece split) or performers."""
+  parsed = [percepiano.parse_key(k) for k in keys]
+  return np.array([p.passage if split == "piece" else p.performer for p in parsed])
+
+
+# ----------------------------------------------------------------------------- the runs
+
+def _config(data_dir: pathlib.Path, split: str, seed: int, inner_folds: int
+            ) -> ml_collections.ConfigDict:
+  """What identifies these runs, in the trainer's config shape where eval.report reads it."""
+  return ml_collections.ConfigDict({
+      "task": "finetune", "data_dir": str(data_dir), "split": split, "seed": seed,
+      "validation_fold": -1, "model": {"backbone": "ridge"},
+      "ridge": {"alphas": list(ALPHAS), "inner_folds": inner_folds,
+                "features": len(clip_statistics.names())}})
+
+
+def run_fold(table: Table, meta: metadata.ShardMetadata, config: ml_collections.ConfigDict,
+             fold: int | str, directory: pathlib.Path) -> dict:
+  """Fits on the split's other folds (or every fold for the test set), predicts the held-out
+  performances, and writes the run directory; returns its result."""
+  t0 = time.perf_counter()
+  assignment = meta.split_table(config.split)
+  folds = meta.folds(config.split)
+  held_side = "test" if fold == crossval.TEST else f"fold{fold}"
+  train_sides = {f"fold{f}" for f in folds if f"fold{f}" != held_side}
+  train_keys = sorted(k for k, v in assignment.items() if v in train_sides)
+  held_keys = sorted(k for k, v in assignment.items() if v == held_side)
+  missing = sorted(set(train_keys + held_keys) - set(table.keys))
+  if missing:
+    raise RidgeError(f"{len(missing)} performances of the split have no statistics, e.g. "
+                     f"{missing[:3]}")
+  train, held = table.rows(train_keys), table.rows(held_keys)
+  model = fit(table.x[train], table.labels[train], table.mask[train],
+              groups_of(train_keys, config.split), inner_folds=config.ridge.inner_folds,
+              seed=config.seed)
+  out = predictions.Predictions(
+      keys=tuple(held_keys), predictions=model.predict(table.x[held]),
+      labels=table.labels[held], mask=table.mask[held], windows=np.ones(len(held_keys), int),
+      step=1, split=f"{config.split}/{held_side}")
+  directory.mkdir(parents=True, exist_ok=True)
+  fold_config = ml_collections.ConfigDict(config.to_dict())
+  fold_config.validation_fold = -1 if fold == crossval.TEST else int(fold)
+  (directory / rundir.CONFIG).write_text(fold_config.to_json_best_effort(indent=1) + "\n")
+  kept = {k: v for k, v in meta.raw.items() if k not in ("shards", "source_checksums")}
+  (directory / rundir.DATA_METADATA).write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+  out.save(predictions.path_for(directory, 1))
+  scores = metrics.summarise(metrics.per_dimension_pearson(out.predictions, out.labels,
+                                                           out.mask), prefix="val/pearson")
+  seconds = round(time.perf_counter() - t0, 1)
+  result = {"status": "finished", "step": 1, "total_steps": 1, "metrics": scores,
+            "wall_seconds": seconds, "total_wall_seconds": seconds, "alpha": model.alpha,
+            "inner_pearson": model.inner_pearson, "train_performances": len(train_keys)}
+  (directory / rundir.RESULT).write_text(json.dumps(result, indent=1) + "\n")
+  return result
+
+
+def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
+        only: list[int] | None = None, test: bool = False, *, seed: int = 0,
+        inner_folds: int = 4, workers: int = 1) -> dict:
+  """Every fold not finished yet (and the test set with `test`); returns crossval's summary."""
+  data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
+  if split not in ("piece", "performer"):
+    raise RidgeError(f"--split must be 'piece' or 'performer', got {split!r}")
+  meta = metadata.read(data_dir)
+  folds = meta.folds(split)
+  chosen = folds if only is None else only
+  unknown = sorted(set(chosen) - set(folds))
+  if unknown:
+    raise RidgeError(f"folds {unknown} are not folds of the {split} split {folds}")
+  config = _config(data_dir, split, seed, inner_folds)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if (workdir / crossval.SUMMARY).is_file():
+    before = crossval.read_summary(workdir)
+    if before["split"] != split or before["config"] != json.loads(config.to_json_best_effort()):
+      raise RidgeError(f"{workdir} holds runs with another split or config; use a new "
+                       "--workdir (or delete it)")
+  table = statistics_table(data_dir, workdir / STATISTICS_CACHE, workers)
+  for k in [*chosen, *([crossval.TEST] if test else [])]:
+    directory = crossval.fold_dir(workdir, k)
+    if crossval.finished(directory):
+      continue
+    result = run_fold(table, meta, config, k, directory)
+    logging.info("%s: alpha %g, mean Pearson %.3f", directory.name, result["alpha"],
+                 result["metrics"]["val/pearson/mean"])
+  summary = crossval.summarise(workdir, config, split, folds, test)
+  summary["preempted"] = False
+  crossval.write_summary(workdir, summary)
+  return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def define_flags() -> None:
+  flags.DEFINE_string("data_dir", None, "A PercePiano job's output (with its audio shards).",
+                      required=True)
+  flags.DEFINE_string("workdir", None, "One directory per fold, plus crossval.json.",
+                      required=True)
+  flags.DEFINE_enum("split", "piece", ["piece", "performer"], "PercePiano split.")
+  flags.DEFINE_string("folds", "", "Comma-separated folds to run (default: all; 'none': only "
+                      "the --test run).")
+  flags.DEFINE_bool("test", False, "Also fit on every fold and predict the test set.")
+  flags.DEFINE_integer("seed", 0, "Seed of the inner folds.")
+  flags.DEFINE_integer("inner_folds", 4, "Inner cross-validation folds for the regularisation.")
+  flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes computing the statistics.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    only = crossval.parse_folds(FLAGS.folds)
+    if only == [] and not FLAGS.test:
+      raise RidgeError("--folds=none runs nothing without --test")
+    summary = run(FLAGS.data_dir, FLAGS.workdir, FLAGS.split, only, FLAGS.test,
+                  seed=FLAGS.seed, inner_folds=FLAGS.inner_folds, workers=FLAGS.workers)
+  except (RidgeError, crossval.CrossValidationError, metadata.MetadataError, ValueError,
+          FileNotFoundError) as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(f"error: {e}")
+  for name, entry in summary["runs"].items():
+    if entry.get("finished"):
+      s = entry["scores"]
+      print(f"{'test' if name == crossval.TEST else 'fold ' + name}: mean Pearson "
+            f"{s['pearson/mean']:.3f} (" + ", ".join(
+                f"{g} {s[f'pearson/{g}']:.3f}" for g in taxonomy.GROUPS) + ")")
+  if "per_fold" in summary:
+    print("out of fold, mean over folds: " + ", ".join(
+        f"{g} {summary['per_fold'][f'pearson/{g}']['mean']:.3f}"
+        for g in (*taxonomy.GROUPS, "mean")))
+
+
+def cli() -> None:
+  """Console entry point (`ppt-ridge`)."""
+  entry_point.run(__doc__, define_flags, main)
+
+
+if __name__ == "__main__":
+  cli()
