@@ -65,7 +65,7 @@ PERFORMER_VARIANTS = ("ast", "cnn", "ffn")
 # Display names in the reports (no commas: eval.report's --names is comma-separated).
 NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat": "AST flat head",
          "fixed": "AST fixed loss weights", "noaug": "AST without augmentation",
-         "cnn": "CNN baseline", "ffn": "feed-forward baseline"}
+         "cnn": "CNN baseline", "ffn": "feed-forward baseline", "ridge": "ridge on clip statistics"}
 
 SIZES = {
     "cpu": {
@@ -134,8 +134,10 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                    "ASAP MIDI rendered -> pre-training shards"),
       stages.Stage("percepiano_shards", ("pipelines.beam.percepiano_job", f"--percepiano_dir={percepiano_dir}",
                                          f"--output_dir={labelled}", *s["window"],
-                                         "--variants=1", "--augment=noise", "--nowrite_audio"),
-                   lambda: stages.job_finished(labelled, stages.window_flags(s["window"])),
+                                         "--variants=1", "--augment=noise"),
+                   # With its clean audio: the ridge's clip statistics are computed from it.
+                   lambda: stages.job_finished(labelled, {**stages.window_flags(s["window"]),
+                                                          "write_audio": True}),
                    "PercePiano rendered -> labelled shards"),
       # A finished pre-training of another length (an older plan's) is refused, not reused.
       stages.training("pretrain", pretrain, pretrain_args, "SSAST pre-training",
@@ -159,10 +161,20 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                         f"{split} split, {variant}",
                         needs=("percepiano_shards", *(("pretrain",) if pretrained else ())))
 
+  def ridge(split: str) -> stages.Stage:
+    # The closed-form bar: every fold and the test set, in minutes (statistics cached).
+    directory = work / split / "ridge"
+    return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_ridge",
+                        ("train.ridge", f"--data_dir={labelled}", f"--workdir={directory}",
+                         f"--split={split}", "--test"),
+                        lambda: _crossval_finished(directory), f"{split} split, ridge",
+                        needs=("percepiano_shards",))
+
   # Each split's report follows (and needs) its own runs only, so a failing performer
   # run cannot hold back the piece split's report.
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
-    runs = [cross_validation(split, v) for v in variants]
+    runs = [cross_validation(split, v) for v in variants] + [ridge(split)]
+    variants = [*variants, "ridge"]
     out += runs
     report_dir = (reports or work / "reports") / split
     out.append(stages.Stage(

@@ -24,12 +24,15 @@ def test_the_attention_example_is_the_first_test_performance(tmp_path):
   assert stages.first_test_midi(release, shards, "piece") == midi / "B_piece_8bars_1_2.mid"
   plan = demo.plan(tmp_path / "corpus", tmp_path / "work", 1.0, 100)
   assert [s.name for s in plan] == ["maestro_shards", "percepiano_shards", "pretrain",
-                                    "finetune_ast", "finetune_cnn", "report"]
+                                    "finetune_ast", "finetune_cnn", "ridge", "report"]
   assert callable(plan[-1].args)  # completed once the PercePiano job has run
   names = [s.name for s in plan]
   for k, stage in enumerate(plan):  # every need names an earlier stage
     assert set(stage.needs) <= set(names[:k]), stage.name
-  assert plan[-1].needs == ("finetune_ast", "finetune_cnn")
+  assert plan[-1].needs == ("finetune_ast", "finetune_cnn", "ridge")
+  ridge = plan[names.index("ridge")]
+  assert ridge.args[0] == "train.ridge" and ridge.needs == ("percepiano_shards",)
+  assert {"--folds=none", "--test"} <= set(ridge.args)  # the demo scores the test set only
 
 
 @pytest.mark.slow

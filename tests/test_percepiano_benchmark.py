@@ -38,7 +38,13 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert needs["pretrain"] == ("asap_shards",)
   assert needs["cv_ast"] == ("percepiano_shards", "pretrain")
   assert needs["cv_scratch"] == needs["cv_cnn"] == needs["performer_ffn"] == ("percepiano_shards",)
-  assert set(needs["report_piece"]) == {f"cv_{v}" for v in benchmark.VARIANTS}
+  assert set(needs["report_piece"]) == {f"cv_{v}" for v in benchmark.VARIANTS} | {"cv_ridge"}
+  assert set(needs["report_performer"]) == {f"performer_{v}" for v in
+                                            (*benchmark.PERFORMER_VARIANTS, "ridge")}
+  for split, name in (("piece", "cv_ridge"), ("performer", "performer_ridge")):
+    ridge = plan[names.index(name)]
+    assert ridge.args[0] == "train.ridge" and needs[name] == ("percepiano_shards",)
+    assert {f"--split={split}", "--test"} <= set(ridge.args)
   # Each report right after its split's runs.
   assert names.index("report_piece") == max(i for i, n in enumerate(names) if n.startswith("cv_")) + 1
   assert names[-1] == "report_performer"
@@ -84,7 +90,7 @@ def test_dry_run_prints_the_commands(tmp_path):
 
 def test_display_names_survive_the_comma_separated_names_flag():
   assert all("," not in name for name in benchmark.NAMES.values())
-  assert set(benchmark.NAMES) == set(benchmark.VARIANTS)
+  assert set(benchmark.NAMES) == set(benchmark.VARIANTS) | {"ridge"}
 
 
 def _finish(run: pathlib.Path, seconds: float = 1.0) -> None:
@@ -158,7 +164,7 @@ def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
   assert notes[0] == f"--note={benchmark.SIZES['cpu']['scale']}" and "2-core" in notes[0]
   assert "AST (SSAST pre-trained): 4 folds + test in 10 min" in notes[1]
   assert "CNN baseline: test in 2 min" in notes[1]
-  pending = [benchmark.NAMES[v] for v in benchmark.VARIANTS if v not in ("ast", "cnn")]
+  pending = [benchmark.NAMES[v] for v in (*benchmark.VARIANTS, "ridge") if v not in ("ast", "cnn")]
   assert notes[2] == f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}."
 
 
@@ -168,10 +174,23 @@ def test_shards_of_one_size_are_refused_by_the_other(tmp_path):
   for name in ("asap", "percepiano"):  # shards as the cpu plan made them
     (work / "shards" / name).mkdir(parents=True)
     (work / "shards" / name / "metadata.json").write_text(
-        json.dumps({"config": {"window_s": 5.12, "hop_s": 5.12}}))
+        json.dumps({"config": {"window_s": 5.12, "hop_s": 5.12, "write_audio": True}}))
   by_size = {size: {s.name: s for s in benchmark.plan(tmp_path, tmp_path, work, size)}
              for size in benchmark.SIZES}
   for name in ("asap_shards", "percepiano_shards"):
     assert by_size["cpu"][name].done()
     with pytest.raises(benchmark.stages.StageError, match=r"window_s=5.12 \(this stage: 10.24\)"):
       by_size["base"][name].done()
+
+
+def test_labelled_shards_without_their_audio_are_refused(tmp_path):
+  # The ridge's statistics come from the clean audio the PercePiano job stores: shards made
+  # with --nowrite_audio (an older plan's) must be rebuilt, not reused.
+  import json
+  work = tmp_path / "w"
+  (work / "shards" / "percepiano").mkdir(parents=True)
+  (work / "shards" / "percepiano" / "metadata.json").write_text(
+      json.dumps({"config": {"window_s": 5.12, "hop_s": 5.12, "write_audio": False}}))
+  stage = {s.name: s for s in benchmark.plan(tmp_path, tmp_path, work, "cpu")}["percepiano_shards"]
+  with pytest.raises(benchmark.stages.StageError, match=r"write_audio=False \(this stage: True\)"):
+    stage.done()

@@ -1,0 +1,132 @@
+"""train.ridge: the closed-form bar — the fit's known answers, grouped inner folds, and the
+whole path on a real PercePiano job's output (Beam job -> statistics -> runs -> eval.report)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipelines.corpus import make_corpus
+from train import crossval, predictions, ridge
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def planted(n=240, features=30, groups=24, noise=0.1, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, features)) * rng.uniform(0.1, 10, features)  # unequal scales
+  w = rng.normal(size=(features, 19))
+  y = (x / x.std(0)) @ w + noise * rng.normal(size=(n, 19))
+  return x, y, np.repeat(np.arange(groups), n // groups)
+
+
+def test_recovers_a_planted_linear_relation():
+  x, y, g = planted()
+  model = ridge.fit(x[:200], y[:200], np.ones_like(y[:200], bool), g[:200])
+  pred = model.predict(x[200:])
+  r = [np.corrcoef(pred[:, d], y[200:, d])[0, 1] for d in range(19)]
+  assert min(r) > 0.99
+  assert model.alpha <= 10.0  # clean signal: little shrinkage
+
+
+def test_pure_noise_is_shrunk_to_the_mean():
+  x, _, g = planted()
+  y = np.random.default_rng(1).normal(size=(240, 19))
+  model = ridge.fit(x, y, np.ones_like(y, bool), g)
+  assert model.alpha == max(ridge.ALPHAS)
+  assert np.abs(model.predict(x) - y.mean(0)).max() < 0.5 * np.abs(y - y.mean(0)).max()
+
+
+def test_inner_folds_keep_groups_whole_and_balanced():
+  groups = np.repeat(np.array(list("abcdefghij")), [1, 2, 3, 4, 5, 5, 4, 3, 2, 1])
+  folds = ridge.group_folds(groups, 4, seed=3)
+  for g in np.unique(groups):
+    assert len(set(folds[groups == g])) == 1
+  sizes = np.bincount(folds, minlength=4)
+  assert sizes.min() >= 5 and sizes.max() - sizes.min() <= 5
+  np.testing.assert_array_equal(folds, ridge.group_folds(groups, 4, seed=3))
+  assert not np.array_equal(folds, ridge.group_folds(groups, 4, seed=4))
+  with pytest.raises(ridge.RidgeError, match="cannot fill"):
+    ridge.group_folds(np.array(["a", "b"]), 3, seed=0)
+
+
+def test_one_group_cannot_choose_the_regularisation():
+  x, y, _ = planted()
+  with pytest.raises(ridge.RidgeError, match="one group"):
+    ridge.fit(x, y, np.ones_like(y, bool), np.zeros(len(x)))
+
+
+@pytest.fixture(scope="module")
+def job_with_audio(tmp_path_factory) -> pathlib.Path:
+  root = tmp_path_factory.mktemp("ridge")
+  make_corpus.make_corpus(root / "corpus", "tiny", seed=3, parts=("percepiano",))
+  out = root / "shards"
+  proc = subprocess.run(
+      [sys.executable, "-m", "pipelines.beam.percepiano_job",
+       f"--percepiano_dir={root / 'corpus' / 'percepiano'}", f"--output_dir={out}",
+       "--test_fraction=0.34", "--num_folds=2", "--window_s=2.56", "--hop_s=2.56",
+       "--direct_running_mode=in_memory", "--direct_num_workers=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return out
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "train.ridge", *map(str, args)], cwd=REPO,
+                        capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_cross_validation_and_test_set_as_the_report_reads_them(job_with_audio, tmp_path):
+  work = tmp_path / "ridge"
+  proc = run_cli(f"--data_dir={job_with_audio}", f"--workdir={work}", "--test", "--workers=1")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "out of fold, mean over folds" in proc.stdout
+  summary = crossval.read_summary(work)
+  assert summary["config"]["model"]["backbone"] == "ridge"
+  assert crossval.available_sets(work) == {"out_of_fold": True, "test": True}
+  metadata = json.loads((job_with_audio / "metadata.json").read_text())
+  table = metadata["splits"]["piece"]
+  # Every training performance is predicted once, by the fold that held it out.
+  pooled = crossval.pool(crossval.fold_predictions(work), "piece")
+  assert sorted(pooled.keys) == sorted(k for k, v in table.items() if v != "test")
+  test = predictions.load_final(work / "test")
+  assert sorted(test.keys) == sorted(k for k, v in table.items() if v == "test")
+  assert np.all(np.isfinite(test.predictions))
+  # A rerun finds every run finished and changes nothing.
+  before = (work / "test" / "predictions" / "1.npz").read_bytes()
+  again = run_cli(f"--data_dir={job_with_audio}", f"--workdir={work}", "--test", "--workers=1")
+  assert again.returncode == 0 and (work / "test" / "predictions" / "1.npz").read_bytes() == before
+  # Another split in the same directory is refused.
+  other = run_cli(f"--data_dir={job_with_audio}", f"--workdir={work}", "--split=performer")
+  assert other.returncode != 0 and "another split or config" in other.stderr
+  report = subprocess.run(
+      [sys.executable, "-m", "eval.report", f"--workdir={work}", f"--output_dir={tmp_path / 'r'}",
+       "--resamples=100"], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert report.returncode == 0, report.stderr[-2000:]
+  assert "ridge on clip statistics" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_the_statistics_are_cached_and_recomputed_for_other_shards(job_with_audio, tmp_path):
+  cache = tmp_path / "stats.npz"
+  first = ridge.statistics_table(job_with_audio, cache)
+  stamp = cache.stat().st_mtime_ns
+  second = ridge.statistics_table(job_with_audio, cache)
+  assert cache.stat().st_mtime_ns == stamp and second.keys == first.keys
+  np.testing.assert_array_equal(second.x, first.x)
+  with np.load(cache) as f:
+    stale = {k: f[k] for k in f.files}
+  stale["sources"] = np.asarray(["other"], str)
+  np.savez(cache, **stale)
+  third = ridge.statistics_table(job_with_audio, cache)
+  np.testing.assert_array_equal(third.x, first.x)
+  with np.load(cache) as f:
+    assert list(f["sources"]) != ["other"]
+
+
+def test_shards_without_audio_are_a_clear_error(train_shards, tmp_path):
+  proc = run_cli(f"--data_dir={train_shards['percepiano']}", f"--workdir={tmp_path}", "--test")
+  assert proc.returncode != 0
+  assert "holds no audio shards" in proc.stderr and "Traceback" not in proc.stderr
