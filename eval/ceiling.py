@@ -2,8 +2,9 @@
 
 A label is the mean of 5-20 listeners' answers, so part of its variance is
 rater noise that no audio model can predict. The reliability of that mean is
-estimated by split-half: each performance's raters are split at random into
-two halves, the half-means are correlated across performances per dimension,
+estimated by split-half: each performance's *listeners* are split at random into
+two halves (all of a listener's answer rows for a clip in one half, averaged as
+the label rule averages rows), the half-means are correlated across performances per dimension,
 and the Spearman-Brown formula `2r / (1 + r)` steps the half-length
 reliability up to the full panel. The average r over many random splits is
 used (one split is noisy). A model that predicted each performance's expected
@@ -18,9 +19,16 @@ Rows follow the release's label rule (`percepiano.RawRatings.labels`): a row
 with an answer above 7 is invalid, an empty or 0 answer is missing for its
 dimension, duplicate rows count twice. A dimension is scored over the
 performances whose two halves both have an answer there. With an odd number
-of raters the halves differ by one; Spearman-Brown then slightly
+of listeners the halves differ by one; Spearman-Brown then slightly
 underestimates (by well under 0.01 at PercePiano's panel sizes, see the
 simulation test).
+
+Why listeners and not rows: the raw CSV holds repeated answers by the same
+listener for the same clip (about 14 rows but 10 distinct listeners per clip in
+the median). A listener's repeats share that listener's view of the clip, so a
+row split that puts them in both halves correlates the halves beyond what two
+independent panels would: the ceiling comes out too high (the simulation test
+plants such repeats; `unit="row"` keeps the old estimate for that comparison).
 
   python -m eval.ceiling --percepiano_dir=../shared/data/percepiano [--output_json=F]
 """
@@ -50,8 +58,10 @@ class Ceiling:
   split_half_within: np.ndarray
   reliability_within: np.ndarray
   performances: int
-  raters_per_performance: tuple[float, float, float]  # min, median, max valid rows
+  raters_per_performance: tuple[float, float, float]  # min, median, max valid answer rows
   splits: int
+  listeners_per_performance: tuple[float, float, float] = (0.0, 0.0, 0.0)  # distinct listeners
+  unit: str = "listener"  # what the halves are drawn over
 
   @property
   def pearson(self) -> np.ndarray:
@@ -67,8 +77,11 @@ class Ceiling:
         "method": "split-half reliability of the rater panel, Spearman-Brown; ceiling = "
                   "sqrt(reliability)",
         "performances": self.performances, "splits": self.splits,
+        "split_unit": self.unit,
         "raters_per_performance": dict(zip(("min", "median", "max"),
                                            self.raters_per_performance)),
+        "listeners_per_performance": dict(zip(("min", "median", "max"),
+                                              self.listeners_per_performance)),
         "pearson": per_dim(self.pearson), "pearson_within": per_dim(self.pearson_within),
         "reliability": per_dim(self.reliability),
         "reliability_within": per_dim(self.reliability_within),
@@ -85,17 +98,36 @@ def spearman_brown(r: np.ndarray, factor: float = 2.0) -> np.ndarray:
   return factor * r / (1 + (factor - 1) * r)
 
 
+def _units(key_index: np.ndarray, users: np.ndarray, unit: str) -> np.ndarray:
+  """The unit of each row that a half takes whole: its (clip, listener) pair, or itself."""
+  if unit == "row":
+    return np.arange(len(key_index))
+  if unit != "listener":
+    raise ValueError(f"unit must be 'listener' or 'row', got {unit!r}")
+  pairs = np.stack([key_index, np.unique(users, return_inverse=True)[1]], axis=1)
+  return np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1)
+
+
 def split_half(raw: percepiano.RawRatings, keys=None, *, splits: int = DEFAULT_SPLITS,
-               seed: int = 0) -> Ceiling:
+               seed: int = 0, unit: str = "listener") -> Ceiling:
   """Split-half reliability per dimension of the panel means, overall and within passage.
 
   `keys` restricts the estimate to those performances (e.g. the labelled
-  ones); every key must have at least two valid answer rows.
+  ones); every key must have at least two valid listeners (two valid rows with
+  `unit="row"`).
   """
   valid = ~np.any(raw.answers > 7, axis=1)
   row_keys = np.asarray(raw.keys)[valid]
   answers = raw.answers[valid]
-  unique, key_index, counts = np.unique(row_keys, return_inverse=True, return_counts=True)
+  unique, key_index, rows_per_key = np.unique(row_keys, return_inverse=True,
+                                               return_counts=True)
+  users = np.asarray(raw.users)[valid]
+  row_unit = _units(key_index, users, unit)
+  unit_key = np.zeros(row_unit.max(initial=-1) + 1, int)
+  unit_key[row_unit] = key_index
+  counts = np.bincount(unit_key, minlength=len(unique))  # units (listeners or rows) per key
+  listeners = np.bincount(np.unique(np.stack([key_index, users], 1), axis=0)[:, 0],
+                          minlength=len(unique))
   if keys is not None:
     wanted = set(keys)
     missing = sorted(wanted - set(unique.tolist()))
@@ -107,7 +139,7 @@ def split_half(raw: percepiano.RawRatings, keys=None, *, splits: int = DEFAULT_S
   too_few = [k for k, c in zip(unique, counts) if c < 2 and k in wanted]
   if too_few:
     raise percepiano.PercePianoError(
-        f"{len(too_few)} performances have fewer than 2 valid raters (no split possible), "
+        f"{len(too_few)} performances have fewer than 2 valid {unit}s (no split possible), "
         f"e.g. {too_few[:3]}")
   chosen = np.array([k in wanted for k in unique])
   # Only the chosen keys must parse (the raw CSV may hold clips outside the release).
@@ -115,17 +147,18 @@ def split_half(raw: percepiano.RawRatings, keys=None, *, splits: int = DEFAULT_S
                        zip(unique, chosen)])
   present = answers > 0
   values = np.where(present, answers, 0.0)
-  # Rows grouped by key once; each split shuffles positions within each key.
-  order = np.argsort(key_index, kind="stable")
+  # Units grouped by key once; each split shuffles their positions within each key and
+  # gives the first half of every key's units (with all their rows) to the first half.
+  order = np.argsort(unit_key, kind="stable")
   starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
   rng = np.random.default_rng(seed)
   r_overall = np.zeros((splits, taxonomy.NUM_DIMENSIONS))
   r_within = np.zeros_like(r_overall)
   for s in range(splits):
-    shuffled = order[np.lexsort((rng.random(len(order)), key_index[order]))]
+    shuffled = order[np.lexsort((rng.random(len(order)), unit_key[order]))]
     position = np.empty(len(order), int)
     position[shuffled] = np.arange(len(order)) - np.repeat(starts, counts)
-    first = position < (counts[key_index] // 2)
+    first = (position < (counts[unit_key] // 2))[row_unit]
     half_means = []
     for half in (first, ~first):
       total = np.zeros((len(unique), taxonomy.NUM_DIMENSIONS))
@@ -139,14 +172,17 @@ def split_half(raw: percepiano.RawRatings, keys=None, *, splits: int = DEFAULT_S
       m = chosen & np.isfinite(a[:, d]) & np.isfinite(b[:, d])
       r_overall[s, d] = metrics.pearson(a[m, d], b[m, d])
       r_within[s, d] = metrics.within_passage_pearson(a[m, d], b[m, d], passages[m])
-  rows = counts[chosen]
+  rows, chosen_listeners = rows_per_key[chosen], listeners[chosen]
   half, half_within = r_overall.mean(axis=0), r_within.mean(axis=0)
   return Ceiling(split_half=half, reliability=spearman_brown(half),
                  split_half_within=half_within, reliability_within=spearman_brown(half_within),
                  performances=int(chosen.sum()),
                  raters_per_performance=(float(rows.min()), float(np.median(rows)),
                                          float(rows.max())),
-                 splits=splits)
+                 splits=splits, unit=unit,
+                 listeners_per_performance=(float(chosen_listeners.min()),
+                                            float(np.median(chosen_listeners)),
+                                            float(chosen_listeners.max())))
 
 
 def from_release(percepiano_dir: str | pathlib.Path, *, splits: int = DEFAULT_SPLITS,
@@ -176,8 +212,9 @@ def main(argv):
   for group, dims in taxonomy.GROUPS.items():
     print(f"{group:24s} {np.mean(result.pearson[list(dims)]):9.3f} "
           f"{np.mean(result.pearson_within[list(dims)]):7.3f}")
-  print(f"{result.performances} performances, raters per performance "
-        f"{result.raters_per_performance}, {result.splits} random splits")
+  print(f"{result.performances} performances; per performance (min, median, max): listeners "
+        f"{result.listeners_per_performance}, answer rows {result.raters_per_performance}; "
+        f"{result.splits} random splits by listener")
 
 
 def _define_flags() -> None:

@@ -69,7 +69,7 @@ def test_invalid_rows_and_restricting_keys(tmp_path):
   rows = np.flatnonzero(np.asarray(raw.keys) == keys[0])
   answers[rows[1:], 0] = 9.0  # invalid rows are dropped
   lonely = percepiano.RawRatings(users=raw.users, keys=raw.keys, answers=answers)
-  with pytest.raises(percepiano.PercePianoError, match="fewer than 2 valid raters"):
+  with pytest.raises(percepiano.PercePianoError, match="fewer than 2 valid listeners"):
     ceiling.split_half(lonely, splits=2)
   assert ceiling.split_half(lonely, keys[1:], splits=2).performances == len(keys) - 1
 
@@ -86,3 +86,42 @@ def test_cli_on_the_real_release(percepiano_dir, tmp_path):
     assert 0 < result["pearson_within"][name] <= result["pearson"][name] <= 1 or \
         0 < result["pearson"][name] <= 1
   assert "timing" in proc.stdout and "1202 performances" in proc.stdout
+
+
+def _panel_with_repeats(means: np.ndarray, rng, listeners: int = 8, pool: int = 40):
+  """Raw answers where each listener answers a clip 1-3 times: the repeats share the listener's
+  view of that clip (a listener x clip error), only a small per-answer error differs."""
+  users, clips, answers = [], [], []
+  for c, mean in enumerate(means):
+    for u in rng.choice(pool, listeners, replace=False):
+      view = mean + rng.normal(0, 0.8, mean.shape)
+      for _ in range(rng.integers(1, 4)):
+        users.append(u)
+        clips.append(c)
+        answers.append(np.clip(view + rng.normal(0, 0.25, mean.shape), 0.5, 7.0))
+  return np.array(users), np.array(clips), np.array(answers)
+
+
+def test_repeated_answers_bias_a_row_split_up_and_the_listener_split_is_unbiased():
+  means, _, keys, _, rng = _simulated_release(2, passages=80, performers=5)
+  users, clips, answers = _panel_with_repeats(means, rng)
+  raw = percepiano.RawRatings(users=users, keys=tuple(keys[c] for c in clips), answers=answers)
+  # The true ceiling: how well the expected rating correlates with the panel's label, over
+  # fresh panels of the same design (labels average rows, as the release's rule does).
+  truth = []
+  for _ in range(6):
+    u, c, a = _panel_with_repeats(means, rng)
+    labels = np.stack([a[c == k].mean(axis=0) for k in range(len(means))])
+    truth.append([np.corrcoef(labels[:, d], means[:, d])[0, 1] for d in range(19)])
+  truth = np.mean(truth, axis=0)
+  by_listener = ceiling.split_half(raw, splits=20, seed=0)
+  by_row = ceiling.split_half(raw, splits=20, seed=0, unit="row")
+  assert by_listener.unit == "listener" and by_row.unit == "row"
+  assert by_listener.listeners_per_performance == (8.0, 8.0, 8.0)
+  assert by_listener.raters_per_performance[1] > 12  # ~16 answer rows per clip
+  listener_error = by_listener.pearson - truth
+  row_error = by_row.pearson - truth
+  assert abs(listener_error.mean()) < 0.015
+  assert row_error.mean() > 0.03 and row_error.mean() > listener_error.mean() + 0.03
+  with pytest.raises(ValueError, match="unit must be"):
+    ceiling.split_half(raw, splits=1, unit="answer")

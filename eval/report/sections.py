@@ -203,8 +203,10 @@ def _ceiling_blocks(report: dict) -> list[tuple]:
     c = covered[0]
     b.append(("p", f"From {report['ceiling_source']}: split-half reliability of the rater panel "
                    f"with Spearman-Brown ({c['splits']} random splits of each performance's "
-                   f"raters; {c['raters_per_performance']['median']:g} raters per performance "
-                   "in the median), computed on each evaluated set's own performances. The "
+                   "listeners, all of a listener's answers in one half; "
+                   f"{c['listeners_per_performance']['median']:g} listeners and "
+                   f"{c['raters_per_performance']['median']:g} answer rows per performance in "
+                   "the median), computed on each evaluated set's own performances. The "
                    "ceiling on Pearson is sqrt(reliability): what a model predicting every "
                    "performance's expected rating perfectly would score against these labels."))
     for key, evaluation in report["evaluations"].items():
