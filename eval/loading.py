@@ -86,18 +86,21 @@ def load(path: str | pathlib.Path, step: int | str = "best") -> Run:
                                       best_metric=config.checkpoint.best_metric,
                                       best_mode=config.checkpoint.best_mode)
   try:
-    if named_step is not None:
-      chosen = named_step
-    elif step == "best":
-      chosen = reader.best_step() if reader.best_step() is not None else reader.latest_step()
-    elif step == "latest":
-      chosen = reader.latest_step()
+    if named_step is not None or step not in ("best", "latest"):
+      # One named step: no other checkpoint stands in for it.
+      chosen = named_step if named_step is not None else int(step)
+      if chosen not in reader.all_steps():
+        raise checkpointing.CheckpointNotFoundError(
+            f"{directory} has no checkpoint {step!r} (steps: {reader.all_steps()})")
+      state = reader.restore_raw_state(chosen)
     else:
-      chosen = int(step)
-    if chosen is None or chosen not in reader.all_steps():
-      raise checkpointing.CheckpointNotFoundError(
-          f"{directory} has no checkpoint {step!r} (steps: {reader.all_steps()})")
-    state = reader.restore_raw_state(chosen)
+      # "best" (the latest when no metric was recorded), then, if it is damaged, the newest
+      # intact one; "latest": the newest intact one.
+      newest_first = sorted(reader.all_steps(), reverse=True)
+      best = reader.best_step() if step == "best" else None
+      order = [best, *(s for s in newest_first if s != best)] if best is not None \
+          else newest_first
+      state, chosen, _ = reader.restore_intact(reader.restore_raw_state, order)
   finally:
     reader.close()
   params = jax.tree.map(np.asarray, state["params"])

@@ -59,3 +59,43 @@ def test_locate_accepts_workdir_checkpoints_dir_or_step(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(checkpointing.CheckpointNotFoundError, match="neither"):
     checkpointing.locate(tmp_path / "empty")
+
+
+def _saved(directory, steps=(1, 2, 3)):
+  ckpt = checkpointing.Checkpointer(directory, keep=5)
+  for step in steps:
+    ckpt.save(step, {"w": jnp.full((64,), float(step))}, None)
+  ckpt.close()
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete", "metadata"])
+def test_a_damaged_checkpoint_is_skipped_for_the_newest_intact_one(tmp_path, how):
+  _saved(tmp_path)
+  state_dir = tmp_path / "3" / "state"
+  files = sorted((p for p in state_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  if how == "truncate":
+    files[-1].write_bytes(files[-1].read_bytes()[:files[-1].stat().st_size // 3])
+  elif how == "delete":
+    files[-1].unlink()
+  else:
+    (state_dir / "_METADATA").write_bytes(b"\x00garbage")
+  reader = checkpointing.Checkpointer(tmp_path, read_only=True)
+  state, step, skipped = reader.restore_intact(reader.restore_raw_state)
+  reader.close()
+  assert step == 2 and float(state["w"][0]) == 2.0
+  assert [s for s, _ in skipped] == [3] and skipped[0][1]  # the reason is named
+
+
+def test_no_intact_checkpoint_names_the_directory(tmp_path):
+  _saved(tmp_path, steps=(1, 2))
+  for step in (1, 2):
+    (tmp_path / str(step) / "state" / "_METADATA").write_text("{")
+  reader = checkpointing.Checkpointer(tmp_path, read_only=True)
+  with pytest.raises(checkpointing.CheckpointNotFoundError,
+                     match=rf"{tmp_path}: no intact checkpoint \(steps 2, 1 cannot be restored"):
+    reader.restore_intact(reader.restore_raw_state)
+  # A chosen order is followed as given (eval.loading puts the best step first).
+  _saved(tmp_path / "other")
+  reader = checkpointing.Checkpointer(tmp_path / "other", read_only=True)
+  _, step, skipped = reader.restore_intact(reader.restore_raw_state, [1, 3, 2])
+  assert step == 1 and skipped == []

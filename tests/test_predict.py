@@ -13,6 +13,7 @@ import io
 import json
 import math
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ import soundfile
 from eval import loading, predict
 from pipelines.audio import frontend, render
 from pipelines.datasets import taxonomy
-from train import predictions
+from train import checkpointing, predictions
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 4
@@ -256,3 +257,20 @@ def test_a_hop_longer_than_the_window_is_refused(run):
     predict.FeatureSettings.from_metadata(run.data_metadata, hop_s=5.12)
   settings = predict.FeatureSettings.from_metadata(run.data_metadata, hop_s=2.56)
   assert (settings.window.frames, settings.window.hop_frames) == (256, 256)
+
+
+def test_damaged_checkpoints_are_one_clear_error(workdir, env, tmp_path):
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  for step_dir in (copy / "checkpoints").iterdir():
+    if step_dir.name.isdigit():
+      (step_dir / "state" / "_METADATA").write_text("{not json")
+  for step in ("best", "latest"):
+    with pytest.raises(checkpointing.CheckpointNotFoundError, match="no intact checkpoint"):
+      loading.load(copy, step=step)
+  proc = subprocess.run([sys.executable, "-m", "eval.predict", f"--checkpoint={copy}",
+                         str(tmp_path / "any.wav")], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "no intact checkpoint" in last, proc.stderr[-2000:]

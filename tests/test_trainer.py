@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import pathlib
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -333,3 +334,50 @@ def test_config_typos_and_missing_data_fail_clearly(env, tmp_path, train_shards)
   frames = run(["--config=train/configs/pretrain.py:tiny", f"--workdir={tmp_path}",
                 f"--config.data_dir={train_shards['maestro']}"], env, timeout=120)
   assert frames.returncode == 1 and "256 frames" in frames.stderr
+
+
+def _damage(step_dir: pathlib.Path, how: str) -> None:
+  """Breaks one saved checkpoint the ways a crash, a full disk or a bad copy do."""
+  files = sorted((p for p in (step_dir / "state").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+  if how == "truncate":  # the largest array file cut short
+    files[-1].write_bytes(files[-1].read_bytes()[:files[-1].stat().st_size // 3])
+  elif how == "delete":
+    files[-1].unlink()
+  elif how == "metadata":
+    (step_dir / "state" / "_METADATA").write_text("{not json")
+  else:
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["truncate", pytest.param("delete", marks=pytest.mark.slow),
+                                 pytest.param("metadata", marks=pytest.mark.slow)])
+def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_finishes_identically(
+    how, uninterrupted, train_shards, env, tmp_path):
+  # The uninterrupted run keeps steps 6, 7, 8 (and the best): damage 8 and resume, as a
+  # run killed before its last step and damaged on disk would be.
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  (workdir / "result.json").unlink()
+  _damage(workdir / "checkpoints" / str(STEPS), how)
+  resumed = run(pretrain_args(train_shards["maestro"], workdir), env)
+  assert resumed.returncode == 0, resumed.stderr[-4000:]
+  assert f"checkpoints/{STEPS} cannot be restored, skipped" in resumed.stderr
+  result = json.loads((workdir / "result.json").read_text())
+  assert result["first_step"] == STEPS - 1 and result["restored_from"].endswith(f"/{STEPS - 1}")
+  assert_trees_equal(final_state(workdir), final_state(uninterrupted))
+
+
+def test_no_intact_checkpoint_is_one_line_naming_the_directory(uninterrupted, train_shards, env,
+                                                               tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  (workdir / "result.json").unlink()
+  for step_dir in (workdir / "checkpoints").iterdir():
+    if step_dir.name.isdigit():
+      _damage(step_dir, "metadata")
+  proc = run(pretrain_args(train_shards["maestro"], workdir), env)
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "no intact checkpoint" in last
+  assert str(workdir / "checkpoints") in last and "Traceback" not in proc.stderr

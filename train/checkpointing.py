@@ -12,14 +12,21 @@ towards the latest. Saves are asynchronous (training continues while arrays are
 written); `close()` waits for the last one, and Orbax writes into a temporary
 directory that is renamed only when complete, so a run killed mid-save leaves
 the previous checkpoint as the latest.
+
+A checkpoint damaged on disk afterwards (a file truncated by a full disk or a
+crashed copy, a file deleted, garbage in its metadata) cannot be restored:
+`restore_intact` skips it with a warning naming its step and the reason and
+takes the newest one that restores; with none, one error naming the directory.
 """
 
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 
 import grain
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 # Re-exported as `checkpointing.CheckpointNotFoundError`: one class for a missing
@@ -71,6 +78,31 @@ class Checkpointer:
     """The saved state as a tree of arrays, without a target (for warm starts)."""
     restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return restored["state"]
+
+  def restore_intact(self, restore: Callable[[int], object], steps: list[int] | None = None
+                     ) -> tuple[object, int, list[tuple[int, str]]]:
+    """`restore(step)` of the first of `steps` (default: newest first) that restores.
+
+    Returns (what it restored, its step, [(skipped step, reason)]). Any error while
+    reading counts as damage: Orbax, TensorStore and JSON each raise their own types.
+    """
+    steps = sorted(self.all_steps(), reverse=True) if steps is None else steps
+    skipped = []
+    for step in steps:
+      try:
+        return restore(step), step, skipped
+      except Exception as e:  # noqa: BLE001 (see the docstring)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        logging.warning("checkpoint %s/%d cannot be restored, skipped: %s: %s", self.directory,
+                        step, type(e).__name__, reason)
+        skipped.append((step, f"{type(e).__name__}: {reason}"))
+    raise CheckpointNotFoundError(
+        f"{self.directory}: no intact checkpoint"
+        + (f" (steps {', '.join(str(s) for s, _ in skipped)} cannot be restored; first: "
+           f"{skipped[0][1]})" if skipped else " (none saved)"))
+
+  def delete(self, step: int) -> None:
+    self._manager.delete(step)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

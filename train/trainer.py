@@ -230,8 +230,12 @@ def _restore_or_initialise(built: Built, checkpointer: checkpointing.Checkpointe
     reader.close()
     restored_from = f"{directory}/{step}"
   elif checkpointer.latest_step() is not None:
-    step = checkpointer.latest_step()
-    state = checkpointer.restore(step, built.abstract_state, train_iter)
+    state, step, skipped = checkpointer.restore_intact(
+        lambda s: checkpointer.restore(s, built.abstract_state, train_iter))
+    # The damaged checkpoints are newer than the one restored: removed, so this run can
+    # save those steps again.
+    for damaged, _ in skipped:
+      checkpointer.delete(damaged)
     restored_from = f"{checkpointer.directory}/{step}"
     earlier_seconds = rundir.total_wall_seconds(rundir.read_result(workdir)) or 0.0
   else:
