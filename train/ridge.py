@@ -6,7 +6,7 @@
 SHARDS is a PercePiano job's output written with its clean audio (the default;
 not `--nowrite_audio`): the statistics (pipelines.audio.clip_statistics) are
 computed once per performance from that audio and cached in
-`W/clip_statistics.npz`. Every learned model is judged against this bar, so it
+`W/clip_statistics.npz` (recomputed when the shards or the statistics change). Every learned model is judged against this bar, so it
 goes through the same machinery: the same split tables and folds, a
 `W/crossval.json` and one run directory per fold (and `W/test`) with
 `config.json`, `predictions/1.npz` and `result.json`, which `eval.report`
@@ -166,11 +166,12 @@ def statistics_table(data_dir: str | pathlib.Path, cache: pathlib.Path,
   data_dir = pathlib.Path(data_dir)
   meta = metadata.read(data_dir)
   sources = sorted(r["sha256"] for r in meta.raw["shards"] if r["kind"] == "audio")
+  names = list(clip_statistics.names())
   if cache.is_file():
     with np.load(cache, allow_pickle=False) as f:
-      if list(f["sources"]) == sources:
+      if list(f["sources"]) == sources and list(f.get("names", [])) == names:
         return Table(keys=tuple(str(k) for k in f["keys"]), x=f["x"], labels=f["labels"])
-    logging.info("%s was made from other shards: recomputing", cache)
+    logging.info("%s was made from other shards or statistics: recomputing", cache)
   keys, labels, audio = [], [], []
   for header, samples in _audio_records(data_dir, meta):
     if header.get("labels") is None:
@@ -188,7 +189,7 @@ def statistics_table(data_dir: str | pathlib.Path, cache: pathlib.Path,
   cache.parent.mkdir(parents=True, exist_ok=True)
   tmp = cache.with_suffix(".tmp.npz")
   np.savez(tmp, keys=np.asarray(table.keys, str), x=table.x, labels=table.labels,
-           sources=np.asarray(sources, str))
+           sources=np.asarray(sources, str), names=np.asarray(names, str))
   tmp.replace(cache)
   return table
 
