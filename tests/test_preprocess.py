@@ -394,3 +394,55 @@ def test_a_hop_longer_than_the_window_is_refused_before_the_job_runs(corpus, tmp
                  f"--output_dir={out}", "--window_s=2.56", "--hop_s=5.12", *TINY_SPLIT)
   assert proc.returncode != 0 and "positive and at most the window" in proc.stderr
   assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def _shard_digests(root: pathlib.Path) -> dict[str, str]:
+  return {r["file"]: r["sha256"] for r in json.loads((root / layout.METADATA).read_text())["shards"]}
+
+
+def test_a_killed_job_rerun_gives_the_same_shards_and_no_scratch(corpus, percepiano_shards,
+                                                                 tmp_path):
+  import os
+  import signal
+  import time
+
+  out = tmp_path / "percepiano"
+  args = [sys.executable, "-m", "pipelines.beam.percepiano_job",
+          f"--percepiano_dir={corpus / 'percepiano'}", f"--output_dir={out}",
+          "--format=array_record", "--format=tfrecord", "--direct_num_workers=2", *TINY_SPLIT]
+  # Its own process group, so the kill reaches Beam's worker processes too.
+  proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and not any(p.is_file() for partial in
+                                           tmp_path.glob(".percepiano.partial-*")
+                                           for p in partial.rglob("*.bin")):
+    assert proc.poll() is None, "the job finished before it could be killed"
+    time.sleep(0.05)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert list(tmp_path.glob(".percepiano.partial-*")) and not out.exists()
+  rerun = ok(subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            check=False))
+  assert "left by a job that did not finish" in rerun.stderr
+  assert _shard_digests(out) == _shard_digests(percepiano_shards)
+  assert not list(tmp_path.glob(".percepiano.partial-*"))
+
+
+def test_a_second_job_on_the_same_output_is_refused(corpus, tmp_path):
+  import fcntl
+  import os
+
+  out = tmp_path / "percepiano"
+  # A live job holds the lock (this test process stands in for it).
+  with open(tmp_path / ".percepiano.lock", "w") as lock:
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    (tmp_path / ".percepiano.partial-0000beef").mkdir()  # the live job's scratch
+    proc = run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}",
+                   f"--output_dir={out}", *IN_MEMORY, *TINY_SPLIT)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert f"being written by another job (pid {os.getpid()})" in proc.stderr.strip().splitlines()[-1]
+  assert (tmp_path / ".percepiano.partial-0000beef").is_dir()  # never touched
+  assert not out.exists()

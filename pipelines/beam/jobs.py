@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import pathlib
+import sys
 
 import ml_collections
 from absl import app, flags
@@ -24,7 +25,7 @@ from ml_collections import config_flags
 
 from pipelines import entry_point
 from pipelines.audio import windowing
-from pipelines.beam import augment_presets, preprocess
+from pipelines.beam import augment_presets, output_lock, preprocess
 from pipelines.shards import layout
 
 FLAGS = flags.FLAGS
@@ -97,16 +98,20 @@ def run(dataset: str, sources: list[preprocess.Source], beam_args: list[str], *,
   augment = augment or augment_config()
   if augment.domain == "midi" and any(s.midi_path is None for s in sources):
     raise app.UsageError("--augment_config.domain=midi needs MIDI sources for every recording")
-  metadata = preprocess.run(
-      sources,
-      dict(dataset=dataset, augment=augment, window=_window_config(),
-           filter_silent=filter_silent, soundfont=FLAGS.soundfont,
-           formats=tuple(FLAGS.format), target_shard_mb=FLAGS.target_shard_mb,
-           write_audio=FLAGS.write_audio if write_audio is None else write_audio,
-           first_variant=first_variant),
-      output_dir=FLAGS.output_dir, overwrite=FLAGS.overwrite, beam_args=beam_args,
-      job_config=_job_flags(job_flags, augment), source_checksums=source_checksums,
-      splits=split_info, max_failure_fraction=FLAGS.max_failure_fraction)
+  try:
+    metadata = preprocess.run(
+        sources,
+        dict(dataset=dataset, augment=augment, window=_window_config(),
+             filter_silent=filter_silent, soundfont=FLAGS.soundfont,
+             formats=tuple(FLAGS.format), target_shard_mb=FLAGS.target_shard_mb,
+             write_audio=FLAGS.write_audio if write_audio is None else write_audio,
+             first_variant=first_variant),
+        output_dir=FLAGS.output_dir, overwrite=FLAGS.overwrite, beam_args=beam_args,
+        job_config=_job_flags(job_flags, augment), source_checksums=source_checksums,
+        splits=split_info, max_failure_fraction=FLAGS.max_failure_fraction)
+  except (FileExistsError, output_lock.OutputLockedError) as e:
+    # Refusals before any work: one line, not a traceback.
+    sys.exit(f"error: {e}")
   c = metadata["counts"]
   print(f"{dataset}: listed {c['listed']} = written {c['written']} + filtered {c['filtered']} "
         f"+ dead-lettered {c['dead_lettered']}; {c['windows_written']} windows written, "

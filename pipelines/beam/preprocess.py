@@ -18,7 +18,8 @@ pipeline, `finalize` checks `listed = written + filtered + dead-lettered` and
 that the shards hold exactly the windows the recordings reported, writes
 `metadata.json` and renames the temporary directory into place; if a check
 fails, or too many recordings were dead-lettered, the job exits non-zero and
-the output stays under its `.partial` name.
+the output stays under its `.partial` name (for inspection, until the next run of a
+job on that output removes it).
 
 Determinism: a recording's shard is a hash of its key, recordings inside a
 shard are in key order, normalisation statistics are summed exactly
@@ -52,7 +53,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
                                                   WorkerOptions)
 
 from pipelines.audio import augmentation, decode, features, frontend, render, windowing
-from pipelines.beam import writer
+from pipelines.beam import output_lock, writer
 from pipelines.shards import layout, records
 
 SCHEMA_VERSION = records.VERSION
@@ -437,14 +438,19 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
 def run(sources: Sequence[Source], config_kwargs: dict, *, output_dir: str, overwrite: bool,
         beam_args: Sequence[str], job_config: dict, source_checksums: dict[str, str],
         splits: dict, max_failure_fraction: float) -> dict:
-  """Builds and runs the job, then finalizes; returns the metadata."""
-  partial = prepare_output(output_dir, overwrite)
-  config = JobConfig(output_dir=partial, **config_kwargs)
-  start = time.perf_counter()
-  options = default_pipeline_options(beam_args)
-  with beam.Pipeline(options=options) as pipeline:
-    build(pipeline, sources, config)
-  return finalize(config, sources, output_dir, job_config=job_config,
-                  source_checksums=source_checksums, splits=splits,
-                  max_failure_fraction=max_failure_fraction,
-                  wall_s=time.perf_counter() - start, overwrite=overwrite)
+  """Builds and runs the job, then finalizes; returns the metadata.
+
+  The output's lock (pipelines.beam.output_lock) is held throughout: a second job on
+  the same output is refused, and a killed job's partial output is removed by the rerun.
+  """
+  with output_lock.held(output_dir):
+    partial = prepare_output(output_dir, overwrite)
+    config = JobConfig(output_dir=partial, **config_kwargs)
+    start = time.perf_counter()
+    options = default_pipeline_options(beam_args)
+    with beam.Pipeline(options=options) as pipeline:
+      build(pipeline, sources, config)
+    return finalize(config, sources, output_dir, job_config=job_config,
+                    source_checksums=source_checksums, splits=splits,
+                    max_failure_fraction=max_failure_fraction,
+                    wall_s=time.perf_counter() - start, overwrite=overwrite)
