@@ -232,15 +232,20 @@ def main(argv):
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
 
 
-def define_flags() -> None:
-  config_flags.DEFINE_config_file("config", None, "Fine-tuning config file[:variant].",
-                                  lock_config=True)
+def define_fold_flags() -> None:
+  """--workdir, --split, --folds and --test: what every cross-validation command takes."""
   flags.DEFINE_string("workdir", None, "One directory per fold, plus crossval.json.",
                       required=True)
   flags.DEFINE_enum("split", "piece", ["piece", "performer"], "PercePiano split to cross-validate.")
   flags.DEFINE_string("folds", "", "Comma-separated folds to run now (default: all; 'none': "
                       "only the --test run).")
-  flags.DEFINE_bool("test", False, "Also train on every fold and evaluate the test set once.")
+  flags.DEFINE_bool("test", False, "Also fit on every fold and evaluate the test set once.")
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "Fine-tuning config file[:variant].",
+                                  lock_config=True)
+  define_fold_flags()
   flags.mark_flags_as_required(["config"])
 
 

@@ -291,12 +291,7 @@ def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
 def define_flags() -> None:
   flags.DEFINE_string("data_dir", None, "A PercePiano job's output (with its audio shards).",
                       required=True)
-  flags.DEFINE_string("workdir", None, "One directory per fold, plus crossval.json.",
-                      required=True)
-  flags.DEFINE_enum("split", "piece", ["piece", "performer"], "PercePiano split.")
-  flags.DEFINE_string("folds", "", "Comma-separated folds to run (default: all; 'none': only "
-                      "the --test run).")
-  flags.DEFINE_bool("test", False, "Also fit on every fold and predict the test set.")
+  crossval.define_fold_flags()
   flags.DEFINE_integer("seed", 0, "Seed of the inner folds.")
   flags.DEFINE_integer("inner_folds", 4, "Inner cross-validation folds for the regularisation.")
   flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes computing the statistics.")
