@@ -45,20 +45,22 @@ def test_make_demo_end_to_end_at_smoke_scale(tmp_path):
   assert "Report:" in proc.stdout and "target timing Pearson >= 0.7" in proc.stdout
   report = json.loads((tmp_path / "work" / "report" / "report.json").read_text())
   assert set(report["evaluations"]) == {"test"}
-  assert [r["backbone"] for r in report["runs"]] == ["ast", "cnn"]
+  assert [r["backbone"] for r in report["runs"]] == ["ast", "cnn", "ridge"]
   assert any("attention" in f for f in report["figures"])
   # The report names the scale its numbers come from (the smoke run's 3 SSAST steps).
   (scale,) = [n for n in report["notes"] if n.startswith("Scale:")]
   assert "3 SSAST pre-training steps, 5 fine-tuning steps" in scale
-  assert {t["goal"] for t in report["targets"]} >= {"mean Pearson >= 20 % over CNN baseline"}
+  assert {t["goal"] for t in report["targets"]} >= {
+      "mean Pearson >= 20 % over CNN baseline",
+      "mean Pearson >= 20 % over ridge on clip statistics"}
   timings = json.loads((tmp_path / "work" / "timings.json").read_text())
-  assert set(timings) >= {"maestro_shards", "pretrain", "finetune_cnn", "report"}
+  assert set(timings) >= {"maestro_shards", "pretrain", "finetune_cnn", "ridge", "report"}
   # A rerun skips every finished stage (only the report is rebuilt).
   again = subprocess.run(
       [sys.executable, "-m", "experiments.demo", f"--corpus_dir={tmp_path / 'corpus'}",
        f"--workdir={tmp_path / 'work'}", "--steps_scale=0.02", "--resamples=50"],
       cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-  assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 5
+  assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 6
   rerun = json.loads((tmp_path / "work" / "timings.json").read_text())
   assert {k: rerun[k] for k in timings if k not in ("report", "total_wall_seconds")} == {
       k: timings[k] for k in timings if k not in ("report", "total_wall_seconds")}
