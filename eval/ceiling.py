@@ -59,8 +59,8 @@ class Ceiling:
   reliability_within: np.ndarray
   performances: int
   raters_per_performance: tuple[float, float, float]  # min, median, max valid answer rows
+  listeners_per_performance: tuple[float, float, float]  # min, median, max distinct listeners
   splits: int
-  listeners_per_performance: tuple[float, float, float] = (0.0, 0.0, 0.0)  # distinct listeners
   unit: str = "listener"  # what the halves are drawn over
 
   @property
@@ -98,16 +98,6 @@ def spearman_brown(r: np.ndarray, factor: float = 2.0) -> np.ndarray:
   return factor * r / (1 + (factor - 1) * r)
 
 
-def _units(key_index: np.ndarray, users: np.ndarray, unit: str) -> np.ndarray:
-  """The unit of each row that a half takes whole: its (clip, listener) pair, or itself."""
-  if unit == "row":
-    return np.arange(len(key_index))
-  if unit != "listener":
-    raise ValueError(f"unit must be 'listener' or 'row', got {unit!r}")
-  pairs = np.stack([key_index, np.unique(users, return_inverse=True)[1]], axis=1)
-  return np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1)
-
-
 def split_half(raw: percepiano.RawRatings, keys=None, *, splits: int = DEFAULT_SPLITS,
                seed: int = 0, unit: str = "listener") -> Ceiling:
   """Split-half reliability per dimension of the panel means, overall and within passage.
@@ -116,18 +106,23 @@ def split_half(raw: percepiano.RawRatings, keys=None, *, splits: int = DEFAULT_S
   ones); every key must have at least two valid listeners (two valid rows with
   `unit="row"`).
   """
+  if unit not in ("listener", "row"):
+    raise ValueError(f"unit must be 'listener' or 'row', got {unit!r}")
   valid = ~np.any(raw.answers > 7, axis=1)
   row_keys = np.asarray(raw.keys)[valid]
   answers = raw.answers[valid]
   unique, key_index, rows_per_key = np.unique(row_keys, return_inverse=True,
                                                return_counts=True)
-  users = np.asarray(raw.users)[valid]
-  row_unit = _units(key_index, users, unit)
-  unit_key = np.zeros(row_unit.max(initial=-1) + 1, int)
-  unit_key[row_unit] = key_index
+  # The (clip, listener) pairs: a listener's rows for a clip, which a listener split keeps
+  # together. `row_unit` is each row's unit, `unit_key` each unit's clip.
+  pairs, pair_of_row = np.unique(np.stack([key_index, np.asarray(raw.users)[valid]], axis=1),
+                                 axis=0, return_inverse=True)
+  listeners = np.bincount(pairs[:, 0], minlength=len(unique))
+  if unit == "listener":
+    row_unit, unit_key = pair_of_row.reshape(-1), pairs[:, 0]
+  else:
+    row_unit, unit_key = np.arange(len(key_index)), key_index
   counts = np.bincount(unit_key, minlength=len(unique))  # units (listeners or rows) per key
-  listeners = np.bincount(np.unique(np.stack([key_index, users], 1), axis=0)[:, 0],
-                          minlength=len(unique))
   if keys is not None:
     wanted = set(keys)
     missing = sorted(wanted - set(unique.tolist()))

@@ -143,7 +143,8 @@ def test_a_zero_ceiling_gives_no_ratio_instead_of_dividing_by_zero():
   zero = np.zeros(19)
   flat = ceiling.Ceiling(split_half=zero, reliability=zero, split_half_within=zero,
                          reliability_within=zero, performances=48,
-                         raters_per_performance=(5.0, 6.0, 7.0), splits=2)
+                         raters_per_performance=(5.0, 6.0, 7.0),
+                         listeners_per_performance=(4.0, 5.0, 6.0), splits=2)
   out = scoring.evaluate(p, {}, flat, resamples=50, seed=0)
   assert out["rows"]["mean"]["ceiling"] == 0 and np.isnan(out["rows"]["mean"]["of_ceiling"])
 
