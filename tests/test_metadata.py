@@ -14,13 +14,13 @@ DOC = {
                "piece": {"a": "fold1", "b": "test", "c": "fold0", "d": "fold1", "e": "test"}},
     "shards": [
         {"file": "x-train.array_record-00000-of-00002", "kind": "windows", "split": "train",
-         "format": "array_record", "records": 3},
+         "format": "array_record", "records": 3, "sha256": "s1"},
         {"file": "x-train.array_record-00001-of-00002", "kind": "windows", "split": "train",
-         "format": "array_record", "records": 0},
+         "format": "array_record", "records": 0, "sha256": "s2"},
         {"file": "x-test.tfrecord-00000-of-00001", "kind": "windows", "split": "test",
-         "format": "tfrecord", "records": 2},
+         "format": "tfrecord", "records": 2, "sha256": "s3"},
         {"file": "x_audio-train.array_record-00000-of-00001", "kind": "audio", "split": "train",
-         "format": "array_record", "records": 4},
+         "format": "array_record", "records": 4, "sha256": "s4"},
     ],
 }
 
@@ -38,7 +38,7 @@ def test_typed_fields(tmp_path):
   assert meta.normalization == (-4.0, 2.5)
   # Empty shards and other formats/kinds are left out; order is the metadata's.
   assert [f.file for f in meta.shard_files("windows")] == ["x-train.array_record-00000-of-00002"]
-  assert [f.records for f in meta.shard_files("audio")] == [4]
+  assert [(f.records, f.sha256) for f in meta.shard_files("audio")] == [(4, "s4")]
   assert meta.shard_files("windows", splits=("test",)) == []
   assert [f.split for f in meta.shard_files("windows", fmt="tfrecord")] == ["test"]
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
@@ -160,12 +161,16 @@ def summarise(workdir: pathlib.Path, config, split: str, folds: list[int], test:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, split: str,
-        only: list[int] | None = None, test: bool = False) -> dict:
+        only: list[int] | None = None, test: bool = False,
+        train: Callable[[ml_collections.ConfigDict, pathlib.Path], trainer.Result] | None = None
+        ) -> dict:
   """Trains and evaluates the folds not finished yet; returns the summary.
 
-  Stops (returning the summary so far, with "preempted": True) when a fold is
-  stopped by SIGTERM: the next call resumes it.
+  `train(fold_config, directory)` makes one fold's run directory (default: the trainer;
+  train.ridge passes its closed-form fit). Stops (returning the summary so far, with
+  "preempted": True) when a fold is stopped by SIGTERM: the next call resumes it.
   """
+  train = train or trainer.train_and_evaluate
   workdir = pathlib.Path(workdir).absolute()
   if not config.data_dir:
     raise CrossValidationError("config.data_dir is not set (--config.data_dir=SHARD_DIR)")
@@ -195,7 +200,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, split: s
       logging.info("%s: finished earlier, skipped", directory.name)
       continue
     logging.info("%s: training (%s split)", directory.name, split)
-    result = trainer.train_and_evaluate(fold_config(config, split, k), directory)
+    result = train(fold_config(config, split, k), directory)
     summary = summarise(workdir, config, split, folds, test)
     write_summary(workdir, summary)
     if result.status == "preempted":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -38,7 +39,7 @@ from pipelines import entry_point
 from pipelines.audio import clip_statistics
 from pipelines.datasets import percepiano, taxonomy
 from pipelines.shards import layout, metadata, records
-from train import crossval, metrics, predictions, rundir
+from train import crossval, metrics, predictions, rundir, trainer
 
 STATISTICS_CACHE = "clip_statistics.npz"
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
@@ -145,27 +146,15 @@ class Table:
     return np.array([index[k] for k in keys], int)
 
 
-def _audio_records(data_dir: pathlib.Path, meta: metadata.ShardMetadata):
-  files = meta.shard_files("audio")
-  if not files:
-    raise RidgeError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
-                     "--nowrite_audio (the ridge reads the clean audio it stores)")
-  for f in files:
-    for data in layout.read_array_record(str(data_dir / f.file)):
-      header, arrays = records.decode(data)
-      yield header, arrays["samples"]
-
-
-def _statistics_of(samples: np.ndarray) -> np.ndarray:
-  return clip_statistics.compute(samples)
-
-
 def statistics_table(data_dir: str | pathlib.Path, cache: pathlib.Path,
                      workers: int = 1) -> Table:
   """Every performance's statistics, from `cache` when it was made from these shards."""
   data_dir = pathlib.Path(data_dir)
-  meta = metadata.read(data_dir)
-  sources = sorted(r["sha256"] for r in meta.raw["shards"] if r["kind"] == "audio")
+  files = metadata.read(data_dir).shard_files("audio")
+  if not files:
+    raise RidgeError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
+                     "--nowrite_audio (the ridge reads the clean audio it stores)")
+  sources = sorted(f.sha256 for f in files)
   names = list(clip_statistics.names())
   if cache.is_file():
     with np.load(cache, allow_pickle=False) as f:
@@ -173,16 +162,17 @@ def statistics_table(data_dir: str | pathlib.Path, cache: pathlib.Path,
         return Table(keys=tuple(str(k) for k in f["keys"]), x=f["x"], labels=f["labels"])
     logging.info("%s was made from other shards or statistics: recomputing", cache)
   keys, labels, audio = [], [], []
-  for header, samples in _audio_records(data_dir, meta):
+  for header, arrays in (records.decode(data) for f in files
+                         for data in layout.read_array_record(str(data_dir / f.file))):
     if header.get("labels") is None:
       raise RidgeError(f"{data_dir}: performance {header['key']} has no labels (not a "
                        "PercePiano job's output?)")
     keys.append(header["key"])
     labels.append(np.asarray(header["labels"], np.float64))
-    audio.append(samples)
+    audio.append(arrays["samples"])
   t0 = time.perf_counter()
   with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-    x = np.stack(list(pool.map(_statistics_of, audio, chunksize=4)))
+    x = np.stack(list(pool.map(clip_statistics.compute, audio, chunksize=4)))
   logging.info("clip statistics of %d performances in %.0f s", len(keys), time.perf_counter() - t0)
   order = np.argsort(keys)
   table = Table(keys=tuple(keys[i] for i in order), x=x[order], labels=np.stack(labels)[order])
@@ -213,10 +203,12 @@ def _config(data_dir: pathlib.Path, split: str, seed: int, inner_folds: int
 
 
 def run_fold(table: Table, meta: metadata.ShardMetadata, config: ml_collections.ConfigDict,
-             fold: int | str, directory: pathlib.Path) -> dict:
-  """Fits on the split's other folds (or every fold for the test set), predicts the held-out
-  performances, and writes the run directory; returns its result."""
+             directory: pathlib.Path) -> trainer.Result:
+  """Fits on the split's other folds (or every fold for the test set; `config` is
+  crossval's fold config), predicts the held-out performances, and writes the run
+  directory as the trainer does; returns its result."""
   t0 = time.perf_counter()
+  fold = crossval.TEST if config.validation_fold == -1 else config.validation_fold
   assignment = meta.split_table(config.split)
   folds = meta.folds(config.split)
   held_side = "test" if fold == crossval.TEST else f"fold{fold}"
@@ -236,54 +228,36 @@ def run_fold(table: Table, meta: metadata.ShardMetadata, config: ml_collections.
       labels=table.labels[held], mask=table.mask[held], windows=np.ones(len(held_keys), int),
       step=1, split=f"{config.split}/{held_side}")
   directory.mkdir(parents=True, exist_ok=True)
-  fold_config = ml_collections.ConfigDict(config.to_dict())
-  fold_config.validation_fold = -1 if fold == crossval.TEST else int(fold)
-  (directory / rundir.CONFIG).write_text(fold_config.to_json_best_effort(indent=1) + "\n")
-  kept = {k: v for k, v in meta.raw.items() if k not in ("shards", "source_checksums")}
-  (directory / rundir.DATA_METADATA).write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+  (directory / rundir.CONFIG).write_text(config.to_json_best_effort(indent=1) + "\n")
+  rundir.write_data_metadata(directory, meta.raw)
   out.save(predictions.path_for(directory, 1))
   scores = metrics.summarise(metrics.per_dimension_pearson(out.predictions, out.labels,
                                                            out.mask), prefix="val/pearson")
   seconds = round(time.perf_counter() - t0, 1)
-  result = {"status": "finished", "step": 1, "total_steps": 1, "metrics": scores,
-            "wall_seconds": seconds, "total_wall_seconds": seconds, "alpha": model.alpha,
-            "inner_pearson": model.inner_pearson, "train_performances": len(train_keys)}
-  (directory / rundir.RESULT).write_text(json.dumps(result, indent=1) + "\n")
+  result = trainer.Result(status="finished", step=1, total_steps=1, metrics=scores,
+                          wall_seconds=seconds, total_wall_seconds=seconds)
+  (directory / rundir.RESULT).write_text(json.dumps(
+      {**dataclasses.asdict(result), "alpha": model.alpha, "inner_pearson": model.inner_pearson,
+       "train_performances": len(train_keys)}, indent=1) + "\n")
+  logging.info("%s: alpha %g, mean Pearson %.3f", directory.name, model.alpha,
+               scores["val/pearson/mean"])
   return result
 
 
 def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
         only: list[int] | None = None, test: bool = False, *, seed: int = 0,
         inner_folds: int = 4, workers: int = 1) -> dict:
-  """Every fold not finished yet (and the test set with `test`); returns crossval's summary."""
+  """Every fold not finished yet (and the test set with `test`), through train.crossval's
+  driver (the same fold checks, skipping and summary); returns its summary."""
   data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
-  if split not in ("piece", "performer"):
-    raise RidgeError(f"--split must be 'piece' or 'performer', got {split!r}")
+
+  @functools.cache
+  def table() -> Table:  # only when some fold still has to be fitted
+    return statistics_table(data_dir, workdir / STATISTICS_CACHE, workers)
+
   meta = metadata.read(data_dir)
-  folds = meta.folds(split)
-  chosen = folds if only is None else only
-  unknown = sorted(set(chosen) - set(folds))
-  if unknown:
-    raise RidgeError(f"folds {unknown} are not folds of the {split} split {folds}")
-  config = _config(data_dir, split, seed, inner_folds)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if (workdir / crossval.SUMMARY).is_file():
-    before = crossval.read_summary(workdir)
-    if before["split"] != split or before["config"] != json.loads(config.to_json_best_effort()):
-      raise RidgeError(f"{workdir} holds runs with another split or config; use a new "
-                       "--workdir (or delete it)")
-  table = statistics_table(data_dir, workdir / STATISTICS_CACHE, workers)
-  for k in [*chosen, *([crossval.TEST] if test else [])]:
-    directory = crossval.fold_dir(workdir, k)
-    if crossval.finished(directory):
-      continue
-    result = run_fold(table, meta, config, k, directory)
-    logging.info("%s: alpha %g, mean Pearson %.3f", directory.name, result["alpha"],
-                 result["metrics"]["val/pearson/mean"])
-  summary = crossval.summarise(workdir, config, split, folds, test)
-  summary["preempted"] = False
-  crossval.write_summary(workdir, summary)
-  return summary
+  return crossval.run(_config(data_dir, split, seed, inner_folds), workdir, split, only, test,
+                      train=lambda config, directory: run_fold(table(), meta, config, directory))
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -30,6 +30,15 @@ WARM_START = "warm_start.json"
 RESULT = "result.json"
 
 
+def write_data_metadata(workdir: str | pathlib.Path, job_metadata: dict) -> None:
+  """The training data's metadata without its shard and checksum lists: how the features
+  were made (windowing, trimming, normalisation statistics), which inference must repeat
+  exactly, without the shards at hand."""
+  kept = {k: v for k, v in job_metadata.items() if k not in ("shards", "source_checksums")}
+  (pathlib.Path(workdir) / DATA_METADATA).write_text(json.dumps(kept, indent=1, sort_keys=True)
+                                                    + "\n")
+
+
 def read_result(workdir: str | pathlib.Path) -> dict | None:
   """A work directory's result.json, or None when absent or cut mid-write."""
   try:

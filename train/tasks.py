@@ -131,14 +131,9 @@ class Task:
 
   # ---- files the evaluation and inference tools read (process 0 calls these)
   def write_artifacts(self, workdir: pathlib.Path) -> None:
-    """Run-level files next to the checkpoints (written once, before training).
-
-    The data's metadata without its shard and checksum lists: how the features
-    were made (windowing, trimming, normalisation statistics), which inference
-    must repeat exactly, without the shards at hand.
-    """
-    kept = {k: v for k, v in self.metadata.raw.items() if k not in ("shards", "source_checksums")}
-    (workdir / rundir.DATA_METADATA).write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    """Run-level files next to the checkpoints (written once, before training): the
+    data's feature settings (rundir.write_data_metadata)."""
+    rundir.write_data_metadata(workdir, self.metadata.raw)
 
   def write_evaluation(self, workdir: pathlib.Path, step: int) -> None:
     """Per-example outputs of the evaluation just run."""

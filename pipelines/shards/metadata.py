@@ -30,6 +30,7 @@ class ShardFile:
   split: str
   format: str
   records: int
+  sha256: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ class ShardMetadata:
                   fmt: str = "array_record") -> list[ShardFile]:
     """Non-empty shard files of `kind` in `fmt`, in the metadata's (file name) order."""
     return [ShardFile(file=r["file"], kind=r["kind"], split=r["split"], format=r["format"],
-                      records=r["records"])
+                      records=r["records"], sha256=r["sha256"])
             for r in self._field("shards")
             if r["kind"] == kind and r["format"] == fmt and r["records"]
             and (splits is None or r["split"] in splits)]
