@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import model_speed  # noqa: E402  (the shared FLOP count, peaks and PyTorch model)
 
 from model import ast, multitask, ssast  # noqa: E402
-from train import sharding, trainer  # noqa: E402
+from train import sharding, tasks, trainer  # noqa: E402
 from train.configs import finetune, pretrain  # noqa: E402
 
 
@@ -53,6 +53,10 @@ class FlatHeadTask:
         adaptive_weighting=False)
     self.model = multitask.MultiTaskModel(self.model_config)
     self.depth = self.model_config.encoder.depth
+    self.config = config
+
+  def example_input(self):
+    return tasks.window_input(self.config)
 
   def init(self, rng, features):
     return self.model.init({"params": rng}, features)
@@ -69,6 +73,10 @@ class SSASTTask:
     self.model = ssast.SSAST(ssast.SSASTConfig(
         encoder=ast.EncoderConfig(**m.encoder.to_dict()), num_masked=m.num_masked))
     self.depth = m.encoder.depth
+    self.config = config
+
+  def example_input(self):
+    return tasks.window_input(self.config)
 
   def init(self, rng, features):
     return self.model.init({"params": rng, "masking": rng}, features)

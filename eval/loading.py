@@ -79,6 +79,10 @@ def load(path: str | pathlib.Path, step: int | str = "best") -> Run:
   config = ml_collections.ConfigDict(_read_json(workdir / rundir.CONFIG, "the config"))
   if config.get("task") != "finetune":
     raise RunError(f"{workdir} is a {config.get('task')!r} run; inference needs a fine-tuning run")
+  if config.model.backbone == "clip_stats":
+    raise RunError(f"{workdir} is a clip_stats run (a feed-forward model on precomputed clip "
+                   "statistics, the ridge's sanity check); inference needs a model on log-mel "
+                   "windows")
   normalizer = targets.TargetNormalizer.from_dict(
       _read_json(workdir / targets.FILE, "the target statistics"))
   data_metadata = _read_json(workdir / rundir.DATA_METADATA, "the feature settings")

@@ -15,6 +15,9 @@ to `{"tokens": [B, N, D], "pooled": [B, D], "token_mask": [B, N]}`:
               onset/temporal-variation cue); 3 x mel inputs -> MLP -> one token.
               It sees no temporal order at all, which is what makes it a useful
               floor: what it scores, the spectral envelope alone explains.
+  ClipStats   the same MLP on one vector per performance: the clip statistics the
+              closed-form ridge fits (pipelines.audio.clip_statistics), standardised.
+              Input `[B, F]`, not a log-mel; the trainer's sanity check against the ridge.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class PooledStatsConfig:
   depth: int = 2
   width: int = 256
   dropout: float = 0.1
+  input_dropout: float = 0.0  # on the statistics themselves (clip_stats: 276 of them)
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -101,18 +105,38 @@ def pooled_statistics(features, valid_frames=None):
   return jnp.concatenate([mean, std, delta], axis=-1)
 
 
+def _feed_forward(x, c: PooledStatsConfig, train: bool, batch: int) -> dict:
+  """The MLP both feed-forward backbones share, built inside the calling module (so its
+  layers are that module's own `fc<i>` / `project` parameters)."""
+  x = nn.Dropout(c.input_dropout)(x, deterministic=not train)
+  for i in range(c.depth):
+    x = linear.Dense(c.hidden, (None,), ("mlp",), dtype=c.dtype, param_dtype=c.param_dtype,
+                     name=f"fc{i}")(x)
+    x = nn.Dropout(c.dropout)(nn.gelu(x, approximate=False), deterministic=not train)
+  pooled = linear.Dense(c.width, ("mlp",), ("embed",), dtype=c.dtype,
+                        param_dtype=c.param_dtype, name="project")(x)
+  return {"tokens": pooled[:, None], "pooled": pooled, "token_mask": jnp.ones((batch, 1), bool)}
+
+
 class PooledStats(nn.Module):
   config: PooledStatsConfig = PooledStatsConfig()
 
   @nn.compact
   def __call__(self, features, *, train: bool = False, valid_frames=None):
-    c = self.config
-    x = pooled_statistics(features, valid_frames)
-    for i in range(c.depth):
-      x = linear.Dense(c.hidden, (None,), ("mlp",), dtype=c.dtype, param_dtype=c.param_dtype,
-                       name=f"fc{i}")(x)
-      x = nn.Dropout(c.dropout)(nn.gelu(x, approximate=False), deterministic=not train)
-    pooled = linear.Dense(c.width, ("mlp",), ("embed",), dtype=c.dtype,
-                          param_dtype=c.param_dtype, name="project")(x)
-    return {"tokens": pooled[:, None], "pooled": pooled,
-            "token_mask": jnp.ones((features.shape[0], 1), bool)}
+    return _feed_forward(pooled_statistics(features, valid_frames), self.config, train,
+                         features.shape[0])
+
+
+class ClipStats(nn.Module):
+  """The feed-forward network on a clip-level statistics vector `[B, F]` (standardised by
+  the task): the trainer's model on exactly what the closed-form ridge sees, so the two
+  can be compared and a gap between them points at the training recipe, not the inputs."""
+
+  config: PooledStatsConfig = PooledStatsConfig()
+
+  @nn.compact
+  def __call__(self, features, *, train: bool = False, valid_frames=None):
+    del valid_frames  # a vector per clip: nothing is padded
+    if features.ndim != 2:
+      raise ValueError(f"clip_stats takes [batch, statistics], got shape {features.shape}")
+    return _feed_forward(features.astype(jnp.float32), self.config, train, features.shape[0])

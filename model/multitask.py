@@ -1,4 +1,4 @@
-"""The fine-tuning model: a backbone (AST, CNN or pooled-statistics FFN) + regression heads.
+"""The fine-tuning model: a backbone (AST, CNN or a feed-forward net) + regression heads.
 
 `MultiTaskModel(config).apply(variables, features, train=..., valid_frames=...)`
 returns `{"predictions": [B, 19] (normalised target space, label order),
@@ -7,7 +7,8 @@ returns `{"predictions": [B, 19] (normalised target space, label order),
 those outputs and a batch into the training objective and its metrics.
 
 Parameter tree: `encoder/...` (model.ast; the same subtree as SSAST's, so a
-pre-training checkpoint loads by name) or `cnn/...` or `pooled_stats/...`, then
+pre-training checkpoint loads by name) or `cnn/...` or `pooled_stats/...` or
+`clip_stats/...` (a `[B, F]` statistics vector per performance, not a log-mel), then
 `heads/...` (model.heads) and `loss_log_variances [G]`.
 """
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 from model import ast, baselines, heads, losses
 from pipelines.datasets import taxonomy
 
-BACKBONES = ("ast", "cnn", "pooled_stats")
+BACKBONES = ("ast", "cnn", "pooled_stats", "clip_stats")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,8 @@ class MultiTaskConfig:
 
   @property
   def backbone_config(self):
-    return {"ast": self.encoder, "cnn": self.cnn, "pooled_stats": self.pooled_stats}[self.backbone]
+    return {"ast": self.encoder, "cnn": self.cnn, "pooled_stats": self.pooled_stats,
+            "clip_stats": self.pooled_stats}[self.backbone]
 
   def replace(self, **changes) -> MultiTaskConfig:
     return dataclasses.replace(self, **changes)
@@ -71,9 +73,11 @@ class MultiTaskModel(nn.Module):
       out = ast.Encoder(c.encoder, name="encoder")(features, train=train, valid_frames=valid_frames)
     elif c.backbone == "cnn":
       out = baselines.CNN(c.cnn, name="cnn")(features, train=train, valid_frames=valid_frames)
-    else:
+    elif c.backbone == "pooled_stats":
       out = baselines.PooledStats(c.pooled_stats, name="pooled_stats")(
           features, train=train, valid_frames=valid_frames)
+    else:
+      out = baselines.ClipStats(c.pooled_stats, name="clip_stats")(features, train=train)
     bc = c.backbone_config
     if c.head == "grouped":
       predictions = heads.GroupedHeads(

@@ -5,6 +5,10 @@
   evaluation(dir, config)   every window exactly once in a stable order, padded last
                             batch marked by `weight` 0, with the key and window index
                             needed to average windows per performance
+  rows(examples, config)    the training stream of in-memory examples (one row per
+                            example, e.g. a performance's clip-statistics vector):
+                            the same seeded shuffle, host blocks and mixup, no SpecAugment
+  rows_evaluation(...)      every in-memory row once, padded like `evaluation`
 
 Order of operations (MapDataset, all random choices from `config.seed`):
 source -> [filter splits/folds/variants] -> shuffle -> repeat -> decode (errors
@@ -289,3 +293,35 @@ def _padded_batch(config: InputConfig):
     out["weight"] = np.array([1.0] * len(examples) + [0.0] * pad, np.float32)
     return out
   return batch_fn
+
+
+def _row_source(examples: dict[str, np.ndarray]) -> list[dict]:
+  sizes = {k: len(v) for k, v in examples.items()}
+  if len(set(sizes.values())) != 1:
+    raise ValueError(f"examples have fields of different lengths: {sizes}")
+  n = next(iter(sizes.values()))
+  return [{k: v[i] for k, v in examples.items()} for i in range(n)]
+
+
+def rows(examples: dict[str, np.ndarray], config: InputConfig):
+  """Endless shuffled batches of in-memory rows (`examples[field][i]` is row i's field).
+
+  The same order of operations as `finetuning` without decoding and SpecAugment:
+  seeded shuffle -> repeat -> this host's block of each global batch -> batch ->
+  mixup; the iterator is checkpointable like the shard streams.
+  """
+  ds = grain.MapDataset.source(_row_source(examples)).seed(config.seed).shuffle().repeat()
+  ds = _host_slice(ds, config).batch(config.batch_size, drop_remainder=True)
+  if config.mixup_alpha > 0:
+    ds = ds.random_map(_mixup(config.mixup_alpha))
+  return _finish(ds, config)
+
+
+def rows_evaluation(examples: dict[str, np.ndarray], config: InputConfig):
+  """Every in-memory row once, in order, this host's share; the last batch padded with
+  `weight` 0 as in `evaluation`."""
+  ds = grain.MapDataset.source(_row_source(examples))
+  ds = ds[config.process_index::config.process_count]
+  ds = ds.batch(config.batch_size, drop_remainder=False, batch_fn=_padded_batch(config))
+  return _finish(ds, config)
+

@@ -162,3 +162,25 @@ def crossval_dir(train_shards, jax_env, tmp_path_factory) -> pathlib.Path:
   assert "out-of-fold Pearson, mean over folds: timing" in proc.stdout, proc.stdout
   assert "all folds pooled: mean" in proc.stdout, proc.stdout
   return workdir
+
+
+@pytest.fixture(scope="session")
+def job_with_audio(tmp_path_factory) -> pathlib.Path:
+  """A PercePiano job's output of the tiny generated corpus with its clean audio (what the
+  clip statistics are computed from), 2.56 s windows."""
+  import subprocess
+  import sys
+
+  from pipelines.corpus import make_corpus
+
+  root = tmp_path_factory.mktemp("ridge")
+  make_corpus.make_corpus(root / "corpus", "tiny", seed=3, parts=("percepiano",))
+  out = root / "shards"
+  proc = subprocess.run(
+      [sys.executable, "-m", "pipelines.beam.percepiano_job",
+       f"--percepiano_dir={root / 'corpus' / 'percepiano'}", f"--output_dir={out}",
+       "--test_fraction=0.34", "--num_folds=2", "--window_s=2.56", "--hop_s=2.56",
+       "--direct_running_mode=in_memory", "--direct_num_workers=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return out

@@ -35,13 +35,13 @@ def test_out_of_fold_predictions_cover_each_training_performance_once(crossval_d
   oof = crossval.pool(parts, summary["split"])
   assert oof.split == "piece/out-of-fold" and sorted(oof.keys) == sorted(k for k, v in table.items() if v.startswith("fold"))
   # Each fold's predictions come from the model that validated on that fold.
-  fold0 = predictions.load_final(crossval_dir / "fold0")
+  fold0 = predictions.load_selected(crossval_dir / "fold0")
   assert set(fold0.keys) == {k for k, v in table.items() if v == "fold0"}
   np.testing.assert_array_equal(oof.subset(fold0.keys).predictions, fold0.predictions)
   pooled = metrics.per_dimension("pearson", oof.predictions, oof.labels, oof.mask)
   assert summary["out_of_fold"]["pearson/mean"] == pytest.approx(
       metrics.summarise(pooled)["pearson/mean"])
-  test = predictions.load_final(crossval_dir / "test")
+  test = predictions.load_selected(crossval_dir / "test")
   assert set(test.keys) == {k for k, v in table.items() if v == "test"}
   assert summary["per_fold"]["pearson/mean"]["std"] >= 0
 
@@ -87,7 +87,7 @@ def test_the_test_set_alone(train_shards, run, tmp_path):
   assert not any(r["finished"] for k, r in summary["runs"].items() if k != "test")
   assert not (tmp_path / "fold0").exists()
   assert crossval.available_sets(tmp_path) == {"out_of_fold": False, "test": True}
-  assert predictions.load_final(tmp_path / "test").split == "piece/test"
+  assert predictions.load_selected(tmp_path / "test").split == "piece/test"
 
 
 def test_folds_flag():

@@ -50,7 +50,7 @@ def corpus(train_shards) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def saved(workdir) -> predictions.Predictions:
   # The trainer evaluates at its last step, which is also the last checkpoint.
-  out = predictions.load_final(workdir)
+  out = predictions.load_selected(workdir)
   assert out.step == STEPS
   return out
 

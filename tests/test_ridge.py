@@ -9,8 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipelines.corpus import make_corpus
-from train import crossval, predictions, ridge
+from train import crossval, predictions, ridge, statistics_table
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -59,21 +58,6 @@ def test_one_group_cannot_choose_the_regularisation():
     ridge.fit(x, y, np.ones_like(y, bool), np.zeros(len(x)))
 
 
-@pytest.fixture(scope="module")
-def job_with_audio(tmp_path_factory) -> pathlib.Path:
-  root = tmp_path_factory.mktemp("ridge")
-  make_corpus.make_corpus(root / "corpus", "tiny", seed=3, parts=("percepiano",))
-  out = root / "shards"
-  proc = subprocess.run(
-      [sys.executable, "-m", "pipelines.beam.percepiano_job",
-       f"--percepiano_dir={root / 'corpus' / 'percepiano'}", f"--output_dir={out}",
-       "--test_fraction=0.34", "--num_folds=2", "--window_s=2.56", "--hop_s=2.56",
-       "--direct_running_mode=in_memory", "--direct_num_workers=1"],
-      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  return out
-
-
 def run_cli(*args) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", "train.ridge", *map(str, args)], cwd=REPO,
                         capture_output=True, text=True, timeout=600, check=False)
@@ -92,7 +76,7 @@ def test_cross_validation_and_test_set_as_the_report_reads_them(job_with_audio, 
   # Every training performance is predicted once, by the fold that held it out.
   pooled = crossval.pool(crossval.fold_predictions(work), "piece")
   assert sorted(pooled.keys) == sorted(k for k, v in table.items() if v != "test")
-  test = predictions.load_final(work / "test")
+  test = predictions.load_selected(work / "test")
   assert sorted(test.keys) == sorted(k for k, v in table.items() if v == "test")
   assert np.all(np.isfinite(test.predictions))
   # A rerun finds every run finished and changes nothing.
@@ -111,16 +95,16 @@ def test_cross_validation_and_test_set_as_the_report_reads_them(job_with_audio, 
 
 def test_the_statistics_are_cached_and_recomputed_for_other_shards(job_with_audio, tmp_path):
   cache = tmp_path / "stats.npz"
-  first = ridge.statistics_table(job_with_audio, cache)
+  first = statistics_table.load(job_with_audio, cache)
   stamp = cache.stat().st_mtime_ns
-  second = ridge.statistics_table(job_with_audio, cache)
+  second = statistics_table.load(job_with_audio, cache)
   assert cache.stat().st_mtime_ns == stamp and second.keys == first.keys
   np.testing.assert_array_equal(second.x, first.x)
   with np.load(cache) as f:
     stale = {k: f[k] for k in f.files}
   stale["sources"] = np.asarray(["other"], str)
   np.savez(cache, **stale)
-  third = ridge.statistics_table(job_with_audio, cache)
+  third = statistics_table.load(job_with_audio, cache)
   np.testing.assert_array_equal(third.x, first.x)
   with np.load(cache) as f:
     assert list(f["sources"]) != ["other"]

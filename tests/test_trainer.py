@@ -311,7 +311,7 @@ def test_finetuning_warm_starts_from_pretraining_and_reports_pearson(uninterrupt
   assert {"train/mse/timing", "train/weight/dynamics"} <= set(train[0])
   # What eval.report and eval.predict read: the final evaluation's per-performance
   # predictions (scoring them reproduces the logged Pearson) and the target statistics.
-  saved = predictions.load_final(tmp_path)
+  saved = predictions.load_selected(tmp_path)
   assert saved.step == 4 and saved.split == "piece/fold0" and len(saved.keys) == final["val/performances"]
   values = metrics.per_dimension_pearson(saved.predictions, saved.labels, saved.mask)
   assert metrics.summarise(values)["pearson/mean"] == pytest.approx(final["val/pearson/mean"])

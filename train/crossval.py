@@ -4,8 +4,14 @@
       --split=piece --config.data_dir=SHARDS [--folds=0,1] [--test] [--config.x=y ...]
 
 Fold k trains on the split's other folds and validates on fold k, in
-`W/fold<k>` (an ordinary trainer work directory); `--test` also trains on every
-fold and evaluates the held-out test set once, in `W/test`. A fold whose
+`W/fold<k>` (an ordinary trainer work directory), and is judged by its selected
+evaluation (the best on fold k when it evaluates during training); `--test` also
+trains on every fold and evaluates the held-out test set once, at its end, in
+`W/test`. With early stopping (`early_stopping.patience` > 0) the schedule is only
+a ceiling: the test run trains for the median over the finished folds of their
+selected evaluation's epoch (`stop_after_epochs`, on the same learning-rate
+schedule), so nothing about its length is chosen on the test set; without it, the
+whole schedule. A fold whose
 `result.json` says finished is skipped; an interrupted fold resumes from its
 latest checkpoint (the trainer's own resume), so the job can be run in pieces
 (`--folds=0,1` now, `--folds=2,3` in the next session) and killed at any point.
@@ -74,15 +80,34 @@ def finished(directory: pathlib.Path) -> bool:
   return rundir.finished(rundir.read_result(directory))
 
 
-def fold_config(config: ml_collections.ConfigDict, split: str, fold: int | str
-                ) -> ml_collections.ConfigDict:
+def stops_early(config: ml_collections.ConfigDict) -> bool:
+  """The fold runs stop early on their validation fold, so the schedule is only a ceiling
+  and the test run's length is chosen from the folds' selected evaluations."""
+  return bool(config.get("early_stopping") and config.early_stopping.patience > 0)
+
+
+def test_epochs(workdir: pathlib.Path, folds: list[int]) -> float | None:
+  """How long the test run trains: the median over the finished folds of the epoch of
+  their selected evaluation (None when no fold has finished)."""
+  epochs = [r["selected_epoch"] for r in (rundir.read_result(fold_dir(workdir, k)) for k in folds)
+            if rundir.finished(r) and r.get("selected_epoch") is not None]
+  return float(np.median(epochs)) if epochs else None
+
+
+def fold_config(config: ml_collections.ConfigDict, split: str, fold: int | str,
+                stop_after_epochs: float | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
   c.split = split
   c.validation_fold = -1 if fold == TEST else int(fold)
   if fold == TEST:
     # The test set is evaluated once, at the end: evaluating it during training would
-    # also let the best-checkpoint policy select on it.
+    # also let checkpoint selection or early stopping see it.
     c.eval_every_steps = 0
+    if "eval_every_epochs" in c:
+      c.eval_every_epochs = 0.0
+      c.early_stopping.patience = 0
+    if stop_after_epochs is not None:
+      c.stop_after_epochs = stop_after_epochs
   return c
 
 
@@ -94,7 +119,7 @@ def fold_predictions(workdir: str | pathlib.Path) -> list[predictions.Prediction
   if missing:
     raise CrossValidationError(f"{workdir}: folds {missing} are not finished; run "
                                "train.crossval again to complete them")
-  return [predictions.load_final(fold_dir(workdir, k)) for k in summary["folds"]]
+  return [predictions.load_selected(fold_dir(workdir, k)) for k in summary["folds"]]
 
 
 def pool(parts: list[predictions.Predictions], split: str) -> predictions.Predictions:
@@ -146,7 +171,10 @@ def summarise(workdir: pathlib.Path, config, split: str, folds: list[int], test:
     if entry["finished"]:
       result = rundir.read_result(directory)
       entry["wall_seconds"] = rundir.total_wall_seconds(result)
-      loaded[k] = predictions.load_final(directory)
+      for field in ("stop", "selected_step", "selected_epoch"):
+        if result.get(field) is not None:
+          entry[field] = result[field]
+      loaded[k] = predictions.load_selected(directory)
       entry["scores"] = _scores(loaded[k])
     summary["runs"][str(k)] = entry
   done = [summary["runs"][str(k)] for k in folds if summary["runs"][str(k)]["finished"]]
@@ -199,8 +227,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, split: s
     if finished(directory):
       logging.info("%s: finished earlier, skipped", directory.name)
       continue
+    epochs = None
+    if k == TEST and stops_early(config):
+      epochs = test_epochs(workdir, folds)
+      if epochs is None:
+        raise CrossValidationError(
+            "with early stopping the test run trains as long as the folds' selected "
+            "evaluations, and no fold has finished: run folds first (--folds=0 is enough), "
+            "or train a fixed schedule (--config.early_stopping.patience=0)")
+      logging.info("test: %.2f epochs, the folds' median selected evaluation", epochs)
     logging.info("%s: training (%s split)", directory.name, split)
-    result = train(fold_config(config, split, k), directory)
+    result = train(fold_config(config, split, k, epochs), directory)
     summary = summarise(workdir, config, split, folds, test)
     write_summary(workdir, summary)
     if result.status == "preempted":

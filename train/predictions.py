@@ -105,10 +105,19 @@ def path_for(workdir: str | pathlib.Path, step: int) -> pathlib.Path:
   return pathlib.Path(workdir) / rundir.PREDICTIONS / f"{step}.npz"
 
 
-def load_final(workdir: str | pathlib.Path) -> Predictions:
-  """The last evaluation of a run (the model the run ended with, not the best-on-validation)."""
+def load_selected(workdir: str | pathlib.Path) -> Predictions:
+  """The evaluation a run is judged by: the one its result.json selected (the best on the
+  validation fold by the run's metric), else its last.
+
+  A cross-validation fold's selected score has seen its own fold once more (the choice
+  of evaluation); the test run is scored once, at the end, so it carries no such bias.
+  """
   found = steps(workdir)
   if not found:
     raise FileNotFoundError(f"{workdir} has no {rundir.PREDICTIONS}/<step>.npz: not a finished "
                             "fine-tuning run")
-  return load(path_for(workdir, found[-1]))
+  selected = (rundir.read_result(workdir) or {}).get("selected_step")
+  if selected is not None and selected not in found:
+    raise FileNotFoundError(f"{workdir}: result.json selects step {selected}, which has no "
+                            f"{rundir.PREDICTIONS}/{selected}.npz")
+  return load(path_for(workdir, found[-1] if selected is None else selected))

@@ -22,7 +22,6 @@ over dimensions of the Pearson correlation.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -37,11 +36,10 @@ from absl import app, flags, logging
 
 from pipelines import entry_point
 from pipelines.audio import clip_statistics
-from pipelines.datasets import percepiano, taxonomy
-from pipelines.shards import layout, metadata, records
-from train import crossval, metrics, predictions, rundir, trainer
+from pipelines.datasets import taxonomy
+from pipelines.shards import metadata
+from train import crossval, metrics, predictions, rundir, statistics_table, trainer
 
-STATISTICS_CACHE = "clip_statistics.npz"
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 FLAGS = flags.FLAGS
 
@@ -127,69 +125,6 @@ def fit(x: np.ndarray, labels: np.ndarray, mask: np.ndarray, groups: np.ndarray,
                     inner_pearson={float(a): float(v) for a, v in zip(alphas, inner)})
 
 
-# ----------------------------------------------------------------------------- the data
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-  """One row per performance: its clip statistics and labels."""
-
-  keys: tuple[str, ...]
-  x: np.ndarray  # [P, F]
-  labels: np.ndarray  # [P, D]
-
-  @property
-  def mask(self) -> np.ndarray:
-    return np.isfinite(self.labels)
-
-  def rows(self, keys) -> np.ndarray:
-    index = {k: i for i, k in enumerate(self.keys)}
-    return np.array([index[k] for k in keys], int)
-
-
-def statistics_table(data_dir: str | pathlib.Path, cache: pathlib.Path,
-                     workers: int = 1) -> Table:
-  """Every performance's statistics, from `cache` when it was made from these shards."""
-  data_dir = pathlib.Path(data_dir)
-  files = metadata.read(data_dir).shard_files("audio")
-  if not files:
-    raise RidgeError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
-                     "--nowrite_audio (the ridge reads the clean audio it stores)")
-  sources = sorted(f.sha256 for f in files)
-  names = list(clip_statistics.names())
-  if cache.is_file():
-    with np.load(cache, allow_pickle=False) as f:
-      if list(f["sources"]) == sources and list(f.get("names", [])) == names:
-        return Table(keys=tuple(str(k) for k in f["keys"]), x=f["x"], labels=f["labels"])
-    logging.info("%s was made from other shards or statistics: recomputing", cache)
-  keys, labels, audio = [], [], []
-  for header, arrays in (records.decode(data) for f in files
-                         for data in layout.read_array_record(str(data_dir / f.file))):
-    if header.get("labels") is None:
-      raise RidgeError(f"{data_dir}: performance {header['key']} has no labels (not a "
-                       "PercePiano job's output?)")
-    keys.append(header["key"])
-    labels.append(np.asarray(header["labels"], np.float64))
-    audio.append(arrays["samples"])
-  t0 = time.perf_counter()
-  with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-    x = np.stack(list(pool.map(clip_statistics.compute, audio, chunksize=4)))
-  logging.info("clip statistics of %d performances in %.0f s", len(keys), time.perf_counter() - t0)
-  order = np.argsort(keys)
-  table = Table(keys=tuple(keys[i] for i in order), x=x[order], labels=np.stack(labels)[order])
-  cache.parent.mkdir(parents=True, exist_ok=True)
-  tmp = cache.with_suffix(".tmp.npz")
-  np.savez(tmp, keys=np.asarray(table.keys, str), x=table.x, labels=table.labels,
-           sources=np.asarray(sources, str), names=np.asarray(names, str))
-  tmp.replace(cache)
-  return table
-
-
-def groups_of(keys, split: str) -> np.ndarray:
-  """What the outer split keeps together: passages (piece split) or performers."""
-  parsed = [percepiano.parse_key(k) for k in keys]
-  return np.array([p.passage if split == "piece" else p.performer for p in parsed])
-
-
 # ----------------------------------------------------------------------------- the runs
 
 def _config(data_dir: pathlib.Path, split: str, seed: int, inner_folds: int
@@ -202,7 +137,7 @@ def _config(data_dir: pathlib.Path, split: str, seed: int, inner_folds: int
                 "features": len(clip_statistics.names())}})
 
 
-def run_fold(table: Table, meta: metadata.ShardMetadata, config: ml_collections.ConfigDict,
+def run_fold(table: statistics_table.Table, meta: metadata.ShardMetadata, config: ml_collections.ConfigDict,
              directory: pathlib.Path) -> trainer.Result:
   """Fits on the split's other folds (or every fold for the test set; `config` is
   crossval's fold config), predicts the held-out performances, and writes the run
@@ -221,7 +156,7 @@ def run_fold(table: Table, meta: metadata.ShardMetadata, config: ml_collections.
                      f"{missing[:3]}")
   train, held = table.rows(train_keys), table.rows(held_keys)
   model = fit(table.x[train], table.labels[train], table.mask[train],
-              groups_of(train_keys, config.split), inner_folds=config.ridge.inner_folds,
+              statistics_table.groups_of(train_keys, config.split), inner_folds=config.ridge.inner_folds,
               seed=config.seed)
   out = predictions.Predictions(
       keys=tuple(held_keys), predictions=model.predict(table.x[held]),
@@ -252,8 +187,8 @@ def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
   data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
 
   @functools.cache
-  def table() -> Table:  # only when some fold still has to be fitted
-    return statistics_table(data_dir, workdir / STATISTICS_CACHE, workers)
+  def table() -> statistics_table.Table:  # only when some fold still has to be fitted
+    return statistics_table.load(data_dir, workdir / statistics_table.CACHE, workers)
 
   meta = metadata.read(data_dir)
   return crossval.run(_config(data_dir, split, seed, inner_folds), workdir, split, only, test,
@@ -280,8 +215,8 @@ def main(argv: list[str]) -> None:
       raise RidgeError("--folds=none runs nothing without --test")
     summary = run(FLAGS.data_dir, FLAGS.workdir, FLAGS.split, only, FLAGS.test,
                   seed=FLAGS.seed, inner_folds=FLAGS.inner_folds, workers=FLAGS.workers)
-  except (RidgeError, crossval.CrossValidationError, metadata.MetadataError, ValueError,
-          FileNotFoundError) as e:
+  except (RidgeError, statistics_table.StatisticsError, crossval.CrossValidationError,
+          metadata.MetadataError, ValueError, FileNotFoundError) as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"error: {e}")
   for name, entry in summary["runs"].items():

@@ -8,7 +8,8 @@ A fine-tuning or pre-training work directory holds:
   metrics.jsonl        every logged scalar, one JSON object per line
   predictions/<step>.npz  per-performance predictions of each evaluation (train.predictions)
   warm_start.json      what a warm start loaded, resized, initialised
-  result.json          written at exit: status, step, scores, wall time
+  result.json          written at exit: status, why it stopped, the selected evaluation
+                       (step, epoch, scores), wall time
 
 The names live here, below both the trainer (which writes them) and evaluation and
 orchestration (which read them), so nothing has to import the trainer for a file
@@ -56,6 +57,9 @@ def total_wall_seconds(result: dict | None) -> float | None:
 
 
 def finished(result: dict | None) -> bool:
-  """A run that reached its last step (not stopped by SIGTERM, not still running)."""
-  return bool(result) and result.get("status") == "finished" and \
-      result.get("step") == result.get("total_steps")
+  """A run that ended as planned: its schedule's last step, its `stop_after_epochs`, or
+  early stopping (not stopped by SIGTERM, not still running)."""
+  if not result or result.get("status") != "finished":
+    return False
+  # Results written before runs could end early carry no "stop": those ended at the end.
+  return result.get("stop") is not None or result.get("step") == result.get("total_steps")

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from model import ast, baselines, multitask, ssast, targets
@@ -25,9 +26,7 @@ from pipelines.datasets import taxonomy
 from pipelines.shards import metadata
 from train import metrics as val_metrics
 from train import predictions as prediction_files
-from train import rundir, sharding
-
-# The work directory's copy of the training data's feature settings (see Task.write_artifacts).
+from train import rundir, sharding, statistics_table
 
 
 class DataMismatchError(ValueError):
@@ -49,6 +48,13 @@ def _input_config(config: ml_collections.ConfigDict, *, batch_size: int, splits,
 
 def _encoder(config: ml_collections.ConfigDict) -> ast.EncoderConfig:
   return ast.EncoderConfig(**config.model.encoder.to_dict())
+
+
+def window_input(config: ml_collections.ConfigDict) -> jax.ShapeDtypeStruct:
+  """One microbatch of log-mel windows `[microbatch, mel, frames]`."""
+  e = config.model.encoder
+  return jax.ShapeDtypeStruct((config.microbatch_size, e.num_mel_bins, e.num_frames),
+                              jnp.float32)
 
 
 def _gather(x) -> np.ndarray:
@@ -94,7 +100,13 @@ class Task:
     """Validation windows (counted once: with fold filters, counting reads every header)."""
     return input_pipeline.count(self.data_dir, self.eval_input_config())
 
-  def check_features(self, example: dict) -> None:
+  def example_input(self) -> jax.ShapeDtypeStruct:
+    """One microbatch of features: what the parameters are shaped by."""
+    return window_input(self.config)
+
+  def check_inputs(self) -> None:
+    """The first training example fits the model (a clear error before any compiling)."""
+    example = input_pipeline.training_examples(self.data_dir, self.train_input_config())[0]
     e = self.config.model.encoder
     shape = tuple(np.shape(example["features"])[-2:])
     if shape != (e.num_mel_bins, e.num_frames):
@@ -117,7 +129,7 @@ class Task:
     total = self.eval_examples
     per_host = math.ceil(total / jax.process_count())
     num_batches = math.ceil(per_host / config.batch_size)
-    iterator = iter(input_pipeline.evaluation(self.data_dir, config))
+    iterator = iter(self.evaluation_stream(config))
     last = None
     for _ in range(num_batches):
       host = next(iterator, None)
@@ -125,6 +137,9 @@ class Task:
         host = dict(last, weight=np.zeros_like(last["weight"]))
       last = host
       yield sharding.global_batch(self.host_fields(host), mesh), host
+
+  def evaluation_stream(self, config: input_pipeline.InputConfig):
+    return input_pipeline.evaluation(self.data_dir, config)
 
   def host_fields(self, batch: dict) -> dict:
     return batch
@@ -243,6 +258,11 @@ class Finetuning(Task):
     self.normalizer = self._fit_targets()
     self.last_predictions: prediction_files.Predictions | None = None
 
+  @property
+  def evaluates_test(self) -> bool:
+    """This run scores the held-out test set (so only once, at the end)."""
+    return self.config.validation_fold == -1
+
   def _fit_targets(self) -> targets.TargetNormalizer:
     """Per-dimension label statistics of the training windows (every host alike)."""
     config = self.train_input_config()
@@ -268,7 +288,7 @@ class Finetuning(Task):
 
   def loss_fn(self, params, batch, rng, train: bool):
     out = self.model.apply({"params": params}, batch["features"], train=train,
-                           valid_frames=batch["valid_frames"], rngs={"dropout": rng})
+                           valid_frames=batch.get("valid_frames"), rngs={"dropout": rng})
     return multitask.loss(out, self._normalised(batch["labels"]), batch["label_mask"],
                           batch.get("weight"), self.model_config)
 
@@ -282,7 +302,7 @@ class Finetuning(Task):
     def step(params, batch, rng):
       del rng
       out = self.model.apply({"params": params}, batch["features"], train=False,
-                             valid_frames=batch["valid_frames"])
+                             valid_frames=batch.get("valid_frames"))
       return {"predictions": out["predictions"]}
     return step
 
@@ -323,6 +343,70 @@ class Finetuning(Task):
           prediction_files.path_for(workdir, step))
 
 
+class ClipStatisticsFinetuning(Finetuning):
+  """Fine-tuning's heads, loss, folds and evaluation on one vector per performance: the
+  clip statistics the closed-form ridge fits (`backbone=clip_stats`).
+
+  The statistics are standardised with the training performances' mean and standard
+  deviation (as the ridge does); the targets are fitted on the training performances,
+  one row each (the window tasks fit them on windows).
+  """
+
+  def __init__(self, config, workdir: pathlib.Path | None = None):
+    cache = (pathlib.Path(config.clip_statistics_cache) if config.clip_statistics_cache
+             else pathlib.Path(workdir or ".") / statistics_table.CACHE)
+    # Before Finetuning's constructor: it fits the targets, which reads the table.
+    self.table = statistics_table.load(config.data_dir, cache)
+    super().__init__(config)
+    self._train_rows = self._rows(self.train_keys)
+    self._eval_rows = self._rows(self.eval_keys)
+    x = self.table.x[self._train_rows]
+    self.feature_mean = x.mean(0)
+    self.feature_scale = np.where(x.std(0) > 0, x.std(0), 1.0)
+
+  def _rows(self, keys) -> np.ndarray:
+    missing = sorted(set(keys) - set(self.table.keys))
+    if missing:
+      raise DataMismatchError(f"{len(missing)} performances of the split have no clip "
+                              f"statistics, e.g. {missing[:3]}")
+    return self.table.rows(sorted(keys))
+
+  def _fit_targets(self) -> targets.TargetNormalizer:
+    rows = self._rows(self.train_keys)
+    return targets.TargetNormalizer.fit(np.nan_to_num(self.table.labels[rows]),
+                                        self.table.mask[rows])
+
+  def _examples(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    x = (self.table.x[rows] - self.feature_mean) / self.feature_scale
+    return {"features": x.astype(np.float32),
+            "labels": np.nan_to_num(self.table.labels[rows]).astype(np.float32),
+            "label_mask": self.table.mask[rows],
+            "key": np.asarray([self.table.keys[i] for i in rows])}
+
+  def example_input(self) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((self.config.microbatch_size, self.table.x.shape[1]),
+                                jnp.float32)
+
+  def check_inputs(self) -> None:
+    if self.config.input.spec_augment:
+      logging.info("clip_stats: SpecAugment does not apply to statistics vectors (ignored)")
+
+  def examples_per_epoch(self) -> int:
+    return len(self._train_rows)
+
+  @functools.cached_property
+  def eval_examples(self) -> int:
+    return len(self._eval_rows)
+
+  def train_iterator(self):
+    return iter(input_pipeline.rows(
+        {k: v for k, v in self._examples(self._train_rows).items() if k != "key"},
+        self.train_input_config()))
+
+  def evaluation_stream(self, config: input_pipeline.InputConfig):
+    return input_pipeline.rows_evaluation(self._examples(self._eval_rows), config)
+
+
 def _parse_weights(text: str) -> tuple[tuple[str, float], ...]:
   """"timing=1,dynamics=2" -> (("timing", 1.0), ("dynamics", 2.0))."""
   out = []
@@ -343,9 +427,12 @@ def _parse_weights(text: str) -> tuple[tuple[str, float], ...]:
 TASKS = {"pretrain": Pretraining, "finetune": Finetuning}
 
 
-def make(config: ml_collections.ConfigDict) -> Task:
+def make(config: ml_collections.ConfigDict, workdir: pathlib.Path | None = None) -> Task:
+  """The config's task; `workdir` holds caches a task makes (clip statistics)."""
   if config.task not in TASKS:
     raise ValueError(f"unknown task {config.task!r}; expected one of {sorted(TASKS)}")
+  if config.task == "finetune" and config.model.backbone == "clip_stats":
+    return ClipStatisticsFinetuning(config, workdir)
   return TASKS[config.task](config)
 
 

@@ -34,8 +34,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from pipelines import input_pipeline
-from train import checkpointing, optimizer, rundir, sharding, steps, tasks, warm_start
+from train import checkpointing, metric_writer, optimizer, rundir, sharding, steps, tasks, warm_start
 from train.metric_writer import MetricWriter
 from train.train_state import TrainState
 
@@ -54,12 +53,20 @@ class ConfigError(ValueError):
 class Result:
   status: str  # "finished" or "preempted"
   step: int
-  total_steps: int
-  metrics: dict
+  total_steps: int  # the learning-rate schedule's length
+  metrics: dict  # the selected evaluation's
   wall_seconds: float  # this process
   # Every attempt at this run that exited through the trainer (finished or SIGTERM);
   # a process killed outright writes no result, so its time is not counted.
   total_wall_seconds: float
+  # Why the run ended: "schedule" (its last step), "stop_after_epochs", "early_stopping",
+  # or "sigterm".
+  stop: str = "schedule"
+  # The evaluation the run is judged by: the best by `checkpoint.best_metric` (the
+  # last evaluation when no metric is set), its step and where that falls in epochs.
+  selected_step: int | None = None
+  selected_epoch: float | None = None
+  steps_per_epoch: float | None = None
 
 
 def _check(config: ml_collections.ConfigDict, mesh) -> int:
@@ -129,7 +136,7 @@ class Built:
   run_key: jax.Array
 
   def init_params(self):
-    dummy = example_input(self.config)
+    dummy = self.task.example_input()
     init = jax.jit(lambda k: nn.unbox(self.task.init(k, jnp.zeros(dummy.shape, dummy.dtype))
                                       ["params"]),
                    out_shardings=self.param_shardings)
@@ -154,20 +161,14 @@ class Built:
     return jax.jit(constrained, donate_argnums=0)
 
 
-def example_input(config: ml_collections.ConfigDict) -> jax.ShapeDtypeStruct:
-  """One microbatch of features `[microbatch, mel, frames]`: what parameters are shaped by."""
-  e = config.model.encoder
-  return jax.ShapeDtypeStruct((config.microbatch_size, e.num_mel_bins, e.num_frames),
-                              jnp.float32)
-
-
 def build(task, config: ml_collections.ConfigDict, mesh, total_steps: int) -> Built:
   """Shapes and shardings of the train state. Call under the mesh and logical rules.
 
-  `task` needs `init(rng, features)`, `loss_fn(params, batch, rng, train)` and,
-  for layer-wise LR decay, `depth`.
+  `task` needs `example_input()` (one microbatch's features, a ShapeDtypeStruct),
+  `init(rng, features)`, `loss_fn(params, batch, rng, train)` and, for layer-wise LR
+  decay, `depth`.
   """
-  dummy = example_input(config)
+  dummy = task.example_input()
   init_key, run_key = jax.random.split(jax.random.key(config.seed, impl=config.prng_impl))
   boxed = jax.eval_shape(lambda: task.init(init_key, jnp.zeros(dummy.shape, dummy.dtype)))
   param_shardings = sharding.param_shardings(boxed["params"], mesh)
@@ -191,14 +192,91 @@ def build(task, config: ml_collections.ConfigDict, mesh, total_steps: int) -> Bu
                opt_shardings=opt_shardings, tx=tx, lr=lr, init_key=init_key, run_key=run_key)
 
 
-def _total_steps(config: ml_collections.ConfigDict, task, accumulation: int, mesh) -> int:
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How long a run trains and when it evaluates."""
+
+  total_steps: int  # the learning-rate schedule's length
+  end_step: int  # where the run ends: total_steps, or earlier with stop_after_epochs
+  eval_every: int  # steps between evaluations; 0: only at the end
+  steps_per_epoch: float
+  patience: int  # evaluations without improvement before stopping; 0: off
+
+
+def plan(config: ml_collections.ConfigDict, task, accumulation: int, mesh) -> Plan:
   per_epoch = task.examples_per_epoch()
-  total_steps = config.num_steps or max(1, math.ceil(config.num_epochs * per_epoch /
-                                                     config.batch_size))
-  logging.info("%s: %d training windows per epoch, %d steps of %d (%d x %d accumulated), "
-               "mesh %s, %d process(es)", task.name, per_epoch, total_steps, config.batch_size,
-               accumulation, config.microbatch_size, dict(mesh.shape), jax.process_count())
-  return total_steps
+  steps_per_epoch = per_epoch / config.batch_size
+  total_steps = config.num_steps or max(1, math.ceil(config.num_epochs * steps_per_epoch))
+  end_step = total_steps
+  if config.stop_after_epochs > 0:
+    end_step = min(total_steps, max(1, math.ceil(config.stop_after_epochs * steps_per_epoch)))
+  eval_every = config.eval_every_steps
+  if config.eval_every_epochs > 0:
+    eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
+  patience = config.early_stopping.patience
+  if getattr(task, "evaluates_test", False) and (eval_every or patience):
+    # The held-out test set is scored once, at the end: evaluating it during training
+    # would let checkpoint selection and early stopping see it.
+    logging.warning("this run evaluates the test set: periodic evaluation and early stopping "
+                    "are off (it is scored once, at step %d)", end_step)
+    eval_every, patience = 0, 0
+  if patience and not config.checkpoint.best_metric:
+    raise ConfigError("early_stopping.patience needs checkpoint.best_metric (what to watch)")
+  if patience and not eval_every:
+    raise ConfigError("early_stopping.patience needs periodic evaluation (eval_every_steps or "
+                      "eval_every_epochs)")
+  logging.info("%s: %d training examples per epoch (%.1f steps), %d steps of %d (%d x %d "
+               "accumulated)%s, evaluated every %s, mesh %s, %d process(es)", task.name,
+               per_epoch, steps_per_epoch, total_steps, config.batch_size, accumulation,
+               config.microbatch_size, f", ending at {end_step}" if end_step < total_steps else "",
+               f"{eval_every} steps" + (f" (patience {patience})" if patience else "")
+               if eval_every else "run (at the end)", dict(mesh.shape), jax.process_count())
+  return Plan(total_steps=total_steps, end_step=end_step, eval_every=eval_every,
+              steps_per_epoch=steps_per_epoch, patience=patience)
+
+
+class EarlyStopping:
+  """The best evaluation so far by one metric, and whether patience has run out.
+
+  Rebuilt on resume from the run's metrics log, so a restored run stops where an
+  uninterrupted one would.
+  """
+
+  def __init__(self, metric: str, mode: str, patience: int, min_delta: float):
+    self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
+    self.best: float | None = None
+    self.best_step: int | None = None
+    self.last_step: int | None = None
+    self.since_best = 0
+
+  def update(self, step: int, metrics: dict) -> None:
+    self.last_step = step
+    value = metrics.get(self.metric) if self.metric else None
+    if value is None or not math.isfinite(float(value)):
+      self.since_best += 1
+      if not self.metric:
+        self.best_step = step  # nothing to compare: the last evaluation is selected
+      return
+    value = float(value)
+    better = self.best is None or (value > self.best + self.min_delta if self.mode == "max"
+                                   else value < self.best - self.min_delta)
+    if better:
+      self.best, self.best_step, self.since_best = value, step, 0
+    else:
+      self.since_best += 1
+
+  @property
+  def stop(self) -> bool:
+    return self.patience > 0 and self.since_best >= self.patience
+
+  def replay(self, history: list[dict], up_to_step: int) -> None:
+    """Feeds the evaluations logged up to `up_to_step` (the last entry per step wins)."""
+    evaluations = {}
+    for entry in history:
+      if entry["step"] <= up_to_step and any(k.startswith("val/") for k in entry):
+        evaluations[entry["step"]] = entry
+    for step in sorted(evaluations):
+      self.update(step, evaluations[step])
 
 
 def _initial_state(built: Built, workdir: pathlib.Path, lead: bool) -> TrainState:
@@ -304,55 +382,77 @@ class _Loop:
   train_iter: object
   checkpointer: checkpointing.Checkpointer
   workdir: pathlib.Path
-  total_steps: int
+  plan: Plan
   accumulation: int
   lead: bool
+  stopping: EarlyStopping
 
 
-def _train(loop: _Loop, state: TrainState) -> tuple[str, int, dict]:
-  """Steps until `total_steps` or SIGTERM; returns (status, last step, last evaluation)."""
-  config, task = loop.built.config, loop.built.task
+def _evaluate(loop: _Loop, eval_step, params, step: int, writer: MetricWriter) -> dict:
+  task = loop.built.task
+  eval_metrics = task.evaluate(eval_step, params, loop.mesh)
+  writer.write(step, eval_metrics)
+  if loop.lead:
+    task.write_evaluation(loop.workdir, step)
+  loop.stopping.update(step, eval_metrics)
+  logging.info("validation at step %d: %s", step, ", ".join(
+      f"{k} {v:.4f}" for k, v in sorted(tasks.summary_metrics(eval_metrics).items())))
+  return eval_metrics
+
+
+def _train(loop: _Loop, state: TrainState) -> tuple[str, int]:
+  """Steps until the plan's end, early stopping or SIGTERM; returns (stop reason, last step)."""
+  config, plan = loop.built.config, loop.plan
   train_step = loop.built.train_step(loop.accumulation)
-  eval_step = jax.jit(task.make_eval_step())
+  eval_step = jax.jit(loop.built.task.make_eval_step())
   writer = MetricWriter(loop.workdir, enabled=loop.lead)
   preemption = _Preemption()
   step = int(state.step)
-  progress = _ProgressLog(writer, step, loop.total_steps, config.batch_size)
-  eval_metrics: dict = {}
-  status = "finished"
+  progress = _ProgressLog(writer, step, plan.end_step, config.batch_size)
+  stop = "stop_after_epochs" if plan.end_step < plan.total_steps else "schedule"
+  if loop.stopping.stop:  # a resumed run whose patience had already run out
+    return "early_stopping", step
   try:
-    while step < loop.total_steps:
+    while step < plan.end_step:
       batch = sharding.global_batch(next(loop.train_iter), loop.mesh)
       state, metrics = train_step(state, batch)
       step += 1
       metrics = jax.device_get(metrics)
       _check_finite(metrics, step, loop.checkpointer)
       progress.add(step, metrics)
-      if step % config.log_every_steps == 0 or step == loop.total_steps:
+      last = step == plan.end_step
+      if step % config.log_every_steps == 0 or last:
         progress.write(step)
-      evaluate = step == loop.total_steps or (config.eval_every_steps and
-                                              step % config.eval_every_steps == 0)
-      if evaluate:
-        eval_metrics = task.evaluate(eval_step, state.params, loop.mesh)
-        writer.write(step, eval_metrics)
-        if loop.lead:
-          task.write_evaluation(loop.workdir, step)
-        logging.info("validation at step %d: %s", step, ", ".join(
-            f"{k} {v:.4f}" for k, v in sorted(tasks.summary_metrics(eval_metrics).items())))
+      evaluate = last or (plan.eval_every and step % plan.eval_every == 0)
+      eval_metrics = _evaluate(loop, eval_step, state.params, step, writer) if evaluate else None
       preempted = preemption.check()
-      if (evaluate or preempted or step == loop.total_steps or
-          step % config.checkpoint.every_steps == 0):
-        loop.checkpointer.save(step, state, loop.train_iter,
-                               metrics=eval_metrics if evaluate else None)
+      if evaluate or preempted or last or step % config.checkpoint.every_steps == 0:
+        loop.checkpointer.save(step, state, loop.train_iter, metrics=eval_metrics)
       if preempted:
-        status = "preempted"
+        stop = "sigterm"
         logging.warning("SIGTERM: saved checkpoint %s/%d; resume with the same command",
                         loop.checkpointer.directory, step)
+        break
+      if loop.stopping.stop:
+        stop = "early_stopping"
+        logging.info("early stopping at step %d: %s has not improved for %d evaluations (best "
+                     "%.4f at step %d)", step, loop.stopping.metric, loop.stopping.since_best,
+                     loop.stopping.best, loop.stopping.best_step)
         break
   finally:
     preemption.restore()
     writer.close()
-  return status, step, eval_metrics
+  return stop, step
+
+
+def _selected_metrics(workdir: pathlib.Path, step: int | None) -> dict:
+  """The logged evaluation at `step` (the last entry for it wins)."""
+  found: dict = {}
+  if step is not None and (workdir / rundir.METRICS).is_file():
+    for entry in metric_writer.read(workdir):
+      if entry["step"] == step and any(k.startswith("val/") for k in entry):
+        found = {k: v for k, v in entry.items() if k.startswith("val/")}
+  return found
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -363,17 +463,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   lead = jax.process_index() == 0
   if lead:
     _write_config(config, workdir)
-  task = tasks.make(config)
+  task = tasks.make(config, workdir)
   if lead:
     task.write_artifacts(workdir)
   mesh = sharding.make_mesh(config.mesh)
   accumulation = _check(config, mesh)
-  task.check_features(input_pipeline.training_examples(config.data_dir,
-                                                       task.train_input_config())[0])
-  total_steps = _total_steps(config, task, accumulation, mesh)
+  task.check_inputs()
+  run_plan = plan(config, task, accumulation, mesh)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    built = build(task, config, mesh, total_steps)
+    built = build(task, config, mesh, run_plan.total_steps)
     train_iter = task.train_iterator()
     checkpointer = checkpointing.Checkpointer(
         workdir / rundir.CHECKPOINTS, keep=config.checkpoint.keep,
@@ -383,16 +482,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       state, restored_from, earlier_seconds = _restore_or_initialise(
           built, checkpointer, train_iter, workdir, resume, lead)
       first_step = int(state.step)
-      status, step, eval_metrics = _train(
+      stopping = EarlyStopping(config.checkpoint.best_metric, config.checkpoint.best_mode,
+                               run_plan.patience, config.early_stopping.min_delta)
+      if first_step and (workdir / rundir.METRICS).is_file():
+        stopping.replay(metric_writer.read(workdir), first_step)
+      stop, step = _train(
           _Loop(built=built, mesh=mesh, train_iter=train_iter, checkpointer=checkpointer,
-                workdir=workdir, total_steps=total_steps, accumulation=accumulation,
-                lead=lead), state)
+                workdir=workdir, plan=run_plan, accumulation=accumulation, lead=lead,
+                stopping=stopping), state)
     finally:
       checkpointer.close()
   seconds = time.perf_counter() - t_start
-  result = Result(status=status, step=step, total_steps=total_steps, metrics=eval_metrics,
-                  wall_seconds=round(seconds, 1),
-                  total_wall_seconds=round(earlier_seconds + seconds, 1))
+  selected = stopping.best_step if stopping.best_step is not None else stopping.last_step
+  result = Result(
+      status="preempted" if stop == "sigterm" else "finished", step=step,
+      total_steps=run_plan.total_steps, metrics=_selected_metrics(workdir, selected),
+      wall_seconds=round(seconds, 1), total_wall_seconds=round(earlier_seconds + seconds, 1),
+      stop=stop, selected_step=selected,
+      selected_epoch=None if selected is None else round(selected / run_plan.steps_per_epoch, 4),
+      steps_per_epoch=round(run_plan.steps_per_epoch, 4))
   if lead:
     (workdir / rundir.RESULT).write_text(json.dumps(
         {**dataclasses.asdict(result), "first_step": first_step,

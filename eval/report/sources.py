@@ -84,7 +84,7 @@ def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
       evaluations["out_of_fold"] = crossval.pool(parts, summary["split"])
       folds["out_of_fold"] = tuple(p.keys for p in parts)
     if available["test"]:
-      evaluations["test"] = predictions.load_final(crossval.fold_dir(workdir, crossval.TEST))
+      evaluations["test"] = predictions.load_selected(crossval.fold_dir(workdir, crossval.TEST))
     # A set with any run directory is under way; one without was never started
     # (an ablation on the test set alone): the report words the two differently.
     present = [k for k in [*summary["folds"], crossval.TEST]
@@ -100,7 +100,7 @@ def load_source(path: str | pathlib.Path, name: str | None = None) -> Source:
     config = json.loads((workdir / rundir.CONFIG).read_text())
     if config.get("task") != "finetune":
       raise ReportError(f"{workdir} is a {config.get('task')!r} run; reports score fine-tuning")
-    final = predictions.load_final(workdir)
+    final = predictions.load_selected(workdir)
     config = {**config, "split": final.split.split("/")[0] if "/" in final.split else ""}
     evaluations = {"test" if final.split.endswith("test") else "validation": final}
     curves = {"run": _curves(workdir)}

@@ -71,6 +71,14 @@ def trainer_config(task: str, size: str, *, batch_size: int, microbatch_size: in
   ))
   c.log_every_steps = 50
   c.eval_every_steps = 500  # also at the end; 0: only at the end
+  c.eval_every_epochs = 0.0  # > 0: evaluate every this many epochs instead (at least 1 step)
+  # Stop when `checkpoint.best_metric` has not improved by more than `min_delta` for
+  # `patience` evaluations in a row (0: train to the end of the schedule). The learning-rate
+  # schedule still spans `num_epochs`: stopping cuts it, it does not compress it.
+  c.early_stopping = ml_collections.ConfigDict(dict(patience=0, min_delta=0.0))
+  # > 0: end the run after this many epochs of the `num_epochs` schedule (how a
+  # cross-validation's test run trains as long as its folds' chosen evaluations).
+  c.stop_after_epochs = 0.0
   c.eval_batch_size = 16
   c.prng_impl = "threefry2x32"  # or "rbg" (faster dropout masks; not bitwise across devices)
   return c

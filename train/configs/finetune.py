@@ -27,7 +27,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c = defaults.trainer_config("finetune", arg, batch_size=32, microbatch_size=_MICROBATCH[arg],
                               num_epochs=50)
   c.model = ml_collections.ConfigDict(dict(
-      backbone="ast",  # "cnn" / "pooled_stats": the baselines, same heads and loss
+      # "cnn" / "pooled_stats" (log-mel windows) / "clip_stats" (the ridge's clip statistics):
+      # the baselines, with the same heads and loss.
+      backbone="ast",
       # AST's overlapping stride 10; one token and patch pooling as SSAST, so a
       # pre-training checkpoint loads without fresh tokens.
       encoder=defaults.encoder_config(arg, num_tokens=1, pooling="patches",
@@ -42,6 +44,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # directory, or the output directory of `python -m model.convert`; both empty:
   # from scratch.
   c.init = ml_collections.ConfigDict(dict(checkpoint="", converted=""))
+  # backbone=clip_stats reads one statistics vector per performance (train.statistics_table)
+  # from this cache, computed from the shards' audio when missing or stale; "": the work
+  # directory's clip_statistics.npz.
+  c.clip_statistics_cache = ""
   c.validation_fold = 0
   # "piece" or "performer" (the PercePiano job writes both split tables into the
   # shards' metadata); "" takes the one the job was run with.

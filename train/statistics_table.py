@@ -1,0 +1,90 @@
+"""Every performance's clip statistics and labels, from a PercePiano job's audio shards.
+
+The closed-form ridge (`train.ridge`) and the trainer's feed-forward model on the
+same statistics (`backbone=clip_stats`, `train.tasks.ClipStatisticsFinetuning`)
+read one table: one row per performance, the statistics of
+`pipelines.audio.clip_statistics` computed once from the clean audio the job
+stored, cached in an `.npz` keyed by the audio shards' SHA-256 and the
+statistics' names (recomputed when either changes).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import pathlib
+import time
+
+import numpy as np
+from absl import logging
+
+from pipelines.audio import clip_statistics
+from pipelines.datasets import percepiano
+from pipelines.shards import layout, metadata, records
+
+CACHE = "clip_statistics.npz"
+
+
+class StatisticsError(ValueError):
+  """The shards cannot give clip statistics (no audio, no labels, a missing performance)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """One row per performance: its clip statistics and labels."""
+
+  keys: tuple[str, ...]
+  x: np.ndarray  # [P, F]
+  labels: np.ndarray  # [P, D]
+
+  @property
+  def mask(self) -> np.ndarray:
+    return np.isfinite(self.labels)
+
+  def rows(self, keys) -> np.ndarray:
+    index = {k: i for i, k in enumerate(self.keys)}
+    return np.array([index[k] for k in keys], int)
+
+
+def load(data_dir: str | pathlib.Path, cache: pathlib.Path,
+                     workers: int = 1) -> Table:
+  """Every performance's statistics, from `cache` when it was made from these shards."""
+  data_dir = pathlib.Path(data_dir)
+  files = metadata.read(data_dir).shard_files("audio")
+  if not files:
+    raise StatisticsError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
+                     "--nowrite_audio (the ridge reads the clean audio it stores)")
+  sources = sorted(f.sha256 for f in files)
+  names = list(clip_statistics.names())
+  if cache.is_file():
+    with np.load(cache, allow_pickle=False) as f:
+      if list(f["sources"]) == sources and list(f.get("names", [])) == names:
+        return Table(keys=tuple(str(k) for k in f["keys"]), x=f["x"], labels=f["labels"])
+    logging.info("%s was made from other shards or statistics: recomputing", cache)
+  keys, labels, audio = [], [], []
+  for header, arrays in (records.decode(data) for f in files
+                         for data in layout.read_array_record(str(data_dir / f.file))):
+    if header.get("labels") is None:
+      raise StatisticsError(f"{data_dir}: performance {header['key']} has no labels (not a "
+                       "PercePiano job's output?)")
+    keys.append(header["key"])
+    labels.append(np.asarray(header["labels"], np.float64))
+    audio.append(arrays["samples"])
+  t0 = time.perf_counter()
+  with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    x = np.stack(list(pool.map(clip_statistics.compute, audio, chunksize=4)))
+  logging.info("clip statistics of %d performances in %.0f s", len(keys), time.perf_counter() - t0)
+  order = np.argsort(keys)
+  table = Table(keys=tuple(keys[i] for i in order), x=x[order], labels=np.stack(labels)[order])
+  cache.parent.mkdir(parents=True, exist_ok=True)
+  tmp = cache.with_suffix(".tmp.npz")
+  np.savez(tmp, keys=np.asarray(table.keys, str), x=table.x, labels=table.labels,
+           sources=np.asarray(sources, str), names=np.asarray(names, str))
+  tmp.replace(cache)
+  return table
+
+
+def groups_of(keys, split: str) -> np.ndarray:
+  """What the outer split keeps together: passages (piece split) or performers."""
+  parsed = [percepiano.parse_key(k) for k in keys]
+  return np.array([p.passage if split == "piece" else p.performer for p in parsed])
