@@ -46,3 +46,22 @@ def finetune(num_frames: int) -> list[str]:
 # ran 0.77 steps/s as 2 x 16, 0.41 as 1 x 32 (cache).
 SMALL_CNN = ["--config.model.cnn.channels=(8, 16, 32, 64, 128)", "--config.model.cnn.width=128",
              "--config.microbatch_size=16"]
+
+
+# The feed-forward model on the ridge's clip statistics (backbone clip_stats), the trainer's
+# sanity check against the closed-form ridge: evaluated every epoch, stopped after 20
+# evaluations without gain, under a 200-epoch ceiling. Its recipe is the best of the
+# variants `experiments/ffn_recipe.py` measured on the real piece split (BUILD_NOTES,
+# "Training recipe"): the flat head, peak LR 3e-4, dropout 0.3 on the hidden layers and 0.2
+# on the statistics, weight decay 0.05, mixup Beta(0.4, 0.4). About 15 s a fold on 2 cores.
+STATS_FFN_COMMON = ["--config=train/configs/finetune.py:tiny", "--config.model.backbone=clip_stats",
+                    "--config.input.augmented=False", "--config.batch_size=32",
+                    "--config.microbatch_size=32", "--config.eval_batch_size=32",
+                    "--config.num_epochs=200", "--config.eval_every_epochs=1",
+                    "--config.early_stopping.patience=20", "--config.log_every_steps=25"]
+STATS_FFN_RECIPE = ["--config.optimizer.peak_lr=3e-4", "--config.model.pooled_stats.dropout=0.3",
+                    "--config.model.pooled_stats.input_dropout=0.2",
+                    "--config.optimizer.weight_decay=0.05", "--config.model.head=flat",
+                    "--config.input.mixup_alpha=0.4"]
+STATS_FFN = [*STATS_FFN_COMMON, *STATS_FFN_RECIPE]
+

@@ -23,19 +23,17 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from experiments import cpu_scale
 from pipelines import entry_point
 from pipelines.datasets import taxonomy
+from train import crossval
 
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 # Every variant: clip_stats backbone, evaluation every epoch, early stopping on the
-# validation fold's mean Pearson. Overrides on top of COMMON.
-COMMON = ["--config=train/configs/finetune.py:tiny", "--config.model.backbone=clip_stats",
-          "--config.input.augmented=False", "--config.batch_size=32",
-          "--config.microbatch_size=32", "--config.eval_batch_size=32",
-          "--config.num_epochs=200", "--config.eval_every_epochs=1",
-          "--config.early_stopping.patience=20", "--config.log_every_steps=500"]
+# validation fold's mean Pearson (cpu_scale.STATS_FFN_COMMON); overrides on top of it.
+# "lr3e-4_drop_flat_mixup" is the recipe the benchmark runs (cpu_scale.STATS_FFN_RECIPE).
 VARIANTS = {
     "lr1e-3": ["--config.optimizer.peak_lr=1e-3"],
     "lr3e-4_drop": ["--config.optimizer.peak_lr=3e-4", "--config.model.pooled_stats.dropout=0.3",
@@ -45,6 +43,11 @@ VARIANTS = {
                          "--config.model.pooled_stats.dropout=0.3",
                          "--config.model.pooled_stats.input_dropout=0.2",
                          "--config.optimizer.weight_decay=0.05", "--config.model.head=flat"],
+    "lr1e-3_drop_flat": ["--config.optimizer.peak_lr=1e-3",
+                         "--config.model.pooled_stats.dropout=0.3",
+                         "--config.model.pooled_stats.input_dropout=0.2",
+                         "--config.optimizer.weight_decay=0.05", "--config.model.head=flat"],
+    "lr3e-4_drop_flat_mixup": cpu_scale.STATS_FFN_RECIPE,
     "lr1e-4_small": ["--config.optimizer.peak_lr=1e-4", "--config.model.pooled_stats.depth=1",
                      "--config.model.pooled_stats.hidden=256",
                      "--config.model.pooled_stats.dropout=0.5"],
@@ -60,6 +63,8 @@ def define_flags() -> None:
                       "(train.ridge) on the same split, for the comparison row; '' to skip.")
   flags.DEFINE_list("variants", list(VARIANTS), f"Of {list(VARIANTS)}.")
   flags.DEFINE_enum("split", "piece", ["piece", "performer"], "PercePiano split.")
+  flags.DEFINE_bool("test", False, "Also the test run (trained for the folds' median selected "
+                    "epoch, scored once).")
 
 
 def _row(name: str, directory: pathlib.Path) -> str:
@@ -71,8 +76,13 @@ def _row(name: str, directory: pathlib.Path) -> str:
   seconds = sum(r.get("wall_seconds") or 0 for r in runs)
   folds = " ".join(f"{r['scores']['pearson/mean']:.3f}" for r in runs)
   chosen = " ".join("-" if e is None else f"{e:.0f}" for e in epochs)
+  own = summary.get("per_fold_own_selection", {}).get("pearson/mean")
+  test = summary["runs"].get(crossval.TEST, {})
+  test_text = (" / ".join(f"{test['scores'][f'pearson/{g}']:.3f}" for g in ("timing", "mean"))
+               if test.get("finished") else "-")
   return (f"| {name} | " + " | ".join(f"{means[g]:.3f}" for g in (*taxonomy.GROUPS, "mean"))
-          + f" | {folds} | {chosen} | {seconds:.0f} s |")
+          + f" | {'-' if own is None else f'{own:.3f}'} | {folds} | {chosen} | "
+          f"{test_text} | {seconds:.0f} s |")
 
 
 def main(argv):
@@ -85,7 +95,8 @@ def main(argv):
   rows = []
   for name in FLAGS.variants:
     directory = work / name
-    command = [sys.executable, "-m", "train.crossval", *COMMON, *VARIANTS[name],
+    command = [sys.executable, "-m", "train.crossval", *cpu_scale.STATS_FFN_COMMON, *VARIANTS[name],
+               *(["--test"] if FLAGS.test else []),
                f"--workdir={directory}", f"--split={FLAGS.split}",
                f"--config.data_dir={pathlib.Path(FLAGS.data_dir).absolute()}",
                f"--config.clip_statistics_cache={pathlib.Path(FLAGS.statistics).absolute()}"]
@@ -97,7 +108,8 @@ def main(argv):
     rows.append(_row(name, directory))
     print(rows[-1], flush=True)
   header = ("| variant | " + " | ".join((*taxonomy.GROUPS, "mean")) +
-            " | per fold | epochs chosen | wall |")
+            " | mean, each fold selecting on itself | per fold | epochs chosen | test timing / mean "
+            "| wall |")
   print("\n" + header + "\n|" + "---|" * (header.count("|") - 1))
   if FLAGS.ridge:
     print(_row("ridge (closed form)", pathlib.Path(FLAGS.ridge)))

@@ -18,7 +18,9 @@ committed):
                          fixed        fixed (equal) loss weights instead of adaptive ones
                          noaug        trained on the clean variant only
                          cnn, ffn     the CNN and feed-forward (pooled statistics) baselines
-  performer_<variant>  the performer split, for ast / cnn / ffn
+                         ridge        the closed-form bar on clip statistics (train.ridge)
+                         ffn_stats    the trainer's feed-forward model on the same statistics
+  performer_<variant>  the performer split, for ast / cnn / ffn / ridge / ffn_stats
   report_<split>       eval.report of the AST against every variant finished so far
                        (the ones still pending are named in the report)
 
@@ -65,7 +67,11 @@ PERFORMER_VARIANTS = ("ast", "cnn", "ffn")
 # Display names in the reports (no commas: eval.report's --names is comma-separated).
 NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat": "AST flat head",
          "fixed": "AST fixed loss weights", "noaug": "AST without augmentation",
-         "cnn": "CNN baseline", "ffn": "feed-forward baseline", "ridge": "ridge on clip statistics"}
+         "cnn": "CNN baseline", "ffn": "feed-forward baseline", "ridge": "ridge on clip statistics",
+         "ffn_stats": "feed-forward on clip statistics"}
+# Models on the clip statistics (train.statistics_table), every fold and the test set on both
+# splits at every size: minutes on 2 cores.
+STATISTICS_MODELS = ("ridge", "ffn_stats")
 
 SIZES = {
     "cpu": {
@@ -161,20 +167,34 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                         f"{split} split, {variant}",
                         needs=("percepiano_shards", *(("pretrain",) if pretrained else ())))
 
+  # One statistics cache for every run on them; the piece ridge fills it, the others wait.
+  statistics = work / "clip_statistics.npz"
+
   def ridge(split: str) -> stages.Stage:
     # The closed-form bar: every fold and the test set, in minutes (statistics cached).
     directory = work / split / "ridge"
     return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_ridge",
                         ("train.ridge", f"--data_dir={labelled}", f"--workdir={directory}",
-                         f"--split={split}", "--test"),
+                         f"--split={split}", f"--statistics_cache={statistics}", "--test"),
                         lambda: _crossval_finished(directory), f"{split} split, ridge",
-                        needs=("percepiano_shards",))
+                        needs=("percepiano_shards",) if split == "piece" else ("cv_ridge",))
+
+  def statistics_ffn(split: str) -> stages.Stage:
+    # The trainer on the ridge's own inputs: the check that the recipe and loop can reach
+    # the closed-form fit. Early stopping: every fold, then the test set.
+    directory = work / split / "ffn_stats"
+    args = ("train.crossval", *cpu_scale.STATS_FFN, f"--workdir={directory}", f"--split={split}",
+            f"--config.data_dir={labelled}", f"--config.clip_statistics_cache={statistics}",
+            "--test")
+    return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_ffn_stats", args,
+                        lambda: _crossval_finished(directory, "", list(args)),
+                        f"{split} split, feed-forward on clip statistics", needs=("cv_ridge",))
 
   # Each split's report follows (and needs) its own runs only, so a failing performer
   # run cannot hold back the piece split's report.
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
-    runs = [cross_validation(split, v) for v in variants] + [ridge(split)]
-    variants = [*variants, "ridge"]
+    runs = [cross_validation(split, v) for v in variants] + [ridge(split), statistics_ffn(split)]
+    variants = [*variants, *STATISTICS_MODELS]
     out += runs
     report_dir = (reports or work / "reports") / split
     out.append(stages.Stage(

@@ -38,13 +38,20 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert needs["pretrain"] == ("asap_shards",)
   assert needs["cv_ast"] == ("percepiano_shards", "pretrain")
   assert needs["cv_scratch"] == needs["cv_cnn"] == needs["performer_ffn"] == ("percepiano_shards",)
-  assert set(needs["report_piece"]) == {f"cv_{v}" for v in benchmark.VARIANTS} | {"cv_ridge"}
+  assert set(needs["report_piece"]) == {f"cv_{v}" for v in (*benchmark.VARIANTS,
+                                                             *benchmark.STATISTICS_MODELS)}
   assert set(needs["report_performer"]) == {f"performer_{v}" for v in
-                                            (*benchmark.PERFORMER_VARIANTS, "ridge")}
-  for split, name in (("piece", "cv_ridge"), ("performer", "performer_ridge")):
-    ridge = plan[names.index(name)]
-    assert ridge.args[0] == "train.ridge" and needs[name] == ("percepiano_shards",)
-    assert {f"--split={split}", "--test"} <= set(ridge.args)
+                                            (*benchmark.PERFORMER_VARIANTS,
+                                             *benchmark.STATISTICS_MODELS)}
+  # The piece ridge fills the one statistics cache; every other run on it waits for that.
+  cache = f"--statistics_cache={tmp_path / 'w' / 'clip_statistics.npz'}"
+  for split, kind in (("piece", "cv"), ("performer", "performer")):
+    ridge, ffn = plan[names.index(f"{kind}_ridge")], plan[names.index(f"{kind}_ffn_stats")]
+    assert ridge.args[0] == "train.ridge" and cache in ridge.args
+    assert needs[f"{kind}_ridge"] == (("percepiano_shards",) if split == "piece" else ("cv_ridge",))
+    assert {f"--split={split}", "--test"} <= set(ridge.args) & set(ffn.args)
+    assert needs[f"{kind}_ffn_stats"] == ("cv_ridge",) and "--folds=none" not in ffn.args
+    assert f"--config.clip_statistics_cache={cache.split('=', 1)[1]}" in ffn.args
   # Each report right after its split's runs.
   assert names.index("report_piece") == max(i for i, n in enumerate(names) if n.startswith("cv_")) + 1
   assert names[-1] == "report_performer"
@@ -59,6 +66,9 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
         if model.backbone == "cnn":  # scaled down to the tiny AST's cost on 2 cores only
           assert (tuple(config.model.cnn.channels) == (8, 16, 32, 64, 128)) == (size == "cpu")
         assert "--test" in stage.args
+        if model.backbone == "clip_stats":  # statistics, not windows: every fold, early stopping
+          assert config.early_stopping.patience > 0 and config.eval_every_epochs > 0
+          continue
         # SpecAugment masks up to AST's share of a window (192 of 1024 frames).
         assert config.input.time_mask * 1024 == 192 * config.model.encoder.num_frames
         kind, variant = stage.name.split("_", 1)
@@ -90,7 +100,7 @@ def test_dry_run_prints_the_commands(tmp_path):
 
 def test_display_names_survive_the_comma_separated_names_flag():
   assert all("," not in name for name in benchmark.NAMES.values())
-  assert set(benchmark.NAMES) == set(benchmark.VARIANTS) | {"ridge"}
+  assert set(benchmark.NAMES) == set(benchmark.VARIANTS) | set(benchmark.STATISTICS_MODELS)
 
 
 def _finish(run: pathlib.Path, seconds: float = 1.0) -> None:
@@ -164,7 +174,8 @@ def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
   assert notes[0] == f"--note={benchmark.SIZES['cpu']['scale']}" and "2-core" in notes[0]
   assert "AST (SSAST pre-trained): 4 folds + test in 10 min" in notes[1]
   assert "CNN baseline: test in 2 min" in notes[1]
-  pending = [benchmark.NAMES[v] for v in (*benchmark.VARIANTS, "ridge") if v not in ("ast", "cnn")]
+  pending = [benchmark.NAMES[v] for v in (*benchmark.VARIANTS, *benchmark.STATISTICS_MODELS)
+             if v not in ("ast", "cnn")]
   assert notes[2] == f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}."
 
 

@@ -108,6 +108,25 @@ def test_rows_stream_is_seeded_per_epoch_host_blocked_and_resumable():
                                                 for b in evaluated]), np.arange(n))
 
 
+def test_each_fold_is_reported_at_the_epoch_its_other_folds_selected(tmp_path):
+  def fold(k, selected_epoch, steps_per_epoch, evaluated):
+    directory = crossval.fold_dir(tmp_path, k)
+    (directory / rundir.PREDICTIONS).mkdir(parents=True)
+    for step in evaluated:
+      (directory / rundir.PREDICTIONS / f"{step}.npz").touch()
+    (directory / rundir.RESULT).write_text(json.dumps(
+        {"status": "finished", "stop": "early_stopping", "selected_epoch": selected_epoch,
+         "steps_per_epoch": steps_per_epoch}))
+
+  fold(0, 4.0, 10.0, [10, 20, 30, 40, 50])
+  fold(1, 1.0, 5.0, [5, 10, 15])
+  fold(2, 3.0, 8.0, [8])
+  steps = crossval.reported_steps(tmp_path, [0, 1, 2])
+  # Fold 0: median(1, 3) = 2 epochs = step 20. Fold 1: median(4, 3) = 3.5 epochs = 17.5, and
+  # the nearest evaluation is 15 (its last: it stopped before). Fold 2 evaluated once.
+  assert steps == {0: 20, 1: 15, 2: None}
+
+
 # ----------------------------------------------------------------------------- the trainer
 
 def _val_history(workdir):
@@ -168,6 +187,11 @@ def test_test_run_trains_as_long_as_the_folds_selected(job_with_audio, jax_env, 
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = crossval.read_summary(work)
   epochs = [summary["runs"][str(k)]["selected_epoch"] for k in summary["folds"]]
+  reported = crossval.reported_steps(work, summary["folds"])
+  for k in summary["folds"]:
+    entry = summary["runs"][str(k)]
+    assert entry["reported_step"] == (reported[k] or entry["selected_step"])
+  assert "per_fold_own_selection" in summary
   test_config = json.loads((work / "test" / rundir.CONFIG).read_text())
   assert test_config["stop_after_epochs"] == pytest.approx(float(np.median(epochs)))
   assert test_config["eval_every_epochs"] == 0 and test_config["early_stopping"]["patience"] == 0

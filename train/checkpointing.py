@@ -21,6 +21,7 @@ takes the newest one that restores; with none, one error naming the directory.
 
 from __future__ import annotations
 
+import logging as logging_lib
 import pathlib
 from collections.abc import Callable
 
@@ -34,6 +35,20 @@ from orbax.checkpoint import checkpoint_managers as policies
 # and a ValueError through ConversionError, which every caller here catches too).
 from model.convert.errors import CheckpointNotFoundError  # noqa: F401
 from train import rundir
+
+
+class _QuietOrbax(logging_lib.Filter):
+  """Drops Orbax's per-save INFO chatter (dozens of lines per checkpoint); warnings pass."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    return record.levelno >= logging_lib.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+  """For the training CLIs' logs (train.main, train.crossval): one filter on absl's handler."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietOrbax) for f in handler.filters):
+    handler.addFilter(_QuietOrbax())
 
 
 class Checkpointer:

@@ -12,7 +12,6 @@ itself) or the explicit `--coordinator_address=HOST:PORT --num_processes=N
 
 from __future__ import annotations
 
-import logging as logging_lib
 import sys
 
 import jax
@@ -20,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pipelines import entry_point
-from train import configs, trainer
+from train import checkpointing, configs, trainer
 
 FLAGS = flags.FLAGS
 
@@ -41,13 +40,6 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
-class _QuietLibraries(logging_lib.Filter):
-  """Drops Orbax's per-save INFO chatter (dozens of lines per checkpoint); warnings pass."""
-
-  def filter(self, record: logging_lib.LogRecord) -> bool:
-    return record.levelno >= logging_lib.WARNING or "/orbax/" not in record.pathname
-
-
 def _initialize_distributed() -> None:
   if not (FLAGS.distributed or FLAGS.coordinator_address):
     return
@@ -61,7 +53,7 @@ def _initialize_distributed() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  checkpointing.quiet_orbax_logs()
   # Before any other JAX computation: initialize() must come first, and only once.
   _initialize_distributed()
   logging.info("JAX %s: process %d of %d, %d local / %d global devices (%s)", jax.__version__,

@@ -6,7 +6,8 @@
 SHARDS is a PercePiano job's output written with its clean audio (the default;
 not `--nowrite_audio`): the statistics (pipelines.audio.clip_statistics) are
 computed once per performance from that audio and cached in
-`W/clip_statistics.npz` (recomputed when the shards or the statistics change). Every learned model is judged against this bar, so it
+`W/clip_statistics.npz` or `--statistics_cache` (recomputed when the shards or the
+statistics change). Every learned model is judged against this bar, so it
 goes through the same machinery: the same split tables and folds, a
 `W/crossval.json` and one run directory per fold (and `W/test`) with
 `config.json`, `predictions/1.npz` and `result.json`, which `eval.report`
@@ -181,14 +182,16 @@ def run_fold(table: statistics_table.Table, meta: metadata.ShardMetadata, config
 
 def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
         only: list[int] | None = None, test: bool = False, *, seed: int = 0,
-        inner_folds: int = 4, workers: int = 1) -> dict:
+        inner_folds: int = 4, workers: int = 1,
+        statistics_cache: str | pathlib.Path | None = None) -> dict:
   """Every fold not finished yet (and the test set with `test`), through train.crossval's
   driver (the same fold checks, skipping and summary); returns its summary."""
   data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
 
   @functools.cache
   def table() -> statistics_table.Table:  # only when some fold still has to be fitted
-    return statistics_table.load(data_dir, workdir / statistics_table.CACHE, workers)
+    return statistics_table.load(data_dir, pathlib.Path(statistics_cache) if statistics_cache
+                                 else workdir / statistics_table.CACHE, workers)
 
   meta = metadata.read(data_dir)
   return crossval.run(_config(data_dir, split, seed, inner_folds), workdir, split, only, test,
@@ -204,6 +207,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Seed of the inner folds.")
   flags.DEFINE_integer("inner_folds", 4, "Inner cross-validation folds for the regularisation.")
   flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes computing the statistics.")
+  flags.DEFINE_string("statistics_cache", None, "Where the clip statistics are cached (default "
+                      "WORKDIR/clip_statistics.npz); runs on the same shards can share one.")
 
 
 def main(argv: list[str]) -> None:
@@ -214,7 +219,8 @@ def main(argv: list[str]) -> None:
     if only == [] and not FLAGS.test:
       raise RidgeError("--folds=none runs nothing without --test")
     summary = run(FLAGS.data_dir, FLAGS.workdir, FLAGS.split, only, FLAGS.test,
-                  seed=FLAGS.seed, inner_folds=FLAGS.inner_folds, workers=FLAGS.workers)
+                  seed=FLAGS.seed, inner_folds=FLAGS.inner_folds, workers=FLAGS.workers,
+                  statistics_cache=FLAGS.statistics_cache)
   except (RidgeError, statistics_table.StatisticsError, crossval.CrossValidationError,
           metadata.MetadataError, ValueError, FileNotFoundError) as e:
     logging.error("%s: %s", type(e).__name__, e)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import os
 import pathlib
 import time
 
@@ -77,7 +78,8 @@ def load(data_dir: str | pathlib.Path, cache: pathlib.Path,
   order = np.argsort(keys)
   table = Table(keys=tuple(keys[i] for i in order), x=x[order], labels=np.stack(labels)[order])
   cache.parent.mkdir(parents=True, exist_ok=True)
-  tmp = cache.with_suffix(".tmp.npz")
+  # Unique per process: two runs filling the same cache must not write one temporary file.
+  tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
   np.savez(tmp, keys=np.asarray(table.keys, str), x=table.x, labels=table.labels,
            sources=np.asarray(sources, str), names=np.asarray(names, str))
   tmp.replace(cache)
