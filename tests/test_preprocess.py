@@ -10,6 +10,7 @@ import sys
 
 import apache_beam as beam
 import numpy as np
+import pretty_midi
 import pytest
 import soundfile
 
@@ -273,7 +274,9 @@ def test_maestro_job_filters_silence_and_dead_letters_missing_audio(corpus, tmp_
   (root / "2010").mkdir(exist_ok=True)
   soundfile.write(root / "2010" / "silent.wav", np.zeros((48_000 * 30, 2), np.int16), 48_000,
                   subtype="PCM_16")
-  (root / "2010" / "silent.midi").write_bytes(b"MThd")
+  empty = pretty_midi.PrettyMIDI()  # the WAV's aligned MIDI: valid, no notes
+  empty.instruments.append(pretty_midi.Instrument(0))
+  empty.write(str(root / "2010" / "silent.midi"))
   missing = dict(rows[0], midi_filename="2010/gone.midi", audio_filename="2010/gone.wav")
   with (root / "maestro-v3.0.0.csv").open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -44,6 +44,10 @@ def maestro_sources(root: str, from_midi: bool, split_seed: int,
       split=p.split,
       audio_path=None if from_midi else str(base / p.audio_filename),
       midi_path=str(base / p.midi_filename) if from_midi else None,
+      # MAESTRO's MIDI is aligned to its audio (~3 ms): the WAVs' note targets. A WAV whose
+      # MIDI is missing keeps its audio, without note targets.
+      aligned_midi_path=(str(base / p.midi_filename) if not from_midi and
+                         (base / p.midi_filename).is_file() else None),
       meta=(("composer", p.canonical_composer), ("title", p.canonical_title),
             ("year", p.year)))
              for p in index.performances]

@@ -9,7 +9,8 @@ Graph (one `Source` per listed recording):
                                        +-> dead letters -> dead_letters.jsonl
 
 `ProcessRecording` loads or renders the audio, makes the clean and augmented
-variants, computes log-mel, cuts windows and encodes records, then writes a
+variants (and their note targets, where the recording has MIDI:
+`pipelines.audio.notes`), computes log-mel, cuts windows and encodes records, then writes a
 recording's records to one spill file and emits only a small descriptor; the
 shard writers read the spills. Nothing is emitted before the recording has
 fully succeeded, so a failure at any stage sends it to the dead-letter output
@@ -52,7 +53,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, StandardOptions,
                                                   WorkerOptions)
 
-from pipelines.audio import augmentation, decode, features, frontend, render, windowing
+from pipelines.audio import augmentation, decode, features, frontend, notes, render, windowing
 from pipelines.beam import output_lock, writer
 from pipelines.shards import layout, records
 
@@ -77,6 +78,9 @@ class Source:
   audio_path: str | None = None  # decode this file ...
   midi_path: str | None = None  # ... or render this MIDI ...
   audio_record: bytes | None = None  # ... or take the clean audio stored by an earlier run
+  # MIDI aligned to `audio_path` (MAESTRO's 3 ms alignment): the note targets of a decoded
+  # recording. A render's notes come from `midi_path`, a stored audio record's from it.
+  aligned_midi_path: str | None = None
   labels: tuple[float, ...] | None = None
   meta: tuple[tuple[str, Any], ...] = ()  # extra header fields (performer, passage, ...)
 
@@ -101,6 +105,21 @@ def _header(source: Source, variant: int, params: dict) -> dict:
           "augmentation": params, **dict(source.meta)}
 
 
+def _payload(targets: notes.Notes | None, start_s: float, duration_s: float):
+  """A window's note targets as records.encode_window takes them (None: no MIDI)."""
+  if targets is None:
+    return None
+  w = targets.window(start_s, duration_s)
+  return w.notes, w.pedal, w.dropped
+
+
+def _stored_notes(header: dict, arrays: dict) -> notes.Notes | None:
+  """The note targets an audio record carries (None when it has none)."""
+  if header["num_notes"] < 0:
+    return None
+  return notes.Notes(arrays["notes"], arrays["pedal"])
+
+
 class ProcessRecording(beam.DoFn):
   """Source -> tagged outputs: "windows", "audio", "stats", "outcome", "dead"."""
 
@@ -122,38 +141,57 @@ class ProcessRecording(beam.DoFn):
     name = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
     return f"{self._config.output_dir}/{SPILL}/{kind}/{name}.bin"
 
-  def _load(self, source: Source) -> tuple[np.ndarray, str, str]:
-    """Returns (16 kHz mono samples, stage name, SHA-256 of the source bytes).
+  def _read(self, path: str) -> bytes:
+    try:
+      with FileSystems.open(path) as f:
+        return f.read()
+    except FileNotFoundError:
+      raise FileNotFoundError(f"{path}: file not found") from None
+
+  def _load(self, source: Source) -> tuple[np.ndarray, notes.Notes | None, float, str, str]:
+    """Returns (16 kHz mono samples, their note targets or None, seconds trimmed from the
+    start, stage name, SHA-256 of the source bytes).
 
     Raises a typed error. The checksum is taken here, where the bytes are read
     anyway, so the metadata names exactly what each recording was made from.
     """
     if source.audio_record is not None:
       digest = hashlib.sha256(source.audio_record).hexdigest()
-      return records.decode(source.audio_record)[1]["samples"], "decode_record", digest
+      header, arrays = records.decode(source.audio_record)
+      return (arrays["samples"], _stored_notes(header, arrays), header.get("trim_start_s", 0.0),
+              "decode_record", digest)
     path = source.audio_path or source.midi_path
-    try:
-      with FileSystems.open(path) as f:
-        data = f.read()
-    except FileNotFoundError:
-      raise FileNotFoundError(f"{path}: file not found") from None
+    data = self._read(path)
     digest = hashlib.sha256(data).hexdigest()
     if source.audio_path:
-      return decode.decode_audio(data, name=source.audio_path), "decode", digest
+      aligned = (notes.from_midi(self._read(source.aligned_midi_path),
+                                 name=source.aligned_midi_path)
+                 if source.aligned_midi_path else None)
+      return decode.decode_audio(data, name=source.audio_path), aligned, 0.0, "decode", digest
     rendered = render.render_midi(data, name=source.midi_path, soundfont=self._config.soundfont)
-    return rendered.samples, "render", digest
+    # The render starts at MIDI time 0; trimming removed `trimmed_start_seconds` of it.
+    targets = notes.from_midi(data, name=path).shifted(rendered.trimmed_start_seconds)
+    return rendered.samples, targets, rendered.trimmed_start_seconds, "render", digest
 
-  def _variant_samples(self, source: Source, clean: np.ndarray, params: dict) -> np.ndarray:
+  def _variant(self, source: Source, clean: np.ndarray, clean_notes: notes.Notes | None,
+               params: dict) -> tuple[np.ndarray, notes.Notes | None, float | None]:
+    """(samples, note targets, seconds trimmed from the start of a fresh render or None)."""
     if not params:
-      return clean
+      return clean, clean_notes, None
+    rate = params.get("time_stretch", 1.0)
+    semitones = params.get("pitch_shift", 0.0)
     if self._config.augment.domain == "midi":
-      with FileSystems.open(source.midi_path) as f:
-        midi = augmentation.apply_midi(pretty_midi.PrettyMIDI(io.BytesIO(f.read())), params)
-      samples = render.render_midi(render.midi_to_bytes(midi), name=source.key,
-                                   soundfont=self._config.soundfont).samples
+      data = self._read(source.midi_path)
+      midi = augmentation.apply_midi(pretty_midi.PrettyMIDI(io.BytesIO(data)), params)
+      rendered = render.render_midi(render.midi_to_bytes(midi), name=source.key,
+                                    soundfont=self._config.soundfont)
       noise_only = {k: v for k, v in params.items() if k.startswith("noise")}
-      return augmentation.apply_audio(samples, decode.TARGET_SAMPLE_RATE, noise_only)
-    return augmentation.apply_audio(clean, decode.TARGET_SAMPLE_RATE, params)
+      targets = (notes.from_midi(data, name=source.midi_path).stretched(rate).transposed(round(semitones))
+                 .shifted(rendered.trimmed_start_seconds))
+      return (augmentation.apply_audio(rendered.samples, decode.TARGET_SAMPLE_RATE, noise_only),
+              targets, rendered.trimmed_start_seconds)
+    targets = None if clean_notes is None else clean_notes.stretched(rate).transposed(semitones)
+    return augmentation.apply_audio(clean, decode.TARGET_SAMPLE_RATE, params), targets, None
 
   def process(self, source: Source):
     self._count("listed")
@@ -161,14 +199,15 @@ class ProcessRecording(beam.DoFn):
     try:
       if source.audio_path is None and source.midi_path is None and source.audio_record is None:
         raise FileNotFoundError("no audio or MIDI file for this recording")
-      clean, stage, source_sha256 = self._load(source)
+      clean, clean_notes, clean_trim, stage, source_sha256 = self._load(source)
       window_records: list[bytes] = []
       stats: list[tuple[float, float, int]] = []
       written = filtered = 0
+      frame_s = features.AST.frame_shift_ms / 1000
       for variant in range(self._config.first_variant, self._config.augment.variants + 1):
         stage = "augment"
         params = augmentation.draw(self._config.augment, source.key, variant)
-        samples = self._variant_samples(source, clean, params)
+        samples, variant_notes, trim = self._variant(source, clean, clean_notes, params)
         stage = "features"
         windows = frontend.windows(samples, self._config.window)
         if not windows:
@@ -180,10 +219,13 @@ class ProcessRecording(beam.DoFn):
             continue
           header = dict(_header(source, variant, params), window_index=w.index,
                         window_count=len(windows), valid_frames=w.valid_frames,
-                        start_s=round(w.start_frame * features.AST.frame_shift_ms / 1000, 3))
+                        start_s=round(w.start_frame * frame_s, 3),
+                        trim_start_s=round(clean_trim if trim is None else trim, 6))
           window_records.append(records.encode_window(
               header, w.features.T, source.labels,
-              mask if source.labels is not None else None))
+              mask if source.labels is not None else None,
+              _payload(variant_notes, w.start_frame * frame_s,
+                       self._config.window.frames * frame_s)))
           written += 1
           if variant == 0 and source.split == self._config.stats_split:
             valid = w.features[:w.valid_frames].astype(np.float64)
@@ -198,8 +240,10 @@ class ProcessRecording(beam.DoFn):
                         *writer.write_spill(path, window_records))))
       if self._config.write_audio:
         path = self._spill_path("audio", source.key)
-        audio_record = records.encode_audio(dict(_header(source, 0, {}), labels=source.labels),
-                                            clean, decode.TARGET_SAMPLE_RATE)
+        audio_record = records.encode_audio(
+            dict(_header(source, 0, {}), labels=source.labels, trim_start_s=round(clean_trim, 6)),
+            clean, decode.TARGET_SAMPLE_RATE,
+            None if clean_notes is None else (clean_notes.notes, clean_notes.pedal, 0))
         outputs.append(beam.pvalue.TaggedOutput(
             "audio", (source.split, source.key, path, *writer.write_spill(path, [audio_record]))))
       outputs += [beam.pvalue.TaggedOutput("stats", s) for s in stats]

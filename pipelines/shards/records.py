@@ -1,4 +1,4 @@
-"""The shard record format (schema version 1): a fixed binary layout, never pickle.
+"""The shard record format (schema version 2): a fixed binary layout, never pickle.
 
 A record is
 
@@ -11,14 +11,25 @@ and the header says what the payload holds:
                   issue's `[128, 1024]`), then labels float32 LE `[num_labels]`
                   (num_labels 0 for unlabelled MAESTRO windows) and a label mask u8
                   `[num_labels]` (1 = the label is valid for this augmented window).
+                  Then the note targets (version 2): notes float32 LE `[num_notes, 4]`
+                  (onset s, offset s, key, velocity, in the window's time base) and
+                  sustain-pedal intervals float32 LE `[num_pedal, 2]` (start s, end s).
   kind "audio":   the clean 16 kHz mono waveform as int16 LE `[num_samples]`, kept
-                  so augmented shards can be regenerated without the sources.
+                  so augmented shards can be regenerated without the sources; then
+                  the recording's note targets as above, in its own time base.
+
+Note targets (`pipelines.audio.notes`) exist for recordings rendered from MIDI or
+with aligned MIDI; `num_notes` -1 (and `num_pedal` -1, no bytes) says a record has
+none: nothing is guessed. `notes_dropped` counts the notes a pitch shift moved off
+the keyboard. Version 1 records (no note targets) still decode, as having none.
 
 Header fields (all JSON scalars or lists): `kind`, `key` (performance key),
 `variant` (0 = clean, k > 0 = k-th augmentation), `augmentation` (parameters),
-`split`, `fold`, plus per kind: windows carry `window_index`, `window_count`,
-`valid_frames`, `start_s`, `performer`, `performer_id`, `passage`,
-`movement`; audio carries `sample_rate` and `num_samples`. `SPEC` below is
+`split`, `fold`, `num_notes`, `num_pedal`, `notes_dropped`, `trim_start_s` (the
+silence trimmed from the start of this variant's audio, 0 when none), plus per kind:
+windows carry `window_index`, `window_count`, `valid_frames`, `start_s`,
+`performer`, `performer_id`, `passage`, `movement`; audio carries `sample_rate`
+and `num_samples`. `SPEC` below is
 written into every dataset's metadata.
 """
 
@@ -30,7 +41,8 @@ import struct
 import numpy as np
 
 MAGIC = b"PPTR"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before note targets
 # Log-mel values are stored as little-endian float16: half the bytes, below the front end's
 # own precision.
 FEATURE_DTYPE = np.dtype("<f2")
@@ -42,7 +54,11 @@ SPEC = {
     "window_payload": "features float16 LE [num_mel_bins, num_frames] | labels float32 LE "
                       "[num_labels] | label_mask u8 [num_labels]",
     "audio_payload": "int16 LE [num_samples] at sample_rate",
+    "notes_payload": "after either payload: notes float32 LE [num_notes, 4] (onset s, offset s, "
+                     "key, velocity) | pedal float32 LE [num_pedal, 2] (start s, end s); "
+                     "num_notes -1: no note targets",
 }
+NO_NOTES = {"num_notes": -1, "num_pedal": -1, "notes_dropped": 0}
 
 
 class RecordError(ValueError):
@@ -54,9 +70,22 @@ def _pack(header: dict, payload: bytes) -> bytes:
   return _PREFIX.pack(MAGIC, VERSION, len(text)) + text + payload
 
 
+def _notes_part(notes: tuple[np.ndarray, np.ndarray, int] | None) -> tuple[dict, bytes]:
+  """Header fields and payload bytes of `(notes [N, 4], pedal [P, 2], dropped)` or None."""
+  if notes is None:
+    return dict(NO_NOTES), b""
+  values, pedal, dropped = notes
+  values = np.asarray(values, "<f4").reshape(-1, 4)
+  pedal = np.asarray(pedal, "<f4").reshape(-1, 2)
+  return ({"num_notes": values.shape[0], "num_pedal": pedal.shape[0],
+           "notes_dropped": int(dropped)}, values.tobytes() + pedal.tobytes())
+
+
 def encode_window(header: dict, features: np.ndarray, labels: np.ndarray | None = None,
-                  label_mask: np.ndarray | None = None) -> bytes:
-  """`features` is `[mel, frames]`; `labels`/`label_mask` `[19]` or None (unlabelled)."""
+                  label_mask: np.ndarray | None = None,
+                  notes: tuple[np.ndarray, np.ndarray, int] | None = None) -> bytes:
+  """`features` is `[mel, frames]`; `labels`/`label_mask` `[19]` or None (unlabelled);
+  `notes` the window's `(notes [N, 4], pedal [P, 2], dropped)` or None (no MIDI)."""
   features = np.asarray(features)
   if features.ndim != 2:
     raise ValueError(f"features must be [mel, frames], got {features.shape}")
@@ -65,18 +94,39 @@ def encode_window(header: dict, features: np.ndarray, labels: np.ndarray | None 
                                                                                np.uint8)
   if mask.shape != labels.shape:
     raise ValueError(f"label mask {mask.shape} does not match labels {labels.shape}")
+  note_fields, note_bytes = _notes_part(notes)
   full = dict(header, kind="window", num_mel_bins=features.shape[0],
-              num_frames=features.shape[1], num_labels=labels.shape[0])
+              num_frames=features.shape[1], num_labels=labels.shape[0], **note_fields)
   payload = (features.astype(FEATURE_DTYPE).tobytes() + labels.astype("<f4").tobytes()
-             + mask.tobytes())
+             + mask.tobytes() + note_bytes)
   return _pack(full, payload)
 
 
-def encode_audio(header: dict, samples: np.ndarray, sample_rate: int) -> bytes:
-  """Stores float samples in [-1, 1] as int16 PCM (clipped)."""
+def encode_audio(header: dict, samples: np.ndarray, sample_rate: int,
+                 notes: tuple[np.ndarray, np.ndarray, int] | None = None) -> bytes:
+  """Stores float samples in [-1, 1] as int16 PCM (clipped), then the note targets."""
   pcm = np.clip(np.round(np.asarray(samples, np.float64) * 32767.0), -32768, 32767)
-  full = dict(header, kind="audio", sample_rate=sample_rate, num_samples=int(pcm.shape[0]))
-  return _pack(full, pcm.astype("<i2").tobytes())
+  note_fields, note_bytes = _notes_part(notes)
+  full = dict(header, kind="audio", sample_rate=sample_rate, num_samples=int(pcm.shape[0]),
+              **note_fields)
+  return _pack(full, pcm.astype("<i2").tobytes() + note_bytes)
+
+
+def _notes_size(header: dict, version: int) -> int:
+  if version < 2 or header["num_notes"] < 0:
+    return 0
+  return 16 * header["num_notes"] + 8 * header["num_pedal"]
+
+
+def _decode_notes(header: dict, payload: memoryview, version: int) -> dict[str, np.ndarray]:
+  """`notes [N, 4]` and `pedal [P, 2]` (empty, and header num_notes -1, when none)."""
+  if version < 2:
+    header.update(NO_NOTES)
+  if header["num_notes"] < 0:
+    return {"notes": np.zeros((0, 4), np.float32), "pedal": np.zeros((0, 2), np.float32)}
+  n = 16 * header["num_notes"]
+  return {"notes": np.frombuffer(payload[:n], "<f4").reshape(-1, 4),
+          "pedal": np.frombuffer(payload[n:], "<f4").reshape(-1, 2)}
 
 
 def decode(record: bytes) -> tuple[dict, dict[str, np.ndarray]]:
@@ -86,8 +136,8 @@ def decode(record: bytes) -> tuple[dict, dict[str, np.ndarray]]:
   magic, version, header_len = _PREFIX.unpack_from(record)
   if magic != MAGIC:
     raise RecordError(f"bad magic {magic!r}")
-  if version != VERSION:
-    raise RecordError(f"schema version {version}, this code reads {VERSION}")
+  if version not in READABLE_VERSIONS:
+    raise RecordError(f"schema version {version}, this code reads {list(READABLE_VERSIONS)}")
   start = _PREFIX.size
   try:
     header = json.loads(record[start:start + header_len].decode("utf-8"))
@@ -96,21 +146,25 @@ def decode(record: bytes) -> tuple[dict, dict[str, np.ndarray]]:
   payload = memoryview(record)[start + header_len:]
   kind = header.get("kind")
   try:
+    notes = _notes_size(header, version)
     if kind == "window":
       mel, frames, n = header["num_mel_bins"], header["num_frames"], header["num_labels"]
       sizes = (2 * mel * frames, 4 * n, n)
-      if len(payload) != sum(sizes):
-        raise RecordError(f"window payload is {len(payload)} bytes, header implies {sum(sizes)}")
+      if len(payload) != sum(sizes) + notes:
+        raise RecordError(f"window payload is {len(payload)} bytes, header implies "
+                          f"{sum(sizes) + notes}")
       features = np.frombuffer(payload[:sizes[0]], FEATURE_DTYPE).reshape(mel, frames)
       labels = np.frombuffer(payload[sizes[0]:sizes[0] + sizes[1]], "<f4")
-      mask = np.frombuffer(payload[sizes[0] + sizes[1]:], np.uint8).astype(bool)
-      return header, {"features": features, "labels": labels, "label_mask": mask}
+      mask = np.frombuffer(payload[sizes[0] + sizes[1]:sum(sizes)], np.uint8).astype(bool)
+      return header, {"features": features, "labels": labels, "label_mask": mask,
+                      **_decode_notes(header, payload[sum(sizes):], version)}
     if kind == "audio":
-      if len(payload) != 2 * header["num_samples"]:
+      size = 2 * header["num_samples"]
+      if len(payload) != size + notes:
         raise RecordError(f"audio payload is {len(payload)} bytes, header implies "
-                          f"{2 * header['num_samples']}")
-      samples = np.frombuffer(payload, "<i2").astype(np.float32) / 32767.0
-      return header, {"samples": samples}
+                          f"{size + notes}")
+      samples = np.frombuffer(payload[:size], "<i2").astype(np.float32) / 32767.0
+      return header, {"samples": samples, **_decode_notes(header, payload[size:], version)}
   except KeyError as e:
     raise RecordError(f"header lacks field {e}") from None
   raise RecordError(f"unknown record kind {kind!r}")

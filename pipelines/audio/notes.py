@@ -1,0 +1,123 @@
+"""Note targets: a performance's notes and sustain pedal, carried into each window's time base.
+
+Every recording rendered from MIDI (and every MAESTRO WAV, whose MIDI is aligned to
+it) has exact note targets for free. `Notes` holds them compactly, as lists rather
+than dense rolls:
+
+  notes  float32 [N, 4]  onset s, offset s, key (MIDI number), velocity (1-127)
+  pedal  float32 [P, 2]  start s, end s of each sustain-pedal (CC 64 >= 64) interval
+
+and follows the audio through what the jobs do to it:
+
+  silence trimming   `shifted(trimmed_start)`: times - start
+  time stretch r     `stretched(r)`: times / r (a rate above 1 plays faster)
+  pitch shift s      `transposed(s)`: keys + s; a note pushed off the 88 keys is
+                     dropped and counted (`dropped`). An audio-domain shift may be
+                     fractional; the key then is too (exact, not rounded)
+  noise              unchanged
+  windowing          `window(start, duration)`: the notes and pedal intervals that
+                     overlap the window, times relative to its first frame, not
+                     clipped (an onset before 0 is a note already sounding)
+
+A window without MIDI carries no `Notes` at all (the records say so); nothing is
+guessed from audio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pretty_midi
+
+PIANO_LOW, PIANO_HIGH = 21, 108  # A0 .. C8, the 88 keys
+SUSTAIN_CC = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Notes:
+  notes: np.ndarray  # float32 [N, 4]: onset, offset, key, velocity; sorted by onset, key
+  pedal: np.ndarray  # float32 [P, 2]: start, end
+  dropped: int = 0  # notes moved off the keyboard by a pitch shift
+
+  def __post_init__(self):
+    notes = np.asarray(self.notes, np.float32).reshape(-1, 4)
+    pedal = np.asarray(self.pedal, np.float32).reshape(-1, 2)
+    object.__setattr__(self, "notes", notes[np.lexsort((notes[:, 2], notes[:, 0]))])
+    object.__setattr__(self, "pedal", pedal[np.argsort(pedal[:, 0], kind="stable")])
+
+  def _times(self, fn) -> Notes:
+    notes = self.notes.copy()
+    notes[:, :2] = fn(notes[:, :2])
+    return Notes(notes, fn(self.pedal.copy()), self.dropped)
+
+  def shifted(self, seconds: float) -> Notes:
+    return self._times(lambda t: t - np.float32(seconds))
+
+  def stretched(self, rate: float) -> Notes:
+    if not rate > 0:
+      raise ValueError(f"time-stretch rate must be positive, got {rate}")
+    return self._times(lambda t: t / np.float32(rate))
+
+  def transposed(self, semitones: float) -> Notes:
+    notes = self.notes.copy()
+    notes[:, 2] += np.float32(semitones)
+    # A fractional shift keeps a key inside when its nearest semitone is a piano key.
+    keep = (np.round(notes[:, 2]) >= PIANO_LOW) & (np.round(notes[:, 2]) <= PIANO_HIGH)
+    return Notes(notes[keep], self.pedal, self.dropped + int((~keep).sum()))
+
+  def window(self, start_s: float, duration_s: float) -> Notes:
+    """What overlaps `[start_s, start_s + duration_s)`, relative to `start_s`. `dropped`
+    stays the recording's count (how many notes the variant lost, not this window)."""
+    end = start_s + duration_s
+    notes = self.notes[(self.notes[:, 0] < end) & (self.notes[:, 1] > start_s)]
+    pedal = self.pedal[(self.pedal[:, 0] < end) & (self.pedal[:, 1] > start_s)]
+    return Notes(notes, pedal, self.dropped).shifted(start_s)
+
+
+def _pedal_intervals(changes, end_time: float) -> list[tuple[float, float]]:
+  """Down/up intervals of one instrument's CC 64 events (down at >= 64); a pedal still
+  down at the end is released at `end_time`."""
+  intervals, down = [], None
+  for change in sorted(changes, key=lambda c: c.time):
+    if change.number != SUSTAIN_CC:
+      continue
+    if change.value >= 64 and down is None:
+      down = change.time
+    elif change.value < 64 and down is not None:
+      if change.time > down:
+        intervals.append((down, change.time))
+      down = None
+  if down is not None and end_time > down:
+    intervals.append((down, end_time))
+  return intervals
+
+
+def _merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+  merged: list[list[float]] = []
+  for start, end in sorted(intervals):
+    if merged and start <= merged[-1][1]:
+      merged[-1][1] = max(merged[-1][1], end)
+    else:
+      merged.append([start, end])
+  return [(s, e) for s, e in merged]
+
+
+class NotesError(ValueError):
+  """A MIDI file that should give note targets cannot be read."""
+
+
+def from_midi(data: bytes, name: str = "<midi bytes>") -> Notes:
+  """Every non-drum note and the sustain pedal (merged over instruments) of a MIDI file."""
+  try:
+    midi = pretty_midi.PrettyMIDI(io.BytesIO(data))
+  except Exception as e:  # pretty_midi/mido raise many types for a malformed file
+    raise NotesError(f"{name}: unreadable MIDI for note targets ({type(e).__name__}: "
+                     f"{e})") from None
+  end_time = midi.get_end_time()
+  notes = [(n.start, n.end, n.pitch, n.velocity) for i in midi.instruments if not i.is_drum
+           for n in i.notes if n.end > n.start]
+  pedal = _merge([iv for i in midi.instruments if not i.is_drum
+                  for iv in _pedal_intervals(i.control_changes, end_time)])
+  return Notes(np.array(notes, np.float32).reshape(-1, 4), np.array(pedal, np.float32))
