@@ -137,7 +137,8 @@ def _recording(windows, variant):
                                                                  key, velocity)
   frames = np.concatenate([a["features"].astype(np.float32).T[:h["valid_frames"]]
                            for h, a in mine])
-  return np.array(sorted(found.values()), np.float32), frames, mine[0][0]
+  ordered = notes.Notes(np.array(list(found.values()), np.float32), np.zeros((0, 2))).notes
+  return ordered, frames, mine[0][0]
 
 
 def _expect_onsets_audible(found, frames):
@@ -220,3 +221,28 @@ def test_decoded_audio_has_notes_only_with_aligned_midi(tmp_path):
   assert header["trim_start_s"] == 0.0  # a decoded file is not trimmed: MIDI time as is
   np.testing.assert_allclose(aligned, notes.from_midi(midi).notes, atol=2e-5)
   _expect_onsets_audible(aligned, frames)
+
+
+def test_real_performances_keep_their_notes_aligned(percepiano_dir, asap_dir, tmp_path):
+  """Real PercePiano and ASAP performance MIDI (pedalled, dense): the windows' targets are
+  the source notes in the trimmed render's time base, and the onsets are where the audio's
+  flux peaks."""
+  from pipelines.datasets import maestro, percepiano
+  release = percepiano.read_release(percepiano_dir)
+  chosen = [p.midi_path for p in release.performances if p.midi_path][::400][:3]
+  asap = maestro.read_asap(asap_dir).performances[0]
+  chosen.append(asap_dir / asap.midi_filename)
+  sources = [preprocess.Source(key=f"r{i}", split="train", midi_path=str(path))
+             for i, path in enumerate(chosen)]
+  out = _run(tmp_path, "real", sources, variants=0)
+  by_key = {}
+  for header, arrays in _records(out):
+    by_key.setdefault(header["key"], []).append((header, arrays))
+  for i, path in enumerate(chosen):
+    found, frames, header = _recording(by_key[f"r{i}"], 0)
+    source = notes.from_midi(path.read_bytes()).shifted(header["trim_start_s"])
+    audible = source.notes[source.notes[:, 0] < len(frames) * FRAME_S]
+    assert len(found) == len(audible) > 20, path
+    np.testing.assert_allclose(found, audible, atol=1e-4)
+    assert any(a["pedal"].size for _, a in by_key[f"r{i}"]) or not source.pedal.size
+    _expect_onsets_audible(found, frames)
