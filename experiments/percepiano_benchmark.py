@@ -20,7 +20,9 @@ committed):
                          cnn, ffn     the CNN and feed-forward (pooled statistics) baselines
                          ridge        the closed-form bar on clip statistics (train.ridge)
                          ffn_stats    the trainer's feed-forward model on the same statistics
-  performer_<variant>  the performer split, for ast / cnn / ffn / ridge / ffn_stats
+                         oracle_notes the ridge on note statistics of the performance MIDI
+                                      (what a perfect transcription gives: an upper bound)
+  performer_<variant>  the performer split, for ast / cnn / ffn and the statistics models
   report_<split>       eval.report of the AST against every variant finished so far
                        (the ones still pending are named in the report)
 
@@ -47,6 +49,7 @@ from absl import app, flags
 
 from experiments import cpu_scale, stages
 from pipelines import entry_point
+from pipelines.shards import records
 from train import rundir
 
 FLAGS = flags.FLAGS
@@ -68,10 +71,11 @@ PERFORMER_VARIANTS = ("ast", "cnn", "ffn")
 NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat": "AST flat head",
          "fixed": "AST fixed loss weights", "noaug": "AST without augmentation",
          "cnn": "CNN baseline", "ffn": "feed-forward baseline", "ridge": "ridge on clip statistics",
-         "ffn_stats": "feed-forward on clip statistics"}
-# Models on the clip statistics (train.statistics_table), every fold and the test set on both
-# splits at every size: minutes on 2 cores.
-STATISTICS_MODELS = ("ridge", "ffn_stats")
+         "ffn_stats": "feed-forward on clip statistics",
+         "oracle_notes": "oracle-notes (performance MIDI statistics: an upper bound)"}
+# Models on clip statistics (train.statistics_table), every fold and the test set on both
+# splits at every size: minutes on 2 cores. oracle_notes is the notes path's ceiling.
+STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes")
 
 SIZES = {
     "cpu": {
@@ -141,9 +145,10 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
       stages.Stage("percepiano_shards", ("pipelines.beam.percepiano_job", f"--percepiano_dir={percepiano_dir}",
                                          f"--output_dir={labelled}", *s["window"],
                                          "--variants=1", "--augment=noise"),
-                   # With its clean audio: the ridge's clip statistics are computed from it.
+                   # With its clean audio and note targets (schema 2): the ridges' statistics
+                   # are computed from them.
                    lambda: stages.job_finished(labelled, {**stages.window_flags(s["window"]),
-                                                          "write_audio": True}),
+                                                          "write_audio": True}, records.VERSION),
                    "PercePiano rendered -> labelled shards"),
       # A finished pre-training of another length (an older plan's) is refused, not reused.
       stages.training("pretrain", pretrain, pretrain_args, "SSAST pre-training",
@@ -179,6 +184,17 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                         lambda: _crossval_finished(directory), f"{split} split, ridge",
                         needs=("percepiano_shards",) if split == "piece" else ("cv_ridge",))
 
+  def oracle_notes(split: str) -> stages.Stage:
+    # The same ridge on the note statistics of the performance MIDI the shards store.
+    directory = work / split / "oracle_notes"
+    return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_oracle_notes",
+                        ("train.ridge", f"--data_dir={labelled}", f"--workdir={directory}",
+                         f"--split={split}", "--features=midi_notes",
+                         f"--statistics_cache={work / 'note_statistics.npz'}", "--test"),
+                        lambda: _crossval_finished(directory), f"{split} split, oracle-notes",
+                        needs=("percepiano_shards",) if split == "piece"
+                        else ("cv_oracle_notes",))
+
   def statistics_ffn(split: str) -> stages.Stage:
     # The trainer on the ridge's own inputs: the check that the recipe and loop can reach
     # the closed-form fit. Early stopping: every fold, then the test set.
@@ -193,7 +209,8 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   # Each split's report follows (and needs) its own runs only, so a failing performer
   # run cannot hold back the piece split's report.
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
-    runs = [cross_validation(split, v) for v in variants] + [ridge(split), statistics_ffn(split)]
+    runs = [cross_validation(split, v) for v in variants] + [ridge(split), statistics_ffn(split),
+                                                            oracle_notes(split)]
     variants = [*variants, *STATISTICS_MODELS]
     out += runs
     report_dir = (reports or work / "reports") / split

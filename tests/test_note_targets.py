@@ -2,7 +2,6 @@
 trimming, time stretch and pitch shift against the source MIDI and against the audio itself."""
 
 import json
-import pathlib
 import struct
 
 import ml_collections
@@ -11,7 +10,7 @@ import pretty_midi
 import pytest
 import soundfile
 
-from pipelines.audio import decode, notes, render, windowing
+from pipelines.audio import decode, note_statistics, notes, render, windowing
 from pipelines.beam import augment_presets, preprocess
 from pipelines.shards import layout, records
 
@@ -246,3 +245,29 @@ def test_real_performances_keep_their_notes_aligned(percepiano_dir, asap_dir, tm
     np.testing.assert_allclose(found, audible, atol=1e-4)
     assert any(a["pedal"].size for _, a in by_key[f"r{i}"]) or not source.pedal.size
     _expect_onsets_audible(found, frames)
+
+
+# ----------------------------------------------------------------------------- note statistics
+
+def test_note_statistics_on_a_known_performance():
+  # Four chords of two notes every 0.5 s, each held 0.25 s (half the interval), velocities
+  # 40, 60, 80, 100; one pedal press of 1 s over a 2 s clip.
+  rows = []
+  for i in range(4):
+    for key in (60, 64):
+      rows.append([0.5 * i + (0.01 if key == 64 else 0.0), 0.5 * i + 0.25, key, 40 + 20 * i])
+  stats = dict(zip(note_statistics.names(),
+                   note_statistics.compute(notes.Notes(rows, [[0.0, 1.0]]), duration_s=2.0)))
+  assert len(note_statistics.names()) == 39
+  assert stats["ioi_mean"] == pytest.approx(0.5) and stats["ioi_std"] == pytest.approx(0.0)
+  assert stats["onset_rate"] == pytest.approx(2.0) and stats["note_rate"] == pytest.approx(4.0)
+  assert stats["velocity_delta_abs_mean"] == pytest.approx(20.0)
+  assert stats["velocity_spread"] == pytest.approx(np.percentile([40, 40, 60, 60, 80, 80, 100, 100], 90)
+                                                   - np.percentile([40, 40, 60, 60, 80, 80, 100, 100], 10))
+  # Held 0.25 of 0.5 s (the chord's second note 0.24 of 0.49): log ratio about log(0.5).
+  assert stats["articulation_median"] == pytest.approx(np.log(0.5), abs=0.02)
+  assert stats["pedal_fraction"] == pytest.approx(0.5) and stats["pedal_press_rate"] == 0.5
+  assert stats["key_range"] == 4 and stats["polyphony_p90"] == 2
+  assert stats["duration_s"] == 2.0 and stats["note_count"] == 8
+  with pytest.raises(ValueError, match="no notes"):
+    note_statistics.compute(notes.Notes(np.zeros((0, 4)), np.zeros((0, 2))))

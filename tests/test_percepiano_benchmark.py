@@ -9,6 +9,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import percepiano_benchmark as benchmark
+from pipelines.shards import records
 from train import tasks
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -185,7 +186,8 @@ def test_shards_of_one_size_are_refused_by_the_other(tmp_path):
   for name in ("asap", "percepiano"):  # shards as the cpu plan made them
     (work / "shards" / name).mkdir(parents=True)
     (work / "shards" / name / "metadata.json").write_text(
-        json.dumps({"config": {"window_s": 5.12, "hop_s": 5.12, "write_audio": True}}))
+        json.dumps({"config": {"window_s": 5.12, "hop_s": 5.12, "write_audio": True},
+                    "schema": {"schema_version": records.VERSION}}))
   by_size = {size: {s.name: s for s in benchmark.plan(tmp_path, tmp_path, work, size)}
              for size in benchmark.SIZES}
   for name in ("asap_shards", "percepiano_shards"):
@@ -201,7 +203,14 @@ def test_labelled_shards_without_their_audio_are_refused(tmp_path):
   work = tmp_path / "w"
   (work / "shards" / "percepiano").mkdir(parents=True)
   (work / "shards" / "percepiano" / "metadata.json").write_text(
-      json.dumps({"config": {"window_s": 5.12, "hop_s": 5.12, "write_audio": False}}))
+      json.dumps({"config": {"window_s": 5.12, "hop_s": 5.12, "write_audio": False},
+                  "schema": {"schema_version": records.VERSION}}))
   stage = {s.name: s for s in benchmark.plan(tmp_path, tmp_path, work, "cpu")}["percepiano_shards"]
   with pytest.raises(benchmark.stages.StageError, match=r"write_audio=False \(this stage: True\)"):
+    stage.done()
+  # Shards of record schema 1 have no note targets (the oracle-notes ridge reads them).
+  (work / "shards" / "percepiano" / "metadata.json").write_text(
+      json.dumps({"config": {"window_s": 5.12, "hop_s": 5.12, "write_audio": True},
+                  "schema": {"schema_version": 1}}))
+  with pytest.raises(benchmark.stages.StageError, match="record schema 1 shards"):
     stage.done()

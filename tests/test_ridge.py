@@ -114,3 +114,20 @@ def test_shards_without_audio_are_a_clear_error(train_shards, tmp_path):
   proc = run_cli(f"--data_dir={train_shards['percepiano']}", f"--workdir={tmp_path}", "--test")
   assert proc.returncode != 0
   assert "holds no audio shards" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_oracle_notes_ridge_reads_the_stored_note_targets(job_with_audio, tmp_path):
+  work = tmp_path / "oracle"
+  proc = run_cli(f"--data_dir={job_with_audio}", f"--workdir={work}", "--features=midi_notes",
+                 "--test", "--workers=1")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  summary = crossval.read_summary(work)
+  assert summary["config"]["model"]["backbone"] == "oracle"
+  assert summary["config"]["ridge"]["statistics"] == "midi_notes"
+  table = statistics_table.load(job_with_audio, work / "note_statistics.npz",
+                                features="midi_notes")
+  assert table.x.shape[1] == 39 and np.all(np.isfinite(table.x))
+  assert np.all(np.isfinite(predictions.load_selected(work / "test").predictions))
+  # A performance without note targets (audio read from a WAV) is a clear error.
+  with pytest.raises(statistics_table.StatisticsError, match="k has no note targets"):
+    statistics_table._note_statistics("k", {"num_notes": -1}, {})

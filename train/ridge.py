@@ -7,7 +7,10 @@ SHARDS is a PercePiano job's output written with its clean audio (the default;
 not `--nowrite_audio`): the statistics (pipelines.audio.clip_statistics) are
 computed once per performance from that audio and cached in
 `W/clip_statistics.npz` or `--statistics_cache` (recomputed when the shards or the
-statistics change). Every learned model is judged against this bar, so it
+statistics change). `--features=midi_notes` fits the same ridge on the note
+statistics of the performance MIDI stored with the audio
+(pipelines.audio.note_statistics; backbone "oracle": what a perfect transcription
+would give the notes path, an upper bound, never a headline). Every learned model is judged against this bar, so it
 goes through the same machinery: the same split tables and folds, a
 `W/crossval.json` and one run directory per fold (and `W/test`) with
 `config.json`, `predictions/1.npz` and `result.json`, which `eval.report`
@@ -36,7 +39,6 @@ import numpy as np
 from absl import app, flags, logging
 
 from pipelines import entry_point
-from pipelines.audio import clip_statistics
 from pipelines.datasets import taxonomy
 from pipelines.shards import metadata
 from train import crossval, metrics, predictions, rundir, statistics_table, trainer
@@ -128,14 +130,19 @@ def fit(x: np.ndarray, labels: np.ndarray, mask: np.ndarray, groups: np.ndarray,
 
 # ----------------------------------------------------------------------------- the runs
 
-def _config(data_dir: pathlib.Path, split: str, seed: int, inner_folds: int
-            ) -> ml_collections.ConfigDict:
+# The backbone each kind of statistics reports as: the audio bar, and the notes path's upper
+# bound (statistics of the performance MIDI: a perfect transcription).
+BACKBONES = {"audio": "ridge", "midi_notes": "oracle"}
+
+
+def _config(data_dir: pathlib.Path, split: str, seed: int, inner_folds: int,
+            features: str = "audio") -> ml_collections.ConfigDict:
   """What identifies these runs, in the trainer's config shape where eval.report reads it."""
   return ml_collections.ConfigDict({
       "task": "finetune", "data_dir": str(data_dir), "split": split, "seed": seed,
-      "validation_fold": -1, "model": {"backbone": "ridge"},
-      "ridge": {"alphas": list(ALPHAS), "inner_folds": inner_folds,
-                "features": len(clip_statistics.names())}})
+      "validation_fold": -1, "model": {"backbone": BACKBONES[features]},
+      "ridge": {"alphas": list(ALPHAS), "inner_folds": inner_folds, "statistics": features,
+                "features": len(statistics_table.names(features))}})
 
 
 def run_fold(table: statistics_table.Table, meta: metadata.ShardMetadata, config: ml_collections.ConfigDict,
@@ -183,18 +190,20 @@ def run_fold(table: statistics_table.Table, meta: metadata.ShardMetadata, config
 def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
         only: list[int] | None = None, test: bool = False, *, seed: int = 0,
         inner_folds: int = 4, workers: int = 1,
-        statistics_cache: str | pathlib.Path | None = None) -> dict:
+        statistics_cache: str | pathlib.Path | None = None, features: str = "audio") -> dict:
   """Every fold not finished yet (and the test set with `test`), through train.crossval's
   driver (the same fold checks, skipping and summary); returns its summary."""
   data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
 
   @functools.cache
   def table() -> statistics_table.Table:  # only when some fold still has to be fitted
-    return statistics_table.load(data_dir, pathlib.Path(statistics_cache) if statistics_cache
-                                 else workdir / statistics_table.CACHE, workers)
+    cache = (pathlib.Path(statistics_cache) if statistics_cache
+             else workdir / statistics_table.CACHE[features])
+    return statistics_table.load(data_dir, cache, workers, features)
 
   meta = metadata.read(data_dir)
-  return crossval.run(_config(data_dir, split, seed, inner_folds), workdir, split, only, test,
+  return crossval.run(_config(data_dir, split, seed, inner_folds, features), workdir, split,
+                      only, test,
                       train=lambda config, directory: run_fold(table(), meta, config, directory))
 
 
@@ -207,8 +216,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Seed of the inner folds.")
   flags.DEFINE_integer("inner_folds", 4, "Inner cross-validation folds for the regularisation.")
   flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes computing the statistics.")
-  flags.DEFINE_string("statistics_cache", None, "Where the clip statistics are cached (default "
-                      "WORKDIR/clip_statistics.npz); runs on the same shards can share one.")
+  flags.DEFINE_enum("features", "audio", list(statistics_table.FEATURES),
+                    "audio: the clip statistics of the stored audio (the bar, backbone ridge); "
+                    "midi_notes: note statistics of the performance MIDI stored with it (the "
+                    "notes path's upper bound, backbone oracle).")
+  flags.DEFINE_string("statistics_cache", None, "Where the statistics are cached (default "
+                      "WORKDIR/clip_statistics.npz, note_statistics.npz for midi_notes); runs on the same shards can share one.")
 
 
 def main(argv: list[str]) -> None:
@@ -220,7 +233,7 @@ def main(argv: list[str]) -> None:
       raise RidgeError("--folds=none runs nothing without --test")
     summary = run(FLAGS.data_dir, FLAGS.workdir, FLAGS.split, only, FLAGS.test,
                   seed=FLAGS.seed, inner_folds=FLAGS.inner_folds, workers=FLAGS.workers,
-                  statistics_cache=FLAGS.statistics_cache)
+                  statistics_cache=FLAGS.statistics_cache, features=FLAGS.features)
   except (RidgeError, statistics_table.StatisticsError, crossval.CrossValidationError,
           metadata.MetadataError, ValueError, FileNotFoundError) as e:
     logging.error("%s: %s", type(e).__name__, e)

@@ -1,5 +1,9 @@
 """Every performance's clip statistics and labels, from a PercePiano job's audio shards.
 
+`features="midi_notes"` computes `pipelines.audio.note_statistics` from the note
+targets stored with each performance's audio instead (the performance MIDI: the
+oracle of the notes path).
+
 The closed-form ridge (`train.ridge`) and the trainer's feed-forward model on the
 same statistics (`backbone=clip_stats`, `train.tasks.ClipStatisticsFinetuning`)
 read one table: one row per performance, the statistics of
@@ -19,11 +23,11 @@ import time
 import numpy as np
 from absl import logging
 
-from pipelines.audio import clip_statistics
+from pipelines.audio import clip_statistics, note_statistics, notes
 from pipelines.datasets import percepiano
 from pipelines.shards import layout, metadata, records
 
-CACHE = "clip_statistics.npz"
+CACHE = {"audio": "clip_statistics.npz", "midi_notes": "note_statistics.npz"}  # default names
 
 
 class StatisticsError(ValueError):
@@ -47,41 +51,67 @@ class Table:
     return np.array([index[k] for k in keys], int)
 
 
-def load(data_dir: str | pathlib.Path, cache: pathlib.Path,
-                     workers: int = 1) -> Table:
-  """Every performance's statistics, from `cache` when it was made from these shards."""
+# What a table's rows are computed from: the clean audio the job stored, or the note targets
+# stored with it (the performance MIDI: what a perfect transcription would give).
+FEATURES = ("audio", "midi_notes")
+
+
+def names(features: str = "audio") -> tuple[str, ...]:
+  if features not in FEATURES:
+    raise StatisticsError(f"features must be one of {FEATURES}, got {features!r}")
+  return clip_statistics.names() if features == "audio" else note_statistics.names()
+
+
+def _note_statistics(key: str, header: dict, arrays: dict) -> np.ndarray:
+  if header.get("num_notes", -1) < 0:
+    raise StatisticsError(
+        f"performance {key} has no note targets (rendered before schema 2, or read from a "
+        "WAV without aligned MIDI): rerun the PercePiano job from the release's MIDI")
+  duration = header["num_samples"] / header["sample_rate"]
+  return note_statistics.compute(notes.Notes(arrays["notes"], arrays["pedal"]), duration)
+
+
+def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
+         features: str = "audio") -> Table:
+  """Every performance's statistics (`features`: "audio" or "midi_notes"), from `cache` when
+  it was made from these shards and these statistics."""
   data_dir = pathlib.Path(data_dir)
   files = metadata.read(data_dir).shard_files("audio")
   if not files:
     raise StatisticsError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
-                     "--nowrite_audio (the ridge reads the clean audio it stores)")
+                          "--nowrite_audio (the statistics are computed from what it stores)")
   sources = sorted(f.sha256 for f in files)
-  names = list(clip_statistics.names())
+  stat_names = list(names(features))
   if cache.is_file():
     with np.load(cache, allow_pickle=False) as f:
-      if list(f["sources"]) == sources and list(f.get("names", [])) == names:
+      if list(f["sources"]) == sources and list(f.get("names", [])) == stat_names:
         return Table(keys=tuple(str(k) for k in f["keys"]), x=f["x"], labels=f["labels"])
     logging.info("%s was made from other shards or statistics: recomputing", cache)
-  keys, labels, audio = [], [], []
+  keys, labels, inputs = [], [], []
   for header, arrays in (records.decode(data) for f in files
                          for data in layout.read_array_record(str(data_dir / f.file))):
     if header.get("labels") is None:
       raise StatisticsError(f"{data_dir}: performance {header['key']} has no labels (not a "
-                       "PercePiano job's output?)")
+                            "PercePiano job's output?)")
     keys.append(header["key"])
     labels.append(np.asarray(header["labels"], np.float64))
-    audio.append(arrays["samples"])
+    inputs.append(arrays["samples"] if features == "audio"
+                  else _note_statistics(header["key"], header, arrays))
   t0 = time.perf_counter()
-  with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-    x = np.stack(list(pool.map(clip_statistics.compute, audio, chunksize=4)))
-  logging.info("clip statistics of %d performances in %.0f s", len(keys), time.perf_counter() - t0)
+  if features == "audio":
+    with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+      x = np.stack(list(pool.map(clip_statistics.compute, inputs, chunksize=4)))
+  else:
+    x = np.stack(inputs)
+  logging.info("%s statistics of %d performances in %.0f s", features, len(keys),
+               time.perf_counter() - t0)
   order = np.argsort(keys)
   table = Table(keys=tuple(keys[i] for i in order), x=x[order], labels=np.stack(labels)[order])
   cache.parent.mkdir(parents=True, exist_ok=True)
   # Unique per process: two runs filling the same cache must not write one temporary file.
   tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
   np.savez(tmp, keys=np.asarray(table.keys, str), x=table.x, labels=table.labels,
-           sources=np.asarray(sources, str), names=np.asarray(names, str))
+           sources=np.asarray(sources, str), names=np.asarray(stat_names, str))
   tmp.replace(cache)
   return table
 

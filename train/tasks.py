@@ -354,7 +354,7 @@ class ClipStatisticsFinetuning(Finetuning):
 
   def __init__(self, config, workdir: pathlib.Path | None = None):
     cache = (pathlib.Path(config.clip_statistics_cache) if config.clip_statistics_cache
-             else pathlib.Path(workdir or ".") / statistics_table.CACHE)
+             else pathlib.Path(workdir or ".") / statistics_table.CACHE["audio"])
     # Before Finetuning's constructor: it fits the targets, which reads the table.
     self.table = statistics_table.load(config.data_dir, cache)
     super().__init__(config)

@@ -12,7 +12,9 @@ from eval.report.common import ReportError
 from train import crossval, metric_writer, predictions, rundir
 
 BACKBONE_NAMES = {"ast": "AST", "cnn": "CNN baseline", "pooled_stats": "feed-forward baseline",
-                  "ridge": "ridge on clip statistics"}
+                  "ridge": "ridge on clip statistics",
+                  "clip_stats": "feed-forward on clip statistics",
+                  "oracle": "oracle-notes (ridge on the performance MIDI's note statistics)"}
 
 
 @dataclasses.dataclass(frozen=True)
