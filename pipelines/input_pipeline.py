@@ -1,6 +1,7 @@
 """Grain input pipelines over the Beam jobs' ArrayRecord shards.
 
-  pretraining(dir, config)  features only, shuffled, repeated, SpecAugment
+  pretraining(dir, config)  features only, shuffled, repeated, SpecAugment (+ the windows'
+                            note targets as dense rolls with `note_rolls`)
   finetuning(dir, config)   features + 19 labels + label mask, SpecAugment and mixup
   evaluation(dir, config)   every window exactly once in a stable order, padded last
                             batch marked by `weight` 0, with the key and window index
@@ -31,7 +32,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from pipelines.audio import frontend
+from pipelines.audio import frontend, notes
 from pipelines.shards import metadata, records
 
 
@@ -52,6 +53,9 @@ class InputConfig:
   freq_mask: int = 48  # AST's AudioSet setting (of 128 bins)
   time_mask: int = 192  # AST's AudioSet setting for 1024 frames; scaled to the clip
   mixup_alpha: float = 0.0  # 0: off; AST used Beta(10, 10) on AudioSet
+  # Dense note targets of each window (`notes.rolls`: onset/offset/frame/velocity [frames,
+  # 88], pedal [frames], has_notes); a window without MIDI gets zeros and has_notes False.
+  note_rolls: bool = False
   process_index: int = 0
   process_count: int = 1
 
@@ -95,7 +99,17 @@ class ShardSet:
     return grain.sources.ArrayRecordDataSource([str(f) for f in self.files])
 
 
-def _decode(shards: ShardSet, index: int, record: bytes) -> dict:
+ROLL_FIELDS = ("onset", "offset", "frame", "velocity", "pedal", "has_notes")
+
+
+def _rolls(header: dict, arrays: dict, frames: int) -> dict:
+  has = header["num_notes"] >= 0
+  window = notes.Notes(arrays["notes"], arrays["pedal"])
+  out = notes.rolls(window, frames)
+  return dict(out, has_notes=np.bool_(has))
+
+
+def _decode(shards: ShardSet, index: int, record: bytes, note_rolls: bool = False) -> dict:
   try:
     header, arrays = records.decode(record)
     if header["kind"] != "window":
@@ -103,7 +117,8 @@ def _decode(shards: ShardSet, index: int, record: bytes) -> dict:
   except (records.RecordError, KeyError, ValueError) as e:
     raise ShardRecordError(f"{shards.locate(index)}: {e}") from None
   features = frontend.normalize(arrays["features"].astype(np.float32), shards.mean, shards.std)
-  return {
+  rolls = _rolls(header, arrays, features.shape[1]) if note_rolls else {}
+  return {**rolls,
       "features": features,  # [mel, frames], normalised like AST: (x - mean) / (2 std)
       "labels": arrays["labels"].astype(np.float32),
       "label_mask": arrays["label_mask"],
@@ -195,7 +210,7 @@ def _examples(root, config: InputConfig) -> grain.MapDataset:
   shards = ShardSet.open(root, config.splits)
   ds = grain.MapDataset.source(_Selected(shards.source(), _keep(config, shards)))
   ds = ds.seed(config.seed).shuffle().repeat()
-  return ds.map(lambda item: _decode(shards, *item))
+  return ds.map(lambda item: _decode(shards, *item, note_rolls=config.note_rolls))
 
 
 class _HostBlocks(grain.MapDataset):
@@ -249,7 +264,9 @@ def count(root, config: InputConfig) -> int:
 
 
 def _training(root, config: InputConfig, *, labelled: bool):
-  fields = _TRAIN_FIELDS[labelled]
+  if labelled and config.note_rolls and config.mixup_alpha > 0:
+    raise ValueError("mixup mixes features and labels, not note rolls: turn one of them off")
+  fields = _TRAIN_FIELDS[labelled] + (ROLL_FIELDS if config.note_rolls else ())
   ds = _examples(root, config).map(lambda ex: {k: ex[k] for k in fields})
   if config.spec_augment:
     ds = ds.random_map(_spec_augment(config))
@@ -280,7 +297,7 @@ def evaluation(root, config: InputConfig):
   shards = ShardSet.open(root, config.splits)
   ds = grain.MapDataset.source(_Selected(shards.source(), _keep(config, shards)))
   ds = ds[config.process_index::config.process_count]
-  ds = ds.map(lambda item: _decode(shards, *item))
+  ds = ds.map(lambda item: _decode(shards, *item, note_rolls=config.note_rolls))
   ds = ds.batch(config.batch_size, drop_remainder=False, batch_fn=_padded_batch(config))
   return _finish(ds, config)
 

@@ -271,3 +271,50 @@ def test_note_statistics_on_a_known_performance():
   assert stats["duration_s"] == 2.0 and stats["note_count"] == 8
   with pytest.raises(ValueError, match="no notes"):
     note_statistics.compute(notes.Notes(np.zeros((0, 4)), np.zeros((0, 2))))
+
+
+# ----------------------------------------------------------------------------- dense rolls
+
+def test_rolls_mark_onsets_frames_offsets_velocity_and_pedal():
+  window = notes.Notes([[0.015, 0.052, 60, 127],  # frames 1..5, offset in frame 5
+                        [-0.5, 0.03, 21, 64],  # already sounding: frames only, no onset
+                        [0.08, 0.5, 108.4, 32],  # rounds to C8, runs past the window
+                        [0.02, 0.04, 109, 90]],  # off the keyboard: ignored
+                       [[0.06, 2.0]])
+  r = notes.rolls(window, frames=10)
+  assert r["onset"].sum() == 2 and r["onset"][1, 60 - 21] == 1 and r["onset"][8, 87] == 1
+  assert r["velocity"][1, 60 - 21] == 1.0 and r["velocity"][8, 87] == pytest.approx(32 / 127)
+  assert list(np.flatnonzero(r["frame"][:, 60 - 21])) == [1, 2, 3, 4, 5]
+  assert list(np.flatnonzero(r["frame"][:, 0])) == [0, 1, 2] and r["onset"][:, 0].sum() == 0
+  assert list(np.flatnonzero(r["offset"][:, 60 - 21])) == [5] and r["offset"][:, 87].sum() == 0
+  assert list(np.flatnonzero(r["frame"][:, 87])) == [8, 9]
+  assert list(np.flatnonzero(r["pedal"])) == [6, 7, 8, 9]
+
+
+def test_the_input_pipeline_streams_rolls_of_the_stored_notes(train_shards):
+  from pipelines import input_pipeline
+  root = train_shards["maestro"]
+  config = input_pipeline.InputConfig(batch_size=4, read_threads=1, prefetch_buffer_size=1,
+                                      spec_augment=False, note_rolls=True,
+                                      splits=("train",))
+  windows = [records.decode(r) for row in json.loads((root / layout.METADATA).read_text())
+             ["shards"] if row["kind"] == "windows" and row["split"] == "train"
+             for r in layout.read_array_record(str(root / row["file"]))]
+  expected = {}
+  for header, arrays in windows:
+    onsets = arrays["notes"][:, 0]
+    inside = (onsets >= 0) & (onsets < header["num_frames"] * FRAME_S)
+    expected[(header["key"], header["variant"], header["window_index"])] = (
+        header["num_notes"] >= 0, int(inside.sum()))
+  assert any(has and n for has, n in expected.values())
+  seen = 0
+  for batch in input_pipeline.evaluation(root, config):
+    for i in np.flatnonzero(batch["weight"]):
+      has, count = expected[(str(batch["key"][i]), int(batch["variant"][i]),
+                             int(batch["window_index"][i]))]
+      assert bool(batch["has_notes"][i]) == has and int(batch["onset"][i].sum()) == count
+      seen += 1
+  assert seen == len(expected)
+  batch = next(iter(input_pipeline.pretraining(root, config)))
+  assert batch["frame"].shape == (4, batch["features"].shape[-1], 88)
+  assert set(batch) == {"features", "valid_frames", *input_pipeline.ROLL_FIELDS}

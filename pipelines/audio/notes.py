@@ -20,7 +20,8 @@ and follows the audio through what the jobs do to it:
                      clipped (an onset before 0 is a note already sounding)
 
 A window without MIDI carries no `Notes` at all (the records say so); nothing is
-guessed from audio.
+guessed from audio. `rolls` turns a window's notes into the dense frame targets a
+transcription head trains on (the input pipeline does it, `InputConfig.note_rolls`).
 """
 
 from __future__ import annotations
@@ -121,3 +122,44 @@ def from_midi(data: bytes, name: str = "<midi bytes>") -> Notes:
   pedal = _merge([iv for i in midi.instruments if not i.is_drum
                   for iv in _pedal_intervals(i.control_changes, end_time)])
   return Notes(np.array(notes, np.float32).reshape(-1, 4), np.array(pedal, np.float32))
+
+
+def rolls(window: Notes, frames: int, frame_s: float = 0.01) -> dict[str, np.ndarray]:
+  """Dense targets of one window's notes at the model's frame rate (onsets-and-frames style).
+
+  Frame i covers `[i * frame_s, (i + 1) * frame_s)`; keys are the 88 piano keys (a
+  fractional key, from an audio-domain shift, counts as its nearest semitone):
+
+    onset, offset  uint8 [frames, 88]  1 in the frame holding the note's onset / offset
+    frame          uint8 [frames, 88]  1 while the note sounds (key down)
+    velocity       float32 [frames, 88]  velocity / 127 at onset frames, 0 elsewhere
+    pedal          uint8 [frames]      1 while the sustain pedal is down
+
+  Notes already sounding at the window's start (onset < 0) fill `frame` only, so no onset
+  is invented at a window boundary.
+  """
+  out = {k: np.zeros((frames, 88), np.uint8) for k in ("onset", "offset", "frame")}
+  out["velocity"] = np.zeros((frames, 88), np.float32)
+  out["pedal"] = np.zeros(frames, np.uint8)
+
+  def span(start: float, end: float) -> tuple[int, int]:
+    first = max(0, int(np.floor(start / frame_s)))
+    return first, min(frames, max(first + 1, int(np.ceil(end / frame_s))))
+
+  for onset, offset, key, velocity in window.notes:
+    k = int(np.round(key)) - PIANO_LOW
+    if not 0 <= k < 88 or offset <= 0 or onset >= frames * frame_s:
+      continue
+    first, last = span(onset, offset)
+    out["frame"][first:last, k] = 1
+    if onset >= 0:
+      i = int(np.floor(onset / frame_s))
+      out["onset"][i, k] = 1
+      out["velocity"][i, k] = velocity / 127.0
+    if offset < frames * frame_s:
+      out["offset"][int(np.floor(offset / frame_s)), k] = 1
+  for start, end in window.pedal:
+    if end > 0 and start < frames * frame_s:
+      first, last = span(start, end)
+      out["pedal"][first:last] = 1
+  return out
