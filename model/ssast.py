@@ -18,8 +18,12 @@ the pre-training compute (BUILD_NOTES.md).
 The targets are the input patches themselves (normalised log-mel values, the
 same `patchify` the encoder embeds), so pre-training needs no labels.
 
+With `transcription_weight` > 0 a transcription head (model.transcription) learns the
+note rolls of each window from a second, unmasked pass of the same encoder: SSAST +
+transcription, or transcription alone (`ssast_weight` 0, no masking at all).
+
 Parameter tree: `encoder/...` (model.ast, including `encoder/mask_embed`),
-`discriminative/{fc1,fc2}`, `generative/{fc1,fc2}`.
+`discriminative/{fc1,fc2}`, `generative/{fc1,fc2}` (SSAST on), `transcription/...`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from model import ast, linear, masking
+from model import ast, linear, masking, transcription
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +45,12 @@ class SSASTConfig:
   masking: str = "cluster"  # or "random"
   cluster_size: int = 3
   generative_weight: float = 10.0
+  # Pre-training objective: ssast_weight x (InfoNCE + generative_weight x MSE) +
+  # transcription_weight x the transcription losses (model.transcription, on the note rolls
+  # the batch carries). 1 / 0: SSAST alone; 0 / 1: transcription alone; both: both.
+  ssast_weight: float = 1.0
+  transcription_weight: float = 0.0
+  transcription_hidden: int = 512
 
   def __post_init__(self):
     e = self.encoder
@@ -51,6 +61,15 @@ class SSASTConfig:
                        f"{e.patch_size}); got strides {e.freq_stride}/{e.time_stride}")
     if not 0 < self.num_masked <= e.num_patches:
       raise ValueError(f"num_masked must be in 1..{e.num_patches}, got {self.num_masked}")
+    if self.ssast_weight < 0 or self.transcription_weight < 0 or not (
+        self.ssast_weight or self.transcription_weight):
+      raise ValueError("ssast_weight and transcription_weight must be >= 0, not both 0")
+    if self.transcription_weight:
+      transcription.check_encoder(e)
+
+  @property
+  def transcribes(self) -> bool:
+    return self.transcription_weight > 0
 
 
 def info_nce(predictions: jax.Array, targets: jax.Array,
@@ -97,17 +116,17 @@ class PredictionHead(nn.Module):
 
 
 class SSAST(nn.Module):
-  """`__call__(features [B, mel, frames], train, valid_frames [B] | None)` -> metrics dict.
+  """`__call__(features [B, mel, frames], train, valid_frames [B] | None, rolls)` -> metrics.
 
-  Needs the rng stream "masking" (and "dropout" when training). Returns `loss`,
-  `info_nce`, `mse`, `accuracy` (scalars), `mask` `[B, F'·T']` and `indices`
-  `[B, num_masked]` (for inspection).
+  Needs the rng stream "masking" (and "dropout" when training) when the SSAST losses are
+  on. Returns `loss` and the scalar parts: `info_nce`, `mse`, `accuracy` (SSAST on) and the
+  transcription losses (`rolls`, the batch's note rolls, required when it is on); with
+  SSAST also `mask` `[B, F'·T']` and `indices` `[B, num_masked]` (for inspection).
   """
 
   config: SSASTConfig
 
-  @nn.compact
-  def __call__(self, features, *, train: bool = False, valid_frames=None):
+  def _masked(self, encoder, features, train, valid_frames):
     c = self.config
     e = c.encoder
     b = features.shape[0]
@@ -115,8 +134,7 @@ class SSAST(nn.Module):
     valid = None if valid_frames is None else ast.patch_validity(valid_frames, e)
     mask, indices = masking.sample(self.make_rng("masking"), b, (gf, gt), c.num_masked,
                                    kind=c.masking, cluster_size=c.cluster_size, valid=valid)
-    out = ast.Encoder(e, name="encoder")(features, train=train, valid_frames=valid_frames,
-                                          patch_mask=mask)
+    out = encoder(features, train=train, valid_frames=valid_frames, patch_mask=mask)
     patch_tokens = out["tokens"][:, e.num_tokens:]
     masked_tokens = jnp.take_along_axis(patch_tokens, indices[..., None], axis=1)  # [B, M, D]
     targets = ast.patchify(features, e.patch_size, e.freq_stride, e.time_stride)
@@ -130,5 +148,28 @@ class SSAST(nn.Module):
     reconstruction = head("generative")(masked_tokens).astype(jnp.float32)
     per_position = jnp.mean((reconstruction - targets) ** 2, axis=-1)
     mse = (per_position * weights).sum() / jnp.maximum(weights.sum(), 1.0)
-    return {"loss": nce + c.generative_weight * mse, "info_nce": nce, "mse": mse,
+    return {"ssast": nce + c.generative_weight * mse, "info_nce": nce, "mse": mse,
             "accuracy": accuracy, "mask": mask, "indices": indices}
+
+  @nn.compact
+  def __call__(self, features, *, train: bool = False, valid_frames=None, rolls=None):
+    c = self.config
+    e = c.encoder
+    encoder = ast.Encoder(e, name="encoder")
+    out, loss = {}, 0.0
+    if c.ssast_weight:
+      out = self._masked(encoder, features, train, valid_frames)
+      loss = c.ssast_weight * out.pop("ssast")
+    if c.transcribes:
+      if rolls is None:
+        raise ValueError("transcription_weight > 0 needs the batch's note rolls "
+                         "(InputConfig.note_rolls)")
+      # Its own pass over the unmasked input: with SSAST's 78 % of patches masked, the
+      # notes under them could not be heard. The encoder's parameters are shared.
+      tokens = encoder(features, train=train, valid_frames=valid_frames)["tokens"]
+      logits = transcription.TranscriptionHead(e, c.transcription_hidden, name="transcription")(
+          tokens[:, e.num_tokens:], train=train)
+      part, metrics = transcription.loss(logits, rolls, valid_frames)
+      loss = loss + c.transcription_weight * part
+      out.update(metrics, transcription=part)
+    return {"loss": loss, **out}

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from model import ast, baselines, multitask, ssast, targets
+from model import ast, baselines, multitask, ssast, targets, transcription
 from pipelines import input_pipeline
 from pipelines.datasets import taxonomy
 from pipelines.shards import metadata
@@ -43,6 +43,7 @@ def _input_config(config: ml_collections.ConfigDict, *, batch_size: int, splits,
       prefetch_buffer_size=i.prefetch_buffer_size, spec_augment=i.spec_augment and train,
       freq_mask=i.freq_mask, time_mask=i.time_mask,
       mixup_alpha=i.mixup_alpha if train else 0.0,
+      note_rolls=config.task == "pretrain" and config.model.transcription_weight > 0,
       process_index=jax.process_index(), process_count=jax.process_count())
 
 
@@ -162,7 +163,9 @@ class Pretraining(Task):
     m = config.model
     self.model_config = ssast.SSASTConfig(
         encoder=_encoder(config), num_masked=m.num_masked, masking=m.masking,
-        cluster_size=m.cluster_size, generative_weight=m.generative_weight)
+        cluster_size=m.cluster_size, generative_weight=m.generative_weight,
+        ssast_weight=m.ssast_weight, transcription_weight=m.transcription_weight,
+        transcription_hidden=m.transcription_hidden)
     self.model = ssast.SSAST(self.model_config)
     self.train_splits = (config.train_split,)
     self.eval_splits = (config.eval_split,)
@@ -172,14 +175,18 @@ class Pretraining(Task):
 
   def init(self, rng, features):
     r1, r2 = jax.random.split(rng)
-    return self.model.init({"params": r1, "masking": r2}, features)
+    rolls = (transcription.empty_rolls(*features.shape[::2])
+             if self.model_config.transcribes else None)
+    return self.model.init({"params": r1, "masking": r2}, features, rolls=rolls)
 
   def loss_fn(self, params, batch, rng, train: bool):
     dropout, masking = jax.random.split(rng)
+    rolls = ({k: batch[k] for k in input_pipeline.ROLL_FIELDS}
+             if self.model_config.transcribes else None)
     out = self.model.apply({"params": params}, batch["features"], train=train,
-                           valid_frames=batch["valid_frames"],
+                           valid_frames=batch["valid_frames"], rolls=rolls,
                            rngs={"dropout": dropout, "masking": masking})
-    return out["loss"], {k: out[k] for k in ("loss", "info_nce", "mse", "accuracy")}
+    return out["loss"], {k: v for k, v in out.items() if k not in ("mask", "indices")}
 
   def make_eval_step(self):
     def step(params, batch, rng):

@@ -1,8 +1,10 @@
-"""SSAST masked-patch pre-training on the MAESTRO job's shards.
+"""SSAST masked-patch pre-training on the MAESTRO job's shards (+ note transcription).
 
   python -m train.main --config=train/configs/pretrain.py:tiny --workdir=W \
       --config.data_dir=out/maestro-shards
 
+`--config.model.transcription_weight=1` adds the transcription head on the windows'
+note targets (`--config.model.ssast_weight=0`: transcription alone).
 `base` is the paper setting (ViT-base at stride 16, 400 of 512 patches masked,
 batch 128, 100 epochs); `tiny` and `small` are sized for 2 CPU cores.
 """
@@ -26,6 +28,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       encoder=defaults.encoder_config(arg, freq_stride=16, time_stride=16, num_tokens=1,
                                       pooling="patches", remat="dots" if arg == "base" else "none"),
       num_masked=400, masking="cluster", cluster_size=3, generative_weight=10.0,
+      # Notes-aware pre-training (model.ssast, model.transcription): the transcription losses
+      # on the windows' note targets, weighted against SSAST's; 0 / 1 is transcription alone.
+      ssast_weight=1.0, transcription_weight=0.0, transcription_hidden=512,
   ))
   c.train_split = "train"
   c.eval_split = "validation"

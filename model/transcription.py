@@ -1,0 +1,103 @@
+"""A piano-transcription head on the AST encoder's patch tokens, and its onsets-and-frames loss.
+
+Each time column of patch tokens (the `F'` tokens stacked over frequency at one time
+step) covers `time_stride` 10 ms frames; the head reads the column (concatenated over
+frequency) through one hidden layer and predicts, for every frame it covers, logits of:
+
+  onset, offset, frame   [frames, 88]  the key starts / ends / is down in this frame
+  velocity               [frames, 88]  velocity / 127 (sigmoid), trained at onsets only
+  pedal                  [frames]      the sustain pedal is down
+
+(the targets are `pipelines.audio.notes.rolls`). The loss follows Onsets and Frames
+(Hawthorne et al., 2018): binary cross-entropy on onsets, offsets, frames and pedal,
+squared error of the velocity at the true onsets, each averaged over the valid frames
+of the windows that have note targets (`has_notes`); a window without MIDI contributes
+nothing. Needs non-overlapping time patches (`time_stride == patch_size`, as SSAST
+pre-training uses), so every frame belongs to exactly one column.
+
+Parameter tree: `transcription/{hidden,out}`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from model import ast, linear
+
+KEYS = 88
+ROLLS = ("onset", "offset", "frame", "velocity")
+
+
+def check_encoder(e: ast.EncoderConfig) -> None:
+  gf, gt = e.grid
+  if e.time_stride != e.patch_size or gt * e.time_stride != e.num_frames:
+    raise ValueError(f"the transcription head needs non-overlapping time patches covering the "
+                     f"window (time_stride = patch_size = {e.patch_size}, frames divisible by "
+                     f"it); got time_stride {e.time_stride}, {e.num_frames} frames")
+
+
+class TranscriptionHead(nn.Module):
+  """`patch_tokens [B, F'·T', D]` -> logits `{onset, offset, frame, velocity}` `[B, frames,
+  88]` and `pedal` `[B, frames]` (frames = T' · time_stride)."""
+
+  encoder: ast.EncoderConfig
+  hidden: int = 512
+
+  @nn.compact
+  def __call__(self, patch_tokens, *, train: bool = False):
+    e = self.encoder
+    check_encoder(e)
+    gf, gt = e.grid
+    b = patch_tokens.shape[0]
+    columns = patch_tokens.reshape(b, gf, gt, -1).transpose(0, 2, 1, 3).reshape(b, gt, -1)
+    x = linear.Dense(self.hidden, (None,), ("mlp",), dtype=e.dtype, param_dtype=e.param_dtype,
+                     name="hidden")(columns)
+    x = nn.Dropout(e.dropout)(nn.gelu(x, approximate=False), deterministic=not train)
+    per_frame = len(ROLLS) * KEYS + 1
+    x = linear.Dense(e.time_stride * per_frame, ("mlp",), (None,), dtype=e.dtype,
+                     param_dtype=e.param_dtype, name="out")(x)
+    x = x.reshape(b, gt * e.time_stride, per_frame).astype(jnp.float32)
+    out = {name: x[..., i * KEYS:(i + 1) * KEYS] for i, name in enumerate(ROLLS)}
+    out["pedal"] = x[..., -1]
+    return out
+
+
+def empty_rolls(batch: int, frames: int) -> dict[str, jax.Array]:
+  """All-zero rolls of the input pipeline's shapes (to initialise parameters)."""
+  out = {name: jnp.zeros((batch, frames, KEYS), jnp.float32) for name in ROLLS}
+  return dict(out, pedal=jnp.zeros((batch, frames), jnp.float32),
+              has_notes=jnp.zeros((batch,), bool))
+
+
+def loss(logits: dict, rolls: dict, valid_frames) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The summed onsets-and-frames losses and their parts (scalars).
+
+  `rolls`: the input pipeline's `onset/offset/frame/velocity [B, frames, 88]`,
+  `pedal [B, frames]`, `has_notes [B]`; `valid_frames [B]` or None.
+  """
+  b, frames = logits["pedal"].shape
+  valid = (jnp.ones((b, frames), bool) if valid_frames is None
+           else jnp.arange(frames)[None, :] < valid_frames[:, None])
+  weight = (valid & rolls["has_notes"][:, None]).astype(jnp.float32)  # [B, frames]
+  count = jnp.maximum(weight.sum(), 1.0)
+
+  def bce(name):
+    per = optax.sigmoid_binary_cross_entropy(logits[name],
+                                             rolls[name].astype(jnp.float32))
+    per = per.mean(axis=-1) if per.ndim == 3 else per
+    return (per * weight).sum() / count
+
+  parts = {f"{name}_bce": bce(name) for name in ("onset", "offset", "frame", "pedal")}
+  at_onset = rolls["onset"].astype(jnp.float32) * weight[..., None]
+  error = (jax.nn.sigmoid(logits["velocity"]) - rolls["velocity"]) ** 2
+  parts["velocity_mse"] = (error * at_onset).sum() / jnp.maximum(at_onset.sum(), 1.0)
+  # Frame-level onset F1 at 0.5 (a training signal to watch, not the note-level score).
+  predicted = (logits["onset"] > 0).astype(jnp.float32) * weight[..., None]
+  true_positive = (predicted * at_onset).sum()
+  parts["onset_f1_frames"] = 2 * true_positive / jnp.maximum(predicted.sum() + at_onset.sum(),
+                                                             1.0)
+  total = sum(v for k, v in parts.items() if k != "onset_f1_frames")
+  return total, parts
