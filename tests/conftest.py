@@ -164,23 +164,34 @@ def crossval_dir(train_shards, jax_env, tmp_path_factory) -> pathlib.Path:
   return workdir
 
 
-@pytest.fixture(scope="session")
-def job_with_audio(tmp_path_factory) -> pathlib.Path:
-  """A PercePiano job's output of the tiny generated corpus with its clean audio (what the
-  clip statistics are computed from), 2.56 s windows."""
+def _percepiano_job(root: pathlib.Path, seed: int, *flags: str) -> pathlib.Path:
+  """The real PercePiano Beam job on a generated tiny release (made under `root` with
+  `seed`), 2 folds and a third held out; returns its output directory."""
   import subprocess
   import sys
 
   from pipelines.corpus import make_corpus
 
-  root = tmp_path_factory.mktemp("ridge")
-  make_corpus.make_corpus(root / "corpus", "tiny", seed=3, parts=("percepiano",))
+  make_corpus.make_corpus(root / "corpus", "tiny", seed=seed, parts=("percepiano",))
   out = root / "shards"
   proc = subprocess.run(
       [sys.executable, "-m", "pipelines.beam.percepiano_job",
        f"--percepiano_dir={root / 'corpus' / 'percepiano'}", f"--output_dir={out}",
-       "--test_fraction=0.34", "--num_folds=2", "--window_s=2.56", "--hop_s=2.56",
-       "--direct_running_mode=in_memory", "--direct_num_workers=1"],
+       "--test_fraction=0.34", "--num_folds=2", "--direct_running_mode=in_memory",
+       "--direct_num_workers=1", *flags],
       cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   return out
+
+
+@pytest.fixture(scope="session")
+def job_with_audio(tmp_path_factory) -> pathlib.Path:
+  """A PercePiano job's output of the tiny generated corpus with its clean audio (what the
+  clip statistics are computed from), 2.56 s windows."""
+  return _percepiano_job(tmp_path_factory.mktemp("ridge"), 3, "--window_s=2.56", "--hop_s=2.56")
+
+
+@pytest.fixture(scope="session")
+def percepiano_job():
+  """`percepiano_job(root, seed, *job_flags)`: the real job on a generated release."""
+  return _percepiano_job

@@ -12,25 +12,15 @@ import pytest
 
 from pipelines import input_pipeline as ip
 from pipelines.beam import writer
-from pipelines.corpus import make_corpus
 from pipelines.shards import layout, records
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def shard_dir(tmp_path_factory) -> pathlib.Path:
-  root = tmp_path_factory.mktemp("input")
-  make_corpus.make_corpus(root / "corpus", "tiny", seed=5, parts=("percepiano",))
-  out = root / "shards"
-  proc = subprocess.run(
-      [sys.executable, "-m", "pipelines.beam.percepiano_job",
-       f"--percepiano_dir={root / 'corpus' / 'percepiano'}", f"--output_dir={out}",
-       "--test_fraction=0.34", "--num_folds=2", "--variants=1", "--target_shard_mb=1",
-       "--direct_running_mode=in_memory", "--direct_num_workers=1", "--nowrite_audio"],
-      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  return out
+def shard_dir(tmp_path_factory, percepiano_job) -> pathlib.Path:
+  return percepiano_job(tmp_path_factory.mktemp("input"), 5, "--variants=1",
+                        "--target_shard_mb=1", "--nowrite_audio")
 
 
 def _all_windows(root: pathlib.Path, splits=("train",)):
