@@ -115,3 +115,42 @@ def test_notes_aware_pretraining_runs_in_the_trainer(train_shards, jax_env, tmp_
   assert final["val/transcription"] > 0 and 0 <= final["val/onset_f1_frames"] <= 1
   assert json.loads((tmp_path / rundir.CONFIG).read_text())["model"]["transcription_weight"] == 1
   assert input_pipeline.ROLL_FIELDS[-1] == "has_notes"
+
+
+# ----------------------------------------------------------------------------- decoding, scores
+
+def test_decoding_inverts_the_rolls_and_mir_eval_scores_it():
+  from eval import transcription_scores
+  from pipelines.audio import notes
+  reference = notes.Notes([[0.10, 0.50, 60, 100], [0.10, 0.30, 64, 50], [0.60, 0.90, 60, 30],
+                           [0.62, 1.20, 21, 80]], [[0.2, 0.8]])
+  rolls = notes.rolls(reference, frames=150)
+  decoded = notes.from_rolls({k: v.astype(np.float32) for k, v in rolls.items()})
+  np.testing.assert_allclose(decoded.notes[:, [0, 2]], reference.notes[:, [0, 2]], atol=1e-6)
+  np.testing.assert_allclose(decoded.notes[:, 1], reference.notes[:, 1], atol=0.0101)
+  np.testing.assert_allclose(decoded.notes[:, 3], reference.notes[:, 3], atol=0.5)
+  np.testing.assert_allclose(decoded.pedal, reference.pedal, atol=1e-6)
+  perfect = transcription_scores.score(reference, decoded)
+  assert all(perfect[f"{k}/f1"] == 1.0 for k in ("onset", "onset_offset", "onset_velocity",
+                                                  "pedal"))
+  # One note a semitone off, one 80 ms late, no pedal.
+  off = notes.Notes(reference.notes + [[0, 0, 1, 0], [0.08, 0.08, 0, 0], [0, 0, 0, 0],
+                                       [0, 0, 0, 0]], np.zeros((0, 2)))
+  scores = transcription_scores.score(reference, off)
+  assert scores["onset/f1"] == pytest.approx(0.5) and scores["pedal/f1"] == 0.0
+  # Every note right but the velocities out of order: onsets perfect, velocity not (mir_eval
+  # rescales velocities linearly first, so only a non-monotone change can fail).
+  order = reference.notes.copy()
+  order[:, 3] = order[[1, 3, 0, 2], 3]
+  shuffled = transcription_scores.score(reference, notes.Notes(order, reference.pedal))
+  assert shuffled["onset/f1"] == 1.0 and shuffled["onset_velocity/f1"] < 1.0
+  empty = transcription_scores.score(reference, notes.Notes(np.zeros((0, 4)), np.zeros((0, 2))))
+  assert empty["onset/f1"] == 0.0
+  # Decoding thresholds: a faint onset below 0.5 is not a note; a held onset run is one note.
+  probs = {k: np.zeros((20, 88), np.float32) for k in ("onset", "frame", "velocity")}
+  probs["pedal"] = np.zeros(20, np.float32)
+  probs["onset"][2:5, 39] = 0.9
+  probs["onset"][10, 40] = 0.4
+  probs["frame"][2:8, 39] = 0.8
+  one = notes.from_rolls(probs)
+  np.testing.assert_allclose(one.notes[:, :3], [[0.02, 0.08, 60]], atol=1e-6)

@@ -163,3 +163,32 @@ def rolls(window: Notes, frames: int, frame_s: float = 0.01) -> dict[str, np.nda
       first, last = span(start, end)
       out["pedal"][first:last] = 1
   return out
+
+
+def from_rolls(probabilities: dict[str, np.ndarray], frame_s: float = 0.01, *,
+               onset_threshold: float = 0.5, frame_threshold: float = 0.5,
+               pedal_threshold: float = 0.5) -> Notes:
+  """Notes and pedal from per-frame probabilities (a transcription head's sigmoid outputs,
+  or `rolls` themselves): the inverse of `rolls`, Onsets and Frames' decoding.
+
+  A note starts at the first frame of each run of onset probability >= `onset_threshold`
+  on a key, and lasts while that key's frame probability stays >= `frame_threshold` (at
+  least one frame) or until the key's next onset; its velocity is 127 x the velocity
+  output at the onset frame. Pedal intervals are the runs of pedal >= `pedal_threshold`.
+  `probabilities`: onset, frame, velocity `[frames, 88]`, pedal `[frames]`.
+  """
+  onset = probabilities["onset"] >= onset_threshold
+  frame = probabilities["frame"] >= frame_threshold
+  frames = onset.shape[0]
+  starts = onset & ~np.vstack([np.zeros((1, 88), bool), onset[:-1]])
+  rows = []
+  for t, k in zip(*np.nonzero(starts)):
+    end = t + 1
+    while end < frames and frame[end, k] and not starts[end, k]:
+      end += 1
+    velocity = float(np.clip(np.round(probabilities["velocity"][t, k] * 127), 1, 127))
+    rows.append((t * frame_s, end * frame_s, k + PIANO_LOW, velocity))
+  down = probabilities["pedal"] >= pedal_threshold
+  edges = np.flatnonzero(np.diff(np.concatenate([[0], down.astype(np.int8), [0]])))
+  pedal = [(a * frame_s, b * frame_s) for a, b in zip(edges[::2], edges[1::2])]
+  return Notes(np.array(rows, np.float32).reshape(-1, 4), np.array(pedal, np.float32))
