@@ -86,27 +86,60 @@ def load(path: str | pathlib.Path, step: int | str = "best") -> Run:
   normalizer = targets.TargetNormalizer.from_dict(
       _read_json(workdir / targets.FILE, "the target statistics"))
   data_metadata = _read_json(workdir / rundir.DATA_METADATA, "the feature settings")
+  state, chosen = _restore(directory, named_step, step, config)
+  params = jax.tree.map(np.asarray, state["params"])
+  return Run(workdir=workdir, config=config, model_config=tasks.finetuning_model_config(config),
+             params=params, normalizer=normalizer, data_metadata=data_metadata, step=int(chosen))
+
+
+def _restore(directory: pathlib.Path, named_step: int | None, step: int | str,
+             config: ml_collections.ConfigDict) -> tuple[dict, int]:
+  """The raw state of the chosen checkpoint: a named step (nothing stands in for it), or
+  "best" (by the run's metric; the latest when none was recorded) / "latest", falling
+  back to the newest intact checkpoint when the chosen one is damaged."""
   reader = checkpointing.Checkpointer(directory, read_only=True,
                                       best_metric=config.checkpoint.best_metric,
                                       best_mode=config.checkpoint.best_mode)
   try:
     if named_step is not None or step not in ("best", "latest"):
-      # One named step: no other checkpoint stands in for it.
       chosen = named_step if named_step is not None else int(step)
       if chosen not in reader.all_steps():
         raise checkpointing.CheckpointNotFoundError(
             f"{directory} has no checkpoint {step!r} (steps: {reader.all_steps()})")
-      state = reader.restore_raw_state(chosen)
-    else:
-      # "best" (the latest when no metric was recorded), then, if it is damaged, the newest
-      # intact one; "latest": the newest intact one.
-      newest_first = sorted(reader.all_steps(), reverse=True)
-      best = reader.best_step() if step == "best" else None
-      order = [best, *(s for s in newest_first if s != best)] if best is not None \
-          else newest_first
-      state, chosen, _ = reader.restore_intact(reader.restore_raw_state, order)
+      return reader.restore_raw_state(chosen), chosen
+    newest_first = sorted(reader.all_steps(), reverse=True)
+    best = reader.best_step() if step == "best" else None
+    order = [best, *(s for s in newest_first if s != best)] if best is not None \
+        else newest_first
+    state, chosen, _ = reader.restore_intact(reader.restore_raw_state, order)
+    return state, chosen
   finally:
     reader.close()
-  params = jax.tree.map(np.asarray, state["params"])
-  return Run(workdir=workdir, config=config, model_config=tasks.finetuning_model_config(config),
-             params=params, normalizer=normalizer, data_metadata=data_metadata, step=int(chosen))
+
+
+@dataclasses.dataclass(frozen=True)
+class TranscriptionRun:
+  """A pre-training run with a transcription head, reloaded for `eval.transcribe`."""
+
+  workdir: pathlib.Path
+  config: ml_collections.ConfigDict
+  params: dict  # the encoder's and the transcription head's
+  data_metadata: dict
+  step: int
+
+
+def load_transcriber(path: str | pathlib.Path, step: int | str = "best") -> TranscriptionRun:
+  """A pre-training run (work directory or step directory) whose objective included the
+  transcription head (`model.transcription_weight` > 0)."""
+  directory, named_step = checkpointing.locate(path)
+  workdir = directory.parent
+  config = ml_collections.ConfigDict(_read_json(workdir / rundir.CONFIG, "the config"))
+  if config.get("task") != "pretrain" or not config.model.get("transcription_weight"):
+    raise RunError(f"{workdir} is not a pre-training run with a transcription head "
+                   "(--config.model.transcription_weight > 0)")
+  data_metadata = _read_json(workdir / rundir.DATA_METADATA, "the feature settings")
+  state, chosen = _restore(directory, named_step, step, config)
+  params = {k: jax.tree.map(np.asarray, state["params"][k]) for k in ("encoder", "transcription")}
+  return TranscriptionRun(workdir=workdir, config=config, params=params,
+                          data_metadata=data_metadata, step=int(chosen))
+

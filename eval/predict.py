@@ -431,7 +431,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("output_csv", None, "Write one CSV row per file (ratings 1-7).")
 
 
-def _parse_step(text: str) -> int | str:
+def parse_step(text: str) -> int | str:
   if text in ("best", "latest"):
     return text
   try:
@@ -473,7 +473,7 @@ def main(argv: list[str]) -> int:
   if not paths:
     from absl import app
     raise app.UsageError("no input files (usage: python -m eval.predict --checkpoint=W FILE...)")
-  step = _parse_step(flags_.step)
+  step = parse_step(flags_.step)
   try:
     run = loading.load(flags_.checkpoint, step=step)
   except (loading.RunError, FileNotFoundError, ValueError) as e:

@@ -101,3 +101,21 @@ def loss(logits: dict, rolls: dict, valid_frames) -> tuple[jax.Array, dict[str, 
                                                              1.0)
   total = sum(v for k, v in parts.items() if k != "onset_f1_frames")
   return total, parts
+
+
+class Transcriber(nn.Module):
+  """Inference: the encoder on unmasked windows and the head, with SSAST's parameter names
+  (`encoder/...`, `transcription/...`), so a pre-training checkpoint's subtrees apply as
+  they are. `__call__(features [B, mel, frames], valid_frames)` -> sigmoid probabilities
+  of onset, offset, frame, velocity `[B, frames, 88]` and pedal `[B, frames]`."""
+
+  encoder: ast.EncoderConfig
+  hidden: int = 512
+
+  @nn.compact
+  def __call__(self, features, valid_frames=None):
+    e = self.encoder
+    tokens = ast.Encoder(e, name="encoder")(features, train=False,
+                                            valid_frames=valid_frames)["tokens"]
+    logits = TranscriptionHead(e, self.hidden, name="transcription")(tokens[:, e.num_tokens:])
+    return {k: jax.nn.sigmoid(v) for k, v in logits.items()}

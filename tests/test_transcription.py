@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pretty_midi
 import pytest
 
 from model import ast, ssast, transcription
@@ -95,8 +96,12 @@ def test_the_three_objectives_and_learning(weights, params):
   assert float(value) < 0.5 * first
 
 
-def test_notes_aware_pretraining_runs_in_the_trainer(train_shards, jax_env, tmp_path):
-  args = ["--config=train/configs/pretrain.py:tiny", f"--workdir={tmp_path}",
+@pytest.fixture(scope="module")
+def notes_pretrained(train_shards, jax_env, tmp_path_factory) -> pathlib.Path:
+  """3 steps of SSAST + transcription pre-training of a small encoder on the MAESTRO job's
+  shards (WAVs with aligned MIDI, so their windows carry note targets)."""
+  workdir = tmp_path_factory.mktemp("notes-pretrained")
+  args = ["--config=train/configs/pretrain.py:tiny", f"--workdir={workdir}",
           f"--config.data_dir={train_shards['maestro']}", "--config.model.encoder.num_frames=256",
           "--config.model.encoder.width=64", "--config.model.encoder.depth=2",
           "--config.model.encoder.heads=2", "--config.model.encoder.mlp_dim=128",
@@ -107,6 +112,11 @@ def test_notes_aware_pretraining_runs_in_the_trainer(train_shards, jax_env, tmp_
   proc = subprocess.run([sys.executable, "-m", "train.main", *args], cwd=REPO, env=jax_env,
                         capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def test_notes_aware_pretraining_runs_in_the_trainer(notes_pretrained):
+  tmp_path = notes_pretrained
   assert rundir.finished(rundir.read_result(tmp_path))
   logged = metric_writer.read(tmp_path)
   train = [e for e in logged if "train/onset_bce" in e]
@@ -154,3 +164,36 @@ def test_decoding_inverts_the_rolls_and_mir_eval_scores_it():
   probs["frame"][2:8, 39] = 0.8
   one = notes.from_rolls(probs)
   np.testing.assert_allclose(one.notes[:, :3], [[0.02, 0.08, 60]], atol=1e-6)
+
+
+def test_transcribe_writes_midi_and_scores_it(notes_pretrained, jax_env, tmp_path, finetuned_run):
+  from pipelines.audio import notes, render
+  midi = pretty_midi.PrettyMIDI()
+  piano = pretty_midi.Instrument(0)
+  piano.notes += [pretty_midi.Note(80, 60 + i, 0.5 + 0.3 * i, 0.8 + 0.3 * i) for i in range(8)]
+  midi.instruments.append(piano)
+  source = tmp_path / "in.mid"
+  source.write_bytes(render.midi_to_bytes(midi))
+
+  def transcribe(*args):
+    return subprocess.run([sys.executable, "-m", "eval.transcribe", *map(str, args)], cwd=REPO,
+                          env=jax_env, capture_output=True, text=True, timeout=600, check=False)
+
+  out = tmp_path / "out.mid"
+  proc = transcribe(f"--checkpoint={notes_pretrained}", source, f"--output_midi={out}",
+                    f"--reference_midi={source}", f"--output_json={tmp_path / 's.json'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "onset/f1" in proc.stdout
+  transcribed = notes.from_midi(out.read_bytes())  # a readable MIDI file (3 steps: any notes)
+  assert transcribed.notes.shape[1] == 4
+  scores = json.loads((tmp_path / "s.json").read_text())
+  assert 0.0 <= scores["onset/f1"] <= 1.0 and scores["step"] == 3
+  # Bad input: one line each, no traceback.
+  missing = transcribe(f"--checkpoint={notes_pretrained}", tmp_path / "nope.wav",
+                       f"--output_midi={out}")
+  assert missing.returncode != 0 and "nope.wav" in missing.stderr
+  assert "Traceback" not in missing.stderr
+  wrong = transcribe(f"--checkpoint={finetuned_run}", source, f"--output_midi={out}")
+  assert wrong.returncode != 0 and "not a pre-training run with a transcription head" in \
+      wrong.stderr
+
