@@ -8,7 +8,8 @@ skipped when done, so a rerun after a kill resumes where it stopped):
 
   1. `pipelines.beam.maestro_job`     MAESTRO job -> pre-training shards
   2. `pipelines.beam.percepiano_job`  PercePiano job -> labelled shards (piece split)
-  3. `train.main` pretrain   SSAST masked-patch pre-training of the tiny AST
+  3. `train.main` pretrain   notes-aware pre-training of the tiny AST: SSAST's masked
+                             patches + transcription of the renders' note targets
   4. `train.main` finetune   multi-task fine-tuning from it, on every fold, tested once on
                              the held-out test set
   5. `train.main` finetune   the CNN baseline on the same performances
@@ -38,6 +39,7 @@ from experiments import cpu_scale, stages
 from pipelines import entry_point
 from pipelines import walkthrough as data_demo
 from pipelines.datasets import taxonomy
+from pipelines.shards import records
 from train import rundir
 
 FLAGS = flags.FLAGS
@@ -47,6 +49,10 @@ WINDOW = ["--window_s=2.56", "--hop_s=1.28"]
 # The encoder at the demo's window: 256 frames.
 ENCODER = cpu_scale.encoder(256)
 COMMON = ["--config.microbatch_size=32", "--config.log_every_steps=20"]
+# Notes-aware pre-training: SSAST's masked losses + the transcription head on the renders'
+# note targets (model.ssast, model.transcription).
+NOTES_AWARE = ["--config.model.transcription_weight=1.0",
+               "--config.model.transcription_hidden=256"]
 
 
 def define_flags() -> None:
@@ -89,19 +95,21 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
       stages.Stage("maestro_shards", (
           "pipelines.beam.maestro_job", f"--maestro_dir={corpus / 'maestro-v3.0.0'}",
           f"--output_dir={maestro}", *WINDOW, "--nowrite_audio"),
-          lambda: stages.job_finished(maestro, stages.window_flags(WINDOW)),
-          "MAESTRO Beam job -> pre-training shards"),
+          # Schema 2: the windows carry the note targets the pre-training transcribes.
+          lambda: stages.job_finished(maestro, stages.window_flags(WINDOW), records.VERSION),
+          "MAESTRO Beam job -> pre-training shards (with note targets)"),
       stages.Stage("percepiano_shards", (
           "pipelines.beam.percepiano_job", f"--percepiano_dir={release}", f"--output_dir={labelled}",
           *WINDOW),  # with its clean audio, which the ridge's statistics are computed from
           lambda: stages.job_finished(labelled, {**stages.window_flags(WINDOW),
-                                                 "write_audio": True}),
+                                                 "write_audio": True}, records.VERSION),
           "PercePiano Beam job -> labelled shards"),
       stages.training("pretrain", pretrain, (
           "train.main", "--config=train/configs/pretrain.py:tiny", f"--workdir={pretrain}",
           f"--config.data_dir={maestro}", *ENCODER, *cpu_scale.PRETRAIN, *COMMON,
           "--config.model.num_masked=96", f"--config.num_steps={steps(150)}",
-          "--config.eval_every_steps=75"), "SSAST pre-training (tiny AST)",
+          "--config.eval_every_steps=75", *NOTES_AWARE),
+          "notes-aware pre-training (tiny AST: SSAST + transcription)",
           needs=("maestro_shards",)),
       stages.training("finetune_ast", ast_run, (
           *finetune, f"--workdir={ast_run}", f"--config.init.checkpoint={pretrain}",
