@@ -51,12 +51,13 @@ def test_early_stopping_counts_evaluations_without_improvement():
   assert (last.best_step, last.stop) == (9, False)
 
 
-def test_early_stopping_replays_the_log_up_to_the_restored_step():
+def test_early_stopping_replays_the_log_up_to_the_restored_step(tmp_path):
   history = [{"step": 5, "train/loss": 1.0}, {"step": 10, "val/m": 0.2},
              {"step": 20, "val/m": 0.5}, {"step": 20, "val/m": 0.1},  # rewritten on resume
              {"step": 30, "val/m": 0.9}]
   s = trainer.EarlyStopping("val/m", "max", patience=5, min_delta=0.0)
-  s.replay(history, up_to_step=25)
+  (tmp_path / rundir.METRICS).write_text("".join(json.dumps(e) + "\n" for e in history))
+  s.replay(trainer.logged_evaluations(tmp_path), up_to_step=25)
   # The last entry per step wins; step 30 lies past the restored checkpoint.
   assert (s.best, s.best_step, s.since_best, s.last_step) == (0.2, 10, 1, 20)
 

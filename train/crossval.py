@@ -137,7 +137,7 @@ def reported_steps(workdir: pathlib.Path, folds: list[int]) -> dict[int, int | N
   return out
 
 
-def _load_reported(workdir: pathlib.Path, fold: int, step: int | None
+def _load_reported(workdir: pathlib.Path, fold: int | str, step: int | None
                    ) -> predictions.Predictions:
   directory = fold_dir(workdir, fold)
   if step is None:
@@ -204,18 +204,17 @@ def summarise(workdir: pathlib.Path, config, split: str, folds: list[int], test:
   # fold has finished, each fold's own selection (provisional); then `reported_steps`.
   all_folds = all(finished(fold_dir(workdir, k)) for k in folds)
   steps = reported_steps(workdir, folds) if all_folds else {}
-  loaded = {}
+  loaded, results = {}, {}
   for k in runs:
     directory = fold_dir(workdir, k)
     entry = {"directory": directory.name, "finished": finished(directory)}
     if entry["finished"]:
-      result = rundir.read_result(directory)
+      results[k] = result = rundir.read_result(directory)
       entry["wall_seconds"] = rundir.total_wall_seconds(result)
       for field in ("stop", "selected_step", "selected_epoch"):
         if result.get(field) is not None:
           entry[field] = result[field]
-      loaded[k] = _load_reported(workdir, k, steps.get(k)) if k != TEST else \
-          predictions.load_selected(directory)
+      loaded[k] = _load_reported(workdir, k, steps.get(k))  # the test run: its selection
       entry["reported_step"] = loaded[k].step
       entry["scores"] = _scores(loaded[k])
     summary["runs"][str(k)] = entry
@@ -229,8 +228,7 @@ def summarise(workdir: pathlib.Path, config, split: str, folds: list[int], test:
                            for k in [*headline, "r2/mean", "pearson_within/mean"]}
     # What choosing each fold's evaluation on the fold itself would have reported (the
     # optimism `reported_steps` removes), for the record.
-    own = [(rundir.read_result(fold_dir(workdir, k)) or {}).get("metrics", {})
-           .get("val/pearson/mean") for k in folds]
+    own = [results[k].get("metrics", {}).get("val/pearson/mean") for k in folds]
     if None not in own:
       summary["per_fold_own_selection"] = {"pearson/mean": float(np.mean(own))}
   return summary

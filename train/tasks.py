@@ -118,6 +118,7 @@ class Task:
 
   train_keys = None
   eval_keys = None
+  evaluates_test = False  # scores a held-out test set (then only once, at the end)
 
   # ---- evaluation over the whole validation split, every host in lock-step
   def eval_batches(self, mesh):

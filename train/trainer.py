@@ -214,7 +214,7 @@ def plan(config: ml_collections.ConfigDict, task, accumulation: int, mesh) -> Pl
   if config.eval_every_epochs > 0:
     eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
   patience = config.early_stopping.patience
-  if getattr(task, "evaluates_test", False) and (eval_every or patience):
+  if task.evaluates_test and (eval_every or patience):
     # The held-out test set is scored once, at the end: evaluating it during training
     # would let checkpoint selection and early stopping see it.
     logging.warning("this run evaluates the test set: periodic evaluation and early stopping "
@@ -269,14 +269,19 @@ class EarlyStopping:
   def stop(self) -> bool:
     return self.patience > 0 and self.since_best >= self.patience
 
-  def replay(self, history: list[dict], up_to_step: int) -> None:
-    """Feeds the evaluations logged up to `up_to_step` (the last entry per step wins)."""
-    evaluations = {}
-    for entry in history:
-      if entry["step"] <= up_to_step and any(k.startswith("val/") for k in entry):
-        evaluations[entry["step"]] = entry
-    for step in sorted(evaluations):
+  def replay(self, evaluations: dict[int, dict], up_to_step: int) -> None:
+    """Feeds the logged evaluations (`logged_evaluations`) up to `up_to_step`."""
+    for step in sorted(s for s in evaluations if s <= up_to_step):
       self.update(step, evaluations[step])
+
+
+def logged_evaluations(workdir: pathlib.Path) -> dict[int, dict]:
+  """The evaluations in a run's metrics log, `{step: {"val/...": value}}`; a step logged
+  again by a resumed run keeps its last entry."""
+  if not (workdir / rundir.METRICS).is_file():
+    return {}
+  return {e["step"]: {k: v for k, v in e.items() if k.startswith("val/")}
+          for e in metric_writer.read(workdir) if any(k.startswith("val/") for k in e)}
 
 
 def _initial_state(built: Built, workdir: pathlib.Path, lead: bool) -> TrainState:
@@ -445,16 +450,6 @@ def _train(loop: _Loop, state: TrainState) -> tuple[str, int]:
   return stop, step
 
 
-def _selected_metrics(workdir: pathlib.Path, step: int | None) -> dict:
-  """The logged evaluation at `step` (the last entry for it wins)."""
-  found: dict = {}
-  if step is not None and (workdir / rundir.METRICS).is_file():
-    for entry in metric_writer.read(workdir):
-      if entry["step"] == step and any(k.startswith("val/") for k in entry):
-        found = {k: v for k, v in entry.items() if k.startswith("val/")}
-  return found
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                        resume: str | None = None) -> Result:
   t_start = time.perf_counter()
@@ -484,8 +479,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       first_step = int(state.step)
       stopping = EarlyStopping(config.checkpoint.best_metric, config.checkpoint.best_mode,
                                run_plan.patience, config.early_stopping.min_delta)
-      if first_step and (workdir / rundir.METRICS).is_file():
-        stopping.replay(metric_writer.read(workdir), first_step)
+      if first_step:
+        stopping.replay(logged_evaluations(workdir), first_step)
       stop, step = _train(
           _Loop(built=built, mesh=mesh, train_iter=train_iter, checkpointer=checkpointer,
                 workdir=workdir, plan=run_plan, accumulation=accumulation, lead=lead,
@@ -496,7 +491,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   selected = stopping.best_step if stopping.best_step is not None else stopping.last_step
   result = Result(
       status="preempted" if stop == "sigterm" else "finished", step=step,
-      total_steps=run_plan.total_steps, metrics=_selected_metrics(workdir, selected),
+      total_steps=run_plan.total_steps, metrics=logged_evaluations(workdir).get(selected, {}),
       wall_seconds=round(seconds, 1), total_wall_seconds=round(earlier_seconds + seconds, 1),
       stop=stop, selected_step=selected,
       selected_epoch=None if selected is None else round(selected / run_plan.steps_per_epoch, 4),
