@@ -18,7 +18,7 @@ RATING_SCALE = percepiano.RATING_SCALE  # plots show the 1-7 questionnaire scale
 
 
 
-def _save(fig, path: pathlib.Path) -> pathlib.Path:
+def save(fig, path: pathlib.Path) -> pathlib.Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110, bbox_inches="tight")
   return path
@@ -47,7 +47,7 @@ def pearson_bars(path: pathlib.Path, runs: Mapping[str, Mapping[str, Sequence[fl
   ax.set_ylim(min(-0.2, ax.get_ylim()[0]), 1.0)
   ax.set_title(title)
   ax.legend(fontsize=8, loc="lower right")
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def scatter(path: pathlib.Path, predictions: np.ndarray, labels: np.ndarray, mask: np.ndarray,
@@ -71,7 +71,7 @@ def scatter(path: pathlib.Path, predictions: np.ndarray, labels: np.ndarray, mas
     if d >= 15:
       ax.set_xlabel("label (mean rating)", fontsize=7)
   fig.subplots_adjust(hspace=0.45, wspace=0.3)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def curves(path: pathlib.Path, series: Mapping[str, Sequence[Mapping[str, float]]],
@@ -93,4 +93,4 @@ def curves(path: pathlib.Path, series: Mapping[str, Sequence[Mapping[str, float]
     ax.set_ylabel(label)
     if len(ax.get_legend_handles_labels()[0]) > 1:
       ax.legend(fontsize=7)
-  return _save(fig, path)
+  return save(fig, path)

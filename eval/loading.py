@@ -128,6 +128,16 @@ class TranscriptionRun:
   step: int
 
 
+def checkpoint_steps(path: str | pathlib.Path) -> list[int]:
+  """The steps a run (work directory or checkpoints directory) has kept, oldest first."""
+  directory, _ = checkpointing.locate(path)
+  reader = checkpointing.Checkpointer(directory, read_only=True)
+  try:
+    return sorted(reader.all_steps())
+  finally:
+    reader.close()
+
+
 def load_transcriber(path: str | pathlib.Path, step: int | str = "best") -> TranscriptionRun:
   """A pre-training run (work directory or step directory) whose objective included the
   transcription head (`model.transcription_weight` > 0)."""

@@ -24,18 +24,16 @@ import json
 import pathlib
 import sys
 
-import jax
 import numpy as np
 import pretty_midi
 from absl import app, flags, logging
 
-from eval import loading, predict, transcription_scores
-from model import ast, transcription
+from eval import loading, predict, shard_transcription, transcription_scores
+from model import transcription
 from pipelines import entry_point
 from pipelines.audio import decode, frontend, notes, render, windowing
 
 FLAGS = flags.FLAGS
-FRAME_S = 1.0 / predict.FRAMES_PER_SECOND
 
 
 def define_flags() -> None:
@@ -45,9 +43,12 @@ def define_flags() -> None:
   flags.DEFINE_string("output_midi", None, "Where the transcription goes.", required=True)
   flags.DEFINE_string("reference_midi", None, "Score the transcription against this MIDI.")
   flags.DEFINE_string("output_json", None, "Write the scores (with --reference_midi) here.")
-  flags.DEFINE_float("onset_threshold", 0.5, "Onset probability that starts a note.")
-  flags.DEFINE_float("frame_threshold", 0.5, "Frame probability that holds a note.")
-  flags.DEFINE_float("pedal_threshold", 0.5, "Pedal probability that holds the pedal.")
+  flags.DEFINE_float("onset_threshold", None, "Onset probability that starts a note (default: "
+                     "chosen on validation by eval.transcription_report, else 0.5).")
+  flags.DEFINE_float("frame_threshold", None, "Frame probability that holds a note (default: "
+                     "chosen on validation, else 0.5).")
+  flags.DEFINE_float("pedal_threshold", None, "Pedal probability that holds the pedal (default: "
+                     "chosen on validation, else 0.5).")
   flags.DEFINE_integer("batch_size", 8, "Windows per forward pass.", lower_bound=1)
 
 
@@ -66,17 +67,9 @@ def probabilities(run: loading.TranscriptionRun, samples: np.ndarray,
   windows = predict.windows_of(samples, settings, name=name)
   x = frontend.model_input(windows, settings.mean, settings.std)
   valid = np.array([w.valid_frames for w in windows], np.int32)
-  e = ast.EncoderConfig(**run.config.model.encoder.to_dict())
-  model = transcription.Transcriber(e, run.config.model.transcription_hidden)
-  apply = jax.jit(lambda p, f, v: model.apply({"params": p}, f, v))
-  frames = []  # each window's valid frames, in order
-  for i in range(0, len(windows), batch_size):
-    # Pad the last batch to the compiled shape with copies of its last window.
-    f, v = x[i:i + batch_size], valid[i:i + batch_size]
-    pad = batch_size - len(f)
-    out = jax.device_get(apply(run.params, np.concatenate([f, np.repeat(f[-1:], pad, 0)]),
-                               np.concatenate([v, np.repeat(v[-1:], pad)])))
-    frames += [{k: np.asarray(a[j, :v[j]]) for k, a in out.items()} for j in range(len(f))]
+  transcriber = shard_transcription.WindowTranscriber(
+      run, batch_size, outputs=(*transcription.ROLLS, "pedal"), dtype=np.float32)
+  frames = transcriber(x, valid)  # each window's valid frames, in order
   return {k: np.concatenate([w[k] for w in frames]) for k in frames[0]}
 
 
@@ -108,9 +101,9 @@ def main(argv: list[str]) -> int:
         mean=settings.mean, std=settings.std, soundfont=settings.soundfont)
     samples, trimmed = samples_of(path, settings)
     probs = probabilities(run, samples, settings, str(path), FLAGS.batch_size)
-    transcribed = notes.from_rolls(probs, FRAME_S, onset_threshold=FLAGS.onset_threshold,
-                                   frame_threshold=FLAGS.frame_threshold,
-                                   pedal_threshold=FLAGS.pedal_threshold).shifted(-trimmed)
+    thresholds, source = shard_transcription.thresholds_for(
+        run, FLAGS.onset_threshold, FLAGS.frame_threshold, FLAGS.pedal_threshold)
+    transcribed = thresholds.decode(probs).shifted(-trimmed)
     reference = (notes.from_midi(pathlib.Path(FLAGS.reference_midi).read_bytes(),
                                  FLAGS.reference_midi) if FLAGS.reference_midi else None)
   except (decode.AudioError, render.RenderError, loading.RunError, notes.NotesError,
@@ -119,7 +112,7 @@ def main(argv: list[str]) -> int:
   write_midi(pathlib.Path(FLAGS.output_midi), transcribed)
   print(f"{path}: {len(transcribed.notes)} notes, {len(transcribed.pedal)} pedal presses in "
         f"{samples.shape[0] / predict.SAMPLE_RATE:.1f} s -> {FLAGS.output_midi} "
-        f"(checkpoint step {run.step})")
+        f"(checkpoint step {run.step}, thresholds from {source})")
   if reference is not None:
     scores = transcription_scores.score(reference, transcribed)
     print(", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k.endswith("/f1")))

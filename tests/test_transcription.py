@@ -14,6 +14,7 @@ import pytest
 
 from model import ast, ssast, transcription
 from pipelines import input_pipeline
+from pipelines.audio import notes as notes_lib
 from train import metric_writer, rundir
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -197,3 +198,144 @@ def test_transcribe_writes_midi_and_scores_it(notes_pretrained, jax_env, tmp_pat
   assert wrong.returncode != 0 and "not a pre-training run with a transcription head" in \
       wrong.stderr
 
+
+
+# ----------------------------------------------------------------------------- shards, report
+
+def _source_notes(maestro_shards: pathlib.Path, key: str, trim_start_s: float):
+  from pipelines.audio import notes
+  from pipelines.datasets import maestro
+  root = maestro_shards.parent / "corpus" / "maestro-v3.0.0"
+  index = maestro.read_maestro(root)
+  midi = next(p.midi_filename for p in index.performances
+              if p.audio_filename.rsplit(".", 1)[0] == key)
+  return notes.from_midi((root / midi).read_bytes()).shifted(trim_start_s)
+
+
+def test_windows_tile_and_reassemble_the_performance_notes(train_shards):
+  """The job's windows overlap (hop 1.28 s, window 2.56 s): tiling keeps every other one,
+  and the notes they own are the source MIDI's over the frames kept."""
+  from eval import shard_transcription, transcription_scores
+  windows = shard_transcription.read_windows(train_shards["maestro"], ["validation"])
+  assert windows
+  for key, tiled in windows.items():
+    starts = [w.header["start_s"] for w in tiled]
+    assert starts == sorted(starts) and np.all(np.diff(starts) >= 2.56 - 1e-6), starts
+    total = (shard_transcription._frame(starts[-1]) + tiled[-1].header["valid_frames"])
+    reference = shard_transcription._reference(tiled, total)
+    source = _source_notes(train_shards["maestro"], key, tiled[0].header["trim_start_s"])
+    heard = source.window(0.0, total / 100)
+    heard = type(heard)(heard.notes[heard.notes[:, 0] >= 0], heard.pedal)
+    assert len(reference.notes) == len(heard.notes) > 0
+    scores = transcription_scores.score(heard, reference)
+    assert scores["onset/f1"] == 1.0, (key, scores)
+    # A perfect transcriber (the reference's own rolls) decodes back to it.
+    rolls = notes_lib.rolls(reference, total)
+    decoded = shard_transcription.Thresholds().decode(
+        {k: v.astype(np.float32) for k, v in rolls.items()})
+    assert transcription_scores.score(reference, decoded)["onset/f1"] == 1.0
+  # max_seconds keeps the windows that start before it.
+  first = shard_transcription.read_windows(train_shards["maestro"], ["validation"],
+                                           max_seconds=2.0)
+  assert all(w.header["start_s"] < 2.0 for ws in first.values() for w in ws)
+
+
+def test_thresholds_are_chosen_on_the_tune_half():
+  """Onsets at probability 0.35 and a held frame at 0.25: the grid must pick thresholds
+  below both; the halves split compositions, never a composition between them."""
+  from eval import shard_transcription, transcription_report
+  notes = notes_lib
+  reference = notes.Notes([[0.1, 0.5, 60, 80], [0.6, 1.0, 64, 80]], [[0.05, 0.9]])
+  rolls = notes.rolls(reference, 120)
+  probs = {"onset": rolls["onset"] * np.float16(0.35),
+           "frame": rolls["frame"] * np.float16(0.25), "velocity": rolls["velocity"],
+           "pedal": rolls["pedal"] * np.float16(0.8)}
+  performance = shard_transcription.Performance("k", "g", probs, reference, 1.2)
+  chosen = transcription_report.choose([performance])
+  assert chosen.onset <= 0.3 and chosen.frame <= 0.2 and chosen.pedal <= 0.8
+  assert transcription_report.mean_scores([performance], chosen)["onset_offset/f1"] == 1.0
+  assert transcription_report.mean_scores([performance], shard_transcription.Thresholds()
+                                          )["onset/f1"] == 0.0
+  tune, report = transcription_report.halves(["a", "a", "b", "c", "d", "e"], seed=0)
+  assert tune | report == set("abcde") and not tune & report and len(tune) == 2
+  assert transcription_report.halves(list("abcde"), 0) == (tune, report)
+  with pytest.raises(ValueError, match="two held-out compositions"):
+    transcription_report.halves(["a", "a"], 0)
+
+
+def test_notes_archive_round_trip_and_damage(tmp_path):
+  notes = notes_lib
+  performances = {"b": notes.Notes([[0.1, 0.5, 60, 80]], [[0.0, 1.0]]),
+                  "a": notes.Notes(np.zeros((0, 4)), np.zeros((0, 2)))}
+  path = tmp_path / "n.npz"
+  notes.save_archive(path, performances, {"a": 1.5, "b": 2.0}, {"step": 3})
+  loaded, durations, about = notes.load_archive(path)
+  assert list(loaded) == ["a", "b"] and durations == {"a": 1.5, "b": 2.0} and about == {"step": 3}
+  np.testing.assert_array_equal(loaded["b"].notes, performances["b"].notes)
+  np.testing.assert_array_equal(loaded["b"].pedal, performances["b"].pedal)
+  assert loaded["a"].notes.shape == (0, 4)
+  path.write_bytes(path.read_bytes()[:100])
+  with pytest.raises(notes.NotesError, match="not a notes archive"):
+    notes.load_archive(path)
+
+
+def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shards, job_with_audio,
+                                                   jax_env, tmp_path):
+  """The report scores every kept checkpoint and stores its thresholds in the run; the
+  shards CLI then transcribes a PercePiano job with them, and the ridge fits on the
+  transcribed notes (backbone notes)."""
+  def run(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                          env=jax_env, capture_output=True, text=True, timeout=600, check=False)
+
+  out = tmp_path / "report"
+  # The tiny corpus holds few validation compositions: the training split stands in.
+  proc = run("eval.transcription_report", f"--checkpoint={notes_pretrained}",
+             f"--data_dir={train_shards['maestro']}", f"--output_dir={out}", "--split=train",
+             "--max_seconds=5")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((out / "transcription.json").read_text())
+  assert [s["step"] for s in report["steps"]] == [3] and report["final"]["step"] == 3
+  from eval import transcription_report
+  step = report["steps"][0]
+  assert set(step["thresholds"].values()) <= set(transcription_report.GRID)
+  assert all(0 <= step[half][f"{m}/f1"] <= 1 for half in ("tune", "report")
+             for m in transcription_report.METRICS)
+  assert report["data"]["performances"]["tune"] > 0 and report["data"]["performances"]["report"] > 0
+  assert (out / "transcription_f1.png").stat().st_size > 0
+  saved = json.loads((notes_pretrained / "transcription_thresholds.json").read_text())
+  assert saved["3"]["thresholds"] == step["thresholds"]
+  missing = run("eval.transcription_report", f"--checkpoint={notes_pretrained}",
+                f"--data_dir={train_shards['maestro']}", f"--output_dir={out}", "--steps=7",
+                "--split=train")
+  assert missing.returncode != 0 and "no checkpoints [7]" in missing.stderr
+  assert "Traceback" not in missing.stderr
+
+  archive = tmp_path / "notes.npz"
+  proc = run("eval.shard_transcription", f"--checkpoint={notes_pretrained}",
+             f"--data_dir={job_with_audio}", f"--output={archive}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "thresholds from validation" in proc.stdout
+  transcribed, durations, about = notes_lib.load_archive(archive)
+  assert about["step"] == 3 and about["thresholds"] == step["thresholds"]
+  from pipelines.shards import layout, metadata, records
+  meta = metadata.read(job_with_audio)
+  keys = {records.decode(r)[0]["key"] for f in meta.shard_files("audio")
+          for r in layout.read_array_record(str(job_with_audio / f.file))}
+  assert set(transcribed) == keys and all(d > 0 for d in durations.values())
+
+  ridge = tmp_path / "ridge"
+  proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={ridge}",
+             "--features=notes", f"--transcribed_notes={archive}", "--test", "--inner_folds=2",
+             "--workers=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads((ridge / "test" / rundir.CONFIG).read_text())["model"]["backbone"] == "notes"
+  # An archive of other performances is refused with the key it lacks.
+  notes_lib.save_archive(tmp_path / "other.npz", {"x": transcribed[min(transcribed)]}, {"x": 1.0},
+                           {})
+  proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'r2'}",
+             "--features=notes", f"--transcribed_notes={tmp_path / 'other.npz'}", "--test")
+  assert proc.returncode != 0 and "has no transcription of performance" in proc.stderr
+  proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'r3'}",
+             "--features=notes", "--test")
+  assert proc.returncode != 0 and "--transcribed_notes" in proc.stderr

@@ -10,7 +10,10 @@ computed once per performance from that audio and cached in
 statistics change). `--features=midi_notes` fits the same ridge on the note
 statistics of the performance MIDI stored with the audio
 (pipelines.audio.note_statistics; backbone "oracle": what a perfect transcription
-would give the notes path, an upper bound, never a headline). Every learned model is judged against this bar, so it
+would give the notes path, an upper bound, never a headline); `--features=notes
+--transcribed_notes=A` on the same statistics of the model's own transcription
+(`eval.shard_transcription`; backbone "notes"). Every learned model is judged against
+this bar, so it
 goes through the same machinery: the same split tables and folds, a
 `W/crossval.json` and one run directory per fold (and `W/test`) with
 `config.json`, `predictions/1.npz` and `result.json`, which `eval.report`
@@ -132,7 +135,7 @@ def fit(x: np.ndarray, labels: np.ndarray, mask: np.ndarray, groups: np.ndarray,
 
 # The backbone each kind of statistics reports as: the audio bar, and the notes path's upper
 # bound (statistics of the performance MIDI: a perfect transcription).
-BACKBONES = {"audio": "ridge", "midi_notes": "oracle"}
+BACKBONES = {"audio": "ridge", "midi_notes": "oracle", "notes": "notes"}
 
 
 def _config(data_dir: pathlib.Path, split: str, seed: int, inner_folds: int,
@@ -190,7 +193,8 @@ def run_fold(table: statistics_table.Table, meta: metadata.ShardMetadata, config
 def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
         only: list[int] | None = None, test: bool = False, *, seed: int = 0,
         inner_folds: int = 4, workers: int = 1,
-        statistics_cache: str | pathlib.Path | None = None, features: str = "audio") -> dict:
+        statistics_cache: str | pathlib.Path | None = None, features: str = "audio",
+        transcribed_notes: str | pathlib.Path | None = None) -> dict:
   """Every fold not finished yet (and the test set with `test`), through train.crossval's
   driver (the same fold checks, skipping and summary); returns its summary."""
   data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
@@ -199,7 +203,7 @@ def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
   def table() -> statistics_table.Table:  # only when some fold still has to be fitted
     cache = (pathlib.Path(statistics_cache) if statistics_cache
              else workdir / statistics_table.CACHE[features])
-    return statistics_table.load(data_dir, cache, workers, features)
+    return statistics_table.load(data_dir, cache, workers, features, transcribed_notes)
 
   meta = metadata.read(data_dir)
   return crossval.run(_config(data_dir, split, seed, inner_folds, features), workdir, split,
@@ -219,9 +223,14 @@ def define_flags() -> None:
   flags.DEFINE_enum("features", "audio", list(statistics_table.FEATURES),
                     "audio: the clip statistics of the stored audio (the bar, backbone ridge); "
                     "midi_notes: note statistics of the performance MIDI stored with it (the "
-                    "notes path's upper bound, backbone oracle).")
+                    "notes path's upper bound, backbone oracle); notes: the same statistics "
+                    "of a transcription (--transcribed_notes; backbone notes).")
+  flags.DEFINE_string("transcribed_notes", None, "features=notes: the notes archive "
+                      "eval.shard_transcription wrote for these shards.")
   flags.DEFINE_string("statistics_cache", None, "Where the statistics are cached (default "
-                      "WORKDIR/clip_statistics.npz, note_statistics.npz for midi_notes); runs on the same shards can share one.")
+                      "WORKDIR/" + ", ".join(f"{v} for {k}" for k, v in
+                                             statistics_table.CACHE.items()) +
+                      "); runs on the same shards can share one.")
 
 
 def main(argv: list[str]) -> None:
@@ -233,7 +242,8 @@ def main(argv: list[str]) -> None:
       raise RidgeError("--folds=none runs nothing without --test")
     summary = run(FLAGS.data_dir, FLAGS.workdir, FLAGS.split, only, FLAGS.test,
                   seed=FLAGS.seed, inner_folds=FLAGS.inner_folds, workers=FLAGS.workers,
-                  statistics_cache=FLAGS.statistics_cache, features=FLAGS.features)
+                  statistics_cache=FLAGS.statistics_cache, features=FLAGS.features,
+                  transcribed_notes=FLAGS.transcribed_notes)
   except (RidgeError, statistics_table.StatisticsError, crossval.CrossValidationError,
           metadata.MetadataError, ValueError, FileNotFoundError) as e:
     logging.error("%s: %s", type(e).__name__, e)

@@ -2,7 +2,9 @@
 
 `features="midi_notes"` computes `pipelines.audio.note_statistics` from the note
 targets stored with each performance's audio instead (the performance MIDI: the
-oracle of the notes path).
+oracle of the notes path); `features="notes"` computes the same statistics from a
+transcription of the audio (a notes archive, `pipelines.audio.notes.save_archive`,
+written by `eval.shard_transcription`): the notes path itself.
 
 The closed-form ridge (`train.ridge`) and the trainer's feed-forward model on the
 same statistics (`backbone=clip_stats`, `train.tasks.ClipStatisticsFinetuning`)
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import os
 import pathlib
 import time
@@ -27,7 +30,8 @@ from pipelines.audio import clip_statistics, note_statistics, notes
 from pipelines.datasets import percepiano
 from pipelines.shards import layout, metadata, records
 
-CACHE = {"audio": "clip_statistics.npz", "midi_notes": "note_statistics.npz"}  # default names
+CACHE = {"audio": "clip_statistics.npz", "midi_notes": "note_statistics.npz",
+         "notes": "transcribed_note_statistics.npz"}  # default names
 
 
 class StatisticsError(ValueError):
@@ -51,9 +55,10 @@ class Table:
     return np.array([index[k] for k in keys], int)
 
 
-# What a table's rows are computed from: the clean audio the job stored, or the note targets
-# stored with it (the performance MIDI: what a perfect transcription would give).
-FEATURES = ("audio", "midi_notes")
+# What a table's rows are computed from: the clean audio the job stored, the note targets
+# stored with it (the performance MIDI: what a perfect transcription would give), or a
+# transcription of that audio.
+FEATURES = ("audio", "midi_notes", "notes")
 
 
 def names(features: str = "audio") -> tuple[str, ...]:
@@ -71,16 +76,38 @@ def _note_statistics(key: str, header: dict, arrays: dict) -> np.ndarray:
   return note_statistics.compute(notes.Notes(arrays["notes"], arrays["pedal"]), duration)
 
 
+def _transcribed(archive: pathlib.Path | None):
+  if archive is None:
+    raise StatisticsError("features=notes needs the transcribed notes (--transcribed_notes, "
+                          "from eval.shard_transcription)")
+  try:
+    performances, durations, _ = notes.load_archive(archive)
+  except (FileNotFoundError, notes.NotesError) as e:
+    raise StatisticsError(str(e)) from None
+
+  def row(key: str) -> np.ndarray:
+    if key not in performances:
+      raise StatisticsError(f"{archive} has no transcription of performance {key} (made from "
+                            "other shards?)")
+    return note_statistics.compute(performances[key], durations[key])
+  return row
+
+
 def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
-         features: str = "audio") -> Table:
-  """Every performance's statistics (`features`: "audio" or "midi_notes"), from `cache` when
-  it was made from these shards and these statistics."""
+         features: str = "audio", transcribed_notes: str | pathlib.Path | None = None) -> Table:
+  """Every performance's statistics (`features`: "audio", "midi_notes", or "notes" from the
+  archive `transcribed_notes`), from `cache` when it was made from these shards (and this
+  archive) and these statistics."""
   data_dir = pathlib.Path(data_dir)
+  transcribed = _transcribed(pathlib.Path(transcribed_notes) if transcribed_notes
+                             else None) if features == "notes" else None
   files = metadata.read(data_dir).shard_files("audio")
   if not files:
     raise StatisticsError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
                           "--nowrite_audio (the statistics are computed from what it stores)")
   sources = sorted(f.sha256 for f in files)
+  if transcribed is not None:  # another transcription is another table
+    sources.append(hashlib.sha256(pathlib.Path(transcribed_notes).read_bytes()).hexdigest())
   stat_names = list(names(features))
   if cache.is_file():
     with np.load(cache, allow_pickle=False) as f:
@@ -96,6 +123,7 @@ def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
     keys.append(header["key"])
     labels.append(np.asarray(header["labels"], np.float64))
     inputs.append(arrays["samples"] if features == "audio"
+                  else transcribed(header["key"]) if transcribed is not None
                   else _note_statistics(header["key"], header, arrays))
   t0 = time.perf_counter()
   if features == "audio":

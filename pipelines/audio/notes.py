@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import pathlib
+import zipfile
 
 import numpy as np
 import pretty_midi
@@ -95,7 +98,7 @@ def _pedal_intervals(changes, end_time: float) -> list[tuple[float, float]]:
   return intervals
 
 
-def _merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def merge_intervals(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
   merged: list[list[float]] = []
   for start, end in sorted(intervals):
     if merged and start <= merged[-1][1]:
@@ -119,7 +122,7 @@ def from_midi(data: bytes, name: str = "<midi bytes>") -> Notes:
   end_time = midi.get_end_time()
   notes = [(n.start, n.end, n.pitch, n.velocity) for i in midi.instruments if not i.is_drum
            for n in i.notes if n.end > n.start]
-  pedal = _merge([iv for i in midi.instruments if not i.is_drum
+  pedal = merge_intervals([iv for i in midi.instruments if not i.is_drum
                   for iv in _pedal_intervals(i.control_changes, end_time)])
   return Notes(np.array(notes, np.float32).reshape(-1, 4), np.array(pedal, np.float32))
 
@@ -192,3 +195,40 @@ def from_rolls(probabilities: dict[str, np.ndarray], frame_s: float = 0.01, *,
   edges = np.flatnonzero(np.diff(np.concatenate([[0], down.astype(np.int8), [0]])))
   pedal = [(a * frame_s, b * frame_s) for a, b in zip(edges[::2], edges[1::2])]
   return Notes(np.array(rows, np.float32).reshape(-1, 4), np.array(pedal, np.float32))
+
+
+def save_archive(path: str | pathlib.Path, performances: dict[str, Notes],
+                 durations: dict[str, float], about: dict) -> None:
+  """Many performances' notes in one `.npz` (ragged lists, in key order), with each one's
+  duration in seconds and a JSON description of where they came from (`about`)."""
+  keys = sorted(performances)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp.npz")
+  np.savez(tmp, keys=np.asarray(keys, str),
+           notes=np.concatenate([performances[k].notes for k in keys] + [np.zeros((0, 4))]),
+           note_counts=np.asarray([len(performances[k].notes) for k in keys], np.int64),
+           pedal=np.concatenate([performances[k].pedal for k in keys] + [np.zeros((0, 2))]),
+           pedal_counts=np.asarray([len(performances[k].pedal) for k in keys], np.int64),
+           duration_s=np.asarray([durations[k] for k in keys], np.float64),
+           about=np.asarray(json.dumps(about, sort_keys=True)))
+  tmp.replace(path)
+
+
+def load_archive(path: str | pathlib.Path) -> tuple[dict[str, Notes], dict[str, float], dict]:
+  """(notes by key, duration by key, about) of a `save_archive` file."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      keys = [str(k) for k in f["keys"]]
+      n_ends, p_ends = np.cumsum(f["note_counts"]), np.cumsum(f["pedal_counts"])
+      all_notes, all_pedal = f["notes"], f["pedal"]
+      durations, about = f["duration_s"], json.loads(str(f["about"]))
+  except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise NotesError(f"{path}: not a notes archive ({type(e).__name__}: {e})") from None
+  if len(n_ends) != len(keys) or (len(keys) and (n_ends[-1] != len(all_notes) or
+                                                 p_ends[-1] != len(all_pedal))):
+    raise NotesError(f"{path}: note counts do not add up to the stored notes")
+  out = {k: Notes(all_notes[a:b], all_pedal[c:d]) for k, a, b, c, d in zip(
+      keys, np.concatenate([[0], n_ends[:-1]]), n_ends, np.concatenate([[0], p_ends[:-1]]),
+      p_ends)}
+  return out, dict(zip(keys, map(float, durations))), about

@@ -1,0 +1,274 @@
+"""Transcribe a job's window shards, performance by performance: held-out scores, the notes path.
+
+  python -m eval.shard_transcription --checkpoint=PRETRAIN_WORKDIR \
+      --data_dir=out/benchmark/shards/percepiano --output=WORK/transcribed_notes.npz
+
+The windows a Beam job stored (features already computed, no rendering) go through a
+notes-aware pre-trained encoder and its transcription head (`model.transcription.
+Transcriber`) in fixed-shape batches. Each performance's windows are tiled without
+overlap (a job run with a hop shorter than its window keeps every window that starts
+after the previous kept one ends), their valid frames are placed at the windows' start
+times, and the per-frame probabilities are decoded to notes (`notes.from_rolls`) with
+the thresholds chosen on validation (`transcription_thresholds.json` in the run, written
+by `eval.transcription_report`), unless given.
+
+Where the shards carry note targets, a performance's reference is assembled from its
+windows the same way: each window contributes the notes whose onset falls in its valid
+frames, and the sustain-pedal intervals of every window, merged. So the scores compare
+like with like: the same frames the model heard.
+
+The CLI writes every performance's transcribed notes (the clean variant 0) to an `.npz`
+(`notes.save_archive`) that `train.ridge --features=notes` reads: the benchmark's
+`notes` model. Features are normalised with the *transcriber's* statistics, so any job's
+shards made with the project's front end and the transcriber's window length can be read.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import pathlib
+import sys
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+from absl import flags, logging
+
+from eval import loading, predict
+from model import ast, transcription
+from pipelines import entry_point
+from pipelines.audio import frontend, notes
+from pipelines.shards import layout, metadata, records
+
+FLAGS = flags.FLAGS
+FRAME_S = 1.0 / predict.FRAMES_PER_SECOND
+THRESHOLDS_FILE = "transcription_thresholds.json"  # in the pre-training work directory
+DECODED = ("onset", "frame", "velocity", "pedal")  # what decoding reads; offsets are not kept
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+  """Decoding thresholds of `notes.from_rolls`."""
+
+  onset: float = 0.5
+  frame: float = 0.5
+  pedal: float = 0.5
+
+  def decode(self, probabilities: dict[str, np.ndarray]) -> notes.Notes:
+    return notes.from_rolls(probabilities, FRAME_S, onset_threshold=self.onset,
+                            frame_threshold=self.frame, pedal_threshold=self.pedal)
+
+
+def saved_thresholds(workdir: pathlib.Path, step: int) -> Thresholds | None:
+  """The thresholds `eval.transcription_report` chose on validation for `step`, if any."""
+  path = pathlib.Path(workdir) / THRESHOLDS_FILE
+  if not path.is_file():
+    return None
+  chosen = json.loads(path.read_text()).get(str(step))
+  return None if chosen is None else Thresholds(**chosen["thresholds"])
+
+
+def save_thresholds(workdir: pathlib.Path, step: int, thresholds: Thresholds, how: str) -> None:
+  path = pathlib.Path(workdir) / THRESHOLDS_FILE
+  saved = json.loads(path.read_text()) if path.is_file() else {}
+  saved[str(step)] = {"thresholds": dataclasses.asdict(thresholds), "chosen_on": how}
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
+  tmp.replace(path)
+
+
+@dataclasses.dataclass
+class Window:
+  header: dict
+  features: np.ndarray  # [mel, frames] as stored (not normalised)
+  notes: notes.Notes | None  # None: the window's source had no MIDI
+
+  @property
+  def group(self) -> str:
+    """What it shares with the other performances of one composition (ASAP's folder, the
+    MAESTRO title; the key when neither is stored)."""
+    h = self.header
+    return str(h.get("composition") or h.get("title") or h["key"])
+
+
+@dataclasses.dataclass
+class Performance:
+  """One performance's tiled windows, transcribed."""
+
+  key: str
+  group: str  # what it shares with others of one composition (ASAP folder, title)
+  probabilities: dict[str, np.ndarray]  # float16 onset/frame/velocity [frames, 88], pedal [frames]
+  reference: notes.Notes | None  # the note targets of the same frames; None without MIDI
+  duration_s: float  # the frames covered
+
+  def decode(self, thresholds: Thresholds) -> notes.Notes:
+    return thresholds.decode(self.probabilities)
+
+
+def read_windows(data_dir: str | pathlib.Path, splits: Sequence[str] | None = None, *,
+                 variant: int = 0, max_seconds: float | None = None) -> dict[str, list[Window]]:
+  """Every performance's windows of one variant (0: the clean audio), tiled without
+  overlap, in time order; `max_seconds` keeps the windows that start before it."""
+  data_dir = pathlib.Path(data_dir)
+  files = metadata.read(data_dir).shard_files("windows", splits=splits)
+  if not files:
+    raise FileNotFoundError(f"{data_dir}: no window shards for splits {list(splits or [])}")
+  by_key: dict[str, list[Window]] = collections.defaultdict(list)
+  for f in files:
+    for data in layout.read_array_record(str(data_dir / f.file)):
+      header, arrays = records.decode(data)
+      if header["kind"] != "window" or header["variant"] != variant:
+        continue
+      if max_seconds is not None and header["start_s"] >= max_seconds:
+        continue
+      has_notes = header.get("num_notes", -1) >= 0
+      by_key[header["key"]].append(Window(
+          header, arrays["features"],
+          notes.Notes(arrays["notes"], arrays["pedal"]) if has_notes else None))
+  return {key: _tiled(windows) for key, windows in sorted(by_key.items())}
+
+
+def _tiled(windows: list[Window]) -> list[Window]:
+  kept, end = [], -np.inf
+  for w in sorted(windows, key=lambda w: w.header["start_s"]):
+    if w.header["start_s"] >= end - 1e-6:
+      kept.append(w)
+      end = w.header["start_s"] + w.header["num_frames"] * FRAME_S
+  return kept
+
+
+def _frame(seconds: float) -> int:
+  return int(round(seconds / FRAME_S))
+
+
+def _reference(windows: list[Window], total_frames: int) -> notes.Notes | None:
+  if any(w.notes is None for w in windows):
+    return None
+  end_s = total_frames * FRAME_S
+  rows, pedal = [], []
+  for w in windows:
+    start, valid_s = w.header["start_s"], w.header["valid_frames"] * FRAME_S
+    own = w.notes.notes[(w.notes.notes[:, 0] >= 0) & (w.notes.notes[:, 0] < valid_s)].copy()
+    own[:, :2] += np.float32(start)
+    rows.append(own)
+    pedal += [(a + start, b + start) for a, b in w.notes.pedal]
+  merged = notes.merge_intervals(pedal)  # a press across windows is in both
+  # What lies past the frames the model heard is not asked of it.
+  n = np.concatenate(rows) if rows else np.zeros((0, 4), np.float32)
+  n[:, 1] = np.minimum(n[:, 1], end_s)
+  p = np.array([(max(a, 0.0), min(b, end_s)) for a, b in merged if a < end_s],
+               np.float32).reshape(-1, 2)
+  return notes.Notes(n, p)
+
+
+class WindowTranscriber:
+  """`(features [n, mel, frames] normalised, valid_frames [n])` -> each window's
+  probabilities over its valid frames, through one compiled batch shape (the last batch
+  is padded with copies of its last window)."""
+
+  def __init__(self, run: loading.TranscriptionRun, batch_size: int = 16,
+               outputs: Sequence[str] = DECODED, dtype=np.float16):
+    self.encoder = ast.EncoderConfig(**run.config.model.encoder.to_dict())
+    self.params, self.batch_size = run.params, batch_size
+    model = transcription.Transcriber(self.encoder, run.config.model.transcription_hidden)
+    self._apply = jax.jit(lambda p, f, v: {k: o.astype(dtype) for k, o in
+                                           model.apply({"params": p}, f, v).items()
+                                           if k in outputs})
+
+  def __call__(self, x: np.ndarray, valid: np.ndarray) -> list[dict[str, np.ndarray]]:
+    out_windows = []
+    for i in range(0, len(x), self.batch_size):
+      f, v = x[i:i + self.batch_size], valid[i:i + self.batch_size]
+      pad = self.batch_size - len(f)
+      out = jax.device_get(self._apply(self.params,
+                                       np.concatenate([f, np.repeat(f[-1:], pad, 0)]),
+                                       np.concatenate([v, np.repeat(v[-1:], pad)])))
+      out_windows += [{k: a[j, :v[j]] for k, a in out.items()} for j in range(len(f))]
+    return out_windows
+
+
+def transcribe(run: loading.TranscriptionRun, performances: dict[str, list[Window]], *,
+               batch_size: int = 16) -> Iterator[Performance]:
+  """Each performance's transcription probabilities, in key order."""
+  transcriber = WindowTranscriber(run, batch_size)
+  frames_read = transcriber.encoder.num_frames
+  mean, std = (float(run.data_metadata["normalization"][k]) for k in ("mean", "std"))
+  for key, windows in performances.items():
+    frames = {w.header["num_frames"] for w in windows}
+    if frames != {frames_read}:
+      raise ValueError(f"{key}: windows of {sorted(frames)} frames, but the transcriber reads "
+                       f"{frames_read} (make the shards with its window length)")
+    x = np.stack([frontend.normalize(w.features.astype(np.float32), mean, std) for w in windows])
+    outputs = transcriber(x, np.array([w.header["valid_frames"] for w in windows], np.int32))
+    total = max(_frame(w.header["start_s"]) + w.header["valid_frames"] for w in windows)
+    probs = {k: np.zeros((total, transcription.KEYS), np.float16) for k in DECODED[:3]}
+    probs["pedal"] = np.zeros(total, np.float16)
+    for w, out in zip(windows, outputs):
+      first = _frame(w.header["start_s"])
+      for k in DECODED:
+        probs[k][first:first + len(out[k])] = out[k]
+    yield Performance(key=key, group=windows[0].group, probabilities=probs,
+                      reference=_reference(windows, total), duration_s=total * FRAME_S)
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("checkpoint", None, "A pre-training run with a transcription head.",
+                      required=True)
+  flags.DEFINE_string("step", "latest", "latest, best (by val/loss), or a step number.")
+  flags.DEFINE_string("data_dir", None, "A job's output (window shards).", required=True)
+  flags.DEFINE_string("output", None, "Where the transcribed notes go (.npz).", required=True)
+  flags.DEFINE_list("splits", [], "Splits to transcribe (default: all).")
+  flags.DEFINE_float("onset_threshold", None, "Default: chosen on validation, else 0.5.")
+  flags.DEFINE_float("frame_threshold", None, "Default: chosen on validation, else 0.5.")
+  flags.DEFINE_float("pedal_threshold", None, "Default: chosen on validation, else 0.5.")
+  flags.DEFINE_integer("batch_size", 16, "Windows per forward pass.", lower_bound=1)
+
+
+def thresholds_for(run: loading.TranscriptionRun, onset: float | None, frame: float | None,
+                   pedal: float | None) -> tuple[Thresholds, str]:
+  """Flags first, then what validation chose for this step, then 0.5; and where they came from."""
+  saved = saved_thresholds(run.workdir, run.step)
+  base = saved or Thresholds()
+  given = {k: v for k, v in (("onset", onset), ("frame", frame), ("pedal", pedal))
+           if v is not None}
+  source = "flags" if given else ("validation" if saved else "default 0.5")
+  return dataclasses.replace(base, **given), source
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  try:
+    run = loading.load_transcriber(FLAGS.checkpoint, predict.parse_step(FLAGS.step))
+    windows = read_windows(FLAGS.data_dir, FLAGS.splits or None)
+  except (loading.RunError, FileNotFoundError, metadata.MetadataError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  thresholds, source = thresholds_for(run, FLAGS.onset_threshold, FLAGS.frame_threshold,
+                                      FLAGS.pedal_threshold)
+  logging.info("transcribing %d performances with step %d, thresholds %s (%s)", len(windows),
+               run.step, thresholds, source)
+  transcribed, durations = {}, {}
+  try:
+    for p in transcribe(run, windows, batch_size=FLAGS.batch_size):
+      transcribed[p.key], durations[p.key] = p.decode(thresholds), p.duration_s
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  about = {"checkpoint": str(run.workdir), "step": run.step,
+           "thresholds": dataclasses.asdict(thresholds), "thresholds_from": source,
+           "shards": str(pathlib.Path(FLAGS.data_dir).absolute()),
+           "shard_sha256": sorted(f.sha256 for f in metadata.read(FLAGS.data_dir).shard_files(
+               "windows", splits=FLAGS.splits or None))}
+  notes.save_archive(pathlib.Path(FLAGS.output), transcribed, durations, about)
+  print(f"{len(transcribed)} performances, {sum(len(n.notes) for n in transcribed.values())} "
+        f"notes (step {run.step}, thresholds from {source}) -> {FLAGS.output}")
+  return 0
+
+
+def cli() -> None:
+  """Console entry point (`ppt-transcribe-shards`)."""
+  entry_point.run(__doc__, define_flags, main)
+
+
+if __name__ == "__main__":
+  cli()
