@@ -65,3 +65,15 @@ STATS_FFN_RECIPE = ["--config.optimizer.peak_lr=3e-4", "--config.model.pooled_st
                     "--config.input.mixup_alpha=0.4"]
 STATS_FFN = [*STATS_FFN_COMMON, *STATS_FFN_RECIPE]
 
+
+
+# Notes-aware pre-training for the notes path: the transcription head alone (no SSAST
+# masking: one encoder pass a step), batch 16 as the issue's pilot (0.9 s a step on 2 cores
+# at 512 frames), checkpointed every 500 steps and every checkpoint kept, so
+# `eval.transcription_report` can draw F1 against steps.
+NOTES_PRETRAIN = ["--config=train/configs/pretrain.py:tiny", "--config.model.ssast_weight=0",
+                  "--config.model.transcription_weight=1", "--config.batch_size=16",
+                  "--config.microbatch_size=16", "--config.eval_batch_size=16",
+                  "--config.eval_every_steps=0", "--config.checkpoint.every_steps=500",
+                  "--config.checkpoint.keep=100", "--config.optimizer.peak_lr=5e-4",
+                  "--config.log_every_steps=25"]

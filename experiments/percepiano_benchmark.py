@@ -11,6 +11,11 @@ committed):
   asap_shards          ASAP performances (MAESTRO recordings as MIDI) -> MAESTRO job shards
   percepiano_shards    PercePiano rendered from its performance MIDI -> labelled shards
   pretrain             SSAST pre-training on the ASAP shards
+  pretrain_notes       notes-aware pre-training on them: the transcription head alone
+  transcription        eval.transcription_report: onset/offset/velocity/pedal F1 of every kept
+                       checkpoint on held-out ASAP compositions (thresholds chosen on half
+                       of them) -> REPORTS/transcription.json and the F1-vs-steps figure
+  transcribe_percepiano  PercePiano's windows transcribed by that encoder (notes archive)
   cv_<variant>         piece split, per variant:
                          ast          pre-trained AST, grouped heads, adaptive weights, augmentation
                          scratch      the same from random initialisation
@@ -22,6 +27,7 @@ committed):
                          ffn_stats    the trainer's feed-forward model on the same statistics
                          oracle_notes the ridge on note statistics of the performance MIDI
                                       (what a perfect transcription gives: an upper bound)
+                         notes        the same ridge on the encoder's own transcription
   performer_<variant>  the performer split, for ast / cnn / ffn and the statistics models
   report_<split>       eval.report of the AST against every variant finished so far
                        (the ones still pending are named in the report)
@@ -41,6 +47,7 @@ windows, stride 10, AST base, 50 fine-tuning epochs, every variant cross-validat
 from __future__ import annotations
 
 import functools
+import json
 import pathlib
 import shlex
 import sys
@@ -72,10 +79,12 @@ NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat"
          "fixed": "AST fixed loss weights", "noaug": "AST without augmentation",
          "cnn": "CNN baseline", "ffn": "feed-forward baseline", "ridge": "ridge on clip statistics",
          "ffn_stats": "feed-forward on clip statistics",
-         "oracle_notes": "oracle-notes (performance MIDI statistics: an upper bound)"}
+         "oracle_notes": "oracle-notes (performance MIDI statistics: an upper bound)",
+         "notes": "notes (statistics of the encoder's transcription)"}
 # Models on clip statistics (train.statistics_table), every fold and the test set on both
-# splits at every size: minutes on 2 cores. oracle_notes is the notes path's ceiling.
-STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes")
+# splits at every size: minutes on 2 cores. oracle_notes is the notes path's ceiling; notes
+# its model (the same ridge on the transcription of the notes-aware pre-trained encoder).
+STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes", "notes")
 
 SIZES = {
     "cpu": {
@@ -87,6 +96,7 @@ SIZES = {
         "pretrain": ["--config=train/configs/pretrain.py:tiny", "--config.model.num_masked=200",
                      "--config.num_steps=500", "--config.eval_every_steps=0",
                      *cpu_scale.PRETRAIN],
+        "pretrain_notes": [*cpu_scale.NOTES_PRETRAIN, "--config.num_steps=3000"],
         "finetune": ["--config=train/configs/finetune.py:tiny", "--config.num_epochs=1",
                      *cpu_scale.finetune(512)],
         "cross_validated": {"piece": ("ast", "cnn", "ffn")},
@@ -104,6 +114,8 @@ SIZES = {
         "window": ["--window_s=10.24", "--hop_s=10.24"],
         "encoder": [],
         "pretrain": ["--config=train/configs/pretrain.py:base"],
+        "pretrain_notes": ["--config=train/configs/pretrain.py:base",
+                           "--config.model.transcription_weight=1"],
         "finetune": ["--config=train/configs/finetune.py:base",
                      "--config.optimizer.layer_decay=0.75"],
         "cross_validated": {"piece": tuple(VARIANTS), "performer": PERFORMER_VARIANTS},
@@ -137,6 +149,11 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   asap, labelled, pretrain = work / "shards" / "asap", work / "shards" / "percepiano", work / "pretrain"
   pretrain_args = ("train.main", *s["pretrain"], f"--workdir={pretrain}", f"--config.data_dir={asap}",
                    *s["encoder"])
+  notes_pretrain = work / "pretrain_notes"
+  notes_args = ("train.main", *s["pretrain_notes"], f"--workdir={notes_pretrain}",
+                f"--config.data_dir={asap}", *s["encoder"])
+  transcribed = work / "transcribed_notes.npz"
+  report_root = reports or work / "reports"
   out = [
       stages.Stage("asap_shards", ("pipelines.beam.maestro_job", f"--maestro_dir={asap_dir}",
                                    f"--output_dir={asap}", *s["window"], "--nowrite_audio"),
@@ -153,6 +170,21 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
       # A finished pre-training of another length (an older plan's) is refused, not reused.
       stages.training("pretrain", pretrain, pretrain_args, "SSAST pre-training",
                       needs=("asap_shards",)),
+      stages.training("pretrain_notes", notes_pretrain, notes_args,
+                      "notes-aware pre-training (transcription head)", needs=("asap_shards",)),
+      # Every kept checkpoint scored on held-out ASAP compositions; the thresholds chosen
+      # there are saved in the run for the next stage.
+      stages.Stage("transcription", ("eval.transcription_report", f"--checkpoint={notes_pretrain}",
+                                     f"--data_dir={asap}", f"--output_dir={report_root}"),
+                   lambda: _transcription_reported(report_root / "transcription.json",
+                                                   notes_pretrain),
+                   "transcription F1 against pre-training steps", needs=("pretrain_notes",)),
+      stages.Stage("transcribe_percepiano",
+                   ("eval.shard_transcription", f"--checkpoint={notes_pretrain}",
+                    f"--data_dir={labelled}", f"--output={transcribed}"),
+                   lambda: _transcribed(transcribed, notes_pretrain),
+                   "PercePiano transcribed by the notes-aware encoder",
+                   needs=("transcription", "percepiano_shards")),
   ]
 
   def cross_validation(split: str, variant: str) -> stages.Stage:
@@ -195,6 +227,18 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                         needs=("percepiano_shards",) if split == "piece"
                         else ("cv_oracle_notes",))
 
+  def notes_model(split: str) -> stages.Stage:
+    # The same ridge on the note statistics of the encoder's own transcription.
+    directory = work / split / "notes"
+    return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_notes",
+                        ("train.ridge", f"--data_dir={labelled}", f"--workdir={directory}",
+                         f"--split={split}", "--features=notes",
+                         f"--transcribed_notes={transcribed}",
+                         f"--statistics_cache={work / 'transcribed_note_statistics.npz'}",
+                         "--test"),
+                        lambda: _crossval_finished(directory), f"{split} split, notes",
+                        needs=("transcribe_percepiano",) if split == "piece" else ("cv_notes",))
+
   def statistics_ffn(split: str) -> stages.Stage:
     # The trainer on the ridge's own inputs: the check that the recipe and loop can reach
     # the closed-form fit. Early stopping: every fold, then the test set.
@@ -209,11 +253,11 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   # Each split's report follows (and needs) its own runs only, so a failing performer
   # run cannot hold back the piece split's report.
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
-    runs = [cross_validation(split, v) for v in variants] + [ridge(split), statistics_ffn(split),
-                                                            oracle_notes(split)]
+    runs = [cross_validation(split, v) for v in variants] + [
+        ridge(split), statistics_ffn(split), oracle_notes(split), notes_model(split)]
     variants = [*variants, *STATISTICS_MODELS]
     out += runs
-    report_dir = (reports or work / "reports") / split
+    report_dir = report_root / split
     out.append(stages.Stage(
         f"report_{split}", functools.partial(_report_command, work, split, variants,
                                              percepiano_dir, labelled, report_dir, s["scale"]),
@@ -245,6 +289,26 @@ def _report_command(work: pathlib.Path, split: str, variants: list[str],
           f"--names={','.join(NAMES[v] for v in ready)}", f"--percepiano_dir={percepiano_dir}",
           f"--output_dir={report_dir}", "--target_pearson=0.7", "--target_gain=0.2",
           f"--attention_audio={stages.first_test_midi(percepiano_dir, labelled, split)}", *notes)
+
+
+def _last_step(workdir: pathlib.Path) -> int | None:
+  result = rundir.read_result(workdir)
+  return result["step"] if result and rundir.finished(result) else None
+
+
+def _transcription_reported(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
+  """Done when the report scored the pre-training run's last step."""
+  if not path.is_file():
+    return False
+  return json.loads(path.read_text())["final"]["step"] == _last_step(pretrain)
+
+
+def _transcribed(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
+  """Done when the archive was transcribed with the run's last step."""
+  if not path.is_file():
+    return False
+  from pipelines.audio import notes
+  return notes.load_archive(path)[2]["step"] == _last_step(pretrain)
 
 
 def _has_results(directory: pathlib.Path) -> bool:

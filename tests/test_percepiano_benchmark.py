@@ -53,6 +53,20 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
     assert {f"--split={split}", "--test"} <= set(ridge.args) & set(ffn.args)
     assert needs[f"{kind}_ffn_stats"] == ("cv_ridge",) and "--folds=none" not in ffn.args
     assert f"--config.clip_statistics_cache={cache.split('=', 1)[1]}" in ffn.args
+  # The notes path: pre-training with the transcription head, its report (thresholds), the
+  # PercePiano transcription, then the ridge on its statistics.
+  assert needs["pretrain_notes"] == ("asap_shards",)
+  assert needs["transcription"] == ("pretrain_notes",)
+  assert needs["transcribe_percepiano"] == ("transcription", "percepiano_shards")
+  assert needs["cv_notes"] == ("transcribe_percepiano",) and needs["performer_notes"] == ("cv_notes",)
+  notes_config = _config(plan[names.index("pretrain_notes")].args, monkeypatch)
+  assert notes_config.task == "pretrain" and notes_config.model.transcription_weight == 1
+  assert notes_config.model.encoder.time_stride == notes_config.model.encoder.patch_size
+  if size == "cpu":
+    assert notes_config.model.ssast_weight == 0 and notes_config.checkpoint.keep >= (
+        notes_config.num_steps // notes_config.checkpoint.every_steps)
+  archive = plan[names.index("transcribe_percepiano")].args[-1].split("=", 1)[1]
+  assert f"--transcribed_notes={archive}" in plan[names.index("cv_notes")].args
   # Each report right after its split's runs.
   assert names.index("report_piece") == max(i for i, n in enumerate(names) if n.startswith("cv_")) + 1
   assert names[-1] == "report_performer"
