@@ -22,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from model import multitask, targets
+from model import multitask, release, targets
 from train import checkpointing, rundir, tasks
 
 
@@ -126,6 +126,29 @@ class TranscriptionRun:
   params: dict  # the encoder's and the transcription head's
   data_metadata: dict
   step: int
+  thresholds: dict | None = None  # decoding thresholds chosen on validation, if any
+
+
+# Beside a pre-training run's checkpoints: the decoding thresholds eval.transcription_report
+# chose on validation, per step.
+THRESHOLDS_FILE = "transcription_thresholds.json"
+
+
+def saved_thresholds(workdir: pathlib.Path, step: int) -> dict | None:
+  path = pathlib.Path(workdir) / THRESHOLDS_FILE
+  if not path.is_file():
+    return None
+  chosen = json.loads(path.read_text()).get(str(step))
+  return None if chosen is None else chosen["thresholds"]
+
+
+def save_thresholds(workdir: pathlib.Path, step: int, thresholds: dict, how: str) -> None:
+  path = pathlib.Path(workdir) / THRESHOLDS_FILE
+  saved = json.loads(path.read_text()) if path.is_file() else {}
+  saved[str(step)] = {"thresholds": thresholds, "chosen_on": how}
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
+  tmp.replace(path)
 
 
 def checkpoint_steps(path: str | pathlib.Path) -> list[int]:
@@ -140,7 +163,19 @@ def checkpoint_steps(path: str | pathlib.Path) -> list[int]:
 
 def load_transcriber(path: str | pathlib.Path, step: int | str = "best") -> TranscriptionRun:
   """A pre-training run (work directory or step directory) whose objective included the
-  transcription head (`model.transcription_weight` > 0)."""
+  transcription head (`model.transcription_weight` > 0), or a released transcriber
+  (`model.release`; `step` is then the release's own)."""
+  if release.is_release(path):
+    try:
+      params, about = release.read(path)
+    except release.ReleaseError as e:
+      raise RunError(str(e)) from None
+    if about.get("kind") != "transcriber":
+      raise RunError(f"{path} is a {about.get('kind')!r} release, not a transcriber")
+    return TranscriptionRun(workdir=pathlib.Path(path).absolute(),
+                            config=ml_collections.ConfigDict(about["config"]), params=params,
+                            data_metadata=about["data_metadata"], step=int(about["step"]),
+                            thresholds=about.get("thresholds"))
   directory, named_step = checkpointing.locate(path)
   workdir = directory.parent
   config = ml_collections.ConfigDict(_read_json(workdir / rundir.CONFIG, "the config"))
@@ -151,5 +186,6 @@ def load_transcriber(path: str | pathlib.Path, step: int | str = "best") -> Tran
   state, chosen = _restore(directory, named_step, step, config)
   params = {k: jax.tree.map(np.asarray, state["params"][k]) for k in ("encoder", "transcription")}
   return TranscriptionRun(workdir=workdir, config=config, params=params,
-                          data_metadata=data_metadata, step=int(chosen))
+                          data_metadata=data_metadata, step=int(chosen),
+                          thresholds=saved_thresholds(workdir, int(chosen)))
 

@@ -9,8 +9,8 @@ Transcriber`) in fixed-shape batches. Each performance's windows are tiled witho
 overlap (a job run with a hop shorter than its window keeps every window that starts
 after the previous kept one ends), their valid frames are placed at the windows' start
 times, and the per-frame probabilities are decoded to notes (`notes.from_rolls`) with
-the thresholds chosen on validation (`transcription_thresholds.json` in the run, written
-by `eval.transcription_report`), unless given.
+the thresholds chosen on validation (`eval.transcription_report` saves them in the run;
+a release carries its own), unless given.
 
 Where the shards carry note targets, a performance's reference is assembled from its
 windows the same way: each window contributes the notes whose onset falls in its valid
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import pathlib
 import sys
 from collections.abc import Iterator, Sequence
@@ -44,7 +43,6 @@ from pipelines.shards import layout, metadata, records
 
 FLAGS = flags.FLAGS
 FRAME_S = 1.0 / predict.FRAMES_PER_SECOND
-THRESHOLDS_FILE = "transcription_thresholds.json"  # in the pre-training work directory
 DECODED = ("onset", "frame", "velocity", "pedal")  # what decoding reads; offsets are not kept
 
 
@@ -59,24 +57,6 @@ class Thresholds:
   def decode(self, probabilities: dict[str, np.ndarray]) -> notes.Notes:
     return notes.from_rolls(probabilities, FRAME_S, onset_threshold=self.onset,
                             frame_threshold=self.frame, pedal_threshold=self.pedal)
-
-
-def saved_thresholds(workdir: pathlib.Path, step: int) -> Thresholds | None:
-  """The thresholds `eval.transcription_report` chose on validation for `step`, if any."""
-  path = pathlib.Path(workdir) / THRESHOLDS_FILE
-  if not path.is_file():
-    return None
-  chosen = json.loads(path.read_text()).get(str(step))
-  return None if chosen is None else Thresholds(**chosen["thresholds"])
-
-
-def save_thresholds(workdir: pathlib.Path, step: int, thresholds: Thresholds, how: str) -> None:
-  path = pathlib.Path(workdir) / THRESHOLDS_FILE
-  saved = json.loads(path.read_text()) if path.is_file() else {}
-  saved[str(step)] = {"thresholds": dataclasses.asdict(thresholds), "chosen_on": how}
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
-  tmp.replace(path)
 
 
 @dataclasses.dataclass
@@ -229,7 +209,7 @@ def define_flags() -> None:
 def thresholds_for(run: loading.TranscriptionRun, onset: float | None, frame: float | None,
                    pedal: float | None) -> tuple[Thresholds, str]:
   """Flags first, then what validation chose for this step, then 0.5; and where they came from."""
-  saved = saved_thresholds(run.workdir, run.step)
+  saved = Thresholds(**run.thresholds) if run.thresholds else None
   base = saved or Thresholds()
   given = {k: v for k, v in (("onset", onset), ("frame", frame), ("pedal", pedal))
            if v is not None}

@@ -115,8 +115,8 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
     results.append(evaluate_step(run, windows, tune))
     logging.info("step %d: report onset F1 %.3f (%s)", step, results[-1]["report"]["onset/f1"],
                  results[-1]["thresholds"])
-    shard_transcription.save_thresholds(
-        run.workdir, step, shard_transcription.Thresholds(**results[-1]["thresholds"]),
+    loading.save_thresholds(
+        run.workdir, step, results[-1]["thresholds"],
         f"{split} compositions of {pathlib.Path(data_dir).name} (tune half, seed {seed})")
   config = run.config
   meta = metadata.read(data_dir)

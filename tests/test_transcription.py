@@ -339,3 +339,62 @@ def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shard
   proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'r3'}",
              "--features=notes", "--test")
   assert proc.returncode != 0 and "--transcribed_notes" in proc.stderr
+
+
+def test_a_released_transcriber_transcribes_and_continues_pre_training(notes_pretrained,
+                                                                       train_shards, jax_env,
+                                                                       tmp_path):
+  """eval.export_release -> a float16 safetensors release that eval.transcribe reads with
+  its own thresholds, and that a later pre-training continues from."""
+  from eval import loading
+  from model import release
+
+  def run(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                          env=jax_env, capture_output=True, text=True, timeout=600, check=False)
+
+  out = tmp_path / "release"
+  refused = run("eval.export_release", f"--checkpoint={notes_pretrained}", f"--output_dir={out}",
+                "--command=test", "--step=3")
+  if not (notes_pretrained / loading.THRESHOLDS_FILE).is_file():
+    assert refused.returncode != 0 and "eval.transcription_report" in refused.stderr
+  chosen = {"onset": 0.3, "frame": 0.4, "pedal": 0.6}
+  loading.save_thresholds(notes_pretrained, 3, chosen, "test")
+  proc = run("eval.export_release", f"--checkpoint={notes_pretrained}", f"--output_dir={out}",
+             "--command=make test")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  params, about = release.read(out)
+  assert about["kind"] == "transcriber" and about["step"] == 3 and about["thresholds"] == chosen
+  assert about["command"] == "make test" and set(params) == {"encoder", "transcription"}
+  run_ = loading.load_transcriber(out)
+  assert run_.thresholds == chosen and run_.step == 3
+
+  midi = tmp_path / "in.mid"
+  from pipelines.audio import render
+  source = pretty_midi.PrettyMIDI()
+  piano = pretty_midi.Instrument(0)
+  piano.notes += [pretty_midi.Note(80, 60 + i, 0.5 + 0.3 * i, 0.8 + 0.3 * i) for i in range(4)]
+  source.instruments.append(piano)
+  midi.write_bytes(render.midi_to_bytes(source))
+  proc = run("eval.transcribe", f"--checkpoint={out}", midi, f"--output_midi={tmp_path / 'o.mid'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "thresholds from validation" in proc.stdout
+
+  workdir = tmp_path / "continued"
+  args = ["--config=train/configs/pretrain.py:tiny", f"--workdir={workdir}",
+          f"--config.data_dir={train_shards['maestro']}", "--config.model.encoder.num_frames=256",
+          "--config.model.encoder.width=64", "--config.model.encoder.depth=2",
+          "--config.model.encoder.heads=2", "--config.model.encoder.mlp_dim=128",
+          "--config.model.num_masked=48", "--config.model.transcription_weight=1.0",
+          "--config.model.transcription_hidden=64", "--config.num_steps=1",
+          "--config.batch_size=8", "--config.microbatch_size=8", "--config.eval_batch_size=8",
+          "--config.eval_every_steps=0", f"--config.init.checkpoint={out}"]
+  proc = run("train.main", *args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((workdir / rundir.WARM_START).read_text())
+  # The release holds the encoder and the head; SSAST's heads (this run has both
+  # objectives) start fresh.
+  assert report["step"] == 3 and report["initialised"]
+  assert {p.split("/")[0] for p in report["initialised"]} <= {"discriminative", "generative",
+                                                              "mask_embed"}
+  assert {p.split("/")[0] for p in report["loaded"]} == {"encoder", "transcription"}

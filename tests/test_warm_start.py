@@ -114,3 +114,45 @@ def test_bad_sources_are_clear_errors(tmp_path):
     warm_start.load_source({"checkpoint": str(tmp_path / "absent"), "converted": ""})
   with pytest.raises(warm_start.WarmStartError, match="no AST encoder"):
     warm_start.apply({"cnn": {"kernel": jnp.ones(2)}}, {}, "x")
+
+
+def test_a_release_warm_starts_fine_tuning_and_continues_pre_training(tmp_path):
+  """model.release round trip (float16 on disk, checksum verified), then both uses: the
+  fine-tuning encoder from it, and pre-training continued with every shared parameter."""
+  from model import release
+  config = ssast.SSASTConfig(encoder=ast.variant("tiny", **SMALL, freq_stride=16, time_stride=16,
+                                                 num_tokens=1, pooling="patches"), num_masked=8)
+  params = _init(ssast.SSAST(config), seed=1, masking=True)
+  directory = release.write(tmp_path / "rel", params, {"kind": "test", "step": 12})
+  loaded, about = release.read(directory)
+  assert about["step"] == 12 and about["weights"]["dtype"] == "float16"
+  for path, value in _flat(params).items():
+    np.testing.assert_array_equal(_flat(loaded)[path], np.asarray(value, np.float16))
+
+  source, name, step = warm_start.load_source({"checkpoint": str(directory), "converted": ""})
+  assert step == 12 and name == str(directory.absolute())
+  _, report = warm_start.apply(_finetune_params(num_tokens=1, pooling="patches"), source, name)
+  assert report.loaded and report.unused == ["mask_embed"]
+
+  fresh = _init(ssast.SSAST(config), seed=5, masking=True)
+  continued, report = warm_start.continue_from(fresh, str(directory))
+  assert sorted(report.loaded) == sorted(_flat(fresh)) and not report.initialised
+  np.testing.assert_array_equal(_flat(continued)["encoder/patch_embed/kernel"],
+                                _flat(loaded)["encoder/patch_embed/kernel"])
+  wider = ssast.SSASTConfig(encoder=ast.variant("tiny", **{**SMALL, "mlp_dim": 96},
+                                                freq_stride=16, time_stride=16, num_tokens=1,
+                                                pooling="patches"), num_masked=8)
+  with pytest.raises(warm_start.WarmStartError, match="does not fit"):
+    warm_start.continue_from(_init(ssast.SSAST(wider), masking=True), str(directory))
+
+  # A damaged or replaced weights file is refused, not loaded.
+  weights = directory / release.WEIGHTS
+  data = bytearray(weights.read_bytes())
+  data[-1] ^= 0xFF
+  weights.write_bytes(bytes(data))
+  with pytest.raises(warm_start.WarmStartError, match="SHA-256"):
+    warm_start.load_source({"checkpoint": str(directory), "converted": ""})
+  with pytest.raises(release.ReleaseError, match="not a release"):
+    release.read(tmp_path)
+  with pytest.raises(release.ReleaseError, match="kind"):
+    release.write(tmp_path / "x", params, {})

@@ -285,12 +285,17 @@ def logged_evaluations(workdir: pathlib.Path) -> dict[int, dict]:
 
 
 def _initial_state(built: Built, workdir: pathlib.Path, lead: bool) -> TrainState:
-  """Fresh parameters, warm-started from `config.init` when fine-tuning names a source."""
+  """Fresh parameters, warm-started from `config.init` when it names a source (fine-tuning:
+  the encoder, resized where needed; pre-training: continued, every shared parameter)."""
   config = built.config
   params = built.init_params()
+  report = None
   if config.task == "finetune" and (config.init.checkpoint or config.init.converted):
     source, name, step = warm_start.load_source(config.init)
     params, report = warm_start.apply(params, source, name, step)
+  elif config.task == "pretrain" and config.get("init", {}).get("checkpoint"):
+    params, report = warm_start.continue_from(params, config.init.checkpoint)
+  if report is not None:
     logging.info("%s", report.summary())
     if lead:
       warm_start.write(report, workdir)

@@ -3,7 +3,8 @@
 Sources (`config.init`):
   checkpoint  a pre-training work directory, its `checkpoints/` directory or one
               step directory; the best checkpoint by the validation metric is
-              used when there is one, else the latest.
+              used when there is one, else the latest. Or a release directory
+              (`model.release`: safetensors committed to the repository).
   converted   the output directory of `python -m model.convert` (`params/` in
               Orbax format): transformers / original AST / SSAST weights.
 
@@ -15,6 +16,12 @@ parameters the model has no use for (SSAST's mask embedding and prediction
 heads) are *unused*. The heads are always initialised. The report is logged and
 written to `WORKDIR/warm_start.json`; any other shape mismatch (a different
 width or depth) is an error, not a silent re-initialisation.
+
+Pre-training can continue from a run or a release too (`continue_from`): every
+parameter the two share (the encoder and the heads of the objectives both have) is
+loaded as it is, with a fresh optimiser state and schedule; a shape mismatch is an
+error. So a pre-training spread over sessions on fresh machines continues from the
+committed release of the last one.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from model import params as params_lib
-from model import posemb
+from model import posemb, release
 from train import checkpointing, rundir
 
 
@@ -56,23 +63,33 @@ class Report:
             f"{len(self.initialised)} initialised, {len(self.unused)} unused")
 
 
+def _read_params(checkpoint: str) -> tuple[dict[str, Any], str, int | None]:
+  """(parameter tree, source name, step) of a run's checkpoint or of a release."""
+  if release.is_release(checkpoint):
+    try:
+      params, about = release.read(checkpoint)
+    except release.ReleaseError as e:
+      raise WarmStartError(str(e)) from None
+    return params, str(pathlib.Path(checkpoint).absolute()), about.get("step")
+  directory, step = checkpointing.locate(checkpoint)
+  reader = checkpointing.Checkpointer(directory, read_only=True, best_metric="val/loss",
+                                      best_mode="min")
+  try:
+    step = step if step is not None else (reader.best_step() or reader.latest_step())
+    if step is None:
+      raise checkpointing.CheckpointNotFoundError(f"{directory} holds no checkpoint")
+    state = reader.restore_raw_state(step)
+  finally:
+    reader.close()
+  return state["params"], str(directory), step
+
+
 def load_source(init: Mapping[str, str]) -> tuple[dict[str, np.ndarray], str, int | None]:
   """The encoder parameters named by `config.init`, as numpy (flat paths)."""
   if init["checkpoint"] and init["converted"]:
     raise WarmStartError("set only one of init.checkpoint and init.converted")
   if init["checkpoint"]:
-    directory, step = checkpointing.locate(init["checkpoint"])
-    reader = checkpointing.Checkpointer(directory, read_only=True, best_metric="val/loss",
-                                        best_mode="min")
-    try:
-      step = step if step is not None else (reader.best_step() or reader.latest_step())
-      if step is None:
-        raise checkpointing.CheckpointNotFoundError(f"{directory} holds no checkpoint")
-      state = reader.restore_raw_state(step)
-    finally:
-      reader.close()
-    params = state["params"]
-    source = str(directory)
+    params, source, step = _read_params(init["checkpoint"])
   else:
     path = pathlib.Path(init["converted"]).absolute() / "params"
     if not path.is_dir():
@@ -121,6 +138,29 @@ def apply(params: Mapping[str, Any], source: Mapping[str, np.ndarray], source_na
   report = Report(source=source_name, step=step, loaded=loaded, resized=resized,
                   initialised=initialised, unused=sorted(set(source) - used))
   return merged, report
+
+
+def continue_from(params: Mapping[str, Any], checkpoint: str
+                  ) -> tuple[dict[str, Any], Report]:
+  """`params` (initialised) with every parameter the source shares taken from it, as it is."""
+  source, name, step = _read_params(checkpoint)
+  flat = {k: np.asarray(v) for k, v in params_lib.flatten(source).items()}
+  loaded, initialised, problems, updates = [], [], [], {}
+  for path, value in params_lib.flatten(params).items():
+    if path not in flat:
+      initialised.append(path)
+    elif flat[path].shape != value.shape:
+      problems.append(f"{path}: source {flat[path].shape}, model {value.shape}")
+    else:
+      loaded.append(path)
+      updates[path] = flat[path]
+  merged, misfits = params_lib.merge(params, params_lib.unflatten(updates), strict=False)
+  if problems or misfits:
+    raise WarmStartError(f"{name} does not fit the model:\n  " + "\n  ".join(problems + misfits))
+  if not loaded:
+    raise WarmStartError(f"{name} shares no parameter with the model")
+  return merged, Report(source=name, step=step, loaded=loaded, resized={},
+                        initialised=initialised, unused=sorted(set(flat) - set(loaded)))
 
 
 def _fit(name: str, new: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:

@@ -32,6 +32,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       # on the windows' note targets, weighted against SSAST's; 0 / 1 is transcription alone.
       ssast_weight=1.0, transcription_weight=0.0, transcription_hidden=512,
   ))
+  # Continue from an earlier pre-training run or a release (train.warm_start.continue_from):
+  # the parameters both have, a fresh optimiser and schedule.
+  c.init = ml_collections.ConfigDict(dict(checkpoint=""))
   c.train_split = "train"
   c.eval_split = "validation"
   c.checkpoint.best_metric = "val/loss"
