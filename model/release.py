@@ -1,4 +1,4 @@
-"""A released model: parameters as safetensors beside a JSON description, committed to the repository.
+"""A released model: safetensors parameters and a JSON description, committed to the repository.
 
   DIR/model.safetensors   flat parameters ("encoder/blocks/0/attention/query/kernel", ...),
                           float16 by default (halves the size; the model computes in float32)
