@@ -118,8 +118,8 @@ def _restore(directory: pathlib.Path, named_step: int | None, step: int | str,
 
 
 @dataclasses.dataclass(frozen=True)
-class TranscriptionRun:
-  """A pre-training run with a transcription head, reloaded for `eval.transcribe`."""
+class PretrainedRun:
+  """A pre-training run or release, reloaded: its encoder (and transcription head)."""
 
   workdir: pathlib.Path
   config: ml_collections.ConfigDict
@@ -161,31 +161,39 @@ def checkpoint_steps(path: str | pathlib.Path) -> list[int]:
     reader.close()
 
 
-def load_transcriber(path: str | pathlib.Path, step: int | str = "best") -> TranscriptionRun:
-  """A pre-training run (work directory or step directory) whose objective included the
-  transcription head (`model.transcription_weight` > 0), or a released transcriber
-  (`model.release`; `step` is then the release's own)."""
+def load_pretrained(path: str | pathlib.Path, step: int | str = "best", *,
+                    transcriber: bool = False) -> PretrainedRun:
+  """A pre-training run (work directory or step directory) or a release (`model.release`;
+  `step` is then the release's own): its encoder, and the transcription head where the
+  objective had one. `transcriber=True` requires the head (`model.transcription_weight` > 0)."""
   if release.is_release(path):
     try:
       params, about = release.read(path)
     except release.ReleaseError as e:
       raise RunError(str(e)) from None
-    if about.get("kind") != "transcriber":
+    if transcriber and about.get("kind") != "transcriber":
       raise RunError(f"{path} is a {about.get('kind')!r} release, not a transcriber")
-    return TranscriptionRun(workdir=pathlib.Path(path).absolute(),
-                            config=ml_collections.ConfigDict(about["config"]), params=params,
-                            data_metadata=about["data_metadata"], step=int(about["step"]),
-                            thresholds=about.get("thresholds"))
+    return PretrainedRun(workdir=pathlib.Path(path).absolute(),
+                         config=ml_collections.ConfigDict(about["config"]), params=params,
+                         data_metadata=about["data_metadata"], step=int(about["step"]),
+                         thresholds=about.get("thresholds"))
   directory, named_step = checkpointing.locate(path)
   workdir = directory.parent
   config = ml_collections.ConfigDict(_read_json(workdir / rundir.CONFIG, "the config"))
-  if config.get("task") != "pretrain" or not config.model.get("transcription_weight"):
-    raise RunError(f"{workdir} is not a pre-training run with a transcription head "
-                   "(--config.model.transcription_weight > 0)")
+  heads = ("transcription",) if config.get("task") == "pretrain" and \
+      config.model.get("transcription_weight") else ()
+  if config.get("task") != "pretrain" or (transcriber and not heads):
+    raise RunError(f"{workdir} is not a pre-training run" + (
+        " with a transcription head (--config.model.transcription_weight > 0)" if transcriber
+        else ""))
   data_metadata = _read_json(workdir / rundir.DATA_METADATA, "the feature settings")
   state, chosen = _restore(directory, named_step, step, config)
-  params = {k: jax.tree.map(np.asarray, state["params"][k]) for k in ("encoder", "transcription")}
-  return TranscriptionRun(workdir=workdir, config=config, params=params,
-                          data_metadata=data_metadata, step=int(chosen),
-                          thresholds=saved_thresholds(workdir, int(chosen)))
+  params = {k: jax.tree.map(np.asarray, state["params"][k]) for k in ("encoder", *heads)}
+  return PretrainedRun(workdir=workdir, config=config, params=params,
+                       data_metadata=data_metadata, step=int(chosen),
+                       thresholds=saved_thresholds(workdir, int(chosen)))
 
+
+def load_transcriber(path: str | pathlib.Path, step: int | str = "best") -> PretrainedRun:
+  """`load_pretrained` of a run or release with the transcription head."""
+  return load_pretrained(path, step, transcriber=True)

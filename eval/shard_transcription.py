@@ -143,12 +143,21 @@ def _reference(windows: list[Window], total_frames: int) -> notes.Notes | None:
   return notes.Notes(n, p)
 
 
+def padded_batches(x: np.ndarray, valid: np.ndarray, batch_size: int):
+  """(features, valid_frames, real count) of each batch of `batch_size` windows; the last
+  is padded with copies of its last window, so one compiled shape serves them all."""
+  for i in range(0, len(x), batch_size):
+    f, v = x[i:i + batch_size], valid[i:i + batch_size]
+    pad = batch_size - len(f)
+    yield (np.concatenate([f, np.repeat(f[-1:], pad, 0)]),
+           np.concatenate([v, np.repeat(v[-1:], pad)]), len(f))
+
+
 class WindowTranscriber:
   """`(features [n, mel, frames] normalised, valid_frames [n])` -> each window's
-  probabilities over its valid frames, through one compiled batch shape (the last batch
-  is padded with copies of its last window)."""
+  probabilities over its valid frames, through one compiled batch shape."""
 
-  def __init__(self, run: loading.TranscriptionRun, batch_size: int = 16,
+  def __init__(self, run: loading.PretrainedRun, batch_size: int = 16,
                outputs: Sequence[str] = DECODED, dtype=np.float16):
     self.encoder = ast.EncoderConfig(**run.config.model.encoder.to_dict())
     self.params, self.batch_size = run.params, batch_size
@@ -159,17 +168,13 @@ class WindowTranscriber:
 
   def __call__(self, x: np.ndarray, valid: np.ndarray) -> list[dict[str, np.ndarray]]:
     out_windows = []
-    for i in range(0, len(x), self.batch_size):
-      f, v = x[i:i + self.batch_size], valid[i:i + self.batch_size]
-      pad = self.batch_size - len(f)
-      out = jax.device_get(self._apply(self.params,
-                                       np.concatenate([f, np.repeat(f[-1:], pad, 0)]),
-                                       np.concatenate([v, np.repeat(v[-1:], pad)])))
-      out_windows += [{k: a[j, :v[j]] for k, a in out.items()} for j in range(len(f))]
+    for f, v, n in padded_batches(x, valid, self.batch_size):
+      out = jax.device_get(self._apply(self.params, f, v))
+      out_windows += [{k: a[j, :v[j]] for k, a in out.items()} for j in range(n)]
     return out_windows
 
 
-def transcribe(run: loading.TranscriptionRun, performances: dict[str, list[Window]], *,
+def transcribe(run: loading.PretrainedRun, performances: dict[str, list[Window]], *,
                batch_size: int = 16) -> Iterator[Performance]:
   """Each performance's transcription probabilities, in key order."""
   transcriber = WindowTranscriber(run, batch_size)
@@ -206,7 +211,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 16, "Windows per forward pass.", lower_bound=1)
 
 
-def thresholds_for(run: loading.TranscriptionRun, onset: float | None, frame: float | None,
+def thresholds_for(run: loading.PretrainedRun, onset: float | None, frame: float | None,
                    pedal: float | None) -> tuple[Thresholds, str]:
   """Flags first, then what validation chose for this step, then 0.5; and where they came from."""
   saved = Thresholds(**run.thresholds) if run.thresholds else None

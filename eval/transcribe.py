@@ -60,7 +60,7 @@ def samples_of(path: pathlib.Path, settings: predict.FeatureSettings) -> tuple[n
   return predict.load_samples(path, settings), 0.0
 
 
-def probabilities(run: loading.TranscriptionRun, samples: np.ndarray,
+def probabilities(run: loading.PretrainedRun, samples: np.ndarray,
                   settings: predict.FeatureSettings, name: str, batch_size: int
                   ) -> dict[str, np.ndarray]:
   """Per-frame probabilities over the whole recording (`[frames, 88]`, pedal `[frames]`)."""

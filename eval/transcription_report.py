@@ -70,7 +70,7 @@ def choose(performances) -> shard_transcription.Thresholds:
   return best
 
 
-def evaluate_step(run: loading.TranscriptionRun, windows, tune: set[str]) -> dict:
+def evaluate_step(run: loading.PretrainedRun, windows, tune: set[str]) -> dict:
   t0 = time.perf_counter()
   performances = list(shard_transcription.transcribe(run, windows))
   tuning = [p for p in performances if p.group in tune]

@@ -335,7 +335,7 @@ def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shard
                            {})
   proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'r2'}",
              "--features=notes", f"--transcribed_notes={tmp_path / 'other.npz'}", "--test")
-  assert proc.returncode != 0 and "has no transcription of performance" in proc.stderr
+  assert proc.returncode != 0 and "has no row of performance" in proc.stderr
   proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'r3'}",
              "--features=notes", "--test")
   assert proc.returncode != 0 and "--transcribed_notes" in proc.stderr
@@ -398,3 +398,42 @@ def test_a_released_transcriber_transcribes_and_continues_pre_training(notes_pre
   assert {p.split("/")[0] for p in report["initialised"]} <= {"discriminative", "generative",
                                                               "mask_embed"}
   assert {p.split("/")[0] for p in report["loaded"]} == {"encoder", "transcription"}
+
+
+def test_probes_embed_with_the_pretrained_and_a_random_encoder(notes_pretrained, job_with_audio,
+                                                               jax_env, tmp_path):
+  """eval.shard_embeddings -> one row per performance (mean and std of its windows' pooled
+  embeddings), from the run's encoder or a random one of its shape; the ridge fits them."""
+  from train import statistics_table
+
+  def run(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                          env=jax_env, capture_output=True, text=True, timeout=600, check=False)
+
+  tables = {}
+  for name, extra in (("trained", []), ("random", ["--random_init"])):
+    out = tmp_path / f"{name}.npz"
+    proc = run("eval.shard_embeddings", f"--checkpoint={notes_pretrained}",
+               f"--data_dir={job_with_audio}", f"--output={out}", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tables[name] = statistics_table.load_vectors(out)
+  rows, about = tables["trained"]
+  width = 2 * 64  # mean and std of the 64-wide encoder's pooled output
+  assert about["step"] == 3 and all(v.shape == (width,) for v in rows.values())
+  assert all(np.all(v[64:] >= 0) for v in rows.values())  # the std half
+  random_rows, random_about = tables["random"]
+  assert random_about["random_init"] and set(random_rows) == set(rows)
+  key = min(rows)
+  assert not np.allclose(rows[key], random_rows[key])
+
+  ridge = tmp_path / "probe"
+  proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={ridge}",
+             "--features=embeddings", f"--embeddings={tmp_path / 'trained.npz'}", "--test",
+             "--inner_folds=2", "--workers=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = json.loads((ridge / "test" / rundir.CONFIG).read_text())
+  assert config["model"]["backbone"] == "probe"
+  assert config["ridge"]["features_file"] == str(tmp_path / "trained.npz")
+  wrong = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'w'}",
+              "--features=notes", f"--embeddings={tmp_path / 'trained.npz'}", "--test")
+  assert wrong.returncode != 0 and "--embeddings is for --features=embeddings" in wrong.stderr

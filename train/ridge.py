@@ -12,7 +12,8 @@ statistics of the performance MIDI stored with the audio
 (pipelines.audio.note_statistics; backbone "oracle": what a perfect transcription
 would give the notes path, an upper bound, never a headline); `--features=notes
 --transcribed_notes=A` on the same statistics of the model's own transcription
-(`eval.shard_transcription`; backbone "notes"). Every learned model is judged against
+(`eval.shard_transcription`; backbone "notes"); `--features=embeddings --embeddings=E`
+on frozen encoder embeddings (`eval.shard_embeddings`; backbone "probe"). Every learned model is judged against
 this bar, so it
 goes through the same machinery: the same split tables and folds, a
 `W/crossval.json` and one run directory per fold (and `W/test`) with
@@ -135,17 +136,20 @@ def fit(x: np.ndarray, labels: np.ndarray, mask: np.ndarray, groups: np.ndarray,
 
 # The backbone each kind of statistics reports as: the audio bar, and the notes path's upper
 # bound (statistics of the performance MIDI: a perfect transcription).
-BACKBONES = {"audio": "ridge", "midi_notes": "oracle", "notes": "notes"}
+BACKBONES = {"audio": "ridge", "midi_notes": "oracle", "notes": "notes", "embeddings": "probe"}
 
 
 def _config(data_dir: pathlib.Path, split: str, seed: int, inner_folds: int,
-            features: str = "audio") -> ml_collections.ConfigDict:
+            features: str = "audio", features_file: str | None = None
+            ) -> ml_collections.ConfigDict:
   """What identifies these runs, in the trainer's config shape where eval.report reads it."""
   return ml_collections.ConfigDict({
       "task": "finetune", "data_dir": str(data_dir), "split": split, "seed": seed,
       "validation_fold": -1, "model": {"backbone": BACKBONES[features]},
       "ridge": {"alphas": list(ALPHAS), "inner_folds": inner_folds, "statistics": features,
-                "features": len(statistics_table.names(features))}})
+                # A file's width is its own; the fixed statistics name their count.
+                **({"features_file": features_file} if features_file else
+                   {"features": len(statistics_table.names(features))})}})
 
 
 def run_fold(table: statistics_table.Table, meta: metadata.ShardMetadata, config: ml_collections.ConfigDict,
@@ -194,7 +198,7 @@ def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
         only: list[int] | None = None, test: bool = False, *, seed: int = 0,
         inner_folds: int = 4, workers: int = 1,
         statistics_cache: str | pathlib.Path | None = None, features: str = "audio",
-        transcribed_notes: str | pathlib.Path | None = None) -> dict:
+        features_file: str | pathlib.Path | None = None) -> dict:
   """Every fold not finished yet (and the test set with `test`), through train.crossval's
   driver (the same fold checks, skipping and summary); returns its summary."""
   data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
@@ -203,10 +207,12 @@ def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
   def table() -> statistics_table.Table:  # only when some fold still has to be fitted
     cache = (pathlib.Path(statistics_cache) if statistics_cache
              else workdir / statistics_table.CACHE[features])
-    return statistics_table.load(data_dir, cache, workers, features, transcribed_notes)
+    return statistics_table.load(data_dir, cache, workers, features, features_file)
 
   meta = metadata.read(data_dir)
-  return crossval.run(_config(data_dir, split, seed, inner_folds, features), workdir, split,
+  features_file = str(pathlib.Path(features_file).absolute()) if features_file else None
+  return crossval.run(_config(data_dir, split, seed, inner_folds, features, features_file),
+                      workdir, split,
                       only, test,
                       train=lambda config, directory: run_fold(table(), meta, config, directory))
 
@@ -224,13 +230,25 @@ def define_flags() -> None:
                     "audio: the clip statistics of the stored audio (the bar, backbone ridge); "
                     "midi_notes: note statistics of the performance MIDI stored with it (the "
                     "notes path's upper bound, backbone oracle); notes: the same statistics "
-                    "of a transcription (--transcribed_notes; backbone notes).")
+                    "of a transcription (--transcribed_notes; backbone notes); embeddings: "
+                    "frozen encoder embeddings (--embeddings; backbone probe).")
   flags.DEFINE_string("transcribed_notes", None, "features=notes: the notes archive "
                       "eval.shard_transcription wrote for these shards.")
+  flags.DEFINE_string("embeddings", None, "features=embeddings: the vector table "
+                      "eval.shard_embeddings wrote for these shards.")
   flags.DEFINE_string("statistics_cache", None, "Where the statistics are cached (default "
                       "WORKDIR/" + ", ".join(f"{v} for {k}" for k, v in
                                              statistics_table.CACHE.items()) +
                       "); runs on the same shards can share one.")
+
+
+def _features_file() -> str | None:
+  given = {"notes": FLAGS.transcribed_notes, "embeddings": FLAGS.embeddings}
+  wrong = [f for f, v in given.items() if v and f != FLAGS.features]
+  if wrong:
+    raise RidgeError(f"--{'transcribed_notes' if wrong[0] == 'notes' else 'embeddings'} is "
+                     f"for --features={wrong[0]}, not {FLAGS.features}")
+  return given.get(FLAGS.features)
 
 
 def main(argv: list[str]) -> None:
@@ -243,7 +261,7 @@ def main(argv: list[str]) -> None:
     summary = run(FLAGS.data_dir, FLAGS.workdir, FLAGS.split, only, FLAGS.test,
                   seed=FLAGS.seed, inner_folds=FLAGS.inner_folds, workers=FLAGS.workers,
                   statistics_cache=FLAGS.statistics_cache, features=FLAGS.features,
-                  transcribed_notes=FLAGS.transcribed_notes)
+                  features_file=_features_file())
   except (RidgeError, statistics_table.StatisticsError, crossval.CrossValidationError,
           metadata.MetadataError, ValueError, FileNotFoundError) as e:
     logging.error("%s: %s", type(e).__name__, e)

@@ -4,7 +4,9 @@
 targets stored with each performance's audio instead (the performance MIDI: the
 oracle of the notes path); `features="notes"` computes the same statistics from a
 transcription of the audio (a notes archive, `pipelines.audio.notes.save_archive`,
-written by `eval.shard_transcription`): the notes path itself.
+written by `eval.shard_transcription`): the notes path itself; `features="embeddings"`
+reads a vector per performance (`save_vectors`, written by `eval.shard_embeddings`:
+frozen encoder embeddings, the probes).
 
 The closed-form ridge (`train.ridge`) and the trainer's feed-forward model on the
 same statistics (`backbone=clip_stats`, `train.tasks.ClipStatisticsFinetuning`)
@@ -19,9 +21,11 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 import time
+import zipfile
 
 import numpy as np
 from absl import logging
@@ -31,7 +35,8 @@ from pipelines.datasets import percepiano
 from pipelines.shards import layout, metadata, records
 
 CACHE = {"audio": "clip_statistics.npz", "midi_notes": "note_statistics.npz",
-         "notes": "transcribed_note_statistics.npz"}  # default names
+         "notes": "transcribed_note_statistics.npz",
+         "embeddings": "embedding_table.npz"}  # default names
 
 
 class StatisticsError(ValueError):
@@ -56,15 +61,41 @@ class Table:
 
 
 # What a table's rows are computed from: the clean audio the job stored, the note targets
-# stored with it (the performance MIDI: what a perfect transcription would give), or a
-# transcription of that audio.
-FEATURES = ("audio", "midi_notes", "notes")
+# stored with it (the performance MIDI: what a perfect transcription would give), a
+# transcription of that audio (a notes archive), or a vector table of each performance
+# (frozen encoder embeddings: the probes).
+FEATURES = ("audio", "midi_notes", "notes", "embeddings")
+# The features read from a file made by eval/, and the flag that names it.
+FILE_FLAGS = {"notes": "--transcribed_notes (from eval.shard_transcription)",
+              "embeddings": "--embeddings (from eval.shard_embeddings)"}
 
 
-def names(features: str = "audio") -> tuple[str, ...]:
+def names(features: str = "audio", width: int | None = None) -> tuple[str, ...]:
+  """The columns' names; a vector table's (`embeddings`) are numbered up to `width`."""
   if features not in FEATURES:
     raise StatisticsError(f"features must be one of {FEATURES}, got {features!r}")
+  if features == "embeddings":
+    return tuple(f"v{i}" for i in range(width or 0))
   return clip_statistics.names() if features == "audio" else note_statistics.names()
+
+
+def save_vectors(path: pathlib.Path, keys, x: np.ndarray, about: dict) -> None:
+  """One vector per performance (`x [P, F]` in the order of `keys`) with a JSON `about`."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp.npz")
+  np.savez(tmp, keys=np.asarray(list(keys), str), x=np.asarray(x, np.float64),
+           about=np.asarray(json.dumps(about, sort_keys=True)))
+  tmp.replace(path)
+
+
+def load_vectors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict]:
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      rows = dict(zip((str(k) for k in f["keys"]), f["x"]))
+      about = json.loads(str(f["about"]))
+  except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise StatisticsError(f"{path}: not a vector table ({type(e).__name__}: {e})") from None
+  return rows, about
 
 
 def _note_statistics(key: str, header: dict, arrays: dict) -> np.ndarray:
@@ -76,39 +107,50 @@ def _note_statistics(key: str, header: dict, arrays: dict) -> np.ndarray:
   return note_statistics.compute(notes.Notes(arrays["notes"], arrays["pedal"]), duration)
 
 
-def _transcribed(archive: pathlib.Path | None):
-  if archive is None:
-    raise StatisticsError("features=notes needs the transcribed notes (--transcribed_notes, "
-                          "from eval.shard_transcription)")
-  try:
-    performances, durations, _ = notes.load_archive(archive)
-  except (FileNotFoundError, notes.NotesError) as e:
-    raise StatisticsError(str(e)) from None
+def _from_file(features: str, path: pathlib.Path | None):
+  """(row of a key, width) for the features read from a file; a key it lacks is an error."""
+  if path is None:
+    raise StatisticsError(f"features={features} needs {FILE_FLAGS[features]}")
+  if not path.is_file():
+    raise StatisticsError(f"{path} does not exist")
+  if features == "notes":
+    try:
+      performances, durations, _ = notes.load_archive(path)
+    except notes.NotesError as e:
+      raise StatisticsError(str(e)) from None
+    def compute(key: str) -> np.ndarray:
+      return note_statistics.compute(performances[key], durations[key])
+    width = len(note_statistics.names())
+  else:
+    performances, _ = load_vectors(path)
+    compute = performances.__getitem__
+    width = len(next(iter(performances.values()), ()))
 
   def row(key: str) -> np.ndarray:
     if key not in performances:
-      raise StatisticsError(f"{archive} has no transcription of performance {key} (made from "
-                            "other shards?)")
-    return note_statistics.compute(performances[key], durations[key])
-  return row
+      raise StatisticsError(f"{path} has no row of performance {key} (made from other "
+                            "shards?)")
+    return compute(key)
+  return row, width
 
 
 def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
-         features: str = "audio", transcribed_notes: str | pathlib.Path | None = None) -> Table:
-  """Every performance's statistics (`features`: "audio", "midi_notes", or "notes" from the
-  archive `transcribed_notes`), from `cache` when it was made from these shards (and this
-  archive) and these statistics."""
+         features: str = "audio", features_file: str | pathlib.Path | None = None) -> Table:
+  """Every performance's statistics (`features`: "audio", "midi_notes", or from
+  `features_file`: "notes" (an archive of transcribed notes) or "embeddings" (a vector
+  table)), from `cache` when it was made from these shards (and that file) and these
+  statistics."""
   data_dir = pathlib.Path(data_dir)
-  transcribed = _transcribed(pathlib.Path(transcribed_notes) if transcribed_notes
-                             else None) if features == "notes" else None
+  from_file, width = (_from_file(features, pathlib.Path(features_file) if features_file
+                                 else None) if features in FILE_FLAGS else (None, None))
   files = metadata.read(data_dir).shard_files("audio")
   if not files:
     raise StatisticsError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
                           "--nowrite_audio (the statistics are computed from what it stores)")
   sources = sorted(f.sha256 for f in files)
-  if transcribed is not None:  # another transcription is another table
-    sources.append(hashlib.sha256(pathlib.Path(transcribed_notes).read_bytes()).hexdigest())
-  stat_names = list(names(features))
+  if from_file is not None:  # another transcription or encoder is another table
+    sources.append(hashlib.sha256(pathlib.Path(features_file).read_bytes()).hexdigest())
+  stat_names = list(names(features, width))
   if cache.is_file():
     with np.load(cache, allow_pickle=False) as f:
       if list(f["sources"]) == sources and list(f.get("names", [])) == stat_names:
@@ -123,7 +165,7 @@ def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
     keys.append(header["key"])
     labels.append(np.asarray(header["labels"], np.float64))
     inputs.append(arrays["samples"] if features == "audio"
-                  else transcribed(header["key"]) if transcribed is not None
+                  else from_file(header["key"]) if from_file is not None
                   else _note_statistics(header["key"], header, arrays))
   t0 = time.perf_counter()
   if features == "audio":
