@@ -16,6 +16,7 @@ committed):
                        checkpoint on held-out ASAP compositions (thresholds chosen on half
                        of them) -> REPORTS/transcription.json and the F1-vs-steps figure
   transcribe_percepiano  PercePiano's windows transcribed by that encoder (notes archive)
+  embed_<encoder>      PercePiano embedded by a frozen encoder (random, ssast, notes)
   cv_<variant>         piece split, per variant:
                          ast          pre-trained AST, grouped heads, adaptive weights, augmentation
                          scratch      the same from random initialisation
@@ -28,6 +29,8 @@ committed):
                          oracle_notes the ridge on note statistics of the performance MIDI
                                       (what a perfect transcription gives: an upper bound)
                          notes        the same ridge on the encoder's own transcription
+                         probe_<enc>  the ridge on frozen embeddings of an encoder: random,
+                                      ssast (pretrain), notes (pretrain_notes)
   performer_<variant>  the performer split, for ast / cnn / ffn and the statistics models
   report_<split>       eval.report of the AST against every variant finished so far
                        (the ones still pending are named in the report)
@@ -80,11 +83,17 @@ NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat"
          "cnn": "CNN baseline", "ffn": "feed-forward baseline", "ridge": "ridge on clip statistics",
          "ffn_stats": "feed-forward on clip statistics",
          "oracle_notes": "oracle-notes (performance MIDI statistics: an upper bound)",
-         "notes": "notes (statistics of the encoder's transcription)"}
+         "notes": "notes (statistics of the encoder's transcription)",
+         "probe_random": "probe of a random encoder", "probe_ssast": "probe of the SSAST encoder",
+         "probe_notes": "probe of the notes-aware encoder"}
 # Models on clip statistics (train.statistics_table), every fold and the test set on both
 # splits at every size: minutes on 2 cores. oracle_notes is the notes path's ceiling; notes
 # its model (the same ridge on the transcription of the notes-aware pre-trained encoder).
 STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes", "notes")
+# Probes: the ridge on frozen, clip-pooled embeddings of each encoder (eval.shard_embeddings),
+# and the pre-training run each is embedded with (random: the notes-aware run's shape,
+# randomly initialised).
+PROBES = {"random": "pretrain_notes", "ssast": "pretrain", "notes": "pretrain_notes"}
 
 SIZES = {
     "cpu": {
@@ -186,6 +195,17 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                    "PercePiano transcribed by the notes-aware encoder",
                    needs=("transcription", "percepiano_shards")),
   ]
+  embeddings = {encoder: work / f"embeddings_{encoder}.npz" for encoder in PROBES}
+  for encoder, run in PROBES.items():
+    run_dir = work / run
+    random_init = ("--random_init",) if encoder == "random" else ()
+    out.append(stages.Stage(
+        f"embed_{encoder}", ("eval.shard_embeddings", f"--checkpoint={run_dir}",
+                             f"--data_dir={labelled}", f"--output={embeddings[encoder]}",
+                             *random_init),
+        lambda e=encoder, r=run_dir: _embedded(embeddings[e], r, e == "random"),
+        f"PercePiano embedded by the {encoder} encoder (frozen)",
+        needs=(run, "percepiano_shards")))
 
   def cross_validation(split: str, variant: str) -> stages.Stage:
     directory = work / split / variant
@@ -239,6 +259,18 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                         lambda: _crossval_finished(directory), f"{split} split, notes",
                         needs=("transcribe_percepiano",) if split == "piece" else ("cv_notes",))
 
+  def probe(split: str, encoder: str) -> stages.Stage:
+    directory = work / split / f"probe_{encoder}"
+    return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_probe_{encoder}",
+                        ("train.ridge", f"--data_dir={labelled}", f"--workdir={directory}",
+                         f"--split={split}", "--features=embeddings",
+                         f"--embeddings={embeddings[encoder]}",
+                         f"--statistics_cache={work / f'embedding_table_{encoder}.npz'}",
+                         "--test"),
+                        lambda: _crossval_finished(directory), f"{split} split, {encoder} probe",
+                        needs=(f"embed_{encoder}",) if split == "piece"
+                        else (f"cv_probe_{encoder}",))
+
   def statistics_ffn(split: str) -> stages.Stage:
     # The trainer on the ridge's own inputs: the check that the recipe and loop can reach
     # the closed-form fit. Early stopping: every fold, then the test set.
@@ -254,8 +286,9 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   # run cannot hold back the piece split's report.
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
     runs = [cross_validation(split, v) for v in variants] + [
-        ridge(split), statistics_ffn(split), oracle_notes(split), notes_model(split)]
-    variants = [*variants, *STATISTICS_MODELS]
+        ridge(split), statistics_ffn(split), oracle_notes(split), notes_model(split),
+        *(probe(split, encoder) for encoder in PROBES)]
+    variants = [*variants, *STATISTICS_MODELS, *(f"probe_{e}" for e in PROBES)]
     out += runs
     report_dir = report_root / split
     out.append(stages.Stage(
@@ -309,6 +342,15 @@ def _transcribed(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
     return False
   from pipelines.audio import notes
   return notes.load_archive(path)[2]["step"] == _last_step(pretrain)
+
+
+def _embedded(path: pathlib.Path, pretrain: pathlib.Path, random_init: bool) -> bool:
+  """Done when the table was embedded with the run's last step (or its random twin)."""
+  if not path.is_file():
+    return False
+  from train import statistics_table
+  about = statistics_table.load_vectors(path)[1]
+  return about["random_init"] if random_init else about["step"] == _last_step(pretrain)
 
 
 def _has_results(directory: pathlib.Path) -> bool:

@@ -39,11 +39,20 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert needs["pretrain"] == ("asap_shards",)
   assert needs["cv_ast"] == ("percepiano_shards", "pretrain")
   assert needs["cv_scratch"] == needs["cv_cnn"] == needs["performer_ffn"] == ("percepiano_shards",)
+  probes = [f"probe_{e}" for e in benchmark.PROBES]
   assert set(needs["report_piece"]) == {f"cv_{v}" for v in (*benchmark.VARIANTS,
-                                                             *benchmark.STATISTICS_MODELS)}
+                                                             *benchmark.STATISTICS_MODELS,
+                                                             *probes)}
   assert set(needs["report_performer"]) == {f"performer_{v}" for v in
                                             (*benchmark.PERFORMER_VARIANTS,
-                                             *benchmark.STATISTICS_MODELS)}
+                                             *benchmark.STATISTICS_MODELS, *probes)}
+  # Probes: each encoder embeds PercePiano once, both splits fit on that table.
+  assert needs["embed_ssast"] == ("pretrain", "percepiano_shards")
+  assert needs["embed_random"] == needs["embed_notes"] == ("pretrain_notes", "percepiano_shards")
+  assert "--random_init" in plan[names.index("embed_random")].args
+  assert "--random_init" not in plan[names.index("embed_notes")].args
+  assert needs["cv_probe_notes"] == ("embed_notes",)
+  assert needs["performer_probe_notes"] == ("cv_probe_notes",)
   # The piece ridge fills the one statistics cache; every other run on it waits for that.
   cache = f"--statistics_cache={tmp_path / 'w' / 'clip_statistics.npz'}"
   for split, kind in (("piece", "cv"), ("performer", "performer")):
@@ -115,7 +124,8 @@ def test_dry_run_prints_the_commands(tmp_path):
 
 def test_display_names_survive_the_comma_separated_names_flag():
   assert all("," not in name for name in benchmark.NAMES.values())
-  assert set(benchmark.NAMES) == set(benchmark.VARIANTS) | set(benchmark.STATISTICS_MODELS)
+  assert set(benchmark.NAMES) == set(benchmark.VARIANTS) | set(benchmark.STATISTICS_MODELS) | {
+      f"probe_{e}" for e in benchmark.PROBES}
 
 
 def _finish(run: pathlib.Path, seconds: float = 1.0) -> None:
