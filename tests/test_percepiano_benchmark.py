@@ -199,7 +199,8 @@ def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
   assert notes[0] == f"--note={benchmark.SIZES['cpu']['scale']}" and "2-core" in notes[0]
   assert "AST (SSAST pre-trained): 4 folds + test in 10 min" in notes[1]
   assert "CNN baseline: test in 2 min" in notes[1]
-  pending = [benchmark.NAMES[v] for v in (*benchmark.VARIANTS, *benchmark.STATISTICS_MODELS)
+  pending = [benchmark.NAMES[v] for v in (*benchmark.VARIANTS, *benchmark.STATISTICS_MODELS,
+                                          *(f"probe_{e}" for e in benchmark.PROBES))
              if v not in ("ast", "cnn")]
   assert notes[2] == f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}."
 
