@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import platform
 import subprocess
 import sys
 
@@ -28,7 +27,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from eval import loading, predict
+from eval import loading, machine, predict
 from model import release
 from pipelines import entry_point
 
@@ -70,7 +69,7 @@ def export_transcriber(checkpoint: str, step: int | str, output_dir: pathlib.Pat
   about = {"kind": "transcriber", "step": run.step, "config": run.config.to_dict(),
            "data_metadata": run.data_metadata, "thresholds": run.thresholds,
            "scores": scores, "command": command, "source": str(run.workdir),
-           "git_revision": _git_revision(), "machine": platform.processor() or platform.machine()}
+           "git_revision": _git_revision(), "machine": machine.describe()}
   size_mb = 2 * sum(np.size(v) for v in jax.tree.leaves(run.params)) / 2**20  # float16
   if size_mb > MAX_MB:
     raise ValueError(f"{checkpoint}: {size_mb:.1f} MB of float16 parameters, over the "

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -33,12 +32,12 @@ from collections.abc import Sequence
 import numpy as np
 from absl import flags, logging
 
-from eval import figures, loading, shard_transcription, transcription_scores
+from eval import figures, loading, machine, shard_transcription, transcription_scores
 from pipelines import entry_point
 from pipelines.shards import metadata
 
 FLAGS = flags.FLAGS
-GRID = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.1))
+GRID = tuple(round(float(t), 2) for t in np.arange(0.1, 0.91, 0.1))
 METRICS = ("onset", "onset_offset", "onset_velocity", "pedal")
 
 
@@ -64,9 +63,10 @@ def choose(performances) -> shard_transcription.Thresholds:
   best = shard_transcription.Thresholds()
   for name, metric in (("onset", "onset/f1"), ("frame", "onset_offset/f1"),
                        ("pedal", "pedal/f1")):
-    scored = [(mean_scores(performances, dataclasses.replace(best, **{name: t}))[metric], t)
-              for t in GRID]
-    best = dataclasses.replace(best, **{name: max(scored)[1]})
+    # Ties (e.g. a model that finds nothing yet) go to the threshold nearest 0.5.
+    scored = [(mean_scores(performances, dataclasses.replace(best, **{name: t}))[metric],
+               -abs(t - 0.5), t) for t in GRID]
+    best = dataclasses.replace(best, **{name: float(max(scored)[2])})
   return best
 
 
@@ -135,7 +135,7 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
                                 "report": sorted(set(groups.values()) - tune)}},
       "scores": "mean over performances; onset within 50 ms, offset within 50 ms or 20 %, "
                 "velocity within 10 % (mir_eval)",
-      "machine": platform.processor() or platform.machine(),
+      "machine": machine.describe(),
       "steps": results,
       "final": {"step": results[-1]["step"], **results[-1]["report"]},
   }

@@ -437,3 +437,11 @@ def test_probes_embed_with_the_pretrained_and_a_random_encoder(notes_pretrained,
   wrong = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'w'}",
               "--features=notes", f"--embeddings={tmp_path / 'trained.npz'}", "--test")
   assert wrong.returncode != 0 and "--embeddings is for --features=embeddings" in wrong.stderr
+
+
+def test_the_machine_is_described_by_its_cpu_and_cores():
+  import os
+
+  from eval import machine
+  described = machine.describe()
+  assert described.endswith(f"{os.cpu_count()} cores") and len(described) > len("1 cores")
