@@ -1,9 +1,11 @@
 """experiments.percepiano_benchmark: every stage's command parses into a valid config."""
 
+import json
 import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -239,3 +241,28 @@ def test_labelled_shards_without_their_audio_are_refused(tmp_path):
                   "schema": {"schema_version": 1}}))
   with pytest.raises(benchmark.stages.StageError, match="record schema 1 shards"):
     stage.done()
+
+
+def test_the_notes_path_stages_are_done_only_for_the_runs_last_step(tmp_path):
+  """A transcription report, notes archive or embedding table made from an earlier step
+  of the pre-training run is stale: the stage runs again."""
+  from pipelines.audio import notes
+  from train import statistics_table
+  run = tmp_path / "pretrain_notes"
+  assert not benchmark._transcribed(tmp_path / "absent.npz", run)
+  _finish(run)  # step 5
+  report = tmp_path / "transcription.json"
+  for step, done in ((3, False), (5, True)):
+    report.write_text(json.dumps({"final": {"step": step}}))
+    assert benchmark._transcription_reported(report, run) is done
+    archive = tmp_path / f"notes{step}.npz"
+    notes.save_archive(archive, {}, {}, {"step": step})
+    assert benchmark._transcribed(archive, run) is done
+    table = tmp_path / f"emb{step}.npz"
+    statistics_table.save_vectors(table, ["k"], np.zeros((1, 2)),
+                                  {"step": step, "random_init": False})
+    assert benchmark._embedded(table, run, random_init=False) is done
+  random_table = tmp_path / "random.npz"
+  statistics_table.save_vectors(random_table, ["k"], np.zeros((1, 2)),
+                                {"step": None, "random_init": True})
+  assert benchmark._embedded(random_table, run, random_init=True)
