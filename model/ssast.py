@@ -59,7 +59,8 @@ class SSASTConfig:
     if not e.freq_stride == e.time_stride == e.patch_size:
       raise ValueError(f"SSAST pre-training needs non-overlapping patches (strides = patch size "
                        f"{e.patch_size}); got strides {e.freq_stride}/{e.time_stride}")
-    if not 0 < self.num_masked <= e.num_patches:
+    # Without SSAST's objective nothing is masked, so the count does not matter.
+    if self.ssast_weight and not 0 < self.num_masked <= e.num_patches:
       raise ValueError(f"num_masked must be in 1..{e.num_patches}, got {self.num_masked}")
     if self.ssast_weight < 0 or self.transcription_weight < 0 or not (
         self.ssast_weight or self.transcription_weight):

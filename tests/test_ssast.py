@@ -135,3 +135,13 @@ def test_masking_rng_is_required():
 def test_configs_that_would_leak_or_overflow_are_refused(kwargs, match):
   with pytest.raises(ValueError, match=match):
     ssast.SSASTConfig(**kwargs)
+
+
+def test_transcription_alone_ignores_the_mask_count():
+  """Without SSAST's objective nothing is masked: a count that would not fit the window
+  (the base config's 400 on a 256-patch window) is not an error; with SSAST it is."""
+  e = ast.variant("tiny", num_frames=512, freq_stride=16, time_stride=16, num_tokens=1,
+                  pooling="patches")
+  ssast.SSASTConfig(encoder=e, num_masked=400, ssast_weight=0.0, transcription_weight=1.0)
+  with pytest.raises(ValueError, match="num_masked"):
+    ssast.SSASTConfig(encoder=e, num_masked=400)
