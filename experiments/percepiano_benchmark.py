@@ -34,6 +34,8 @@ committed):
   performer_<variant>  the performer split, for ast / cnn / ffn and the statistics models
   report_<split>       eval.report of the AST against every variant finished so far
                        (the ones still pending are named in the report)
+  summary              eval.report.summary: every finished model of both splits against the
+                       ridge (Pearson per group, CI, R², paired difference) -> summary.json
 
 `--size=cpu` (default) is the 2-core configuration: the tiny encoder (192 wide,
 4 layers) on non-overlapping 5.12 s windows at stride 16 (8 x 32 patches), 500
@@ -284,6 +286,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
 
   # Each split's report follows (and needs) its own runs only, so a failing performer
   # run cannot hold back the piece split's report.
+  all_runs = []
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
     runs = [cross_validation(split, v) for v in variants] + [
         ridge(split), statistics_ffn(split), oracle_notes(split), notes_model(split),
@@ -296,6 +299,13 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                                              percepiano_dir, labelled, report_dir, s["scale"]),
         lambda d=report_dir: (d / "report.json").is_file(), f"report, {split} split", always=True,
         needs=tuple(r.name for r in runs)))
+    all_runs += runs
+  # Every model of both splits against the ridge, in one file (what the issues' goals read).
+  summary = report_root / "summary.json"
+  out.append(stages.Stage(
+      "summary", ("eval.report.summary", f"--runs_dir={work}", f"--output={summary}"),
+      summary.is_file, "summary: every model against the ridge", always=True,
+      needs=tuple(r.name for r in all_runs)))
   return out
 
 

@@ -80,7 +80,8 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert f"--transcribed_notes={archive}" in plan[names.index("cv_notes")].args
   # Each report right after its split's runs.
   assert names.index("report_piece") == max(i for i, n in enumerate(names) if n.startswith("cv_")) + 1
-  assert names[-1] == "report_performer"
+  assert names[-2:] == ["report_performer", "summary"]
+  assert set(needs["summary"]) == {n for n in names if n.startswith(("cv_", "performer_"))}
   backbones = {}
   for stage in plan:
     if not callable(stage.args) and stage.args[0] in ("train.main", "train.crossval"):

@@ -131,3 +131,45 @@ def test_oracle_notes_ridge_reads_the_stored_note_targets(job_with_audio, tmp_pa
   # A performance without note targets (audio read from a WAV) is a clear error.
   with pytest.raises(statistics_table.StatisticsError, match="k has no note targets"):
     statistics_table._note_statistics("k", {"num_notes": -1}, {})
+
+
+def test_the_benchmark_summary_scores_every_model_against_the_ridge(job_with_audio, tmp_path):
+  """eval.report.summary on a runs directory: the ridge and the oracle on one split, a
+  model that has not finished listed as pending, and each set's paired difference equal
+  to the two models' own means."""
+  runs = tmp_path / "runs" / "piece"
+  for name, extra in (("ridge", []), ("oracle_notes", ["--features=midi_notes"])):
+    proc = run_cli(f"--data_dir={job_with_audio}", f"--workdir={runs / name}", "--test",
+                   "--workers=1", *extra)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+  unfinished = runs / "ast"
+  unfinished.mkdir()
+  (unfinished / crossval.SUMMARY).write_text((runs / "ridge" / crossval.SUMMARY).read_text())
+  out = tmp_path / "summary.json"
+  proc = subprocess.run([sys.executable, "-m", "eval.report.summary",
+                         f"--runs_dir={tmp_path / 'runs'}", f"--output={out}", "--resamples=200"],
+                        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  summary = json.loads(out.read_text())
+  assert set(summary) == {"about", "pending", "piece/out_of_fold", "piece/test"}
+  assert list(summary["pending"]) == ["piece/ast"]
+  for key in ("piece/out_of_fold", "piece/test"):
+    ridge_row, oracle = summary[key]["ridge"], summary[key]["oracle-notes"]
+    assert ridge_row["backbone"] == "ridge" and ridge_row["vs_ridge"] is None
+    assert oracle["backbone"] == "oracle"
+    assert oracle["vs_ridge"]["delta"] == pytest.approx(oracle["mean"] - ridge_row["mean"],
+                                                        abs=1e-9)
+    assert oracle["vs_ridge"]["low"] <= oracle["vs_ridge"]["delta"] <= oracle["vs_ridge"]["high"]
+    assert 0 <= oracle["vs_ridge"]["p"] <= 1
+    for row in (ridge_row, oracle):
+      assert row["mean_ci"][0] <= row["mean"] <= row["mean_ci"][1]
+      assert row["mean"] == pytest.approx(np.mean([row[g] for g in ("timing", "dynamics",
+                                                                    "expression")]), abs=0.2)
+      assert np.isfinite(row["r2"])
+  assert summary["about"]["piece/out_of_fold"]["headline"] == "mean over folds"
+  # Without a ridge there is nothing to compare against.
+  (runs / "ridge" / crossval.SUMMARY).unlink()
+  proc = subprocess.run([sys.executable, "-m", "eval.report.summary",
+                         f"--runs_dir={tmp_path / 'runs'}", f"--output={out}", "--resamples=50"],
+                        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode != 0 and "exactly one ridge run" in proc.stderr

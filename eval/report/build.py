@@ -6,11 +6,9 @@ import datetime
 import json
 import pathlib
 
-import numpy as np
-
 from eval import ceiling as ceiling_lib
 from eval import statistics
-from eval.report import plots, rendering, sections
+from eval.report import common, plots, rendering, sections
 from eval.report.common import ANCHORS, ReportError
 from eval.report.scoring import evaluate
 from eval.report.sources import Source, load_source, raw_ratings, shown
@@ -70,7 +68,7 @@ def _write(report: dict, figure_paths: dict[str, list[pathlib.Path]], directory:
   (directory / "report.md").write_text(rendering.to_markdown(blocks, directory))
   (directory / "report.html").write_text(rendering.to_html(blocks, title))
   (directory / "report.json").write_text(
-      json.dumps(_finite(report), indent=1, default=float, allow_nan=False) + "\n")
+      json.dumps(common.finite(report), indent=1, default=float, allow_nan=False) + "\n")
 
 
 def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
@@ -105,14 +103,3 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
   report["figures"] = [str(p.relative_to(directory)) for ps in figure_paths.values() for p in ps]
   _write(report, figure_paths, directory, f"Evaluation report: {main.name}")
   return report
-
-
-def _finite(value):
-  """`value` with every NaN/inf float as None: strict JSON (NaN is not JSON)."""
-  if isinstance(value, dict):
-    return {k: _finite(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_finite(v) for v in value]
-  if isinstance(value, (float, np.floating)):
-    return float(value) if np.isfinite(value) else None
-  return value

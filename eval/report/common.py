@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from pipelines.datasets import taxonomy
 
 # Published results to put beside ours (REFERENCE.md): mean R² over the 19 dimensions.
@@ -20,3 +22,14 @@ EVALUATION_TITLES = {"validation": "Validation fold", "out_of_fold": "Cross-vali
 
 class ReportError(ValueError):
   pass
+
+
+def finite(value):
+  """`value` with every NaN/inf float as None: strict JSON (NaN is not JSON)."""
+  if isinstance(value, dict):
+    return {k: finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [finite(v) for v in value]
+  if isinstance(value, (float, np.floating)):
+    return float(value) if np.isfinite(value) else None
+  return value

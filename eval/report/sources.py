@@ -14,7 +14,9 @@ from train import crossval, metric_writer, predictions, rundir
 BACKBONE_NAMES = {"ast": "AST", "cnn": "CNN baseline", "pooled_stats": "feed-forward baseline",
                   "ridge": "ridge on clip statistics",
                   "clip_stats": "feed-forward on clip statistics",
-                  "oracle": "oracle-notes (ridge on the performance MIDI's note statistics)"}
+                  "oracle": "oracle-notes (ridge on the performance MIDI's note statistics)",
+                  "notes": "notes (ridge on the transcription's note statistics)",
+                  "probe": "probe (ridge on frozen encoder embeddings)"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,150 @@
+"""`python -m eval.report.summary`: every model of a benchmark against the ridge, in one JSON file.
+
+  python -m eval.report.summary --runs_dir=out/benchmark --output=reports/benchmark/summary.json
+
+RUNS_DIR holds one directory per split (`piece`, `performer`), each with one
+`train.crossval` / `train.ridge` directory per model (`RUNS_DIR/piece/ridge`, ...). Every
+model with a finished set is scored on it beside the closed-form bar, the model whose
+backbone is "ridge", with the report's own statistics (`eval.report.scoring`): for each
+set (`<split>/out_of_fold`: the mean over folds of each fold's Pearson; `<split>/test`)
+and each model, by its directory name (underscores as hyphens: `oracle-notes`):
+
+  backbone                     the run's config (ridge, oracle, notes, probe, ast, ...)
+  timing, dynamics, expression, mean   Pearson (a group: the mean of its dimensions')
+  mean_ci                      [low, high] of the mean, bootstrap over performances
+                               (stratified by fold out of fold)
+  r2                           the mean over dimensions of R² (out of fold: over folds too)
+  vs_ridge                     {delta, low, high, p}: the paired bootstrap of the mean
+                               Pearson against the ridge on the same performances (null
+                               for the ridge itself)
+
+A model without a finished set is listed under `pending` with what it lacks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+import sys
+
+import numpy as np
+from absl import flags
+
+from eval import machine, statistics
+from eval.report import common, scoring, sources
+from eval.report.common import ReportError
+from pipelines import entry_point
+from pipelines.datasets import taxonomy
+from train import crossval, metrics
+
+FLAGS = flags.FLAGS
+SETS = ("out_of_fold", "test")
+
+
+def _mean_r2(p, folds) -> float:
+  """The mean over dimensions of R², averaged over the folds where there are folds (pooled
+  R² mixes fold models that each learned their training passages' means)."""
+  parts = [p.subset(f) for f in folds] if folds else [p]
+  values = [np.nanmean(metrics.score(q.predictions, q.labels, q.mask, q.passages)["r2"])
+            for q in parts]
+  return float(np.mean(values))
+
+
+def _entry(source: sources.Source, rows: dict, r2: float, versus: dict | None) -> dict:
+  return {"backbone": source.backbone,
+          **{g: rows[g]["pearson"] for g in (*taxonomy.GROUPS, "mean")},
+          "mean_ci": [rows["mean"]["pearson_low"], rows["mean"]["pearson_high"]], "r2": r2,
+          "vs_ridge": versus}
+
+
+def score_split(runs: list[sources.Source], *, resamples: int, seed: int) -> dict[str, dict]:
+  """{set: {model name: entry}} of one split's runs against its ridge."""
+  bars = [s for s in runs if s.backbone == "ridge"]
+  if len(bars) != 1:
+    raise ReportError(f"a split needs exactly one ridge run to compare against, found "
+                      f"{[s.name for s in bars]}")
+  ridge = bars[0]
+  out = {}
+  for key in SETS:
+    if key not in ridge.evaluations:
+      continue
+    others = {s.name: s.evaluations[key] for s in runs if s is not ridge and key in s.evaluations}
+    folds = ridge.folds.get(key)
+    evaluation = scoring.evaluate(ridge.evaluations[key], others, None, resamples=resamples,
+                                  seed=seed, folds=folds,
+                                  other_folds={s.name: s.folds.get(key) for s in runs})
+    models = {ridge.name: _entry(ridge, scoring.headline_rows(evaluation),
+                                 _mean_r2(ridge.evaluations[key], folds), None)}
+    for s in runs:
+      if s.name not in others:
+        continue
+      compared = evaluation["compare"][s.name]
+      rows = compared.get("fold_rows") or compared["rows"]
+      # The report's difference is the main run's (the ridge's) lead: negated here.
+      versus = {"delta": -rows["mean"]["difference"], "low": -rows["mean"]["difference_high"],
+                "high": -rows["mean"]["difference_low"], "p": rows["mean"]["p_bootstrap"]}
+      models[s.name] = _entry(s, rows, _mean_r2(s.evaluations[key], s.folds.get(key)), versus)
+    out[key] = {"headline": evaluation["headline"], "performances": evaluation["performances"],
+                "models": models}
+  return out
+
+
+def summarise(runs_dir: pathlib.Path, splits=("piece", "performer"), *,
+              resamples: int = statistics.DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+  summary = {"about": {
+      "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+      "resamples": resamples, "seed": seed, "machine": machine.describe(),
+      "metric": "Pearson; a group's = the mean of its dimensions'; out_of_fold = the mean over "
+                "folds"}, "pending": {}}
+  for split in splits:
+    runs = []
+    for directory in sorted(p for p in (runs_dir / split).glob("*")
+                            if (p / crossval.SUMMARY).is_file()):
+      name = directory.name.replace("_", "-")
+      try:
+        runs.append(sources.load_source(directory, name))
+      except ReportError as e:  # nothing finished yet
+        summary["pending"][f"{split}/{name}"] = str(e)
+    if not runs:
+      continue
+    for key, value in score_split(runs, resamples=resamples, seed=seed).items():
+      summary[f"{split}/{key}"] = value["models"]
+      summary["about"][f"{split}/{key}"] = {k: value[k] for k in ("headline", "performances")}
+  return summary
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("runs_dir", None, "One directory per split, one run per model.",
+                      required=True)
+  flags.DEFINE_string("output", None, "Where summary.json goes.", required=True)
+  flags.DEFINE_list("splits", ["piece", "performer"], "The splits to summarise.")
+  flags.DEFINE_integer("resamples", statistics.DEFAULT_RESAMPLES, "Bootstrap resamples.")
+  flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  try:
+    summary = summarise(pathlib.Path(FLAGS.runs_dir), FLAGS.splits, resamples=FLAGS.resamples,
+                        seed=FLAGS.seed)
+  except (ReportError, ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  out = pathlib.Path(FLAGS.output)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(common.finite(summary), indent=1, allow_nan=False) + "\n")
+  for key in (k for k in summary if "/" in k):
+    print(f"{key}: " + ", ".join(
+        f"{name} {m['mean']:.3f}" + (f" ({m['vs_ridge']['delta']:+.3f}, p {m['vs_ridge']['p']:.3f})"
+                                     if m["vs_ridge"] else "")
+        for name, m in summary[key].items()))
+  return 0
+
+
+def cli() -> None:
+  """Console entry point (`ppt-summary`)."""
+  entry_point.run(__doc__, define_flags, main)
+
+
+if __name__ == "__main__":
+  cli()
