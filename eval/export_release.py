@@ -9,7 +9,10 @@ Kinds (from the run's config):
                 the decoding thresholds chosen on validation for that step, and its
                 held-out scores from the transcription report. `eval.transcribe`,
                 `eval.shard_transcription` read it as `--checkpoint=DIR`, and a later
-                pre-training continues from it (`--config.init.checkpoint=DIR`).
+                pre-training continues from it (`--config.init.checkpoint=DIR`). With
+                `--check_midi` a performance (generated, not from a dataset) is copied in
+                with its transcription scores; `tests/test_shipped_models.py` checks that
+                the committed weights still give them.
 
 The parameters are stored as float16 safetensors (`model.release`); the release records
 the training config, the shards' feature settings and SoundFont, the step, the command
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -27,9 +31,10 @@ import jax
 import numpy as np
 from absl import flags
 
-from eval import loading, machine, predict
+from eval import loading, machine, predict, shard_transcription, transcribe, transcription_scores
 from model import release
 from pipelines import entry_point
+from pipelines.audio import notes
 
 FLAGS = flags.FLAGS
 MAX_MB = 25.0  # what the repository accepts for a committed model
@@ -43,6 +48,9 @@ def define_flags() -> None:
                       required=True)
   flags.DEFINE_string("transcription_report", None, "transcription.json of this run: the "
                       "step's held-out scores are recorded with the release.")
+  flags.DEFINE_string("check_midi", None, "A MIDI performance (not from a dataset) copied into "
+                      "the release with its transcription scores, so a test can check that the "
+                      "committed weights still give them.")
 
 
 def _git_revision() -> str | None:
@@ -53,8 +61,21 @@ def _git_revision() -> str | None:
     return None
 
 
+CHECK_MIDI = "check.mid"
+
+
+def check_scores(run: loading.PretrainedRun, midi: pathlib.Path) -> dict:
+  """The release's transcription of `midi` (rendered as its training data), scored."""
+  thresholds = shard_transcription.Thresholds(**run.thresholds)
+  transcribed, seconds = transcribe.transcribe_file(run, midi, thresholds)
+  reference = notes.from_midi(midi.read_bytes(), str(midi))
+  return {"seconds": round(seconds, 2), "notes": len(transcribed.notes),
+          **transcription_scores.score(reference, transcribed)}
+
+
 def export_transcriber(checkpoint: str, step: int | str, output_dir: pathlib.Path, command: str,
-                       transcription_report: str | None = None) -> pathlib.Path:
+                       transcription_report: str | None = None,
+                       check_midi: str | None = None) -> pathlib.Path:
   run = loading.load_transcriber(checkpoint, step)
   if run.thresholds is None:
     raise ValueError(f"{checkpoint} step {run.step} has no decoding thresholds chosen on "
@@ -74,7 +95,14 @@ def export_transcriber(checkpoint: str, step: int | str, output_dir: pathlib.Pat
   if size_mb > MAX_MB:
     raise ValueError(f"{checkpoint}: {size_mb:.1f} MB of float16 parameters, over the "
                      f"{MAX_MB:.0f} MB a committed release may take")
-  return release.write(output_dir, run.params, about)
+  release.write(output_dir, run.params, about)
+  if check_midi:
+    # Scored with the released (float16) weights, as a user of the release gets them.
+    shutil.copyfile(check_midi, output_dir / CHECK_MIDI)
+    released = loading.load_transcriber(output_dir)
+    about["check"] = {"midi": CHECK_MIDI, **check_scores(released, output_dir / CHECK_MIDI)}
+    release.write(output_dir, released.params, about)
+  return output_dir
 
 
 def main(argv: list[str]) -> int:
@@ -82,7 +110,7 @@ def main(argv: list[str]) -> int:
   try:
     out = export_transcriber(FLAGS.checkpoint, predict.parse_step(FLAGS.step),
                              pathlib.Path(FLAGS.output_dir), FLAGS.command,
-                             FLAGS.transcription_report)
+                             FLAGS.transcription_report, FLAGS.check_midi)
   except (loading.RunError, release.ReleaseError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
   about = json.loads((out / release.ABOUT).read_text())

@@ -73,6 +73,21 @@ def probabilities(run: loading.PretrainedRun, samples: np.ndarray,
   return {k: np.concatenate([w[k] for w in frames]) for k in frames[0]}
 
 
+def transcribe_file(run: loading.PretrainedRun, path: pathlib.Path,
+                    thresholds: shard_transcription.Thresholds, batch_size: int = 8
+                    ) -> tuple[notes.Notes, float]:
+  """(the recording's notes in its own time, seconds of audio transcribed)."""
+  settings = predict.FeatureSettings.from_metadata(run.data_metadata)
+  # Windows without overlap: every frame is transcribed once.
+  settings = predict.FeatureSettings(
+      window=windowing.WindowConfig(settings.window.frames, settings.window.frames,
+                                    settings.window.silence_db),
+      mean=settings.mean, std=settings.std, soundfont=settings.soundfont)
+  samples, trimmed = samples_of(path, settings)
+  probs = probabilities(run, samples, settings, str(path), batch_size)
+  return thresholds.decode(probs).shifted(-trimmed), samples.shape[0] / predict.SAMPLE_RATE
+
+
 def write_midi(path: pathlib.Path, transcribed: notes.Notes) -> None:
   midi = pretty_midi.PrettyMIDI()
   piano = pretty_midi.Instrument(0, name="piano")
@@ -93,17 +108,9 @@ def main(argv: list[str]) -> int:
   path = pathlib.Path(argv[1])
   try:
     run = loading.load_transcriber(FLAGS.checkpoint, predict.parse_step(FLAGS.step))
-    settings = predict.FeatureSettings.from_metadata(run.data_metadata)
-    # Windows without overlap: every frame is transcribed once.
-    settings = predict.FeatureSettings(
-        window=windowing.WindowConfig(settings.window.frames, settings.window.frames,
-                                      settings.window.silence_db),
-        mean=settings.mean, std=settings.std, soundfont=settings.soundfont)
-    samples, trimmed = samples_of(path, settings)
-    probs = probabilities(run, samples, settings, str(path), FLAGS.batch_size)
     thresholds, source = shard_transcription.thresholds_for(
         run, FLAGS.onset_threshold, FLAGS.frame_threshold, FLAGS.pedal_threshold)
-    transcribed = thresholds.decode(probs).shifted(-trimmed)
+    transcribed, seconds = transcribe_file(run, path, thresholds, FLAGS.batch_size)
     reference = (notes.from_midi(pathlib.Path(FLAGS.reference_midi).read_bytes(),
                                  FLAGS.reference_midi) if FLAGS.reference_midi else None)
   except (decode.AudioError, render.RenderError, loading.RunError, notes.NotesError,
@@ -111,7 +118,7 @@ def main(argv: list[str]) -> int:
     sys.exit(f"error: {e}")
   write_midi(pathlib.Path(FLAGS.output_midi), transcribed)
   print(f"{path}: {len(transcribed.notes)} notes, {len(transcribed.pedal)} pedal presses in "
-        f"{samples.shape[0] / predict.SAMPLE_RATE:.1f} s -> {FLAGS.output_midi} "
+        f"{seconds:.1f} s -> {FLAGS.output_midi} "
         f"(checkpoint step {run.step}, thresholds from {source})")
   if reference is not None:
     scores = transcription_scores.score(reference, transcribed)

@@ -360,15 +360,6 @@ def test_a_released_transcriber_transcribes_and_continues_pre_training(notes_pre
     assert refused.returncode != 0 and "eval.transcription_report" in refused.stderr
   chosen = {"onset": 0.3, "frame": 0.4, "pedal": 0.6}
   loading.save_thresholds(notes_pretrained, 3, chosen, "test")
-  proc = run("eval.export_release", f"--checkpoint={notes_pretrained}", f"--output_dir={out}",
-             "--command=make test")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  params, about = release.read(out)
-  assert about["kind"] == "transcriber" and about["step"] == 3 and about["thresholds"] == chosen
-  assert about["command"] == "make test" and set(params) == {"encoder", "transcription"}
-  run_ = loading.load_transcriber(out)
-  assert run_.thresholds == chosen and run_.step == 3
-
   midi = tmp_path / "in.mid"
   from pipelines.audio import render
   source = pretty_midi.PrettyMIDI()
@@ -376,6 +367,16 @@ def test_a_released_transcriber_transcribes_and_continues_pre_training(notes_pre
   piano.notes += [pretty_midi.Note(80, 60 + i, 0.5 + 0.3 * i, 0.8 + 0.3 * i) for i in range(4)]
   source.instruments.append(piano)
   midi.write_bytes(render.midi_to_bytes(source))
+  proc = run("eval.export_release", f"--checkpoint={notes_pretrained}", f"--output_dir={out}",
+             "--command=make test", f"--check_midi={midi}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  params, about = release.read(out)
+  assert about["kind"] == "transcriber" and about["step"] == 3 and about["thresholds"] == chosen
+  assert about["command"] == "make test" and set(params) == {"encoder", "transcription"}
+  assert (out / about["check"]["midi"]).read_bytes() == midi.read_bytes()
+  assert 0 <= about["check"]["onset/f1"] <= 1 and about["check"]["seconds"] > 1
+  run_ = loading.load_transcriber(out)
+  assert run_.thresholds == chosen and run_.step == 3
   proc = run("eval.transcribe", f"--checkpoint={out}", midi, f"--output_midi={tmp_path / 'o.mid'}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "thresholds from validation" in proc.stdout
