@@ -51,6 +51,7 @@ class SSASTConfig:
   ssast_weight: float = 1.0
   transcription_weight: float = 0.0
   transcription_hidden: int = 512
+  transcription_positive_weight: float = 1.0  # on true onsets/offsets (model.transcription.loss)
 
   def __post_init__(self):
     e = self.encoder
@@ -170,7 +171,8 @@ class SSAST(nn.Module):
       tokens = encoder(features, train=train, valid_frames=valid_frames)["tokens"]
       logits = transcription.TranscriptionHead(e, c.transcription_hidden, name="transcription")(
           tokens[:, e.num_tokens:], train=train)
-      part, metrics = transcription.loss(logits, rolls, valid_frames)
+      part, metrics = transcription.loss(logits, rolls, valid_frames,
+                                         c.transcription_positive_weight)
       loss = loss + c.transcription_weight * part
       out.update(metrics, transcription=part)
     return {"loss": loss, **out}

@@ -72,11 +72,17 @@ def empty_rolls(batch: int, frames: int) -> dict[str, jax.Array]:
               has_notes=jnp.zeros((batch,), bool))
 
 
-def loss(logits: dict, rolls: dict, valid_frames) -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss(logits: dict, rolls: dict, valid_frames, positive_weight: float = 1.0
+         ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The summed onsets-and-frames losses and their parts (scalars).
 
   `rolls`: the input pipeline's `onset/offset/frame/velocity [B, frames, 88]`,
-  `pedal [B, frames]`, `has_notes [B]`; `valid_frames [B]` or None.
+  `pedal [B, frames]`, `has_notes [B]`; `valid_frames [B]` or None. The key rolls' BCE
+  is summed over the 88 keys per frame (a key-frame weighs what a pedal frame weighs:
+  averaged over keys, the notes' losses were 88 times lighter than the pedal's, and a
+  3000-step pre-training on the ASAP renders learned to predict no onset at all);
+  `positive_weight` multiplies the loss of true onsets and offsets (about one key-frame
+  in a thousand is one).
   """
   b, frames = logits["pedal"].shape
   valid = (jnp.ones((b, frames), bool) if valid_frames is None
@@ -84,13 +90,15 @@ def loss(logits: dict, rolls: dict, valid_frames) -> tuple[jax.Array, dict[str, 
   weight = (valid & rolls["has_notes"][:, None]).astype(jnp.float32)  # [B, frames]
   count = jnp.maximum(weight.sum(), 1.0)
 
-  def bce(name):
-    per = optax.sigmoid_binary_cross_entropy(logits[name],
-                                             rolls[name].astype(jnp.float32))
-    per = per.mean(axis=-1) if per.ndim == 3 else per
+  def bce(name, positive=1.0):
+    target = rolls[name].astype(jnp.float32)
+    per = optax.sigmoid_binary_cross_entropy(logits[name], target)
+    per = per * (1.0 + (positive - 1.0) * target)
+    per = per.sum(axis=-1) if per.ndim == 3 else per
     return (per * weight).sum() / count
 
-  parts = {f"{name}_bce": bce(name) for name in ("onset", "offset", "frame", "pedal")}
+  parts = {f"{name}_bce": bce(name, positive_weight if name in ("onset", "offset") else 1.0)
+           for name in ("onset", "offset", "frame", "pedal")}
   at_onset = rolls["onset"].astype(jnp.float32) * weight[..., None]
   error = (jax.nn.sigmoid(logits["velocity"]) - rolls["velocity"]) ** 2
   parts["velocity_mse"] = (error * at_onset).sum() / jnp.maximum(at_onset.sum(), 1.0)

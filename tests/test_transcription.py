@@ -446,3 +446,21 @@ def test_the_machine_is_described_by_its_cpu_and_cores():
   from eval import machine
   described = machine.describe()
   assert described.endswith(f"{os.cpu_count()} cores") and len(described) > len("1 cores")
+
+
+def test_positive_weight_scales_the_true_onsets_and_offsets_only():
+  rolls = _rolls()
+  logits = {k: jnp.zeros_like(rolls[k], jnp.float32) for k in ("onset", "offset", "frame",
+                                                               "velocity")}
+  logits["pedal"] = jnp.zeros_like(rolls["pedal"], jnp.float32)
+  _, plain = transcription.loss(logits, rolls, None)
+  _, weighted = transcription.loss(logits, rolls, None, positive_weight=5.0)
+  for name in ("onset", "offset"):
+    positives = float(np.asarray(rolls[name]).sum())
+    count = float(np.asarray(rolls["has_notes"]).sum()) * rolls[name].shape[1]
+    # At logit 0 every element costs log 2: 4 more per positive with weight 5.
+    assert float(weighted[f"{name}_bce"] - plain[f"{name}_bce"]) == pytest.approx(
+        4 * np.log(2) * positives / count, rel=1e-5)
+  assert float(weighted["frame_bce"]) == pytest.approx(float(plain["frame_bce"]))
+  # Summed over keys: all-zero logits cost 88 log 2 a frame.
+  assert float(plain["frame_bce"]) == pytest.approx(88 * np.log(2), rel=1e-5)

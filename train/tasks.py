@@ -166,7 +166,8 @@ class Pretraining(Task):
         encoder=_encoder(config), num_masked=m.num_masked, masking=m.masking,
         cluster_size=m.cluster_size, generative_weight=m.generative_weight,
         ssast_weight=m.ssast_weight, transcription_weight=m.transcription_weight,
-        transcription_hidden=m.transcription_hidden)
+        transcription_hidden=m.transcription_hidden,
+        transcription_positive_weight=m.get("transcription_positive_weight", 1.0))
     self.model = ssast.SSAST(self.model_config)
     self.train_splits = (config.train_split,)
     self.eval_splits = (config.eval_split,)
