@@ -119,7 +119,11 @@ def _from_file(features: str, path: pathlib.Path | None):
     except notes.NotesError as e:
       raise StatisticsError(str(e)) from None
     def compute(key: str) -> np.ndarray:
-      return note_statistics.compute(performances[key], durations[key])
+      try:
+        return note_statistics.compute(performances[key], durations[key])
+      except ValueError as e:  # e.g. a transcription that found no note
+        raise StatisticsError(f"{path}: performance {key}: {e} (its transcription has "
+                              f"{len(performances[key].notes)} notes)") from None
     width = len(note_statistics.names())
   else:
     performances, _ = load_vectors(path)
