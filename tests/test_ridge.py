@@ -173,3 +173,18 @@ def test_the_benchmark_summary_scores_every_model_against_the_ridge(job_with_aud
                          f"--runs_dir={tmp_path / 'runs'}", f"--output={out}", "--resamples=50"],
                         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode != 0 and "exactly one ridge run" in proc.stderr
+
+
+def test_an_empty_transcription_is_an_error_naming_the_performance(tmp_path):
+  from pipelines.audio import notes
+  archive = tmp_path / "n.npz"
+  notes.save_archive(archive, {"a": notes.Notes([[0.1, 0.5, 60, 80], [0.6, 0.9, 62, 70]],
+                                                [[0.0, 1.0]]),
+                               "b": notes.Notes(np.zeros((0, 4)), np.zeros((0, 2)))},
+                     {"a": 1.0, "b": 1.0}, {})
+  row, width = statistics_table._from_file("notes", archive)
+  assert row("a").shape == (width,)
+  with pytest.raises(statistics_table.StatisticsError, match="performance b: .*0 notes"):
+    row("b")
+  with pytest.raises(statistics_table.StatisticsError, match="no row of performance c"):
+    row("c")
