@@ -229,49 +229,40 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   # One statistics cache for every run on them; the piece ridge fills it, the others wait.
   statistics = work / "clip_statistics.npz"
 
-  def ridge(split: str) -> stages.Stage:
-    # The closed-form bar: every fold and the test set, in minutes (statistics cached).
-    directory = work / split / "ridge"
-    return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_ridge",
+  def closed_form(split: str, model: str, features: tuple[str, ...], cache: pathlib.Path,
+                  input_stage: str, what: str) -> stages.Stage:
+    """A `train.ridge` stage: every fold and the test set, in minutes (statistics cached in
+    `cache`). The piece split's run fills the cache after `input_stage`; the performer
+    split's waits for it."""
+    directory = work / split / model
+    kind = "cv" if split == "piece" else "performer"
+    return stages.Stage(f"{kind}_{model}",
                         ("train.ridge", f"--data_dir={labelled}", f"--workdir={directory}",
-                         f"--split={split}", f"--statistics_cache={statistics}", "--test"),
-                        lambda: _crossval_finished(directory), f"{split} split, ridge",
-                        needs=("percepiano_shards",) if split == "piece" else ("cv_ridge",))
+                         f"--split={split}", *features, f"--statistics_cache={cache}", "--test"),
+                        lambda: _crossval_finished(directory), f"{split} split, {what}",
+                        needs=(input_stage,) if split == "piece" else (f"cv_{model}",))
+
+  def ridge(split: str) -> stages.Stage:
+    # The closed-form bar on the clip statistics of the audio.
+    return closed_form(split, "ridge", (), statistics, "percepiano_shards", "ridge")
 
   def oracle_notes(split: str) -> stages.Stage:
     # The same ridge on the note statistics of the performance MIDI the shards store.
-    directory = work / split / "oracle_notes"
-    return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_oracle_notes",
-                        ("train.ridge", f"--data_dir={labelled}", f"--workdir={directory}",
-                         f"--split={split}", "--features=midi_notes",
-                         f"--statistics_cache={work / 'note_statistics.npz'}", "--test"),
-                        lambda: _crossval_finished(directory), f"{split} split, oracle-notes",
-                        needs=("percepiano_shards",) if split == "piece"
-                        else ("cv_oracle_notes",))
+    return closed_form(split, "oracle_notes", ("--features=midi_notes",),
+                       work / "note_statistics.npz", "percepiano_shards", "oracle-notes")
 
   def notes_model(split: str) -> stages.Stage:
     # The same ridge on the note statistics of the encoder's own transcription.
-    directory = work / split / "notes"
-    return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_notes",
-                        ("train.ridge", f"--data_dir={labelled}", f"--workdir={directory}",
-                         f"--split={split}", "--features=notes",
-                         f"--transcribed_notes={transcribed}",
-                         f"--statistics_cache={work / 'transcribed_note_statistics.npz'}",
-                         "--test"),
-                        lambda: _crossval_finished(directory), f"{split} split, notes",
-                        needs=("transcribe_percepiano",) if split == "piece" else ("cv_notes",))
+    return closed_form(split, "notes", ("--features=notes", f"--transcribed_notes={transcribed}"),
+                       work / "transcribed_note_statistics.npz", "transcribe_percepiano",
+                       "notes")
 
   def probe(split: str, encoder: str) -> stages.Stage:
-    directory = work / split / f"probe_{encoder}"
-    return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_probe_{encoder}",
-                        ("train.ridge", f"--data_dir={labelled}", f"--workdir={directory}",
-                         f"--split={split}", "--features=embeddings",
-                         f"--embeddings={embeddings[encoder]}",
-                         f"--statistics_cache={work / f'embedding_table_{encoder}.npz'}",
-                         "--test"),
-                        lambda: _crossval_finished(directory), f"{split} split, {encoder} probe",
-                        needs=(f"embed_{encoder}",) if split == "piece"
-                        else (f"cv_probe_{encoder}",))
+    # The same ridge on an encoder's frozen embeddings.
+    return closed_form(split, f"probe_{encoder}",
+                       ("--features=embeddings", f"--embeddings={embeddings[encoder]}"),
+                       work / f"embedding_table_{encoder}.npz", f"embed_{encoder}",
+                       f"{encoder} probe")
 
   def statistics_ffn(split: str) -> stages.Stage:
     # The trainer on the ridge's own inputs: the check that the recipe and loop can reach
