@@ -25,7 +25,6 @@ from absl import flags, logging
 from eval import loading, predict, shard_transcription
 from model import ast
 from pipelines import entry_point
-from pipelines.audio import frontend
 from pipelines.shards import metadata
 from train import statistics_table
 
@@ -51,17 +50,12 @@ def embed(run: loading.PretrainedRun, windows: dict, *, batch_size: int = 16,
           params: dict | None = None) -> tuple[list[str], np.ndarray]:
   """(keys, `[P, 2 D]` mean and std of each performance's window embeddings); `params`
   replaces the run's encoder (a random one)."""
-  e = ast.EncoderConfig(**run.config.model.encoder.to_dict())
-  mean, std = (float(run.data_metadata["normalization"][k]) for k in ("mean", "std"))
-  model = ast.Encoder(e)
+  model = ast.Encoder(ast.EncoderConfig(**run.config.model.encoder.to_dict()))
   apply = jax.jit(lambda p, f, v: model.apply({"params": p}, f, valid_frames=v)["pooled"])
   encoder = params if params is not None else run.params["encoder"]
   keys, rows = [], []
   for key, ws in windows.items():
-    if {w.header["num_frames"] for w in ws} != {e.num_frames}:
-      raise ValueError(f"{key}: windows are not the encoder's {e.num_frames} frames")
-    x = np.stack([frontend.normalize(w.features.astype(np.float32), mean, std) for w in ws])
-    valid = np.array([w.header["valid_frames"] for w in ws], np.int32)
+    x, valid = shard_transcription.model_inputs(run, key, ws)
     pooled = np.concatenate([np.asarray(apply(encoder, f, v))[:n] for f, v, n in
                              shard_transcription.padded_batches(x, valid, batch_size)])
     keys.append(key)

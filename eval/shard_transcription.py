@@ -153,6 +153,20 @@ def padded_batches(x: np.ndarray, valid: np.ndarray, batch_size: int):
            np.concatenate([v, np.repeat(v[-1:], pad)]), len(f))
 
 
+def model_inputs(run: loading.PretrainedRun, key: str, windows: list[Window]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """(features `[n, mel, frames]` normalised with the run's statistics, valid frames `[n]`)
+  of one performance's windows; windows of another length than the encoder's are refused."""
+  expected = int(run.config.model.encoder.num_frames)
+  frames = {w.header["num_frames"] for w in windows}
+  if frames != {expected}:
+    raise ValueError(f"{key}: windows of {sorted(frames)} frames, but the encoder reads "
+                     f"{expected} (make the shards with its window length)")
+  mean, std = (float(run.data_metadata["normalization"][k]) for k in ("mean", "std"))
+  x = np.stack([frontend.normalize(w.features.astype(np.float32), mean, std) for w in windows])
+  return x, np.array([w.header["valid_frames"] for w in windows], np.int32)
+
+
 class WindowTranscriber:
   """`(features [n, mel, frames] normalised, valid_frames [n])` -> each window's
   probabilities over its valid frames, through one compiled batch shape."""
@@ -178,15 +192,8 @@ def transcribe(run: loading.PretrainedRun, performances: dict[str, list[Window]]
                batch_size: int = 16) -> Iterator[Performance]:
   """Each performance's transcription probabilities, in key order."""
   transcriber = WindowTranscriber(run, batch_size)
-  frames_read = transcriber.encoder.num_frames
-  mean, std = (float(run.data_metadata["normalization"][k]) for k in ("mean", "std"))
   for key, windows in performances.items():
-    frames = {w.header["num_frames"] for w in windows}
-    if frames != {frames_read}:
-      raise ValueError(f"{key}: windows of {sorted(frames)} frames, but the transcriber reads "
-                       f"{frames_read} (make the shards with its window length)")
-    x = np.stack([frontend.normalize(w.features.astype(np.float32), mean, std) for w in windows])
-    outputs = transcriber(x, np.array([w.header["valid_frames"] for w in windows], np.int32))
+    outputs = transcriber(*model_inputs(run, key, windows))
     total = max(_frame(w.header["start_s"]) + w.header["valid_frames"] for w in windows)
     probs = {k: np.zeros((total, transcription.KEYS), np.float16) for k in DECODED[:3]}
     probs["pedal"] = np.zeros(total, np.float16)
