@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-import subprocess
 import sys
 
 import jax
@@ -33,7 +32,7 @@ from absl import flags
 
 from eval import loading, machine, predict, shard_transcription, transcribe, transcription_scores
 from model import release
-from pipelines import entry_point
+from pipelines import entry_point, provenance
 from pipelines.audio import notes
 
 FLAGS = flags.FLAGS
@@ -51,14 +50,6 @@ def define_flags() -> None:
   flags.DEFINE_string("check_midi", None, "A MIDI performance (not from a dataset) copied into "
                       "the release with its transcription scores, so a test can check that the "
                       "committed weights still give them.")
-
-
-def _git_revision() -> str | None:
-  try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          timeout=10, check=True).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return None
 
 
 CHECK_MIDI = "check.mid"
@@ -90,7 +81,7 @@ def export_transcriber(checkpoint: str, step: int | str, output_dir: pathlib.Pat
   about = {"kind": "transcriber", "step": run.step, "config": run.config.to_dict(),
            "data_metadata": run.data_metadata, "thresholds": run.thresholds,
            "scores": scores, "command": command, "source": str(run.workdir),
-           "git_revision": _git_revision(), "machine": machine.describe()}
+           "git_revision": provenance.git_revision(), "machine": machine.describe()}
   size_mb = 2 * sum(np.size(v) for v in jax.tree.leaves(run.params)) / 2**20  # float16
   if size_mb > MAX_MB:
     raise ValueError(f"{checkpoint}: {size_mb:.1f} MB of float16 parameters, over the "

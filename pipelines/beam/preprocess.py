@@ -38,7 +38,6 @@ import math
 import os
 import pathlib
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, StandardOptions,
                                                   WorkerOptions)
 
+from pipelines import provenance
 from pipelines.audio import augmentation, decode, features, frontend, notes, render, windowing
 from pipelines.beam import output_lock, writer
 from pipelines.shards import layout, records
@@ -371,15 +371,6 @@ def prepare_output(output_dir: str, overwrite: bool) -> str:
   return partial
 
 
-def _git_revision() -> str | None:
-  try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=pathlib.Path(__file__).parent, timeout=10,
-                          check=True).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return None
-
-
 def _read_jsonl(path: str) -> list[dict]:
   if not FileSystems.exists(path):
     return []
@@ -454,7 +445,7 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
       "schema": records.SPEC,
       "dataset": config.dataset,
       "config": job_config,
-      "git_revision": _git_revision(),
+      "git_revision": provenance.git_revision(),
       "soundfont_sha256": render.soundfont_sha256(config.soundfont) if any(
           s.midi_path for s in sources) else None,
       "source_checksums": checksums,
