@@ -175,7 +175,9 @@ class WindowTranscriber:
                outputs: Sequence[str] = DECODED, dtype=np.float16):
     self.encoder = ast.EncoderConfig(**run.config.model.encoder.to_dict())
     self.params, self.batch_size = run.params, batch_size
-    model = transcription.Transcriber(self.encoder, run.config.model.transcription_hidden)
+    m = run.config.model
+    model = transcription.Transcriber(self.encoder, m.transcription_hidden,
+                                      m.get("transcription_frame_features", False))
     self._apply = jax.jit(lambda p, f, v: {k: o.astype(dtype) for k, o in
                                            model.apply({"params": p}, f, v).items()
                                            if k in outputs})

@@ -52,6 +52,7 @@ class SSASTConfig:
   transcription_weight: float = 0.0
   transcription_hidden: int = 512
   transcription_positive_weight: float = 1.0  # on true onsets/offsets (model.transcription.loss)
+  transcription_frame_features: bool = False  # the head also hears the frames (model.transcription)
 
   def __post_init__(self):
     e = self.encoder
@@ -169,8 +170,9 @@ class SSAST(nn.Module):
       # Its own pass over the unmasked input: with SSAST's 78 % of patches masked, the
       # notes under them could not be heard. The encoder's parameters are shared.
       tokens = encoder(features, train=train, valid_frames=valid_frames)["tokens"]
-      logits = transcription.TranscriptionHead(e, c.transcription_hidden, name="transcription")(
-          tokens[:, e.num_tokens:], train=train)
+      logits = transcription.TranscriptionHead(
+          e, c.transcription_hidden, c.transcription_frame_features, name="transcription")(
+              tokens[:, e.num_tokens:], features, train=train)
       part, metrics = transcription.loss(logits, rolls, valid_frames,
                                          c.transcription_positive_weight)
       loss = loss + c.transcription_weight * part

@@ -15,7 +15,18 @@ of the windows that have note targets (`has_notes`); a window without MIDI contr
 nothing. Needs non-overlapping time patches (`time_stride == patch_size`, as SSAST
 pre-training uses), so every frame belongs to exactly one column.
 
-Parameter tree: `transcription/{hidden,out}`.
+With `frame_features` the head also hears the input frames themselves: a 3-frame
+convolution over each frame's log-mel values and their rise since the previous frame
+(spectral flux, where onsets show) is added to the column's projection, together with
+a learned embedding of the frame's place in its column, and one output layer is shared
+by all frames. A column token summarises 160 ms; asked to place an onset in one of its
+16 frames from that summary alone, the head sat on the no-onset prior for the whole
+3000-step run on the ASAP renders (BUILD_NOTES "First notes-aware run"). Onsets and
+Frames' acoustic stacks look at the frames too; the encoder still supplies the context
+(which keys, across 160 ms and the whole window) that one frame does not have.
+
+Parameter tree: `transcription/{hidden,out}`, and with frame features
+`transcription/{frames,place}`.
 """
 
 from __future__ import annotations
@@ -45,21 +56,39 @@ class TranscriptionHead(nn.Module):
 
   encoder: ast.EncoderConfig
   hidden: int = 512
+  frame_features: bool = False
 
   @nn.compact
-  def __call__(self, patch_tokens, *, train: bool = False):
+  def __call__(self, patch_tokens, features=None, *, train: bool = False):
+    """`features [B, mel, frames]`: the encoder's input, required with `frame_features`."""
     e = self.encoder
     check_encoder(e)
     gf, gt = e.grid
     b = patch_tokens.shape[0]
     columns = patch_tokens.reshape(b, gf, gt, -1).transpose(0, 2, 1, 3).reshape(b, gt, -1)
-    x = linear.Dense(self.hidden, (None,), ("mlp",), dtype=e.dtype, param_dtype=e.param_dtype,
-                     name="hidden")(columns)
-    x = nn.Dropout(e.dropout)(nn.gelu(x, approximate=False), deterministic=not train)
+    dense = lambda n, axes, name: linear.Dense(n, *axes, dtype=e.dtype, param_dtype=e.param_dtype,
+                                               name=name)
     per_frame = len(ROLLS) * KEYS + 1
-    x = linear.Dense(e.time_stride * per_frame, ("mlp",), (None,), dtype=e.dtype,
-                     param_dtype=e.param_dtype, name="out")(x)
-    x = x.reshape(b, gt * e.time_stride, per_frame).astype(jnp.float32)
+    if self.frame_features:
+      if features is None:
+        raise ValueError("a head with frame_features needs the encoder's input features")
+      x = dense(self.hidden, ((None,), ("mlp",)), "hidden")(columns)  # [B, T', H]
+      x = jnp.repeat(x, e.time_stride, axis=1)  # every frame of its column
+      x = x + self.param("place", nn.initializers.normal(0.02), (e.time_stride, self.hidden),
+                         e.param_dtype).astype(x.dtype)[jnp.arange(gt * e.time_stride)
+                                                        % e.time_stride]
+      frames = features.transpose(0, 2, 1).astype(x.dtype)  # [B, frames, mel]
+      rise = jnp.maximum(jnp.diff(frames, axis=1, prepend=frames[:, :1]), 0.0)
+      x = x + nn.Conv(self.hidden, (3,), padding="SAME", dtype=e.dtype,
+                      param_dtype=e.param_dtype, name="frames")(
+                          jnp.concatenate([frames, rise], axis=-1))
+      x = nn.Dropout(e.dropout)(nn.gelu(x, approximate=False), deterministic=not train)
+      x = dense(per_frame, (("mlp",), (None,)), "out")(x).astype(jnp.float32)
+    else:
+      x = dense(self.hidden, ((None,), ("mlp",)), "hidden")(columns)
+      x = nn.Dropout(e.dropout)(nn.gelu(x, approximate=False), deterministic=not train)
+      x = dense(e.time_stride * per_frame, (("mlp",), (None,)), "out")(x)
+      x = x.reshape(b, gt * e.time_stride, per_frame).astype(jnp.float32)
     out = {name: x[..., i * KEYS:(i + 1) * KEYS] for i, name in enumerate(ROLLS)}
     out["pedal"] = x[..., -1]
     return out
@@ -119,11 +148,13 @@ class Transcriber(nn.Module):
 
   encoder: ast.EncoderConfig
   hidden: int = 512
+  frame_features: bool = False
 
   @nn.compact
   def __call__(self, features, valid_frames=None):
     e = self.encoder
     tokens = ast.Encoder(e, name="encoder")(features, train=False,
                                             valid_frames=valid_frames)["tokens"]
-    logits = TranscriptionHead(e, self.hidden, name="transcription")(tokens[:, e.num_tokens:])
+    logits = TranscriptionHead(e, self.hidden, self.frame_features, name="transcription")(
+        tokens[:, e.num_tokens:], features)
     return {k: jax.nn.sigmoid(v) for k, v in logits.items()}

@@ -61,13 +61,15 @@ def test_head_needs_time_columns_that_tile_the_window():
     ssast.SSASTConfig(encoder=ENCODER, num_masked=4, ssast_weight=0.0)
 
 
-@pytest.mark.parametrize("weights,params", [
-    ((1.0, 0.0), {"discriminative", "encoder", "generative"}),
-    ((0.0, 1.0), {"encoder", "transcription"}),
-    ((1.0, 1.0), {"discriminative", "encoder", "generative", "transcription"})])
-def test_the_three_objectives_and_learning(weights, params):
+@pytest.mark.parametrize("weights,params,frame_features", [
+    ((1.0, 0.0), {"discriminative", "encoder", "generative"}, False),
+    ((0.0, 1.0), {"encoder", "transcription"}, False),
+    ((0.0, 1.0), {"encoder", "transcription"}, True),
+    ((1.0, 1.0), {"discriminative", "encoder", "generative", "transcription"}, True)])
+def test_the_three_objectives_and_learning(weights, params, frame_features):
   config = ssast.SSASTConfig(encoder=ENCODER, num_masked=8, ssast_weight=weights[0],
-                             transcription_weight=weights[1])
+                             transcription_weight=weights[1],
+                             transcription_frame_features=frame_features)
   model = ssast.SSAST(config)
   rolls = _rolls()
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 128, 64)), jnp.float32)
@@ -76,6 +78,8 @@ def test_the_three_objectives_and_learning(weights, params):
   assert set(variables["params"]) == params
   if not weights[1]:
     return
+  head = set(variables["params"]["transcription"])
+  assert head == ({"hidden", "out", "frames", "place"} if frame_features else {"hidden", "out"})
   # The head can fit a batch's rolls: the transcription loss falls by more than half.
   tx = optax.adam(3e-3)
   state = tx.init(variables["params"])
@@ -95,6 +99,45 @@ def test_the_three_objectives_and_learning(weights, params):
     p, state, value = step(p, state, jax.random.key(i))
     first = float(value) if first is None else first
   assert float(value) < 0.5 * first
+
+
+def _frame_head(frame_features):
+  head = transcription.TranscriptionHead(ENCODER, 32, frame_features)
+  tokens = jnp.zeros((1, ENCODER.num_patches, ENCODER.width))  # a constant column context
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 128, 64)), jnp.float32)
+  params = head.init(jax.random.key(0), tokens, x)
+  return lambda features: head.apply(params, tokens, features)
+
+
+def test_the_frame_features_reach_the_frames_they_describe():
+  """With frame features, changing input frame 30 changes the logits of frames 29-32 only
+  (a 3-frame convolution over the frames and their rise since the frame before); without
+  them the head reads the tokens alone."""
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 128, 64)), jnp.float32)
+  changed = x.at[0, :, 30].add(3.0)
+  apply = _frame_head(True)
+  moved = np.abs(np.asarray(apply(changed)["onset"] - apply(x)["onset"])).max(axis=-1)[0]
+  assert sorted(np.flatnonzero(moved > 1e-6)) == [29, 30, 31, 32]
+  plain = _frame_head(False)
+  assert np.array_equal(np.asarray(plain(changed)["onset"]), np.asarray(plain(x)["onset"]))
+  with pytest.raises(ValueError, match="needs the encoder's input features"):
+    transcription.TranscriptionHead(ENCODER, 32, True).init(
+        jax.random.key(0), jnp.zeros((1, ENCODER.num_patches, ENCODER.width)))
+
+
+def test_the_transcriber_scores_what_pre_training_trained():
+  """Inference (`Transcriber`) with a pre-training model's parameters gives the logits that
+  model's loss saw: the loss recomputed from its probabilities matches (frame features too)."""
+  config = ssast.SSASTConfig(encoder=ENCODER, ssast_weight=0.0, transcription_weight=1.0,
+                             transcription_hidden=32, transcription_frame_features=True)
+  rolls = _rolls()
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 128, 64)), jnp.float32)
+  model = ssast.SSAST(config)
+  params = model.init({"params": jax.random.key(0)}, x, rolls=rolls)["params"]
+  trained = float(model.apply({"params": params}, x, rolls=rolls)["transcription"])
+  probs = transcription.Transcriber(ENCODER, 32, True).apply({"params": params}, x)
+  logits = {k: jnp.log(p) - jnp.log1p(-p) for k, p in probs.items()}
+  assert float(transcription.loss(logits, rolls, None)[0]) == pytest.approx(trained, rel=1e-4)
 
 
 @pytest.fixture(scope="module")

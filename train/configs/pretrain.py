@@ -31,8 +31,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       # Notes-aware pre-training (model.ssast, model.transcription): the transcription losses
       # on the windows' note targets, weighted against SSAST's; 0 / 1 is transcription alone.
       ssast_weight=1.0, transcription_weight=0.0, transcription_hidden=512,
-      transcription_positive_weight=1.0,
+      transcription_positive_weight=10.0, transcription_frame_features=True,
   ))
+  # SSAST pre-trains without SpecAugment (its masking is the augmentation), and masked
+  # frames or bins would leave the transcription targets under them unhearable.
+  c.input.spec_augment = False
   # Continue from an earlier pre-training run or a release (train.warm_start.continue_from):
   # the parameters both have, a fresh optimiser and schedule.
   c.init = ml_collections.ConfigDict(dict(checkpoint=""))
