@@ -54,12 +54,14 @@ def embed(run: loading.PretrainedRun, windows: dict, *, batch_size: int = 16,
   apply = jax.jit(lambda p, f, v: model.apply({"params": p}, f, valid_frames=v)["pooled"])
   encoder = params if params is not None else run.params["encoder"]
   keys, rows = [], []
-  for key, ws in windows.items():
-    x, valid = shard_transcription.model_inputs(run, key, ws)
+  for chunk in shard_transcription.filling_batches(windows, batch_size):
+    inputs = [shard_transcription.model_inputs(run, key, ws) for key, ws in chunk]
+    x, valid = (np.concatenate(parts) for parts in zip(*inputs))
     pooled = np.concatenate([np.asarray(apply(encoder, f, v))[:n] for f, v, n in
                              shard_transcription.padded_batches(x, valid, batch_size)])
-    keys.append(key)
-    rows.append(np.concatenate([pooled.mean(0), pooled.std(0)]))
+    for (key, ws), each in zip(chunk, np.split(pooled, np.cumsum([len(w) for _, w in chunk])[:-1])):
+      keys.append(key)
+      rows.append(np.concatenate([each.mean(0), each.std(0)]))
   return keys, np.stack(rows)
 
 

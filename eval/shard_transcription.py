@@ -194,17 +194,39 @@ def transcribe(run: loading.PretrainedRun, performances: dict[str, list[Window]]
                batch_size: int = 16) -> Iterator[Performance]:
   """Each performance's transcription probabilities, in key order."""
   transcriber = WindowTranscriber(run, batch_size)
-  for key, windows in performances.items():
-    outputs = transcriber(*model_inputs(run, key, windows))
-    total = max(_frame(w.header["start_s"]) + w.header["valid_frames"] for w in windows)
-    probs = {k: np.zeros((total, transcription.KEYS), np.float16) for k in DECODED[:3]}
-    probs["pedal"] = np.zeros(total, np.float16)
-    for w, out in zip(windows, outputs):
-      first = _frame(w.header["start_s"])
-      for k in DECODED:
-        probs[k][first:first + len(out[k])] = out[k]
-    yield Performance(key=key, group=windows[0].group, probabilities=probs,
-                      reference=_reference(windows, total), duration_s=total * FRAME_S)
+  for chunk in filling_batches(performances, batch_size):
+    inputs = [model_inputs(run, key, windows) for key, windows in chunk]
+    outputs = iter(transcriber(np.concatenate([x for x, _ in inputs]),
+                               np.concatenate([v for _, v in inputs])))
+    for key, windows in chunk:
+      yield _assembled(key, windows, [next(outputs) for _ in windows])
+
+
+def filling_batches(performances: dict[str, list[Window]], batch_size: int):
+  """Consecutive performances, grouped until their windows fill whole batches: a 20 s
+  PercePiano performance is 4 windows, and padding each to a batch of 16 on its own spent
+  three quarters of the forward passes on copies."""
+  chunk, count = [], 0
+  for item in performances.items():
+    chunk.append(item)
+    count += len(item[1])
+    if count % batch_size == 0 or count >= 8 * batch_size:
+      yield chunk
+      chunk, count = [], 0
+  if chunk:
+    yield chunk
+
+
+def _assembled(key: str, windows: list[Window], outputs: list[dict]) -> Performance:
+  total = max(_frame(w.header["start_s"]) + w.header["valid_frames"] for w in windows)
+  probs = {k: np.zeros((total, transcription.KEYS), np.float16) for k in DECODED[:3]}
+  probs["pedal"] = np.zeros(total, np.float16)
+  for w, out in zip(windows, outputs):
+    first = _frame(w.header["start_s"])
+    for k in DECODED:
+      probs[k][first:first + len(out[k])] = out[k]
+  return Performance(key=key, group=windows[0].group, probabilities=probs,
+                     reference=_reference(windows, total), duration_s=total * FRAME_S)
 
 
 def define_flags() -> None:

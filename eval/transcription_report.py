@@ -18,6 +18,12 @@ the stored windows (`eval.shard_transcription`) and scored with mir_eval
 
 and each step's thresholds into the run (`transcription_thresholds.json`), where
 `eval.transcribe` and `eval.shard_transcription` find them.
+
+`--unseen_timbres=DIR,...`: jobs over the same held-out compositions rendered with
+SoundFonts the run never heard (`pipelines.beam.maestro_job --soundfont=S
+--only_splits=validation --variants=0`). Their report-half performances are scored at
+every step with the thresholds chosen on the training timbre's tune half, under
+`steps[i].unseen` and `final.unseen`, keyed by the SoundFont's file name.
 """
 
 from __future__ import annotations
@@ -70,15 +76,57 @@ def choose(performances) -> shard_transcription.Thresholds:
   return best
 
 
-def evaluate_step(run: loading.PretrainedRun, windows, tune: set[str]) -> dict:
+def evaluate_step(run: loading.PretrainedRun, windows, tune: set[str],
+                  unseen: dict[str, dict] | None = None) -> dict:
+  """Thresholds chosen on the tune half; scores of both halves, and of the report half of
+  each `unseen` timbre's windows (name -> windows) with the same thresholds."""
   t0 = time.perf_counter()
   performances = list(shard_transcription.transcribe(run, windows))
   tuning = [p for p in performances if p.group in tune]
   reporting = [p for p in performances if p.group not in tune]
   thresholds = choose(tuning)
-  return {"step": run.step, "thresholds": dataclasses.asdict(thresholds),
-          "tune": mean_scores(tuning, thresholds), "report": mean_scores(reporting, thresholds),
-          "seconds": round(time.perf_counter() - t0, 1)}
+  out = {"step": run.step, "thresholds": dataclasses.asdict(thresholds),
+         "tune": mean_scores(tuning, thresholds), "report": mean_scores(reporting, thresholds)}
+  if unseen:
+    out["unseen"] = {
+        name: mean_scores([p for p in shard_transcription.transcribe(run, other)
+                           if p.group not in tune], thresholds)
+        for name, other in unseen.items()}
+  return dict(out, seconds=round(time.perf_counter() - t0, 1))
+
+
+def soundfont_name(meta: metadata.ShardMetadata) -> str:
+  """The file name of the SoundFont a job rendered with (the project's default: TimGM6mb)."""
+  chosen = (meta.raw.get("config") or {}).get("soundfont")
+  return pathlib.Path(chosen).stem if chosen else "TimGM6mb"
+
+
+def _held_out_windows(data_dir: str, split: str, max_seconds: float | None) -> dict:
+  windows = shard_transcription.read_windows(data_dir, [split], max_seconds=max_seconds)
+  if any(w.notes is None for ws in windows.values() for w in ws):
+    raise ValueError(f"{data_dir}: the {split} windows have no note targets (schema 2 shards "
+                     "from MIDI or WAVs with aligned MIDI are needed)")
+  return windows
+
+
+def unseen_timbres(data_dirs: Sequence[str], seen: metadata.ShardMetadata, split: str,
+                   max_seconds: float | None, report_groups: set[str]) -> dict[str, dict]:
+  """SoundFont name -> the held-out windows of each job in `data_dirs`. Each must be another
+  SoundFont than `seen`'s over the same held-out compositions, or the scores would not say
+  what they claim."""
+  out = {}
+  for data_dir in data_dirs:
+    meta = metadata.read(data_dir)
+    if meta.raw.get("soundfont_sha256") == seen.raw.get("soundfont_sha256"):
+      raise ValueError(f"{data_dir} was rendered with the training SoundFont "
+                       f"({soundfont_name(meta)}); an unseen timbre needs another")
+    windows = _held_out_windows(data_dir, split, max_seconds)
+    missing = report_groups - {ws[0].group for ws in windows.values()}
+    if missing:
+      raise ValueError(f"{data_dir} lacks held-out compositions of the report half: "
+                       f"{sorted(missing)[:3]} (render the same tree, split seed and fraction)")
+    out[soundfont_name(meta)] = windows
+  return out
 
 
 def plot(path: pathlib.Path, steps: list[dict], title: str) -> pathlib.Path:
@@ -88,6 +136,9 @@ def plot(path: pathlib.Path, steps: list[dict], title: str) -> pathlib.Path:
   x = [s["step"] for s in steps]
   for metric in METRICS:
     ax.plot(x, [s["report"][f"{metric}/f1"] for s in steps], marker="o", label=metric)
+  for name in steps[-1].get("unseen", {}):
+    ax.plot(x, [s["unseen"][name]["onset/f1"] for s in steps], marker="s", linestyle="--",
+            label=f"onset, unseen {name}")
   ax.set_xlabel("pre-training step")
   ax.set_ylabel("F1 (held-out compositions)")
   ax.set_ylim(0, 1)
@@ -98,28 +149,27 @@ def plot(path: pathlib.Path, steps: list[dict], title: str) -> pathlib.Path:
 
 
 def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: Sequence[int] = (),
-           split: str = "validation", max_seconds: float | None = 60.0, seed: int = 0) -> dict:
+           split: str = "validation", max_seconds: float | None = 60.0, seed: int = 0,
+           unseen_dirs: Sequence[str] = ()) -> dict:
   available = loading.checkpoint_steps(checkpoint)
   missing = sorted(set(steps) - set(available))
   if missing:
     raise ValueError(f"{checkpoint} has no checkpoints {missing} (kept: {available})")
-  windows = shard_transcription.read_windows(data_dir, [split], max_seconds=max_seconds)
-  if any(w.notes is None for ws in windows.values() for w in ws):
-    raise ValueError(f"{data_dir}: the {split} windows have no note targets (schema 2 shards "
-                     "from MIDI or WAVs with aligned MIDI are needed)")
+  meta = metadata.read(data_dir)
+  windows = _held_out_windows(data_dir, split, max_seconds)
   groups = {key: ws[0].group for key, ws in windows.items()}
-  tune, _ = halves(list(groups.values()), seed)
+  tune, report_groups = halves(list(groups.values()), seed)
+  unseen = unseen_timbres(unseen_dirs, meta, split, max_seconds, report_groups)
   results = []
   for step in sorted(steps) or available:
     run = loading.load_transcriber(checkpoint, step)
-    results.append(evaluate_step(run, windows, tune))
+    results.append(evaluate_step(run, windows, tune, unseen))
     logging.info("step %d: report onset F1 %.3f (%s)", step, results[-1]["report"]["onset/f1"],
                  results[-1]["thresholds"])
     loading.save_thresholds(
         run.workdir, step, results[-1]["thresholds"],
         f"{split} compositions of {pathlib.Path(data_dir).name} (tune half, seed {seed})")
   config = run.config
-  meta = metadata.read(data_dir)
   out = {
       "checkpoint": str(pathlib.Path(checkpoint)),
       "objective": {"ssast_weight": float(config.model.get("ssast_weight", 1.0)),
@@ -127,7 +177,10 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
       "encoder": config.model.encoder.to_dict(),
       "batch_size": int(config.batch_size),
       "data": {"shards": str(pathlib.Path(data_dir)), "dataset": meta.dataset, "split": split,
+               "soundfont": soundfont_name(meta),
                "soundfont_sha256": meta.raw.get("soundfont_sha256"),
+               "unseen_soundfonts": {soundfont_name(m): m.raw.get("soundfont_sha256")
+                                     for m in map(metadata.read, unseen_dirs)},
                "max_seconds_per_performance": max_seconds, "seed": seed,
                "performances": {"tune": sum(g in tune for g in groups.values()),
                                 "report": sum(g not in tune for g in groups.values())},
@@ -137,7 +190,8 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
                 "velocity within 10 % (mir_eval)",
       "machine": machine.describe(),
       "steps": results,
-      "final": {"step": results[-1]["step"], **results[-1]["report"]},
+      "final": {"step": results[-1]["step"], **results[-1]["report"],
+                **({"unseen": results[-1]["unseen"]} if unseen else {})},
   }
   output_dir.mkdir(parents=True, exist_ok=True)
   (output_dir / "transcription.json").write_text(json.dumps(out, indent=1) + "\n")
@@ -159,6 +213,8 @@ def define_flags() -> None:
   flags.DEFINE_float("max_seconds", 60.0, "Score the first seconds of each performance (0: all).",
                      lower_bound=0)
   flags.DEFINE_integer("seed", 0, "Seed of the tune/report halves.")
+  flags.DEFINE_list("unseen_timbres", [], "Jobs over the same held-out compositions rendered "
+                    "with SoundFonts the run never heard (scored with the tuned thresholds).")
 
 
 def main(argv: list[str]) -> int:
@@ -166,11 +222,14 @@ def main(argv: list[str]) -> int:
   try:
     out = report(FLAGS.checkpoint, FLAGS.data_dir, pathlib.Path(FLAGS.output_dir),
                  steps=[int(s) for s in FLAGS.steps], split=FLAGS.split,
-                 max_seconds=FLAGS.max_seconds or None, seed=FLAGS.seed)
+                 max_seconds=FLAGS.max_seconds or None, seed=FLAGS.seed,
+                 unseen_dirs=FLAGS.unseen_timbres)
   except (loading.RunError, FileNotFoundError, metadata.MetadataError, ValueError) as e:
     sys.exit(f"error: {e}")
   final = out["final"]
   print(f"step {final['step']}: " + ", ".join(f"{m} F1 {final[m + '/f1']:.3f}" for m in METRICS)
+        + "".join(f", onset F1 {s['onset/f1']:.3f} on unseen {name}"
+                  for name, s in final.get("unseen", {}).items())
         + f" -> {FLAGS.output_dir}/transcription.json")
   return 0
 

@@ -149,13 +149,24 @@ def define_flags() -> None:
                       "--size=cpu only the cross-validated variants (piece split: ast, cnn, "
                       "ffn) have folds; the others run the test set alone.")
   flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+  flags.DEFINE_string("unseen_soundfont", UNSEEN_SOUNDFONT, "A SoundFont the encoders never "
+                      "hear in training (Debian: fluid-soundfont-gm): the held-out ASAP "
+                      "compositions rendered with it test transcription across timbres. Empty: "
+                      "skip that test.")
   flags.DEFINE_integer("jobs", 1, "Stages to run at once when their inputs are ready (2 on "
                        "2 cores: 1.3x the training throughput of one at a time).", lower_bound=1)
 
 
+# Debian's fluid-soundfont-gm: FluidR3, a timbre the TimGM6mb-trained encoder never heard.
+UNSEEN_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+
+
 def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Path, size: str,
-         folds: str = "", reports: pathlib.Path | None = None) -> list[stages.Stage]:
-  """The stages; reports go to `reports/<split>` (default WORK/reports)."""
+         folds: str = "", reports: pathlib.Path | None = None,
+         unseen_soundfont: str = UNSEEN_SOUNDFONT) -> list[stages.Stage]:
+  """The stages; reports go to `reports/<split>` (default WORK/reports). With
+  `unseen_soundfont` (empty: none) the held-out ASAP compositions are also rendered with it
+  and the transcription report scores them."""
   s = SIZES[size]
   asap, labelled, pretrain = work / "shards" / "asap", work / "shards" / "percepiano", work / "pretrain"
   pretrain_args = ("train.main", *s["pretrain"], f"--workdir={pretrain}", f"--config.data_dir={asap}",
@@ -165,6 +176,8 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                 f"--config.data_dir={asap}", *s["encoder"])
   transcribed = work / "transcribed_notes.npz"
   report_root = reports or work / "reports"
+  unseen = work / "shards" / f"asap_{pathlib.Path(unseen_soundfont).stem}" if unseen_soundfont \
+      else None
   out = [
       stages.Stage("asap_shards", ("pipelines.beam.maestro_job", f"--maestro_dir={asap_dir}",
                                    f"--output_dir={asap}", *s["window"], "--nowrite_audio"),
@@ -186,10 +199,12 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
       # Every kept checkpoint scored on held-out ASAP compositions; the thresholds chosen
       # there are saved in the run for the next stage.
       stages.Stage("transcription", ("eval.transcription_report", f"--checkpoint={notes_pretrain}",
-                                     f"--data_dir={asap}", f"--output_dir={report_root}"),
+                                     f"--data_dir={asap}", f"--output_dir={report_root}",
+                                     *((f"--unseen_timbres={unseen}",) if unseen else ())),
                    lambda: _transcription_reported(report_root / "transcription.json",
-                                                   notes_pretrain),
-                   "transcription F1 against pre-training steps", needs=("pretrain_notes",)),
+                                                   notes_pretrain, unseen is not None),
+                   "transcription F1 against pre-training steps",
+                   needs=("pretrain_notes", *(("unseen_timbre_shards",) if unseen else ()))),
       stages.Stage("transcribe_percepiano",
                    ("eval.shard_transcription", f"--checkpoint={notes_pretrain}",
                     f"--data_dir={labelled}", f"--output={transcribed}"),
@@ -197,6 +212,15 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                    "PercePiano transcribed by the notes-aware encoder",
                    needs=("transcription", "percepiano_shards")),
   ]
+  if unseen:
+    # The held-out compositions only, clean (no augmented copies): a test set, not training.
+    out.insert(4, stages.Stage(
+        "unseen_timbre_shards",
+        ("pipelines.beam.maestro_job", f"--maestro_dir={asap_dir}", f"--output_dir={unseen}",
+         *s["window"], "--nowrite_audio", f"--soundfont={unseen_soundfont}",
+         "--only_splits=validation", "--variants=0"),
+        lambda: stages.job_finished(unseen, stages.window_flags(s["window"])),
+        f"held-out ASAP compositions rendered with {pathlib.Path(unseen_soundfont).name}"))
   embeddings = {encoder: work / f"embeddings_{encoder}.npz" for encoder in PROBES}
   for encoder, run in PROBES.items():
     run_dir = work / run
@@ -330,11 +354,13 @@ def _last_step(workdir: pathlib.Path) -> int | None:
   return result["step"] if result and rundir.finished(result) else None
 
 
-def _transcription_reported(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
-  """Done when the report scored the pre-training run's last step."""
+def _transcription_reported(path: pathlib.Path, pretrain: pathlib.Path,
+                            unseen: bool = False) -> bool:
+  """Done when the report scored the pre-training run's last step (and an unseen timbre)."""
   if not path.is_file():
     return False
-  return json.loads(path.read_text())["final"]["step"] == _last_step(pretrain)
+  final = json.loads(path.read_text())["final"]
+  return final["step"] == _last_step(pretrain) and (not unseen or "unseen" in final)
 
 
 def _transcribed(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
@@ -405,7 +431,8 @@ def main(argv):
   work = pathlib.Path(FLAGS.workdir).absolute()
   chosen = plan(pathlib.Path(FLAGS.percepiano_dir).absolute(),
                 pathlib.Path(FLAGS.asap_dir).absolute(), work, FLAGS.size, FLAGS.folds,
-                pathlib.Path(FLAGS.report_dir).absolute() if FLAGS.report_dir else None)
+                pathlib.Path(FLAGS.report_dir).absolute() if FLAGS.report_dir else None,
+                FLAGS.unseen_soundfont)
   if FLAGS.only:
     unknown = sorted(set(FLAGS.only) - {st.name for st in chosen})
     if unknown:

@@ -54,6 +54,16 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert "--random_init" in plan[names.index("embed_random")].args
   assert "--random_init" not in plan[names.index("embed_notes")].args
   assert needs["cv_probe_notes"] == ("embed_notes",)
+  # Transcription is also scored on the held-out compositions in a SoundFont never trained on.
+  unseen = plan[names.index("unseen_timbre_shards")].args
+  assert f"--soundfont={benchmark.UNSEEN_SOUNDFONT}" in unseen
+  assert "--only_splits=validation" in unseen and "--variants=0" in unseen
+  assert needs["transcription"] == ("pretrain_notes", "unseen_timbre_shards")
+  assert any(a.startswith("--unseen_timbres=") for a in plan[names.index("transcription")].args)
+  without = {s.name: s for s in benchmark.plan(tmp_path / "pp", tmp_path / "asap", tmp_path / "w",
+                                               size, folds="0", unseen_soundfont="")}
+  assert "unseen_timbre_shards" not in without
+  assert without["transcription"].needs == ("pretrain_notes",)
   assert needs["performer_probe_notes"] == ("cv_probe_notes",)
   # The piece ridge fills the one statistics cache; every other run on it waits for that.
   cache = f"--statistics_cache={tmp_path / 'w' / 'clip_statistics.npz'}"
@@ -67,7 +77,6 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   # The notes path: pre-training with the transcription head, its report (thresholds), the
   # PercePiano transcription, then the ridge on its statistics.
   assert needs["pretrain_notes"] == ("asap_shards",)
-  assert needs["transcription"] == ("pretrain_notes",)
   assert needs["transcribe_percepiano"] == ("transcription", "percepiano_shards")
   assert needs["cv_notes"] == ("transcribe_percepiano",) and needs["performer_notes"] == ("cv_notes",)
   notes_config = _config(plan[names.index("pretrain_notes")].args, monkeypatch)

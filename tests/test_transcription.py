@@ -384,6 +384,61 @@ def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shard
   assert proc.returncode != 0 and "--transcribed_notes" in proc.stderr
 
 
+def test_the_report_scores_a_timbre_the_run_never_heard(notes_pretrained, train_shards, jax_env,
+                                                       tmp_path):
+  """The same compositions rendered with another SoundFont (`maestro_job --soundfont
+  --only_splits --variants=0`) are scored with the thresholds tuned on the training timbre;
+  a job of the training timbre, or one lacking the report half's compositions, is refused."""
+  from eval import transcription_report
+  from pipelines.audio import render
+  from pipelines.shards import metadata
+
+  def run(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                          env=jax_env, capture_output=True, text=True, timeout=600, check=False)
+
+  # Another SoundFont file (TimGM6mb plus a trailing byte: another checksum, the same sound).
+  font = tmp_path / "OtherFont.sf2"
+  font.write_bytes(render.default_soundfont().read_bytes() + b"\0")
+  corpus = train_shards["maestro"].parent / "corpus" / "maestro-v3.0.0"
+  job = ["pipelines.beam.maestro_job", f"--maestro_dir={corpus}", "--from_midi",
+         "--window_s=2.56", "--hop_s=1.28", "--nowrite_audio", "--variants=0",
+         "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+  unseen = tmp_path / "unseen"
+  proc = run(*job, f"--output_dir={unseen}", f"--soundfont={font}", "--only_splits=train")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  meta = metadata.read(unseen)
+  assert meta.raw["splits"]["only_splits"] == ["train"]
+  assert meta.raw["soundfont_sha256"] == render.soundfont_sha256(font)
+  bad = run(*job, f"--output_dir={tmp_path / 'bad'}", "--only_splits=nope")
+  assert bad.returncode != 0 and "only_splits names splits the tree does not have: ['nope']" \
+      in bad.stderr and "Traceback" not in bad.stderr
+  missing = run(*job, f"--output_dir={tmp_path / 'bad'}", f"--soundfont={tmp_path / 'no.sf2'}")
+  assert missing.returncode != 0 and "no.sf2" in missing.stderr
+  assert "Traceback" not in missing.stderr and not (tmp_path / "bad").exists()
+
+  out = tmp_path / "report"
+  args = ["eval.transcription_report", f"--checkpoint={notes_pretrained}",
+          f"--data_dir={train_shards['maestro']}", f"--output_dir={out}", "--split=train",
+          "--max_seconds=5"]
+  proc = run(*args, f"--unseen_timbres={unseen}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((out / "transcription.json").read_text())
+  assert report["data"]["unseen_soundfonts"] == {"OtherFont": meta.raw["soundfont_sha256"]}
+  scores = report["final"]["unseen"]["OtherFont"]
+  assert set(scores) == set(report["final"]) - {"step", "unseen"}
+  assert all(0 <= scores[f"{m}/f1"] <= 1 for m in transcription_report.METRICS)
+  assert "on unseen OtherFont" in proc.stdout
+  same = run(*args, f"--unseen_timbres={train_shards['maestro']}")
+  assert same.returncode != 0 and "rendered with the training SoundFont" in same.stderr
+  # A report half naming a composition the job does not hold.
+  windows = transcription_report._held_out_windows(str(unseen), "train", 5.0)
+  groups = {ws[0].group for ws in windows.values()}
+  with pytest.raises(ValueError, match="lacks held-out compositions"):
+    transcription_report.unseen_timbres([str(unseen)], metadata.read(train_shards["maestro"]),
+                                        "train", 5.0, groups | {"a composition it lacks"})
+
+
 def test_a_released_transcriber_transcribes_and_continues_pre_training(notes_pretrained,
                                                                        train_shards, jax_env,
                                                                        tmp_path):
@@ -442,6 +497,31 @@ def test_a_released_transcriber_transcribes_and_continues_pre_training(notes_pre
   assert {p.split("/")[0] for p in report["initialised"]} <= {"discriminative", "generative",
                                                               "mask_embed"}
   assert {p.split("/")[0] for p in report["loaded"]} == {"encoder", "transcription"}
+
+
+def test_performances_share_batches_and_get_their_own_outputs(notes_pretrained, train_shards):
+  """Short performances are batched together (filling_batches); each still gets exactly the
+  transcription and the embedding it gets alone."""
+  from eval import loading, shard_embeddings, shard_transcription
+  chunks = list(shard_transcription.filling_batches({k: [0] * n for k, n in zip("abcde",
+                                                                               (2, 1, 3, 5, 1))}, 3))
+  assert [[k for k, _ in c] for c in chunks] == [["a", "b"], ["c"], ["d", "e"]]
+  run = loading.load_transcriber(notes_pretrained)
+  windows = shard_transcription.read_windows(str(train_shards["maestro"]), ["train"],
+                                             max_seconds=5)
+  assert len(windows) >= 3
+  together = list(shard_transcription.transcribe(run, windows, batch_size=3))
+  assert [p.key for p in together] == list(windows)
+  for p in together:
+    alone = next(shard_transcription.transcribe(run, {p.key: windows[p.key]}, batch_size=3))
+    for k, v in alone.probabilities.items():
+      np.testing.assert_allclose(p.probabilities[k].astype(np.float32), v.astype(np.float32),
+                                 atol=2e-3)
+  keys, rows = shard_embeddings.embed(run, windows, batch_size=3)
+  assert keys == list(windows)
+  for key, row in zip(keys, rows):
+    np.testing.assert_allclose(row, shard_embeddings.embed(run, {key: windows[key]},
+                                                           batch_size=3)[1][0], atol=1e-4)
 
 
 def test_probes_embed_with_the_pretrained_and_a_random_encoder(notes_pretrained, job_with_audio,

@@ -24,7 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from pipelines import entry_point
-from pipelines.audio import windowing
+from pipelines.audio import render, windowing
 from pipelines.beam import augment_presets, output_lock, preprocess
 from pipelines.shards import layout
 
@@ -98,6 +98,12 @@ def run(dataset: str, sources: list[preprocess.Source], beam_args: list[str], *,
   augment = augment or augment_config()
   if augment.domain == "midi" and any(s.midi_path is None for s in sources):
     raise app.UsageError("--augment_config.domain=midi needs MIDI sources for every recording")
+  if FLAGS.soundfont and any(s.midi_path for s in sources):
+    # Checked before any work: a missing SoundFont would dead-letter every recording.
+    try:
+      render.load_soundfont(FLAGS.soundfont)
+    except (OSError, ValueError) as e:
+      sys.exit(f"error: --soundfont: {e}")
   try:
     metadata = preprocess.run(
         sources,

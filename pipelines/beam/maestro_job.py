@@ -10,6 +10,7 @@ not define go to Beam (see jobs.py).
 from __future__ import annotations
 
 import pathlib
+import sys
 
 from absl import flags
 
@@ -54,12 +55,29 @@ def maestro_sources(root: str, from_midi: bool, split_seed: int,
   return sources, {"layout": "maestro-v3", "missing_files": list(index.missing_files)}
 
 
+def only_splits(sources: list[preprocess.Source], names: list[str]) -> list[preprocess.Source]:
+  """The sources of the named splits (all with none named): a held-out split rendered with
+  another SoundFont, say, without rendering the training split again."""
+  if not names:
+    return sources
+  unknown = sorted(set(names) - {s.split for s in sources})
+  if unknown:
+    raise ValueError(f"--only_splits names splits the tree does not have: {unknown}; it has "
+                     f"{sorted({s.split for s in sources})}")
+  return [s for s in sources if s.split in names]
+
+
 def main(argv: list[str]) -> None:
   sources, split_info = maestro_sources(FLAGS.maestro_dir, FLAGS.from_midi, FLAGS.split_seed,
                                         FLAGS.validation_fraction)
+  try:
+    sources = only_splits(sources, FLAGS.only_splits)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   jobs.run("maestro", sources, argv[1:], filter_silent=True,
-       job_flags=jobs.COMMON_FLAGS + ["maestro_dir", "from_midi", "split_seed", "validation_fraction"],
-       source_checksums={}, split_info=split_info)
+           job_flags=jobs.COMMON_FLAGS + ["maestro_dir", "from_midi", "split_seed",
+                                          "validation_fraction", "only_splits"],
+           source_checksums={}, split_info=dict(split_info, only_splits=list(FLAGS.only_splits)))
 
 
 def define_flags() -> None:
@@ -72,6 +90,7 @@ def define_flags() -> None:
   flags.DEFINE_float("validation_fraction", 0.1,
                      "ASAP has no official split: share of performances, in whole "
                      "compositions, held out for validation.")
+  flags.DEFINE_list("only_splits", [], "Process only these splits (default: every split).")
 
 
 def cli() -> None:
