@@ -503,8 +503,8 @@ def test_performances_share_batches_and_get_their_own_outputs(notes_pretrained, 
   """Short performances are batched together (filling_batches); each still gets exactly the
   transcription and the embedding it gets alone."""
   from eval import loading, shard_embeddings, shard_transcription
-  chunks = list(shard_transcription.filling_batches({k: [0] * n for k, n in zip("abcde",
-                                                                               (2, 1, 3, 5, 1))}, 3))
+  sizes = dict(zip("abcde", (2, 1, 3, 5, 1)))
+  chunks = list(shard_transcription.filling_batches({k: [0] * n for k, n in sizes.items()}, 3))
   assert [[k for k, _ in c] for c in chunks] == [["a", "b"], ["c"], ["d", "e"]]
   run = loading.load_transcriber(notes_pretrained)
   windows = shard_transcription.read_windows(str(train_shards["maestro"]), ["train"],
