@@ -87,11 +87,13 @@ NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat"
          "oracle_notes": "oracle-notes (performance MIDI statistics: an upper bound)",
          "notes": "notes (statistics of the encoder's transcription)",
          "probe_random": "probe of a random encoder", "probe_ssast": "probe of the SSAST encoder",
-         "probe_notes": "probe of the notes-aware encoder"}
+         "probe_notes": "probe of the notes-aware encoder",
+         "fusion": "fusion (transcription statistics + notes-aware embeddings)"}
 # Models on clip statistics (train.statistics_table), every fold and the test set on both
 # splits at every size: minutes on 2 cores. oracle_notes is the notes path's ceiling; notes
-# its model (the same ridge on the transcription of the notes-aware pre-trained encoder).
-STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes", "notes")
+# its model (the same ridge on the transcription of the notes-aware pre-trained encoder);
+# fusion puts that encoder's frozen embeddings beside the notes statistics.
+STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes", "notes", "fusion")
 # Probes: the ridge on frozen, clip-pooled embeddings of each encoder (eval.shard_embeddings),
 # and the pre-training run each is embedded with (random: the notes-aware run's shape,
 # randomly initialised).
@@ -254,17 +256,18 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   statistics = work / "clip_statistics.npz"
 
   def closed_form(split: str, model: str, features: tuple[str, ...], cache: pathlib.Path,
-                  input_stage: str, what: str) -> stages.Stage:
+                  inputs: str | tuple[str, ...], what: str) -> stages.Stage:
     """A `train.ridge` stage: every fold and the test set, in minutes (statistics cached in
-    `cache`). The piece split's run fills the cache after `input_stage`; the performer
-    split's waits for it."""
+    `cache`). The piece split's run fills the cache after the `inputs` stages; the
+    performer split's waits for it."""
     directory = work / split / model
     kind = "cv" if split == "piece" else "performer"
     return stages.Stage(f"{kind}_{model}",
                         ("train.ridge", f"--data_dir={labelled}", f"--workdir={directory}",
                          f"--split={split}", *features, f"--statistics_cache={cache}", "--test"),
                         lambda: _crossval_finished(directory), f"{split} split, {what}",
-                        needs=(input_stage,) if split == "piece" else (f"cv_{model}",))
+                        needs=((inputs,) if isinstance(inputs, str) else inputs)
+                        if split == "piece" else (f"cv_{model}",))
 
   def ridge(split: str) -> stages.Stage:
     # The closed-form bar on the clip statistics of the audio.
@@ -280,6 +283,13 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
     return closed_form(split, "notes", ("--features=notes", f"--transcribed_notes={transcribed}"),
                        work / "transcribed_note_statistics.npz", "transcribe_percepiano",
                        "notes")
+
+  def fusion(split: str) -> stages.Stage:
+    # The transcription's statistics and the same encoder's frozen embeddings side by side.
+    return closed_form(split, "fusion", ("--features=fusion", f"--transcribed_notes={transcribed}",
+                                         f"--embeddings={embeddings['notes']}"),
+                       work / "fusion_table.npz", ("transcribe_percepiano", "embed_notes"),
+                       "fusion")
 
   def probe(split: str, encoder: str) -> stages.Stage:
     # The same ridge on an encoder's frozen embeddings.
@@ -305,7 +315,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
     runs = [cross_validation(split, v) for v in variants] + [
         ridge(split), statistics_ffn(split), oracle_notes(split), notes_model(split),
-        *(probe(split, encoder) for encoder in PROBES)]
+        fusion(split), *(probe(split, encoder) for encoder in PROBES)]
     variants = [*variants, *STATISTICS_MODELS, *(f"probe_{e}" for e in PROBES)]
     out += runs
     report_dir = report_root / split

@@ -54,6 +54,8 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert "--random_init" in plan[names.index("embed_random")].args
   assert "--random_init" not in plan[names.index("embed_notes")].args
   assert needs["cv_probe_notes"] == ("embed_notes",)
+  assert needs["cv_fusion"] == ("transcribe_percepiano", "embed_notes")
+  assert needs["performer_fusion"] == ("cv_fusion",)
   # Transcription is also scored on the held-out compositions in a SoundFont never trained on.
   unseen = plan[names.index("unseen_timbre_shards")].args
   assert f"--soundfont={benchmark.UNSEEN_SOUNDFONT}" in unseen

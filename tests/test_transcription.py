@@ -562,6 +562,35 @@ def test_probes_embed_with_the_pretrained_and_a_random_encoder(notes_pretrained,
               "--features=notes", f"--embeddings={tmp_path / 'trained.npz'}", "--test")
   assert wrong.returncode != 0 and "--embeddings is for --features=embeddings" in wrong.stderr
 
+  # Fusion: a transcription's note statistics, then the embeddings. With the stored MIDI as
+  # the "transcription", its rows are exactly the oracle's statistics and the probe's vectors.
+  from pipelines.shards import layout, metadata, records
+  meta = metadata.read(job_with_audio)
+  stored, durations = {}, {}
+  for f in meta.shard_files("audio"):
+    for data in layout.read_array_record(str(job_with_audio / f.file)):
+      header, arrays = records.decode(data)
+      stored[header["key"]] = notes_lib.Notes(arrays["notes"], arrays["pedal"])
+      durations[header["key"]] = header["num_samples"] / header["sample_rate"]
+  archive = tmp_path / "midi_notes.npz"
+  notes_lib.save_archive(archive, stored, durations, {})
+  fused = statistics_table.load(job_with_audio, tmp_path / "fusion.npz", features="fusion",
+                                features_file=[archive, tmp_path / "trained.npz"])
+  oracle = statistics_table.load(job_with_audio, tmp_path / "oracle.npz", features="midi_notes")
+  assert fused.keys == oracle.keys
+  np.testing.assert_allclose(fused.x, np.concatenate(
+      [oracle.x, np.stack([rows[k] for k in fused.keys])], axis=1))
+  proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'fusion'}",
+             "--features=fusion", f"--transcribed_notes={archive}",
+             f"--embeddings={tmp_path / 'trained.npz'}", "--test", "--inner_folds=2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = json.loads((tmp_path / "fusion" / "test" / rundir.CONFIG).read_text())
+  assert config["model"]["backbone"] == "fusion"
+  assert config["ridge"]["features_file"] == [str(archive), str(tmp_path / "trained.npz")]
+  half = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'f2'}",
+             "--features=fusion", f"--embeddings={tmp_path / 'trained.npz'}", "--test")
+  assert half.returncode != 0 and "--transcribed_notes and --embeddings" in half.stderr
+
 
 def test_the_machine_is_described_by_its_cpu_and_cores():
   import os

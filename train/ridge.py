@@ -13,8 +13,9 @@ statistics of the performance MIDI stored with the audio
 would give the notes path, an upper bound, never a headline); `--features=notes
 --transcribed_notes=A` on the same statistics of the model's own transcription
 (`eval.shard_transcription`; backbone "notes"); `--features=embeddings --embeddings=E`
-on frozen encoder embeddings (`eval.shard_embeddings`; backbone "probe"). Every learned model is judged against
-this bar, so it
+on frozen encoder embeddings (`eval.shard_embeddings`; backbone "probe");
+`--features=fusion` with both files on the two side by side (backbone "fusion"). Every
+learned model is judged against this bar, so it
 goes through the same machinery: the same split tables and folds, a
 `W/crossval.json` and one run directory per fold (and `W/test`) with
 `config.json`, `predictions/1.npz` and `result.json`, which `eval.report`
@@ -136,12 +137,12 @@ def fit(x: np.ndarray, labels: np.ndarray, mask: np.ndarray, groups: np.ndarray,
 
 # The backbone each kind of statistics reports as: the audio bar, and the notes path's upper
 # bound (statistics of the performance MIDI: a perfect transcription).
-BACKBONES = {"audio": "ridge", "midi_notes": "oracle", "notes": "notes", "embeddings": "probe"}
+BACKBONES = {"audio": "ridge", "midi_notes": "oracle", "notes": "notes", "embeddings": "probe",
+             "fusion": "fusion"}
 
 
 def _config(data_dir: pathlib.Path, split: str, seed: int, inner_folds: int,
-            features: str = "audio", features_file: str | None = None
-            ) -> ml_collections.ConfigDict:
+            features: str = "audio", features_file=None) -> ml_collections.ConfigDict:
   """What identifies these runs, in the trainer's config shape where eval.report reads it."""
   return ml_collections.ConfigDict({
       "task": "finetune", "data_dir": str(data_dir), "split": split, "seed": seed,
@@ -198,7 +199,7 @@ def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
         only: list[int] | None = None, test: bool = False, *, seed: int = 0,
         inner_folds: int = 4, workers: int = 1,
         statistics_cache: str | pathlib.Path | None = None, features: str = "audio",
-        features_file: str | pathlib.Path | None = None) -> dict:
+        features_file=None) -> dict:
   """Every fold not finished yet (and the test set with `test`), through train.crossval's
   driver (the same fold checks, skipping and summary); returns its summary."""
   data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
@@ -210,7 +211,13 @@ def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
     return statistics_table.load(data_dir, cache, workers, features, features_file)
 
   meta = metadata.read(data_dir)
-  features_file = str(pathlib.Path(features_file).absolute()) if features_file else None
+  if isinstance(features_file, (tuple, list)):  # fusion: the notes archive, the vector table
+    if not all(features_file):
+      raise statistics_table.StatisticsError(
+          f"features={features} needs {statistics_table.FILE_FLAGS['fusion']}")
+    features_file = [str(pathlib.Path(f).absolute()) for f in features_file]
+  elif features_file:
+    features_file = str(pathlib.Path(features_file).absolute())
   return crossval.run(_config(data_dir, split, seed, inner_folds, features, features_file),
                       workdir, split,
                       only, test,
@@ -231,7 +238,9 @@ def define_flags() -> None:
                     "midi_notes: note statistics of the performance MIDI stored with it (the "
                     "notes path's upper bound, backbone oracle); notes: the same statistics "
                     "of a transcription (--transcribed_notes; backbone notes); embeddings: "
-                    "frozen encoder embeddings (--embeddings; backbone probe).")
+                    "frozen encoder embeddings (--embeddings; backbone probe); fusion: the "
+                    "transcription's statistics and the embeddings side by side (both flags; "
+                    "backbone fusion).")
   flags.DEFINE_string("transcribed_notes", None, "features=notes: the notes archive "
                       "eval.shard_transcription wrote for these shards.")
   flags.DEFINE_string("embeddings", None, "features=embeddings: the vector table "
@@ -242,8 +251,10 @@ def define_flags() -> None:
                       "); runs on the same shards can share one.")
 
 
-def _features_file() -> str | None:
+def _features_file():
   given = {"notes": FLAGS.transcribed_notes, "embeddings": FLAGS.embeddings}
+  if FLAGS.features == "fusion":
+    return [given["notes"], given["embeddings"]]
   wrong = [f for f, v in given.items() if v and f != FLAGS.features]
   if wrong:
     raise RidgeError(f"--{'transcribed_notes' if wrong[0] == 'notes' else 'embeddings'} is "

@@ -36,7 +36,7 @@ from pipelines.shards import layout, metadata, records
 
 CACHE = {"audio": "clip_statistics.npz", "midi_notes": "note_statistics.npz",
          "notes": "transcribed_note_statistics.npz",
-         "embeddings": "embedding_table.npz"}  # default names
+         "embeddings": "embedding_table.npz", "fusion": "fusion_table.npz"}  # default names
 
 
 class StatisticsError(ValueError):
@@ -63,11 +63,14 @@ class Table:
 # What a table's rows are computed from: the clean audio the job stored, the note targets
 # stored with it (the performance MIDI: what a perfect transcription would give), a
 # transcription of that audio (a notes archive), or a vector table of each performance
-# (frozen encoder embeddings: the probes).
-FEATURES = ("audio", "midi_notes", "notes", "embeddings")
-# The features read from a file made by eval/, and the flag that names it.
+# (frozen encoder embeddings: the probes), or the last two side by side (fusion: the notes
+# statistics of the transcription, then the encoder's embedding).
+FEATURES = ("audio", "midi_notes", "notes", "embeddings", "fusion")
+# The features read from files made by eval/, and the flags that name them.
 FILE_FLAGS = {"notes": "--transcribed_notes (from eval.shard_transcription)",
-              "embeddings": "--embeddings (from eval.shard_embeddings)"}
+              "embeddings": "--embeddings (from eval.shard_embeddings)",
+              "fusion": "--transcribed_notes and --embeddings"}
+FUSED = ("notes", "embeddings")
 
 
 def names(features: str = "audio", width: int | None = None) -> tuple[str, ...]:
@@ -76,6 +79,9 @@ def names(features: str = "audio", width: int | None = None) -> tuple[str, ...]:
     raise StatisticsError(f"features must be one of {FEATURES}, got {features!r}")
   if features == "embeddings":
     return tuple(f"v{i}" for i in range(width or 0))
+  if features == "fusion":
+    notes_names = note_statistics.names()
+    return (*notes_names, *names("embeddings", (width or 0) - len(notes_names)))
   return clip_statistics.names() if features == "audio" else note_statistics.names()
 
 
@@ -107,8 +113,15 @@ def _note_statistics(key: str, header: dict, arrays: dict) -> np.ndarray:
   return note_statistics.compute(notes.Notes(arrays["notes"], arrays["pedal"]), duration)
 
 
-def _from_file(features: str, path: pathlib.Path | None):
-  """(row of a key, width) for the features read from a file; a key it lacks is an error."""
+def _from_file(features: str, path):
+  """(row of a key, width) for the features read from a file (for fusion, the notes
+  archive and the vector table, a pair); a key it lacks is an error."""
+  if features == "fusion":
+    if not isinstance(path, (tuple, list)) or len(path) != 2 or None in path:
+      raise StatisticsError(f"features=fusion needs {FILE_FLAGS['fusion']}")
+    parts = [_from_file(kind, pathlib.Path(p)) for kind, p in zip(FUSED, path)]
+    return (lambda key: np.concatenate([row(key) for row, _ in parts]),
+            sum(width for _, width in parts))
   if path is None:
     raise StatisticsError(f"features={features} needs {FILE_FLAGS[features]}")
   if not path.is_file():
@@ -139,21 +152,28 @@ def _from_file(features: str, path: pathlib.Path | None):
 
 
 def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
-         features: str = "audio", features_file: str | pathlib.Path | None = None) -> Table:
+         features: str = "audio", features_file=None) -> Table:
   """Every performance's statistics (`features`: "audio", "midi_notes", or from
-  `features_file`: "notes" (an archive of transcribed notes) or "embeddings" (a vector
-  table)), from `cache` when it was made from these shards (and that file) and these
-  statistics."""
+  `features_file`: "notes" (an archive of transcribed notes), "embeddings" (a vector
+  table), "fusion" (the pair)), from `cache` when it was made from these shards (and those
+  files) and these statistics."""
   data_dir = pathlib.Path(data_dir)
-  from_file, width = (_from_file(features, pathlib.Path(features_file) if features_file
-                                 else None) if features in FILE_FLAGS else (None, None))
+  files_given = ([] if not features_file else list(features_file)
+                 if isinstance(features_file, (tuple, list)) else [features_file])
+  if features == "fusion":
+    from_file, width = _from_file(features, features_file)
+  elif features in FILE_FLAGS:
+    from_file, width = _from_file(features, pathlib.Path(features_file) if features_file
+                                  else None)
+  else:
+    from_file, width = None, None
   files = metadata.read(data_dir).shard_files("audio")
   if not files:
     raise StatisticsError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
                           "--nowrite_audio (the statistics are computed from what it stores)")
   sources = sorted(f.sha256 for f in files)
   if from_file is not None:  # another transcription or encoder is another table
-    sources.append(hashlib.sha256(pathlib.Path(features_file).read_bytes()).hexdigest())
+    sources += [hashlib.sha256(pathlib.Path(f).read_bytes()).hexdigest() for f in files_given]
   stat_names = list(names(features, width))
   if cache.is_file():
     with np.load(cache, allow_pickle=False) as f:

@@ -16,7 +16,9 @@ BACKBONE_NAMES = {"ast": "AST", "cnn": "CNN baseline", "pooled_stats": "feed-for
                   "clip_stats": "feed-forward on clip statistics",
                   "oracle": "oracle-notes (ridge on the performance MIDI's note statistics)",
                   "notes": "notes (ridge on the transcription's note statistics)",
-                  "probe": "probe (ridge on frozen encoder embeddings)"}
+                  "probe": "probe (ridge on frozen encoder embeddings)",
+                  "fusion": "fusion (ridge on the transcription's note statistics and the "
+                            "encoder's embeddings)"}
 
 
 @dataclasses.dataclass(frozen=True)
