@@ -77,7 +77,8 @@ def export_transcriber(checkpoint: str, step: int | str, output_dir: pathlib.Pat
     scores = next((s for s in report["steps"] if s["step"] == run.step), None)
     if scores is None:
       raise ValueError(f"{transcription_report} has no scores of step {run.step}")
-    scores = {"held_out": scores["report"], "data": report["data"]}
+    scores = {"held_out": scores["report"], "data": report["data"],
+              **({"unseen_soundfonts": scores["unseen"]} if "unseen" in scores else {})}
   about = {"kind": "transcriber", "step": run.step, "config": run.config.to_dict(),
            "data_metadata": run.data_metadata, "thresholds": run.thresholds,
            "scores": scores, "command": command, "source": str(run.workdir),
