@@ -89,8 +89,8 @@ def evaluate_step(run: loading.PretrainedRun, windows, tune: set[str],
          "tune": mean_scores(tuning, thresholds), "report": mean_scores(reporting, thresholds)}
   if unseen:
     out["unseen"] = {
-        name: mean_scores([p for p in shard_transcription.transcribe(run, other)
-                           if p.group not in tune], thresholds)
+        name: mean_scores(list(shard_transcription.transcribe(
+            run, {k: ws for k, ws in other.items() if ws[0].group not in tune})), thresholds)
         for name, other in unseen.items()}
   return dict(out, seconds=round(time.perf_counter() - t0, 1))
 
