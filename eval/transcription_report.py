@@ -44,7 +44,7 @@ from pipelines.shards import metadata
 
 FLAGS = flags.FLAGS
 GRID = tuple(round(float(t), 2) for t in np.arange(0.1, 0.91, 0.1))
-METRICS = ("onset", "onset_offset", "onset_velocity", "pedal")
+METRICS = transcription_scores.METRICS
 
 
 def halves(groups: Sequence[str], seed: int) -> tuple[set[str], set[str]]:
@@ -58,20 +58,22 @@ def halves(groups: Sequence[str], seed: int) -> tuple[set[str], set[str]]:
   return tune, set(distinct) - tune
 
 
-def mean_scores(performances, thresholds: shard_transcription.Thresholds) -> dict[str, float]:
-  """Every score of `transcription_scores.score`, averaged over the performances."""
-  each = [transcription_scores.score(p.reference, p.decode(thresholds)) for p in performances]
+def mean_scores(performances, thresholds: shard_transcription.Thresholds,
+                metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
+  """The scores of `transcription_scores.score` (`metrics`), averaged over the performances."""
+  each = [transcription_scores.score(p.reference, p.decode(thresholds), metrics)
+          for p in performances]
   return {k: float(np.mean([s[k] for s in each])) for k in each[0]}
 
 
 def choose(performances) -> shard_transcription.Thresholds:
   """Thresholds on one grid, one at a time: onset, then frame given it, then pedal."""
   best = shard_transcription.Thresholds()
-  for name, metric in (("onset", "onset/f1"), ("frame", "onset_offset/f1"),
-                       ("pedal", "pedal/f1")):
-    # Ties (e.g. a model that finds nothing yet) go to the threshold nearest 0.5.
-    scored = [(mean_scores(performances, dataclasses.replace(best, **{name: t}))[metric],
-               -abs(t - 0.5), t) for t in GRID]
+  for name, metric in (("onset", "onset"), ("frame", "onset_offset"), ("pedal", "pedal")):
+    # Ties (e.g. a model that finds nothing yet) go to the threshold nearest 0.5. Only the
+    # metric that decides is scored.
+    scored = [(mean_scores(performances, dataclasses.replace(best, **{name: t}),
+                           (metric,))[f"{metric}/f1"], -abs(t - 0.5), t) for t in GRID]
     best = dataclasses.replace(best, **{name: float(max(scored)[2])})
   return best
 

@@ -37,24 +37,36 @@ def _prf(name: str, values) -> dict[str, float]:
   return {f"{name}/precision": float(p), f"{name}/recall": float(r), f"{name}/f1": float(f)}
 
 
-def score(reference: notes_lib.Notes, estimate: notes_lib.Notes) -> dict[str, float]:
+METRICS = ("onset", "onset_offset", "onset_velocity", "pedal")
+
+
+def score(reference: notes_lib.Notes, estimate: notes_lib.Notes,
+          metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
+  """The `metrics` (default all) of `estimate` against `reference`."""
+  unknown = set(metrics) - set(METRICS)
+  if unknown:
+    raise ValueError(f"unknown metrics {sorted(unknown)}; known: {METRICS}")
   ref_i, ref_hz = _intervals(reference.notes)
   est_i, est_hz = _intervals(estimate.notes)
+  t = mir_eval.transcription
+  pedal_ref = np.asarray(reference.pedal, np.float64).reshape(-1, 2)
+  pedal_est = np.asarray(estimate.pedal, np.float64).reshape(-1, 2)
+  compute = {
+      "onset": lambda: t.precision_recall_f1_overlap(
+          ref_i, ref_hz, est_i, est_hz, onset_tolerance=ONSET_TOLERANCE_S, offset_ratio=None),
+      "onset_offset": lambda: t.precision_recall_f1_overlap(
+          ref_i, ref_hz, est_i, est_hz, onset_tolerance=ONSET_TOLERANCE_S),
+      "onset_velocity": lambda: mir_eval.transcription_velocity.precision_recall_f1_overlap(
+          ref_i, ref_hz, reference.notes[:, 3].astype(np.float64), est_i, est_hz,
+          estimate.notes[:, 3].astype(np.float64), onset_tolerance=ONSET_TOLERANCE_S,
+          offset_ratio=None),
+      "pedal": lambda: t.precision_recall_f1_overlap(
+          pedal_ref, np.full(len(pedal_ref), 440.0), pedal_est, np.full(len(pedal_est), 440.0),
+          onset_tolerance=ONSET_TOLERANCE_S),
+  }
   out = {}
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    t = mir_eval.transcription
-    out.update(_prf("onset", t.precision_recall_f1_overlap(
-        ref_i, ref_hz, est_i, est_hz, onset_tolerance=ONSET_TOLERANCE_S, offset_ratio=None)))
-    out.update(_prf("onset_offset", t.precision_recall_f1_overlap(
-        ref_i, ref_hz, est_i, est_hz, onset_tolerance=ONSET_TOLERANCE_S)))
-    out.update(_prf("onset_velocity", mir_eval.transcription_velocity.precision_recall_f1_overlap(
-        ref_i, ref_hz, reference.notes[:, 3].astype(np.float64), est_i, est_hz,
-        estimate.notes[:, 3].astype(np.float64), onset_tolerance=ONSET_TOLERANCE_S,
-        offset_ratio=None)))
-    pedal_ref = np.asarray(reference.pedal, np.float64).reshape(-1, 2)
-    pedal_est = np.asarray(estimate.pedal, np.float64).reshape(-1, 2)
-    out.update(_prf("pedal", t.precision_recall_f1_overlap(
-        pedal_ref, np.full(len(pedal_ref), 440.0), pedal_est, np.full(len(pedal_est), 440.0),
-        onset_tolerance=ONSET_TOLERANCE_S)))
+    for name in metrics:
+      out.update(_prf(name, compute[name]()))
   return out

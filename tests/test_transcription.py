@@ -200,6 +200,11 @@ def test_decoding_inverts_the_rolls_and_mir_eval_scores_it():
   assert shuffled["onset/f1"] == 1.0 and shuffled["onset_velocity/f1"] < 1.0
   empty = transcription_scores.score(reference, notes.Notes(np.zeros((0, 4)), np.zeros((0, 2))))
   assert empty["onset/f1"] == 0.0
+  # A subset of the metrics is those metrics of the full score, and nothing else.
+  subset = transcription_scores.score(reference, off, ("onset_offset", "pedal"))
+  assert subset == {k: v for k, v in scores.items() if k.startswith(("onset_offset/", "pedal/"))}
+  with pytest.raises(ValueError, match="unknown metrics"):
+    transcription_scores.score(reference, off, ("offset",))
   # Decoding thresholds: a faint onset below 0.5 is not a note; a held onset run is one note.
   probs = {k: np.zeros((20, 88), np.float32) for k in ("onset", "frame", "velocity")}
   probs["pedal"] = np.zeros(20, np.float32)
