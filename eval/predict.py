@@ -102,8 +102,12 @@ class FeatureSettings:
         config["window_s"], config["hop_s"] if hop_s is None else hop_s,
         config.get("silence_db", windowing.WindowConfig.silence_db))
     norm = data_metadata["normalization"]
+    # Trained on several SoundFonts (--soundfonts): MIDI inputs render with the first, and
+    # no single checksum stands for the training timbre.
+    several = [None if f == "default" else f for f in config.get("soundfonts") or []]
     return cls(window=window, mean=float(norm["mean"]), std=float(norm["std"]),
-               soundfont=soundfont if soundfont is not None else config.get("soundfont"),
+               soundfont=soundfont if soundfont is not None else
+               (several[0] if several else config.get("soundfont")),
                soundfont_sha256=data_metadata.get("soundfont_sha256"))
 
   @property

@@ -97,10 +97,18 @@ def evaluate_step(run: loading.PretrainedRun, windows, tune: set[str],
   return dict(out, seconds=round(time.perf_counter() - t0, 1))
 
 
-def soundfont_name(meta: metadata.ShardMetadata) -> str:
-  """The file name of the SoundFont a job rendered with (the project's default: TimGM6mb)."""
+def soundfonts(meta: metadata.ShardMetadata) -> dict[str, str | None]:
+  """Name -> SHA-256 of the SoundFonts a job rendered with (jobs before the list: the one
+  `--soundfont`, by default TimGM6mb)."""
+  if meta.raw.get("soundfonts"):
+    return dict(meta.raw["soundfonts"])
   chosen = (meta.raw.get("config") or {}).get("soundfont")
-  return pathlib.Path(chosen).stem if chosen else "TimGM6mb"
+  return {pathlib.Path(chosen).stem if chosen else "TimGM6mb": meta.raw.get("soundfont_sha256")}
+
+
+def soundfont_name(meta: metadata.ShardMetadata) -> str:
+  """The SoundFonts a job rendered with, as one name (`A+B` for several)."""
+  return "+".join(soundfonts(meta))
 
 
 def _held_out_windows(data_dir: str, split: str, max_seconds: float | None) -> dict:
@@ -119,7 +127,8 @@ def unseen_timbres(data_dirs: Sequence[str], seen: metadata.ShardMetadata, split
   out = {}
   for data_dir in data_dirs:
     meta = metadata.read(data_dir)
-    if meta.raw.get("soundfont_sha256") == seen.raw.get("soundfont_sha256"):
+    shared = set(soundfonts(meta).values()) & set(soundfonts(seen).values())
+    if shared:
       raise ValueError(f"{data_dir} was rendered with the training SoundFont "
                        f"({soundfont_name(meta)}); an unseen timbre needs another")
     windows = _held_out_windows(data_dir, split, max_seconds)
@@ -181,8 +190,9 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
       "data": {"shards": str(pathlib.Path(data_dir)), "dataset": meta.dataset, "split": split,
                "soundfont": soundfont_name(meta),
                "soundfont_sha256": meta.raw.get("soundfont_sha256"),
-               "unseen_soundfonts": {soundfont_name(m): m.raw.get("soundfont_sha256")
-                                     for m in map(metadata.read, unseen_dirs)},
+               "soundfonts": soundfonts(meta),
+               "unseen_soundfonts": {name: sha for m in map(metadata.read, unseen_dirs)
+                                     for name, sha in soundfonts(m).items()},
                "max_seconds_per_performance": max_seconds, "seed": seed,
                "performances": {"tune": sum(g in tune for g in groups.values()),
                                 "report": sum(g not in tune for g in groups.values())},

@@ -449,3 +449,48 @@ def test_a_second_job_on_the_same_output_is_refused(corpus, tmp_path):
   assert f"being written by another job (pid {os.getpid()})" in proc.stderr.strip().splitlines()[-1]
   assert (tmp_path / ".percepiano.partial-0000beef").is_dir()  # never touched
   assert not out.exists()
+
+
+def test_choose_soundfont_is_seeded_per_recording_and_variant():
+  fonts = ("a.sf2", "b.sf2", None)
+  assert preprocess.choose_soundfont(("only.sf2",), 0, "k", 3) == "only.sf2"
+  picks = [preprocess.choose_soundfont(fonts, 0, f"key{i}") for i in range(300)]
+  assert picks == [preprocess.choose_soundfont(fonts, 0, f"key{i}") for i in range(300)]
+  assert all(80 <= picks.count(f) <= 120 for f in fonts)  # about a third each
+  assert picks != [preprocess.choose_soundfont(fonts, 1, f"key{i}") for i in range(300)]
+  assert [preprocess.choose_soundfont(fonts, 0, "key0", v) for v in range(30)].count(
+      picks[0]) < 30  # variants draw their own
+
+
+def test_several_soundfonts_each_recording_renders_with_one_and_records_it(corpus, tmp_path):
+  """--soundfonts: each performance's clean render and its audio-domain variants use one
+  SoundFont chosen by the seed, every window and audio record names its checksum, and the
+  metadata lists them; misuse is refused before any work."""
+  other = tmp_path / "Other.sf2"  # TimGM6mb plus one byte: another checksum
+  other.write_bytes(render.default_soundfont().read_bytes() + b"\0")
+  out = tmp_path / "out"
+  ok(run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}", f"--output_dir={out}",
+             f"--soundfonts=default,{other}", "--augment=noise", "--variants=1", *IN_MEMORY,
+             *TINY_SPLIT))
+  shas = {"TimGM6mb": render.soundfont_sha256(), "Other": render.soundfont_sha256(other)}
+  metadata = json.loads((out / layout.METADATA).read_text())
+  assert metadata["soundfonts"] == shas and metadata["soundfont_sha256"] is None
+  by_key: dict[str, set] = {}
+  for header, _ in windows_in(out):
+    by_key.setdefault(header["key"], set()).add(header["soundfont_sha256"])
+  assert all(len(v) == 1 for v in by_key.values())  # clean and noisy variants share it
+  chosen = {k: preprocess.choose_soundfont((None, str(other)), 0, k) for k in by_key}
+  assert {k: v.pop() for k, v in by_key.items()} == {
+      k: shas["Other" if c else "TimGM6mb"] for k, c in chosen.items()}
+  assert len(set(chosen.values())) == 2, "the tiny release should use both"
+  audio = windows_in(out, kind="audio")
+  assert {h["key"]: h["soundfont_sha256"] for h, _ in audio} == {
+      k: shas["Other" if c else "TimGM6mb"] for k, c in chosen.items()}
+
+  for bad, message in (([f"--soundfonts=default,{other}", f"--soundfont={other}"], "not both"),
+                       (["--soundfonts=default,default"], "twice"),
+                       ([f"--soundfonts=default,{tmp_path / 'missing.sf2'}"], "missing.sf2")):
+    proc = run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}",
+                   f"--output_dir={tmp_path / 'bad'}", *bad, *IN_MEMORY, *TINY_SPLIT)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "bad").exists()

@@ -46,6 +46,9 @@ def define_common(augment_preset: str) -> None:
   flags.DEFINE_float("max_failure_fraction", 0.01,
                      "Fail the job when more recordings than this are dead-lettered.")
   flags.DEFINE_string("soundfont", None, "SoundFont for MIDI sources; default TimGM6mb.")
+  flags.DEFINE_list("soundfonts", [], "Several SoundFonts for MIDI sources (`default`: the "
+                    "bundled TimGM6mb): each recording's render picks one by the augmentation "
+                    "seed; every record names its SoundFont's SHA-256.")
   flags.DEFINE_multi_enum("augment", None, AUGMENT_OPS,
                           "Operations to apply (repeatable); overrides the config's `enabled`.")
   flags.DEFINE_integer("variants", None,
@@ -91,6 +94,18 @@ def augment_config(dataset: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
+def _soundfonts() -> tuple[str | None, ...]:
+  """--soundfonts (`default` -> None, the bundled one), else --soundfont (None: default)."""
+  if FLAGS.soundfonts and FLAGS.soundfont:
+    raise app.UsageError("give --soundfont or --soundfonts, not both")
+  if not FLAGS.soundfonts:
+    return (FLAGS.soundfont,)
+  fonts = tuple(None if f == "default" else f for f in FLAGS.soundfonts)
+  if len(set(fonts)) != len(fonts):
+    raise app.UsageError(f"--soundfonts names a SoundFont twice: {FLAGS.soundfonts}")
+  return fonts
+
+
 def run(dataset: str, sources: list[preprocess.Source], beam_args: list[str], *,
          filter_silent: bool, job_flags: list[str], source_checksums: dict, split_info: dict,
          first_variant: int = 0, write_audio: bool | None = None,
@@ -98,17 +113,19 @@ def run(dataset: str, sources: list[preprocess.Source], beam_args: list[str], *,
   augment = augment or augment_config()
   if augment.domain == "midi" and any(s.midi_path is None for s in sources):
     raise app.UsageError("--augment_config.domain=midi needs MIDI sources for every recording")
-  if FLAGS.soundfont and any(s.midi_path for s in sources):
+  soundfonts = _soundfonts()
+  if any(s.midi_path for s in sources):
     # Checked before any work: a missing SoundFont would dead-letter every recording.
-    try:
-      render.load_soundfont(FLAGS.soundfont)
-    except (OSError, ValueError) as e:
-      sys.exit(f"error: --soundfont: {e}")
+    for font in soundfonts:
+      try:
+        render.load_soundfont(font)
+      except (OSError, ValueError) as e:
+        sys.exit(f"error: --soundfont{'s' if FLAGS.soundfonts else ''}: {e}")
   try:
     metadata = preprocess.run(
         sources,
         dict(dataset=dataset, augment=augment, window=_window_config(),
-             filter_silent=filter_silent, soundfont=FLAGS.soundfont,
+             filter_silent=filter_silent, soundfonts=soundfonts,
              formats=tuple(FLAGS.format), target_shard_mb=FLAGS.target_shard_mb,
              write_audio=FLAGS.write_audio if write_audio is None else write_audio,
              first_variant=first_variant),
@@ -127,7 +144,8 @@ def run(dataset: str, sources: list[preprocess.Source], beam_args: list[str], *,
 
 
 COMMON_FLAGS = ["output_dir", "overwrite", "window_s", "hop_s", "silence_db", "format",
-           "target_shard_mb", "max_failure_fraction", "soundfont", "write_audio", "augment",
+           "target_shard_mb", "max_failure_fraction", "soundfont", "soundfonts", "write_audio",
+           "augment",
            "variants"]
 
 

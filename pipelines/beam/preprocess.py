@@ -26,6 +26,12 @@ Determinism: a recording's shard is a hash of its key, recordings inside a
 shard are in key order, normalisation statistics are summed exactly
 (`math.fsum`), and every augmentation draws from (seed, key, variant); so the
 same flags give byte-identical shards whatever the runner's parallelism.
+
+SoundFonts: MIDI sources render through `soundfonts` (None: the bundled TimGM6mb). With more
+than one, each recording's clean render picks one from (augmentation seed, key), so its
+audio-domain variants share that timbre, and each MIDI-domain variant (rendered afresh) picks
+from (seed, key, variant); every window and audio record names its SoundFont's SHA-256
+(`soundfont_sha256`), and the metadata lists the job's SoundFonts.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import pathlib
 import shutil
 import time
 import uuid
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,12 +99,27 @@ class JobConfig:
   augment: ml_collections.ConfigDict
   window: windowing.WindowConfig = windowing.WindowConfig()
   filter_silent: bool = False  # drop near-silent windows (MAESTRO)
-  soundfont: str | None = None
+  soundfonts: tuple[str | None, ...] = (None,)  # None: the bundled TimGM6mb
   formats: tuple[str, ...] = ("array_record",)
   target_shard_mb: float = 256.0
   write_audio: bool = True
   stats_split: str = "train"
   first_variant: int = 0  # 1: augmented variants only (`pipelines.beam.augment_job`)
+
+
+def choose_soundfont(soundfonts: Sequence[str | None], seed: int, key: str,
+                    variant: int = 0) -> str | None:
+  """The SoundFont a render of `key` uses: the only one, or one drawn from (seed, key,
+  variant), the same on every run and worker."""
+  if len(soundfonts) == 1:
+    return soundfonts[0]
+  rng = np.random.default_rng([seed, zlib.crc32(key.encode()), variant])
+  return soundfonts[int(rng.integers(len(soundfonts)))]
+
+
+def soundfont_label(path: str | None) -> str:
+  """A SoundFont's name in metadata: its file name without the suffix."""
+  return pathlib.Path(path).stem if path else render.default_soundfont().stem
 
 
 def _header(source: Source, variant: int, params: dict) -> dict:
@@ -148,9 +170,14 @@ class ProcessRecording(beam.DoFn):
     except FileNotFoundError:
       raise FileNotFoundError(f"{path}: file not found") from None
 
-  def _load(self, source: Source) -> tuple[np.ndarray, notes.Notes | None, float, str, str]:
+  def _font(self, key: str, variant: int = 0) -> str | None:
+    return choose_soundfont(self._config.soundfonts, self._config.augment.seed, key, variant)
+
+  def _load(self, source: Source
+            ) -> tuple[np.ndarray, notes.Notes | None, float, str, str, str | None]:
     """Returns (16 kHz mono samples, their note targets or None, seconds trimmed from the
-    start, stage name, SHA-256 of the source bytes).
+    start, stage name, SHA-256 of the source bytes, SHA-256 of the SoundFont it was rendered
+    with or None).
 
     Raises a typed error. The checksum is taken here, where the bytes are read
     anyway, so the metadata names exactly what each recording was made from.
@@ -159,7 +186,7 @@ class ProcessRecording(beam.DoFn):
       digest = hashlib.sha256(source.audio_record).hexdigest()
       header, arrays = records.decode(source.audio_record)
       return (arrays["samples"], _stored_notes(header, arrays), header.get("trim_start_s", 0.0),
-              "decode_record", digest)
+              "decode_record", digest, header.get("soundfont_sha256"))
     path = source.audio_path or source.midi_path
     data = self._read(path)
     digest = hashlib.sha256(data).hexdigest()
@@ -167,31 +194,36 @@ class ProcessRecording(beam.DoFn):
       aligned = (notes.from_midi(self._read(source.aligned_midi_path),
                                  name=source.aligned_midi_path)
                  if source.aligned_midi_path else None)
-      return decode.decode_audio(data, name=source.audio_path), aligned, 0.0, "decode", digest
-    rendered = render.render_midi(data, name=source.midi_path, soundfont=self._config.soundfont)
+      return (decode.decode_audio(data, name=source.audio_path), aligned, 0.0, "decode", digest,
+              None)
+    rendered = render.render_midi(data, name=source.midi_path, soundfont=self._font(source.key))
     # The render starts at MIDI time 0; trimming removed `trimmed_start_seconds` of it.
     targets = notes.from_midi(data, name=path).shifted(rendered.trimmed_start_seconds)
-    return rendered.samples, targets, rendered.trimmed_start_seconds, "render", digest
+    return (rendered.samples, targets, rendered.trimmed_start_seconds, "render", digest,
+            rendered.soundfont_sha256)
 
   def _variant(self, source: Source, clean: np.ndarray, clean_notes: notes.Notes | None,
-               params: dict) -> tuple[np.ndarray, notes.Notes | None, float | None]:
-    """(samples, note targets, seconds trimmed from the start of a fresh render or None)."""
+               params: dict, variant: int
+               ) -> tuple[np.ndarray, notes.Notes | None, float | None, str | None]:
+    """(samples, note targets, seconds trimmed from the start of a fresh render or None, the
+    fresh render's SoundFont SHA-256 or None)."""
     if not params:
-      return clean, clean_notes, None
+      return clean, clean_notes, None, None
     rate = params.get("time_stretch", 1.0)
     semitones = params.get("pitch_shift", 0.0)
     if self._config.augment.domain == "midi":
       data = self._read(source.midi_path)
       midi = augmentation.apply_midi(pretty_midi.PrettyMIDI(io.BytesIO(data)), params)
       rendered = render.render_midi(render.midi_to_bytes(midi), name=source.key,
-                                    soundfont=self._config.soundfont)
+                                    soundfont=self._font(source.key, variant))
       noise_only = {k: v for k, v in params.items() if k.startswith("noise")}
       targets = (notes.from_midi(data, name=source.midi_path).stretched(rate).transposed(round(semitones))
                  .shifted(rendered.trimmed_start_seconds))
       return (augmentation.apply_audio(rendered.samples, decode.TARGET_SAMPLE_RATE, noise_only),
-              targets, rendered.trimmed_start_seconds)
+              targets, rendered.trimmed_start_seconds, rendered.soundfont_sha256)
     targets = None if clean_notes is None else clean_notes.stretched(rate).transposed(semitones)
-    return augmentation.apply_audio(clean, decode.TARGET_SAMPLE_RATE, params), targets, None
+    return (augmentation.apply_audio(clean, decode.TARGET_SAMPLE_RATE, params), targets, None,
+            None)
 
   def process(self, source: Source):
     self._count("listed")
@@ -199,7 +231,7 @@ class ProcessRecording(beam.DoFn):
     try:
       if source.audio_path is None and source.midi_path is None and source.audio_record is None:
         raise FileNotFoundError("no audio or MIDI file for this recording")
-      clean, clean_notes, clean_trim, stage, source_sha256 = self._load(source)
+      clean, clean_notes, clean_trim, stage, source_sha256, clean_font = self._load(source)
       window_records: list[bytes] = []
       stats: list[tuple[float, float, int]] = []
       written = filtered = 0
@@ -207,7 +239,8 @@ class ProcessRecording(beam.DoFn):
       for variant in range(self._config.first_variant, self._config.augment.variants + 1):
         stage = "augment"
         params = augmentation.draw(self._config.augment, source.key, variant)
-        samples, variant_notes, trim = self._variant(source, clean, clean_notes, params)
+        samples, variant_notes, trim, font = self._variant(source, clean, clean_notes, params,
+                                                           variant)
         stage = "features"
         windows = frontend.windows(samples, self._config.window)
         if not windows:
@@ -220,7 +253,8 @@ class ProcessRecording(beam.DoFn):
           header = dict(_header(source, variant, params), window_index=w.index,
                         window_count=len(windows), valid_frames=w.valid_frames,
                         start_s=round(w.start_frame * frame_s, 3),
-                        trim_start_s=round(clean_trim if trim is None else trim, 6))
+                        trim_start_s=round(clean_trim if trim is None else trim, 6),
+                        soundfont_sha256=font or clean_font)
           window_records.append(records.encode_window(
               header, w.features.T, source.labels,
               mask if source.labels is not None else None,
@@ -241,7 +275,8 @@ class ProcessRecording(beam.DoFn):
       if self._config.write_audio:
         path = self._spill_path("audio", source.key)
         audio_record = records.encode_audio(
-            dict(_header(source, 0, {}), labels=source.labels, trim_start_s=round(clean_trim, 6)),
+            dict(_header(source, 0, {}), labels=source.labels, trim_start_s=round(clean_trim, 6),
+                 soundfont_sha256=clean_font),
             clean, decode.TARGET_SAMPLE_RATE,
             None if clean_notes is None else (clean_notes.notes, clean_notes.pedal, 0))
         outputs.append(beam.pvalue.TaggedOutput(
@@ -439,6 +474,8 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
     problems.append(f"{counts['dead_lettered']} of {listed} recordings dead-lettered "
                     f"({failure:.1%} > --max_failure_fraction {max_failure_fraction:.1%})")
   statistics = stats[0] if stats else {"count": 0, "mean": None, "std": None}
+  fonts = ([render.soundfont_sha256(f) for f in config.soundfonts]
+           if any(s.midi_path for s in sources) else [])
   checksums = {**source_checksums,
                **{k: o["sha256"] for k, o in sorted(outcomes.items()) if "sha256" in o}}
   metadata = {
@@ -446,8 +483,11 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
       "dataset": config.dataset,
       "config": job_config,
       "git_revision": provenance.git_revision(),
-      "soundfont_sha256": render.soundfont_sha256(config.soundfont) if any(
-          s.midi_path for s in sources) else None,
+      # The one SoundFont's checksum (None with several, or without MIDI sources), and every
+      # SoundFont's by name.
+      "soundfont_sha256": (fonts[0] if len(fonts) == 1 else None) if fonts else None,
+      "soundfonts": {soundfont_label(f): render.soundfont_sha256(f) for f in config.soundfonts}
+                    if fonts else {},
       "source_checksums": checksums,
       "counts": counts,
       "normalization": {**statistics, "split": config.stats_split,
