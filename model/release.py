@@ -53,6 +53,7 @@ def write(directory: str | pathlib.Path, params: Mapping[str, Any], about: Mappi
           for k, v in sorted(params_lib.flatten(params).items())}
   weights = directory / WEIGHTS
   safetensors.numpy.save_file(flat, str(weights))
+  weights.chmod(0o644)  # safetensors writes owner-only; a release is for everyone
   full = {**about, "weights": {"file": WEIGHTS, "sha256": _sha256(weights),
                                "dtype": np.dtype(dtype).name,
                                "parameters": int(sum(v.size for v in flat.values()))}}
