@@ -77,11 +77,17 @@ VARIANTS = {
     "noaug": ["--config.input.augmented=False"],
     "cnn": ["--config.model.backbone=cnn", "--config.init.checkpoint="],
     "ffn": ["--config.model.backbone=pooled_stats", "--config.init.checkpoint="],
+    # Fine-tuned from the notes-aware encoder instead of SSAST's (the side by side).
+    "ast_notes": [],
 }
+# The pre-training stage each variant fine-tunes from (default `pretrain`; none for the
+# variants that clear `init.checkpoint`).
+INIT_STAGES = {"ast_notes": "pretrain_notes"}
 PERFORMER_VARIANTS = ("ast", "cnn", "ffn")
 # Display names in the reports (no commas: eval.report's --names is comma-separated).
 NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat": "AST flat head",
          "fixed": "AST fixed loss weights", "noaug": "AST without augmentation",
+         "ast_notes": "AST (notes-aware pre-trained)",
          "cnn": "CNN baseline", "ffn": "feed-forward baseline", "ridge": "ridge on clip statistics",
          "ffn_stats": "feed-forward on clip statistics",
          "oracle_notes": "oracle-notes (performance MIDI statistics: an upper bound)",
@@ -240,17 +246,18 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
     # The 2-core size cross-validates the headline models only; the ablations (and the
     # performer split) train on every fold and are compared on the held-out test set.
     run_folds = folds if variant in s["cross_validated"].get(split, ()) else "none"
+    init = INIT_STAGES.get(variant, "pretrain")
     args = ["train.crossval", *s["finetune"], f"--workdir={directory}", f"--split={split}",
-            f"--config.data_dir={labelled}", f"--config.init.checkpoint={pretrain}",
+            f"--config.data_dir={labelled}", f"--config.init.checkpoint={work / init}",
             *s["encoder"], *VARIANTS[variant], *s.get("variants", {}).get(variant, []), "--test"]
     if run_folds:
       args.append(f"--folds={run_folds}")
-    # The variants trained from scratch (an empty init.checkpoint) do not wait for SSAST.
+    # The variants trained from scratch (an empty init.checkpoint) do not wait for one.
     pretrained = "--config.init.checkpoint=" not in VARIANTS[variant]
     return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_{variant}", tuple(args),
                         lambda: _crossval_finished(directory, run_folds, args),
                         f"{split} split, {variant}",
-                        needs=("percepiano_shards", *(("pretrain",) if pretrained else ())))
+                        needs=("percepiano_shards", *((init,) if pretrained else ())))
 
   # One statistics cache for every run on them; the piece ridge fills it, the others wait.
   statistics = work / "clip_statistics.npz"

@@ -40,6 +40,9 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
     assert set(stage.needs) <= set(names[:k]), stage.name
   assert needs["pretrain"] == ("asap_shards",)
   assert needs["cv_ast"] == ("percepiano_shards", "pretrain")
+  assert needs["cv_ast_notes"] == ("percepiano_shards", "pretrain_notes")
+  assert f"--config.init.checkpoint={tmp_path / 'w' / 'pretrain_notes'}" in plan[
+      names.index("cv_ast_notes")].args
   assert needs["cv_scratch"] == needs["cv_cnn"] == needs["performer_ffn"] == ("percepiano_shards",)
   probes = [f"probe_{e}" for e in benchmark.PROBES]
   assert set(needs["report_piece"]) == {f"cv_{v}" for v in (*benchmark.VARIANTS,
