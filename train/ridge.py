@@ -66,6 +66,7 @@ class RidgeModel:
   bias: np.ndarray  # [D] the training labels' means
   alpha: float
   inner_pearson: dict[float, float]  # mean inner-CV Pearson of every alpha tried
+  block_weight: float | None = None  # the second block's weight (fusion), else None
 
   def predict(self, x: np.ndarray) -> np.ndarray:
     return ((x - self.mean) / self.scale) @ self.weights + self.bias
@@ -105,32 +106,54 @@ def group_folds(groups: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
   return np.array([fold_of[g] for g in groups])
 
 
+# Fusion: the second block's columns are scaled by one of these after standardising (chosen
+# by the inner cross-validation with alpha), so 384 embedding columns need not outweigh 39
+# note statistics under one penalty.
+BLOCK_WEIGHTS = (0.1, 0.2, 0.35, 0.6, 1.0)
+
+
 def fit(x: np.ndarray, labels: np.ndarray, mask: np.ndarray, groups: np.ndarray, *,
-        alphas=ALPHAS, inner_folds: int = 4, seed: int = 0) -> RidgeModel:
+        alphas=ALPHAS, inner_folds: int = 4, seed: int = 0,
+        second_block: int | None = None) -> RidgeModel:
   """Ridge on `x [N, F]` -> `labels [N, D]`, alpha chosen by grouped inner cross-validation.
 
-  With fewer groups than `inner_folds` (a small corpus) each group is its own inner fold.
+  With `second_block` (a column index) the columns from it on form a second block whose
+  standardised values are scaled by a weight from `BLOCK_WEIGHTS`, chosen with alpha (a
+  lighter penalty on the first block). With fewer groups than `inner_folds` (a small
+  corpus) each group is its own inner fold.
   """
   inner_folds = min(inner_folds, np.unique(groups).size)
   if inner_folds < 2:
     raise RidgeError("the training performances form one group: no inner cross-validation "
                      "can choose the regularisation")
+  block_weights = BLOCK_WEIGHTS if second_block is not None else (1.0,)
+
+  def weighted(scale: np.ndarray, w: float) -> np.ndarray:
+    if second_block is None:
+      return scale
+    return np.concatenate([scale[:second_block], scale[second_block:] / w])
+
   folds = group_folds(groups, inner_folds, seed)
-  scores = np.zeros((inner_folds, len(alphas)))
+  scores = np.zeros((inner_folds, len(block_weights), len(alphas)))
   for k in range(inner_folds):
     train, held = folds != k, folds == k
-    mean, scale = _standardise(x[train])
+    mean, base = _standardise(x[train])
     bias = labels[train].mean(0)
-    for j, w in enumerate(_solve((x[train] - mean) / scale, labels[train] - bias, alphas)):
-      scores[k, j] = _mean_pearson(((x[held] - mean) / scale) @ w + bias, labels[held],
-                                   mask[held])
-  inner = np.nanmean(scores, axis=0)
-  best = float(alphas[int(np.nanargmax(inner))])
-  mean, scale = _standardise(x)
+    for b, block_weight in enumerate(block_weights):
+      scale = weighted(base, block_weight)
+      for j, w in enumerate(_solve((x[train] - mean) / scale, labels[train] - bias, alphas)):
+        scores[k, b, j] = _mean_pearson(((x[held] - mean) / scale) @ w + bias, labels[held],
+                                        mask[held])
+  inner = np.nanmean(scores, axis=0)  # [block weights, alphas]
+  b, j = np.unravel_index(int(np.nanargmax(inner)), inner.shape)
+  best = float(alphas[j])
+  mean, base = _standardise(x)
+  scale = weighted(base, block_weights[b])
   bias = labels.mean(0)
   weights = _solve((x - mean) / scale, labels - bias, [best])[0]
   return RidgeModel(mean=mean, scale=scale, weights=weights, bias=bias, alpha=best,
-                    inner_pearson={float(a): float(v) for a, v in zip(alphas, inner)})
+                    inner_pearson={float(a): float(v) for a, v in zip(alphas, inner[b])},
+                    block_weight=float(block_weights[b]) if second_block is not None else None)
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -171,9 +194,12 @@ def run_fold(table: statistics_table.Table, meta: metadata.ShardMetadata, config
     raise RidgeError(f"{len(missing)} performances of the split have no statistics, e.g. "
                      f"{missing[:3]}")
   train, held = table.rows(train_keys), table.rows(held_keys)
+  # Fusion: the note statistics first, the embedding columns after them.
+  second = (len(statistics_table.names("notes")) if config.ridge.statistics == "fusion"
+            else None)
   model = fit(table.x[train], table.labels[train], table.mask[train],
               statistics_table.groups_of(train_keys, config.split), inner_folds=config.ridge.inner_folds,
-              seed=config.seed)
+              seed=config.seed, second_block=second)
   out = predictions.Predictions(
       keys=tuple(held_keys), predictions=model.predict(table.x[held]),
       labels=table.labels[held], mask=table.mask[held], windows=np.ones(len(held_keys), int),
@@ -189,6 +215,7 @@ def run_fold(table: statistics_table.Table, meta: metadata.ShardMetadata, config
                           wall_seconds=seconds, total_wall_seconds=seconds)
   (directory / rundir.RESULT).write_text(json.dumps(
       {**dataclasses.asdict(result), "alpha": model.alpha, "inner_pearson": model.inner_pearson,
+       **({"block_weight": model.block_weight} if model.block_weight is not None else {}),
        "train_performances": len(train_keys)}, indent=1) + "\n")
   logging.info("%s: alpha %g, mean Pearson %.3f", directory.name, model.alpha,
                scores["val/pearson/mean"])
