@@ -53,10 +53,12 @@ class Thresholds:
   onset: float = 0.5
   frame: float = 0.5
   pedal: float = 0.5
+  min_pedal_s: float = 0.0  # shorter pedal presses are dropped
 
   def decode(self, probabilities: dict[str, np.ndarray]) -> notes.Notes:
     return notes.from_rolls(probabilities, FRAME_S, onset_threshold=self.onset,
-                            frame_threshold=self.frame, pedal_threshold=self.pedal)
+                            frame_threshold=self.frame, pedal_threshold=self.pedal,
+                            min_pedal_s=self.min_pedal_s)
 
 
 @dataclasses.dataclass

@@ -45,6 +45,8 @@ from pipelines.shards import metadata
 FLAGS = flags.FLAGS
 GRID = tuple(round(float(t), 2) for t in np.arange(0.1, 0.91, 0.1))
 METRICS = transcription_scores.METRICS
+# Shortest pedal press kept (seconds), chosen after the pedal threshold.
+MIN_PEDAL_GRID = (0.0, 0.05, 0.1, 0.2)
 
 
 def halves(groups: Sequence[str], seed: int) -> tuple[set[str], set[str]]:
@@ -67,13 +69,17 @@ def mean_scores(performances, thresholds: shard_transcription.Thresholds,
 
 
 def choose(performances) -> shard_transcription.Thresholds:
-  """Thresholds on one grid, one at a time: onset, then frame given it, then pedal."""
+  """Thresholds on one grid, one at a time: onset, then frame given it, then pedal, then
+  the shortest pedal press kept."""
   best = shard_transcription.Thresholds()
-  for name, metric in (("onset", "onset"), ("frame", "onset_offset"), ("pedal", "pedal")):
-    # Ties (e.g. a model that finds nothing yet) go to the threshold nearest 0.5. Only the
-    # metric that decides is scored.
+  for name, metric, grid, neutral in (("onset", "onset", GRID, 0.5),
+                                      ("frame", "onset_offset", GRID, 0.5),
+                                      ("pedal", "pedal", GRID, 0.5),
+                                      ("min_pedal_s", "pedal", MIN_PEDAL_GRID, 0.0)):
+    # Ties (e.g. a model that finds nothing yet) go to the value nearest the neutral one.
+    # Only the metric that decides is scored.
     scored = [(mean_scores(performances, dataclasses.replace(best, **{name: t}),
-                           (metric,))[f"{metric}/f1"], -abs(t - 0.5), t) for t in GRID]
+                           (metric,))[f"{metric}/f1"], -abs(t - neutral), t) for t in grid]
     best = dataclasses.replace(best, **{name: float(max(scored)[2])})
   return best
 

@@ -304,6 +304,17 @@ def test_thresholds_are_chosen_on_the_tune_half():
   assert transcription_report.mean_scores([performance], chosen)["onset_offset/f1"] == 1.0
   assert transcription_report.mean_scores([performance], shard_transcription.Thresholds()
                                           )["onset/f1"] == 0.0
+  assert chosen.min_pedal_s == 0.0  # nothing to drop: the neutral value wins the tie
+  # Two 30 ms flickers of the pedal after the true press: each would count as a press until
+  # the shortest press kept is longer than them.
+  flicker = dict(probs, pedal=probs["pedal"].copy())
+  flicker["pedal"][[100, 101, 102, 110, 111, 112]] = 0.9
+  flickering = shard_transcription.Performance("k", "g", flicker, reference, 1.2)
+  assert len(notes.from_rolls(flicker, pedal_threshold=0.5).pedal) == 3
+  assert len(notes.from_rolls(flicker, pedal_threshold=0.5, min_pedal_s=0.05).pedal) == 1
+  chosen = transcription_report.choose([flickering])
+  assert chosen.min_pedal_s >= 0.05
+  assert transcription_report.mean_scores([flickering], chosen)["pedal/f1"] == 1.0
   tune, report = transcription_report.halves(["a", "a", "b", "c", "d", "e"], seed=0)
   assert tune | report == set("abcde") and not tune & report and len(tune) == 2
   assert transcription_report.halves(list("abcde"), 0) == (tune, report)

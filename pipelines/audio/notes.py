@@ -170,14 +170,16 @@ def rolls(window: Notes, frames: int, frame_s: float = 0.01) -> dict[str, np.nda
 
 def from_rolls(probabilities: dict[str, np.ndarray], frame_s: float = 0.01, *,
                onset_threshold: float = 0.5, frame_threshold: float = 0.5,
-               pedal_threshold: float = 0.5) -> Notes:
+               pedal_threshold: float = 0.5, min_pedal_s: float = 0.0) -> Notes:
   """Notes and pedal from per-frame probabilities (a transcription head's sigmoid outputs,
   or `rolls` themselves): the inverse of `rolls`, Onsets and Frames' decoding.
 
   A note starts at the first frame of each run of onset probability >= `onset_threshold`
   on a key, and lasts while that key's frame probability stays >= `frame_threshold` (at
   least one frame) or until the key's next onset; its velocity is 127 x the velocity
-  output at the onset frame. Pedal intervals are the runs of pedal >= `pedal_threshold`.
+  output at the onset frame. Pedal intervals are the runs of pedal >= `pedal_threshold`
+  lasting at least `min_pedal_s` (a transcription's pedal probability flickers around the
+  threshold; each flicker would count as a press).
   `probabilities`: onset, frame, velocity `[frames, 88]`, pedal `[frames]`.
   """
   onset = probabilities["onset"] >= onset_threshold
@@ -193,7 +195,8 @@ def from_rolls(probabilities: dict[str, np.ndarray], frame_s: float = 0.01, *,
     rows.append((t * frame_s, end * frame_s, k + PIANO_LOW, velocity))
   down = probabilities["pedal"] >= pedal_threshold
   edges = np.flatnonzero(np.diff(np.concatenate([[0], down.astype(np.int8), [0]])))
-  pedal = [(a * frame_s, b * frame_s) for a, b in zip(edges[::2], edges[1::2])]
+  pedal = [(a * frame_s, b * frame_s) for a, b in zip(edges[::2], edges[1::2])
+           if (b - a) * frame_s >= min_pedal_s - 1e-9]
   return Notes(np.array(rows, np.float32).reshape(-1, 4), np.array(pedal, np.float32))
 
 
