@@ -357,7 +357,10 @@ def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shard
   assert [s["step"] for s in report["steps"]] == [3] and report["final"]["step"] == 3
   from eval import transcription_report
   step = report["steps"][0]
-  assert set(step["thresholds"].values()) <= set(transcription_report.GRID)
+  chosen = dict(step["thresholds"])
+  assert chosen.pop("min_pedal_s") in transcription_report.MIN_PEDAL_GRID
+  assert set(chosen) == {"onset", "frame", "pedal"}
+  assert set(chosen.values()) <= set(transcription_report.GRID)
   assert all(0 <= step[half][f"{m}/f1"] <= 1 for half in ("tune", "report")
              for m in transcription_report.METRICS)
   assert report["data"]["performances"]["tune"] > 0 and report["data"]["performances"]["report"] > 0
