@@ -125,16 +125,16 @@ def _held_out_windows(data_dir: str, split: str, max_seconds: float | None) -> d
   return windows
 
 
-def unseen_timbres(data_dirs: Sequence[str], seen: metadata.ShardMetadata, split: str,
-                   max_seconds: float | None, report_groups: set[str]) -> dict[str, dict]:
-  """SoundFont name -> the held-out windows of each job in `data_dirs`. Each must be another
+def unseen_timbres(jobs: Sequence[metadata.ShardMetadata], seen: metadata.ShardMetadata,
+                   split: str, max_seconds: float | None, report_groups: set[str]
+                   ) -> dict[str, dict]:
+  """SoundFont name -> the held-out windows of each job in `jobs`. Each must be another
   SoundFont than `seen`'s over the same held-out compositions, or the scores would not say
   what they claim."""
-  out = {}
-  for data_dir in data_dirs:
-    meta = metadata.read(data_dir)
-    shared = set(soundfonts(meta).values()) & set(soundfonts(seen).values())
-    if shared:
+  out, heard = {}, set(soundfonts(seen).values())
+  for meta in jobs:
+    data_dir = meta.root
+    if set(soundfonts(meta).values()) & heard:
       raise ValueError(f"{data_dir} was rendered with the training SoundFont "
                        f"({soundfont_name(meta)}); an unseen timbre needs another")
     windows = _held_out_windows(data_dir, split, max_seconds)
@@ -176,7 +176,8 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
   windows = _held_out_windows(data_dir, split, max_seconds)
   groups = {key: ws[0].group for key, ws in windows.items()}
   tune, report_groups = halves(list(groups.values()), seed)
-  unseen = unseen_timbres(unseen_dirs, meta, split, max_seconds, report_groups)
+  unseen_jobs = [metadata.read(d) for d in unseen_dirs]
+  unseen = unseen_timbres(unseen_jobs, meta, split, max_seconds, report_groups)
   results = []
   for step in sorted(steps) or available:
     run = loading.load_transcriber(checkpoint, step)
@@ -197,7 +198,7 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
                "soundfont": soundfont_name(meta),
                "soundfont_sha256": meta.raw.get("soundfont_sha256"),
                "soundfonts": soundfonts(meta),
-               "unseen_soundfonts": {name: sha for m in map(metadata.read, unseen_dirs)
+               "unseen_soundfonts": {name: sha for m in unseen_jobs
                                      for name, sha in soundfonts(m).items()},
                "max_seconds_per_performance": max_seconds, "seed": seed,
                "performances": {"tune": sum(g in tune for g in groups.values()),

@@ -454,7 +454,7 @@ def test_the_report_scores_a_timbre_the_run_never_heard(notes_pretrained, train_
   windows = transcription_report._held_out_windows(str(unseen), "train", 5.0)
   groups = {ws[0].group for ws in windows.values()}
   with pytest.raises(ValueError, match="lacks held-out compositions"):
-    transcription_report.unseen_timbres([str(unseen)], metadata.read(train_shards["maestro"]),
+    transcription_report.unseen_timbres([meta], metadata.read(train_shards["maestro"]),
                                         "train", 5.0, groups | {"a composition it lacks"})
 
 

@@ -119,11 +119,12 @@ def _from_file(features: str, path):
   if features == "fusion":
     if not isinstance(path, (tuple, list)) or len(path) != 2 or None in path:
       raise StatisticsError(f"features=fusion needs {FILE_FLAGS['fusion']}")
-    parts = [_from_file(kind, pathlib.Path(p)) for kind, p in zip(FUSED, path)]
+    parts = [_from_file(kind, p) for kind, p in zip(FUSED, path)]
     return (lambda key: np.concatenate([row(key) for row, _ in parts]),
             sum(width for _, width in parts))
   if path is None:
     raise StatisticsError(f"features={features} needs {FILE_FLAGS[features]}")
+  path = pathlib.Path(path)
   if not path.is_file():
     raise StatisticsError(f"{path} does not exist")
   if features == "notes":
@@ -160,13 +161,8 @@ def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
   data_dir = pathlib.Path(data_dir)
   files_given = ([] if not features_file else list(features_file)
                  if isinstance(features_file, (tuple, list)) else [features_file])
-  if features == "fusion":
-    from_file, width = _from_file(features, features_file)
-  elif features in FILE_FLAGS:
-    from_file, width = _from_file(features, pathlib.Path(features_file) if features_file
-                                  else None)
-  else:
-    from_file, width = None, None
+  from_file, width = (_from_file(features, features_file or None) if features in FILE_FLAGS
+                      else (None, None))
   files = metadata.read(data_dir).shard_files("audio")
   if not files:
     raise StatisticsError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "

@@ -485,9 +485,8 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
       "git_revision": provenance.git_revision(),
       # The one SoundFont's checksum (None with several, or without MIDI sources), and every
       # SoundFont's by name.
-      "soundfont_sha256": (fonts[0] if len(fonts) == 1 else None) if fonts else None,
-      "soundfonts": {soundfont_label(f): render.soundfont_sha256(f) for f in config.soundfonts}
-                    if fonts else {},
+      "soundfont_sha256": fonts[0] if len(fonts) == 1 else None,
+      "soundfonts": dict(zip(map(soundfont_label, config.soundfonts), fonts)),
       "source_checksums": checksums,
       "counts": counts,
       "normalization": {**statistics, "split": config.stats_split,
