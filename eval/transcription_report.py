@@ -19,11 +19,17 @@ the stored windows (`eval.shard_transcription`) and scored with mir_eval
 and each step's thresholds into the run (`transcription_thresholds.json`), where
 `eval.transcribe` and `eval.shard_transcription` find them.
 
-`--unseen_timbres=DIR,...`: jobs over the same held-out compositions rendered with
-SoundFonts the run never heard (`pipelines.beam.maestro_job --soundfont=S
---only_splits=validation --variants=0`). Their report-half performances are scored at
-every step with the thresholds chosen on the training timbre's tune half, under
-`steps[i].unseen` and `final.unseen`, keyed by the SoundFont's file name.
+`--timbres=DIR,...`: jobs over the same held-out compositions rendered with other
+SoundFonts (`pipelines.beam.maestro_job --soundfont=S --only_splits=validation
+--variants=0`). Their report-half performances are scored at every step with the
+thresholds chosen on `--data_dir`'s tune half, under `steps[i].timbres` and
+`final.timbres`, keyed by the SoundFont's file name and marked `heard_in_training` when
+the run (or a run it continues) trained on that SoundFont.
+
+A run that continues another (`--config.init.checkpoint=EARLIER_RUN`, recorded in its
+`warm_start.json`) is scored with its lineage: the earlier run's kept checkpoints up to
+the step continued from come first, and `step` counts pre-training steps from the
+first run's start (`run` and `run_step` name the checkpoint).
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ import numpy as np
 from absl import flags, logging
 
 from eval import figures, loading, machine, shard_transcription, transcription_scores
+from model import release
 from pipelines import entry_point
 from pipelines.shards import metadata
+from train import checkpointing, rundir
 
 FLAGS = flags.FLAGS
 GRID = tuple(round(float(t), 2) for t in np.arange(0.1, 0.91, 0.1))
@@ -85,36 +93,74 @@ def choose(performances) -> shard_transcription.Thresholds:
 
 
 def evaluate_step(run: loading.PretrainedRun, windows, tune: set[str],
-                  unseen: dict[str, dict] | None = None) -> dict:
+                  timbres: dict[str, dict] | None = None) -> dict:
   """Thresholds chosen on the tune half; scores of both halves, and of the report half of
-  each `unseen` timbre's windows (name -> windows) with the same thresholds."""
+  each other timbre's windows (name -> windows) with the same thresholds."""
   t0 = time.perf_counter()
   performances = list(shard_transcription.transcribe(run, windows))
   tuning = [p for p in performances if p.group in tune]
   reporting = [p for p in performances if p.group not in tune]
   thresholds = choose(tuning)
-  out = {"step": run.step, "thresholds": dataclasses.asdict(thresholds),
+  out = {"thresholds": dataclasses.asdict(thresholds),
          "tune": mean_scores(tuning, thresholds), "report": mean_scores(reporting, thresholds)}
-  if unseen:
-    out["unseen"] = {
+  if timbres:
+    out["timbres"] = {
         name: mean_scores(list(shard_transcription.transcribe(
             run, {k: ws for k, ws in other.items() if ws[0].group not in tune})), thresholds)
-        for name, other in unseen.items()}
+        for name, other in timbres.items()}
   return dict(out, seconds=round(time.perf_counter() - t0, 1))
 
 
-def soundfonts(meta: metadata.ShardMetadata) -> dict[str, str | None]:
-  """Name -> SHA-256 of the SoundFonts a job rendered with (jobs before the list: the one
-  `--soundfont`, by default TimGM6mb)."""
-  if meta.raw.get("soundfonts"):
-    return dict(meta.raw["soundfonts"])
-  chosen = (meta.raw.get("config") or {}).get("soundfont")
-  return {pathlib.Path(chosen).stem if chosen else "TimGM6mb": meta.raw.get("soundfont_sha256")}
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """One pre-training run of a lineage: the kept steps to score, where its step 0 sits in
+  the lineage's count, and the SoundFonts it trained on."""
+
+  workdir: pathlib.Path
+  steps: tuple[int, ...]
+  offset: int
+  soundfonts: dict[str, str | None]
 
 
-def soundfont_name(meta: metadata.ShardMetadata) -> str:
-  """The SoundFonts a job rendered with, as one name (`A+B` for several)."""
-  return "+".join(soundfonts(meta))
+def _continued_from(workdir: pathlib.Path) -> tuple[str, int] | None:
+  """(source, step) a pre-training run continued from, or None for a fresh start."""
+  config = json.loads((workdir / rundir.CONFIG).read_text())
+  if not (config.get("init") or {}).get("checkpoint"):
+    return None
+  record = workdir / rundir.WARM_START
+  if not record.is_file():
+    raise ValueError(f"{workdir} continues {config['init']['checkpoint']} but has no "
+                     f"{rundir.WARM_START} (the step it continued from is unknown)")
+  about = json.loads(record.read_text())
+  return about["source"], int(about["step"] or 0)
+
+
+def lineage(checkpoint: str | pathlib.Path) -> list[Segment]:
+  """The run and the runs it continues, oldest first. An earlier run is scored up to the
+  step continued from; a release at the root contributes its step count, no checkpoints."""
+  directory, _ = checkpointing.locate(checkpoint)
+  workdir, limit = directory.parent, None
+  found = []  # newest first: (workdir, steps, SoundFonts, the source step it started from)
+  while True:
+    if any(workdir == f[0] for f in found):
+      raise ValueError(f"{checkpoint}: its runs continue each other in a cycle ({workdir})")
+    steps = tuple(s for s in loading.checkpoint_steps(workdir) if limit is None or s <= limit)
+    heard = metadata.soundfonts(json.loads((workdir / rundir.DATA_METADATA).read_text()))
+    source = _continued_from(workdir)
+    found.append((workdir, steps, heard, source[1] if source else 0))
+    if source is None:
+      break
+    if release.is_release(source[0]):
+      about = release.read(source[0])[1]
+      found.append((pathlib.Path(source[0]).absolute(), (),
+                    metadata.soundfonts(about["data_metadata"]), 0))
+      break
+    workdir, limit = checkpointing.locate(source[0])[0].parent, source[1]
+  out, offset = [], 0
+  for workdir, steps, heard, started_at in reversed(found):
+    offset += started_at  # this run's step 0 is its source's step `started_at`
+    out.append(Segment(workdir, steps, offset, heard))
+  return out
 
 
 def _held_out_windows(data_dir: str, split: str, max_seconds: float | None) -> dict:
@@ -125,81 +171,110 @@ def _held_out_windows(data_dir: str, split: str, max_seconds: float | None) -> d
   return windows
 
 
-def unseen_timbres(jobs: Sequence[metadata.ShardMetadata], seen: metadata.ShardMetadata,
-                   split: str, max_seconds: float | None, report_groups: set[str]
-                   ) -> dict[str, dict]:
-  """SoundFont name -> the held-out windows of each job in `jobs`. Each must be another
-  SoundFont than `seen`'s over the same held-out compositions, or the scores would not say
-  what they claim."""
-  out, heard = {}, set(soundfonts(seen).values())
+def other_timbres(jobs: Sequence[metadata.ShardMetadata], scored: metadata.ShardMetadata,
+                  split: str, max_seconds: float | None, report_groups: set[str]
+                  ) -> dict[str, dict]:
+  """SoundFont name -> the held-out windows of each job in `jobs`. Each must hold the
+  report half's compositions, and be rendered otherwise than `scored` (the data the
+  thresholds are tuned on), whose own report half is already scored."""
+  out = {}
   for meta in jobs:
     data_dir = meta.root
-    if set(soundfonts(meta).values()) & heard:
-      raise ValueError(f"{data_dir} was rendered with the training SoundFont "
-                       f"({soundfont_name(meta)}); an unseen timbre needs another")
+    name = metadata.soundfont_name(meta.raw)
+    if metadata.soundfonts(meta.raw) == metadata.soundfonts(scored.raw):
+      raise ValueError(f"{data_dir} was rendered with the SoundFonts of --data_dir ({name}): "
+                       "its report half is already scored")
+    if name in out:
+      raise ValueError(f"{data_dir}: a second job rendered with {name}")
     windows = _held_out_windows(data_dir, split, max_seconds)
     missing = report_groups - {ws[0].group for ws in windows.values()}
     if missing:
       raise ValueError(f"{data_dir} lacks held-out compositions of the report half: "
                        f"{sorted(missing)[:3]} (render the same tree, split seed and fraction)")
-    out[soundfont_name(meta)] = windows
+    out[name] = windows
   return out
 
 
-def plot(path: pathlib.Path, steps: list[dict], title: str) -> pathlib.Path:
+def heard(name: str, jobs: Sequence[metadata.ShardMetadata],
+          trained_on: dict[str, str | None]) -> bool:
+  """Whether every SoundFont of the job named `name` was in the lineage's training data."""
+  meta = next(m for m in jobs if metadata.soundfont_name(m.raw) == name)
+  return set(metadata.soundfonts(meta.raw).items()) <= set(trained_on.items())
+
+
+def plot(path: pathlib.Path, steps: list[dict], title: str,
+         starts: Sequence[tuple[int, str]] = ()) -> pathlib.Path:
   from matplotlib.figure import Figure
   fig = Figure(figsize=(6.5, 4))
   ax = fig.add_subplot(1, 1, 1)
   x = [s["step"] for s in steps]
   for metric in METRICS:
     ax.plot(x, [s["report"][f"{metric}/f1"] for s in steps], marker="o", label=metric)
-  for name in steps[-1].get("unseen", {}):
-    ax.plot(x, [s["unseen"][name]["onset/f1"] for s in steps], marker="s", linestyle="--",
-            label=f"onset, unseen {name}")
+  for name, about in steps[-1].get("timbres", {}).items():
+    ax.plot(x, [s["timbres"][name]["onset/f1"] for s in steps], marker="s", linestyle="--",
+            label=f"onset, {name} ({'heard' if about['heard_in_training'] else 'never heard'})")
+  for step, what in starts:  # where a continuing run took over, and on what
+    ax.axvline(step, color="grey", linewidth=0.8, linestyle=":")
+    ax.annotate(what, (step, 0.02), fontsize=7, rotation=90, color="grey")
   ax.set_xlabel("pre-training step")
   ax.set_ylabel("F1 (held-out compositions)")
   ax.set_ylim(0, 1)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7)
   ax.set_title(title, fontsize=9)
   return figures.save(fig, path)
 
 
 def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: Sequence[int] = (),
            split: str = "validation", max_seconds: float | None = 60.0, seed: int = 0,
-           unseen_dirs: Sequence[str] = ()) -> dict:
-  available = loading.checkpoint_steps(checkpoint)
-  missing = sorted(set(steps) - set(available))
+           timbre_dirs: Sequence[str] = ()) -> dict:
+  """`steps` (default: every kept one) are the last run's own; its lineage's earlier runs
+  are scored at every kept step up to the one continued from."""
+  segments = lineage(checkpoint)
+  last = segments[-1]
+  missing = sorted(set(steps) - set(last.steps))
   if missing:
-    raise ValueError(f"{checkpoint} has no checkpoints {missing} (kept: {available})")
+    raise ValueError(f"{checkpoint} has no checkpoints {missing} (kept: {list(last.steps)})")
   meta = metadata.read(data_dir)
   windows = _held_out_windows(data_dir, split, max_seconds)
   groups = {key: ws[0].group for key, ws in windows.items()}
   tune, report_groups = halves(list(groups.values()), seed)
-  unseen_jobs = [metadata.read(d) for d in unseen_dirs]
-  unseen = unseen_timbres(unseen_jobs, meta, split, max_seconds, report_groups)
+  jobs = [metadata.read(d) for d in timbre_dirs]
+  timbres = other_timbres(jobs, meta, split, max_seconds, report_groups)
+  trained_on = {k: v for s in segments for k, v in s.soundfonts.items()}
   results = []
-  for step in sorted(steps) or available:
-    run = loading.load_transcriber(checkpoint, step)
-    results.append(evaluate_step(run, windows, tune, unseen))
-    logging.info("step %d: report onset F1 %.3f (%s)", step, results[-1]["report"]["onset/f1"],
-                 results[-1]["thresholds"])
-    loading.save_thresholds(
-        run.workdir, step, results[-1]["thresholds"],
-        f"{split} compositions of {pathlib.Path(data_dir).name} (tune half, seed {seed})")
+  for segment in segments:
+    chosen = sorted(steps) if segment is last and steps else segment.steps
+    for run_step in chosen:
+      run = loading.load_transcriber(segment.workdir, run_step)
+      scored = evaluate_step(run, windows, tune, timbres)
+      for name in scored.get("timbres", {}):
+        scored["timbres"][name]["heard_in_training"] = heard(name, jobs, trained_on)
+      results.append({"step": segment.offset + run_step, "run": str(segment.workdir),
+                      "run_step": run_step, **scored})
+      logging.info("step %d: report onset F1 %.3f (%s)", results[-1]["step"],
+                   scored["report"]["onset/f1"], scored["thresholds"])
+      loading.save_thresholds(
+          run.workdir, run_step, scored["thresholds"],
+          f"{split} compositions of {pathlib.Path(data_dir).name} (tune half, seed {seed})")
   config = run.config
+  final = results[-1]
   out = {
-      "checkpoint": str(pathlib.Path(checkpoint)),
+      "checkpoint": str(last.workdir),
       "objective": {"ssast_weight": float(config.model.get("ssast_weight", 1.0)),
                     "transcription_weight": float(config.model.transcription_weight)},
       "encoder": config.model.encoder.to_dict(),
       "batch_size": int(config.batch_size),
+      "lineage": [{"run": str(s.workdir), "first_step": s.offset, "soundfonts": s.soundfonts}
+                  for s in segments],
       "data": {"shards": str(pathlib.Path(data_dir)), "dataset": meta.dataset, "split": split,
-               "soundfont": soundfont_name(meta),
+               "soundfont": metadata.soundfont_name(meta.raw),
                "soundfont_sha256": meta.raw.get("soundfont_sha256"),
-               "soundfonts": soundfonts(meta),
-               "unseen_soundfonts": {name: sha for m in unseen_jobs
-                                     for name, sha in soundfonts(m).items()},
+               "soundfonts": metadata.soundfonts(meta.raw),
+               "training_soundfonts": trained_on,
+               "timbres": {metadata.soundfont_name(m.raw): {
+                   "shards": str(m.root), "soundfonts": metadata.soundfonts(m.raw)}
+                   for m in jobs},
                "max_seconds_per_performance": max_seconds, "seed": seed,
                "performances": {"tune": sum(g in tune for g in groups.values()),
                                 "report": sum(g not in tune for g in groups.values())},
@@ -209,31 +284,35 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
                 "velocity within 10 % (mir_eval)",
       "machine": machine.describe(),
       "steps": results,
-      "final": {"step": results[-1]["step"], **results[-1]["report"],
-                **({"unseen": results[-1]["unseen"]} if unseen else {})},
+      "final": {"step": final["step"], "run_step": final["run_step"], **final["report"],
+                **({"timbres": final["timbres"]} if timbres else {})},
   }
   output_dir.mkdir(parents=True, exist_ok=True)
   (output_dir / "transcription.json").write_text(json.dumps(out, indent=1) + "\n")
   reported = out["data"]["performances"]["report"]
+  starts = [(s.offset, f"then {'+'.join(s.soundfonts)}") for s in segments[1:] if s.steps]
   plot(output_dir / "transcription_f1.png", results,
-       f"Transcription on held-out {meta.dataset} compositions ({reported} performances)")
+       f"Transcription on held-out {meta.dataset} compositions ({reported} performances, "
+       f"{metadata.soundfont_name(meta.raw)})", starts)
   return out
 
 
 def define_flags() -> None:
   flags.DEFINE_string("checkpoint", None, "A pre-training run with a transcription head.",
                       required=True)
-  flags.DEFINE_string("data_dir", None, "The MAESTRO/ASAP job's shards (with note targets).",
-                      required=True)
+  flags.DEFINE_string("data_dir", None, "The MAESTRO/ASAP job's shards (with note targets): "
+                      "thresholds are tuned on half its held-out compositions, scores "
+                      "reported on the other half.", required=True)
   flags.DEFINE_string("output_dir", None, "Where transcription.json and the figure go.",
                       required=True)
-  flags.DEFINE_list("steps", [], "Checkpoint steps to score (default: every one kept).")
+  flags.DEFINE_list("steps", [], "The run's checkpoint steps to score (default: every one kept).")
   flags.DEFINE_string("split", "validation", "The held-out split.")
   flags.DEFINE_float("max_seconds", 60.0, "Score the first seconds of each performance (0: all).",
                      lower_bound=0)
   flags.DEFINE_integer("seed", 0, "Seed of the tune/report halves.")
-  flags.DEFINE_list("unseen_timbres", [], "Jobs over the same held-out compositions rendered "
-                    "with SoundFonts the run never heard (scored with the tuned thresholds).")
+  flags.DEFINE_list("timbres", [], "Jobs over the same held-out compositions rendered with "
+                    "other SoundFonts (scored with the tuned thresholds; marked heard or not "
+                    "in training).")
 
 
 def main(argv: list[str]) -> int:
@@ -242,13 +321,15 @@ def main(argv: list[str]) -> int:
     out = report(FLAGS.checkpoint, FLAGS.data_dir, pathlib.Path(FLAGS.output_dir),
                  steps=[int(s) for s in FLAGS.steps], split=FLAGS.split,
                  max_seconds=FLAGS.max_seconds or None, seed=FLAGS.seed,
-                 unseen_dirs=FLAGS.unseen_timbres)
-  except (loading.RunError, FileNotFoundError, metadata.MetadataError, ValueError) as e:
+                 timbre_dirs=FLAGS.timbres)
+  except (loading.RunError, FileNotFoundError, metadata.MetadataError, ValueError,
+          release.ReleaseError) as e:
     sys.exit(f"error: {e}")
   final = out["final"]
   print(f"step {final['step']}: " + ", ".join(f"{m} F1 {final[m + '/f1']:.3f}" for m in METRICS)
-        + "".join(f", onset F1 {s['onset/f1']:.3f} on unseen {name}"
-                  for name, s in final.get("unseen", {}).items())
+        + "".join(f", onset F1 {s['onset/f1']:.3f} on {name} "
+                  f"({'heard' if s['heard_in_training'] else 'never heard'})"
+                  for name, s in final.get("timbres", {}).items())
         + f" -> {FLAGS.output_dir}/transcription.json")
   return 0
 

@@ -12,10 +12,23 @@ committed):
   percepiano_shards    PercePiano rendered from its performance MIDI -> labelled shards
   pretrain             SSAST pre-training on the ASAP shards
   pretrain_notes       notes-aware pre-training on them: the transcription head alone
+  asap_mixed_shards    the ASAP performances again, each rendered with one of two SoundFonts
+                       (TimGM6mb and --second_soundfont, drawn per performance)
+  pretrain_notes_mixed the notes-aware run continued on those two timbres (the encoder every
+                       later stage uses)
+  second_timbre_shards, unseen_timbre_shards
+                       the held-out compositions rendered with the second SoundFont alone
+                       and with --unseen_soundfont, one the encoder never hears
   transcription        eval.transcription_report: onset/offset/velocity/pedal F1 of every kept
-                       checkpoint on held-out ASAP compositions (thresholds chosen on half
-                       of them) -> REPORTS/transcription.json and the F1-vs-steps figure
+                       checkpoint of both notes-aware runs on held-out ASAP compositions
+                       (thresholds chosen on half of them), per timbre ->
+                       REPORTS/transcription.json and the F1-vs-steps figure
   transcribe_percepiano  PercePiano's windows transcribed by that encoder (notes archive)
+  percepiano_<kind>_timbre_shards, transcribe_percepiano_<kind>_timbre, cross_timbre
+                       PercePiano rendered with the second and the unseen SoundFont and
+                       transcribed; eval.cross_timbre: the audio ridge and the notes ridge
+                       fitted on TimGM6mb renders, scored on each timbre's test set ->
+                       REPORTS/cross_timbre.json
   embed_<encoder>      PercePiano embedded by a frozen encoder (random, ssast, notes)
   cv_<variant>         piece split, per variant:
                          ast          pre-trained AST, grouped heads, adaptive weights, augmentation
@@ -30,7 +43,7 @@ committed):
                                       (what a perfect transcription gives: an upper bound)
                          notes        the same ridge on the encoder's own transcription
                          probe_<enc>  the ridge on frozen embeddings of an encoder: random,
-                                      ssast (pretrain), notes (pretrain_notes)
+                                      ssast (pretrain), notes (pretrain_notes_mixed)
   performer_<variant>  the performer split, for ast / cnn / ffn and the statistics models
   report_<split>       eval.report of the AST against every variant finished so far
                        (the ones still pending are named in the report)
@@ -82,7 +95,7 @@ VARIANTS = {
 }
 # The pre-training stage each variant fine-tunes from (default `pretrain`; none for the
 # variants that clear `init.checkpoint`).
-INIT_STAGES = {"ast_notes": "pretrain_notes"}
+INIT_STAGES = {"ast_notes": "pretrain_notes_mixed"}
 PERFORMER_VARIANTS = ("ast", "cnn", "ffn")
 # Display names in the reports (no commas: eval.report's --names is comma-separated).
 NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat": "AST flat head",
@@ -103,7 +116,7 @@ STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes", "notes", "fusion")
 # Probes: the ridge on frozen, clip-pooled embeddings of each encoder (eval.shard_embeddings),
 # and the pre-training run each is embedded with (random: the notes-aware run's shape,
 # randomly initialised).
-PROBES = {"random": "pretrain_notes", "ssast": "pretrain", "notes": "pretrain_notes"}
+PROBES = {"random": "pretrain_notes_mixed", "ssast": "pretrain", "notes": "pretrain_notes_mixed"}
 
 SIZES = {
     "cpu": {
@@ -116,6 +129,8 @@ SIZES = {
                      "--config.num_steps=500", "--config.eval_every_steps=0",
                      *cpu_scale.PRETRAIN],
         "pretrain_notes": [*cpu_scale.NOTES_PRETRAIN, "--config.num_steps=3000"],
+        # Continued on two timbres: a fresh warm-up and cosine schedule.
+        "pretrain_notes_mixed": [*cpu_scale.NOTES_PRETRAIN, "--config.num_steps=2500"],
         "finetune": ["--config=train/configs/finetune.py:tiny", "--config.num_epochs=1",
                      *cpu_scale.finetune(512)],
         "cross_validated": {"piece": ("ast", "cnn", "ffn")},
@@ -135,6 +150,8 @@ SIZES = {
         "pretrain": ["--config=train/configs/pretrain.py:base"],
         "pretrain_notes": ["--config=train/configs/pretrain.py:base",
                            "--config.model.transcription_weight=1"],
+        "pretrain_notes_mixed": ["--config=train/configs/pretrain.py:base",
+                                 "--config.model.transcription_weight=1"],
         "finetune": ["--config=train/configs/finetune.py:base",
                      "--config.optimizer.layer_decay=0.75"],
         "cross_validated": {"piece": tuple(VARIANTS), "performer": PERFORMER_VARIANTS},
@@ -157,40 +174,66 @@ def define_flags() -> None:
                       "--size=cpu only the cross-validated variants (piece split: ast, cnn, "
                       "ffn) have folds; the others run the test set alone.")
   flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+  flags.DEFINE_string("second_soundfont", SECOND_SOUNDFONT, "The second SoundFont of the "
+                      "notes-aware run's continuation (Debian: fluid-soundfont-gm).")
   flags.DEFINE_string("unseen_soundfont", UNSEEN_SOUNDFONT, "A SoundFont the encoders never "
-                      "hear in training (Debian: fluid-soundfont-gm): the held-out ASAP "
-                      "compositions rendered with it test transcription across timbres. Empty: "
-                      "skip that test.")
+                      "hear in training (Debian: musescore-general-soundfont-lossless): the "
+                      "held-out ASAP compositions rendered with it test transcription across "
+                      "timbres. Empty: skip that test.")
   flags.DEFINE_integer("jobs", 1, "Stages to run at once when their inputs are ready (2 on "
                        "2 cores: 1.3x the training throughput of one at a time).", lower_bound=1)
 
 
-# Debian's fluid-soundfont-gm: FluidR3, a timbre the TimGM6mb-trained encoder never heard.
-UNSEEN_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+# Debian's fluid-soundfont-gm: FluidR3, the second timbre the notes-aware encoder trains on.
+SECOND_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+# Debian's musescore-general-soundfont-lossless (the lossy .sf3 packages are Ogg-compressed,
+# which the renderer does not read): MuseScore General, a piano no encoder hears in training.
+UNSEEN_SOUNDFONT = "/usr/share/sounds/sf2/MuseScore_General_Full.sf2"
 
 
 def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Path, size: str,
          folds: str = "", reports: pathlib.Path | None = None,
-         unseen_soundfont: str = UNSEEN_SOUNDFONT) -> list[stages.Stage]:
-  """The stages; reports go to `reports/<split>` (default WORK/reports). With
-  `unseen_soundfont` (empty: none) the held-out ASAP compositions are also rendered with it
-  and the transcription report scores them."""
+         unseen_soundfont: str = UNSEEN_SOUNDFONT,
+         second_soundfont: str = SECOND_SOUNDFONT) -> list[stages.Stage]:
+  """The stages; reports go to `reports/<split>` (default WORK/reports). The notes-aware
+  run is continued on TimGM6mb + `second_soundfont`; with `unseen_soundfont` (empty: none)
+  the held-out ASAP compositions are also rendered with it and the transcription report
+  scores them with every other timbre."""
   s = SIZES[size]
   asap, labelled, pretrain = work / "shards" / "asap", work / "shards" / "percepiano", work / "pretrain"
+  mixed = work / "shards" / "asap_mixed"
   pretrain_args = ("train.main", *s["pretrain"], f"--workdir={pretrain}", f"--config.data_dir={asap}",
                    *s["encoder"])
-  notes_pretrain = work / "pretrain_notes"
+  notes_pretrain, notes_run = work / "pretrain_notes", work / "pretrain_notes_mixed"
   notes_args = ("train.main", *s["pretrain_notes"], f"--workdir={notes_pretrain}",
                 f"--config.data_dir={asap}", *s["encoder"])
+  mixed_args = ("train.main", *s["pretrain_notes_mixed"], f"--workdir={notes_run}",
+                f"--config.data_dir={mixed}", f"--config.init.checkpoint={notes_pretrain}",
+                *s["encoder"])
   transcribed = work / "transcribed_notes.npz"
   report_root = reports or work / "reports"
-  unseen = work / "shards" / f"asap_{pathlib.Path(unseen_soundfont).stem}" if unseen_soundfont \
-      else None
+
+  def held_out(font: str) -> pathlib.Path:
+    return work / "shards" / f"asap_{pathlib.Path(font).stem}"
+
+  # Other renders of the held-out compositions the report scores: TimGM6mb's own, the
+  # second SoundFont's, and the unseen one's.
+  timbres = [asap, held_out(second_soundfont), *([held_out(unseen_soundfont)]
+                                                 if unseen_soundfont else [])]
+  timbre_stages = ("second_timbre_shards", *(("unseen_timbre_shards",) if unseen_soundfont
+                                             else ()))
   out = [
       stages.Stage("asap_shards", ("pipelines.beam.maestro_job", f"--maestro_dir={asap_dir}",
                                    f"--output_dir={asap}", *s["window"], "--nowrite_audio"),
                    lambda: stages.job_finished(asap, stages.window_flags(s["window"])),
                    "ASAP MIDI rendered -> pre-training shards"),
+      stages.Stage("asap_mixed_shards",
+                   ("pipelines.beam.maestro_job", f"--maestro_dir={asap_dir}",
+                    f"--output_dir={mixed}", *s["window"], "--nowrite_audio",
+                    f"--soundfonts=default,{second_soundfont}"),
+                   lambda: stages.job_finished(mixed, stages.window_flags(s["window"])),
+                   f"ASAP MIDI rendered with TimGM6mb or {pathlib.Path(second_soundfont).name} "
+                   "-> two-timbre pre-training shards"),
       stages.Stage("percepiano_shards", ("pipelines.beam.percepiano_job", f"--percepiano_dir={percepiano_dir}",
                                          f"--output_dir={labelled}", *s["window"],
                                          "--variants=1", "--augment=noise"),
@@ -204,31 +247,76 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                       needs=("asap_shards",)),
       stages.training("pretrain_notes", notes_pretrain, notes_args,
                       "notes-aware pre-training (transcription head)", needs=("asap_shards",)),
-      # Every kept checkpoint scored on held-out ASAP compositions; the thresholds chosen
-      # there are saved in the run for the next stage.
-      stages.Stage("transcription", ("eval.transcription_report", f"--checkpoint={notes_pretrain}",
-                                     f"--data_dir={asap}", f"--output_dir={report_root}",
-                                     *((f"--unseen_timbres={unseen}",) if unseen else ())),
+      stages.training("pretrain_notes_mixed", notes_run, mixed_args,
+                      "notes-aware pre-training continued on two timbres",
+                      needs=("pretrain_notes", "asap_mixed_shards")),
+  ]
+  # The held-out compositions only, clean (no augmented copies): test sets, not training.
+  for name, font, what in (("second_timbre_shards", second_soundfont, "the second"),
+                           ("unseen_timbre_shards", unseen_soundfont, "an unseen")):
+    if font:
+      directory = held_out(font)
+      out.append(stages.Stage(
+          name, ("pipelines.beam.maestro_job", f"--maestro_dir={asap_dir}",
+                 f"--output_dir={directory}", *s["window"], "--nowrite_audio",
+                 f"--soundfont={font}", "--only_splits=validation", "--variants=0"),
+          lambda d=directory: stages.job_finished(d, stages.window_flags(s["window"])),
+          f"held-out ASAP compositions rendered with {pathlib.Path(font).name} ({what} timbre)"))
+  out += [
+      # Every kept checkpoint of both notes-aware runs scored on held-out ASAP compositions;
+      # the thresholds chosen there are saved in the runs for the next stages.
+      stages.Stage("transcription", ("eval.transcription_report", f"--checkpoint={notes_run}",
+                                     f"--data_dir={mixed}", f"--output_dir={report_root}",
+                                     f"--timbres={','.join(map(str, timbres))}"),
                    lambda: _transcription_reported(report_root / "transcription.json",
-                                                   notes_pretrain, unseen is not None),
-                   "transcription F1 against pre-training steps",
-                   needs=("pretrain_notes", *(("unseen_timbre_shards",) if unseen else ()))),
+                                                   notes_run, len(timbres)),
+                   "transcription F1 against pre-training steps, per timbre",
+                   needs=("pretrain_notes_mixed", "asap_shards", *timbre_stages)),
       stages.Stage("transcribe_percepiano",
-                   ("eval.shard_transcription", f"--checkpoint={notes_pretrain}",
+                   ("eval.shard_transcription", f"--checkpoint={notes_run}",
                     f"--data_dir={labelled}", f"--output={transcribed}"),
-                   lambda: _transcribed(transcribed, notes_pretrain),
+                   lambda: _transcribed(transcribed, notes_run),
                    "PercePiano transcribed by the notes-aware encoder",
                    needs=("transcription", "percepiano_shards")),
   ]
-  if unseen:
-    # The held-out compositions only, clean (no augmented copies): a test set, not training.
-    out.insert(4, stages.Stage(
-        "unseen_timbre_shards",
-        ("pipelines.beam.maestro_job", f"--maestro_dir={asap_dir}", f"--output_dir={unseen}",
-         *s["window"], "--nowrite_audio", f"--soundfont={unseen_soundfont}",
-         "--only_splits=validation", "--variants=0"),
-        lambda: stages.job_finished(unseen, stages.window_flags(s["window"])),
-        f"held-out ASAP compositions rendered with {pathlib.Path(unseen_soundfont).name}"))
+  # Perception across timbres: PercePiano rendered (clean) with the second SoundFont and the
+  # unseen one, transcribed by the same encoder; eval.cross_timbre fits the audio ridge and
+  # the notes ridge on the TimGM6mb renders and scores every timbre's test set.
+  other_jobs, other_archives, other_stages = [], [], []
+  for kind, font in (("second", second_soundfont), ("unseen", unseen_soundfont)):
+    if not font:
+      continue
+    stem = pathlib.Path(font).stem
+    directory, archive = work / "shards" / f"percepiano_{stem}", work / f"transcribed_notes_{stem}.npz"
+    out += [
+        stages.Stage(f"percepiano_{kind}_timbre_shards",
+                     ("pipelines.beam.percepiano_job", f"--percepiano_dir={percepiano_dir}",
+                      f"--output_dir={directory}", *s["window"], "--variants=0",
+                      f"--soundfont={font}"),
+                     lambda d=directory: stages.job_finished(
+                         d, {**stages.window_flags(s["window"]), "write_audio": True},
+                         records.VERSION),
+                     f"PercePiano rendered with {pathlib.Path(font).name} ({kind} timbre)"),
+        stages.Stage(f"transcribe_percepiano_{kind}_timbre",
+                     ("eval.shard_transcription", f"--checkpoint={notes_run}",
+                      f"--data_dir={directory}", f"--output={archive}"),
+                     lambda a=archive: _transcribed(a, notes_run),
+                     f"PercePiano ({kind} timbre) transcribed by the notes-aware encoder",
+                     needs=("transcription", f"percepiano_{kind}_timbre_shards"))]
+    other_jobs.append(directory)
+    other_archives.append(archive)
+    other_stages.append(f"transcribe_percepiano_{kind}_timbre")
+  if other_jobs:
+    cross = report_root / "cross_timbre.json"
+    out.append(stages.Stage(
+        "cross_timbre", ("eval.cross_timbre", f"--train_data={labelled}",
+                         f"--test_data={','.join(map(str, other_jobs))}",
+                         f"--transcribed_notes={transcribed}",
+                         f"--test_transcribed_notes={','.join(map(str, other_archives))}",
+                         f"--cache_dir={work / 'cross_timbre'}", f"--output={cross}"),
+        lambda: _cross_timbre_reported(cross, notes_run),
+        "perception models fitted on TimGM6mb renders, tested on other timbres",
+        needs=("transcribe_percepiano", *other_stages)))
   embeddings = {encoder: work / f"embeddings_{encoder}.npz" for encoder in PROBES}
   for encoder, run in PROBES.items():
     run_dir = work / run
@@ -371,13 +459,22 @@ def _last_step(workdir: pathlib.Path) -> int | None:
   return result["step"] if result and rundir.finished(result) else None
 
 
-def _transcription_reported(path: pathlib.Path, pretrain: pathlib.Path,
-                            unseen: bool = False) -> bool:
-  """Done when the report scored the pre-training run's last step (and an unseen timbre)."""
+def _transcription_reported(path: pathlib.Path, pretrain: pathlib.Path, timbres: int) -> bool:
+  """Done when the report scored the pre-training run's last step, and `timbres` others."""
   if not path.is_file():
     return False
-  final = json.loads(path.read_text())["final"]
-  return final["step"] == _last_step(pretrain) and (not unseen or "unseen" in final)
+  scored = json.loads(path.read_text())
+  final = scored["final"]
+  return (scored["checkpoint"] == str(pretrain) and final.get("run_step") == _last_step(pretrain)
+          and len(final.get("timbres", {})) == timbres)
+
+
+def _cross_timbre_reported(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
+  """Done when every transcription the report read came from the run's last step."""
+  if not path.is_file():
+    return False
+  steps = {t.get("step") for t in json.loads(path.read_text()).get("transcriptions", [])}
+  return steps == {_last_step(pretrain)}
 
 
 def _transcribed(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
@@ -449,7 +546,7 @@ def main(argv):
   chosen = plan(pathlib.Path(FLAGS.percepiano_dir).absolute(),
                 pathlib.Path(FLAGS.asap_dir).absolute(), work, FLAGS.size, FLAGS.folds,
                 pathlib.Path(FLAGS.report_dir).absolute() if FLAGS.report_dir else None,
-                FLAGS.unseen_soundfont)
+                FLAGS.unseen_soundfont, FLAGS.second_soundfont)
   if FLAGS.only:
     unknown = sorted(set(FLAGS.only) - {st.name for st in chosen})
     if unknown:

@@ -31,7 +31,7 @@ def _config(args, monkeypatch):
 def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   plan = benchmark.plan(tmp_path / "pp", tmp_path / "asap", tmp_path / "w", size, folds="0")
   names = [s.name for s in plan]
-  assert names[:3] == ["asap_shards", "percepiano_shards", "pretrain"]
+  assert names[:4] == ["asap_shards", "asap_mixed_shards", "percepiano_shards", "pretrain"]
   assert {f"cv_{v}" for v in benchmark.VARIANTS} <= set(names)
   assert {"performer_ast", "performer_cnn", "report_piece", "report_performer"} <= set(names)
   # What each stage waits for when stages run side by side.
@@ -40,8 +40,8 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
     assert set(stage.needs) <= set(names[:k]), stage.name
   assert needs["pretrain"] == ("asap_shards",)
   assert needs["cv_ast"] == ("percepiano_shards", "pretrain")
-  assert needs["cv_ast_notes"] == ("percepiano_shards", "pretrain_notes")
-  assert f"--config.init.checkpoint={tmp_path / 'w' / 'pretrain_notes'}" in plan[
+  assert needs["cv_ast_notes"] == ("percepiano_shards", "pretrain_notes_mixed")
+  assert f"--config.init.checkpoint={tmp_path / 'w' / 'pretrain_notes_mixed'}" in plan[
       names.index("cv_ast_notes")].args
   assert needs["cv_scratch"] == needs["cv_cnn"] == needs["performer_ffn"] == ("percepiano_shards",)
   probes = [f"probe_{e}" for e in benchmark.PROBES]
@@ -53,22 +53,55 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
                                              *benchmark.STATISTICS_MODELS, *probes)}
   # Probes: each encoder embeds PercePiano once, both splits fit on that table.
   assert needs["embed_ssast"] == ("pretrain", "percepiano_shards")
-  assert needs["embed_random"] == needs["embed_notes"] == ("pretrain_notes", "percepiano_shards")
+  assert needs["embed_random"] == needs["embed_notes"] == ("pretrain_notes_mixed",
+                                                            "percepiano_shards")
   assert "--random_init" in plan[names.index("embed_random")].args
   assert "--random_init" not in plan[names.index("embed_notes")].args
   assert needs["cv_probe_notes"] == ("embed_notes",)
   assert needs["cv_fusion"] == ("transcribe_percepiano", "embed_notes")
   assert needs["performer_fusion"] == ("cv_fusion",)
-  # Transcription is also scored on the held-out compositions in a SoundFont never trained on.
-  unseen = plan[names.index("unseen_timbre_shards")].args
-  assert f"--soundfont={benchmark.UNSEEN_SOUNDFONT}" in unseen
-  assert "--only_splits=validation" in unseen and "--variants=0" in unseen
-  assert needs["transcription"] == ("pretrain_notes", "unseen_timbre_shards")
-  assert any(a.startswith("--unseen_timbres=") for a in plan[names.index("transcription")].args)
+  # The notes-aware run continues on two timbres; transcription is scored per timbre on the
+  # held-out compositions: TimGM6mb's, the second SoundFont's and one never trained on.
+  w = tmp_path / "w"
+  mixed = plan[names.index("asap_mixed_shards")].args
+  assert f"--soundfonts=default,{benchmark.SECOND_SOUNDFONT}" in mixed
+  assert needs["pretrain_notes_mixed"] == ("pretrain_notes", "asap_mixed_shards")
+  continued = plan[names.index("pretrain_notes_mixed")].args
+  assert f"--config.init.checkpoint={w / 'pretrain_notes'}" in continued
+  assert f"--config.data_dir={w / 'shards' / 'asap_mixed'}" in continued
+  for stage, font in (("second_timbre_shards", benchmark.SECOND_SOUNDFONT),
+                      ("unseen_timbre_shards", benchmark.UNSEEN_SOUNDFONT)):
+    held_out = plan[names.index(stage)].args
+    assert f"--soundfont={font}" in held_out
+    assert "--only_splits=validation" in held_out and "--variants=0" in held_out
+  assert needs["transcription"] == ("pretrain_notes_mixed", "asap_shards", "second_timbre_shards",
+                                    "unseen_timbre_shards")
+  report_args = plan[names.index("transcription")].args
+  assert f"--checkpoint={w / 'pretrain_notes_mixed'}" in report_args
+  assert f"--timbres={w / 'shards' / 'asap'},{w / 'shards' / 'asap_FluidR3_GM'}," \
+      f"{w / 'shards' / 'asap_MuseScore_General_Full'}" in report_args
+  # Perception across timbres: PercePiano in both other timbres, transcribed by the same run.
+  for kind, font in (("second", benchmark.SECOND_SOUNDFONT), ("unseen", benchmark.UNSEEN_SOUNDFONT)):
+    shards = plan[names.index(f"percepiano_{kind}_timbre_shards")].args
+    assert f"--soundfont={font}" in shards and "--variants=0" in shards
+    assert "--nowrite_audio" not in shards  # the audio ridge reads the clean audio
+    assert needs[f"transcribe_percepiano_{kind}_timbre"] == (
+        "transcription", f"percepiano_{kind}_timbre_shards")
+    assert f"--checkpoint={w / 'pretrain_notes_mixed'}" in plan[
+        names.index(f"transcribe_percepiano_{kind}_timbre")].args
+  assert needs["cross_timbre"] == ("transcribe_percepiano", "transcribe_percepiano_second_timbre",
+                                   "transcribe_percepiano_unseen_timbre")
+  cross = plan[names.index("cross_timbre")].args
+  assert f"--train_data={w / 'shards' / 'percepiano'}" in cross
+  assert f"--transcribed_notes={w / 'transcribed_notes.npz'}" in cross
   without = {s.name: s for s in benchmark.plan(tmp_path / "pp", tmp_path / "asap", tmp_path / "w",
                                                size, folds="0", unseen_soundfont="")}
+  assert "percepiano_unseen_timbre_shards" not in without
+  assert without["cross_timbre"].needs == ("transcribe_percepiano",
+                                           "transcribe_percepiano_second_timbre")
   assert "unseen_timbre_shards" not in without
-  assert without["transcription"].needs == ("pretrain_notes",)
+  assert without["transcription"].needs == ("pretrain_notes_mixed", "asap_shards",
+                                            "second_timbre_shards")
   assert needs["performer_probe_notes"] == ("cv_probe_notes",)
   # The piece ridge fills the one statistics cache; every other run on it waits for that.
   cache = f"--statistics_cache={tmp_path / 'w' / 'clip_statistics.npz'}"
@@ -84,12 +117,13 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert needs["pretrain_notes"] == ("asap_shards",)
   assert needs["transcribe_percepiano"] == ("transcription", "percepiano_shards")
   assert needs["cv_notes"] == ("transcribe_percepiano",) and needs["performer_notes"] == ("cv_notes",)
-  notes_config = _config(plan[names.index("pretrain_notes")].args, monkeypatch)
-  assert notes_config.task == "pretrain" and notes_config.model.transcription_weight == 1
-  assert notes_config.model.encoder.time_stride == notes_config.model.encoder.patch_size
-  if size == "cpu":
-    assert notes_config.model.ssast_weight == 0 and notes_config.checkpoint.keep >= (
-        notes_config.num_steps // notes_config.checkpoint.every_steps)
+  for run in ("pretrain_notes", "pretrain_notes_mixed"):
+    notes_config = _config(plan[names.index(run)].args, monkeypatch)
+    assert notes_config.task == "pretrain" and notes_config.model.transcription_weight == 1
+    assert notes_config.model.encoder.time_stride == notes_config.model.encoder.patch_size
+    if size == "cpu":
+      assert notes_config.model.ssast_weight == 0 and notes_config.checkpoint.keep >= (
+          notes_config.num_steps // notes_config.checkpoint.every_steps)
   archive = plan[names.index("transcribe_percepiano")].args[-1].split("=", 1)[1]
   assert f"--transcribed_notes={archive}" in plan[names.index("cv_notes")].args
   # Each report right after its split's runs.
@@ -268,8 +302,14 @@ def test_the_notes_path_stages_are_done_only_for_the_runs_last_step(tmp_path):
   _finish(run)  # step 5
   report = tmp_path / "transcription.json"
   for step, done in ((3, False), (5, True)):
-    report.write_text(json.dumps({"final": {"step": step}}))
-    assert benchmark._transcription_reported(report, run) is done
+    # The lineage's count (3000 + step) is not the run's own step.
+    final = {"step": 3000 + step, "run_step": step, "timbres": {"A": {}, "B": {}}}
+    report.write_text(json.dumps({"checkpoint": str(run), "final": final}))
+    assert benchmark._transcription_reported(report, run, 2) is done
+    # Fewer timbres than the stage asks for, or another run's report, is not done.
+    assert not benchmark._transcription_reported(report, run, 3)
+    report.write_text(json.dumps({"checkpoint": str(tmp_path / "other"), "final": final}))
+    assert not benchmark._transcription_reported(report, run, 2)
     archive = tmp_path / f"notes{step}.npz"
     notes.save_archive(archive, {}, {}, {"step": step})
     assert benchmark._transcribed(archive, run) is done
@@ -277,6 +317,11 @@ def test_the_notes_path_stages_are_done_only_for_the_runs_last_step(tmp_path):
     statistics_table.save_vectors(table, ["k"], np.zeros((1, 2)),
                                   {"step": step, "random_init": False})
     assert benchmark._embedded(table, run, random_init=False) is done
+  cross = tmp_path / "cross_timbre.json"
+  assert not benchmark._cross_timbre_reported(cross, run)
+  for steps, done in (([5, 5, 5], True), ([5, 3, 5], False), ([], False)):
+    cross.write_text(json.dumps({"transcriptions": [{"step": k} for k in steps]}))
+    assert benchmark._cross_timbre_reported(cross, run) is done
   random_table = tmp_path / "random.npz"
   statistics_table.save_vectors(random_table, ["k"], np.zeros((1, 2)),
                                 {"step": None, "random_init": True})

@@ -403,12 +403,14 @@ def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shard
   assert proc.returncode != 0 and "--transcribed_notes" in proc.stderr
 
 
-def test_the_report_scores_a_timbre_the_run_never_heard(notes_pretrained, train_shards, jax_env,
-                                                       tmp_path):
-  """The same compositions rendered with another SoundFont (`maestro_job --soundfont
-  --only_splits --variants=0`) are scored with the thresholds tuned on the training timbre;
-  a job of the training timbre, or one lacking the report half's compositions, is refused."""
-  from eval import transcription_report
+def test_the_report_scores_other_timbres_along_a_continued_runs_lineage(
+    notes_pretrained, train_shards, jax_env, tmp_path):
+  """A run continued on a second SoundFont is scored with the run it continues (steps counted
+  from the first run's start); the same compositions rendered with other SoundFonts
+  (`maestro_job --soundfont --only_splits --variants=0`) are scored with the thresholds tuned
+  on --data_dir and marked heard in training or not; a job of --data_dir's own SoundFonts,
+  or one lacking the report half's compositions, is refused."""
+  from eval import loading, transcription_report
   from pipelines.audio import render
   from pipelines.shards import metadata
 
@@ -416,19 +418,25 @@ def test_the_report_scores_a_timbre_the_run_never_heard(notes_pretrained, train_
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
                           env=jax_env, capture_output=True, text=True, timeout=600, check=False)
 
-  # Another SoundFont file (TimGM6mb plus a trailing byte: another checksum, the same sound).
-  font = tmp_path / "OtherFont.sf2"
-  font.write_bytes(render.default_soundfont().read_bytes() + b"\0")
+  # Other SoundFont files (TimGM6mb plus trailing bytes: other checksums, the same sound).
+  fonts = {}
+  for name, tail in (("SecondFont", b"\0"), ("UnheardFont", b"\0\0")):
+    fonts[name] = tmp_path / f"{name}.sf2"
+    fonts[name].write_bytes(render.default_soundfont().read_bytes() + tail)
   corpus = train_shards["maestro"].parent / "corpus" / "maestro-v3.0.0"
   job = ["pipelines.beam.maestro_job", f"--maestro_dir={corpus}", "--from_midi",
          "--window_s=2.56", "--hop_s=1.28", "--nowrite_audio", "--variants=0",
          "--direct_running_mode=in_memory", "--direct_num_workers=1"]
-  unseen = tmp_path / "unseen"
-  proc = run(*job, f"--output_dir={unseen}", f"--soundfont={font}", "--only_splits=train")
+  second, unheard = tmp_path / "second", tmp_path / "unheard"
+  # The second timbre's job is also the continued run's training data (both splits).
+  proc = run(*job, f"--output_dir={second}", f"--soundfont={fonts['SecondFont']}")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  meta = metadata.read(unseen)
+  proc = run(*job, f"--output_dir={unheard}", f"--soundfont={fonts['UnheardFont']}",
+             "--only_splits=train")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  meta = metadata.read(unheard)
   assert meta.raw["splits"]["only_splits"] == ["train"]
-  assert meta.raw["soundfont_sha256"] == render.soundfont_sha256(font)
+  assert meta.raw["soundfont_sha256"] == render.soundfont_sha256(fonts["UnheardFont"])
   bad = run(*job, f"--output_dir={tmp_path / 'bad'}", "--only_splits=nope")
   assert bad.returncode != 0 and "only_splits names splits the tree does not have: ['nope']" \
       in bad.stderr and "Traceback" not in bad.stderr
@@ -436,26 +444,55 @@ def test_the_report_scores_a_timbre_the_run_never_heard(notes_pretrained, train_
   assert missing.returncode != 0 and "no.sf2" in missing.stderr
   assert "Traceback" not in missing.stderr and not (tmp_path / "bad").exists()
 
+  continued = tmp_path / "continued"
+  proc = run("train.main", "--config=train/configs/pretrain.py:tiny", f"--workdir={continued}",
+             f"--config.data_dir={second}", "--config.model.encoder.num_frames=256",
+             "--config.model.encoder.width=64", "--config.model.encoder.depth=2",
+             "--config.model.encoder.heads=2", "--config.model.encoder.mlp_dim=128",
+             "--config.model.num_masked=48", "--config.model.transcription_weight=1.0",
+             "--config.model.transcription_hidden=64", "--config.num_steps=2",
+             "--config.batch_size=8", "--config.microbatch_size=8", "--config.eval_batch_size=8",
+             "--config.eval_every_steps=0", "--config.checkpoint.every_steps=1",
+             f"--config.init.checkpoint={notes_pretrained}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  first_steps = loading.checkpoint_steps(notes_pretrained)
+  segments = transcription_report.lineage(continued)
+  assert [s.workdir for s in segments] == [notes_pretrained, continued]
+  assert [s.offset for s in segments] == [0, 3] and segments[1].steps == (1, 2)
+  assert segments[0].steps == tuple(first_steps)
+
   out = tmp_path / "report"
-  args = ["eval.transcription_report", f"--checkpoint={notes_pretrained}",
+  args = ["eval.transcription_report", f"--checkpoint={continued}",
           f"--data_dir={train_shards['maestro']}", f"--output_dir={out}", "--split=train",
           "--max_seconds=5"]
-  proc = run(*args, f"--unseen_timbres={unseen}")
+  proc = run(*args, f"--timbres={second},{unheard}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((out / "transcription.json").read_text())
-  assert report["data"]["unseen_soundfonts"] == {"OtherFont": meta.raw["soundfont_sha256"]}
-  scores = report["final"]["unseen"]["OtherFont"]
-  assert set(scores) == set(report["final"]) - {"step", "unseen"}
-  assert all(0 <= scores[f"{m}/f1"] <= 1 for m in transcription_report.METRICS)
-  assert "on unseen OtherFont" in proc.stdout
-  same = run(*args, f"--unseen_timbres={train_shards['maestro']}")
-  assert same.returncode != 0 and "rendered with the training SoundFont" in same.stderr
+  assert [(s["run"], s["run_step"], s["step"]) for s in report["steps"]] == [
+      *((str(notes_pretrained), k, k) for k in first_steps),
+      (str(continued), 1, 4), (str(continued), 2, 5)]
+  assert report["final"]["step"] == 5 and report["final"]["run_step"] == 2
+  assert report["data"]["training_soundfonts"] == {
+      metadata.RECORDED: None,  # the fixture's job read WAV files
+      "SecondFont": render.soundfont_sha256(fonts["SecondFont"])}
+  timbres = report["final"]["timbres"]
+  assert {k: v["heard_in_training"] for k, v in timbres.items()} == {
+      "SecondFont": True, "UnheardFont": False}
+  metrics = set(report["final"]) - {"step", "run_step", "timbres"}
+  assert set(timbres["UnheardFont"]) == metrics | {"heard_in_training"}
+  assert all(0 <= timbres["UnheardFont"][f"{m}/f1"] <= 1 for m in transcription_report.METRICS)
+  assert "on UnheardFont (never heard)" in proc.stdout and "on SecondFont (heard)" in proc.stdout
+  # Each run keeps the thresholds chosen for its own steps.
+  assert loading.saved_thresholds(continued, 2) == report["steps"][-1]["thresholds"]
+  assert loading.saved_thresholds(notes_pretrained, first_steps[-1]) is not None
+  same = run(*args, f"--timbres={train_shards['maestro']}")
+  assert same.returncode != 0 and "its report half is already scored" in same.stderr
   # A report half naming a composition the job does not hold.
-  windows = transcription_report._held_out_windows(str(unseen), "train", 5.0)
+  windows = transcription_report._held_out_windows(str(unheard), "train", 5.0)
   groups = {ws[0].group for ws in windows.values()}
   with pytest.raises(ValueError, match="lacks held-out compositions"):
-    transcription_report.unseen_timbres([meta], metadata.read(train_shards["maestro"]),
-                                        "train", 5.0, groups | {"a composition it lacks"})
+    transcription_report.other_timbres([meta], metadata.read(train_shards["maestro"]),
+                                       "train", 5.0, groups | {"a composition it lacks"})
 
 
 def test_a_released_transcriber_transcribes_and_continues_pre_training(notes_pretrained,
@@ -516,6 +553,10 @@ def test_a_released_transcriber_transcribes_and_continues_pre_training(notes_pre
   assert {p.split("/")[0] for p in report["initialised"]} <= {"discriminative", "generative",
                                                               "mask_embed"}
   assert {p.split("/")[0] for p in report["loaded"]} == {"encoder", "transcription"}
+  # The report counts the continued run's steps after the release's.
+  from eval import transcription_report
+  segments = transcription_report.lineage(workdir)
+  assert [(s.workdir, s.steps, s.offset) for s in segments] == [(out, (), 0), (workdir, (1,), 3)]
 
 
 def test_performances_share_batches_and_get_their_own_outputs(notes_pretrained, train_shards):

@@ -107,3 +107,25 @@ def read(root: str | pathlib.Path) -> ShardMetadata:
     raise MetadataError(f"{path} holds a JSON {type(raw).__name__}, not a pipelines.beam job's "
                         "metadata")
   return ShardMetadata(root=root, raw=raw)
+
+
+# The name of a job's timbre when it read audio files instead of rendering MIDI.
+RECORDED = "audio files"
+
+
+def soundfonts(raw: dict) -> dict[str, str | None]:
+  """Name -> SHA-256 of the SoundFonts a job rendered with, from its metadata (`raw`: the
+  parsed file, or a run's copy of it). Jobs before the list rendered with the one
+  `--soundfont` (by default TimGM6mb); jobs over audio files with none (RECORDED)."""
+  if raw.get("soundfonts"):
+    return dict(raw["soundfonts"])
+  if not raw.get("soundfont_sha256"):
+    return {RECORDED: None}
+  chosen = (raw.get("config") or {}).get("soundfont")
+  return {pathlib.Path(chosen).stem if chosen else "TimGM6mb": raw["soundfont_sha256"]}
+
+
+def soundfont_name(raw: dict) -> str:
+  """The SoundFonts a job rendered with, as one name (`A+B` for several)."""
+  return "+".join(soundfonts(raw))
+

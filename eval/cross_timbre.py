@@ -1,0 +1,203 @@
+"""Perception models across piano timbres: fitted on one SoundFont's renders, tested on others'.
+
+  python -m eval.cross_timbre --train_data=SHARDS --test_data=OTHER,... \
+      [--transcribed_notes=A.npz --test_transcribed_notes=B.npz,...] \
+      --cache_dir=out/cross_timbre --output=reports/benchmark/cross_timbre.json
+
+Users score recordings, not our TimGM6mb renders. Each model here is the closed-form
+ridge (`train.ridge.fit`, regularisation chosen by the same grouped inner
+cross-validation) fitted once on every training fold of `--train_data` (a PercePiano
+job) and scored on the split's held-out test set as rendered in each timbre: the training
+job's own, then each `--test_data` job (the same release rendered with another
+`--soundfont`, `--variants=0`). Models:
+
+  ridge   the clip statistics of the audio (the project's bar)
+  notes   the note statistics of the notes-aware encoder's transcription of that audio
+          (`eval.shard_transcription` of each job, in the same order as the jobs)
+
+Per model and timbre: the mean Pearson per group with a bootstrap CI over performances,
+mean R², and `agreement`: the Pearson, per dimension and averaged, between a
+performance's predictions in that timbre and in the training timbre (1 would mean the
+timbre does not move the prediction at all). Writes `--output` (JSON) and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+from absl import flags
+
+from eval import machine, statistics
+from pipelines import entry_point
+from pipelines.audio import notes
+from pipelines.datasets import taxonomy
+from pipelines.shards import metadata
+from train import metrics, ridge, statistics_table
+
+FLAGS = flags.FLAGS
+MODELS = {"ridge": "audio", "notes": "notes"}  # model -> statistics_table features
+
+
+class CrossTimbreError(ValueError):
+  pass
+
+
+def _timbre(meta: metadata.ShardMetadata) -> str:
+  return metadata.soundfont_name(meta.raw)
+
+
+def _check_same_release(train: metadata.ShardMetadata, other: metadata.ShardMetadata,
+                        split: str) -> None:
+  """The test job must assign the same performances to the same sides of the split."""
+  if other.split_table(split) != train.split_table(split):
+    raise CrossTimbreError(f"{other.root}: its {split} split differs from {train.root}'s "
+                           "(render the same release with the same split flags)")
+
+
+def scores(predictions: np.ndarray, labels: np.ndarray, mask: np.ndarray, *,
+           resamples: int, seed: int) -> dict:
+  """Mean Pearson per group and overall, the overall's bootstrap CI, and mean R²."""
+  pearson = metrics.summarise(metrics.per_dimension_pearson(predictions, labels, mask))
+  interval = statistics.confidence_intervals("pearson", predictions, labels, mask,
+                                             resamples=resamples, seed=seed)["mean"]
+  r2 = metrics.per_dimension("r2", predictions, labels, mask)
+  return {**{g: pearson[f"pearson/{g}"] for g in (*taxonomy.GROUPS, "mean")},
+          "mean_ci": [float(v) for v in interval],
+          "r2": float(np.nanmean(r2))}
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+  """Mean over dimensions of the Pearson between two predictions of the same performances."""
+  return float(np.nanmean([metrics.pearson(a[:, d], b[:, d]) for d in range(a.shape[1])]))
+
+
+def evaluate(train_dir: str | pathlib.Path, test_dirs, cache_dir: str | pathlib.Path, *,
+             models=tuple(MODELS), transcribed=None, split: str = "piece", workers: int = 1,
+             resamples: int = statistics.DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+  """`transcribed`: the notes archives of the training job then of each test job (notes)."""
+  jobs = [metadata.read(train_dir), *(metadata.read(d) for d in test_dirs)]
+  names = [_timbre(m) for m in jobs]
+  if len(set(names)) < len(names):
+    raise CrossTimbreError(f"two jobs rendered with the same SoundFonts: {names}")
+  for other in jobs[1:]:
+    _check_same_release(jobs[0], other, split)
+  if "notes" in models and (transcribed is None or len(transcribed) != len(jobs)):
+    raise CrossTimbreError(f"the notes model needs one transcription per job ({len(jobs)}: "
+                           "--transcribed_notes for the training job, --test_transcribed_notes "
+                           "for the others, in order)")
+  assignment = jobs[0].split_table(split)
+  train_keys = sorted(k for k, side in assignment.items() if side.startswith("fold"))
+  test_keys = sorted(k for k, side in assignment.items() if side == "test")
+  if not train_keys or not test_keys:
+    raise CrossTimbreError(f"{train_dir}: the {split} split has no training folds or no test set")
+  cache_dir = pathlib.Path(cache_dir)
+  if "notes" in models:  # which encoder step transcribed each job
+    abouts = [notes.load_archive(path)[2] for path in transcribed]
+  out = {"split": split, "set": "test", "performances": len(test_keys),
+         "trained_on": {"shards": str(pathlib.Path(train_dir).absolute()), "timbre": names[0],
+                        "soundfonts": metadata.soundfonts(jobs[0].raw),
+                        "performances": len(train_keys)},
+         "timbres": {n: {"shards": str(m.root.absolute()),
+                         "soundfonts": metadata.soundfonts(m.raw)} for n, m in zip(names, jobs)},
+         **({"transcriptions": [{"file": str(pathlib.Path(p).absolute()),
+                                  "checkpoint": a.get("checkpoint"), "step": a.get("step")}
+                                 for p, a in zip(transcribed, abouts)]}
+            if "notes" in models else {}),
+         "resamples": resamples, "machine": machine.describe(), "models": {}}
+  for model in models:
+    features = MODELS[model]
+    tables = [statistics_table.load(
+        m.root, cache_dir / f"{model}_{i}_{names[i]}.npz", workers, features,
+        transcribed[i] if features == "notes" else None) for i, m in enumerate(jobs)]
+    fitted = ridge.fit(tables[0].x[tables[0].rows(train_keys)],
+                       tables[0].labels[tables[0].rows(train_keys)],
+                       tables[0].mask[tables[0].rows(train_keys)],
+                       statistics_table.groups_of(train_keys, split), seed=seed)
+    reference = None
+    out["models"][model] = {"alpha": fitted.alpha}
+    for name, table in zip(names, tables):
+      missing = sorted(set(test_keys) - set(table.keys))
+      if missing:
+        raise CrossTimbreError(f"{name}: {len(missing)} test performances have no statistics, "
+                               f"e.g. {missing[:3]}")
+      rows = table.rows(test_keys)
+      predicted = fitted.predict(table.x[rows])
+      entry = scores(predicted, table.labels[rows], table.mask[rows], resamples=resamples,
+                     seed=seed)
+      if reference is None:
+        reference = predicted
+      else:
+        entry["agreement"] = agreement(reference, predicted)
+      out["models"][model][name] = entry
+  return out
+
+
+def table(result: dict) -> str:
+  """A Markdown table: one row per model and timbre."""
+  lines = ["| model | timbre | " + " | ".join(taxonomy.GROUPS) + " | mean [95% CI] | R² | "
+           "agreement |", "|---|---|" + "---|" * (len(taxonomy.GROUPS) + 3)]
+  for model, entry in result["models"].items():
+    for name in result["timbres"]:
+      s = entry[name]
+      trained = " (trained on)" if name == result["trained_on"]["timbre"] else ""
+      lines.append(f"| {model} | {name}{trained} | "
+                   + " | ".join(f"{s[g]:.3f}" for g in taxonomy.GROUPS)
+                   + f" | {s['mean']:.3f} [{s['mean_ci'][0]:.3f}, {s['mean_ci'][1]:.3f}] | "
+                   f"{s['r2']:.3f} | " + (f"{s['agreement']:.2f}" if "agreement" in s else "-")
+                   + " |")
+  return "\n".join(lines)
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("train_data", None, "The PercePiano job the models are fitted on (its "
+                      "training folds).", required=True)
+  flags.DEFINE_list("test_data", [], "PercePiano jobs of the same release rendered with other "
+                    "SoundFonts.")
+  flags.DEFINE_list("models", list(MODELS), f"Models: {', '.join(MODELS)}.")
+  flags.DEFINE_string("transcribed_notes", None, "notes: the training job's transcription "
+                      "(eval.shard_transcription).")
+  flags.DEFINE_list("test_transcribed_notes", [], "notes: each test job's transcription, in "
+                    "the order of --test_data.")
+  flags.DEFINE_enum("split", "piece", ["piece", "performer"], "The split whose test set is "
+                    "scored.")
+  flags.DEFINE_string("cache_dir", None, "Where the statistics tables are cached.",
+                      required=True)
+  flags.DEFINE_string("output", None, "The JSON report.", required=True)
+  flags.DEFINE_integer("workers", 2, "Processes computing the audio statistics.", lower_bound=1)
+  flags.DEFINE_integer("resamples", statistics.DEFAULT_RESAMPLES, "Bootstrap resamples.",
+                       lower_bound=100)
+  flags.DEFINE_integer("seed", 0, "Seed of the inner folds and the bootstrap.")
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  unknown = sorted(set(FLAGS.models) - set(MODELS))
+  if unknown:
+    sys.exit(f"error: unknown models {unknown} (choose from {sorted(MODELS)})")
+  transcribed = ([FLAGS.transcribed_notes, *FLAGS.test_transcribed_notes]
+                 if FLAGS.transcribed_notes else None)
+  try:
+    result = evaluate(FLAGS.train_data, FLAGS.test_data, FLAGS.cache_dir, models=FLAGS.models,
+                      transcribed=transcribed, split=FLAGS.split, workers=FLAGS.workers,
+                      resamples=FLAGS.resamples, seed=FLAGS.seed)
+  except (CrossTimbreError, statistics_table.StatisticsError, ridge.RidgeError,
+          metadata.MetadataError, notes.NotesError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  output = pathlib.Path(FLAGS.output)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  output.write_text(json.dumps(result, indent=1) + "\n")
+  print(table(result))
+  print(f"-> {output}")
+  return 0
+
+
+def cli() -> None:
+  """Console entry point (`ppt-cross-timbre`)."""
+  entry_point.run(__doc__, define_flags, main)
+
+
+if __name__ == "__main__":
+  cli()

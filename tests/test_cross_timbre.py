@@ -1,0 +1,110 @@
+"""eval.cross_timbre: perception models fitted on one SoundFont's renders, scored on another's,
+on real PercePiano jobs of a generated release."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from eval import cross_timbre
+from pipelines.audio import notes, render
+from pipelines.shards import layout, metadata, records
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, "-m", "eval.cross_timbre", *map(str, args)], cwd=REPO,
+                        capture_output=True, text=True, timeout=600, check=False)
+
+
+def _job(release: pathlib.Path, out: pathlib.Path, *flags: str) -> pathlib.Path:
+  proc = subprocess.run(
+      [sys.executable, "-m", "pipelines.beam.percepiano_job", f"--percepiano_dir={release}",
+       f"--output_dir={out}", "--test_fraction=0.34", "--num_folds=2", "--window_s=2.56",
+       "--hop_s=2.56", "--direct_running_mode=in_memory", "--direct_num_workers=1", *flags],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return out
+
+
+def _stored_notes(job: pathlib.Path, path: pathlib.Path, velocity_scale: float = 1.0) -> None:
+  """A notes archive of the note targets stored with the job's audio (a perfect
+  transcription), velocities scaled by `velocity_scale`."""
+  performances, durations = {}, {}
+  for f in metadata.read(job).shard_files("audio"):
+    for data in layout.read_array_record(str(job / f.file)):
+      header, arrays = records.decode(data)
+      played = np.array(arrays["notes"], np.float32)
+      played[:, 3] = np.clip(played[:, 3] * velocity_scale, 1, 127)
+      performances[header["key"]] = notes.Notes(played, arrays["pedal"])
+      durations[header["key"]] = header["num_samples"] / header["sample_rate"]
+  notes.save_archive(path, performances, durations, {"step": 0})
+
+
+@pytest.fixture(scope="module")
+def other_timbre(job_with_audio, tmp_path_factory):
+  """The same release rendered with another SoundFont file: TimGM6mb plus a trailing byte
+  (another checksum and name, the same sound)."""
+  root = tmp_path_factory.mktemp("cross-timbre")
+  font = root / "OtherFont.sf2"
+  font.write_bytes(render.default_soundfont().read_bytes() + b"\0")
+  return _job(job_with_audio.parent / "corpus" / "percepiano", root / "other",
+              f"--soundfont={font}", "--variants=0")
+
+
+def test_a_timbre_that_sounds_the_same_predicts_the_same(job_with_audio, other_timbre, tmp_path):
+  """Known answer: identical audio under another SoundFont name gives identical predictions
+  (agreement 1, equal scores); a transcription that changes (velocities scaled) moves the
+  notes model's predictions and not the audio ridge's."""
+  _stored_notes(job_with_audio, tmp_path / "a.npz")
+  _stored_notes(other_timbre, tmp_path / "b.npz", velocity_scale=0.5)
+  out = tmp_path / "cross_timbre.json"
+  proc = _run(f"--train_data={job_with_audio}", f"--test_data={other_timbre}",
+              f"--transcribed_notes={tmp_path / 'a.npz'}",
+              f"--test_transcribed_notes={tmp_path / 'b.npz'}", f"--cache_dir={tmp_path / 'c'}",
+              f"--output={out}", "--resamples=200", "--workers=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert list(result["timbres"]) == ["TimGM6mb", "OtherFont"]
+  assert [t["step"] for t in result["transcriptions"]] == [0, 0]
+  assert result["trained_on"]["timbre"] == "TimGM6mb"
+  test_keys = metadata.read(job_with_audio).test_keys("piece")
+  assert result["performances"] == len(test_keys)
+  audio = result["models"]["ridge"]
+  assert audio["OtherFont"]["agreement"] == pytest.approx(1.0, abs=1e-9)
+  for k in ("timing", "dynamics", "expression", "mean", "r2"):
+    assert audio["OtherFont"][k] == pytest.approx(audio["TimGM6mb"][k], abs=1e-9)
+  low, high = audio["TimGM6mb"]["mean_ci"]
+  assert low <= audio["TimGM6mb"]["mean"] <= high
+  transcribed = result["models"]["notes"]
+  assert "agreement" not in transcribed["TimGM6mb"]
+  assert transcribed["OtherFont"]["agreement"] < 0.999
+  assert "| notes | OtherFont |" in proc.stdout and "(trained on)" in proc.stdout
+
+
+def test_mismatched_inputs_are_refused(job_with_audio, other_timbre, tmp_path):
+  common = [f"--cache_dir={tmp_path / 'c'}", f"--output={tmp_path / 'o.json'}",
+            "--resamples=200", "--workers=1"]
+  same = _run(f"--train_data={job_with_audio}", f"--test_data={job_with_audio}",
+              "--models=ridge", *common)
+  assert same.returncode != 0 and "rendered with the same SoundFonts" in same.stderr
+  no_notes = _run(f"--train_data={job_with_audio}", f"--test_data={other_timbre}", *common)
+  assert no_notes.returncode != 0 and "one transcription per job" in no_notes.stderr
+  assert "Traceback" not in same.stderr + no_notes.stderr
+  assert not (tmp_path / "o.json").exists()
+  # A job whose split puts a performance on another side is not the same test set (its
+  # metadata edited: one test performance moved into a training fold).
+  import shutil
+  resplit = tmp_path / "resplit"
+  shutil.copytree(other_timbre, resplit)
+  raw = json.loads((resplit / layout.METADATA).read_text())
+  moved = metadata.read(other_timbre).test_keys("piece")[0]
+  raw["splits"]["piece"][moved] = "fold0"
+  (resplit / layout.METADATA).write_text(json.dumps(raw))
+  with pytest.raises(cross_timbre.CrossTimbreError, match="split differs"):
+    cross_timbre.evaluate(job_with_audio, [resplit], tmp_path / "c", models=("ridge",),
+                          resamples=200)
