@@ -33,7 +33,7 @@ import numpy as np
 from absl import flags
 
 from pipelines.audio import frontend, notes
-from pipelines.shards import metadata, records
+from pipelines.shards import layout, metadata, records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +85,15 @@ class ShardSet:
     mean, std = meta.normalization
     offsets, total = [], 0
     for r in rows:
+      # A truncated shard would otherwise fail inside ArrayRecord with an error that names
+      # no file; the size the job wrote is a check that costs one stat per file.
+      path = root / r.file
+      size = path.stat().st_size if path.is_file() else None
+      if r.bytes is not None and size != r.bytes:
+        raise ShardRecordError(
+            f"{path}: {'missing' if size is None else f'{size} bytes'}, but "
+            f"{layout.METADATA} lists {r.bytes} (truncated or replaced after the job wrote "
+            "it); rerun the job")
       offsets.append(total)
       total += r.records
     return cls(root=root, files=tuple(root / r.file for r in rows), offsets=tuple(offsets),

@@ -135,6 +135,10 @@ def run(dataset: str, sources: list[preprocess.Source], beam_args: list[str], *,
   except (FileExistsError, output_lock.OutputLockedError) as e:
     # Refusals before any work: one line, not a traceback.
     sys.exit(f"error: {e}")
+  except preprocess.AccountingError as e:
+    # Too many dead letters (or counts that do not add up): the message says which and where
+    # the partial output was kept; the traceback would only point into finalize.
+    sys.exit(f"error: {e}")
   c = metadata["counts"]
   print(f"{dataset}: listed {c['listed']} = written {c['written']} + filtered {c['filtered']} "
         f"+ dead-lettered {c['dead_lettered']}; {c['windows_written']} windows written, "

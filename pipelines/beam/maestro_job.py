@@ -68,11 +68,13 @@ def only_splits(sources: list[preprocess.Source], names: list[str]) -> list[prep
 
 
 def main(argv: list[str]) -> None:
-  sources, split_info = maestro_sources(FLAGS.maestro_dir, FLAGS.from_midi, FLAGS.split_seed,
-                                        FLAGS.validation_fraction)
   try:
+    sources, split_info = maestro_sources(FLAGS.maestro_dir, FLAGS.from_midi,
+                                          FLAGS.split_seed, FLAGS.validation_fraction)
     sources = only_splits(sources, FLAGS.only_splits)
-  except ValueError as e:
+  except (OSError, ValueError) as e:
+    # A missing or malformed manifest (a row escaping the root, say): the reader's message
+    # names the file and row.
     sys.exit(f"error: {e}")
   jobs.run("maestro", sources, argv[1:], filter_silent=True,
            job_flags=jobs.COMMON_FLAGS + ["maestro_dir", "from_midi", "split_seed",

@@ -10,6 +10,8 @@ not define go to Beam (see jobs.py).
 
 from __future__ import annotations
 
+import sys
+
 from absl import flags
 
 from pipelines.beam import jobs, preprocess
@@ -40,7 +42,11 @@ def percepiano_sources(release: percepiano.Release, audio_dir: str | None,
 
 
 def main(argv: list[str]) -> None:
-  release = percepiano.read_release(FLAGS.percepiano_dir)
+  try:
+    release = percepiano.read_release(FLAGS.percepiano_dir)
+  except (OSError, percepiano.PercePianoError) as e:
+    # The reader's messages name the file and every bad key; a traceback adds nothing.
+    sys.exit(f"error: {e}")
   piece = splits.piece_split(release.performances, test_fraction=FLAGS.test_fraction,
                              num_folds=FLAGS.num_folds, seed=FLAGS.split_seed)
   performer = splits.performer_split(release.performances, num_folds=FLAGS.num_folds,

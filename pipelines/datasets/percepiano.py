@@ -123,17 +123,21 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
   keys = [k for k, _ in pairs]
   repeated = sorted({k for k in keys if keys.count(k) > 1})
   if repeated:
-    raise json.JSONDecodeError(f"key(s) listed twice: {repeated[:_MAX_LISTED]}", "", 0)
+    # Not a JSONDecodeError: its "line 1 column 1" would point at the wrong place.
+    raise PercePianoError(f"key(s) listed twice: {repeated[:_MAX_LISTED]}")
   return dict(pairs)
 
 
 def _load_json_object(path: pathlib.Path) -> dict:
   if not path.is_file():
-    raise FileNotFoundError(f"PercePiano file not found: {path}")
+    what = "is a directory, not a file" if path.is_dir() else "not found"
+    raise FileNotFoundError(f"PercePiano file {what}: {path}")
   try:
     data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise PercePianoError(f"{path}: not valid JSON ({e})") from None
+  except PercePianoError as e:
+    raise PercePianoError(f"{path}: {e}") from None
   if not isinstance(data, dict) or not data:
     raise PercePianoError(f"{path}: expected a non-empty JSON object keyed by performance")
   return data

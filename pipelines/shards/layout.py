@@ -21,9 +21,21 @@ def shard_name(name: str, split: str, fmt: str, index: int, count: int) -> str:
   return f"{name}-{split}.{fmt}-{index:05d}-of-{count:05d}"
 
 
+class ShardReadError(ValueError):
+  """A shard file is missing or damaged (truncated, overwritten); the message names it."""
+
+
 def read_array_record(path: str) -> list[bytes]:
   """All records of one ArrayRecord shard, in order (tests and tools)."""
   reader = array_record_module.ArrayRecordReader(path)
+  if not reader.ok():
+    # A missing or truncated file opens as a reader of 0 records; only close() says why,
+    # as a RuntimeError that does not name the file.
+    try:
+      reader.close()
+    except RuntimeError as e:
+      raise ShardReadError(f"{path}: cannot read the ArrayRecord shard ({e})") from None
+    raise ShardReadError(f"{path}: cannot read the ArrayRecord shard")
   try:
     return [reader.read() for _ in range(reader.num_records())]
   finally:

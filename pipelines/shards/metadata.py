@@ -31,6 +31,7 @@ class ShardFile:
   format: str
   records: int
   sha256: str
+  bytes: int | None = None  # the file's size when the job wrote it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +87,7 @@ class ShardMetadata:
                   fmt: str = "array_record") -> list[ShardFile]:
     """Non-empty shard files of `kind` in `fmt`, in the metadata's (file name) order."""
     return [ShardFile(file=r["file"], kind=r["kind"], split=r["split"], format=r["format"],
-                      records=r["records"], sha256=r["sha256"])
+                      records=r["records"], sha256=r["sha256"], bytes=r.get("bytes"))
             for r in self._field("shards")
             if r["kind"] == kind and r["format"] == fmt and r["records"]
             and (splits is None or r["split"] in splits)]
