@@ -17,16 +17,24 @@ With `jobs` > 1, stages whose inputs (`needs`) are complete run side by side. On
 cores two trainings at once did 1.3x the steps per second of one (XLA leaves a core
 partly idle). A failing stage stops only the stages that need it; the chain raises
 once the others are done, so one failure does not waste an unattended session.
+
+A runner that dies (SIGKILL, a closed terminal) takes its stages with it (Linux: each
+stage gets SIGTERM; the trainer saves first), and every writer holds its output's lock
+(Beam jobs, the trainer, train.crossval), so the same command rerun resumes where the
+chain stopped and never runs beside an orphan of the dead one.
 """
 
 from __future__ import annotations
 
 import ast
+import ctypes
 import dataclasses
 import datetime
 import io
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -210,6 +218,25 @@ class _Running:
   t0: float
 
 
+def _dies_with(runner: int) -> Callable[[], None] | None:
+  """Linux: a stage gets SIGTERM when the runner dies, however it dies (SIGKILL too), so a
+  killed chain leaves no orphan writing its outputs: the trainer saves and exits, and a
+  rerun resumes from there. Elsewhere None; the outputs' locks (pipelines.lockfile) still
+  refuse a second writer while an orphan runs."""
+  if not sys.platform.startswith("linux"):
+    return None
+  libc = ctypes.CDLL(None, use_errno=True)
+
+  def preexec() -> None:  # in the child, between fork and exec
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != runner:  # the runner died before prctl: no signal will come
+      os.kill(os.getpid(), signal.SIGTERM)
+  return preexec
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def _start(stage: Stage, prefix: str, log_dir: pathlib.Path, cwd, env) -> _Running:
   log = log_dir / f"{stage.name}.log"
   print(f"{prefix}: {stage.what or stage.name} (log: {log})", flush=True)
@@ -222,7 +249,7 @@ def _start(stage: Stage, prefix: str, log_dir: pathlib.Path, cwd, env) -> _Runni
     f.write(f"=== {stamp}\n$ python -m " + " ".join(args) + "\n")
     f.flush()
     proc = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=env, stdout=f,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, preexec_fn=_dies_with(os.getpid()))
   except BaseException:
     f.close()
     raise

@@ -446,7 +446,7 @@ def test_a_second_job_on_the_same_output_is_refused(corpus, tmp_path):
     proc = run_job("percepiano", f"--percepiano_dir={corpus / 'percepiano'}",
                    f"--output_dir={out}", *IN_MEMORY, *TINY_SPLIT)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
-  assert f"being written by another job (pid {os.getpid()})" in proc.stderr.strip().splitlines()[-1]
+  assert f"being written by another process (pid {os.getpid()})" in proc.stderr.strip().splitlines()[-1]
   assert (tmp_path / ".percepiano.partial-0000beef").is_dir()  # never touched
   assert not out.exists()
 

@@ -11,6 +11,7 @@ share a persistent XLA compilation cache, so identical programs compile once.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import random
 import shutil
@@ -381,3 +382,62 @@ def test_no_intact_checkpoint_is_one_line_naming_the_directory(uninterrupted, tr
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and "no intact checkpoint" in last
   assert str(workdir / "checkpoints") in last and "Traceback" not in proc.stderr
+
+
+# The benchmark's and the demo's stage runner (experiments.stages) over one training stage.
+_RUNNER = """
+import pathlib, sys
+from experiments import stages
+work = pathlib.Path(sys.argv[1])
+stage = stages.training("pretrain", work, ("train.main", *sys.argv[2:]), "pre-training")
+stages.run([stage], work.parent / "logs")
+"""
+
+
+def _gone(pid: int) -> bool:
+  """Whether `pid` has exited (a zombie no one reaps counts as exited)."""
+  try:
+    return pathlib.Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith(("Z", "X"))
+  except (FileNotFoundError, ProcessLookupError):
+    return True
+
+
+def test_a_killed_stage_runner_takes_its_stage_along_and_the_rerun_resumes_bitwise(
+    uninterrupted, train_shards, env, tmp_path):
+  """SIGKILL to the runner mid-stage: its trainer gets SIGTERM, saves and exits (no orphan
+  keeps writing); while it runs, a second trainer on its work directory is refused; the same
+  command rerun finishes with the weights of an uninterrupted run."""
+  work = tmp_path / "run"
+  args = pretrain_args(train_shards["maestro"], work)
+  command = [sys.executable, "-c", _RUNNER, str(work), *args]
+  runner = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+  lock, deadline = tmp_path / ".run.lock", time.time() + 240
+  while not (lock.is_file() and lock.read_text().strip() and (work / rundir.METRICS).exists()
+             and losses(work)):
+    assert runner.poll() is None, runner.stdout.read()[-3000:]
+    assert time.time() < deadline, "no training step in 240 s"
+    time.sleep(0.02)
+  # Frozen mid-run (SIGSTOP), so the kill lands before the last step however fast it is.
+  trainer_pid = int(lock.read_text())
+  os.kill(trainer_pid, signal.SIGSTOP)
+  assert trainer_pid != runner.pid and not (work / rundir.RESULT).exists()
+  second = run(args, env)
+  assert second.returncode != 0, second.stderr[-2000:]
+  assert f"is being trained by another process (pid {trainer_pid})" in \
+      second.stderr.strip().splitlines()[-1]
+  runner.kill()
+  runner.wait(timeout=60)
+  os.kill(trainer_pid, signal.SIGCONT)  # the SIGTERM its runner's death sent is delivered
+  deadline = time.time() + 120
+  while not _gone(trainer_pid):
+    assert time.time() < deadline, "the stage outlived its runner"
+    time.sleep(0.1)
+  result = json.loads((work / rundir.RESULT).read_text())
+  assert result["status"] == "preempted" and result["step"] < STEPS  # SIGTERM: saved, not cut
+  rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+  assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+  assert rundir.finished(rundir.read_result(work))
+  assert rundir.read_result(work)["first_step"] == result["step"]
+  assert_trees_equal(final_state(work), final_state(uninterrupted))

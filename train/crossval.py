@@ -35,12 +35,13 @@ import pathlib
 import sys
 from collections.abc import Callable
 
+import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pipelines import entry_point
+from pipelines import entry_point, lockfile
 from pipelines.datasets import taxonomy
 from pipelines.shards import metadata
 from train import checkpointing, configs, metrics, predictions, rundir, trainer
@@ -303,9 +304,11 @@ def main(argv):
     only = parse_folds(FLAGS.folds)
     if only == [] and not FLAGS.test:
       raise CrossValidationError("--folds=none runs nothing without --test")
-    summary = run(FLAGS.config, FLAGS.workdir, FLAGS.split, only, FLAGS.test)
+    # One driver per work directory (train.main's reason): its folds' runs are ours alone.
+    with lockfile.for_workdir(FLAGS.workdir, "cross-validated", jax.process_index() == 0):
+      summary = run(FLAGS.config, FLAGS.workdir, FLAGS.split, only, FLAGS.test)
   except (CrossValidationError, trainer.NonFiniteError, trainer.ConfigError, ValueError,
-          FileNotFoundError) as e:
+          FileNotFoundError, lockfile.LockedError) as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"error: {e}")
   status = {k: "finished" if r["finished"] else "not finished" for k, r in summary["runs"].items()}

@@ -18,7 +18,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pipelines import entry_point
+from pipelines import entry_point, lockfile
 from train import checkpointing, configs, trainer
 
 FLAGS = flags.FLAGS
@@ -60,8 +60,12 @@ def main(argv: list[str]) -> None:
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)
   try:
-    result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume)
-  except (trainer.NonFiniteError, trainer.ConfigError, ValueError, FileNotFoundError) as e:
+    # One trainer per work directory: a second one (a rerun while an orphaned run still
+    # writes, say) would interleave its checkpoints with the first's.
+    with lockfile.for_workdir(FLAGS.workdir, "trained", jax.process_index() == 0):
+      result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume)
+  except (trainer.NonFiniteError, trainer.ConfigError, ValueError, FileNotFoundError,
+          lockfile.LockedError) as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"error: {e}")
   if result.status == "preempted":
