@@ -130,7 +130,7 @@ SIZES = {
                      *cpu_scale.PRETRAIN],
         "pretrain_notes": [*cpu_scale.NOTES_PRETRAIN, "--config.num_steps=3000"],
         # Continued on two timbres: a fresh warm-up and cosine schedule.
-        "pretrain_notes_mixed": [*cpu_scale.NOTES_PRETRAIN, "--config.num_steps=2500"],
+        "pretrain_notes_mixed": [*cpu_scale.NOTES_PRETRAIN, "--config.num_steps=2000"],
         "finetune": ["--config=train/configs/finetune.py:tiny", "--config.num_epochs=1",
                      *cpu_scale.finetune(512)],
         "cross_validated": {"piece": ("ast", "cnn", "ffn")},
