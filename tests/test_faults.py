@@ -474,3 +474,60 @@ def test_trainer_case(name, truncated_shards, empty_metadata, small_finetune, ja
   assert not list(workdir.glob("checkpoints/[0-9]*"))
   if name == "wrong_type_override":
     assert not workdir.exists()  # refused while parsing flags, before any work
+
+
+# ----------------------------------------------------------------------------- a long recording
+
+# Peak resident memory of a command (and every process it waited for), from a wrapper: the
+# test process's own children would mix in the session's earlier subprocesses.
+_PEAK_RSS = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:]).returncode
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)  # KiB -> MiB
+sys.exit(code)
+"""
+LONG_MINUTES = 90
+# Bounds with room over what was measured (BUILD_NOTES, Reliability): a copy too many of the
+# recording's samples or windows would break them, a leak per window too.
+PEAK_MIB = {"eval.predict": 2_000, "pipelines.beam.maestro_job": 1_500}
+
+
+def _peak_mib(module: str, *args, env=None) -> tuple[subprocess.CompletedProcess, int]:
+  proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, sys.executable, "-m", module,
+                         *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=1800, check=False)
+  return proc, int(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else -1
+
+
+@pytest.mark.slow
+def test_a_90_minute_recording_in_bounded_memory(finetuned_run, make_midi, chords, jax_env,
+                                                 tmp_path):
+  """A 90-minute WAV (16 kHz, 165 MiB) is scored by eval.predict and written by the MAESTRO
+  job, each within its peak-memory bound."""
+  music = render.render_midi(make_midi(chords()), name="chords").samples
+  repeats = int(math.ceil(LONG_MINUTES * 60 * 16_000 / music.size))
+  long = np.tile(music, repeats)[:LONG_MINUTES * 60 * 16_000]
+  root = tmp_path / "long"
+  (root / "2020").mkdir(parents=True)
+  soundfile.write(root / "2020" / "long.wav", long, 16_000, subtype="PCM_16")
+  del long
+  _manifest(root, {"2020/long.wav": "2020/long.midi"})
+  out = tmp_path / "p.json"
+  proc, peak = _peak_mib("eval.predict", f"--checkpoint={finetuned_run}", "--step=latest",
+                         f"--output_json={out}", root / "2020" / "long.wav", env=jax_env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  scored = json.loads(out.read_text())["files"][0]
+  assert scored["duration_s"] == pytest.approx(LONG_MINUTES * 60, abs=1)
+  assert scored["windows"] >= LONG_MINUTES * 60 / 2.56 - 1
+  print(f"eval.predict: peak {peak} MiB")
+  assert 0 < peak < PEAK_MIB["eval.predict"], peak
+  shards = tmp_path / "shards"
+  proc, peak = _peak_mib("pipelines.beam.maestro_job", f"--maestro_dir={root}",
+                         f"--output_dir={shards}", *SHORT_WINDOWS, *IN_MEMORY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metadata = json.loads((shards / layout.METADATA).read_text())
+  _assert_accounted(metadata, 1)
+  assert metadata["counts"]["written"] == 1
+  assert metadata["counts"]["windows_written"] >= LONG_MINUTES * 60 / 2.56 - 1
+  print(f"maestro_job: peak {peak} MiB")
+  assert 0 < peak < PEAK_MIB["pipelines.beam.maestro_job"], peak
