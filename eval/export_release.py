@@ -74,11 +74,14 @@ def export_transcriber(checkpoint: str, step: int | str, output_dir: pathlib.Pat
   scores = None
   if transcription_report:
     report = json.loads(pathlib.Path(transcription_report).read_text())
-    scores = next((s for s in report["steps"] if s["step"] == run.step), None)
+    scores = next((s for s in report["steps"] if s.get("run") == str(run.workdir)
+                   and s.get("run_step") == run.step), None)
     if scores is None:
-      raise ValueError(f"{transcription_report} has no scores of step {run.step}")
-    scores = {"held_out": scores["report"], "data": report["data"],
-              **({"unseen_soundfonts": scores["unseen"]} if "unseen" in scores else {})}
+      raise ValueError(f"{transcription_report} has no scores of {run.workdir} step {run.step}")
+    # `step` counts the pre-training of the run's whole lineage (the runs it continues).
+    scores = {"held_out": scores["report"], "pretraining_steps": scores["step"],
+              "data": report["data"], "lineage": report.get("lineage"),
+              **({"timbres": scores["timbres"]} if "timbres" in scores else {})}
   about = {"kind": "transcriber", "step": run.step, "config": run.config.to_dict(),
            "data_metadata": run.data_metadata, "thresholds": run.thresholds,
            "scores": scores, "command": command, "source": str(run.workdir),

@@ -485,6 +485,14 @@ def test_the_report_scores_other_timbres_along_a_continued_runs_lineage(
   # Each run keeps the thresholds chosen for its own steps.
   assert loading.saved_thresholds(continued, 2) == report["steps"][-1]["thresholds"]
   assert loading.saved_thresholds(notes_pretrained, first_steps[-1]) is not None
+  # A release of the continued run carries its lineage's step count and every timbre's scores.
+  from eval import export_release
+  export_release.export_transcriber(str(continued), 2, tmp_path / "release", "test",
+                                    str(out / "transcription.json"))
+  about = json.loads((tmp_path / "release" / "release.json").read_text())
+  assert about["scores"]["pretraining_steps"] == 5
+  assert about["scores"]["held_out"] == report["steps"][-1]["report"]
+  assert about["scores"]["timbres"] == timbres
   same = run(*args, f"--timbres={train_shards['maestro']}")
   assert same.returncode != 0 and "its report half is already scored" in same.stderr
   # A report half naming a composition the job does not hold.
