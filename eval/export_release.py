@@ -13,6 +13,13 @@ Kinds (from the run's config):
                 `--check_midi` a performance (generated, not from a dataset) is copied in
                 with its transcription scores; `tests/test_shipped_models.py` checks that
                 the committed weights still give them.
+  notes_perception  the notes model (eval.notes_perception): the transcriber above, plus the
+                ridge on the note statistics of its transcription of a PercePiano job
+                (`--data_dir`, `--transcribed_notes` from eval.shard_transcription with the
+                same checkpoint), fitted on the `--split`'s training folds as the
+                benchmark's test run is, with its test scores. `eval.predict` uses it
+                (by default `release/perception`). With `--check_midi` the release's
+                ratings of that performance are recorded beside the weights.
 
 The parameters are stored as float16 safetensors (`model.release`); the release records
 the training config, the shards' feature settings and SoundFont, the step, the command
@@ -25,15 +32,19 @@ import json
 import pathlib
 import shutil
 import sys
+import tempfile
 
 import jax
 import numpy as np
 from absl import flags
 
-from eval import loading, machine, predict, shard_transcription, transcribe, transcription_scores
+from eval import (loading, machine, notes_perception, predict, shard_transcription, transcribe,
+                  transcription_scores)
 from model import release
 from pipelines import entry_point, provenance
-from pipelines.audio import notes
+from pipelines.audio import note_statistics, notes
+from pipelines.shards import metadata
+from train import metrics, ridge, statistics_table
 
 FLAGS = flags.FLAGS
 MAX_MB = 25.0  # what the repository accepts for a committed model
@@ -47,6 +58,14 @@ def define_flags() -> None:
                       required=True)
   flags.DEFINE_string("transcription_report", None, "transcription.json of this run: the "
                       "step's held-out scores are recorded with the release.")
+  flags.DEFINE_enum("kind", "transcriber", ["transcriber", notes_perception.KIND],
+                    "What to release (see the module docstring).")
+  flags.DEFINE_string("data_dir", None, "notes_perception: the PercePiano job the ridge is "
+                      "fitted on.")
+  flags.DEFINE_string("transcribed_notes", None, "notes_perception: that job transcribed by "
+                      "--checkpoint (eval.shard_transcription).")
+  flags.DEFINE_enum("split", "piece", ["piece", "performer"], "notes_perception: the split "
+                    "whose training folds fit the ridge and whose test set scores it.")
   flags.DEFINE_string("check_midi", None, "A MIDI performance (not from a dataset) copied into "
                       "the release with its transcription scores, so a test can check that the "
                       "committed weights still give them.")
@@ -100,13 +119,73 @@ def export_transcriber(checkpoint: str, step: int | str, output_dir: pathlib.Pat
   return output_dir
 
 
+def export_notes_perception(checkpoint: str, step: int | str, output_dir: pathlib.Path,
+                            command: str, data_dir: str, transcribed_notes: str,
+                            split: str = "piece", check_midi: str | None = None) -> pathlib.Path:
+  run = loading.load_transcriber(checkpoint, step)
+  if run.thresholds is None:
+    raise ValueError(f"{checkpoint} step {run.step} has no decoding thresholds chosen on "
+                     "validation: run eval.transcription_report on it first")
+  made_by = notes.load_archive(transcribed_notes)[2]
+  if made_by.get("step") != run.step or made_by.get("thresholds") != run.thresholds:
+    raise ValueError(f"{transcribed_notes} was transcribed by step {made_by.get('step')} with "
+                     f"thresholds {made_by.get('thresholds')}, not by {checkpoint} step "
+                     f"{run.step} with {run.thresholds}")
+  meta = metadata.read(data_dir)
+  with tempfile.TemporaryDirectory() as tmp:
+    table = statistics_table.load(data_dir, pathlib.Path(tmp) / "notes.npz", 1, "notes",
+                                  transcribed_notes)
+  assignment = meta.split_table(split)
+  train_keys = sorted(k for k, side in assignment.items() if side.startswith("fold"))
+  test_keys = sorted(k for k, side in assignment.items() if side == "test")
+  train, test = table.rows(train_keys), table.rows(test_keys)
+  fitted = ridge.fit(table.x[train], table.labels[train], table.mask[train],
+                     statistics_table.groups_of(train_keys, split))
+  scores = metrics.summarise(metrics.per_dimension_pearson(
+      fitted.predict(table.x[test]), table.labels[test], table.mask[test]))
+  about = {"kind": notes_perception.KIND, "step": run.step, "config": run.config.to_dict(),
+           "data_metadata": run.data_metadata, "thresholds": run.thresholds,
+           "ridge": {**notes_perception.Ridge(fitted.mean, fitted.scale, fitted.weights,
+                                              fitted.bias).to_dict(),
+                     "alpha": fitted.alpha, "statistics": list(note_statistics.names()),
+                     "fitted_on": {"shards": str(pathlib.Path(data_dir).absolute()),
+                                   "split": split, "folds": meta.folds(split),
+                                   "performances": len(train_keys),
+                                   "soundfonts": metadata.soundfonts(meta.raw)}},
+           "scores": {f"{split}/test": {"performances": len(test_keys),
+                                        **{k.removeprefix("pearson/"): v
+                                           for k, v in scores.items()}}},
+           "label_space": "mean rating / 7 (ratings = label x 7, on PercePiano's 1-7 scale)",
+           "transcription": made_by, "command": command, "source": str(run.workdir),
+           "git_revision": provenance.git_revision(), "machine": machine.describe()}
+  release.write(output_dir, run.params, about)
+  if check_midi:
+    # Scored with the released (float16) weights, as a user of the release gets them.
+    shutil.copyfile(check_midi, output_dir / CHECK_MIDI)
+    predicted = notes_perception.NotesPerception.from_release(output_dir).predict_file(
+        output_dir / CHECK_MIDI)
+    about["check"] = {"midi": CHECK_MIDI, "label_space": predicted.scores.tolist()}
+    release.write(output_dir, run.params, about)
+  return output_dir
+
+
 def main(argv: list[str]) -> int:
   del argv
   try:
-    out = export_transcriber(FLAGS.checkpoint, predict.parse_step(FLAGS.step),
-                             pathlib.Path(FLAGS.output_dir), FLAGS.command,
-                             FLAGS.transcription_report, FLAGS.check_midi)
-  except (loading.RunError, release.ReleaseError, FileNotFoundError, ValueError) as e:
+    if FLAGS.kind == notes_perception.KIND:
+      if not (FLAGS.data_dir and FLAGS.transcribed_notes):
+        raise ValueError(f"--kind={notes_perception.KIND} needs --data_dir and "
+                         "--transcribed_notes")
+      out = export_notes_perception(FLAGS.checkpoint, predict.parse_step(FLAGS.step),
+                                    pathlib.Path(FLAGS.output_dir), FLAGS.command,
+                                    FLAGS.data_dir, FLAGS.transcribed_notes, FLAGS.split,
+                                    FLAGS.check_midi)
+    else:
+      out = export_transcriber(FLAGS.checkpoint, predict.parse_step(FLAGS.step),
+                               pathlib.Path(FLAGS.output_dir), FLAGS.command,
+                               FLAGS.transcription_report, FLAGS.check_midi)
+  except (loading.RunError, release.ReleaseError, FileNotFoundError, ValueError,
+          notes.NotesError, statistics_table.StatisticsError, ridge.RidgeError) as e:
     sys.exit(f"error: {e}")
   about = json.loads((out / release.ABOUT).read_text())
   print(f"{about['kind']} at step {about['step']}: {about['weights']['parameters']:,} parameters "

@@ -171,7 +171,8 @@ def load_pretrained(path: str | pathlib.Path, step: int | str = "best", *,
       params, about = release.read(path)
     except release.ReleaseError as e:
       raise RunError(str(e)) from None
-    if transcriber and about.get("kind") != "transcriber":
+    # A notes_perception release (eval.notes_perception) holds a transcriber and its ridge.
+    if transcriber and about.get("kind") not in ("transcriber", "notes_perception"):
       raise RunError(f"{path} is a {about.get('kind')!r} release, not a transcriber")
     return PretrainedRun(workdir=pathlib.Path(path).absolute(),
                          config=ml_collections.ConfigDict(about["config"]), params=params,

@@ -1,7 +1,12 @@
-"""Perceptual scores for recordings of any length, from a fine-tuning run.
+"""Perceptual scores for recordings of any length, from a fine-tuning run or a release.
 
-  python -m eval.predict --checkpoint=W [--step=best] [--batch_size=N] [--hop_s=S]
+  python -m eval.predict [--checkpoint=W] [--step=best] [--batch_size=N] [--hop_s=S]
       [--output_json=F] [--output_csv=F] FILE...
+
+Without `--checkpoint` the shipped model scores the files: `release/perception`, the
+benchmark's notes model (`eval.notes_perception`: the recording transcribed, the note
+statistics of the transcription through a ridge; one score per recording, no training
+needed). `--checkpoint` names a fine-tuning run or another release of that kind.
 
 FILE is a WAV/FLAC (any format `pipelines.audio.decode` decodes) or a MIDI file
 (rendered with the training data's SoundFont first). Each is cut into the
@@ -45,13 +50,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from eval import loading
-from model import multitask, targets
+from model import multitask, release, targets
 from pipelines import entry_point
 from pipelines.audio import decode, features, frontend, render, windowing
 from pipelines.datasets import percepiano, taxonomy
 
 # Labels are mean ratings / 7 (see model/targets.py): x 7 gives the questionnaire's 1-7 scale.
 RATING_SCALE = percepiano.RATING_SCALE
+# The model `eval.predict` uses without --checkpoint (a notes_perception release).
+SHIPPED = pathlib.Path(__file__).resolve().parent.parent / "release" / "perception"
 MIDI_EXTENSIONS = (".mid", ".midi")
 SAMPLE_RATE = decode.TARGET_SAMPLE_RATE
 FRAMES_PER_SECOND = 1000.0 / features.AST.frame_shift_ms
@@ -422,7 +429,8 @@ BAD_INPUT = (decode.AudioError, render.RenderError, NonFinitePredictionError, OS
 def _define_flags() -> None:
   from absl import flags
   flags.DEFINE_string("checkpoint", None, "Fine-tuning work directory (or a checkpoint step "
-                      "directory inside it).", required=True)
+                      "directory inside it), or a notes_perception release; default: the "
+                      f"shipped model ({SHIPPED}).")
   flags.DEFINE_string("step", "best", '"best" (by the run\'s validation metric), "latest" or '
                       "a step number.")
   flags.DEFINE_integer("batch_size", None, "Windows per model call (the compiled batch "
@@ -478,16 +486,27 @@ def main(argv: list[str]) -> int:
     from absl import app
     raise app.UsageError("no input files (usage: python -m eval.predict --checkpoint=W FILE...)")
   step = parse_step(flags_.step)
+  checkpoint = flags_.checkpoint or str(SHIPPED)
+  # Imported here: the notes model builds on this module (Prediction, FeatureSettings).
+  from eval import notes_perception
   try:
-    run = loading.load(flags_.checkpoint, step=step)
-  except (loading.RunError, FileNotFoundError, ValueError) as e:
-    print(f"error: cannot use checkpoint {flags_.checkpoint}: {e}", file=sys.stderr)
-    return 1
-  try:
-    predictor = Predictor.from_run(run, batch_size=flags_.batch_size, hop_s=flags_.hop_s,
-                                   soundfont=flags_.soundfont)
-  except ValueError as e:  # --hop_s / --batch_size out of range, or a run that does not fit
-    print(f"error: {e}", file=sys.stderr)
+    if notes_perception.is_notes_perception(checkpoint):
+      if flags_.hop_s is not None:
+        raise ValueError("--hop_s: the notes model transcribes the whole recording once")
+      predictor = notes_perception.NotesPerception.from_release(checkpoint,
+                                                                soundfont=flags_.soundfont)
+      run_info = {"checkpoint": checkpoint, "kind": notes_perception.KIND,
+                  "step": predictor.run.step}
+    else:
+      if not flags_.checkpoint and not pathlib.Path(checkpoint).exists():
+        raise FileNotFoundError(f"no --checkpoint given and no shipped model at {checkpoint}")
+      run = loading.load(checkpoint, step=step)
+      run_info = {"checkpoint": str(run.workdir), "step": run.step}
+      predictor = Predictor.from_run(run, batch_size=flags_.batch_size, hop_s=flags_.hop_s,
+                                     soundfont=flags_.soundfont)
+  except (loading.RunError, release.ReleaseError, FileNotFoundError, ValueError) as e:
+    # ValueError: --hop_s / --batch_size out of range, or a run that does not fit
+    print(f"error: cannot use checkpoint {checkpoint}: {e}", file=sys.stderr)
     return 1
   check_soundfont(predictor.settings, paths)
   results: list[Prediction] = []
@@ -504,7 +523,6 @@ def main(argv: list[str]) -> int:
       continue
     results.append(result)
     print(format_table(result, predictor.settings) + "\n", flush=True)
-  run_info = {"checkpoint": str(run.workdir), "step": run.step}
   if flags_.output_json:
     write_json(flags_.output_json, run_info, predictor.settings, results, errors)
   if flags_.output_csv:

@@ -74,10 +74,11 @@ def probabilities(run: loading.PretrainedRun, samples: np.ndarray,
 
 
 def transcribe_file(run: loading.PretrainedRun, path: pathlib.Path,
-                    thresholds: shard_transcription.Thresholds, batch_size: int = 8
-                    ) -> tuple[notes.Notes, float]:
-  """(the recording's notes in its own time, seconds of audio transcribed)."""
-  settings = predict.FeatureSettings.from_metadata(run.data_metadata)
+                    thresholds: shard_transcription.Thresholds, batch_size: int = 8, *,
+                    soundfont: str | None = None) -> tuple[notes.Notes, float]:
+  """(the recording's notes in its own time, seconds of audio transcribed); a MIDI input
+  renders with `soundfont` (default: the training data's)."""
+  settings = predict.FeatureSettings.from_metadata(run.data_metadata, soundfont=soundfont)
   # Windows without overlap: every frame is transcribed once.
   settings = predict.FeatureSettings(
       window=windowing.WindowConfig(settings.window.frames, settings.window.frames,

@@ -687,3 +687,76 @@ def test_positive_weight_scales_the_true_onsets_and_offsets_only():
   assert float(weighted["frame_bce"]) == pytest.approx(float(plain["frame_bce"]))
   # Summed over keys: all-zero logits cost 88 log 2 a frame.
   assert float(plain["frame_bce"]) == pytest.approx(88 * np.log(2), rel=1e-5)
+
+
+def test_the_notes_model_ships_as_one_release_that_eval_predict_uses(notes_pretrained,
+                                                                    job_with_audio, jax_env,
+                                                                    tmp_path):
+  """eval.export_release --kind=notes_perception: the transcriber plus the ridge fitted as
+  the benchmark's test run fits it (same predictions); eval.predict scores a recording with
+  it and gets the ratings recorded beside the weights."""
+  from eval import loading, notes_perception
+  from model import release
+  from train import predictions, statistics_table
+
+  def run(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                          env=jax_env, capture_output=True, text=True, timeout=600, check=False)
+
+  loading.save_thresholds(notes_pretrained, 3, {"onset": 0.3, "frame": 0.4, "pedal": 0.5,
+                                                "min_pedal_s": 0.0}, "test")
+  archive = tmp_path / "notes.npz"
+  proc = run("eval.shard_transcription", f"--checkpoint={notes_pretrained}",
+             f"--data_dir={job_with_audio}", f"--output={archive}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  ridge_run = tmp_path / "ridge"
+  proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={ridge_run}",
+             "--features=notes", f"--transcribed_notes={archive}", "--test", "--folds=none",
+             "--workers=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  midi = tmp_path / "in.mid"
+  source = pretty_midi.PrettyMIDI()
+  piano = pretty_midi.Instrument(0)
+  piano.notes += [pretty_midi.Note(40 + 6 * i, 60 + i % 7, 0.5 + 0.25 * i, 0.9 + 0.25 * i)
+                  for i in range(12)]
+  source.instruments.append(piano)
+  from pipelines.audio import render
+  midi.write_bytes(render.midi_to_bytes(source))
+  out = tmp_path / "perception"
+  export = ["eval.export_release", "--kind=notes_perception", f"--checkpoint={notes_pretrained}",
+            f"--data_dir={job_with_audio}", f"--transcribed_notes={archive}",
+            f"--output_dir={out}", "--command=make test", "--step=3"]
+  proc = run(*export, f"--check_midi={midi}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  _, about = release.read(out)
+  assert about["kind"] == notes_perception.KIND and about["step"] == 3
+  assert notes_perception.is_notes_perception(out) and not notes_perception.is_notes_perception(
+      notes_pretrained)
+  # The shipped ridge is the benchmark test run's: the same predictions of the test set.
+  ridge = notes_perception.Ridge.from_dict(about["ridge"])
+  assert about["ridge"]["alpha"] == json.loads((ridge_run / "test" / rundir.RESULT).read_text())[
+      "alpha"]
+  table = statistics_table.load(job_with_audio, tmp_path / "t.npz", 1, "notes", archive)
+  expected = predictions.load_selected(ridge_run / "test")
+  np.testing.assert_allclose(ridge.predict(table.x[table.rows(expected.keys)]),
+                             expected.predictions, atol=1e-9)
+  assert about["scores"]["piece/test"]["performances"] == len(expected.keys)
+  # eval.predict with the release: the recorded ratings of its check performance.
+  scored = tmp_path / "p.json"
+  proc = run("eval.predict", f"--checkpoint={out}", out / about["check"]["midi"],
+             f"--output_json={scored}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  doc = json.loads(scored.read_text())
+  assert doc["kind"] == notes_perception.KIND and doc["files"][0]["windows"] == 1
+  np.testing.assert_allclose(list(doc["files"][0]["label_space"].values()),
+                             about["check"]["label_space"], atol=1e-6)
+  proc = run("eval.predict", f"--checkpoint={out}", "--hop_s=1", midi)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "--hop_s: the notes model transcribes the whole recording once" in proc.stderr
+  # A transcription made by another step (or with other thresholds) is refused.
+  transcribed, durations, made_by = notes_lib.load_archive(archive)
+  notes_lib.save_archive(tmp_path / "other.npz", transcribed, durations, {**made_by, "step": 2})
+  proc = run(*[a if not a.startswith("--transcribed_notes") else
+               f"--transcribed_notes={tmp_path / 'other.npz'}" for a in export])
+  assert proc.returncode != 0 and "was transcribed by step 2" in proc.stderr
+  assert "Traceback" not in proc.stderr
