@@ -16,7 +16,8 @@ job's own, then each `--test_data` job (the same release rendered with another
           (`eval.shard_transcription` of each job, in the same order as the jobs)
 
 Per model and timbre: the mean Pearson per group with a bootstrap CI over performances,
-mean R², and `agreement`: the Pearson, per dimension and averaged, between a
+mean R², `untranscribed` (notes: performances whose transcription found no note; they
+get the training mean) and `agreement`: the Pearson, per dimension and averaged, between a
 performance's predictions in that timbre and in the training timbre (1 would mean the
 timbre does not move the prediction at all). Writes `--output` (JSON) and prints a table.
 """
@@ -32,7 +33,7 @@ from absl import flags
 
 from eval import machine, statistics
 from pipelines import entry_point
-from pipelines.audio import notes
+from pipelines.audio import note_statistics, notes
 from pipelines.datasets import taxonomy
 from pipelines.shards import metadata
 from train import metrics, ridge, statistics_table
@@ -74,6 +75,26 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.nanmean([metrics.pearson(a[:, d], b[:, d]) for d in range(a.shape[1])]))
 
 
+def _predict_transcribed(fitted: ridge.RidgeModel, archive: str, keys
+                         ) -> tuple[np.ndarray, int]:
+  """The ridge's predictions from each performance's transcription in `archive`, and how
+  many transcriptions found no note: those get the training performances' mean (the
+  ridge's bias), what the model says knowing nothing, and are counted, not dropped."""
+  performances, durations, _ = notes.load_archive(archive)
+  absent = sorted(set(keys) - set(performances))
+  if absent:
+    raise CrossTimbreError(f"{archive} has no transcription of {len(absent)} test "
+                           f"performances, e.g. {absent[:3]}")
+  out, empty = [], 0
+  for key in keys:
+    if len(performances[key].notes) == 0:
+      out.append(fitted.bias)
+      empty += 1
+    else:
+      out.append(fitted.predict(note_statistics.compute(performances[key], durations[key])))
+  return np.stack(out), empty
+
+
 def evaluate(train_dir: str | pathlib.Path, test_dirs, cache_dir: str | pathlib.Path, *,
              models=tuple(MODELS), transcribed=None, split: str = "piece", workers: int = 1,
              resamples: int = statistics.DEFAULT_RESAMPLES, seed: int = 0) -> dict:
@@ -109,24 +130,39 @@ def evaluate(train_dir: str | pathlib.Path, test_dirs, cache_dir: str | pathlib.
          "resamples": resamples, "machine": machine.describe(), "models": {}}
   for model in models:
     features = MODELS[model]
-    tables = [statistics_table.load(
-        m.root, cache_dir / f"{model}_{i}_{names[i]}.npz", workers, features,
-        transcribed[i] if features == "notes" else None) for i, m in enumerate(jobs)]
-    fitted = ridge.fit(tables[0].x[tables[0].rows(train_keys)],
-                       tables[0].labels[tables[0].rows(train_keys)],
-                       tables[0].mask[tables[0].rows(train_keys)],
+    # The fit reads the training job's table; the test timbres are scored on the same
+    # performances, with the training job's labels (the same release, checked above).
+    train_table = statistics_table.load(jobs[0].root, cache_dir / f"{model}_0_{names[0]}.npz",
+                                        workers, features,
+                                        transcribed[0] if features == "notes" else None)
+    rows = train_table.rows(train_keys)
+    fitted = ridge.fit(train_table.x[rows], train_table.labels[rows], train_table.mask[rows],
                        statistics_table.groups_of(train_keys, split), seed=seed)
+    missing = sorted(set(test_keys) - set(train_table.keys))
+    if missing:
+      raise CrossTimbreError(f"{names[0]}: {len(missing)} test performances have no statistics, "
+                             f"e.g. {missing[:3]}")
+    test = train_table.rows(test_keys)
+    labels, mask = train_table.labels[test], train_table.mask[test]
     reference = None
     out["models"][model] = {"alpha": fitted.alpha}
-    for name, table in zip(names, tables):
-      missing = sorted(set(test_keys) - set(table.keys))
-      if missing:
-        raise CrossTimbreError(f"{name}: {len(missing)} test performances have no statistics, "
-                               f"e.g. {missing[:3]}")
-      rows = table.rows(test_keys)
-      predicted = fitted.predict(table.x[rows])
-      entry = scores(predicted, table.labels[rows], table.mask[rows], resamples=resamples,
-                     seed=seed)
+    for i, (name, job) in enumerate(zip(names, jobs)):
+      untranscribed = 0
+      if i == 0:
+        predicted = fitted.predict(train_table.x[test])
+      elif features == "notes":
+        predicted, untranscribed = _predict_transcribed(fitted, transcribed[i], test_keys)
+      else:
+        other = statistics_table.load(job.root, cache_dir / f"{model}_{i}_{name}.npz", workers,
+                                      features)
+        absent = sorted(set(test_keys) - set(other.keys))
+        if absent:
+          raise CrossTimbreError(f"{name}: {len(absent)} test performances have no "
+                                 f"statistics, e.g. {absent[:3]}")
+        predicted = fitted.predict(other.x[other.rows(test_keys)])
+      entry = scores(predicted, labels, mask, resamples=resamples, seed=seed)
+      if features == "notes":
+        entry["untranscribed"] = untranscribed
       if reference is None:
         reference = predicted
       else:

@@ -31,15 +31,18 @@ def _job(release: pathlib.Path, out: pathlib.Path, *flags: str) -> pathlib.Path:
   return out
 
 
-def _stored_notes(job: pathlib.Path, path: pathlib.Path, velocity_scale: float = 1.0) -> None:
+def _stored_notes(job: pathlib.Path, path: pathlib.Path, velocity_scale: float = 1.0,
+                  empty: str | None = None) -> None:
   """A notes archive of the note targets stored with the job's audio (a perfect
-  transcription), velocities scaled by `velocity_scale`."""
+  transcription), velocities scaled by `velocity_scale`; performance `empty` found no note."""
   performances, durations = {}, {}
   for f in metadata.read(job).shard_files("audio"):
     for data in layout.read_array_record(str(job / f.file)):
       header, arrays = records.decode(data)
       played = np.array(arrays["notes"], np.float32)
       played[:, 3] = np.clip(played[:, 3] * velocity_scale, 1, 127)
+      if header["key"] == empty:
+        played = played[:0]
       performances[header["key"]] = notes.Notes(played, arrays["pedal"])
       durations[header["key"]] = header["num_samples"] / header["sample_rate"]
   notes.save_archive(path, performances, durations, {"step": 0})
@@ -61,7 +64,8 @@ def test_a_timbre_that_sounds_the_same_predicts_the_same(job_with_audio, other_t
   (agreement 1, equal scores); a transcription that changes (velocities scaled) moves the
   notes model's predictions and not the audio ridge's."""
   _stored_notes(job_with_audio, tmp_path / "a.npz")
-  _stored_notes(other_timbre, tmp_path / "b.npz", velocity_scale=0.5)
+  empty = metadata.read(job_with_audio).test_keys("piece")[0]
+  _stored_notes(other_timbre, tmp_path / "b.npz", velocity_scale=0.5, empty=empty)
   out = tmp_path / "cross_timbre.json"
   proc = _run(f"--train_data={job_with_audio}", f"--test_data={other_timbre}",
               f"--transcribed_notes={tmp_path / 'a.npz'}",
@@ -83,6 +87,9 @@ def test_a_timbre_that_sounds_the_same_predicts_the_same(job_with_audio, other_t
   transcribed = result["models"]["notes"]
   assert "agreement" not in transcribed["TimGM6mb"]
   assert transcribed["OtherFont"]["agreement"] < 0.999
+  # A transcription that found no note is scored with the training mean, and counted.
+  assert transcribed["OtherFont"]["untranscribed"] == 1
+  assert transcribed["TimGM6mb"]["untranscribed"] == 0
   assert "| notes | OtherFont |" in proc.stdout and "(trained on)" in proc.stdout
 
 
