@@ -23,7 +23,7 @@ def test_every_committed_release_is_intact_small_and_says_how_it_was_made():
     _, about = release.read(directory)  # the checksum is verified
     assert (directory / release.WEIGHTS).stat().st_size <= export_release.MAX_MB * 2**20
     assert about["command"] and about["config"] and about["data_metadata"]["normalization"]
-    assert about["kind"] in ("transcriber",)
+    assert about["kind"] in ("transcriber", "notes_perception")
 
 
 def test_the_released_transcriber_still_transcribes_its_check_performance():
@@ -59,3 +59,37 @@ def test_eval_transcribe_with_the_shipped_weights_from_the_command_line(tmp_path
   assert sum(len(i.notes) for i in written.instruments) == pytest.approx(check["notes"], rel=0.02)
   scores = json.loads((tmp_path / "s.json").read_text())
   assert scores["onset/f1"] == pytest.approx(check["onset/f1"], abs=0.02)
+
+
+def test_eval_predict_without_a_checkpoint_scores_with_the_shipped_perception_model(tmp_path):
+  """A fresh clone scores a recording with no training and no --checkpoint: the shipped notes
+  model (release/perception) gives its check performance the ratings recorded beside it,
+  and a WAV of the same performance nearly the same."""
+  import subprocess
+  import sys
+
+  import numpy as np
+  import soundfile
+
+  from eval import predict
+  from pipelines.audio import render
+
+  directory = RELEASES / "perception"
+  assert predict.SHIPPED == directory
+  about = json.loads((directory / release.ABOUT).read_text())
+  assert about["kind"] == "notes_perception"
+  midi = directory / about["check"]["midi"]
+  wav = tmp_path / "check.wav"
+  soundfile.write(wav, render.render_midi(midi).samples, 16_000)
+  out = tmp_path / "p.json"
+  proc = subprocess.run([sys.executable, "-m", "eval.predict", str(midi), str(wav),
+                         f"--output_json={out}"], cwd=REPO, capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  doc = json.loads(out.read_text())
+  assert doc["checkpoint"] == str(directory) and doc["kind"] == "notes_perception"
+  by_path = {f["path"]: np.array(list(f["label_space"].values())) for f in doc["files"]}
+  recorded = np.array(about["check"]["label_space"])
+  # Another CPU may move a note across a threshold: a rating moves by a few hundredths.
+  np.testing.assert_allclose(by_path[str(midi)], recorded, atol=0.02)
+  np.testing.assert_allclose(by_path[str(wav)], recorded, atol=0.05)
