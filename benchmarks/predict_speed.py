@@ -58,7 +58,7 @@ import transformers
 sys.path.insert(0, os.path.dirname(__file__))
 import model_speed  # noqa: E402  (the shared FLOP count, matmul peaks and PyTorch model)
 
-from eval import predict  # noqa: E402
+from eval import predict, recording  # noqa: E402
 from model import ast, multitask, targets  # noqa: E402
 from pipelines.audio import frontend, render, windowing  # noqa: E402
 from pipelines.corpus import make_corpus
@@ -102,7 +102,7 @@ def build(encoder: ast.EncoderConfig, batch: int, hop_s: float) -> predict.Predi
   model = multitask.MultiTaskModel(config)
   x = np.zeros((1, encoder.num_mel_bins, encoder.num_frames), np.float32)
   params = jax.jit(model.init)(jax.random.key(0), x)["params"]
-  settings = predict.FeatureSettings(
+  settings = recording.FeatureSettings(
       window=windowing.WindowConfig.from_seconds(encoder.num_frames / 100, hop_s),
       mean=MEAN, std=STD)
   return predict.Predictor(config, params, targets.TargetNormalizer.identity(19), settings,
@@ -122,8 +122,8 @@ def time_flax(p: predict.Predictor, path: pathlib.Path, reps: int, warm_up: bool
 
 def padded_batches(p: predict.Predictor, path: pathlib.Path) -> list[tuple[np.ndarray, np.ndarray]]:
   """The file's model inputs, in the predictor's padded batches (what predict_file runs)."""
-  samples = predict.load_samples(path, p.settings)
-  windows = predict.windows_of(samples, p.settings, name=str(path))
+  samples = recording.load_samples(path, p.settings)
+  windows = recording.windows_of(samples, p.settings, name=str(path))
   out = []
   for start in range(0, len(windows), p.batch_size):
     chunk = list(windows[start:start + p.batch_size])
@@ -253,7 +253,7 @@ def main() -> None:
     for lever, encoder, batch, hop_s in plan:
       p = build(encoder, batch, hop_s)
       compile_s, call_s = time_one_batch(p, path, 2)
-      windows = len(predict.windows_of(predict.load_samples(path, p.settings), p.settings,
+      windows = len(recording.windows_of(recording.load_samples(path, p.settings), p.settings,
                                        name=str(path)))
       calls = -(-windows // batch)
       total = base_row["feature_s"] + calls * call_s

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from eval import attention, loading, predict
+from eval import attention, loading, predict, recording
 from pipelines import entry_point
 from pipelines.audio import decode, features, frontend, render, windowing
 
@@ -115,7 +115,7 @@ def figures_for_windows(run: loading.Run, windows: Sequence[windowing.Window],
   """
   collector = attention.Collector(run.model_config, run.params)
   config = collector.config
-  settings = predict.FeatureSettings.from_metadata(run.data_metadata)
+  settings = recording.FeatureSettings.from_metadata(run.data_metadata)
   shift = features.AST.frame_shift_ms / 1000.0
   paths = []
   for window in windows:
@@ -167,12 +167,12 @@ def figures_for_audio(run: loading.Run, path: str | pathlib.Path, output_dir: st
                       soundfont: str | None = None, residual: float = 0.5) -> list[pathlib.Path]:
   """The maps of one window of a recording (training's window `window_index`, default 0)."""
   path = pathlib.Path(path)
-  settings = predict.FeatureSettings.from_metadata(run.data_metadata, soundfont=soundfont)
+  settings = recording.FeatureSettings.from_metadata(run.data_metadata, soundfont=soundfont)
   if settings.window.frames != run.num_frames:
     raise attention.AttentionMapError(f"{run.workdir}: the data's {settings.window_s} s windows do not "
                             f"match the model's {run.num_frames} frames")
   predict.check_soundfont(settings, [str(path)])
-  logmel = frontend.log_mel(predict.load_samples(path, settings))
+  logmel = frontend.log_mel(recording.load_samples(path, settings))
   window = select_window(logmel, settings.window, window_index=window_index, start_s=start_s,
                          name=str(path))
   return figures_for_windows(run, [window], output_dir, name=path.stem, residual=residual)

@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from eval import (loading, machine, notes_perception, predict, shard_transcription, transcribe,
+from eval import (loading, machine, notes_perception, recording, shard_transcription, transcribe,
                   transcription_scores)
 from model import release
 from pipelines import entry_point, provenance
@@ -176,12 +176,12 @@ def main(argv: list[str]) -> int:
       if not (FLAGS.data_dir and FLAGS.transcribed_notes):
         raise ValueError(f"--kind={notes_perception.KIND} needs --data_dir and "
                          "--transcribed_notes")
-      out = export_notes_perception(FLAGS.checkpoint, predict.parse_step(FLAGS.step),
+      out = export_notes_perception(FLAGS.checkpoint, recording.parse_step(FLAGS.step),
                                     pathlib.Path(FLAGS.output_dir), FLAGS.command,
                                     FLAGS.data_dir, FLAGS.transcribed_notes, FLAGS.split,
                                     FLAGS.check_midi)
     else:
-      out = export_transcriber(FLAGS.checkpoint, predict.parse_step(FLAGS.step),
+      out = export_transcriber(FLAGS.checkpoint, recording.parse_step(FLAGS.step),
                                pathlib.Path(FLAGS.output_dir), FLAGS.command,
                                FLAGS.transcription_report, FLAGS.check_midi)
   except (loading.RunError, release.ReleaseError, FileNotFoundError, ValueError,

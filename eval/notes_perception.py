@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from eval import loading, predict, shard_transcription, transcribe
+from eval import loading, recording, shard_transcription, transcribe
 from model import release
 from pipelines.audio import note_statistics
 from pipelines.datasets import taxonomy
@@ -65,7 +65,7 @@ def is_notes_perception(path: str | pathlib.Path) -> bool:
 
 
 class NotesPerception:
-  """Scores recordings like `predict.Predictor` (same `Prediction`s, one clip-level score)."""
+  """Scores recordings like `eval.predict.Predictor` (same `Prediction`s, one clip-level score)."""
 
   batch_size = 8  # windows per transcription forward pass
 
@@ -75,7 +75,7 @@ class NotesPerception:
     self.run = run
     self.ridge = ridge
     self.thresholds = shard_transcription.Thresholds(**run.thresholds)
-    self.settings = predict.FeatureSettings.from_metadata(run.data_metadata, soundfont=soundfont)
+    self.settings = recording.FeatureSettings.from_metadata(run.data_metadata, soundfont=soundfont)
     self.soundfont = soundfont
 
   @classmethod
@@ -94,19 +94,19 @@ class NotesPerception:
                                                       self.thresholds, self.batch_size,
                                                       soundfont=self.soundfont)
     if len(transcribed.notes) == 0:
-      raise predict.SilentInputError(f"{path}: the transcription found no note to score")
+      raise recording.SilentInputError(f"{path}: the transcription found no note to score")
     return note_statistics.compute(transcribed, seconds), seconds, time.perf_counter() - t0
 
-  def predict_file(self, path: str | pathlib.Path, progress: predict.Progress | None = None
-                   ) -> predict.Prediction:
+  def predict_file(self, path: str | pathlib.Path, progress: recording.Progress | None = None
+                   ) -> recording.Prediction:
     x, seconds, taken = self.statistics(path)
     t0 = time.perf_counter()
     scores = self.ridge.predict(x[None])
     if not np.isfinite(scores).all():
-      raise predict.NonFinitePredictionError(f"{path}: the ridge returned NaN/inf")
+      raise recording.NonFinitePredictionError(f"{path}: the ridge returned NaN/inf")
     if progress is not None:
       progress(1, 1, seconds)
-    return predict.Prediction(
+    return recording.Prediction(
         path=str(path), duration_s=seconds, window_scores=scores.astype(np.float32),
         window_starts_s=np.zeros(1), near_silent_windows=0, feature_seconds=taken,
         model_seconds=time.perf_counter() - t0)

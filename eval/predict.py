@@ -36,38 +36,27 @@ scored and written, and the command exits with status 1.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import logging as std_logging
-import math
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eval import loading
+from eval import loading, notes_perception, recording
 from model import multitask, release, targets
 from pipelines import entry_point
-from pipelines.audio import decode, features, frontend, render, windowing
-from pipelines.datasets import percepiano, taxonomy
+from pipelines.audio import decode, frontend, render, windowing
+from pipelines.datasets import taxonomy
 
-# Labels are mean ratings / 7 (see model/targets.py): x 7 gives the questionnaire's 1-7 scale.
-RATING_SCALE = percepiano.RATING_SCALE
 # The model `eval.predict` uses without --checkpoint (a notes_perception release).
 SHIPPED = pathlib.Path(__file__).resolve().parent.parent / "release" / "perception"
-MIDI_EXTENSIONS = (".mid", ".midi")
-SAMPLE_RATE = decode.TARGET_SAMPLE_RATE
-FRAMES_PER_SECOND = 1000.0 / features.AST.frame_shift_ms
-
 # Which group each dimension belongs to (a dimension is in exactly one: taxonomy checks).
 GROUP_OF = {d: g for g, dims in taxonomy.GROUPS.items() for d in dims}
-
-# Called after every batch: (windows done, windows total, seconds of audio they cover).
-Progress = Callable[[int, int, float], None]
 
 
 def default_batch_size() -> int:
@@ -82,137 +71,6 @@ def default_batch_size() -> int:
   return 1 if jax.default_backend() == "cpu" else 8
 
 
-class SilentInputError(decode.AudioError):
-  """Every window of the recording is near-silent: there is no playing to rate."""
-
-
-class NonFinitePredictionError(ValueError):
-  """The model returned NaN or infinity for a recording (a broken checkpoint)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureSettings:
-  """How the training windows were made; inference must repeat it exactly."""
-
-  window: windowing.WindowConfig
-  mean: float  # the shards' normalisation statistics of the log-mel values
-  std: float
-  soundfont: str | None = None  # None: the default SoundFont (as the job)
-  soundfont_sha256: str | None = None  # the training renders' SoundFont, if known
-
-  @classmethod
-  def from_metadata(cls, data_metadata: dict, *, hop_s: float | None = None,
-                    soundfont: str | None = None) -> FeatureSettings:
-    """From a run's `data_metadata.json`; `hop_s` overrides the training hop."""
-    config = data_metadata["config"]
-    window = windowing.WindowConfig.from_seconds(
-        config["window_s"], config["hop_s"] if hop_s is None else hop_s,
-        config.get("silence_db", windowing.WindowConfig.silence_db))
-    norm = data_metadata["normalization"]
-    # Trained on several SoundFonts (--soundfonts): MIDI inputs render with the first, and
-    # no single checksum stands for the training timbre.
-    several = [None if f == "default" else f for f in config.get("soundfonts") or []]
-    return cls(window=window, mean=float(norm["mean"]), std=float(norm["std"]),
-               soundfont=soundfont if soundfont is not None else
-               (several[0] if several else config.get("soundfont")),
-               soundfont_sha256=data_metadata.get("soundfont_sha256"))
-
-  @property
-  def window_s(self) -> float:
-    return self.window.frames / FRAMES_PER_SECOND
-
-  @property
-  def hop_s(self) -> float:
-    return self.window.hop_frames / FRAMES_PER_SECOND
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-  """One recording's scores. Label space = mean rating / 7; `ratings` are on 1-7."""
-
-  path: str
-  duration_s: float  # of the audio analysed (a MIDI render after trimming)
-  window_scores: np.ndarray  # [windows, 19] label space
-  window_starts_s: np.ndarray  # [windows]
-  near_silent_windows: int  # counted, not dropped: the PercePiano training data kept them
-  feature_seconds: float  # decode/render + log-mel + windows
-  model_seconds: float
-
-  @property
-  def windows(self) -> int:
-    return int(self.window_scores.shape[0])
-
-  @property
-  def scores(self) -> np.ndarray:
-    """[19] label space: the mean over windows, as the trainer averages a performance."""
-    return self.window_scores.astype(np.float64).mean(axis=0)
-
-  @property
-  def ratings(self) -> np.ndarray:
-    return self.scores * RATING_SCALE
-
-  @property
-  def group_ratings(self) -> dict[str, float]:
-    return {g: float(self.ratings[list(dims)].mean()) for g, dims in taxonomy.GROUPS.items()}
-
-  @property
-  def seconds(self) -> float:
-    return self.feature_seconds + self.model_seconds
-
-  @property
-  def realtime_factor(self) -> float:
-    return self.duration_s / self.seconds if self.seconds > 0 else math.inf
-
-  def to_dict(self) -> dict:
-    names = taxonomy.DIMENSION_NAMES
-    return {
-        "path": self.path, "duration_s": self.duration_s, "windows": self.windows,
-        "near_silent_windows": self.near_silent_windows,
-        "seconds": self.seconds, "feature_seconds": self.feature_seconds,
-        "model_seconds": self.model_seconds, "realtime_factor": self.realtime_factor,
-        "ratings": {n: float(v) for n, v in zip(names, self.ratings)},
-        "label_space": {n: float(v) for n, v in zip(names, self.scores)},
-        "group_ratings": self.group_ratings,
-        "window_starts_s": [float(s) for s in self.window_starts_s],
-        "window_ratings": (self.window_scores.astype(np.float64) * RATING_SCALE).tolist(),
-    }
-
-
-def load_samples(path: str | pathlib.Path, settings: FeatureSettings) -> np.ndarray:
-  """16 kHz mono samples of an audio file, or of a MIDI file rendered and trimmed as the job does.
-
-  Raises an `decode.AudioError` (unsupported extension, missing, corrupt, empty)
-  or a `render.RenderError` naming the file.
-  """
-  path = pathlib.Path(path)
-  ext = path.suffix.lower()
-  if ext in MIDI_EXTENSIONS:
-    return render.render_midi(path, soundfont=settings.soundfont).samples
-  if ext not in decode.supported_extensions():
-    raise decode.UnsupportedFormatError(
-        path, f"unsupported extension {ext or '(none)'!r}; supported: "
-        f"{', '.join(decode.supported_extensions() + MIDI_EXTENSIONS)}")
-  return decode.load_audio(path)
-
-
-def windows_of(samples: np.ndarray, settings: FeatureSettings, *, name: str
-               ) -> list[windowing.Window]:
-  """The job's windows of `samples` (`[frames, mel]` each, unnormalised).
-
-  Raises `decode.EmptyAudioError` for audio shorter than one frame and
-  `SilentInputError` when every window is near-silent (a silent input would
-  otherwise get confident-looking scores of nothing).
-  """
-  windows = frontend.windows(samples, settings.window)
-  if not windows:
-    raise decode.EmptyAudioError(name, f"{samples.shape[0] / SAMPLE_RATE * 1000:.1f} ms of "
-                                "audio is shorter than one 25 ms frame")
-  if all(windowing.is_near_silent(w, settings.window) for w in windows):
-    raise SilentInputError(name, f"silent: every window's loudest frame is below "
-                           f"{settings.window.silence_db:g} dB")
-  return windows
-
-
 class Predictor:
   """A model compiled once for `[batch_size, mel, frames]`, scoring whole recordings.
 
@@ -221,7 +79,7 @@ class Predictor:
   """
 
   def __init__(self, model_config: multitask.MultiTaskConfig, params: dict,
-               normalizer: targets.TargetNormalizer, settings: FeatureSettings, *,
+               normalizer: targets.TargetNormalizer, settings: recording.FeatureSettings, *,
                batch_size: int | None = None):
     batch_size = default_batch_size() if batch_size is None else batch_size
     if batch_size < 1:
@@ -243,7 +101,7 @@ class Predictor:
   @classmethod
   def from_run(cls, run: loading.Run, *, batch_size: int | None = None, hop_s: float | None = None,
                soundfont: str | None = None) -> Predictor:
-    settings = FeatureSettings.from_metadata(run.data_metadata, hop_s=hop_s,
+    settings = recording.FeatureSettings.from_metadata(run.data_metadata, hop_s=hop_s,
                                              soundfont=soundfont)
     if settings.window.frames != run.num_frames:
       raise loading.RunError(f"{run.workdir}: data_metadata.json windows are "
@@ -272,7 +130,7 @@ class Predictor:
     return time.perf_counter() - t0
 
   def predict_windows(self, windows: Sequence[windowing.Window],
-                      progress: Progress | None = None, duration_s: float = 0.0
+                      progress: recording.Progress | None = None, duration_s: float = 0.0
                       ) -> np.ndarray:
     """`[len(windows), 19]` label-space predictions, batch by batch."""
     self.compile()
@@ -301,33 +159,33 @@ class Predictor:
     return self.normalizer.denormalize(np.concatenate(out))
 
   def predict_samples(self, samples: np.ndarray, *, name: str,
-                      progress: Progress | None = None) -> Prediction:
+                      progress: recording.Progress | None = None) -> recording.Prediction:
     t0 = time.perf_counter()
-    windows = windows_of(samples, self.settings, name=name)
-    return self._predict(windows, name, samples.shape[0] / SAMPLE_RATE,
+    windows = recording.windows_of(samples, self.settings, name=name)
+    return self._predict(windows, name, samples.shape[0] / recording.SAMPLE_RATE,
                          time.perf_counter() - t0, progress)
 
-  def predict_file(self, path: str | pathlib.Path, progress: Progress | None = None
-                   ) -> Prediction:
+  def predict_file(self, path: str | pathlib.Path, progress: recording.Progress | None = None
+                   ) -> recording.Prediction:
     """Scores one file. Raises `decode.AudioError` / `render.RenderError` naming it."""
     t0 = time.perf_counter()
-    samples = load_samples(path, self.settings)
-    windows = windows_of(samples, self.settings, name=str(path))
-    return self._predict(windows, str(path), samples.shape[0] / SAMPLE_RATE,
+    samples = recording.load_samples(path, self.settings)
+    windows = recording.windows_of(samples, self.settings, name=str(path))
+    return self._predict(windows, str(path), samples.shape[0] / recording.SAMPLE_RATE,
                          time.perf_counter() - t0, progress)
 
   def _predict(self, windows, name: str, duration_s: float, feature_seconds: float,
-               progress: Progress | None) -> Prediction:
+               progress: recording.Progress | None) -> recording.Prediction:
     self.compile()  # outside the timing: once per Predictor, not per file
     t0 = time.perf_counter()
     scores = self.predict_windows(windows, progress, duration_s)
     model_seconds = time.perf_counter() - t0
     if not np.isfinite(scores).all():
-      raise NonFinitePredictionError(f"{name}: the model returned NaN/inf for "
+      raise recording.NonFinitePredictionError(f"{name}: the model returned NaN/inf for "
                                      f"{int((~np.isfinite(scores)).any(axis=1).sum())} windows")
-    return Prediction(
+    return recording.Prediction(
         path=name, duration_s=duration_s, window_scores=scores,
-        window_starts_s=np.array([w.start_frame / FRAMES_PER_SECOND for w in windows]),
+        window_starts_s=np.array([w.start_frame / recording.FRAMES_PER_SECOND for w in windows]),
         near_silent_windows=sum(windowing.is_near_silent(w, self.settings.window)
                                 for w in windows),
         feature_seconds=feature_seconds, model_seconds=model_seconds)
@@ -335,7 +193,7 @@ class Predictor:
 
 # ----------------------------------------------------------------------------- output
 
-def format_table(p: Prediction, settings: FeatureSettings) -> str:
+def format_table(p: recording.Prediction, settings: recording.FeatureSettings) -> str:
   """A readable per-dimension table on the 1-7 scale, with group means."""
   lines = [f"{p.path}: {p.duration_s:.1f} s, {p.windows} window(s) of {settings.window_s:g} s "
            f"(hop {settings.hop_s:g} s) in {p.seconds:.2f} s ({p.realtime_factor:.0f}x real time)"]
@@ -352,7 +210,7 @@ CSV_FIELDS = (["path", "error", "duration_s", "windows", "seconds"]
               + list(taxonomy.DIMENSION_NAMES) + [f"group_{g}" for g in taxonomy.GROUPS])
 
 
-def write_csv(path: str | pathlib.Path, results: Sequence[Prediction],
+def write_csv(path: str | pathlib.Path, results: Sequence[recording.Prediction],
               errors: Sequence[tuple[str, str]]) -> None:
   """One row per file: ratings (1-7) and group means; failed files with their error."""
   with open(path, "w", newline="") as f:
@@ -368,8 +226,8 @@ def write_csv(path: str | pathlib.Path, results: Sequence[Prediction],
       writer.writerow({"path": name, "error": reason})
 
 
-def write_json(path: str | pathlib.Path, run_info: dict, settings: FeatureSettings,
-               results: Sequence[Prediction], errors: Sequence[tuple[str, str]]) -> None:
+def write_json(path: str | pathlib.Path, run_info: dict, settings: recording.FeatureSettings,
+               results: Sequence[recording.Prediction], errors: Sequence[tuple[str, str]]) -> None:
   doc = {**run_info, "window_s": settings.window_s, "hop_s": settings.hop_s,
          "rating_scale": "1-7 (label space x 7)", "dimensions": list(taxonomy.DIMENSION_NAMES),
          "groups": {g: [taxonomy.DIMENSION_NAMES[i] for i in dims]
@@ -422,7 +280,7 @@ class ProgressLine:
 
 # What counts as bad input, as in the preprocessing job's dead-letter routing:
 # typed decode/render errors and the OS/parse errors a broken file can raise.
-BAD_INPUT = (decode.AudioError, render.RenderError, NonFinitePredictionError, OSError,
+BAD_INPUT = (decode.AudioError, render.RenderError, recording.NonFinitePredictionError, OSError,
              ValueError, EOFError)
 
 
@@ -443,20 +301,11 @@ def _define_flags() -> None:
   flags.DEFINE_string("output_csv", None, "Write one CSV row per file (ratings 1-7).")
 
 
-def parse_step(text: str) -> int | str:
-  if text in ("best", "latest"):
-    return text
-  try:
-    return int(text)
-  except ValueError:
-    from absl import app
-    raise app.UsageError(f'--step must be "best", "latest" or a number, got {text!r}') from None
 
-
-def check_soundfont(settings: FeatureSettings, paths: Sequence[str]) -> None:
+def check_soundfont(settings: recording.FeatureSettings, paths: Sequence[str]) -> None:
   """Warns when MIDI inputs would render with another SoundFont than the training data."""
   if settings.soundfont_sha256 is None or not any(
-      pathlib.Path(p).suffix.lower() in MIDI_EXTENSIONS for p in paths):
+      pathlib.Path(p).suffix.lower() in recording.MIDI_EXTENSIONS for p in paths):
     return
   try:
     sha = render.soundfont_sha256(settings.soundfont)
@@ -485,10 +334,8 @@ def main(argv: list[str]) -> int:
   if not paths:
     from absl import app
     raise app.UsageError("no input files (usage: python -m eval.predict --checkpoint=W FILE...)")
-  step = parse_step(flags_.step)
+  step = recording.parse_step(flags_.step)
   checkpoint = flags_.checkpoint or str(SHIPPED)
-  # Imported here: the notes model builds on this module (Prediction, FeatureSettings).
-  from eval import notes_perception
   try:
     if notes_perception.is_notes_perception(checkpoint):
       if flags_.hop_s is not None:
@@ -509,7 +356,7 @@ def main(argv: list[str]) -> int:
     print(f"error: cannot use checkpoint {checkpoint}: {e}", file=sys.stderr)
     return 1
   check_soundfont(predictor.settings, paths)
-  results: list[Prediction] = []
+  results: list[recording.Prediction] = []
   errors: list[tuple[str, str]] = []
   for path in paths:
     try:

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from eval import loading, predict, shard_transcription
+from eval import loading, recording, shard_transcription
 from model import ast
 from pipelines import entry_point
 from pipelines.shards import metadata
@@ -68,7 +68,7 @@ def embed(run: loading.PretrainedRun, windows: dict, *, batch_size: int = 16,
 def main(argv: list[str]) -> int:
   del argv
   try:
-    run = loading.load_pretrained(FLAGS.checkpoint, predict.parse_step(FLAGS.step))
+    run = loading.load_pretrained(FLAGS.checkpoint, recording.parse_step(FLAGS.step))
     windows = shard_transcription.read_windows(FLAGS.data_dir)
     e = ast.EncoderConfig(**run.config.model.encoder.to_dict())
     params = random_encoder(e, FLAGS.seed) if FLAGS.random_init else None

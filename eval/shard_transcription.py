@@ -35,14 +35,14 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from eval import loading, predict
+from eval import loading, recording
 from model import ast, transcription
 from pipelines import entry_point
 from pipelines.audio import frontend, notes
 from pipelines.shards import layout, metadata, records
 
 FLAGS = flags.FLAGS
-FRAME_S = 1.0 / predict.FRAMES_PER_SECOND
+FRAME_S = 1.0 / recording.FRAMES_PER_SECOND
 DECODED = ("onset", "frame", "velocity", "pedal")  # what decoding reads; offsets are not kept
 
 
@@ -258,7 +258,7 @@ def thresholds_for(run: loading.PretrainedRun, onset: float | None, frame: float
 def main(argv: list[str]) -> int:
   del argv
   try:
-    run = loading.load_transcriber(FLAGS.checkpoint, predict.parse_step(FLAGS.step))
+    run = loading.load_transcriber(FLAGS.checkpoint, recording.parse_step(FLAGS.step))
     windows = read_windows(FLAGS.data_dir, FLAGS.splits or None)
   except (loading.RunError, FileNotFoundError, metadata.MetadataError, ValueError) as e:
     sys.exit(f"error: {e}")

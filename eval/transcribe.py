@@ -28,7 +28,7 @@ import numpy as np
 import pretty_midi
 from absl import app, flags, logging
 
-from eval import loading, predict, shard_transcription, transcription_scores
+from eval import loading, recording, shard_transcription, transcription_scores
 from model import transcription
 from pipelines import entry_point
 from pipelines.audio import decode, frontend, notes, render, windowing
@@ -52,19 +52,19 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 8, "Windows per forward pass.", lower_bound=1)
 
 
-def samples_of(path: pathlib.Path, settings: predict.FeatureSettings) -> tuple[np.ndarray, float]:
+def samples_of(path: pathlib.Path, settings: recording.FeatureSettings) -> tuple[np.ndarray, float]:
   """(16 kHz samples, seconds trimmed from the start): a MIDI file rendered as the job does."""
-  if path.suffix.lower() in predict.MIDI_EXTENSIONS:
+  if path.suffix.lower() in recording.MIDI_EXTENSIONS:
     rendered = render.render_midi(path, soundfont=settings.soundfont)
     return rendered.samples, rendered.trimmed_start_seconds
-  return predict.load_samples(path, settings), 0.0
+  return recording.load_samples(path, settings), 0.0
 
 
 def probabilities(run: loading.PretrainedRun, samples: np.ndarray,
-                  settings: predict.FeatureSettings, name: str, batch_size: int
+                  settings: recording.FeatureSettings, name: str, batch_size: int
                   ) -> dict[str, np.ndarray]:
   """Per-frame probabilities over the whole recording (`[frames, 88]`, pedal `[frames]`)."""
-  windows = predict.windows_of(samples, settings, name=name)
+  windows = recording.windows_of(samples, settings, name=name)
   x = frontend.model_input(windows, settings.mean, settings.std)
   valid = np.array([w.valid_frames for w in windows], np.int32)
   transcriber = shard_transcription.WindowTranscriber(
@@ -78,15 +78,15 @@ def transcribe_file(run: loading.PretrainedRun, path: pathlib.Path,
                     soundfont: str | None = None) -> tuple[notes.Notes, float]:
   """(the recording's notes in its own time, seconds of audio transcribed); a MIDI input
   renders with `soundfont` (default: the training data's)."""
-  settings = predict.FeatureSettings.from_metadata(run.data_metadata, soundfont=soundfont)
+  settings = recording.FeatureSettings.from_metadata(run.data_metadata, soundfont=soundfont)
   # Windows without overlap: every frame is transcribed once.
-  settings = predict.FeatureSettings(
+  settings = recording.FeatureSettings(
       window=windowing.WindowConfig(settings.window.frames, settings.window.frames,
                                     settings.window.silence_db),
       mean=settings.mean, std=settings.std, soundfont=settings.soundfont)
   samples, trimmed = samples_of(path, settings)
   probs = probabilities(run, samples, settings, str(path), batch_size)
-  return thresholds.decode(probs).shifted(-trimmed), samples.shape[0] / predict.SAMPLE_RATE
+  return thresholds.decode(probs).shifted(-trimmed), samples.shape[0] / recording.SAMPLE_RATE
 
 
 def write_midi(path: pathlib.Path, transcribed: notes.Notes) -> None:
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
     raise app.UsageError("expected one RECORDING")
   path = pathlib.Path(argv[1])
   try:
-    run = loading.load_transcriber(FLAGS.checkpoint, predict.parse_step(FLAGS.step))
+    run = loading.load_transcriber(FLAGS.checkpoint, recording.parse_step(FLAGS.step))
     thresholds, source = shard_transcription.thresholds_for(
         run, FLAGS.onset_threshold, FLAGS.frame_threshold, FLAGS.pedal_threshold)
     transcribed, seconds = transcribe_file(run, path, thresholds, FLAGS.batch_size)

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from eval import attention, attention_figures, loading, predict
+from eval import attention, attention_figures, loading, recording
 from model import ast, multitask
 from pipelines.audio import features, frontend, windowing
 
@@ -367,8 +367,8 @@ def test_cli_out_of_range_window_and_missing_file_fail_clearly(finetuned, perfor
 @pytest.mark.slow
 def test_maps_of_the_trained_model(finetuned, performance, tmp_path):
   run = loading.load(finetuned)
-  settings = predict.FeatureSettings.from_metadata(run.data_metadata)
-  samples = predict.load_samples(performance, settings)
+  settings = recording.FeatureSettings.from_metadata(run.data_metadata)
+  samples = recording.load_samples(performance, settings)
   assert (settings.window.frames, settings.window.hop_frames) == (256, 128)
   windows = frontend.windows(samples, settings.window)
   inputs = list(frontend.model_input(windows[:2], settings.mean, settings.std))

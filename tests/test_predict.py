@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from eval import loading, predict
+from eval import loading, predict, recording
 from pipelines.audio import frontend, render
 from pipelines.datasets import taxonomy
 from train import checkpointing, predictions
@@ -221,7 +221,7 @@ def test_library_errors_are_typed_and_name_the_file(predictor, bad_files):
   for kind, path in bad_files.items():
     with pytest.raises(decode.AudioError, match=str(path)):
       predictor.predict_file(path)
-  with pytest.raises(predict.SilentInputError):
+  with pytest.raises(recording.SilentInputError):
     predictor.predict_file(bad_files["silent"])
   with pytest.raises(decode.EmptyAudioError, match="shorter than one 25 ms frame"):
     predictor.predict_samples(np.full(200, 0.1, np.float32), name="click")
@@ -232,7 +232,7 @@ def test_model_input_is_bitwise_the_shards_windows(run, saved, corpus, train_sha
   # read from the shards equals the window inference builds from the MIDI, bit for bit
   # (float16 storage included, which the score tolerance alone could not resolve).
   from pipelines import input_pipeline
-  settings = predict.FeatureSettings.from_metadata(run.data_metadata)
+  settings = recording.FeatureSettings.from_metadata(run.data_metadata)
   config = input_pipeline.InputConfig(batch_size=8, splits=("train",), folds=(0,),
                                       variants=(0,), spec_augment=False, read_threads=1)
   shard_windows: dict[str, dict[int, tuple[np.ndarray, int]]] = {}
@@ -242,8 +242,8 @@ def test_model_input_is_bitwise_the_shards_windows(run, saved, corpus, train_sha
           batch["features"][i], int(batch["valid_frames"][i]))
   assert set(shard_windows) == set(saved.keys)
   for key in saved.keys[:3]:
-    samples = predict.load_samples(corpus / f"{key}.mid", settings)
-    windows = predict.windows_of(samples, settings, name=key)
+    samples = recording.load_samples(corpus / f"{key}.mid", settings)
+    windows = recording.windows_of(samples, settings, name=key)
     ours = frontend.model_input(windows, settings.mean, settings.std)
     assert len(windows) == len(shard_windows[key])
     for w, x in zip(windows, ours):
@@ -254,8 +254,8 @@ def test_model_input_is_bitwise_the_shards_windows(run, saved, corpus, train_sha
 
 def test_a_hop_longer_than_the_window_is_refused(run):
   with pytest.raises(ValueError, match=r"hop \(5.12 s\) positive and at most the window"):
-    predict.FeatureSettings.from_metadata(run.data_metadata, hop_s=5.12)
-  settings = predict.FeatureSettings.from_metadata(run.data_metadata, hop_s=2.56)
+    recording.FeatureSettings.from_metadata(run.data_metadata, hop_s=5.12)
+  settings = recording.FeatureSettings.from_metadata(run.data_metadata, hop_s=2.56)
   assert (settings.window.frames, settings.window.hop_frames) == (256, 256)
 
 
