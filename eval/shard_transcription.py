@@ -19,7 +19,9 @@ like with like: the same frames the model heard.
 
 The CLI writes every performance's transcribed notes (the clean variant 0) to an `.npz`
 (`notes.save_archive`) that `train.ridge --features=notes` reads: the benchmark's
-`notes` model. Features are normalised with the *transcriber's* statistics, so any job's
+`notes` model; beside them, statistics of the probabilities they were decoded from
+(`pipelines.audio.posterior_statistics`), which `--features=ast_stats` adds.
+Features are normalised with the *transcriber's* statistics, so any job's
 shards made with the project's front end and the transcriber's window length can be read.
 """
 
@@ -38,7 +40,7 @@ from absl import flags, logging
 from eval import loading, recording
 from model import ast, transcription
 from pipelines import entry_point
-from pipelines.audio import frontend, notes
+from pipelines.audio import frontend, notes, posterior_statistics
 from pipelines.shards import layout, metadata, records
 
 FLAGS = flags.FLAGS
@@ -266,10 +268,11 @@ def main(argv: list[str]) -> int:
                                       FLAGS.pedal_threshold)
   logging.info("transcribing %d performances with step %d, thresholds %s (%s)", len(windows),
                run.step, thresholds, source)
-  transcribed, durations = {}, {}
+  transcribed, durations, posteriors = {}, {}, {}
   try:
     for p in transcribe(run, windows, batch_size=FLAGS.batch_size):
       transcribed[p.key], durations[p.key] = p.decode(thresholds), p.duration_s
+      posteriors[p.key] = posterior_statistics.compute(p.probabilities, FRAME_S)
   except ValueError as e:
     sys.exit(f"error: {e}")
   about = {"checkpoint": str(run.workdir), "step": run.step,
@@ -277,7 +280,8 @@ def main(argv: list[str]) -> int:
            "shards": str(pathlib.Path(FLAGS.data_dir).absolute()),
            "shard_sha256": sorted(f.sha256 for f in metadata.read(FLAGS.data_dir).shard_files(
                "windows", splits=FLAGS.splits or None))}
-  notes.save_archive(pathlib.Path(FLAGS.output), transcribed, durations, about)
+  notes.save_archive(pathlib.Path(FLAGS.output), transcribed, durations, about,
+                     (posterior_statistics.names(), posteriors))
   print(f"{len(transcribed)} performances, {sum(len(n.notes) for n in transcribed.values())} "
         f"notes (step {run.step}, thresholds from {source}) -> {FLAGS.output}")
   return 0

@@ -42,6 +42,10 @@ committed):
                          oracle_notes the ridge on note statistics of the performance MIDI
                                       (what a perfect transcription gives: an upper bound)
                          notes        the same ridge on the encoder's own transcription
+                         fusion       notes beside the encoder's frozen embeddings
+                         ast_stats    fusion plus the statistics of the transcription's
+                                      probabilities and the ridge's audio statistics
+                                      (backbone ast+stats: the AST-based model)
                          probe_<enc>  the ridge on frozen embeddings of an encoder: random,
                                       ssast (pretrain), notes (pretrain_notes_mixed)
   performer_<variant>  the performer split, for ast / cnn / ffn and the statistics models
@@ -107,12 +111,16 @@ NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat"
          "notes": "notes (statistics of the encoder's transcription)",
          "probe_random": "probe of a random encoder", "probe_ssast": "probe of the SSAST encoder",
          "probe_notes": "probe of the notes-aware encoder",
-         "fusion": "fusion (transcription statistics + notes-aware embeddings)"}
+         "fusion": "fusion (transcription statistics + notes-aware embeddings)",
+         "ast_stats": "AST+stats (notes-aware encoder: transcription and embeddings; "
+                      "audio statistics)"}
 # Models on clip statistics (train.statistics_table), every fold and the test set on both
 # splits at every size: minutes on 2 cores. oracle_notes is the notes path's ceiling; notes
 # its model (the same ridge on the transcription of the notes-aware pre-trained encoder);
-# fusion puts that encoder's frozen embeddings beside the notes statistics.
-STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes", "notes", "fusion")
+# fusion puts that encoder's frozen embeddings beside the notes statistics; ast_stats adds
+# the statistics of the transcription's probabilities and the ridge's audio statistics: the
+# AST-based model the closed-form bar is measured against.
+STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes", "notes", "fusion", "ast_stats")
 # Probes: the ridge on frozen, clip-pooled embeddings of each encoder (eval.shard_embeddings),
 # and the pre-training run each is embedded with (random: the notes-aware run's shape,
 # randomly initialised).
@@ -386,6 +394,15 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                        work / "fusion_table.npz", ("transcribe_percepiano", "embed_notes"),
                        "fusion")
 
+  def ast_stats(split: str) -> stages.Stage:
+    # Everything the notes-aware AST gives (its transcription's statistics, those of its
+    # probabilities, its frozen embeddings) beside the audio statistics of the ridge.
+    return closed_form(split, "ast_stats", ("--features=ast_stats",
+                                            f"--transcribed_notes={transcribed}",
+                                            f"--embeddings={embeddings['notes']}"),
+                       work / "ast_stats_table.npz", ("transcribe_percepiano", "embed_notes"),
+                       "AST+stats")
+
   def probe(split: str, encoder: str) -> stages.Stage:
     # The same ridge on an encoder's frozen embeddings.
     return closed_form(split, f"probe_{encoder}",
@@ -410,7 +427,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
     runs = [cross_validation(split, v) for v in variants] + [
         ridge(split), statistics_ffn(split), oracle_notes(split), notes_model(split),
-        fusion(split), *(probe(split, encoder) for encoder in PROBES)]
+        fusion(split), ast_stats(split), *(probe(split, encoder) for encoder in PROBES)]
     variants = [*variants, *STATISTICS_MODELS, *(f"probe_{e}" for e in PROBES)]
     out += runs
     report_dir = report_root / split
@@ -478,10 +495,15 @@ def _cross_timbre_reported(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
 
 
 def _transcribed(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
-  """Done when the archive was transcribed with the run's last step."""
+  """Done when the archive was transcribed with the run's last step and carries the
+  statistics of its probabilities (`ast_stats` reads them)."""
   if not path.is_file():
     return False
   from pipelines.audio import notes
+  try:
+    notes.load_posteriors(path)
+  except notes.NotesError:
+    return False
   return notes.load_archive(path)[2]["step"] == _last_step(pretrain)
 
 

@@ -312,6 +312,8 @@ def test_the_notes_path_stages_are_done_only_for_the_runs_last_step(tmp_path):
     assert not benchmark._transcription_reported(report, run, 2)
     archive = tmp_path / f"notes{step}.npz"
     notes.save_archive(archive, {}, {}, {"step": step})
+    assert not benchmark._transcribed(archive, run)  # no probability statistics: stale
+    notes.save_archive(archive, {}, {}, {"step": step}, (("x",), {}))
     assert benchmark._transcribed(archive, run) is done
     table = tmp_path / f"emb{step}.npz"
     statistics_table.save_vectors(table, ["k"], np.zeros((1, 2)),

@@ -333,9 +333,54 @@ def test_notes_archive_round_trip_and_damage(tmp_path):
   np.testing.assert_array_equal(loaded["b"].notes, performances["b"].notes)
   np.testing.assert_array_equal(loaded["b"].pedal, performances["b"].pedal)
   assert loaded["a"].notes.shape == (0, 4)
+  with pytest.raises(notes.NotesError, match="rerun eval.shard_transcription"):
+    notes.load_posteriors(path)  # written without the probability statistics
+  notes.save_archive(path, performances, {"a": 1.5, "b": 2.0}, {"step": 3},
+                     (("x", "y"), {"a": [1.0, 2.0], "b": [3.0, 4.0]}))
+  names, vectors = notes.load_posteriors(path)
+  assert names == ("x", "y") and list(vectors) == ["a", "b"]
+  np.testing.assert_array_equal(vectors["b"], [3.0, 4.0])
+  assert list(notes.load_archive(path)[0]) == ["a", "b"]  # the notes read as before
   path.write_bytes(path.read_bytes()[:100])
   with pytest.raises(notes.NotesError, match="not a notes archive"):
     notes.load_archive(path)
+
+
+def test_posterior_statistics_known_answers():
+  """One key sounding for the first second of two (onsets at 0 and 0.5 s, velocity 0.5),
+  the pedal down for its first half second, at 10 ms frames."""
+  from pipelines.audio import posterior_statistics as ps
+  frames = 200
+  rolls = {k: np.zeros((frames, 88), np.float16) for k in ("onset", "frame", "velocity")}
+  rolls["frame"][:100, 60] = 1
+  rolls["onset"][[0, 50], 60] = 1
+  rolls["velocity"][[0, 50], 60] = 0.5
+  rolls["pedal"] = np.zeros(frames, np.float16)
+  rolls["pedal"][:50] = 1
+  got = dict(zip(ps.names(), ps.compute(rolls, 0.01)))
+  assert len(got) == len(ps.names()) == 24
+  expected = {
+      "polyphony_mean": 0.5, "polyphony_std": 0.5, "polyphony_p10": 0.0, "polyphony_p50": 0.5,
+      "polyphony_p90": 1.0, "sounding_fraction": 0.5, "sounding_polyphony_mean": 1.0,
+      "pedal_mean": 0.25, "pedal_std": np.sqrt(0.25 * 0.75), "pedal_change_rate": 100 / 199,
+      "pedal_fall_rate": 100 / 199, "pedal_down_fraction": 0.25, "pedal_sounding_mean": 0.5,
+      "pedal_polyphony_corr": np.corrcoef(rolls["pedal"].astype(float),
+                                          rolls["frame"].sum(1, dtype=float))[0, 1],
+      "onset_rate": 1.0, "onset_mass_std": np.sqrt(0.01 * 0.99),
+      "onset_bins_cv": 3.0, "velocity_mean": 0.5, "velocity_std": 0.0,
+      "frames_per_onset": 50.0, "log_frames_per_onset": np.log(51.0),
+      "polyphony_change_rate": 100 / 199, "low_register_polyphony": 0.0,
+      "high_register_polyphony": 0.5}
+  assert set(expected) == set(got)
+  for name, value in expected.items():
+    assert got[name] == pytest.approx(value, abs=1e-9), name
+  # Nothing playing: every statistic is still finite (0 where there is nothing to measure).
+  silent = {k: np.zeros_like(v) for k, v in rolls.items()}
+  assert np.all(ps.compute(silent, 0.01) == 0)
+  with pytest.raises(ValueError, match="no frames"):
+    ps.compute({k: v[:0] for k, v in rolls.items()}, 0.01)
+  with pytest.raises(ValueError, match="different shapes"):
+    ps.compute({**rolls, "pedal": rolls["pedal"][:-1]}, 0.01)
 
 
 def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shards, job_with_audio,
@@ -385,6 +430,10 @@ def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shard
   keys = {records.decode(r)[0]["key"] for f in meta.shard_files("audio")
           for r in layout.read_array_record(str(job_with_audio / f.file))}
   assert set(transcribed) == keys and all(d > 0 for d in durations.values())
+  from pipelines.audio import posterior_statistics
+  names, posteriors = notes_lib.load_posteriors(archive)
+  assert names == posterior_statistics.names() and set(posteriors) == keys
+  assert all(np.all(np.isfinite(v)) and v[0] > 0 for v in posteriors.values())  # polyphony
 
   ridge = tmp_path / "ridge"
   proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={ridge}",
@@ -661,6 +710,32 @@ def test_probes_embed_with_the_pretrained_and_a_random_encoder(notes_pretrained,
   half = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'f2'}",
              "--features=fusion", f"--embeddings={tmp_path / 'trained.npz'}", "--test")
   assert half.returncode != 0 and "--transcribed_notes and --embeddings" in half.stderr
+
+  # ast_stats: the same two files, plus the archive's probability statistics and the audio
+  # clip statistics. An archive written without the former is refused with what to rerun.
+  with pytest.raises(statistics_table.StatisticsError, match="rerun eval.shard_transcription"):
+    statistics_table.load(job_with_audio, tmp_path / "ast.npz", features="ast_stats",
+                          features_file=[archive, tmp_path / "trained.npz"])
+  posteriors = {k: np.arange(24.0) * (i + 1) for i, k in enumerate(sorted(stored))}
+  from pipelines.audio import posterior_statistics
+  notes_lib.save_archive(archive, stored, durations, {},
+                         (posterior_statistics.names(), posteriors))
+  everything = statistics_table.load(job_with_audio, tmp_path / "ast.npz", features="ast_stats",
+                                     features_file=[archive, tmp_path / "trained.npz"])
+  audio = statistics_table.load(job_with_audio, tmp_path / "audio.npz", workers=1)
+  assert everything.keys == oracle.keys == audio.keys
+  np.testing.assert_allclose(everything.x, np.concatenate(
+      [oracle.x, np.stack([posteriors[k] for k in everything.keys]),
+       np.stack([rows[k] for k in everything.keys]), audio.x], axis=1))
+  read = len(statistics_table.names("notes")) + len(posterior_statistics.names()) + width
+  assert len(statistics_table.names("ast_stats", read)) == everything.x.shape[1]
+  proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'ast'}",
+             "--features=ast_stats", f"--transcribed_notes={archive}",
+             f"--embeddings={tmp_path / 'trained.npz'}", "--test", "--inner_folds=2",
+             "--workers=1", f"--statistics_cache={tmp_path / 'ast.npz'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = json.loads((tmp_path / "ast" / "test" / rundir.CONFIG).read_text())
+  assert config["model"]["backbone"] == "ast+stats"
 
 
 def test_the_machine_is_described_by_its_cpu_and_cores():

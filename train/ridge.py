@@ -14,7 +14,10 @@ would give the notes path, an upper bound, never a headline); `--features=notes
 --transcribed_notes=A` on the same statistics of the model's own transcription
 (`eval.shard_transcription`; backbone "notes"); `--features=embeddings --embeddings=E`
 on frozen encoder embeddings (`eval.shard_embeddings`; backbone "probe");
-`--features=fusion` with both files on the two side by side (backbone "fusion"). Every
+`--features=fusion` with both files on the two side by side (backbone "fusion");
+`--features=ast_stats` with both files on everything the notes-aware AST and the audio
+give: the transcription's note statistics, the statistics of its probabilities, the
+encoder's clip embedding and the audio clip statistics (backbone "ast+stats"). Every
 learned model is judged against this bar, so it
 goes through the same machinery: the same split tables and folds, a
 `W/crossval.json` and one run directory per fold (and `W/test`) with
@@ -161,7 +164,7 @@ def fit(x: np.ndarray, labels: np.ndarray, mask: np.ndarray, groups: np.ndarray,
 # The backbone each kind of statistics reports as: the audio bar, and the notes path's upper
 # bound (statistics of the performance MIDI: a perfect transcription).
 BACKBONES = {"audio": "ridge", "midi_notes": "oracle", "notes": "notes", "embeddings": "probe",
-             "fusion": "fusion"}
+             "fusion": "fusion", "ast_stats": "ast+stats"}
 
 
 def _config(data_dir: pathlib.Path, split: str, seed: int, inner_folds: int,
@@ -194,9 +197,9 @@ def run_fold(table: statistics_table.Table, meta: metadata.ShardMetadata, config
     raise RidgeError(f"{len(missing)} performances of the split have no statistics, e.g. "
                      f"{missing[:3]}")
   train, held = table.rows(train_keys), table.rows(held_keys)
-  # Fusion: the note statistics first, the embedding columns after them.
-  second = (len(statistics_table.names("notes")) if config.ridge.statistics == "fusion"
-            else None)
+  # Fusion and ast_stats: the note statistics first, then the block of everything else.
+  second = (len(statistics_table.names("notes"))
+            if config.ridge.statistics in ("fusion", "ast_stats") else None)
   model = fit(table.x[train], table.labels[train], table.mask[train],
               statistics_table.groups_of(train_keys, config.split), inner_folds=config.ridge.inner_folds,
               seed=config.seed, second_block=second)
@@ -238,10 +241,10 @@ def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
     return statistics_table.load(data_dir, cache, workers, features, features_file)
 
   meta = metadata.read(data_dir)
-  if isinstance(features_file, (tuple, list)):  # fusion: the notes archive, the vector table
+  if isinstance(features_file, (tuple, list)):  # the notes archive, the vector table
     if not all(features_file):
       raise statistics_table.StatisticsError(
-          f"features={features} needs {statistics_table.FILE_FLAGS['fusion']}")
+          f"features={features} needs {statistics_table.FILE_FLAGS[features]}")
     features_file = [str(pathlib.Path(f).absolute()) for f in features_file]
   elif features_file:
     features_file = str(pathlib.Path(features_file).absolute())
@@ -267,7 +270,9 @@ def define_flags() -> None:
                     "of a transcription (--transcribed_notes; backbone notes); embeddings: "
                     "frozen encoder embeddings (--embeddings; backbone probe); fusion: the "
                     "transcription's statistics and the embeddings side by side (both flags; "
-                    "backbone fusion).")
+                    "backbone fusion); ast_stats: fusion plus the statistics of the "
+                    "transcription's probabilities and the audio clip statistics (both flags; "
+                    "backbone ast+stats).")
   flags.DEFINE_string("transcribed_notes", None, "features=notes: the notes archive "
                       "eval.shard_transcription wrote for these shards.")
   flags.DEFINE_string("embeddings", None, "features=embeddings: the vector table "
@@ -280,7 +285,7 @@ def define_flags() -> None:
 
 def _features_file():
   given = {"notes": FLAGS.transcribed_notes, "embeddings": FLAGS.embeddings}
-  if FLAGS.features == "fusion":
+  if FLAGS.features in ("fusion", "ast_stats"):
     return [given["notes"], given["embeddings"]]
   wrong = [f for f, v in given.items() if v and f != FLAGS.features]
   if wrong:

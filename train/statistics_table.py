@@ -6,7 +6,10 @@ oracle of the notes path); `features="notes"` computes the same statistics from 
 transcription of the audio (a notes archive, `pipelines.audio.notes.save_archive`,
 written by `eval.shard_transcription`): the notes path itself; `features="embeddings"`
 reads a vector per performance (`save_vectors`, written by `eval.shard_embeddings`:
-frozen encoder embeddings, the probes).
+frozen encoder embeddings, the probes); `features="ast_stats"` puts everything the
+notes-aware AST and the audio give side by side: the transcription's note statistics,
+the statistics of the probabilities they were decoded from (both in the notes archive),
+the encoder's clip embedding (a vector table) and the audio clip statistics.
 
 The closed-form ridge (`train.ridge`) and the trainer's feed-forward model on the
 same statistics (`backbone=clip_stats`, `train.tasks.ClipStatisticsFinetuning`)
@@ -30,7 +33,7 @@ import zipfile
 import numpy as np
 from absl import logging
 
-from pipelines.audio import clip_statistics, note_statistics, notes
+from pipelines.audio import clip_statistics, note_statistics, notes, posterior_statistics
 from pipelines.datasets import percepiano
 from pipelines.shards import layout, metadata, records
 
@@ -64,13 +67,18 @@ class Table:
 # stored with it (the performance MIDI: what a perfect transcription would give), a
 # transcription of that audio (a notes archive), or a vector table of each performance
 # (frozen encoder embeddings: the probes), or the last two side by side (fusion: the notes
-# statistics of the transcription, then the encoder's embedding).
-FEATURES = ("audio", "midi_notes", "notes", "embeddings", "fusion")
+# statistics of the transcription, then the encoder's embedding), or everything the
+# notes-aware AST and the audio give (ast_stats: the transcription's note statistics, the
+# statistics of its probabilities, the encoder's embedding, the audio clip statistics).
+FEATURES = ("audio", "midi_notes", "notes", "embeddings", "fusion", "ast_stats")
 # The features read from files made by eval/, and the flags that name them.
 FILE_FLAGS = {"notes": "--transcribed_notes (from eval.shard_transcription)",
               "embeddings": "--embeddings (from eval.shard_embeddings)",
-              "fusion": "--transcribed_notes and --embeddings"}
+              "fusion": "--transcribed_notes and --embeddings",
+              "ast_stats": "--transcribed_notes and --embeddings"}
 FUSED = ("notes", "embeddings")
+# What of a row ast_stats reads from its two files (the audio statistics are computed).
+AST_STATS_FILES = ("notes", "posteriors", "embeddings")
 
 
 def names(features: str = "audio", width: int | None = None) -> tuple[str, ...]:
@@ -82,6 +90,9 @@ def names(features: str = "audio", width: int | None = None) -> tuple[str, ...]:
   if features == "fusion":
     notes_names = note_statistics.names()
     return (*notes_names, *names("embeddings", (width or 0) - len(notes_names)))
+  if features == "ast_stats":  # `width`: the columns read from files
+    read = (*note_statistics.names(), *posterior_statistics.names())
+    return (*read, *names("embeddings", (width or 0) - len(read)), *clip_statistics.names())
   return clip_statistics.names() if features == "audio" else note_statistics.names()
 
 
@@ -114,12 +125,15 @@ def _note_statistics(key: str, header: dict, arrays: dict) -> np.ndarray:
 
 
 def _from_file(features: str, path):
-  """(row of a key, width) for the features read from a file (for fusion, the notes
-  archive and the vector table, a pair); a key it lacks is an error."""
-  if features == "fusion":
+  """(row of a key, width) for the features read from a file (for fusion and ast_stats,
+  the notes archive and the vector table, a pair); a key it lacks is an error."""
+  if features in ("fusion", "ast_stats"):
     if not isinstance(path, (tuple, list)) or len(path) != 2 or None in path:
-      raise StatisticsError(f"features=fusion needs {FILE_FLAGS['fusion']}")
-    parts = [_from_file(kind, p) for kind, p in zip(FUSED, path)]
+      raise StatisticsError(f"features={features} needs {FILE_FLAGS[features]}")
+    archive, vectors = path
+    sources = (zip(FUSED, path) if features == "fusion" else
+               zip(AST_STATS_FILES, (archive, archive, vectors)))
+    parts = [_from_file(kind, p) for kind, p in sources]
     return (lambda key: np.concatenate([row(key) for row, _ in parts]),
             sum(width for _, width in parts))
   if path is None:
@@ -139,6 +153,16 @@ def _from_file(features: str, path):
         raise StatisticsError(f"{path}: performance {key}: {e} (its transcription has "
                               f"{len(performances[key].notes)} notes)") from None
     width = len(note_statistics.names())
+  elif features == "posteriors":
+    try:
+      stat_names, performances = notes.load_posteriors(path)
+    except notes.NotesError as e:
+      raise StatisticsError(str(e)) from None
+    if stat_names != posterior_statistics.names():
+      raise StatisticsError(f"{path}: its probability statistics are not this version's "
+                            "(rerun eval.shard_transcription)")
+    compute = performances.__getitem__
+    width = len(stat_names)
   else:
     performances, _ = load_vectors(path)
     compute = performances.__getitem__
@@ -176,7 +200,8 @@ def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
       if list(f["sources"]) == sources and list(f.get("names", [])) == stat_names:
         return Table(keys=tuple(str(k) for k in f["keys"]), x=f["x"], labels=f["labels"])
     logging.info("%s was made from other shards or statistics: recomputing", cache)
-  keys, labels, inputs = [], [], []
+  audio = features in ("audio", "ast_stats")
+  keys, labels, inputs, samples = [], [], [], []
   for header, arrays in (records.decode(data) for f in files
                          for data in layout.read_array_record(str(data_dir / f.file))):
     if header.get("labels") is None:
@@ -184,15 +209,17 @@ def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
                             "PercePiano job's output?)")
     keys.append(header["key"])
     labels.append(np.asarray(header["labels"], np.float64))
-    inputs.append(arrays["samples"] if features == "audio"
-                  else from_file(header["key"]) if from_file is not None
-                  else _note_statistics(header["key"], header, arrays))
+    if audio:
+      samples.append(arrays["samples"])
+    if features != "audio":
+      inputs.append(from_file(header["key"]) if from_file is not None
+                    else _note_statistics(header["key"], header, arrays))
   t0 = time.perf_counter()
-  if features == "audio":
+  columns = [np.stack(inputs)] if inputs else []
+  if audio:
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-      x = np.stack(list(pool.map(clip_statistics.compute, inputs, chunksize=4)))
-  else:
-    x = np.stack(inputs)
+      columns.append(np.stack(list(pool.map(clip_statistics.compute, samples, chunksize=4))))
+  x = np.concatenate(columns, axis=1)
   logging.info("%s statistics of %d performances in %.0f s", features, len(keys),
                time.perf_counter() - t0)
   order = np.argsort(keys)

@@ -201,14 +201,24 @@ def from_rolls(probabilities: dict[str, np.ndarray], frame_s: float = 0.01, *,
 
 
 def save_archive(path: str | pathlib.Path, performances: dict[str, Notes],
-                 durations: dict[str, float], about: dict) -> None:
+                 durations: dict[str, float], about: dict,
+                 posteriors: tuple[tuple[str, ...], dict[str, np.ndarray]] | None = None
+                 ) -> None:
   """Many performances' notes in one `.npz` (ragged lists, in key order), with each one's
-  duration in seconds and a JSON description of where they came from (`about`)."""
+  duration in seconds and a JSON description of where they came from (`about`); and
+  optionally `(names, vector by key)`: statistics of the probabilities the notes were
+  decoded from (`pipelines.audio.posterior_statistics`), one vector per performance."""
   keys = sorted(performances)
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp.npz")
-  np.savez(tmp, keys=np.asarray(keys, str),
+  extra = {}
+  if posteriors is not None:
+    names, vectors = posteriors
+    extra = {"posterior_names": np.asarray(names, str),
+             "posteriors": np.asarray([vectors[k] for k in keys], np.float64
+                                      ).reshape(len(keys), len(names))}
+  np.savez(tmp, **extra, keys=np.asarray(keys, str),
            notes=np.concatenate([performances[k].notes for k in keys] + [np.zeros((0, 4))]),
            note_counts=np.asarray([len(performances[k].notes) for k in keys], np.int64),
            pedal=np.concatenate([performances[k].pedal for k in keys] + [np.zeros((0, 2))]),
@@ -235,3 +245,20 @@ def load_archive(path: str | pathlib.Path) -> tuple[dict[str, Notes], dict[str, 
       keys, np.concatenate([[0], n_ends[:-1]]), n_ends, np.concatenate([[0], p_ends[:-1]]),
       p_ends)}
   return out, dict(zip(keys, map(float, durations))), about
+
+
+def load_posteriors(path: str | pathlib.Path) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+  """(names, vector by key) of the probability statistics a `save_archive` file carries."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      if "posteriors" not in f.files:
+        raise NotesError(f"{path}: the archive carries no statistics of the transcription's "
+                         "probabilities (written before they were kept): rerun "
+                         "eval.shard_transcription")
+      keys, names, x = [str(k) for k in f["keys"]], f["posterior_names"], f["posteriors"]
+  except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise NotesError(f"{path}: not a notes archive ({type(e).__name__}: {e})") from None
+  if x.shape != (len(keys), len(names)):
+    raise NotesError(f"{path}: posteriors of shape {x.shape} for {len(keys)} performances "
+                     f"and {len(names)} statistics")
+  return tuple(str(n) for n in names), dict(zip(keys, x))
