@@ -1,7 +1,20 @@
-"""AST speed: our Flax encoder against `transformers`' PyTorch ASTModel, in one run.
+"""AST speed: our Flax encoder against `transformers`' PyTorch ASTModel, in one run, on any device.
 
   python benchmarks/model_speed.py [--variants tiny,small,base] [--strides 16,10]
-      [--dtypes float32,bfloat16] [--batch 1] [--reps 5] [--json out.json]
+      [--dtypes float32,bfloat16] [--batch config|N] [--reps 5] [--frameworks flax,torch]
+      [--json out.json]
+
+Runs unchanged on whatever `jax.devices()` gives (CPU, GPU, TPU) and on the CUDA device
+PyTorch sees, on Python 3.11 and 3.12: it imports jax, flax, optax and numpy (and torch +
+transformers for the comparison, only when `--frameworks` names torch) and this
+repository's `model/` package (pure Flax), found from the script's own path — not the
+project's locked environment. On a GPU/TPU host with those preinstalled:
+
+  git clone REPO && cd REPO && python benchmarks/model_speed.py --json speed.json
+
+`--batch=config` (the default on an accelerator) is the fine-tuning configs' batch
+(`CONFIG_BATCH`, checked against train/configs/finetune.py by a test); on a CPU the
+default is 1 window, since a base batch of 32 takes minutes per step on 2 cores.
 
 For every (variant, patch stride, dtype): seconds per window for the forward
 pass (inference) and for a training step (forward + backward + AdamW on a
@@ -19,7 +32,14 @@ pause before each block (median of `--reps` after warm-up); the ratio column is
 torch time / flax time (> 1: Flax faster). FLOPs are the matmul-type FLOPs of
 one window (2 per multiply-add; a training step counts 3x the forward); % peak
 is against the matmul peak measured for each framework and dtype in the same
-run (1024³ matmuls).
+run (1024³ matmuls on a CPU, 4096³ on an accelerator, where small matmuls cannot fill the
+chip): the model-FLOPs utilisation (MFU) against that device's measured peak.
+
+Also per row: compile time (Flax: lowering + XLA compilation of the forward and of the
+training step; PyTorch: its first, eager calls), and peak device memory of the training
+step where the device reports it (`memory_stats()["peak_bytes_in_use"]` for JAX,
+`torch.cuda.max_memory_allocated` for PyTorch; null on a CPU, where the JSON's
+`peak_rss_mib` is the whole process's peak resident memory instead).
 """
 
 from __future__ import annotations
@@ -28,16 +48,25 @@ import argparse
 import functools
 import json
 import os
+import pathlib
+import resource
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import optax
-import torch
-import transformers
 
-from model import ast
+# The repository's pure-Flax model package, without installing the project.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from model import ast  # noqa: E402
+
+# The fine-tuning configs' batch (train/configs/finetune.py, every variant).
+CONFIG_BATCH = 32
+# What this script may import beyond the standard library and this repository's model/
+# (tests/test_model_speed.py checks the script and the model modules it loads).
+ALLOWED_IMPORTS = ("jax", "flax", "optax", "numpy", "torch", "transformers")
 
 
 def flops_per_window(c: ast.EncoderConfig) -> float:
@@ -56,25 +85,52 @@ def _times(fn, reps: int) -> list[float]:
   return out
 
 
-def matmul_peaks(reps: int = 20) -> dict[str, float]:
-  """Best 1024³ matmul rate per framework and dtype (FLOP/s); the best of many reps, because
+def on_accelerator() -> bool:
+  return jax.default_backend() != "cpu"
+
+
+def torch_device(torch) -> str:
+  return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _torch_sync(torch) -> None:
+  if torch.cuda.is_available():
+    torch.cuda.synchronize()
+
+
+def matmul_peaks(frameworks, reps: int = 20) -> dict[str, float]:
+  """Best n³ matmul rate per framework and dtype (FLOP/s); the best of many reps, because
   a noisy neighbour only ever makes a rep slower."""
-  n = 1024
+  n = 4096 if on_accelerator() else 1024
   flops = 2 * n ** 3
-  a = jax.random.normal(jax.random.key(0), (n, n))
   peaks = {}
-  f32 = jax.jit(lambda a: a @ a)
-  bf16 = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
-  ab = a.astype(jnp.bfloat16)
-  for name, fn, x in (("flax/float32", f32, a), ("flax/bfloat16", bf16, ab)):
-    fn(x).block_until_ready()
-    peaks[name] = flops / min(_times(lambda: fn(x).block_until_ready(), reps))
-  t = torch.randn(n, n)
-  tb = t.bfloat16()
-  for name, x, n_reps in (("torch/float32", t, reps), ("torch/bfloat16", tb, 2)):
-    x @ x  # bf16 has no fast path on AVX2-only CPUs (~2 s per matmul): few reps
-    peaks[name] = flops / min(_times(lambda: x @ x, n_reps))
+  if "flax" in frameworks:
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f32 = jax.jit(lambda a: a @ a)
+    bf16 = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
+    ab = a.astype(jnp.bfloat16)
+    for name, fn, x in (("flax/float32", f32, a), ("flax/bfloat16", bf16, ab)):
+      fn(x).block_until_ready()
+      peaks[name] = flops / min(_times(lambda: fn(x).block_until_ready(), reps))
+  if "torch" in frameworks:
+    import torch
+    t = torch.randn(n, n, device=torch_device(torch))
+    tb = t.bfloat16()
+    for name, x, n_reps in (("torch/float32", t, reps), ("torch/bfloat16", tb, 2)):
+      x @ x  # bf16 has no fast path on AVX2-only CPUs (~2 s per matmul): few reps
+      _torch_sync(torch)
+
+      def run(x=x):
+        x @ x
+        _torch_sync(torch)
+      peaks[name] = flops / min(_times(run, n_reps))
   return peaks
+
+
+def jax_peak_memory() -> int | None:
+  """Peak bytes the default device has held (None where it does not say: CPU)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
 
 
 def _flax_fns(c: ast.EncoderConfig, batch: int):
@@ -105,6 +161,10 @@ def _flax_fns(c: ast.EncoderConfig, batch: int):
     return optax.apply_updates(state, updates), opt, loss
 
   holder = {"state": state, "opt": opt}
+  t0 = time.perf_counter()
+  forward = forward.lower(state, x).compile()
+  train_step = train_step.lower(state, opt, x, y, jax.random.key(2)).compile()
+  compile_s = time.perf_counter() - t0
 
   def run_forward():
     forward(holder["state"], x).block_until_ready()
@@ -114,10 +174,13 @@ def _flax_fns(c: ast.EncoderConfig, batch: int):
     loss.block_until_ready()
     holder["state"], holder["opt"] = s, o
 
-  return run_forward, run_train
+  return run_forward, run_train, compile_s
 
 
 def _torch_fns(c: ast.EncoderConfig, batch: int, dtype: str):
+  import torch
+  import transformers
+  device = torch_device(torch)
   cfg = transformers.ASTConfig(
       hidden_size=c.width, num_hidden_layers=c.depth, num_attention_heads=c.heads,
       intermediate_size=c.mlp_dim, patch_size=c.patch_size, frequency_stride=c.freq_stride,
@@ -126,19 +189,20 @@ def _torch_fns(c: ast.EncoderConfig, batch: int, dtype: str):
       attention_probs_dropout_prob=0.0)
   cfg._attn_implementation = "sdpa"
   torch.manual_seed(0)
-  model = transformers.ASTModel(cfg)
-  head = torch.nn.Linear(c.width, 19)
+  model = transformers.ASTModel(cfg).to(device)
+  head = torch.nn.Linear(c.width, 19).to(device)
   params = list(model.parameters()) + list(head.parameters())
   opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01)
-  x = torch.randn(batch, c.num_frames, c.num_mel_bins)
-  y = torch.zeros(batch, 19)
-  autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else (
-      lambda: torch.autocast("cpu", enabled=False))
+  x = torch.randn(batch, c.num_frames, c.num_mel_bins, device=device)
+  y = torch.zeros(batch, 19, device=device)
+  autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if dtype == "bfloat16" else (
+      lambda: torch.autocast(device, enabled=False))
 
   def run_forward():
     model.eval()
     with torch.inference_mode(), autocast():
       head(model(x).pooler_output)
+    _torch_sync(torch)
 
   def run_train():
     model.train()
@@ -147,77 +211,136 @@ def _torch_fns(c: ast.EncoderConfig, batch: int, dtype: str):
       loss = torch.mean((head(model(x).pooler_output).float() - y) ** 2)
     loss.backward()
     opt.step()
+    _torch_sync(torch)
 
   return run_forward, run_train
 
 
-def main() -> None:
+def torch_peak_memory() -> int | None:
+  import torch
+  return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
+def _reset_torch_peak() -> None:
+  import torch
+  if torch.cuda.is_available():
+    torch.cuda.reset_peak_memory_stats()
+
+
+def _batch(text: str) -> int:
+  if text == "config":
+    return CONFIG_BATCH
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f"--batch must be config or a positive number, got {text!r}")
+  return int(text)
+
+
+def _mib(n: int | None) -> float | None:
+  return None if n is None else n / 2 ** 20
+
+
+def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--variants", default="tiny,small,base")
   parser.add_argument("--strides", default="16,10")
   parser.add_argument("--dtypes", default="float32,bfloat16")
-  parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--batch", type=_batch, default=None,
+                      help="config (the fine-tuning batch, %d) or N; default: config on an "
+                      "accelerator, 1 on a CPU" % CONFIG_BATCH)
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--pause_s", type=float, default=0.5)
+  parser.add_argument("--frameworks", default="flax,torch",
+                      help="flax, torch or both (torch needs torch + transformers)")
   parser.add_argument("--json", default=None)
-  args = parser.parse_args()
-  torch.set_num_threads(args.threads)
+  args = parser.parse_args(argv)
+  frameworks = args.frameworks.split(",")
+  if not set(frameworks) <= {"flax", "torch"} or not frameworks:
+    parser.error(f"--frameworks must name flax and/or torch, got {args.frameworks!r}")
+  batch = args.batch or (CONFIG_BATCH if on_accelerator() else 1)
+  if "torch" in frameworks:
+    import torch
+    torch.set_num_threads(args.threads)
 
-  peaks = matmul_peaks()
-  print(f"devices: {jax.devices()}, torch threads {torch.get_num_threads()}, batch {args.batch}")
+  peaks = matmul_peaks(frameworks)
+  devices = [str(d) for d in jax.devices()]
+  torch_on = torch_device(torch) if "torch" in frameworks else None
+  print(f"python {sys.version.split()[0]}, jax {jax.__version__} on {devices}, "
+        f"torch on {torch_on}, batch {batch}")
   print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()))
+  both = len(frameworks) == 2
   header = (f"{'variant':<7}{'stride':>7}{'dtype':>10}{'GFLOP fwd':>10}"
             f"{'flax fwd s':>11}{'torch fwd s':>12}{'ratio':>7}"
             f"{'flax train s':>13}{'torch train s':>14}{'ratio':>7}"
-            f"{'flax %pk fwd/train':>20}{'torch %pk fwd/train':>21}")
+            f"{'flax MFU fwd/train':>20}{'torch MFU fwd/train':>21}"
+            f"{'compile s flax/torch':>22}{'peak MiB flax/torch':>21}")
   print(header)
   rows = []
+  nan = float("nan")
   for variant in args.variants.split(","):
     for stride in (int(s) for s in args.strides.split(",")):
       for dtype in args.dtypes.split(","):
         c = ast.variant(variant, freq_stride=stride, time_stride=stride, dtype=dtype)
         fl = flops_per_window(c)
-        ff, ft = _flax_fns(c, args.batch)
-        tf, tt = _torch_fns(c, args.batch, dtype)
+        fns, compile_s = {}, {"flax": None, "torch": None}
+        if "flax" in frameworks:
+          fns["flax_fwd"], fns["flax_train"], compile_s["flax"] = _flax_fns(c, batch)
+        if "torch" in frameworks:
+          _reset_torch_peak()
+          fns["torch_fwd"], fns["torch_train"] = _torch_fns(c, batch, dtype)
+          t0 = time.perf_counter()
+          fns["torch_fwd"](), fns["torch_train"]()  # PyTorch's first calls: its "compile"
+          compile_s["torch"] = time.perf_counter() - t0
         # PyTorch's bf16 path has no hardware support on AVX2-only CPUs and takes ~100 s
         # per base train step there: fewer repetitions for base.
         reps = args.reps if variant != "base" else max(3, args.reps // 2)
-        t_compile = time.perf_counter()
-        ff(), ft()  # compile + warm up
-        t_compile = time.perf_counter() - t_compile
-        tf(), tt()  # warm up
-        times = {"flax_fwd": [], "torch_fwd": [], "flax_train": [], "torch_train": []}
+        for fn in fns.values():
+          fn()  # warm up
+        times = {k: [] for k in fns}
         # Alternating blocks (flax, torch, flax, torch) so machine load hits both alike; a
         # pause before each block lets the other framework's spinning worker threads
         # (OpenMP, Eigen) go idle, so neither starts on a core the other still occupies.
         for _ in range(2):
-          for name, fn in (("flax_fwd", ff), ("torch_fwd", tf), ("flax_train", ft),
-                           ("torch_train", tt)):
-            time.sleep(args.pause_s)
-            times[name] += _times(fn, -(-reps // 2))
-        med = {k: statistics.median(v) / args.batch for k, v in times.items()}
-        pk_f, pk_t = peaks[f"flax/{dtype}"], peaks[f"torch/{dtype}"]
-        row = dict(variant=variant, stride=stride, dtype=dtype, gflop_forward=fl / 1e9,
-                   flax_compile_s=t_compile, **{f"{k}_s": v for k, v in med.items()},
-                   forward_ratio=med["torch_fwd"] / med["flax_fwd"],
-                   train_ratio=med["torch_train"] / med["flax_train"],
-                   flax_peak_pct=(100 * fl / med["flax_fwd"] / pk_f,
-                                  100 * 3 * fl / med["flax_train"] / pk_f),
-                   torch_peak_pct=(100 * fl / med["torch_fwd"] / pk_t,
-                                   100 * 3 * fl / med["torch_train"] / pk_t))
+          for name in ("flax_fwd", "torch_fwd", "flax_train", "torch_train"):
+            if name in fns:
+              time.sleep(args.pause_s)
+              times[name] += _times(fns[name], -(-reps // 2))
+        med = {k: statistics.median(v) / batch for k, v in times.items()}
+        get = lambda k: med.get(k, nan)  # noqa: E731
+        mfu = {f: (100 * fl / get(f"{f}_fwd") / peaks[f"{f}/{dtype}"],
+                   100 * 3 * fl / get(f"{f}_train") / peaks[f"{f}/{dtype}"])
+               if f in frameworks else (nan, nan) for f in ("flax", "torch")}
+        memory = {"flax": _mib(jax_peak_memory()) if "flax" in frameworks else None,
+                  "torch": _mib(torch_peak_memory()) if "torch" in frameworks else None}
+        row = dict(variant=variant, stride=stride, dtype=dtype, batch=batch,
+                   gflop_forward=fl / 1e9, **{f"{k}_s": v for k, v in med.items()},
+                   forward_ratio=get("torch_fwd") / get("flax_fwd") if both else None,
+                   train_ratio=get("torch_train") / get("flax_train") if both else None,
+                   flax_mfu_pct=mfu["flax"], torch_mfu_pct=mfu["torch"],
+                   flax_compile_s=compile_s["flax"], torch_first_calls_s=compile_s["torch"],
+                   flax_peak_mib=memory["flax"], torch_peak_mib=memory["torch"])
         rows.append(row)
+        show = lambda v, f: "-" if v is None or v != v else format(v, f)  # noqa: E731
         print(f"{variant:<7}{stride:>7}{dtype:>10}{fl / 1e9:>10.1f}"
-              f"{med['flax_fwd']:>11.3f}{med['torch_fwd']:>12.3f}{row['forward_ratio']:>7.2f}"
-              f"{med['flax_train']:>13.3f}{med['torch_train']:>14.3f}{row['train_ratio']:>7.2f}"
-              f"{'%.0f / %.0f' % row['flax_peak_pct']:>20}{'%.0f / %.0f' % row['torch_peak_pct']:>21}",
+              f"{show(get('flax_fwd'), '.3f'):>11}{show(get('torch_fwd'), '.3f'):>12}"
+              f"{show(row['forward_ratio'], '.2f'):>7}"
+              f"{show(get('flax_train'), '.3f'):>13}{show(get('torch_train'), '.3f'):>14}"
+              f"{show(row['train_ratio'], '.2f'):>7}"
+              f"{show(mfu['flax'][0], '.0f') + ' / ' + show(mfu['flax'][1], '.0f'):>20}"
+              f"{show(mfu['torch'][0], '.0f') + ' / ' + show(mfu['torch'][1], '.0f'):>21}"
+              f"{show(compile_s['flax'], '.1f') + ' / ' + show(compile_s['torch'], '.1f'):>22}"
+              f"{show(memory['flax'], '.0f') + ' / ' + show(memory['torch'], '.0f'):>21}",
               flush=True)
-  end_peaks = matmul_peaks()
+  end_peaks = matmul_peaks(frameworks)
   print("matmul peak GFLOP/s at the end: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in end_peaks.items()))
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"peaks_gflops": {k: v / 1e9 for k, v in peaks.items()}, "rows": rows,
-                 "batch": args.batch, "threads": args.threads}, f, indent=1)
+      json.dump({"python": sys.version.split()[0], "jax": jax.__version__, "devices": devices,
+                 "torch_device": torch_on, "frameworks": frameworks,
+                 "peaks_gflops": {k: v / 1e9 for k, v in peaks.items()},
+                 "end_peaks_gflops": {k: v / 1e9 for k, v in end_peaks.items()},
+                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                 "rows": rows, "batch": batch, "threads": args.threads}, f, indent=1)
 
 
 if __name__ == "__main__":
