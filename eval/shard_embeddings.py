@@ -10,7 +10,9 @@ the standard deviation of its windows' embeddings (`[2 D]`). `--random_init` emb
 a randomly initialised encoder of the same architecture (`--seed`): the probe's floor,
 which says how much of a probe's score the architecture alone gives. The rows go to a
 vector table (`train.statistics_table.save_vectors`) that `train.ridge --features=
-embeddings --embeddings=FILE` fits (backbone "probe").
+embeddings --embeddings=FILE` fits (backbone "probe"). `--windows_output=FILE` also keeps
+every window's embedding with its start and end in the recording
+(`statistics_table.save_windows`): what `train.clip_head` learns to pool.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("random_init", False, "Embed with a random encoder of the same shape.")
   flags.DEFINE_integer("seed", 0, "Seed of --random_init.")
   flags.DEFINE_integer("batch_size", 16, "Windows per forward pass.", lower_bound=1)
+  flags.DEFINE_string("windows_output", None, "Also write every window's embedding (.npz).")
 
 
 def random_encoder(encoder: ast.EncoderConfig, seed: int) -> dict:
@@ -47,9 +50,11 @@ def random_encoder(encoder: ast.EncoderConfig, seed: int) -> dict:
 
 
 def embed(run: loading.PretrainedRun, windows: dict, *, batch_size: int = 16,
-          params: dict | None = None) -> tuple[list[str], np.ndarray]:
+          params: dict | None = None, per_window: dict | None = None
+          ) -> tuple[list[str], np.ndarray]:
   """(keys, `[P, 2 D]` mean and std of each performance's window embeddings); `params`
-  replaces the run's encoder (a random one)."""
+  replaces the run's encoder (a random one). `per_window`, a dict, receives each
+  performance's `statistics_table.WindowVectors`."""
   model = ast.Encoder(ast.EncoderConfig(**run.config.model.encoder.to_dict()))
   apply = jax.jit(lambda p, f, v: model.apply({"params": p}, f, valid_frames=v)["pooled"])
   encoder = params if params is not None else run.params["encoder"]
@@ -62,6 +67,11 @@ def embed(run: loading.PretrainedRun, windows: dict, *, batch_size: int = 16,
     for (key, ws), each in zip(chunk, np.split(pooled, np.cumsum([len(w) for _, w in chunk])[:-1])):
       keys.append(key)
       rows.append(np.concatenate([each.mean(0), each.std(0)]))
+      if per_window is not None:
+        starts = np.array([w.header["start_s"] for w in ws])
+        valid = np.array([w.header["valid_frames"] for w in ws])
+        ends = starts + valid * shard_transcription.FRAME_S
+        per_window[key] = statistics_table.WindowVectors(each, starts, ends)
   return keys, np.stack(rows)
 
 
@@ -72,7 +82,9 @@ def main(argv: list[str]) -> int:
     windows = shard_transcription.read_windows(FLAGS.data_dir)
     e = ast.EncoderConfig(**run.config.model.encoder.to_dict())
     params = random_encoder(e, FLAGS.seed) if FLAGS.random_init else None
-    keys, x = embed(run, windows, batch_size=FLAGS.batch_size, params=params)
+    per_window = {} if FLAGS.windows_output else None
+    keys, x = embed(run, windows, batch_size=FLAGS.batch_size, params=params,
+                    per_window=per_window)
   except (loading.RunError, FileNotFoundError, metadata.MetadataError, ValueError) as e:
     sys.exit(f"error: {e}")
   about = {"checkpoint": str(run.workdir), "step": None if FLAGS.random_init else run.step,
@@ -80,6 +92,9 @@ def main(argv: list[str]) -> int:
            "shards": str(pathlib.Path(FLAGS.data_dir).absolute()), "rows": "mean and std over "
            "the clean windows of the encoder's patch pooling"}
   statistics_table.save_vectors(pathlib.Path(FLAGS.output), keys, x, about)
+  if per_window is not None:
+    statistics_table.save_windows(pathlib.Path(FLAGS.windows_output), per_window,
+                                  {**about, "rows": "each clean window's patch pooling"})
   logging.info("embedded %d performances", len(keys))
   print(f"{len(keys)} performances x {x.shape[1]} ("
         + ("random encoder" if FLAGS.random_init else f"step {run.step}") + f") -> {FLAGS.output}")

@@ -46,6 +46,11 @@ committed):
                          ast_stats    fusion plus the statistics of the transcription's
                                       probabilities and the ridge's audio statistics
                                       (backbone ast+stats: the AST-based model)
+                         clip_attention, window_mean
+                                      train.clip_head on the notes-aware encoder's frozen
+                                      window embeddings (embed_notes keeps them): learned
+                                      attention pooling over a performance's windows,
+                                      against the same windows' scores averaged
                          probe_<enc>  the ridge on frozen embeddings of an encoder: random,
                                       ssast (pretrain), notes (pretrain_notes_mixed)
   performer_<variant>  the performer split, for ast / cnn / ffn and the statistics models
@@ -113,7 +118,9 @@ NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat"
          "probe_notes": "probe of the notes-aware encoder",
          "fusion": "fusion (transcription statistics + notes-aware embeddings)",
          "ast_stats": "AST+stats (notes-aware encoder: transcription and embeddings; "
-                      "audio statistics)"}
+                      "audio statistics)",
+         "clip_attention": "clip head: attention over the notes-aware window embeddings",
+         "window_mean": "clip head: the same windows averaged"}
 # Models on clip statistics (train.statistics_table), every fold and the test set on both
 # splits at every size: minutes on 2 cores. oracle_notes is the notes path's ceiling; notes
 # its model (the same ridge on the transcription of the notes-aware pre-trained encoder);
@@ -125,6 +132,10 @@ STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes", "notes", "fusion", "a
 # and the pre-training run each is embedded with (random: the notes-aware run's shape,
 # randomly initialised).
 PROBES = {"random": "pretrain_notes_mixed", "ssast": "pretrain", "notes": "pretrain_notes_mixed"}
+# Clip-level heads (train.clip_head) on the window embeddings of one probe's encoder: the
+# run directory of each pooling (issue 19's clip-level model and its window-averaging twin).
+CLIP_HEAD_ENCODER = "notes"
+CLIP_HEADS = {"attention": "clip_attention", "mean": "window_mean"}
 
 SIZES = {
     "cpu": {
@@ -326,14 +337,20 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
         "perception models fitted on TimGM6mb renders, tested on other timbres",
         needs=("transcribe_percepiano", *other_stages)))
   embeddings = {encoder: work / f"embeddings_{encoder}.npz" for encoder in PROBES}
+  window_embeddings = work / f"window_embeddings_{CLIP_HEAD_ENCODER}.npz"
   for encoder, run in PROBES.items():
     run_dir = work / run
     random_init = ("--random_init",) if encoder == "random" else ()
+    # The notes-aware encoder's windows are kept one by one too: the clip heads pool them.
+    per_window = ((f"--windows_output={window_embeddings}",) if encoder == CLIP_HEAD_ENCODER
+                  else ())
     out.append(stages.Stage(
         f"embed_{encoder}", ("eval.shard_embeddings", f"--checkpoint={run_dir}",
                              f"--data_dir={labelled}", f"--output={embeddings[encoder]}",
-                             *random_init),
-        lambda e=encoder, r=run_dir: _embedded(embeddings[e], r, e == "random"),
+                             *random_init, *per_window),
+        lambda e=encoder, r=run_dir, w=per_window: (
+            _embedded(embeddings[e], r, e == "random")
+            and (not w or _embedded(window_embeddings, r, False, windows=True))),
         f"PercePiano embedded by the {encoder} encoder (frozen)",
         needs=(run, "percepiano_shards")))
 
@@ -403,6 +420,18 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                        work / "ast_stats_table.npz", ("transcribe_percepiano", "embed_notes"),
                        "AST+stats")
 
+  def clip_head(split: str, pooling: str) -> stages.Stage:
+    # A head on the notes-aware encoder's frozen window embeddings: learned pooling over a
+    # performance's windows against window averaging.
+    name = CLIP_HEADS[pooling]
+    directory = work / split / name
+    return stages.Stage(
+        f"{'cv' if split == 'piece' else 'performer'}_{name}",
+        ("train.clip_head", f"--data_dir={labelled}", f"--windows={window_embeddings}",
+         f"--workdir={directory}", f"--split={split}", f"--pooling={pooling}", "--test"),
+        lambda: _crossval_finished(directory), f"{split} split, {NAMES[name]}",
+        needs=(f"embed_{CLIP_HEAD_ENCODER}",))
+
   def probe(split: str, encoder: str) -> stages.Stage:
     # The same ridge on an encoder's frozen embeddings.
     return closed_form(split, f"probe_{encoder}",
@@ -427,8 +456,10 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
     runs = [cross_validation(split, v) for v in variants] + [
         ridge(split), statistics_ffn(split), oracle_notes(split), notes_model(split),
-        fusion(split), ast_stats(split), *(probe(split, encoder) for encoder in PROBES)]
-    variants = [*variants, *STATISTICS_MODELS, *(f"probe_{e}" for e in PROBES)]
+        fusion(split), ast_stats(split), *(probe(split, encoder) for encoder in PROBES),
+        *(clip_head(split, pooling) for pooling in CLIP_HEADS)]
+    variants = [*variants, *STATISTICS_MODELS, *(f"probe_{e}" for e in PROBES),
+                *CLIP_HEADS.values()]
     out += runs
     report_dir = report_root / split
     out.append(stages.Stage(
@@ -507,12 +538,14 @@ def _transcribed(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
   return notes.load_archive(path)[2]["step"] == _last_step(pretrain)
 
 
-def _embedded(path: pathlib.Path, pretrain: pathlib.Path, random_init: bool) -> bool:
-  """Done when the table was embedded with the run's last step (or its random twin)."""
+def _embedded(path: pathlib.Path, pretrain: pathlib.Path, random_init: bool,
+              windows: bool = False) -> bool:
+  """Done when the table (`windows`: of window vectors) was embedded with the run's last
+  step (or its random twin)."""
   if not path.is_file():
     return False
   from train import statistics_table
-  about = statistics_table.load_vectors(path)[1]
+  about = (statistics_table.load_windows if windows else statistics_table.load_vectors)(path)[1]
   return about["random_init"] if random_init else about["step"] == _last_step(pretrain)
 
 

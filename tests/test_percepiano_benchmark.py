@@ -44,13 +44,18 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert f"--config.init.checkpoint={tmp_path / 'w' / 'pretrain_notes_mixed'}" in plan[
       names.index("cv_ast_notes")].args
   assert needs["cv_scratch"] == needs["cv_cnn"] == needs["performer_ffn"] == ("percepiano_shards",)
-  probes = [f"probe_{e}" for e in benchmark.PROBES]
+  probes = [f"probe_{e}" for e in benchmark.PROBES] + list(benchmark.CLIP_HEADS.values())
   assert set(needs["report_piece"]) == {f"cv_{v}" for v in (*benchmark.VARIANTS,
                                                              *benchmark.STATISTICS_MODELS,
                                                              *probes)}
   assert set(needs["report_performer"]) == {f"performer_{v}" for v in
                                             (*benchmark.PERFORMER_VARIANTS,
                                              *benchmark.STATISTICS_MODELS, *probes)}
+  # The clip heads read the notes-aware encoder's window embeddings, which embed_notes keeps.
+  assert needs["cv_clip_attention"] == needs["performer_window_mean"] == ("embed_notes",)
+  embed_notes = plan[names.index("embed_notes")].args
+  assert f"--windows_output={tmp_path / 'w' / 'window_embeddings_notes.npz'}" in embed_notes
+  assert not any("--windows_output" in a for a in plan[names.index("embed_ssast")].args)
   # Probes: each encoder embeds PercePiano once, both splits fit on that table.
   assert needs["embed_ssast"] == ("pretrain", "percepiano_shards")
   assert needs["embed_random"] == needs["embed_notes"] == ("pretrain_notes_mixed",
@@ -176,7 +181,7 @@ def test_dry_run_prints_the_commands(tmp_path):
 def test_display_names_survive_the_comma_separated_names_flag():
   assert all("," not in name for name in benchmark.NAMES.values())
   assert set(benchmark.NAMES) == set(benchmark.VARIANTS) | set(benchmark.STATISTICS_MODELS) | {
-      f"probe_{e}" for e in benchmark.PROBES}
+      f"probe_{e}" for e in benchmark.PROBES} | set(benchmark.CLIP_HEADS.values())
 
 
 def _finish(run: pathlib.Path, seconds: float = 1.0) -> None:
@@ -251,7 +256,8 @@ def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
   assert "AST (SSAST pre-trained): 4 folds + test in 10 min" in notes[1]
   assert "CNN baseline: test in 2 min" in notes[1]
   pending = [benchmark.NAMES[v] for v in (*benchmark.VARIANTS, *benchmark.STATISTICS_MODELS,
-                                          *(f"probe_{e}" for e in benchmark.PROBES))
+                                          *(f"probe_{e}" for e in benchmark.PROBES),
+                                          *benchmark.CLIP_HEADS.values())
              if v not in ("ast", "cnn")]
   assert notes[2] == f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}."
 

@@ -652,7 +652,9 @@ def test_probes_embed_with_the_pretrained_and_a_random_encoder(notes_pretrained,
                           env=jax_env, capture_output=True, text=True, timeout=600, check=False)
 
   tables = {}
-  for name, extra in (("trained", []), ("random", ["--random_init"])):
+  windows_file = tmp_path / "windows.npz"
+  for name, extra in (("trained", [f"--windows_output={windows_file}"]),
+                      ("random", ["--random_init"])):
     out = tmp_path / f"{name}.npz"
     proc = run("eval.shard_embeddings", f"--checkpoint={notes_pretrained}",
                f"--data_dir={job_with_audio}", f"--output={out}", *extra)
@@ -662,6 +664,14 @@ def test_probes_embed_with_the_pretrained_and_a_random_encoder(notes_pretrained,
   width = 2 * 64  # mean and std of the 64-wide encoder's pooled output
   assert about["step"] == 3 and all(v.shape == (width,) for v in rows.values())
   assert all(np.all(v[64:] >= 0) for v in rows.values())  # the std half
+  # Every window kept one by one: their mean and std are the performance's row.
+  per_window, windows_about = statistics_table.load_windows(windows_file)
+  assert set(per_window) == set(rows) and windows_about["step"] == 3
+  for key, w in per_window.items():
+    assert w.x.shape[1] == 64 and np.all(np.diff(w.starts_s) > 0)
+    assert np.all(w.ends_s > w.starts_s)
+    np.testing.assert_allclose(np.concatenate([w.x.mean(0), w.x.std(0)]), rows[key], rtol=1e-5,
+                               atol=1e-5)
   random_rows, random_about = tables["random"]
   assert random_about["random_init"] and set(random_rows) == set(rows)
   key = min(rows)
@@ -710,6 +720,25 @@ def test_probes_embed_with_the_pretrained_and_a_random_encoder(notes_pretrained,
   half = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'f2'}",
              "--features=fusion", f"--embeddings={tmp_path / 'trained.npz'}", "--test")
   assert half.returncode != 0 and "--transcribed_notes and --embeddings" in half.stderr
+
+  # The clip head pools those windows (train.clip_head), through crossval like the ridge.
+  proc = run("train.clip_head", f"--data_dir={job_with_audio}", f"--windows={windows_file}",
+             f"--workdir={tmp_path / 'clip'}", "--pooling=mean", "--test")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = json.loads((tmp_path / "clip" / "test" / rundir.CONFIG).read_text())
+  assert config["model"]["backbone"] == "ast+window_mean"
+  result = json.loads((tmp_path / "clip" / "test" / rundir.RESULT).read_text())
+  assert 1 <= result["epochs"] <= config["clip_head"]["max_epochs"]
+  assert "test: mean Pearson" in proc.stdout
+  missing = run("train.clip_head", f"--data_dir={job_with_audio}",
+                f"--windows={tmp_path / 'absent.npz'}", f"--workdir={tmp_path / 'c2'}", "--test")
+  assert missing.returncode != 0 and "does not exist" in missing.stderr
+  assert "Traceback" not in missing.stderr
+  one = {min(per_window): per_window[min(per_window)]}
+  statistics_table.save_windows(tmp_path / "one.npz", one, {})
+  other = run("train.clip_head", f"--data_dir={job_with_audio}",
+              f"--windows={tmp_path / 'one.npz'}", f"--workdir={tmp_path / 'c3'}", "--test")
+  assert other.returncode != 0 and "have no window embeddings" in other.stderr
 
   # ast_stats: the same two files, plus the archive's probability statistics and the audio
   # clip statistics. An archive written without the former is refused with what to rerun.

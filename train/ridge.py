@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import sys
@@ -47,9 +46,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from pipelines import entry_point
-from pipelines.datasets import taxonomy
 from pipelines.shards import metadata
-from train import crossval, metrics, predictions, rundir, statistics_table, trainer
+from train import crossval, fold_runs, metrics, statistics_table, trainer
 
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 FLAGS = flags.FLAGS
@@ -179,49 +177,31 @@ def _config(data_dir: pathlib.Path, split: str, seed: int, inner_folds: int,
                    {"features": len(statistics_table.names(features))})}})
 
 
-def run_fold(table: statistics_table.Table, meta: metadata.ShardMetadata, config: ml_collections.ConfigDict,
-             directory: pathlib.Path) -> trainer.Result:
+def run_fold(table: statistics_table.Table, meta: metadata.ShardMetadata,
+             config: ml_collections.ConfigDict, directory: pathlib.Path) -> trainer.Result:
   """Fits on the split's other folds (or every fold for the test set; `config` is
   crossval's fold config), predicts the held-out performances, and writes the run
   directory as the trainer does; returns its result."""
   t0 = time.perf_counter()
-  fold = crossval.TEST if config.validation_fold == -1 else config.validation_fold
-  assignment = meta.split_table(config.split)
-  folds = meta.folds(config.split)
-  held_side = "test" if fold == crossval.TEST else f"fold{fold}"
-  train_sides = {f"fold{f}" for f in folds if f"fold{f}" != held_side}
-  train_keys = sorted(k for k, v in assignment.items() if v in train_sides)
-  held_keys = sorted(k for k, v in assignment.items() if v == held_side)
-  missing = sorted(set(train_keys + held_keys) - set(table.keys))
+  fold = fold_runs.fold_of(meta, config)
+  missing = sorted(set(fold.train_keys + fold.held_keys) - set(table.keys))
   if missing:
     raise RidgeError(f"{len(missing)} performances of the split have no statistics, e.g. "
                      f"{missing[:3]}")
-  train, held = table.rows(train_keys), table.rows(held_keys)
+  train, held = table.rows(fold.train_keys), table.rows(fold.held_keys)
   # Fusion and ast_stats: the note statistics first, then the block of everything else.
   second = (len(statistics_table.names("notes"))
             if config.ridge.statistics in ("fusion", "ast_stats") else None)
   model = fit(table.x[train], table.labels[train], table.mask[train],
-              statistics_table.groups_of(train_keys, config.split), inner_folds=config.ridge.inner_folds,
-              seed=config.seed, second_block=second)
-  out = predictions.Predictions(
-      keys=tuple(held_keys), predictions=model.predict(table.x[held]),
-      labels=table.labels[held], mask=table.mask[held], windows=np.ones(len(held_keys), int),
-      step=1, split=f"{config.split}/{held_side}")
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / rundir.CONFIG).write_text(config.to_json_best_effort(indent=1) + "\n")
-  rundir.write_data_metadata(directory, meta.raw)
-  out.save(predictions.path_for(directory, 1))
-  scores = metrics.summarise(metrics.per_dimension_pearson(out.predictions, out.labels,
-                                                           out.mask), prefix="val/pearson")
-  seconds = round(time.perf_counter() - t0, 1)
-  result = trainer.Result(status="finished", step=1, total_steps=1, metrics=scores,
-                          wall_seconds=seconds, total_wall_seconds=seconds)
-  (directory / rundir.RESULT).write_text(json.dumps(
-      {**dataclasses.asdict(result), "alpha": model.alpha, "inner_pearson": model.inner_pearson,
-       **({"block_weight": model.block_weight} if model.block_weight is not None else {}),
-       "train_performances": len(train_keys)}, indent=1) + "\n")
+              statistics_table.groups_of(fold.train_keys, config.split),
+              inner_folds=config.ridge.inner_folds, seed=config.seed, second_block=second)
+  result = fold_runs.write(
+      directory, config, meta, fold, model.predict(table.x[held]), table.labels[held],
+      table.mask[held], time.perf_counter() - t0,
+      {"alpha": model.alpha, "inner_pearson": model.inner_pearson,
+       **({"block_weight": model.block_weight} if model.block_weight is not None else {})})
   logging.info("%s: alpha %g, mean Pearson %.3f", directory.name, model.alpha,
-               scores["val/pearson/mean"])
+               result.metrics["val/pearson/mean"])
   return result
 
 
@@ -309,16 +289,7 @@ def main(argv: list[str]) -> None:
           metadata.MetadataError, ValueError, FileNotFoundError) as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"error: {e}")
-  for name, entry in summary["runs"].items():
-    if entry.get("finished"):
-      s = entry["scores"]
-      print(f"{'test' if name == crossval.TEST else 'fold ' + name}: mean Pearson "
-            f"{s['pearson/mean']:.3f} (" + ", ".join(
-                f"{g} {s[f'pearson/{g}']:.3f}" for g in taxonomy.GROUPS) + ")")
-  if "per_fold" in summary:
-    print("out of fold, mean over folds: " + ", ".join(
-        f"{g} {summary['per_fold'][f'pearson/{g}']['mean']:.3f}"
-        for g in (*taxonomy.GROUPS, "mean")))
+  fold_runs.print_summary(summary)
 
 
 def cli() -> None:

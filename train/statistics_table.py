@@ -115,6 +115,68 @@ def load_vectors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict]:
   return rows, about
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowVectors:
+  """One performance's windows: a vector each and where it lies in the recording."""
+
+  x: np.ndarray  # [W, D] in time order
+  starts_s: np.ndarray  # [W]
+  ends_s: np.ndarray  # [W] (the window's last valid frame)
+
+  @property
+  def duration_s(self) -> float:
+    return float(self.ends_s.max())
+
+
+def save_windows(path: pathlib.Path, windows: dict[str, WindowVectors], about: dict) -> None:
+  """Every performance's window vectors in one `.npz` (ragged, in key order)."""
+  keys = sorted(windows)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp.npz")
+  np.savez(tmp, keys=np.asarray(keys, str),
+           counts=np.asarray([len(windows[k].x) for k in keys], np.int64),
+           x=np.concatenate([windows[k].x for k in keys]).astype(np.float32),
+           starts_s=np.concatenate([windows[k].starts_s for k in keys]).astype(np.float64),
+           ends_s=np.concatenate([windows[k].ends_s for k in keys]).astype(np.float64),
+           about=np.asarray(json.dumps(about, sort_keys=True)))
+  tmp.replace(path)
+
+
+def load_windows(path: pathlib.Path) -> tuple[dict[str, WindowVectors], dict]:
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      keys, counts = [str(k) for k in f["keys"]], f["counts"]
+      x, starts, ends = f["x"], f["starts_s"], f["ends_s"]
+      about = json.loads(str(f["about"]))
+  except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise StatisticsError(f"{path}: not a window vector table ({type(e).__name__}: {e})"
+                          ) from None
+  if len(counts) != len(keys) or int(counts.sum()) != len(x) or (counts < 1).any():
+    raise StatisticsError(f"{path}: window counts do not add up to the stored windows")
+  bounds = np.concatenate([[0], np.cumsum(counts)])
+  return {k: WindowVectors(x[a:b], starts[a:b], ends[a:b])
+          for k, a, b in zip(keys, bounds[:-1], bounds[1:])}, about
+
+
+def labels(data_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """Every performance's labels (`[D]`, NaN where missing), from a PercePiano job's audio
+  records."""
+  data_dir = pathlib.Path(data_dir)
+  files = metadata.read(data_dir).shard_files("audio")
+  if not files:
+    raise StatisticsError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
+                          "--nowrite_audio (the labels are read from its audio records)")
+  out = {}
+  for f in files:
+    for data in layout.read_array_record(str(data_dir / f.file)):
+      header = records.decode(data)[0]
+      if header.get("labels") is None:
+        raise StatisticsError(f"{data_dir}: performance {header['key']} has no labels (not a "
+                              "PercePiano job's output?)")
+      out[header["key"]] = np.asarray(header["labels"], np.float64)
+  return out
+
+
 def _note_statistics(key: str, header: dict, arrays: dict) -> np.ndarray:
   if header.get("num_notes", -1) < 0:
     raise StatisticsError(

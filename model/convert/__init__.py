@@ -1,4 +1,4 @@
-"""Import PyTorch AST / SSAST weights into `model.ast` parameters.
+"""Import PyTorch AST / SSAST weights into `model.ast` parameters (and export them back).
 
 Why: the encoder is only worth fine-tuning on PercePiano's ~1200 clips if it
 starts from weights that already hear audio: AudioSet-trained AST (the
@@ -12,6 +12,12 @@ starts from weights that already hear audio: AudioSet-trained AST (the
   merging           merge_into: converted arrays into an initialised tree
   errors            ConversionError and its subclasses
   __main__          python -m model.convert --input FILE --output DIR --heads 12
+
+and the other direction, a fine-tuning run out to PyTorch (the same rules, inverted):
+
+  piano_perception  the PyTorch head and loader that `eval.export_transformers` (a run
+                    -> a `transformers.ASTModel` checkpoint, the head's weights,
+                    perception.json) copies into every export (torch only)
 
 Typical use:
 

@@ -8,6 +8,10 @@ frequency-major, which is the order both PyTorch models flatten patches and the
 position grid in, since both transpose their `[time, freq]` input to
 `[freq, time]` before the convolution). `LAYOUTS` names each source layout's
 column, prefixes and defaults; `SIGNATURES` tells the layouts apart by key name.
+
+Every transform also says how to undo it (`invert`), so the same table writes our
+parameters back out as a PyTorch state dict (`eval.export_transformers`) instead of
+a second, hand-written mapping that could drift from this one.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class Transform:
 
   shape: tuple[str, ...]
   apply: Callable[[np.ndarray, Dims], np.ndarray]
+  # Our (part of a) target array -> the source tensor: `invert(apply(w)) == w`. The
+  # position table feeds two targets (pos_tokens, pos_grid); their inverses are its
+  # rows `[1, n, D]`, to be joined along axis 1 in rule order (tokens first).
+  invert: Callable[[np.ndarray, Dims], np.ndarray]
   part_axis: int = 0
   hint: str = ""
 
@@ -57,33 +65,41 @@ class Dims:
 
 
 TRANSFORMS: dict[str, Transform] = {
-    "vector": Transform(("D",), lambda w, d: w),
-    "mlp_vector": Transform(("M",), lambda w, d: w),
-    "patch_vector": Transform(("P2",), lambda w, d: w),
+    "vector": Transform(("D",), lambda w, d: w, lambda w, d: w),
+    "mlp_vector": Transform(("M",), lambda w, d: w, lambda w, d: w),
+    "patch_vector": Transform(("P2",), lambda w, d: w, lambda w, d: w),
     # nn.Linear weights are [out, in]; our kernels [in, out].
-    "fc1": Transform(("M", "D"), lambda w, d: w.T),
-    "fc2": Transform(("D", "M"), lambda w, d: w.T),
-    "square": Transform(("D", "D"), lambda w, d: w.T),
-    "to_patch": Transform(("P2", "D"), lambda w, d: w.T),
+    "fc1": Transform(("M", "D"), lambda w, d: w.T, lambda w, d: w.T),
+    "fc2": Transform(("D", "M"), lambda w, d: w.T, lambda w, d: w.T),
+    "square": Transform(("D", "D"), lambda w, d: w.T, lambda w, d: w.T),
+    "to_patch": Transform(("P2", "D"), lambda w, d: w.T, lambda w, d: w.T),
     # Heads are the major half of the projection's output index (h * K + k), as
     # in both PyTorch models' `.view(..., H, K)`.
     "heads_in": Transform(("D", "D"), lambda w, d: w.T.reshape(d.width, d.heads, d.head_dim),
-                           part_axis=1),
-    "heads_bias": Transform(("D",), lambda w, d: w.reshape(d.heads, d.head_dim)),
+                           lambda w, d: w.reshape(d.width, d.width).T, part_axis=1),
+    "heads_bias": Transform(("D",), lambda w, d: w.reshape(d.heads, d.head_dim),
+                             lambda w, d: w.reshape(d.width)),
     # timm's fused projection: output index s * D + h * K + k, s = q, k, v.
     "fused_qkv": Transform(("3D", "D"),
-                            lambda w, d: w.T.reshape(d.width, 3, d.heads, d.head_dim)),
-    "fused_qkv_bias": Transform(("3D",), lambda w, d: w.reshape(3, d.heads, d.head_dim)),
-    "heads_out": Transform(("D", "D"), lambda w, d: w.T.reshape(d.heads, d.head_dim, d.width)),
+                            lambda w, d: w.T.reshape(d.width, 3, d.heads, d.head_dim),
+                            lambda w, d: w.reshape(d.width, 3 * d.width).T),
+    "fused_qkv_bias": Transform(("3D",), lambda w, d: w.reshape(3, d.heads, d.head_dim),
+                                 lambda w, d: w.reshape(3 * d.width)),
+    "heads_out": Transform(("D", "D"), lambda w, d: w.T.reshape(d.heads, d.head_dim, d.width),
+                            lambda w, d: w.reshape(d.width, d.width).T),
     # Conv2d weight [D, 1, freq, time] -> [freq·time, D], frequency-major.
     "conv": Transform(("D", "1", "P", "P"), lambda w, d: w.reshape(d.width, -1).T,
+                       lambda w, d: w.T.reshape(d.width, 1, d.patch, d.patch),
                        hint="our encoder takes one input channel and square patches (SSAST's "
                             "frame-based 128x2 checkpoints do not fit)"),
-    "token": Transform(("1", "1", "D"), lambda w, d: w.reshape(d.width)),
+    "token": Transform(("1", "1", "D"), lambda w, d: w.reshape(d.width),
+                        lambda w, d: w.reshape(1, 1, d.width)),
     # One [1, tokens + F'·T', D] table feeds two targets.
-    "pos_tokens": Transform(("1", "N", "D"), lambda w, d: w[0, :d.num_tokens]),
+    "pos_tokens": Transform(("1", "N", "D"), lambda w, d: w[0, :d.num_tokens],
+                             lambda w, d: w.reshape(1, d.num_tokens, d.width)),
     "pos_grid": Transform(("1", "N", "D"),
-                           lambda w, d: w[0, d.num_tokens:].reshape(*d.grid, d.width)),
+                           lambda w, d: w[0, d.num_tokens:].reshape(*d.grid, d.width),
+                           lambda w, d: w.reshape(1, -1, d.width)),
 }
 
 # Columns of the tables below: one source name per naming scheme.
