@@ -345,6 +345,15 @@ LABELS = {
 }
 
 
+def test_percepiano_job_refuses_a_split_the_release_cannot_give(release, tmp_path):
+  """The default 15 % test set of a 28-performance release: no piece is small enough."""
+  out = tmp_path / "shards"
+  proc = _run("pipelines.beam.percepiano_job", f"--percepiano_dir={release}",
+              f"--output_dir={out}", *SHORT_WINDOWS, *IN_MEMORY)
+  _clean_error(proc, f"cannot split {release}", "no group fits in a test set", "--test_fraction")
+  assert not out.exists() and not _partials(tmp_path, "shards")
+
+
 @pytest.mark.parametrize("name", list(LABELS))
 def test_percepiano_job_label_file_case(release, tmp_path, name):
   edit, message = LABELS[name]

@@ -47,11 +47,15 @@ def main(argv: list[str]) -> None:
   except (OSError, percepiano.PercePianoError) as e:
     # The reader's messages name the file and every bad key; a traceback adds nothing.
     sys.exit(f"error: {e}")
-  piece = splits.piece_split(release.performances, test_fraction=FLAGS.test_fraction,
-                             num_folds=FLAGS.num_folds, seed=FLAGS.split_seed)
-  performer = splits.performer_split(release.performances, num_folds=FLAGS.num_folds,
-                                     test_performers=FLAGS.test_performers,
-                                     seed=FLAGS.split_seed)
+  try:
+    piece = splits.piece_split(release.performances, test_fraction=FLAGS.test_fraction,
+                               num_folds=FLAGS.num_folds, seed=FLAGS.split_seed)
+    performer = splits.performer_split(release.performances, num_folds=FLAGS.num_folds,
+                                       test_performers=FLAGS.test_performers,
+                                       seed=FLAGS.split_seed)
+  except ValueError as e:  # too few pieces or performers for the asked test set and folds
+    sys.exit(f"error: cannot split {FLAGS.percepiano_dir}: {e} (see --test_fraction, "
+             "--num_folds, --test_performers)")
   chosen = piece if FLAGS.split == "piece" else performer
   sources = percepiano_sources(release, FLAGS.audio_dir, chosen)
   split_info = {"shards_follow": FLAGS.split, "piece": piece.assignment(),
