@@ -54,12 +54,18 @@ def _third_party(path: pathlib.Path, seen: set[pathlib.Path] | None = None) -> s
   return out
 
 
-def test_the_benchmark_imports_only_what_an_accelerator_host_has():
+def _model_speed():
+  """The benchmark script as a module (benchmarks/ is not a package)."""
   sys.path.insert(0, str(REPO / "benchmarks"))
   try:
     import model_speed
   finally:
     sys.path.remove(str(REPO / "benchmarks"))
+  return model_speed
+
+
+def test_the_benchmark_imports_only_what_an_accelerator_host_has():
+  model_speed = _model_speed()
   needed = _third_party(SCRIPT)
   assert needed <= set(model_speed.ALLOWED_IMPORTS), needed - set(model_speed.ALLOWED_IMPORTS)
   assert {"jax", "optax"} <= needed  # the check sees the script's imports at all
@@ -80,11 +86,7 @@ def _imports_at_top(path: pathlib.Path) -> set[str]:
 
 
 def test_the_config_batch_is_the_fine_tuning_configs():
-  sys.path.insert(0, str(REPO / "benchmarks"))
-  try:
-    import model_speed
-  finally:
-    sys.path.remove(str(REPO / "benchmarks"))
+  model_speed = _model_speed()
   from train.configs import finetune
   for variant in ("tiny", "small", "base"):
     assert finetune.get_config(variant).batch_size == model_speed.CONFIG_BATCH, variant

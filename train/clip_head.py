@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-import sys
 import time
 
 import flax.linen as nn
@@ -287,17 +286,9 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    only = crossval.parse_folds(FLAGS.folds)
-    if only == [] and not FLAGS.test:
-      raise ClipHeadError("--folds=none runs nothing without --test")
-    summary = run(FLAGS.data_dir, FLAGS.windows, FLAGS.workdir, FLAGS.split, only, FLAGS.test,
-                  seed=FLAGS.seed, head=HeadConfig(pooling=FLAGS.pooling))
-  except (ClipHeadError, statistics_table.StatisticsError, crossval.CrossValidationError,
-          metadata.MetadataError, ValueError, FileNotFoundError) as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    sys.exit(f"error: {e}")
-  fold_runs.print_summary(summary)
+  fold_runs.main(lambda only: run(
+      FLAGS.data_dir, FLAGS.windows, FLAGS.workdir, FLAGS.split, only, FLAGS.test,
+      seed=FLAGS.seed, head=HeadConfig(pooling=FLAGS.pooling)), (ClipHeadError,))
 
 
 def cli() -> None:

@@ -13,13 +13,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
+from absl import flags, logging
 
 from pipelines.datasets import taxonomy
 from pipelines.shards import metadata
-from train import crossval, metrics, predictions, rundir, trainer
+from train import crossval, metrics, predictions, rundir, statistics_table, trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,3 +80,20 @@ def print_summary(summary: dict) -> None:
     print("out of fold, mean over folds: " + ", ".join(
         f"{g} {summary['per_fold'][f'pearson/{g}']['mean']:.3f}"
         for g in (*taxonomy.GROUPS, "mean")))
+
+
+def main(run: Callable[[list[int] | None], dict], errors: tuple[type[Exception], ...] = ()
+         ) -> None:
+  """The body of a cross-validation command (--folds, --test from `crossval.
+  define_fold_flags`): `run(folds)` fits what is not finished yet and returns the summary,
+  printed here; the expected errors end the command in one line."""
+  try:
+    only = crossval.parse_folds(flags.FLAGS.folds)
+    if only == [] and not flags.FLAGS.test:
+      raise ValueError("--folds=none runs nothing without --test")
+    summary = run(only)
+  except (*errors, statistics_table.StatisticsError, crossval.CrossValidationError,
+          metadata.MetadataError, ValueError, FileNotFoundError) as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(f"error: {e}")
+  print_summary(summary)

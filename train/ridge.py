@@ -38,7 +38,6 @@ import dataclasses
 import functools
 import os
 import pathlib
-import sys
 import time
 
 import ml_collections
@@ -277,19 +276,11 @@ def _features_file():
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    only = crossval.parse_folds(FLAGS.folds)
-    if only == [] and not FLAGS.test:
-      raise RidgeError("--folds=none runs nothing without --test")
-    summary = run(FLAGS.data_dir, FLAGS.workdir, FLAGS.split, only, FLAGS.test,
-                  seed=FLAGS.seed, inner_folds=FLAGS.inner_folds, workers=FLAGS.workers,
-                  statistics_cache=FLAGS.statistics_cache, features=FLAGS.features,
-                  features_file=_features_file())
-  except (RidgeError, statistics_table.StatisticsError, crossval.CrossValidationError,
-          metadata.MetadataError, ValueError, FileNotFoundError) as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    sys.exit(f"error: {e}")
-  fold_runs.print_summary(summary)
+  fold_runs.main(lambda only: run(
+      FLAGS.data_dir, FLAGS.workdir, FLAGS.split, only, FLAGS.test, seed=FLAGS.seed,
+      inner_folds=FLAGS.inner_folds, workers=FLAGS.workers,
+      statistics_cache=FLAGS.statistics_cache, features=FLAGS.features,
+      features_file=_features_file()), (RidgeError,))
 
 
 def cli() -> None:
