@@ -430,3 +430,45 @@ def test_many_baselines_out_of_fold_are_tabled_on_the_fold_means(tmp_path):
   # report.json is strict JSON: no NaN (the unset p-values of Pearson goals are null).
   json.loads((tmp_path / "report" / "report.json").read_text(),
              parse_constant=lambda c: pytest.fail(f"{c} in report.json"))
+
+
+def test_the_report_leads_with_every_model_against_the_ridge(tmp_path):
+  """With a ridge among its runs the report opens with one table per set: each model's group
+  and mean Pearson, CI, R², and its paired difference to the ridge, the ceiling last."""
+  p = _predictions(11, 0.1)
+  noisy = lambda seed, noise: dataclasses.replace(p, predictions=p.labels + noise * (  # noqa: E731
+      np.random.default_rng(seed).normal(size=p.labels.shape)))
+  _fake_crossval(tmp_path / "ast", p, [0, 1], test=True)
+  _fake_crossval(tmp_path / "ridge", noisy(1, 0.2), [0, 1], test=True, backbone="ridge")
+  _fake_crossval(tmp_path / "cnn", noisy(2, 0.4), [], test=True, backbone="cnn")
+  release = _release_with_raw_ratings(tmp_path / "release", p.keys)
+  out = build.build(tmp_path / "ast", [tmp_path / "ridge", tmp_path / "cnn"],
+                     names=["ast", "ridge", "cnn"], output_dir=tmp_path / "report",
+                     resamples=200, percepiano_dir=str(release))
+  board = out["leaderboard"]
+  assert set(board) == {"out_of_fold", "test"}
+  test = board["test"]["models"]
+  assert set(test) == {"ast", "ridge", "cnn"} and set(board["out_of_fold"]["models"]) == {
+      "ast", "ridge"}  # the CNN ran the test set alone
+  assert test["ridge"]["vs_ridge"] is None and test["ridge"]["backbone"] == "ridge"
+  for name in ("ast", "cnn"):
+    delta = test[name]["vs_ridge"]
+    assert delta["delta"] == pytest.approx(test[name]["mean"] - test["ridge"]["mean"])
+    assert delta["low"] <= delta["delta"] <= delta["high"]
+  assert test["ast"]["vs_ridge"]["delta"] > 0 > test["cnn"]["vs_ridge"]["delta"]
+  assert board["test"]["ceiling"]["mean"] == pytest.approx(
+      out["evaluations"]["test"]["rows"]["mean"]["ceiling"])
+  md = (tmp_path / "report" / "report.md").read_text()
+  first = md.index("## ")
+  assert md[first:].startswith("## All models against the ridge")
+  table = md[first:md.index("\n## ", first)]
+  held_out = table[table.index("### held-out test set"):]
+  lines = held_out.split("\n\n")[1].splitlines()  # the table under the heading
+  assert [line.split(" | ")[0] for line in lines[2:]] == [
+      "| ridge", "| ast", "| cnn", "| human ceiling"]  # the ridge, then by mean
+  assert f"{test['ast']['vs_ridge']['delta']:+.3f}" in lines[3]
+  # Without a ridge there is no such table.
+  alone = build.build(tmp_path / "ast", [tmp_path / "cnn"], names=["ast", "cnn"],
+                       output_dir=tmp_path / "alone", resamples=20)
+  assert alone["leaderboard"] is None
+  assert "All models against the ridge" not in (tmp_path / "alone" / "report.md").read_text()

@@ -8,7 +8,7 @@ import pathlib
 
 from eval import ceiling as ceiling_lib
 from eval import statistics
-from eval.report import common, plots, rendering, sections
+from eval.report import common, leaderboard, plots, rendering, sections
 from eval.report.common import ANCHORS, ReportError
 from eval.report.scoring import evaluate
 from eval.report.sources import Source, load_source, raw_ratings, shown
@@ -94,6 +94,9 @@ def build(workdir, compare=(), *, names=(), percepiano_dir: str | None = None,
                for s in sources],
       "evaluations": evaluations,
       "ceiling_source": ceiling_note,
+      # Every run beside the ridge, when one of them is the ridge: the report's first table.
+      "leaderboard": leaderboard.score(sources, raw, resamples=resamples, seed=seed,
+                                       ceiling_splits=ceiling_splits),
       "anchors": list(ANCHORS),
       "notes": list(notes),
   }

@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 
+from eval.report import leaderboard
 from eval.report.common import ANCHORS, EVALUATION_TITLES
 from eval.report.rendering import fmt, fmt_ci, fmt_difference, fmt_gain, fmt_p
 from eval.report.scoring import headline_rows
@@ -221,7 +222,9 @@ def _ceiling_blocks(report: dict) -> list[tuple]:
 
 def blocks(report: dict, figure_paths: dict[str, list[pathlib.Path]]) -> list[tuple]:
   """The whole report, in order."""
-  b = _run_blocks(report)
+  runs = _run_blocks(report)
+  # The title and how the numbers were made, then every model against the ridge first.
+  b = runs[:2] + leaderboard.blocks(report.get("leaderboard")) + runs[2:]
   if report.get("targets"):
     b += _target_blocks(report["targets"])
   for key, evaluation in report["evaluations"].items():
