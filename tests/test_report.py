@@ -113,8 +113,13 @@ def test_cli_writes_markdown_html_json_and_figures(crossval_dir, train_shards, t
   assert oof["ceiling"]["performances"] == oof["performances"]
   md = (out / "report.md").read_text()
   for text in ("By task group", "Per dimension", "Δ vs CNN baseline", "Published anchors",
-               "0.397", "0.285", "0.537", "Human ceiling", "Targets", "Not met:", "timing_stability", "÷ ceiling"):
+               "0.397", "0.285", "0.537", "Human ceiling", "Targets", "Not met:", "timing_stability",
+               "÷ ceiling"):
     assert text in md, text
+  # Each published anchor says what it is: the withdrawn one, and folds looser than ours.
+  anchors = md[md.index("## Published anchors"):].split("\n\n")[1]
+  assert "| 0.537 | withdrawn by its author for fold leakage" in anchors
+  assert "group clips by passage segment, not movement" in anchors
   html = (out / "report.html").read_text()
   assert html.count("data:image/png;base64,") == len(data["figures"]) >= 6
   assert ".png'" not in html.replace("data:image/png", "")  # nothing linked from outside

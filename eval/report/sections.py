@@ -182,14 +182,15 @@ def _anchor_blocks(report: dict) -> list[tuple]:
   """The published results beside this report's mean R²."""
   main = report["runs"][0]
   b: list[tuple] = [("h2", "Published anchors (mean R² over the 19 dimensions)")]
-  rows = [[a["source"], a["split"], fmt(a["r2"])] for a in ANCHORS]
+  rows = [[a["source"], a["split"], fmt(a["r2"]), a["what"]] for a in ANCHORS]
   for key, evaluation in report["evaluations"].items():
     r = evaluation["rows"]["mean"]
     pooled = ", pooled" if "fold_rows" in evaluation else ""
     rows.append([f"this report: {main['name']} ({EVALUATION_TITLES.get(key, key).lower()}"
                  f"{pooled})",
-                 evaluation["split"].split("/")[0], f"{fmt_ci(r, 'r2')}"])
-  b.append(("table", ["result", "split", "R²"], rows))
+                 evaluation["split"].split("/")[0], f"{fmt_ci(r, 'r2')}",
+                 "this project's folds (piece: grouped by movement)"])
+  b.append(("table", ["result", "split", "R²", "what it is"], rows))
   b.append(("p", "The published numbers are from symbolic (score-aligned MIDI) and audio models "
                  "on their own folds; ours are on this project's folds of the same release, so "
                  "the comparison is indicative, not paired."))
