@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from train import clip_head, statistics_table
+from train import clip_head, metrics, statistics_table
 
 
 def _windows(rng: np.random.Generator, count: int, width: int = 8):
@@ -92,7 +92,7 @@ def test_both_poolings_learn_a_planted_signal_on_held_out_groups(pooling):
   assert 1 <= fitted.epochs <= 60
   held = [w for w, t in zip(windows, train) if not t]
   pred = fitted.predict(clip_head.padded(held))
-  score = clip_head._mean_pearson(pred, labels[~train], np.isfinite(labels[~train]))
+  score = metrics.mean_pearson(pred, labels[~train], np.isfinite(labels[~train]))
   assert score > 0.8, score
 
 

@@ -121,18 +121,11 @@ def padded(windows: list[statistics_table.WindowVectors]) -> Batch:
   return Batch(x, position, mask)
 
 
-def _mean_pearson(pred: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
-  values = metrics.per_dimension_pearson(pred, labels, mask)
-  finite = values[np.isfinite(values)]
-  return float(finite.mean()) if finite.size else float("nan")
-
-
 class Fitted:
   """A head trained on some performances: predicts label-space scores for others."""
 
-  def __init__(self, config: HeadConfig, model: ClipHead, params, x_mean, x_std, y_mean,
-               y_std, epochs: int):
-    self.config, self.model, self.params, self.epochs = config, model, params, epochs
+  def __init__(self, model: ClipHead, params, x_mean, x_std, y_mean, y_std, epochs: int):
+    self.model, self.params, self.epochs = model, params, epochs
     self.x_mean, self.x_std, self.y_mean, self.y_std = x_mean, x_std, y_mean, y_std
 
   def predict(self, batch: Batch) -> np.ndarray:
@@ -167,7 +160,7 @@ def _train(config: HeadConfig, batch: Batch, labels: np.ndarray, seed: int, epoc
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt, loss
 
-  fitted = functools.partial(Fitted, config, model, x_mean=x_mean, x_std=x_std, y_mean=y_mean,
+  fitted = functools.partial(Fitted, model, x_mean=x_mean, x_std=x_std, y_mean=y_mean,
                              y_std=y_std)
   order_rng = np.random.default_rng(seed)
   best, best_score, since = None, -np.inf, 0
@@ -181,8 +174,8 @@ def _train(config: HeadConfig, batch: Batch, labels: np.ndarray, seed: int, epoc
     if validation is None:
       continue
     held, held_labels = validation
-    score = _mean_pearson(fitted(params=params, epochs=epoch).predict(held), held_labels,
-                          np.isfinite(held_labels))
+    score = metrics.mean_pearson(fitted(params=params, epochs=epoch).predict(held),
+                                 held_labels, np.isfinite(held_labels))
     if score > best_score:
       best, best_score, since = (params, epoch), score, 0
     else:

@@ -4,8 +4,8 @@
 embeddings) are driven by `train.crossval.run` like the trainer: each fold (or the test
 set) gets a directory with `config.json`, the data metadata, `predictions/1.npz` and
 `result.json`, so `eval.report` and `eval.report.summary` read them like any run. This
-module holds the two halves both need: which performances a fold trains on and holds
-out, and writing the directory.
+module holds what both need: which performances a fold trains on and holds out, writing
+the directory, and the command line's body (errors in one line, the scores printed).
 """
 
 from __future__ import annotations

@@ -155,6 +155,12 @@ def per_dimension_pearson(predictions: np.ndarray, labels: np.ndarray,
   return per_dimension("pearson", predictions, labels, mask)
 
 
+def mean_pearson(predictions: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
+  """The mean over dimensions of Pearson's r (those where it is defined): model selection's
+  metric."""
+  return _nanmean(per_dimension_pearson(predictions, labels, mask))
+
+
 def score(predictions: np.ndarray, labels: np.ndarray, mask: np.ndarray,
           passages: Sequence[str] | None = None) -> dict[str, np.ndarray]:
   """Every metric per dimension: `{metric: [D]}` (with "pearson_within" when passages are given)."""

@@ -84,12 +84,6 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return mean, np.where(scale > 0, scale, 1.0)
 
 
-def _mean_pearson(pred: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
-  values = metrics.per_dimension_pearson(pred, labels, mask)
-  finite = values[np.isfinite(values)]
-  return float(finite.mean()) if finite.size else float("nan")
-
-
 def group_folds(groups: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
   """An inner fold per item, whole groups at a time: groups shuffled by `seed`, then dealt
   to the fold with the fewest items so far (folds stay about the same size)."""
@@ -142,8 +136,8 @@ def fit(x: np.ndarray, labels: np.ndarray, mask: np.ndarray, groups: np.ndarray,
     for b, block_weight in enumerate(block_weights):
       scale = weighted(base, block_weight)
       for j, w in enumerate(_solve((x[train] - mean) / scale, labels[train] - bias, alphas)):
-        scores[k, b, j] = _mean_pearson(((x[held] - mean) / scale) @ w + bias, labels[held],
-                                        mask[held])
+        scores[k, b, j] = metrics.mean_pearson(((x[held] - mean) / scale) @ w + bias,
+                                               labels[held], mask[held])
   inner = np.nanmean(scores, axis=0)  # [block weights, alphas]
   b, j = np.unravel_index(int(np.nanargmax(inner)), inner.shape)
   best = float(alphas[j])

@@ -158,23 +158,33 @@ def load_windows(path: pathlib.Path) -> tuple[dict[str, WindowVectors], dict]:
           for k, a, b in zip(keys, bounds[:-1], bounds[1:])}, about
 
 
+def _audio_shards(data_dir: pathlib.Path) -> list:
+  """The job's audio shard files (their records hold the labels and the clean audio)."""
+  files = metadata.read(data_dir).shard_files("audio")
+  if not files:
+    raise StatisticsError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
+                          "--nowrite_audio (the labels and the statistics are read from its "
+                          "audio records)")
+  return files
+
+
+def _labelled_records(data_dir: pathlib.Path, files: list):
+  """(header, arrays) of every audio record, each checked to carry labels."""
+  for f in files:
+    for data in layout.read_array_record(str(data_dir / f.file)):
+      header, arrays = records.decode(data)
+      if header.get("labels") is None:
+        raise StatisticsError(f"{data_dir}: performance {header['key']} has no labels (not a "
+                              "PercePiano job's output?)")
+      yield header, arrays
+
+
 def labels(data_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
   """Every performance's labels (`[D]`, NaN where missing), from a PercePiano job's audio
   records."""
   data_dir = pathlib.Path(data_dir)
-  files = metadata.read(data_dir).shard_files("audio")
-  if not files:
-    raise StatisticsError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
-                          "--nowrite_audio (the labels are read from its audio records)")
-  out = {}
-  for f in files:
-    for data in layout.read_array_record(str(data_dir / f.file)):
-      header = records.decode(data)[0]
-      if header.get("labels") is None:
-        raise StatisticsError(f"{data_dir}: performance {header['key']} has no labels (not a "
-                              "PercePiano job's output?)")
-      out[header["key"]] = np.asarray(header["labels"], np.float64)
-  return out
+  return {header["key"]: np.asarray(header["labels"], np.float64)
+          for header, _ in _labelled_records(data_dir, _audio_shards(data_dir))}
 
 
 def _note_statistics(key: str, header: dict, arrays: dict) -> np.ndarray:
@@ -249,10 +259,7 @@ def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
                  if isinstance(features_file, (tuple, list)) else [features_file])
   from_file, width = (_from_file(features, features_file or None) if features in FILE_FLAGS
                       else (None, None))
-  files = metadata.read(data_dir).shard_files("audio")
-  if not files:
-    raise StatisticsError(f"{data_dir} holds no audio shards: rerun the PercePiano job without "
-                          "--nowrite_audio (the statistics are computed from what it stores)")
+  files = _audio_shards(data_dir)
   sources = sorted(f.sha256 for f in files)
   if from_file is not None:  # another transcription or encoder is another table
     sources += [hashlib.sha256(pathlib.Path(f).read_bytes()).hexdigest() for f in files_given]
@@ -264,11 +271,7 @@ def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
     logging.info("%s was made from other shards or statistics: recomputing", cache)
   audio = features in ("audio", "ast_stats")
   keys, labels, inputs, samples = [], [], [], []
-  for header, arrays in (records.decode(data) for f in files
-                         for data in layout.read_array_record(str(data_dir / f.file))):
-    if header.get("labels") is None:
-      raise StatisticsError(f"{data_dir}: performance {header['key']} has no labels (not a "
-                            "PercePiano job's output?)")
+  for header, arrays in _labelled_records(data_dir, files):
     keys.append(header["key"])
     labels.append(np.asarray(header["labels"], np.float64))
     if audio:

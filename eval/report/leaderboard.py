@@ -55,7 +55,7 @@ def blocks(leaderboard: dict | None) -> list[tuple]:
                "of the mean Pearson on the same performances. The ceiling row is the human "
                "ceiling of the set's labels (listener split-half reliability, "
                "sqrt).")]
-  head = ["model", "backbone", *(c for c in COLUMNS[:-1]), "mean [95% CI]", "R²",
+  head = ["model", "backbone", *taxonomy.GROUPS, "mean [95% CI]", "R²",
           "Δ vs ridge [CI]", "p"]
   for key, scored in leaderboard.items():
     models = scored["models"]
@@ -64,7 +64,7 @@ def blocks(leaderboard: dict | None) -> list[tuple]:
     for name in order:
       m = models[name]
       versus = m["vs_ridge"]
-      rows.append([name, m["backbone"], *(fmt(m[g]) for g in COLUMNS[:-1]),
+      rows.append([name, m["backbone"], *(fmt(m[g]) for g in taxonomy.GROUPS),
                    f"{fmt(m['mean'])} [{fmt(m['mean_ci'][0], 2)}, {fmt(m['mean_ci'][1], 2)}]",
                    fmt(m["r2"], 2),
                    "–" if versus is None else
@@ -72,7 +72,7 @@ def blocks(leaderboard: dict | None) -> list[tuple]:
                    "–" if versus is None else fmt_p(versus["p"])])
     ceiling = scored["ceiling"]
     rows.append(["human ceiling", "", *(fmt(ceiling[g]) if ceiling else "–"
-                                        for g in COLUMNS[:-1]),
+                                        for g in taxonomy.GROUPS),
                  fmt(ceiling["mean"]) if ceiling else "– (no raw ratings for this set)",
                  "", "", ""])
     out += [("h3", SET_TITLES.get(key, key)), ("table", head, rows)]
