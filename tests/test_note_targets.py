@@ -12,7 +12,7 @@ import soundfile
 
 from pipelines.audio import decode, note_statistics, notes, render, windowing
 from pipelines.beam import augment_presets, preprocess
-from pipelines.shards import layout, records
+from pipelines.shards import example_proto, layout, records
 
 FRAME_S = 0.01
 WINDOW = windowing.WindowConfig(frames=256, hop_frames=256)
@@ -88,8 +88,10 @@ def test_records_carry_notes_or_say_they_have_none():
   audio = records.encode_audio({"key": "k"}, np.zeros(10), 16000, notes=(values, pedal, 0))
   header, arrays = records.decode(audio)
   assert arrays["samples"].shape == (10,) and arrays["notes"].shape == (2, 4)
-  with pytest.raises(records.RecordError, match="header implies"):
-    records.decode(audio[:-4])
+  damaged = example_proto.example_class().FromString(audio)
+  del damaged.features.feature["notes"].float_list.value[-1]  # a note value lost
+  with pytest.raises(records.RecordError, match="'notes' holds 7 .* implies 8"):
+    records.decode(damaged.SerializeToString())
   # A version-1 record (before note targets) reads as one without them.
   text = json.dumps({"key": "k", "kind": "window", "num_mel_bins": 8, "num_frames": 4,
                      "num_labels": 0}).encode()

@@ -1,4 +1,5 @@
-"""pipelines.shards.records: the versioned binary schema round-trips and rejects damage."""
+"""pipelines.shards.records: the tf.train.Example schema round-trips, reads version 1-2
+records, and rejects damage."""
 
 import json
 import struct
@@ -6,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from pipelines.shards import records
+from pipelines.shards import example_proto, legacy_records, records
 
 
 def _window():
@@ -44,16 +45,55 @@ def test_audio_round_trip_is_int16():
 
 def test_encoding_is_deterministic():
   features, labels, mask = _window()
-  a = records.encode_window({"b": 1, "a": [1, 2]}, features, labels, mask)
-  b = records.encode_window({"a": [1, 2], "b": 1}, features, labels, mask)
+  a = records.encode_window({"b": 1, "a": "x", "c": 0.5}, features, labels, mask)
+  b = records.encode_window({"c": 0.5, "a": "x", "b": 1}, features, labels, mask)
   assert a == b
 
 
-def _corrupt(data: bytes, how: str) -> bytes:
+def test_header_fields_keep_their_types_and_nulls():
+  features, labels, mask = _window()
+  params = {"time_stretch": 1.25, "noise_snr_db": 20.0, "noise_seed": 7}
+  header, _ = records.decode(records.encode_window(
+      {"key": "k", "fold": -1, "start_s": 10.24, "soundfont_sha256": None,
+       "augmentation": params}, features, labels, mask))
+  assert header["fold"] == -1 and isinstance(header["fold"], int)
+  assert header["start_s"] == pytest.approx(10.24) and isinstance(header["start_s"], float)
+  assert header["soundfont_sha256"] is None
+  assert header["augmentation"] == params  # only what was applied; float32-exact values here
+  assert records.decode(records.encode_window({"key": "k"}, features))[0]["augmentation"] == {}
+
+
+@pytest.mark.parametrize("header,message", [
+    ({"performer": None}, "None"), ({"a": [1, 2]}, "list"),
+    ({"augmentation": {"reverb": 1.0}}, "reverb"), ({"features": "x"}, "shadow")])
+def test_headers_an_example_cannot_hold_are_refused(header, message):
+  with pytest.raises(ValueError, match=message):
+    records.encode_window(header, np.zeros((2, 2)))
+
+
+def test_audio_labels_round_trip_as_a_list_or_none():
+  labelled = records.encode_audio({"key": "a", "labels": [0.25, 0.5]}, np.zeros(4), 16_000)
+  assert records.decode(labelled)[0]["labels"] == [0.25, 0.5]
+  assert records.decode(records.encode_audio({"key": "a", "labels": None}, np.zeros(4),
+                                             16_000))[0]["labels"] is None
+
+
+def test_version_2_records_still_decode():
+  features, labels, mask = _window()
+  old = legacy_records.encode_window({"key": "k", "fold": 1, "augmentation": {}}, features,
+                                     labels, mask, (np.ones((3, 4)), np.ones((1, 2)), 2))
+  new = records.encode_window({"key": "k", "fold": 1, "augmentation": {}}, features, labels,
+                              mask, (np.ones((3, 4)), np.ones((1, 2)), 2))
+  (h_old, a_old), (h_new, a_new) = records.decode(old), records.decode(new)
+  assert h_old == h_new
+  assert a_old.keys() == a_new.keys()
+  for name in a_old:
+    np.testing.assert_array_equal(a_old[name], a_new[name])
+
+
+def _corrupt_legacy(data: bytes, how: str) -> bytes:
   if how == "magic":
-    return b"XXXX" + data[4:]
-  if how == "version":
-    return data[:4] + bytes([99]) + data[5:]
+    return b"PPTR" + b"\x09" + data[5:]
   if how == "truncated":
     return data[:-10]
   if how == "short":
@@ -63,17 +103,53 @@ def _corrupt(data: bytes, how: str) -> bytes:
   raise ValueError(how)
 
 
-@pytest.mark.parametrize("how,message", [("magic", "magic"), ("version", "version 99"),
-                                         ("truncated", "payload"), ("short", "prefix"),
-                                         ("header", "header")])
-def test_damaged_records_raise(how, message):
+@pytest.mark.parametrize("how,message", [("magic", "version 9"), ("truncated", "payload"),
+                                         ("short", "prefix"), ("header", "header")])
+def test_damaged_legacy_records_raise(how, message):
+  features, labels, mask = _window()
+  data = legacy_records.encode_window({"key": "k"}, features, labels, mask)
+  with pytest.raises(records.RecordError, match=message):
+    records.decode(_corrupt_legacy(data, how))
+
+
+def _example(**features) -> bytes:
+  example = example_proto.example_class()()
+  for name, (kind, values) in features.items():
+    getattr(example.features.feature[name], kind).value.extend(values)
+  return example.SerializeToString()
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: d[:-10], "tf.train.Example|holds"),
+    (lambda d: b"XXXX" + d[4:], "tf.train.Example|schema_version"),
+    (lambda d: _example(kind=("bytes_list", [b"window"])), "schema_version"),
+    (lambda d: _example(schema_version=("int64_list", [99])), "version 99"),
+    (lambda d: _example(schema_version=("int64_list", [3]), kind=("bytes_list", [b"video"])),
+     "unknown record kind"),
+    (lambda d: _example(schema_version=("int64_list", [3]), kind=("bytes_list", [b"window"])),
+     "lacks field"),
+])
+def test_damaged_records_raise(damage, message):
   features, labels, mask = _window()
   data = records.encode_window({"key": "k"}, features, labels, mask)
   with pytest.raises(records.RecordError, match=message):
-    records.decode(_corrupt(data, how))
+    records.decode(damage(data))
 
 
-def test_missing_header_field_and_unknown_kind():
+def test_features_of_the_wrong_size_are_refused():
+  features, labels, mask = _window()
+  data = records.encode_window({"key": "k"}, features[:, :8], labels, mask)
+  example = example_proto.example_class().FromString(data)
+  example.features.feature["features"].bytes_list.value[0] = b"\0" * 10
+  with pytest.raises(records.RecordError, match="'features' holds 10 bytes"):
+    records.decode(example.SerializeToString())
+  example = example_proto.example_class().FromString(data)
+  del example.features.feature["labels"].float_list.value[-1]
+  with pytest.raises(records.RecordError, match="'labels' holds 18"):
+    records.decode(example.SerializeToString())
+
+
+def test_missing_header_field_and_unknown_kind_in_legacy_records():
   text = json.dumps({"kind": "window"}).encode()
   data = struct.pack("<4sBI", b"PPTR", 1, len(text)) + text
   with pytest.raises(records.RecordError, match="lacks field"):

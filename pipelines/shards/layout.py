@@ -21,6 +21,10 @@ def shard_name(name: str, split: str, fmt: str, index: int, count: int) -> str:
   return f"{name}-{split}.{fmt}-{index:05d}-of-{count:05d}"
 
 
+class RecordError(ValueError):
+  """A record does not follow its schema; the message says where and why."""
+
+
 class ShardReadError(ValueError):
   """A shard file is missing or damaged (truncated, overwritten); the message names it."""
 

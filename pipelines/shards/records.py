@@ -1,84 +1,147 @@
-"""The shard record format (schema version 2): a fixed binary layout, never pickle.
+"""The shard record format (schema version 3): one `tf.train.Example` per record.
 
-A record is
+Every record in the ArrayRecord and TFRecord shards is a serialised `tf.train.Example`
+(written with the message classes of `pipelines.shards.example_proto`, no TensorFlow),
+so `tf.io.parse_single_example`, TFDS (`pipelines.shards.tfds_info` writes the
+directory's `features.json` and `dataset_info.json`) and Grain outside this repository
+read them with their own tools. Named features (`SPEC` below, also in every job's
+metadata):
 
-  magic  b"PPTR" | version u8 | header_len u32 LE | header (UTF-8 JSON, sorted keys)
-  | payload
+  kind "window":
+    features      bytes    float16 LE `[num_mel_bins, num_frames]` (mel-major, as AST's
+                           `[128, 1024]`); TFDS: Tensor(float16, encoding="bytes")
+    labels        float    `[num_labels]` (0 for unlabelled MAESTRO windows)
+    label_mask    int64    `[num_labels]`, 1 = the label is valid for this augmented window
+  kind "audio":
+    samples       bytes    the clean 16 kHz mono waveform, int16 LE `[num_samples]`, kept
+                           so augmented shards can be regenerated without the sources
+    labels        float    the performance's labels `[num_labels]` (0: unlabelled)
+  both:
+    notes         float    `[num_notes, 4]` flattened: onset s, offset s, key, velocity, in
+                           the record's own time base (`pipelines.audio.notes`)
+    pedal         float    `[num_pedal, 2]` flattened: sustain-pedal start s, end s
+    num_notes     int64    -1 (and `num_pedal` -1) says the record has no note targets:
+                           its source had no MIDI, and nothing is guessed
+    schema_version int64   3
+    augmentation/time_stretch, augmentation/pitch_shift, augmentation/noise_snr_db
+                  float    the applied augmentation (1, 0, +inf when not applied)
+    augmentation/noise_seed int64  (-1 when no noise)
+    every other header field (key, split, fold, variant, window_index, window_count,
+    valid_frames, start_s, trim_start_s, soundfont_sha256, performer, ...): a scalar
+    feature of its Python type (str -> bytes, int -> int64, float -> float32).
 
-and the header says what the payload holds:
-
-  kind "window":  features float16 LE `[num_mel_bins, num_frames]` (mel-major, as the
-                  issue's `[128, 1024]`), then labels float32 LE `[num_labels]`
-                  (num_labels 0 for unlabelled MAESTRO windows) and a label mask u8
-                  `[num_labels]` (1 = the label is valid for this augmented window).
-                  Then the note targets (version 2): notes float32 LE `[num_notes, 4]`
-                  (onset s, offset s, key, velocity, in the window's time base) and
-                  sustain-pedal intervals float32 LE `[num_pedal, 2]` (start s, end s).
-  kind "audio":   the clean 16 kHz mono waveform as int16 LE `[num_samples]`, kept
-                  so augmented shards can be regenerated without the sources; then
-                  the recording's note targets as above, in its own time base.
-
-Note targets (`pipelines.audio.notes`) exist for recordings rendered from MIDI or
-with aligned MIDI; `num_notes` -1 (and `num_pedal` -1, no bytes) says a record has
-none: nothing is guessed. `notes_dropped` counts the notes a pitch shift moved off
-the keyboard. Version 1 records (no note targets) still decode, as having none.
-
-Header fields (all JSON scalars or lists): `kind`, `key` (performance key),
-`variant` (0 = clean, k > 0 = k-th augmentation), `augmentation` (parameters),
-`split`, `fold`, `num_notes`, `num_pedal`, `notes_dropped`, `trim_start_s` (the
-silence trimmed from the start of this variant's audio, 0 when none), plus per kind:
-windows carry `window_index`, `window_count`, `valid_frames`, `start_s`,
-`performer`, `performer_id`, `passage`, `movement`; audio carries `sample_rate`
-and `num_samples`. `SPEC` below is
-written into every dataset's metadata.
+`decode` returns `(header, arrays)` as for every earlier version: the header's scalars,
+`augmentation` as a dict of the applied parameters only, and audio records' `labels` as
+a list (None when unlabelled). Float header values are float32 in an Example. A header
+field may be None only where `NULLS` gives its stand-in ("" for a recording without a
+SoundFont). Version 1 and 2 records (`pipelines.shards.legacy_records`) still decode.
 """
 
 from __future__ import annotations
 
-import json
-import struct
+import math
 
 import numpy as np
+from google.protobuf import message
 
-MAGIC = b"PPTR"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: before note targets
+from pipelines.shards import example_proto, layout, legacy_records
+
+VERSION = 3
+READABLE_VERSIONS = (*legacy_records.READABLE_VERSIONS, VERSION)
 # Log-mel values are stored as little-endian float16: half the bytes, below the front end's
 # own precision.
 FEATURE_DTYPE = np.dtype("<f2")
-_PREFIX = struct.Struct("<4sBI")
+RecordError = layout.RecordError
+
+# The augmentation parameters a record names, with the value that means "not applied".
+AUGMENTATION = {"time_stretch": 1.0, "pitch_shift": 0.0, "noise_snr_db": math.inf,
+                "noise_seed": -1}
+# Header fields that may be None, with the value that stands for None in an Example.
+NULLS = {"soundfont_sha256": "", "maestro_filename": ""}
+_ARRAYS = {"window": ("features", "labels", "label_mask", "notes", "pedal"),
+           "audio": ("samples", "labels", "notes", "pedal")}
+NO_NOTES = {"num_notes": -1, "num_pedal": -1, "notes_dropped": 0}
 
 SPEC = {
     "schema_version": VERSION,
-    "layout": "magic b'PPTR' | version u8 | header_len u32 LE | header UTF-8 JSON | payload",
-    "window_payload": "features float16 LE [num_mel_bins, num_frames] | labels float32 LE "
-                      "[num_labels] | label_mask u8 [num_labels]",
-    "audio_payload": "int16 LE [num_samples] at sample_rate",
-    "notes_payload": "after either payload: notes float32 LE [num_notes, 4] (onset s, offset s, "
-                     "key, velocity) | pedal float32 LE [num_pedal, 2] (start s, end s); "
-                     "num_notes -1: no note targets",
+    "record": "a serialised tf.train.Example (tensorflow/core/example/example.proto)",
+    "window_features": {
+        "features": "bytes: float16 LE [num_mel_bins, num_frames], mel-major",
+        "labels": "float [num_labels]", "label_mask": "int64 [num_labels] (1 = valid)"},
+    "audio_features": {"samples": "bytes: int16 LE [num_samples] at sample_rate",
+                       "labels": "float [num_labels] (0: unlabelled)"},
+    "note_features": {"notes": "float [num_notes * 4]: onset s, offset s, key, velocity",
+                      "pedal": "float [num_pedal * 2]: start s, end s",
+                      "num_notes": "int64, -1: no note targets"},
+    "augmentation_features": {f"augmentation/{k}": f"{'int64' if k == 'noise_seed' else 'float'}"
+                              f", {v} when not applied" for k, v in AUGMENTATION.items()},
+    "header_features": "every other header field: a scalar, str -> bytes, int -> int64, "
+                       "float -> float32",
+    "nulls": NULLS,
+    "legacy": "versions 1-2: magic b'PPTR' | version u8 | header_len u32 LE | JSON | payload",
 }
-NO_NOTES = {"num_notes": -1, "num_pedal": -1, "notes_dropped": 0}
 
 
-class RecordError(ValueError):
-  """A record does not follow the schema; the message says where and why."""
+def _scalar(feature, name: str, value) -> None:
+  if value is None:
+    if name not in NULLS:
+      raise ValueError(f"header field {name!r} is None and records.NULLS gives it no "
+                       "stand-in")
+    value = NULLS[name]
+  if isinstance(value, str):
+    feature.bytes_list.value.append(value.encode("utf-8"))
+  elif isinstance(value, (bool, int, np.integer)):
+    feature.int64_list.value.append(int(value))
+  elif isinstance(value, (float, np.floating)):
+    feature.float_list.value.append(float(value))
+  else:
+    raise ValueError(f"header field {name!r} is a {type(value).__name__}; an Example header "
+                     "holds str, int or float scalars")
 
 
-def _pack(header: dict, payload: bytes) -> bytes:
-  text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-  return _PREFIX.pack(MAGIC, VERSION, len(text)) + text + payload
+def _floats(feature, values: np.ndarray) -> None:
+  feature.float_list.SetInParent()  # an empty list is still a float feature
+  feature.float_list.value.extend(np.asarray(values, np.float32).ravel().tolist())
 
 
-def _notes_part(notes: tuple[np.ndarray, np.ndarray, int] | None) -> tuple[dict, bytes]:
-  """Header fields and payload bytes of `(notes [N, 4], pedal [P, 2], dropped)` or None."""
+def _serialise(header: dict, arrays: dict) -> bytes:
+  """`header` scalars + `augmentation`, and `arrays` (name -> bytes or float/int64 array)."""
+  header = dict(header)
+  params = dict(header.pop("augmentation", None) or {})
+  unknown = set(params) - set(AUGMENTATION)
+  if unknown:
+    raise ValueError(f"augmentation parameters {sorted(unknown)} have no feature; known: "
+                     f"{sorted(AUGMENTATION)}")
+  example = example_proto.example_class()()
+  features = example.features.feature
+  for name, value in header.items():
+    if name in arrays or name.startswith("augmentation/") or name == "schema_version":
+      raise ValueError(f"header field {name!r} would shadow a record feature")
+    _scalar(features[name], name, value)
+  for name, identity in AUGMENTATION.items():
+    _scalar(features[f"augmentation/{name}"], name, params.get(name, identity))
+  _scalar(features["schema_version"], "schema_version", VERSION)
+  for name, value in arrays.items():
+    if isinstance(value, bytes):
+      features[name].bytes_list.value.append(value)
+    elif value.dtype.kind in "biu":
+      features[name].int64_list.SetInParent()
+      features[name].int64_list.value.extend(value.astype(np.int64).tolist())
+    else:
+      _floats(features[name], value)
+  # Deterministic: the map's entries in key order, so equal records are equal bytes.
+  return example.SerializeToString(deterministic=True)
+
+
+def _notes_part(notes: tuple[np.ndarray, np.ndarray, int] | None) -> tuple[dict, dict]:
+  """Header fields and arrays of `(notes [N, 4], pedal [P, 2], dropped)` or None."""
   if notes is None:
-    return dict(NO_NOTES), b""
+    return dict(NO_NOTES), {"notes": np.zeros(0, np.float32), "pedal": np.zeros(0, np.float32)}
   values, pedal, dropped = notes
-  values = np.asarray(values, "<f4").reshape(-1, 4)
-  pedal = np.asarray(pedal, "<f4").reshape(-1, 2)
+  values = np.asarray(values, np.float32).reshape(-1, 4)
+  pedal = np.asarray(pedal, np.float32).reshape(-1, 2)
   return ({"num_notes": values.shape[0], "num_pedal": pedal.shape[0],
-           "notes_dropped": int(dropped)}, values.tobytes() + pedal.tobytes())
+           "notes_dropped": int(dropped)}, {"notes": values, "pedal": pedal})
 
 
 def encode_window(header: dict, features: np.ndarray, labels: np.ndarray | None = None,
@@ -94,77 +157,108 @@ def encode_window(header: dict, features: np.ndarray, labels: np.ndarray | None 
                                                                                np.uint8)
   if mask.shape != labels.shape:
     raise ValueError(f"label mask {mask.shape} does not match labels {labels.shape}")
-  note_fields, note_bytes = _notes_part(notes)
+  note_fields, note_arrays = _notes_part(notes)
   full = dict(header, kind="window", num_mel_bins=features.shape[0],
               num_frames=features.shape[1], num_labels=labels.shape[0], **note_fields)
-  payload = (features.astype(FEATURE_DTYPE).tobytes() + labels.astype("<f4").tobytes()
-             + mask.tobytes() + note_bytes)
-  return _pack(full, payload)
+  return _serialise(full, {"features": features.astype(FEATURE_DTYPE).tobytes(),
+                           "labels": labels, "label_mask": mask, **note_arrays})
 
 
 def encode_audio(header: dict, samples: np.ndarray, sample_rate: int,
                  notes: tuple[np.ndarray, np.ndarray, int] | None = None) -> bytes:
-  """Stores float samples in [-1, 1] as int16 PCM (clipped), then the note targets."""
+  """Stores float samples in [-1, 1] as int16 PCM (clipped), then the note targets; a
+  `labels` header entry (a list, or None) becomes the `labels` feature."""
   pcm = np.clip(np.round(np.asarray(samples, np.float64) * 32767.0), -32768, 32767)
-  note_fields, note_bytes = _notes_part(notes)
+  header = dict(header)
+  labels = header.pop("labels", None)
+  labels = np.zeros(0, np.float32) if labels is None else np.asarray(labels, np.float32)
+  note_fields, note_arrays = _notes_part(notes)
   full = dict(header, kind="audio", sample_rate=sample_rate, num_samples=int(pcm.shape[0]),
-              **note_fields)
-  return _pack(full, pcm.astype("<i2").tobytes() + note_bytes)
+              num_labels=labels.shape[0], **note_fields)
+  return _serialise(full, {"samples": pcm.astype("<i2").tobytes(), "labels": labels,
+                           **note_arrays})
 
 
-def _notes_size(header: dict, version: int) -> int:
-  if version < 2 or header["num_notes"] < 0:
-    return 0
-  return 16 * header["num_notes"] + 8 * header["num_pedal"]
+def _value(name: str, feature):
+  which = feature.WhichOneof("kind")
+  values = getattr(feature, which).value if which else ()
+  if len(values) != 1:
+    raise RecordError(f"feature {name!r} holds {len(values)} values, a header field one")
+  value = values[0]
+  if which == "bytes_list":
+    try:
+      value = value.decode("utf-8")
+    except UnicodeDecodeError:
+      raise RecordError(f"feature {name!r} is not UTF-8 text") from None
+    return None if name in NULLS and value == NULLS[name] else value
+  return int(value) if which == "int64_list" else float(value)
 
 
-def _decode_notes(header: dict, payload: memoryview, version: int) -> dict[str, np.ndarray]:
-  """`notes [N, 4]` and `pedal [P, 2]` (empty, and header num_notes -1, when none)."""
-  if version < 2:
-    header.update(NO_NOTES)
+def _array(features, name: str, kind: str, dtype, count: int) -> np.ndarray:
+  feature = features[name]
+  values = getattr(feature, kind).value
+  if feature.WhichOneof("kind") not in (kind, None) or len(values) != count:
+    raise RecordError(f"feature {name!r} holds {len(values)} {feature.WhichOneof('kind')} "
+                      f"values, the header implies {count} {kind}")
+  return np.array(values, dtype)
+
+
+def _bytes(features, name: str, size: int, dtype) -> np.ndarray:
+  values = features[name].bytes_list.value
+  got = len(values[0]) if len(values) == 1 else None
+  if got != size:
+    raise RecordError(f"feature {name!r} holds {got} bytes, the header implies {size}")
+  return np.frombuffer(values[0], dtype)
+
+
+def _notes(header: dict, features) -> dict[str, np.ndarray]:
   if header["num_notes"] < 0:
     return {"notes": np.zeros((0, 4), np.float32), "pedal": np.zeros((0, 2), np.float32)}
-  n = 16 * header["num_notes"]
-  return {"notes": np.frombuffer(payload[:n], "<f4").reshape(-1, 4),
-          "pedal": np.frombuffer(payload[n:], "<f4").reshape(-1, 2)}
+  return {"notes": _array(features, "notes", "float_list", np.float32,
+                          4 * header["num_notes"]).reshape(-1, 4),
+          "pedal": _array(features, "pedal", "float_list", np.float32,
+                          2 * header["num_pedal"]).reshape(-1, 2)}
 
 
 def decode(record: bytes) -> tuple[dict, dict[str, np.ndarray]]:
   """Returns (header, arrays). Raises RecordError on any schema violation."""
-  if len(record) < _PREFIX.size:
-    raise RecordError(f"record of {len(record)} bytes is shorter than the prefix")
-  magic, version, header_len = _PREFIX.unpack_from(record)
-  if magic != MAGIC:
-    raise RecordError(f"bad magic {magic!r}")
-  if version not in READABLE_VERSIONS:
+  if record[:4] == legacy_records.MAGIC:
+    return legacy_records.decode(record)
+  try:
+    example = example_proto.example_class().FromString(record)
+  except message.DecodeError as e:
+    raise RecordError(f"not a tf.train.Example ({e}) nor a version 1-2 record") from None
+  features = example.features.feature
+  if "schema_version" not in features:
+    raise RecordError("record has no schema_version feature: not a pipelines.shards record")
+  version = _value("schema_version", features["schema_version"])
+  if version != VERSION:
     raise RecordError(f"schema version {version}, this code reads {list(READABLE_VERSIONS)}")
-  start = _PREFIX.size
+  kind = _value("kind", features["kind"]) if "kind" in features else None
+  if kind not in _ARRAYS:
+    raise RecordError(f"unknown record kind {kind!r}")
+  header, params = {}, {}
+  for name, feature in features.items():
+    if name.startswith("augmentation/"):
+      params[name.removeprefix("augmentation/")] = _value(name, feature)
+    elif name not in _ARRAYS[kind] and name != "schema_version":
+      header[name] = _value(name, feature)
+  header["augmentation"] = {k: params[k] for k in AUGMENTATION
+                            if k in params and params[k] != AUGMENTATION[k]}
   try:
-    header = json.loads(record[start:start + header_len].decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise RecordError(f"header is not UTF-8 JSON: {e}") from None
-  payload = memoryview(record)[start + header_len:]
-  kind = header.get("kind")
-  try:
-    notes = _notes_size(header, version)
+    labels = _array(features, "labels", "float_list", np.float32, header["num_labels"])
     if kind == "window":
-      mel, frames, n = header["num_mel_bins"], header["num_frames"], header["num_labels"]
-      sizes = (2 * mel * frames, 4 * n, n)
-      if len(payload) != sum(sizes) + notes:
-        raise RecordError(f"window payload is {len(payload)} bytes, header implies "
-                          f"{sum(sizes) + notes}")
-      features = np.frombuffer(payload[:sizes[0]], FEATURE_DTYPE).reshape(mel, frames)
-      labels = np.frombuffer(payload[sizes[0]:sizes[0] + sizes[1]], "<f4")
-      mask = np.frombuffer(payload[sizes[0] + sizes[1]:sum(sizes)], np.uint8).astype(bool)
-      return header, {"features": features, "labels": labels, "label_mask": mask,
-                      **_decode_notes(header, payload[sum(sizes):], version)}
-    if kind == "audio":
-      size = 2 * header["num_samples"]
-      if len(payload) != size + notes:
-        raise RecordError(f"audio payload is {len(payload)} bytes, header implies "
-                          f"{size + notes}")
-      samples = np.frombuffer(payload[:size], "<i2").astype(np.float32) / 32767.0
-      return header, {"samples": samples, **_decode_notes(header, payload[size:], version)}
+      mel, frames = header["num_mel_bins"], header["num_frames"]
+      return header, {
+          "features": _bytes(features, "features", 2 * mel * frames,
+                             FEATURE_DTYPE).reshape(mel, frames),
+          "labels": labels,
+          "label_mask": _array(features, "label_mask", "int64_list", bool,
+                               header["num_labels"]),
+          **_notes(header, features)}
+    samples = _bytes(features, "samples", 2 * header["num_samples"], "<i2")
+    header["labels"] = labels.tolist() if labels.size else None
+    return header, {"samples": samples.astype(np.float32) / 32767.0,
+                    **_notes(header, features)}
   except KeyError as e:
-    raise RecordError(f"header lacks field {e}") from None
-  raise RecordError(f"unknown record kind {kind!r}")
+    raise RecordError(f"record lacks field {e}") from None
