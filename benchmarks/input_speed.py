@@ -1,26 +1,58 @@
-"""Grain input pipeline throughput against a plain Python loop over the same shards.
+"""Grain input pipeline throughput, schema 3 (tf.train.Example) against schema 2 (PPTR).
 
   python benchmarks/input_speed.py --shard_dir /tmp/real/percepiano [--windows 1024]
 
-Baseline: a loop that reads the ArrayRecord shards record by record, decodes
-and normalises each window and stacks batches (the work the pipeline does,
-minus shuffling and augmentation). Then `finetuning()` with SpecAugment and
-mixup, with 0, 1 and 2 worker processes. Reported: windows/s for each, after
-one warm-up batch (worker start-up is reported separately).
+`--shard_dir` is a job's output (schema 3). The same windows are rewritten as schema-2
+records (`pipelines.shards.legacy_records`, the layout before the Interop issue) into a
+temporary copy of the directory, so both schemas are read from identical content in one run.
+For each: a plain loop that reads the ArrayRecord shards record by record, decodes and
+normalises each window and stacks batches (the work the pipeline does, minus shuffling and
+augmentation); then `finetuning()` with SpecAugment and mixup, with 0, 1 and 2 worker
+processes. Reported: windows/s after one warm-up batch (worker start-up separately), and
+schema 3 / schema 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
+import platform
+import shutil
+import tempfile
 import time
 
 import numpy as np
+from array_record.python import array_record_module
 
 from pipelines import input_pipeline as ip
-from pipelines.shards import records
+from pipelines.shards import layout, legacy_records, records
 
 
-def _loop(shard_dir: str, windows: int, batch_size: int) -> float:
+def _as_schema_2(shard_dir: pathlib.Path, out: pathlib.Path) -> None:
+  """A copy of the job's window shards with every record rewritten in schema 2."""
+  meta = json.loads((shard_dir / layout.METADATA).read_text())
+  out.mkdir()
+  for row in meta["shards"]:
+    if row["kind"] != "windows" or row["format"] != "array_record":
+      continue
+    writer = array_record_module.ArrayRecordWriter(str(out / row["file"]),
+                                                   layout.ARRAY_RECORD_OPTIONS)
+    for data in layout.read_array_record(str(shard_dir / row["file"])):
+      header, arrays = records.decode(data)
+      notes = (None if header["num_notes"] < 0 else
+               (arrays["notes"], arrays["pedal"], header["notes_dropped"]))
+      header = {k: v for k, v in header.items() if k not in (
+          "kind", "num_mel_bins", "num_frames", "num_labels", "num_notes", "num_pedal",
+          "notes_dropped")}
+      writer.write(legacy_records.encode_window(header, arrays["features"], arrays["labels"],
+                                                arrays["label_mask"], notes))
+    writer.close()
+    row["bytes"] = (out / row["file"]).stat().st_size
+  (out / layout.METADATA).write_text(json.dumps(meta))
+
+
+def _loop(shard_dir: pathlib.Path, windows: int, batch_size: int) -> float:
   shards = ip.ShardSet.open(shard_dir, ("train",))
   source = shards.source()
   t0 = time.perf_counter()
@@ -34,7 +66,8 @@ def _loop(shard_dir: str, windows: int, batch_size: int) -> float:
   return windows / (time.perf_counter() - t0)
 
 
-def _grain(shard_dir: str, windows: int, batch_size: int, workers: int) -> tuple[float, float]:
+def _grain(shard_dir: pathlib.Path, windows: int, batch_size: int,
+           workers: int) -> tuple[float, float]:
   config = ip.InputConfig(batch_size=batch_size, mixup_alpha=10.0, worker_processes=workers)
   t0 = time.perf_counter()
   it = iter(ip.finetuning(shard_dir, config))
@@ -48,19 +81,36 @@ def _grain(shard_dir: str, windows: int, batch_size: int, workers: int) -> tuple
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--shard_dir", required=True)
+  parser.add_argument("--shard_dir", required=True, type=pathlib.Path)
   parser.add_argument("--windows", type=int, default=1024)
   parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="Interleaved rounds; the best of each reader is reported.")
   args = parser.parse_args()
 
-  loop = _loop(args.shard_dir, args.windows, args.batch_size)
-  print(f"{args.windows} windows of [128, 1024], batch {args.batch_size}, 2 cores")
-  print(f"{'reader':<44}{'windows/s':>10}{'vs loop':>9}{'start-up s':>12}")
-  print(f"{'plain loop (read, decode, normalise, stack)':<44}{loop:>10.0f}{1.0:>9.2f}{'-':>12}")
-  for workers in (0, 1, 2):
-    rate, startup = _grain(args.shard_dir, args.windows, args.batch_size, workers)
-    name = f"Grain finetuning(), {workers} worker processes"
-    print(f"{name:<44}{rate:>10.0f}{rate / loop:>9.2f}{startup:>12.1f}")
+  with tempfile.TemporaryDirectory(prefix="schema2-") as scratch:
+    legacy = pathlib.Path(scratch) / "shards"
+    _as_schema_2(args.shard_dir, legacy)
+    dirs = {3: args.shard_dir, 2: legacy}
+    readers = [("plain loop (read, decode, normalise, stack)", None),
+               *((f"Grain finetuning(), {w} worker processes", w) for w in (0, 1, 2))]
+    best: dict[tuple[str, int], tuple[float, float]] = {}
+    for _ in range(args.repeats):  # interleaved: both schemas see the same machine load
+      for name, workers in readers:
+        for schema, root in dirs.items():
+          if workers is None:
+            result = (_loop(root, args.windows, args.batch_size), 0.0)
+          else:
+            result = _grain(root, args.windows, args.batch_size, workers)
+          if result[0] > best.get((name, schema), (0.0,))[0]:
+            best[name, schema] = result
+    shutil.rmtree(legacy)
+  print(f"{args.windows} windows, batch {args.batch_size}, best of {args.repeats}, "
+        f"{platform.processor() or platform.machine()}")
+  print(f"{'reader':<44}{'schema 3 w/s':>13}{'schema 2 w/s':>13}{'3 / 2':>7}{'start-up s':>11}")
+  for name, _ in readers:
+    (new, startup), (old, _) = best[name, 3], best[name, 2]
+    print(f"{name:<44}{new:>13.0f}{old:>13.0f}{new / old:>7.2f}{startup:>11.1f}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 from pipelines import provenance
 from pipelines.audio import augmentation, decode, features, frontend, notes, render, windowing
 from pipelines.beam import output_lock, writer
-from pipelines.shards import layout, records
+from pipelines.shards import layout, records, tfds_info
 
 SCHEMA_VERSION = records.VERSION
 OUTCOMES = "_outcomes.jsonl"
@@ -434,6 +434,22 @@ def _move_tree(source: str, destination: str, overwrite: bool) -> None:
   FileSystems.rename(files, [destination + f[len(source):] for f in files])
 
 
+def _tfds_documents(config: JobConfig, partial: str, metadata: dict) -> dict[str, dict]:
+  """TFDS's two files for the window shards, described from the first window record of the
+  first recording's spill file (none when no window was written)."""
+  spills = sorted(m.path for m in FileSystems.match(
+      [FileSystems.join(partial, SPILL, "windows", "*.bin")])[0].metadata_list)
+  first = next((data for path in spills for data in writer.read_spill(path)), None)
+  if first is None:
+    return {}
+  description = (f"{config.dataset} log-mel windows (schema version {records.VERSION}) "
+                 f"written by pipelines.beam at {metadata['git_revision']}; the features are "
+                 "described in metadata.json's schema.")
+  return {tfds_info.FEATURES: tfds_info.features_json(first),
+          tfds_info.DATASET_INFO: tfds_info.dataset_info_json(
+              config.dataset, metadata["shards"], config.formats, description)}
+
+
 def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
              job_config: dict, source_checksums: dict[str, str], splits: dict,
              max_failure_fraction: float, wall_s: float, overwrite: bool) -> dict:
@@ -495,6 +511,8 @@ def finalize(config: JobConfig, sources: Sequence[Source], final_dir: str, *,
       "splits": splits,
       "wall_seconds": round(wall_s, 1),
   }
+  for name, document in _tfds_documents(config, partial, metadata).items():
+    _write_text(join(partial, name), json.dumps(document, indent=1, sort_keys=True) + "\n")
   _write_text(join(partial, layout.METADATA),
               json.dumps(metadata, indent=1, sort_keys=True) + "\n")
   if not dead:
