@@ -96,13 +96,13 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
           "pipelines.beam.maestro_job", f"--maestro_dir={corpus / 'maestro-v3.0.0'}",
           f"--output_dir={maestro}", *WINDOW, "--nowrite_audio"),
           # Schema 2: the windows carry the note targets the pre-training transcribes.
-          lambda: stages.job_finished(maestro, stages.window_flags(WINDOW), records.VERSION),
+          lambda: stages.job_finished(maestro, stages.window_flags(WINDOW), records.NOTES_SINCE),
           "MAESTRO Beam job -> pre-training shards (with note targets)"),
       stages.Stage("percepiano_shards", (
           "pipelines.beam.percepiano_job", f"--percepiano_dir={release}", f"--output_dir={labelled}",
           *WINDOW),  # with its clean audio, which the ridge's statistics are computed from
           lambda: stages.job_finished(labelled, {**stages.window_flags(WINDOW),
-                                                 "write_audio": True}, records.VERSION),
+                                                 "write_audio": True}, records.NOTES_SINCE),
           "PercePiano Beam job -> labelled shards"),
       stages.training("pretrain", pretrain, (
           "train.main", "--config=train/configs/pretrain.py:tiny", f"--workdir={pretrain}",

@@ -258,8 +258,9 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                                          "--variants=1", "--augment=noise"),
                    # With its clean audio and note targets (schema 2): the ridges' statistics
                    # are computed from them.
-                   lambda: stages.job_finished(labelled, {**stages.window_flags(s["window"]),
-                                                          "write_audio": True}, records.VERSION),
+                   lambda: stages.job_finished(
+                       labelled, {**stages.window_flags(s["window"]), "write_audio": True},
+                       records.NOTES_SINCE),
                    "PercePiano rendered -> labelled shards"),
       # A finished pre-training of another length (an older plan's) is refused, not reused.
       stages.training("pretrain", pretrain, pretrain_args, "SSAST pre-training",
@@ -314,7 +315,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                       f"--soundfont={font}"),
                      lambda d=directory: stages.job_finished(
                          d, {**stages.window_flags(s["window"]), "write_audio": True},
-                         records.VERSION),
+                         records.NOTES_SINCE),
                      f"PercePiano rendered with {pathlib.Path(font).name} ({kind} timbre)"),
         stages.Stage(f"transcribe_percepiano_{kind}_timbre",
                      ("eval.shard_transcription", f"--checkpoint={notes_run}",

@@ -162,21 +162,21 @@ def window_flags(args: Sequence[str]) -> dict[str, float]:
 
 
 def job_finished(output_dir: pathlib.Path, expected: dict | None = None,
-                 schema: int | None = None) -> bool:
+                 min_schema: int | None = None) -> bool:
   """A Beam job's output directory (moved into place only when complete).
 
   With `expected` (config values, e.g. the window), finished shards made with other
   values are an error rather than done: reusing them would silently train on other
-  windows than the stage's command says. With `schema`, so are shards of an older
+  windows than the stage's command says. With `min_schema`, so are shards of an older
   record schema (e.g. 1, without the note targets a later stage reads).
   """
   if not (output_dir / layout.METADATA).is_file():
     return False
   meta = metadata.read(output_dir)
   have = meta.raw.get("schema", {}).get("schema_version")
-  if schema is not None and have != schema:
-    raise StageError(f"{output_dir} holds record schema {have} shards, this stage writes "
-                     f"schema {schema}; delete them to rebuild")
+  if min_schema is not None and (have or 0) < min_schema:
+    raise StageError(f"{output_dir} holds record schema {have} shards, this stage needs "
+                     f"schema {min_schema} or later; delete them to rebuild")
   config = meta.config
   differ = {k: (config.get(k), v) for k, v in (expected or {}).items() if config.get(k) != v}
   if differ:

@@ -296,6 +296,11 @@ def test_labelled_shards_without_their_audio_are_refused(tmp_path):
                   "schema": {"schema_version": 1}}))
   with pytest.raises(benchmark.stages.StageError, match="record schema 1 shards"):
     stage.done()
+  # Schema 2 (PPTR records with note targets) still serves: the reader decodes both.
+  (work / "shards" / "percepiano" / "metadata.json").write_text(
+      json.dumps({"config": {"window_s": 5.12, "hop_s": 5.12, "write_audio": True},
+                  "schema": {"schema_version": 2}}))
+  assert stage.done()
 
 
 def test_the_notes_path_stages_are_done_only_for_the_runs_last_step(tmp_path):

@@ -47,6 +47,7 @@ from google.protobuf import message
 from pipelines.shards import example_proto, layout, legacy_records
 
 VERSION = 3
+NOTES_SINCE = 2  # the first schema whose records carry note targets
 READABLE_VERSIONS = (*legacy_records.READABLE_VERSIONS, VERSION)
 # Log-mel values are stored as little-endian float16: half the bytes, below the front end's
 # own precision.
