@@ -118,14 +118,17 @@ def _rolls(header: dict, arrays: dict, frames: int) -> dict:
   return dict(out, has_notes=np.bool_(has))
 
 
+_HEADER = ("valid_frames", "key", "window_index", "fold", "variant")
+
+
 def _decode(shards: ShardSet, index: int, record: bytes, note_rolls: bool = False) -> dict:
   try:
-    header, arrays = records.decode(record)
+    header, arrays = records.decode(record, _HEADER)
     if header["kind"] != "window":
       raise records.RecordError(f"kind {header['kind']!r} is not a window")
   except (records.RecordError, KeyError, ValueError) as e:
     raise ShardRecordError(f"{shards.locate(index)}: {e}") from None
-  features = frontend.normalize(arrays["features"].astype(np.float32), shards.mean, shards.std)
+  features = frontend.normalize(arrays["features"], shards.mean, shards.std)
   rolls = _rolls(header, arrays, features.shape[1]) if note_rolls else {}
   return {**rolls,
       "features": features,  # [mel, frames], normalised like AST: (x - mean) / (2 std)
@@ -175,7 +178,7 @@ def _keep(config: InputConfig, shards: ShardSet) -> list[int] | None:
   keep = []
   for file, offset in zip(shards.files, shards.offsets):
     for i, record in enumerate(grain.sources.ArrayRecordDataSource([str(file)])):
-      header, _ = records.decode(record)
+      header, _ = records.decode(record, ("fold", "key", "variant"))
       if ((config.folds is None or header["fold"] in config.folds) and
           (config.keys is None or header["key"] in config.keys) and
           (config.variants is None or header["variant"] in config.variants)):

@@ -159,3 +159,14 @@ def test_normalize_matches_ast_extractor(piano):
 def test_normalize_rejects_bad_std():
   with pytest.raises(ValueError, match="std"):
     frontend.normalize(np.zeros(3), 0.0, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_normalize_is_bitwise_the_plain_formula(dtype):
+  # The in-place path must give exactly what `(x - mean) / (2 std)` in float32 gives: the
+  # shards' windows (float16) and the recordings' (float32) are normalised by it.
+  x = np.random.default_rng(0).normal(-4, 3, (128, 64)).astype(dtype)
+  mean, std = -4.2677393, 4.5689974
+  want = (x.astype(np.float32) - mean) / (2.0 * std)
+  got = frontend.normalize(x, mean, std)
+  assert got.dtype == np.float32 and got.tobytes() == want.astype(np.float32).tobytes()

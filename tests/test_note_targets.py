@@ -89,7 +89,8 @@ def test_records_carry_notes_or_say_they_have_none():
   header, arrays = records.decode(audio)
   assert arrays["samples"].shape == (10,) and arrays["notes"].shape == (2, 4)
   damaged = example_proto.example_class().FromString(audio)
-  del damaged.features.feature["notes"].float_list.value[-1]  # a note value lost
+  notes_feature = next(e.value for e in damaged.features.feature if e.key == "notes")
+  del notes_feature.float_list.value[-1]  # a note value lost
   with pytest.raises(records.RecordError, match="'notes' holds 7 .* implies 8"):
     records.decode(damaged.SerializeToString())
   # A version-1 record (before note targets) reads as one without them.

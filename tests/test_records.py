@@ -115,7 +115,7 @@ def test_damaged_legacy_records_raise(how, message):
 def _example(**features) -> bytes:
   example = example_proto.example_class()()
   for name, (kind, values) in features.items():
-    getattr(example.features.feature[name], kind).value.extend(values)
+    getattr(example.features.feature.add(key=name).value, kind).value.extend(values)
   return example.SerializeToString()
 
 
@@ -136,15 +136,27 @@ def test_damaged_records_raise(damage, message):
     records.decode(damage(data))
 
 
+def _feature(example, name: str):
+  return next(e.value for e in example.features.feature if e.key == name)
+
+
+def test_a_repeated_feature_name_is_refused():
+  data = records.encode_window({"key": "k"}, np.zeros((2, 2)))
+  example = example_proto.example_class().FromString(data)
+  example.features.feature.add(key="key").value.bytes_list.value.append(b"other")
+  with pytest.raises(records.RecordError, match="repeats a feature"):
+    records.decode(example.SerializeToString())
+
+
 def test_features_of_the_wrong_size_are_refused():
   features, labels, mask = _window()
   data = records.encode_window({"key": "k"}, features[:, :8], labels, mask)
   example = example_proto.example_class().FromString(data)
-  example.features.feature["features"].bytes_list.value[0] = b"\0" * 10
+  _feature(example, "features").bytes_list.value[0] = b"\0" * 10
   with pytest.raises(records.RecordError, match="'features' holds 10 bytes"):
     records.decode(example.SerializeToString())
   example = example_proto.example_class().FromString(data)
-  del example.features.feature["labels"].float_list.value[-1]
+  del _feature(example, "labels").float_list.value[-1]
   with pytest.raises(records.RecordError, match="'labels' holds 18"):
     records.decode(example.SerializeToString())
 

@@ -61,13 +61,14 @@ def features_json(window_record: bytes) -> dict:
       "pedal": _tensor((-1, 2), "float32"),
   }
   top, augmentation = {}, {}
-  for name, feature in sorted(example.features.feature.items()):
+  for entry in example.features.feature:
+    name, kind = entry.key, entry.value.WhichOneof("kind")
     if name in arrays:
       top[name] = arrays[name]
     elif name.startswith("augmentation/"):
-      augmentation[name.removeprefix("augmentation/")] = _scalar(feature.WhichOneof("kind"))
+      augmentation[name.removeprefix("augmentation/")] = _scalar(kind)
     else:
-      top[name] = _scalar(feature.WhichOneof("kind"))
+      top[name] = _scalar(kind)
   top["augmentation"] = _features_dict(augmentation)
   return {"type": _TFDS + "features_dict.FeaturesDict",
           "content": {"features": top},
