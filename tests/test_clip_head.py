@@ -96,6 +96,7 @@ def test_both_poolings_learn_a_planted_signal_on_held_out_groups(pooling):
   assert score > 0.8, score
 
 
+@pytest.mark.slow  # ~45-90 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_the_same_seed_gives_the_same_head():
   windows, labels, groups = _planted(4, performances=60)
   config = clip_head.HeadConfig(hidden=16, heads=2, max_epochs=5, patience=5)

@@ -175,6 +175,7 @@ def test_clip_stats_run_stops_early_selects_and_resumes_stopped(job_with_audio, 
     loading.load(work)
 
 
+@pytest.mark.slow  # ~45-90 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_test_run_trains_as_long_as_the_folds_selected(job_with_audio, jax_env, tmp_path):
   work = tmp_path / "cv"
   common = [*CLIP_STATS, *STOP_AT_SECOND, f"--workdir={work}",

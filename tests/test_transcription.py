@@ -452,6 +452,7 @@ def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shard
   assert proc.returncode != 0 and "--transcribed_notes" in proc.stderr
 
 
+@pytest.mark.slow  # ~45-90 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_the_report_scores_other_timbres_along_a_continued_runs_lineage(
     notes_pretrained, train_shards, jax_env, tmp_path):
   """A run continued on a second SoundFont is scored with the run it continues (steps counted
@@ -641,6 +642,7 @@ def test_performances_share_batches_and_get_their_own_outputs(notes_pretrained, 
                                                            batch_size=3)[1][0], atol=1e-4)
 
 
+@pytest.mark.slow  # ~45-90 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_probes_embed_with_the_pretrained_and_a_random_encoder(notes_pretrained, job_with_audio,
                                                                jax_env, tmp_path):
   """eval.shard_embeddings -> one row per performance (mean and std of its windows' pooled
