@@ -176,3 +176,25 @@ def test_bad_shapes_refused_at_encode():
     records.encode_window({}, np.zeros(10))
   with pytest.raises(ValueError, match="mask"):
     records.encode_window({}, np.zeros((2, 2)), np.zeros(19), np.ones(3))
+
+
+def test_the_window_is_read_in_place_and_any_example_layout_decodes_the_same():
+  # The writer puts the log-mel bytes last, in a chunk of their own, so decode reads them
+  # from the record itself; the same Example serialised in one chunk (as TensorFlow or any
+  # other writer would) must decode to the same header and arrays.
+  features, labels, mask = _window()
+  data = records.encode_window({"key": "k", "fold": 2}, features, labels, mask,
+                               (np.ones((3, 4)), np.ones((1, 2)), 0))
+  header, arrays = records.decode(data)
+  assert arrays["features"].base is not None and not arrays["features"].flags.owndata
+  assert data.endswith(arrays["features"].tobytes())
+  one_chunk = example_proto.example_class().FromString(data).SerializeToString()
+  assert one_chunk != data
+  again_header, again = records.decode(one_chunk)
+  assert again_header == header
+  for name in arrays:
+    assert again[name].tobytes() == arrays[name].tobytes()
+  audio = records.encode_audio({"key": "a"}, np.linspace(-1, 1, 1000), 16_000)
+  one_chunk = example_proto.example_class().FromString(audio).SerializeToString()
+  np.testing.assert_array_equal(records.decode(audio)[1]["samples"],
+                                records.decode(one_chunk)[1]["samples"])

@@ -39,6 +39,7 @@ SoundFont). Version 1 and 2 records (`pipelines.shards.legacy_records`) still de
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Collection
 
@@ -62,6 +63,7 @@ AUGMENTATION = {"time_stretch": 1.0, "pitch_shift": 0.0, "noise_snr_db": math.in
 NULLS = {"soundfont_sha256": "", "maestro_filename": ""}
 _ARRAYS = {"window": ("features", "labels", "label_mask", "notes", "pedal"),
            "audio": ("samples", "labels", "notes", "pedal")}
+_BIG = ("features", "samples")  # each kind's one large bytes feature, last in a record
 NO_NOTES = {"num_notes": -1, "num_pedal": -1, "notes_dropped": 0}
 
 SPEC = {
@@ -133,10 +135,50 @@ def _serialise(header: dict, arrays: dict) -> bytes:
       f.int64_list.value.extend(value.astype(np.int64).tolist())
     else:
       _floats(f, value)
-  example = example_proto.example_class()()
-  for name in sorted(features):  # key order: what a deterministic map serialisation writes
-    example.features.feature.add(key=name, value=features[name])
-  return example.SerializeToString()
+  # Two chunks, which every protobuf parser merges into one Example (repeated entries
+  # concatenate): the entries in key order, then the one big bytes feature (the log-mel window
+  # or the waveform) alone, so a record ends with its raw bytes and `decode` reads them in
+  # place instead of copying them out of a parsed message.
+  big = next((n for n in _BIG if n in arrays), None)
+  head, tail = example_proto.example_class()(), example_proto.example_class()()
+  for name in sorted(features):
+    (tail if name == big else head).features.feature.add(key=name, value=features[name])
+  return head.SerializeToString() + tail.SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+  out = bytearray()
+  while n > 0x7F:
+    out.append(n & 0x7F | 0x80)
+    n >>= 7
+  return bytes(out + bytes([n]))
+
+
+@functools.lru_cache(maxsize=64)  # one size per job and kind: built once, not per record
+def _tail_prefix(name: str, size: int) -> bytes:
+  """What precedes `size` raw bytes in the tail chunk `_serialise` writes for feature `name`:
+  Example.features (1) > Features.feature (1) > {key (1), value (2)} > Feature.bytes_list (1)
+  > BytesList.value (1), each a length-delimited field (wire tag 0x0A / 0x12)."""
+  inner = b"\x0a" + _varint(size)                         # BytesList.value
+  inner = b"\x0a" + _varint(len(inner) + size) + inner    # Feature.bytes_list
+  key = name.encode()
+  inner = (b"\x0a" + _varint(len(key)) + key + b"\x12" + _varint(len(inner) + size) + inner)
+  inner = b"\x0a" + _varint(len(inner) + size) + inner    # Features.feature (one entry)
+  return b"\x0a" + _varint(len(inner) + size) + inner     # Example.features
+
+
+def _head_end(record: bytes) -> int | None:
+  """Where the first `Example.features` chunk ends, when more follows it (else None)."""
+  if not record or record[0] != 0x0A:
+    return None
+  length = shift = 0
+  for i in range(1, min(len(record), 11)):
+    length |= (record[i] & 0x7F) << shift
+    shift += 7
+    if record[i] < 0x80:
+      end = i + 1 + length
+      return end if end < len(record) else None
+  return None
 
 
 def _notes_part(notes: tuple[np.ndarray, np.ndarray, int] | None) -> tuple[dict, dict]:
@@ -248,13 +290,26 @@ def decode(record: bytes, header_fields: Collection[str] | None = None
   """
   if record[:4] == legacy_records.MAGIC:
     return legacy_records.decode(record)
+  end = _head_end(record)
+  return _decode_example(record, header_fields, end)
+
+
+def _parse(data: bytes) -> dict:
   try:
-    example = example_proto.example_class().FromString(record)
+    example = example_proto.example_class().FromString(data)
   except message.DecodeError as e:
     raise RecordError(f"not a tf.train.Example ({e}) nor a version 1-2 record") from None
   features = {entry.key: entry.value for entry in example.features.feature}
   if len(features) != len(example.features.feature):
     raise RecordError("record repeats a feature name")
+  return features
+
+
+def _decode_example(record: bytes, header_fields: Collection[str] | None, end: int | None
+                    ) -> tuple[dict, dict[str, np.ndarray]]:
+  """`end`: where the record's first chunk ends when it may be `_serialise`'s two chunks (the
+  big bytes read in place); None parses the whole record, as any Example writer lays it out."""
+  features = _parse(record if end is None else record[:end])
   if "schema_version" not in features:
     raise RecordError("record has no schema_version feature: not a pipelines.shards record")
   version = _value("schema_version", features["schema_version"])
@@ -280,17 +335,25 @@ def decode(record: bytes, header_fields: Collection[str] | None = None
       if name in features:
         header[name] = _value(name, features[name])
   try:
+    big, dtype = ("features", FEATURE_DTYPE) if kind == "window" else ("samples", "<i2")
+    size = (2 * header["num_mel_bins"] * header["num_frames"] if kind == "window"
+            else 2 * header["num_samples"])
+    if end is None:
+      values = _bytes(features, big, size, dtype)
+    else:
+      prefix = _tail_prefix(big, size)
+      if len(record) != end + len(prefix) + size or not record.startswith(prefix, end):
+        return _decode_example(record, header_fields, None)  # laid out by another writer
+      values = np.frombuffer(record, dtype, count=size // 2, offset=end + len(prefix))
     labels = _array(features, "labels", "float_list", np.float32, header["num_labels"])
     if kind == "window":
-      mel, frames = header["num_mel_bins"], header["num_frames"]
       return header, {
-          "features": _bytes(features, "features", 2 * mel * frames,
-                             FEATURE_DTYPE).reshape(mel, frames),
+          "features": values.reshape(header["num_mel_bins"], header["num_frames"]),
           "labels": labels,
           "label_mask": _array(features, "label_mask", "int64_list", bool,
                                header["num_labels"]),
           **_notes(header, features)}
-    samples = _bytes(features, "samples", 2 * header["num_samples"], "<i2")
+    samples = values
     header["labels"] = labels.tolist() if labels.size else None
     return header, {"samples": samples.astype(np.float32) / 32767.0,
                     **_notes(header, features)}
