@@ -39,14 +39,7 @@ def _as_schema_2(shard_dir: pathlib.Path, out: pathlib.Path) -> None:
     writer = array_record_module.ArrayRecordWriter(str(out / row["file"]),
                                                    layout.ARRAY_RECORD_OPTIONS)
     for data in layout.read_array_record(str(shard_dir / row["file"])):
-      header, arrays = records.decode(data)
-      notes = (None if header["num_notes"] < 0 else
-               (arrays["notes"], arrays["pedal"], header["notes_dropped"]))
-      header = {k: v for k, v in header.items() if k not in (
-          "kind", "num_mel_bins", "num_frames", "num_labels", "num_notes", "num_pedal",
-          "notes_dropped")}
-      writer.write(legacy_records.encode_window(header, arrays["features"], arrays["labels"],
-                                                arrays["label_mask"], notes))
+      writer.write(legacy_records.encode_window(*records.decode(data)))
     writer.close()
     row["bytes"] = (out / row["file"]).stat().st_size
   (out / layout.METADATA).write_text(json.dumps(meta))

@@ -52,26 +52,19 @@ def _notes_part(notes: tuple[np.ndarray, np.ndarray, int] | None) -> tuple[dict,
            "notes_dropped": int(dropped)}, values.tobytes() + pedal.tobytes())
 
 
-def encode_window(header: dict, features: np.ndarray, labels: np.ndarray | None = None,
-                  label_mask: np.ndarray | None = None,
-                  notes: tuple[np.ndarray, np.ndarray, int] | None = None) -> bytes:
-  """`features` is `[mel, frames]`; `labels`/`label_mask` `[19]` or None (unlabelled);
-  `notes` the window's `(notes [N, 4], pedal [P, 2], dropped)` or None (no MIDI)."""
-  features = np.asarray(features)
-  if features.ndim != 2:
-    raise ValueError(f"features must be [mel, frames], got {features.shape}")
-  labels = np.zeros(0, np.float32) if labels is None else np.asarray(labels, np.float32)
-  mask = np.ones(labels.shape, np.uint8) if label_mask is None else np.asarray(label_mask,
-                                                                               np.uint8)
-  if mask.shape != labels.shape:
-    raise ValueError(f"label mask {mask.shape} does not match labels {labels.shape}")
-  note_fields, note_bytes = _notes_part(notes)
+def encode_window(header: dict, arrays: dict[str, np.ndarray]) -> bytes:
+  """A window as schema 2 wrote it, from what `records.decode` returns for one: `header`
+  (its size fields are recomputed) and `arrays` (`features [mel, frames]`, `labels`,
+  `label_mask`, `notes`, `pedal`); `header["num_notes"]` -1 writes no note targets."""
+  features, labels = arrays["features"], np.asarray(arrays["labels"], "<f4")
+  has_notes = header.get("num_notes", 0) >= 0
+  note_fields, note_bytes = _notes_part(
+      (arrays["notes"], arrays["pedal"], header.get("notes_dropped", 0)) if has_notes else None)
   full = dict(header, kind="window", num_mel_bins=features.shape[0],
               num_frames=features.shape[1], num_labels=labels.shape[0], **note_fields)
-  payload = (features.astype(FEATURE_DTYPE).tobytes() + labels.astype("<f4").tobytes()
-             + mask.tobytes() + note_bytes)
+  payload = (np.asarray(features, FEATURE_DTYPE).tobytes() + labels.tobytes()
+             + np.asarray(arrays["label_mask"], np.uint8).tobytes() + note_bytes)
   return _pack(full, payload)
-
 
 
 def _notes_size(header: dict, version: int) -> int:

@@ -30,6 +30,12 @@ metadata):
     valid_frames, start_s, trim_start_s, soundfont_sha256, performer, ...): a scalar
     feature of its Python type (str -> bytes, int -> int64, float -> float32).
 
+Layout: the writer serialises the Example as two chunks, every other feature in key order and
+then the big bytes feature (`features` or `samples`) alone. Protobuf parsers merge repeated
+chunks of a message field, so to every reader it is one Example; to `decode` it means the
+record ends with the raw window, which it reads in place. Records laid out otherwise (one
+chunk, as TensorFlow writes them) decode the same, through a full parse.
+
 `decode` returns `(header, arrays)` as for every earlier version: the header's scalars,
 `augmentation` as a dict of the applied parameters only, and audio records' `labels` as
 a list (None when unlabelled). Float header values are float32 in an Example. A header
