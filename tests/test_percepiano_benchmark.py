@@ -44,7 +44,8 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert f"--config.init.checkpoint={tmp_path / 'w' / 'pretrain_notes_mixed'}" in plan[
       names.index("cv_ast_notes")].args
   assert needs["cv_scratch"] == needs["cv_cnn"] == needs["performer_ffn"] == ("percepiano_shards",)
-  probes = [f"probe_{e}" for e in benchmark.PROBES] + list(benchmark.CLIP_HEADS.values())
+  probes = [f"probe_{e}" for e in benchmark.PROBES] + list(benchmark.CLIP_HEADS.values()) + [
+      "ensemble"]
   assert set(needs["report_piece"]) == {f"cv_{v}" for v in (*benchmark.VARIANTS,
                                                              *benchmark.STATISTICS_MODELS,
                                                              *probes)}
@@ -53,6 +54,11 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
                                              *benchmark.STATISTICS_MODELS, *probes)}
   # The clip heads read the notes-aware encoder's window embeddings, which embed_notes keeps.
   assert needs["cv_clip_attention"] == needs["performer_window_mean"] == ("embed_notes",)
+  # The ensemble averages two finished members of its own split.
+  assert needs["performer_ensemble"] == ("performer_ast_stats", "performer_window_mean")
+  piece = tmp_path / "w" / "piece"
+  members = f"--members={piece / 'ast_stats'},{piece / 'window_mean'}"
+  assert members in plan[names.index("cv_ensemble")].args
   embed_notes = plan[names.index("embed_notes")].args
   assert f"--windows_output={tmp_path / 'w' / 'window_embeddings_notes.npz'}" in embed_notes
   assert not any("--windows_output" in a for a in plan[names.index("embed_ssast")].args)

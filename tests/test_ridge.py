@@ -189,6 +189,35 @@ def test_the_benchmark_summary_scores_every_model_against_the_ridge(job_with_aud
                                                                     "expression")]), abs=0.2)
       assert np.isfinite(row["r2"])
   assert summary["about"]["piece/out_of_fold"]["headline"] == "mean over folds"
+  # A machine that reran part of the benchmark keeps an earlier summary's other models,
+  # only while its ridge is the same bar.
+  earlier = json.loads(out.read_text())
+  earlier["piece/test"]["old-model"] = dict(earlier["piece/test"]["oracle-notes"], mean=0.9)
+  earlier_path = tmp_path / "earlier.json"
+  earlier_path.write_text(json.dumps(earlier))
+
+  def with_carry():
+    return subprocess.run(
+        [sys.executable, "-m", "eval.report.summary", f"--runs_dir={tmp_path / 'runs'}",
+         f"--output={tmp_path / 'carried.json'}", "--resamples=200",
+         f"--carry_from={earlier_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+
+  proc = with_carry()
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  carried = json.loads((tmp_path / "carried.json").read_text())
+  assert carried["piece/test"]["old-model"]["mean"] == 0.9
+  assert carried["about"]["carried"]["models"] == {"piece/test": ["old-model"]}
+  assert carried["piece/test"]["ridge"] == summary["piece/test"]["ridge"]
+  earlier["piece/test"]["ridge"]["timing"] += 0.01
+  earlier_path.write_text(json.dumps(earlier))
+  proc = with_carry()
+  assert proc.returncode != 0 and "piece/test: the ridge scored here differs" in proc.stderr
+  earlier["piece/test"]["ridge"]["timing"] -= 0.01
+  earlier["performer/test"] = earlier["piece/test"]
+  earlier_path.write_text(json.dumps(earlier))
+  proc = with_carry()
+  assert proc.returncode != 0 and "performer/test: the earlier summary has it" in proc.stderr
   # Without a ridge there is nothing to compare against.
   (runs / "ridge" / crossval.SUMMARY).unlink()
   proc = subprocess.run([sys.executable, "-m", "eval.report.summary",

@@ -19,6 +19,13 @@ and each model, by its directory name (underscores as hyphens: `oracle-notes`):
                                for the ridge itself)
 
 A model without a finished set is listed under `pending` with what it lacks.
+
+`--carry_from=EARLIER.json` is for a machine that reran only part of the benchmark (run
+directories are not committed, and a full rerun takes many sessions): a model of a set that
+the earlier summary holds and RUNS_DIR lacks is kept as it was, named under
+`about.carried`, provided the ridge scored here on that set equals the earlier summary's
+ridge in every figure (same shards, same folds, same bootstrap); otherwise the command
+refuses, because the carried paired differences would be against another bar.
 """
 
 from __future__ import annotations
@@ -114,6 +121,47 @@ def summarise(runs_dir: pathlib.Path, splits=("piece", "performer"), *,
   return summary
 
 
+def _same_figures(a, b, tolerance: float = 1e-6) -> bool:
+  """Equal entries, numbers within `tolerance` (the last bits of a fit move with the CPU's
+  vector width; a different bar moves the figures by far more)."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    return a.keys() == b.keys() and all(_same_figures(a[k], b[k], tolerance) for k in a)
+  if isinstance(a, list) and isinstance(b, list):
+    return len(a) == len(b) and all(_same_figures(x, y, tolerance) for x, y in zip(a, b))
+  if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+    return abs(a - b) <= tolerance
+  return a == b
+
+
+def carry(summary: dict, earlier: dict, source: str = "") -> dict:
+  """`summary` with the models of `earlier` it lacks, set by set (see the module doc)."""
+  carried = {}
+  for key, models in earlier.items():
+    if "/" not in key:
+      continue
+    if key not in summary:
+      raise ReportError(f"{key}: the earlier summary has it, the runs here do not (rerun its "
+                        "ridge at least, so the carried rows can be checked against it)")
+    ridge = [n for n, m in summary[key].items() if m["backbone"] == "ridge"]
+    before = [n for n, m in models.items() if m["backbone"] == "ridge"]
+    if ridge != before or not _same_figures(summary[key][ridge[0]], models[before[0]]):
+      raise ReportError(f"{key}: the ridge scored here differs from the earlier summary's "
+                        f"({summary[key][ridge[0]]['mean']} against "
+                        f"{models[before[0]]['mean'] if before else None}): its rows cannot be "
+                        "carried")
+    for name, entry in models.items():
+      if name not in summary[key]:
+        summary[key][name] = entry
+        carried.setdefault(key, []).append(name)
+  for name, why in earlier.get("pending", {}).items():
+    summary["pending"].setdefault(name, why)
+  if carried:
+    summary["about"]["carried"] = {"from": source or earlier["about"].get("generated", ""),
+                                   "generated": earlier["about"].get("generated", ""),
+                                   "models": carried}
+  return summary
+
+
 def define_flags() -> None:
   flags.DEFINE_string("runs_dir", None, "One directory per split, one run per model.",
                       required=True)
@@ -121,6 +169,8 @@ def define_flags() -> None:
   flags.DEFINE_list("splits", ["piece", "performer"], "The splits to summarise.")
   flags.DEFINE_integer("resamples", statistics.DEFAULT_RESAMPLES, "Bootstrap resamples.")
   flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+  flags.DEFINE_string("carry_from", None, "An earlier summary.json whose models missing from "
+                      "--runs_dir are kept, if its ridge matches the one scored here exactly.")
 
 
 def main(argv: list[str]) -> int:
@@ -128,6 +178,9 @@ def main(argv: list[str]) -> int:
   try:
     summary = summarise(pathlib.Path(FLAGS.runs_dir), FLAGS.splits, resamples=FLAGS.resamples,
                         seed=FLAGS.seed)
+    if FLAGS.carry_from:
+      summary = carry(summary, json.loads(pathlib.Path(FLAGS.carry_from).read_text()),
+                      FLAGS.carry_from)
   except (ReportError, ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   out = pathlib.Path(FLAGS.output)

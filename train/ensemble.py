@@ -1,0 +1,136 @@
+"""An ensemble of finished cross-validations: the mean of their predictions, fold by fold.
+
+  python -m train.ensemble --data_dir=SHARDS --members=W1,W2 --workdir=W \
+      [--split=piece|performer] [--folds=0,1|none] [--test]
+
+Each member is a finished `train.crossval` / `train.ridge` / `train.clip_head` directory of
+the same split and shards. For every fold (and the test set with `--test`) the ensemble's
+prediction of a held-out performance is the unweighted mean of the members' reported
+predictions of it (label space). Equal weights on purpose: a weight chosen on the held-out
+folds would be selection on the very performances the folds score, and the ~900 training
+performances of a fold are too few to fit a stacking layer on inner predictions that the
+members do not write. Nothing is trained, so a fold is exactly as clean as its members: no
+member may have seen the performances it predicts (each member's own fold discipline).
+
+The run directories are the same as the members' (`train.fold_runs`), so `eval.report`
+and `eval.report.summary` read the ensemble like any model; its backbone joins the
+members' (`ast+stats & ast+window_mean`), so an ensemble led by an AST-based member counts
+as AST-based.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from pipelines import entry_point
+from pipelines.shards import metadata
+from train import crossval, fold_runs, predictions, trainer
+
+FLAGS = flags.FLAGS
+
+
+class EnsembleError(ValueError):
+  pass
+
+
+def member_backbone(member: pathlib.Path) -> str:
+  return crossval.read_summary(member)["config"]["model"]["backbone"]
+
+
+def _config(data_dir: pathlib.Path, members: list[pathlib.Path], split: str
+            ) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "task": "finetune", "data_dir": str(data_dir), "split": split, "seed": 0,
+      "validation_fold": -1,
+      "model": {"backbone": " & ".join(member_backbone(m) for m in members)},
+      "ensemble": {"members": [str(m) for m in members]}})
+
+
+def _reported(member: pathlib.Path, held_side: str) -> predictions.Predictions:
+  """A member's reported predictions of one held-out side ("fold<k>" or "test")."""
+  summary = crossval.read_summary(member)
+  if held_side == crossval.TEST:
+    directory = crossval.fold_dir(member, crossval.TEST)
+    if not crossval.finished(directory):
+      raise EnsembleError(f"{member} has no finished test run (run it with --test first)")
+    return predictions.load_selected(directory)
+  parts = dict(zip((f"fold{k}" for k in summary["folds"]), crossval.fold_predictions(member)))
+  return parts[held_side]
+
+
+def run_fold(members: list[pathlib.Path], meta: metadata.ShardMetadata,
+             config: ml_collections.ConfigDict, directory: pathlib.Path) -> trainer.Result:
+  t0 = time.perf_counter()
+  fold = fold_runs.fold_of(meta, config)
+  parts = []
+  for member in members:
+    p = _reported(member, fold.held_side)
+    missing = sorted(set(fold.held_keys) - set(p.keys))
+    if missing:
+      raise EnsembleError(f"{member} did not predict {len(missing)} performances of "
+                          f"{fold.held_side} (other shards or split?), e.g. {missing[:3]}")
+    parts.append(p.subset(fold.held_keys))
+  first = parts[0]
+  for member, p in zip(members[1:], parts[1:]):
+    same = np.array_equal(p.mask, first.mask) and np.array_equal(
+        np.where(p.mask, p.labels, 0), np.where(first.mask, first.labels, 0))
+    if not same:
+      raise EnsembleError(f"{member}'s labels of {fold.held_side} differ from {members[0]}'s: "
+                          "the members were not run on the same shards")
+  scores = np.mean([p.predictions for p in parts], axis=0)
+  return fold_runs.write(directory, config, meta, fold, scores, first.labels, first.mask,
+                         time.perf_counter() - t0, {"members": [str(m) for m in members]})
+
+
+def run(data_dir: str | pathlib.Path, members: list[str | pathlib.Path],
+        workdir: str | pathlib.Path, split: str, only: list[int] | None = None,
+        test: bool = False) -> dict:
+  """Every fold not finished yet (and the test set with `test`); returns the summary."""
+  data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
+  members = [pathlib.Path(m).absolute() for m in members]
+  if len(members) < 2:
+    raise EnsembleError(f"an ensemble needs two members or more, got {len(members)}")
+  if len(set(members)) != len(members):
+    raise EnsembleError("a member is named twice")
+  for member in members:
+    if not member.is_dir():
+      raise EnsembleError(f"member {member} does not exist")
+    summary = crossval.read_summary(member)
+    if summary["split"] != split:
+      raise EnsembleError(f"member {member} is a {summary['split']} split cross-validation, "
+                          f"not {split}")
+  meta = metadata.read(data_dir)
+  return crossval.run(_config(data_dir, members, split), workdir, split, only, test,
+                      train=lambda config, directory: run_fold(members, meta, config,
+                                                               directory))
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("data_dir", None, "The PercePiano job's output the members were run on "
+                      "(its split table).", required=True)
+  flags.DEFINE_list("members", None, "Finished cross-validation directories to average.",
+                    required=True)
+  crossval.define_fold_flags()
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  fold_runs.main(lambda only: run(FLAGS.data_dir, FLAGS.members, FLAGS.workdir, FLAGS.split,
+                                  only, FLAGS.test),
+                 (EnsembleError, predictions.PredictionsError, json.JSONDecodeError))
+
+
+def cli() -> None:
+  """Console entry point (`ppt-ensemble`)."""
+  entry_point.run(__doc__, define_flags, main)
+
+
+if __name__ == "__main__":
+  cli()
