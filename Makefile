@@ -59,7 +59,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m slow --xla_backend_opt=default $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/features_speed.py

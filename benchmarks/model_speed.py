@@ -98,10 +98,10 @@ def _torch_sync(torch) -> None:
     torch.cuda.synchronize()
 
 
-def matmul_peaks(frameworks, reps: int = 20) -> dict[str, float]:
+def matmul_peaks(frameworks, n: int | None = None, reps: int = 20) -> dict[str, float]:
   """Best n³ matmul rate per framework and dtype (FLOP/s); the best of many reps, because
   a noisy neighbour only ever makes a rep slower."""
-  n = 4096 if on_accelerator() else 1024
+  n = n or (4096 if on_accelerator() else 1024)
   flops = 2 * n ** 3
   peaks = {}
   if "flax" in frameworks:
@@ -252,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--pause_s", type=float, default=0.5)
   parser.add_argument("--frameworks", default="flax,torch",
                       help="flax, torch or both (torch needs torch + transformers)")
+  parser.add_argument("--peak_n", type=int, default=None,
+                      help="side of the square matmul that measures the peak (default 4096 on "
+                      "an accelerator, 1024 on a CPU; smaller underestimates the peak)")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   frameworks = args.frameworks.split(",")
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     torch.set_num_threads(args.threads)
 
-  peaks = matmul_peaks(frameworks)
+  peaks = matmul_peaks(frameworks, args.peak_n)
   devices = [str(d) for d in jax.devices()]
   torch_on = torch_device(torch) if "torch" in frameworks else None
   print(f"python {sys.version.split()[0]}, jax {jax.__version__} on {devices}, "
@@ -331,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{show(compile_s['flax'], '.1f') + ' / ' + show(compile_s['torch'], '.1f'):>22}"
               f"{show(memory['flax'], '.0f') + ' / ' + show(memory['torch'], '.0f'):>21}",
               flush=True)
-  end_peaks = matmul_peaks(frameworks)
+  end_peaks = matmul_peaks(frameworks, args.peak_n)
   print("matmul peak GFLOP/s at the end: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in end_peaks.items()))
   if args.json:
     with open(args.json, "w") as f:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+from typing import Callable
 
+import filelock
 import pretty_midi
 import pytest
 
@@ -12,6 +15,30 @@ from pipelines.audio import render
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
+
+
+XLA_LEVEL_FLAG = "--xla_backend_optimization_level"
+
+
+def pytest_addoption(parser) -> None:
+  parser.addoption(
+      "--xla_backend_opt", default="0",
+      help="XLA's CPU backend optimisation level for the tests and the subprocesses they start "
+      "('default': XLA's own). The tests' models are tiny, so compiling them dominates; level 0 "
+      "halves that. make test-slow keeps XLA's default, so the optimised code is tested too.")
+
+
+def xla_test_flags(config) -> str:
+  level = config.getoption("xla_backend_opt")
+  return "" if level == "default" else f"{XLA_LEVEL_FLAG}={level}"
+
+
+def pytest_configure(config) -> None:
+  # Before any test initialises a JAX backend (XLA reads its flags then), in every xdist worker.
+  flags = xla_test_flags(config)
+  if flags:
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(XLA_LEVEL_FLAG)]
+    os.environ["XLA_FLAGS"] = " ".join([*kept, flags])
 
 
 def _real_dataset(env: str, default: pathlib.Path) -> pathlib.Path:
@@ -22,6 +49,29 @@ def _real_dataset(env: str, default: pathlib.Path) -> pathlib.Path:
     if os.environ.get("CI"):
       pytest.fail(f"real dataset missing in CI: {path} (set ${env})")
     pytest.skip(f"real dataset not found at {path} (set ${env})")
+  return path
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[pathlib.Path], None]) -> pathlib.Path:
+  """A directory `build` fills once per test session, whatever the number of xdist workers.
+
+  A session fixture is per worker under pytest-xdist, so each worker would build its own copy
+  of the shared runs, both at half speed on 2 cores. The first worker to ask builds under a
+  file lock in the run's common temporary directory; the others wait and reuse it. A build
+  that fails leaves no completion mark, so the next worker tries again (and fails the same).
+  """
+  if "PYTEST_XDIST_WORKER" not in os.environ:
+    path = tmp_path_factory.mktemp(name)
+    build(path)
+    return path
+  root = tmp_path_factory.getbasetemp().parent
+  path, done = root / name, root / f"{name}.built"
+  with filelock.FileLock(str(root / f"{name}.lock")):
+    if not done.exists():
+      shutil.rmtree(path, ignore_errors=True)
+      path.mkdir()
+      build(path)
+      done.touch()
   return path
 
 
@@ -87,24 +137,26 @@ def train_shards(tmp_path_factory) -> dict[str, pathlib.Path]:
 
   from pipelines.corpus import make_corpus
 
-  root = tmp_path_factory.mktemp("train-shards")
-  make_corpus.make_corpus(root / "corpus", "tiny", seed=3)
   common = ["--window_s=2.56", "--hop_s=1.28", "--target_shard_mb=1", "--nowrite_audio",
             "--direct_running_mode=in_memory", "--direct_num_workers=1"]
-  jobs = {
-      "maestro": ["-m", "pipelines.beam.maestro_job",
-                  f"--maestro_dir={root / 'corpus' / 'maestro-v3.0.0'}"],
-      "percepiano": ["-m", "pipelines.beam.percepiano_job",
-                     f"--percepiano_dir={root / 'corpus' / 'percepiano'}",
-                     "--test_fraction=0.34", "--num_folds=2"],
-  }
-  out = {}
-  for name, args in jobs.items():
-    out[name] = root / name
-    proc = subprocess.run([sys.executable, *args, f"--output_dir={out[name]}", *common],
-                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-  return out
+
+  def build(root: pathlib.Path) -> None:
+    corpus = root / "corpus"
+    make_corpus.make_corpus(corpus, "tiny", seed=3)
+    jobs = {
+        "maestro": ["-m", "pipelines.beam.maestro_job",
+                    f"--maestro_dir={corpus / 'maestro-v3.0.0'}"],
+        "percepiano": ["-m", "pipelines.beam.percepiano_job",
+                       f"--percepiano_dir={corpus / 'percepiano'}",
+                       "--test_fraction=0.34", "--num_folds=2"],
+    }
+    for name, args in jobs.items():
+      proc = subprocess.run([sys.executable, *args, f"--output_dir={root / name}", *common],
+                            cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+      assert proc.returncode == 0, proc.stderr[-2000:]
+
+  root = built_once(tmp_path_factory, "train-shards", build)
+  return {"maestro": root / "maestro", "percepiano": root / "percepiano"}
 
 
 # The encoder of every trainer-driven test: 2 layers of width 64 on 2.56 s windows.
@@ -121,12 +173,15 @@ def small_finetune() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def jax_env(tmp_path_factory) -> dict[str, str]:
-  """Subprocess environment sharing one persistent compilation cache (compiles once)."""
+def jax_env(tmp_path_factory, pytestconfig) -> dict[str, str]:
+  """Subprocess environment sharing one persistent compilation cache (compiles once), with
+  the tests' XLA flags only (none of a developer's own, e.g. a forced device count)."""
   cache = tmp_path_factory.mktemp("xla-cache-session")
   out = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
   out.pop("XLA_FLAGS", None)
+  if xla_test_flags(pytestconfig):
+    out["XLA_FLAGS"] = xla_test_flags(pytestconfig)
   return out
 
 
@@ -136,13 +191,14 @@ def finetuned_run(train_shards, jax_env, tmp_path_factory) -> pathlib.Path:
   import subprocess
   import sys
 
-  workdir = tmp_path_factory.mktemp("finetuned")
-  proc = subprocess.run(
-      [sys.executable, "-m", "train.main", *SMALL_FINETUNE, f"--workdir={workdir}",
-       f"--config.data_dir={train_shards['percepiano']}", "--config.num_steps=4"],
-      cwd=REPO, env=jax_env, capture_output=True, text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return workdir
+  def build(workdir: pathlib.Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.main", *SMALL_FINETUNE, f"--workdir={workdir}",
+         f"--config.data_dir={train_shards['percepiano']}", "--config.num_steps=4"],
+        cwd=REPO, env=jax_env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+  return built_once(tmp_path_factory, "finetuned", build)
 
 
 @pytest.fixture(scope="session")
@@ -151,17 +207,18 @@ def crossval_dir(train_shards, jax_env, tmp_path_factory) -> pathlib.Path:
   import subprocess
   import sys
 
-  workdir = tmp_path_factory.mktemp("crossval")
-  proc = subprocess.run(
-      [sys.executable, "-m", "train.crossval", *SMALL_FINETUNE, f"--workdir={workdir}",
-       f"--config.data_dir={train_shards['percepiano']}", "--config.num_steps=6",
-       "--config.eval_every_steps=3", "--split=piece", "--test"],
-      cwd=REPO, env=jax_env, capture_output=True, text=True, timeout=900, check=False)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  # The CLI's headline is the mean over folds, with the pooled figure named as such.
-  assert "out-of-fold Pearson, mean over folds: timing" in proc.stdout, proc.stdout
-  assert "all folds pooled: mean" in proc.stdout, proc.stdout
-  return workdir
+  def build(workdir: pathlib.Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.crossval", *SMALL_FINETUNE, f"--workdir={workdir}",
+         f"--config.data_dir={train_shards['percepiano']}", "--config.num_steps=6",
+         "--config.eval_every_steps=3", "--split=piece", "--test"],
+        cwd=REPO, env=jax_env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # The CLI's headline is the mean over folds, with the pooled figure named as such.
+    assert "out-of-fold Pearson, mean over folds: timing" in proc.stdout, proc.stdout
+    assert "all folds pooled: mean" in proc.stdout, proc.stdout
+
+  return built_once(tmp_path_factory, "crossval", build)
 
 
 def _percepiano_job(root: pathlib.Path, seed: int, *flags: str) -> pathlib.Path:
@@ -188,7 +245,9 @@ def _percepiano_job(root: pathlib.Path, seed: int, *flags: str) -> pathlib.Path:
 def job_with_audio(tmp_path_factory) -> pathlib.Path:
   """A PercePiano job's output of the tiny generated corpus with its clean audio (what the
   clip statistics are computed from), 2.56 s windows."""
-  return _percepiano_job(tmp_path_factory.mktemp("ridge"), 3, "--window_s=2.56", "--hop_s=2.56")
+  root = built_once(tmp_path_factory, "job-with-audio",
+                    lambda root: _percepiano_job(root, 3, "--window_s=2.56", "--hop_s=2.56"))
+  return root / "shards"
 
 
 @pytest.fixture(scope="session")

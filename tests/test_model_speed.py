@@ -96,7 +96,7 @@ def test_a_tiny_run_compares_both_frameworks_and_writes_every_field(tmp_path):
   out = tmp_path / "speed.json"
   proc = subprocess.run(
       [sys.executable, str(SCRIPT), "--variants=tiny", "--strides=16", "--dtypes=float32",
-       "--reps=1", "--pause_s=0", "--batch=2", f"--json={out}"],
+       "--reps=1", "--pause_s=0", "--batch=2", "--peak_n=256", f"--json={out}"],
       cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())

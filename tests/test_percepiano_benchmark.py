@@ -187,7 +187,7 @@ def test_dry_run_prints_the_commands(tmp_path):
 def test_display_names_survive_the_comma_separated_names_flag():
   assert all("," not in name for name in benchmark.NAMES.values())
   assert set(benchmark.NAMES) == set(benchmark.VARIANTS) | set(benchmark.STATISTICS_MODELS) | {
-      f"probe_{e}" for e in benchmark.PROBES} | set(benchmark.CLIP_HEADS.values())
+      f"probe_{e}" for e in benchmark.PROBES} | set(benchmark.CLIP_HEADS.values()) | {"ensemble"}
 
 
 def _finish(run: pathlib.Path, seconds: float = 1.0) -> None:
@@ -263,7 +263,7 @@ def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
   assert "CNN baseline: test in 2 min" in notes[1]
   pending = [benchmark.NAMES[v] for v in (*benchmark.VARIANTS, *benchmark.STATISTICS_MODELS,
                                           *(f"probe_{e}" for e in benchmark.PROBES),
-                                          *benchmark.CLIP_HEADS.values())
+                                          *benchmark.CLIP_HEADS.values(), "ensemble")
              if v not in ("ast", "cnn")]
   assert notes[2] == f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}."
 
