@@ -1,6 +1,8 @@
 """Export a fine-tuning run to PyTorch: a `transformers.ASTModel` checkpoint plus a small head.
 
   python -m eval.export_transformers --checkpoint=W --output_dir=DIR [--step=best] [--overwrite]
+  python -m eval.export_transformers --kind=transcriber --checkpoint=release/transcriber \
+      --output_dir=release/transcriber/transformers --dtype=float16
 
 Why: most audio users run PyTorch, and the encoder is an AST: written as an
 `ASTModel` checkpoint it loads with `transformers` (no JAX, no network, no copy
@@ -33,6 +35,14 @@ without it computes something else. Options with no `ASTModel` equivalent (a
 backbone other than the AST encoder, windows the encoder does not read) are
 refused with one line, before anything is written.
 
+`--kind=transcriber` writes a notes-aware pre-training run or a transcriber release
+(`eval.export_release`) the same way: its encoder as the `ASTModel`, its transcription head
+(`piano_perception.TranscriptionHead`) in head.safetensors, and in perception.json
+("kind": "transcriber") the head's shape, the decoding thresholds and the feature settings;
+`piano_perception.load` then returns a `PianoTranscription` (frame probabilities).
+`--dtype=float16` stores the weights in half precision (a release's weights are float16
+already, so nothing is lost; the loader computes in float32).
+
 Writing needs only numpy and safetensors; torch and transformers are needed to
 load and run the result (tests/test_export.py does, against the Flax model).
 """
@@ -47,13 +57,13 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import safetensors.numpy
 
-from model import ast, heads, multitask
+from model import ast, heads, multitask, transcription
 from model import params as params_lib
 from model import targets
 from model.convert import conversion, keys, rules
@@ -234,54 +244,61 @@ def head_state_dict(head_params: Mapping[str, Any],
 # --------------------------------------------------------------------------- the description
 
 
+def _encoder_about(e: ast.EncoderConfig) -> dict[str, Any]:
+  return {
+      "class": "transformers.ASTModel", "num_tokens": e.num_tokens,
+      "token_slots": "ASTModel's sequence is [CLS, distillation, F'xT' patches "
+                     "(frequency-major)]; the model uses the first num_tokens slots and "
+                     "masks the others out as keys",
+      "attention_mask_required": e.num_tokens < _AST_TOKENS,
+      "pooling": e.pooling, "grid": list(e.grid), "time_stride": e.time_stride,
+      "num_frames": e.num_frames, "num_mel_bins": e.num_mel_bins,
+      "trained_compute_dtype": e.dtype,
+  }
+
+
 def describe(config: multitask.MultiTaskConfig, head_params: Mapping[str, Any],
              normalizer: targets.TargetNormalizer, data_metadata: Mapping[str, Any],
              source: Mapping[str, Any]) -> dict[str, Any]:
   """perception.json: everything the weights do not say."""
-  e = config.encoder
-  window = _window(data_metadata)
-  fbank = features.AST
   names = (list(taxonomy.DIMENSION_NAMES) if config.num_outputs == taxonomy.NUM_DIMENSIONS
            else [f"output_{i}" for i in range(config.num_outputs)])
-  norm = data_metadata["normalization"]
   return {
-      "format": FORMAT, "format_version": FORMAT_VERSION, "source": dict(source),
-      "encoder": {
-          "class": "transformers.ASTModel", "num_tokens": e.num_tokens,
-          "token_slots": "ASTModel's sequence is [CLS, distillation, F'xT' patches "
-                         "(frequency-major)]; the model uses the first num_tokens slots and "
-                         "masks the others out as keys",
-          "attention_mask_required": e.num_tokens < _AST_TOKENS,
-          "pooling": e.pooling, "grid": list(e.grid), "time_stride": e.time_stride,
-          "num_frames": e.num_frames, "num_mel_bins": e.num_mel_bins,
-          "trained_compute_dtype": e.dtype,
-      },
+      "format": FORMAT, "format_version": FORMAT_VERSION, "kind": "perception",
+      "source": dict(source), "encoder": _encoder_about(config.encoder),
       "head": head_config(config, head_params),
       "targets": {
           "dimensions": names, "mean": list(normalizer.mean), "std": list(normalizer.std),
           "formula": "label = output * std + mean; rating (1-7) = label * 7",
           "rating_scale": percepiano.RATING_SCALE,
       },
-      "features": {
-          "sample_rate": fbank.sample_rate,
-          "log_mel": "torchaudio.compliance.kaldi.fbank(waveform[None], "
-                     f"sample_frequency={fbank.sample_rate}, htk_compat=True, "
-                     "use_energy=False, window_type='hanning', "
-                     f"num_mel_bins={fbank.num_mel_bins}, dither=0.0, "
-                     f"frame_shift={fbank.frame_shift_ms:g})",
-          "layout": "input_values [batch, frames, mel] (transformers'; the project's shards "
-                    "are [mel, frames])",
-          "window_frames": window.frames, "hop_frames": window.hop_frames,
-          "window_s": window.frames / 100, "hop_s": window.hop_frames / 100,
-          "padding": "the last window is zero-padded in the log domain before normalisation; "
-                     "valid_frames says how many frames are real",
-          "storage_dtype": "float16",
-          "log_mel_mean": float(norm["mean"]), "log_mel_std": float(norm["std"]),
-          "normalisation": "(x - mean) / (2 * std)",
-          "soundfont_sha256": data_metadata.get("soundfont_sha256"),
-      },
+      "features": _features_about(data_metadata),
       "aggregation": "a recording's score is the mean of its windows' label-space scores over "
                      "all windows (near-silent ones included)",
+  }
+
+
+def _features_about(data_metadata: Mapping[str, Any]) -> dict[str, Any]:
+  window = _window(data_metadata)
+  fbank = features.AST
+  norm = data_metadata["normalization"]
+  return {
+      "sample_rate": fbank.sample_rate,
+      "log_mel": "torchaudio.compliance.kaldi.fbank(waveform[None], "
+                 f"sample_frequency={fbank.sample_rate}, htk_compat=True, "
+                 "use_energy=False, window_type='hanning', "
+                 f"num_mel_bins={fbank.num_mel_bins}, dither=0.0, "
+                 f"frame_shift={fbank.frame_shift_ms:g})",
+      "layout": "input_values [batch, frames, mel] (transformers'; the project's shards "
+                "are [mel, frames])",
+      "window_frames": window.frames, "hop_frames": window.hop_frames,
+      "window_s": window.frames / 100, "hop_s": window.hop_frames / 100,
+      "padding": "the last window is zero-padded in the log domain before normalisation; "
+                 "valid_frames says how many frames are real",
+      "storage_dtype": "float16",
+      "log_mel_mean": float(norm["mean"]), "log_mel_std": float(norm["std"]),
+      "normalisation": "(x - mean) / (2 * std)",
+      "soundfont_sha256": data_metadata.get("soundfont_sha256"),
   }
 
 
@@ -349,13 +366,57 @@ head's outputs are normalised per dimension; `model` returns `output * std + mea
 """
 
 
+def _transcriber_readme(about: Mapping[str, Any]) -> str:
+  f, e, h = about["features"], about["encoder"], about["head"]
+  return f"""# Piano transcriber (Piano Perception Transformer), exported for PyTorch
+
+Frame-level piano transcription from audio: the notes-aware pre-trained AST encoder and its
+transcription head. Exported from `{about['source'].get('checkpoint')}`, step
+{about['source'].get('step')}. Needs torch, safetensors and transformers >= 5.
+
+```python
+import sys
+sys.path.insert(0, EXPORT_DIR)
+import piano_perception
+
+model = piano_perception.load(EXPORT_DIR)              # a PianoTranscription
+x, valid = piano_perception.windows(logmel, model.about)
+probabilities = model(x, valid)  # onset/offset/frame/velocity [n, {f['window_frames']}, 88], pedal [n, {f['window_frames']}]
+```
+
+Files: `config.json` and `model.safetensors` hold the encoder
+(`transformers.ASTModel.from_pretrained(EXPORT_DIR)`), `head.safetensors` holds
+`piano_perception.TranscriptionHead` ({h['hidden']} hidden units, frame features
+{h['frame_features']}), `perception.json` the head's shape, the decoding thresholds
+chosen on validation ({about['thresholds']}) and the feature settings. Weights are stored
+as {about['weights_dtype']}; the model computes in float32.
+
+## Input
+
+Audio at {f['sample_rate']} Hz, mono, float in [-1, 1]; `logmel [frames, 128]`:
+
+    {f['log_mel']}
+
+Windows of {f['window_frames']} frames ({f['window_s']:g} s); transcription uses no overlap,
+so one window every {f['window_frames']} frames (`windows()` uses the training hop,
+{f['hop_frames']}). Values rounded to float16, then `(x - mean) / (2 * std)` with mean =
+{f['log_mel_mean']:.6f}, std = {f['log_mel_std']:.6f}. The encoder runs with the attention mask
+`PianoTranscription` builds (it has {e['num_tokens']} of ASTModel's 2 extra token slots).
+
+## Output
+
+{about['outputs']}. Decoding notes from them (peak picking with the thresholds above) is
+`eval.transcribe` in the project that trained it.
+"""
+
+
 # --------------------------------------------------------------------------- writing
 
 
 def write(directory: str | pathlib.Path, config: multitask.MultiTaskConfig,
           params: Mapping[str, Any], normalizer: targets.TargetNormalizer,
           data_metadata: Mapping[str, Any], *, source: Mapping[str, Any] | None = None,
-          overwrite: bool = False) -> pathlib.Path:
+          overwrite: bool = False, dtype: str = "float32") -> pathlib.Path:
   """Writes the export of a fine-tuning model (`params`: its whole tree) into `directory`.
 
   Refuses (ExportError) a run with no `ASTModel` equivalent, and an existing
@@ -363,6 +424,63 @@ def write(directory: str | pathlib.Path, config: multitask.MultiTaskConfig,
   export, so a wrong path cannot delete unrelated files). The files are written
   beside it first and moved into place, so a failure leaves no half export.
   """
+  _check_target(directory, overwrite)
+  check_exportable(config, data_metadata)
+  about = describe(config, params["heads"], normalizer, data_metadata, source or {})
+  return _write_files(directory, config.encoder, params["encoder"],
+                      head_state_dict(params["heads"], config), about, _readme, dtype)
+
+
+def write_transcriber(directory: str | pathlib.Path, encoder: ast.EncoderConfig,
+                      params: Mapping[str, Any], hidden: int, frame_features: bool,
+                      thresholds: Mapping[str, float] | None, data_metadata: Mapping[str, Any],
+                      *, source: Mapping[str, Any] | None = None, overwrite: bool = False,
+                      dtype: str = "float32") -> pathlib.Path:
+  """Writes the export of a transcriber (`params`: `encoder` and `transcription`), as
+  `write` does a fine-tuning model."""
+  _check_target(directory, overwrite)
+  window = _window(data_metadata)
+  if window.frames != encoder.num_frames:
+    raise ExportError(f"the data's windows are {window.frames} frames but the encoder reads "
+                      f"{encoder.num_frames}")
+  transcription.check_encoder(encoder)
+  head = {"width": encoder.width, "grid": list(encoder.grid), "time_stride": encoder.time_stride,
+          "num_mel_bins": encoder.num_mel_bins, "hidden": hidden,
+          "frame_features": frame_features, "keys": transcription.KEYS,
+          "outputs": [*transcription.ROLLS, "pedal"]}
+  about = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "transcriber",
+           "source": dict(source or {}), "encoder": _encoder_about(encoder), "head": head,
+           "thresholds": dict(thresholds) if thresholds else None,
+           "features": _features_about(data_metadata),
+           "outputs": "sigmoid probabilities per 10 ms frame: onset, offset, frame (key down), "
+                      "velocity (velocity / 127, meaningful at onsets) [batch, frames, 88], "
+                      "pedal [batch, frames]"}
+  return _write_files(directory, encoder, params["encoder"],
+                      transcription_head_state_dict(params["transcription"]), about,
+                      _transcriber_readme, dtype)
+
+
+def transcription_head_state_dict(head_params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Our transcription head as `piano_perception.TranscriptionHead`'s state dict: Dense
+  kernels `[in, out]` as Linear weights `[out, in]`, the 3-frame Conv kernel `[3, in, out]`
+  as Conv1d's `[out, in, 3]`."""
+  out = {}
+  for path, value in params_lib.flatten(head_params).items():
+    value = np.asarray(value, np.float32)
+    if path == "place":
+      out["place"] = value
+      continue
+    module, leaf = path.rsplit("/", 1)
+    if leaf == "bias":
+      out[f"{module}.bias"] = value
+    elif module == "frames":
+      out["frames.weight"] = value.transpose(2, 1, 0)
+    else:
+      out[f"{module}.weight"] = value.T
+  return {k: np.ascontiguousarray(v) for k, v in sorted(out.items())}
+
+
+def _check_target(directory: str | pathlib.Path, overwrite: bool) -> None:
   directory = pathlib.Path(directory).absolute()
   if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
     if not overwrite:
@@ -370,21 +488,31 @@ def write(directory: str | pathlib.Path, config: multitask.MultiTaskConfig,
     if not (directory / ABOUT).is_file():
       raise ExportError(f"{directory} exists and is not an export (no {ABOUT}); refusing to "
                         "replace it")
-  check_exportable(config, data_metadata)
-  state = encoder_state_dict(params["encoder"], config.encoder)
-  _check_round_trip(state, params["encoder"], config.encoder)
-  about = describe(config, params["heads"], normalizer, data_metadata, source or {})
 
+
+def _write_files(directory: str | pathlib.Path, encoder: ast.EncoderConfig,
+                 encoder_params: Mapping[str, Any], head_state: dict[str, np.ndarray],
+                 about: dict, readme: Callable[[Mapping[str, Any]], str], dtype: str
+                 ) -> pathlib.Path:
+  if dtype not in ("float32", "float16"):
+    raise ExportError(f"--dtype must be float32 or float16, got {dtype!r}")
+  directory = pathlib.Path(directory).absolute()
+  state = encoder_state_dict(encoder_params, encoder)
+  _check_round_trip(state, encoder_params, encoder)
+  about = dict(about, weights_dtype=dtype)
+  cast = lambda tree: {k: v.astype(dtype) for k, v in tree.items()}
+  config = dict(ast_config(encoder))
   directory.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
   try:
     # transformers reads "format" from the safetensors header ("pt": torch tensors).
-    safetensors.numpy.save_file(state, str(staging / ENCODER_WEIGHTS), metadata={"format": "pt"})
-    safetensors.numpy.save_file(head_state_dict(params["heads"], config),
-                                str(staging / HEAD_WEIGHTS), metadata={"format": "pt"})
-    (staging / ENCODER_CONFIG).write_text(json.dumps(ast_config(config.encoder), indent=2) + "\n")
+    safetensors.numpy.save_file(cast(state), str(staging / ENCODER_WEIGHTS),
+                                metadata={"format": "pt"})
+    safetensors.numpy.save_file(cast(head_state), str(staging / HEAD_WEIGHTS),
+                                metadata={"format": "pt"})
+    (staging / ENCODER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     (staging / ABOUT).write_text(json.dumps(about, indent=1) + "\n")
-    (staging / "README.md").write_text(_readme(about))
+    (staging / "README.md").write_text(readme(about))
     shutil.copyfile(TORCH_MODULE, staging / TORCH_MODULE.name)
     for path in staging.iterdir():
       path.chmod(0o644)  # safetensors and mkdtemp are owner-only; an export is for everyone
@@ -409,6 +537,10 @@ def _define_flags() -> None:
   flags.DEFINE_string("step", "best", '"best" (by the run\'s validation metric), "latest" or '
                       "a step number.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing export in --output_dir.")
+  flags.DEFINE_enum("kind", "perception", ["perception", "transcriber"], "perception: a "
+                    "fine-tuning run; transcriber: a notes-aware pre-training run or a "
+                    "transcriber release (its encoder and transcription head).")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "float16"], "How the weights are stored.")
 
 
 def main(argv: list[str]) -> None:
@@ -423,13 +555,30 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   step = recording.parse_step(f.step)
   try:
-    run = loading.load(f.checkpoint, step=step)
-    source = {"checkpoint": str(run.workdir), "step": run.step,
-              "exported_by": "python -m eval.export_transformers",
-              "git_revision": provenance.git_revision(),
-              "model_config": dataclasses.asdict(run.model_config)}
-    directory = write(f.output_dir, run.model_config, run.params, run.normalizer,
-                      run.data_metadata, source=source, overwrite=f.overwrite)
+    if f.kind == "transcriber":
+      run = loading.load_transcriber(f.checkpoint, step=step)
+      m = run.config.model
+      # As given: a release exported from a clone names it by its place in the repository.
+      source = {"checkpoint": f.checkpoint, "step": run.step,
+                "exported_by": "python -m eval.export_transformers --kind=transcriber",
+                "git_revision": provenance.git_revision()}
+      directory = write_transcriber(
+          f.output_dir, ast.EncoderConfig(**m.encoder.to_dict()), run.params,
+          m.transcription_hidden, bool(m.get("transcription_frame_features", False)),
+          run.thresholds, run.data_metadata, source=source, overwrite=f.overwrite,
+          dtype=f.dtype)
+    else:
+      from model import release
+      if release.is_release(f.checkpoint):
+        raise ExportError(f"{f.checkpoint} is a release, not a fine-tuning run; a transcriber "
+                          "release exports with --kind=transcriber")
+      run = loading.load(f.checkpoint, step=step)
+      source = {"checkpoint": str(run.workdir), "step": run.step,
+                "exported_by": "python -m eval.export_transformers",
+                "git_revision": provenance.git_revision(),
+                "model_config": dataclasses.asdict(run.model_config)}
+      directory = write(f.output_dir, run.model_config, run.params, run.normalizer,
+                        run.data_metadata, source=source, overwrite=f.overwrite, dtype=f.dtype)
   except (ValueError, FileNotFoundError) as e:  # RunError, ConversionError are ValueErrors
     sys.exit("error: " + str(e).replace("\n", " "))
   print(f"wrote {directory} (step {run.step}): load it with "

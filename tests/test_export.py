@@ -38,6 +38,7 @@ from model.convert import piano_perception, rules
 from pipelines.audio import frontend
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+TRANSCRIBER = REPO / "release" / "transcriber"
 # Max abs, float32: label space for the run (measured 6e-8), normalised outputs for the
 # redrawn variants (measured 0.7-1.7e-6).
 TOLERANCE = 1e-4
@@ -285,6 +286,10 @@ def test_cli_bad_input_is_one_line_error(exported, finetuned_run, jax_env, tmp_p
       "does not exist": [f"--checkpoint={tmp_path / 'nowhere'}", f"--output_dir={tmp_path / 'b'}"],
       "exists; pass --overwrite": [f"--checkpoint={finetuned_run}", "--step=latest",
                                    f"--output_dir={exported}"],
+      "is not a pre-training run": ["--kind=transcriber", f"--checkpoint={finetuned_run}",
+                                    f"--output_dir={tmp_path / 'c'}"],
+      "exports with --kind=transcriber": [f"--checkpoint={TRANSCRIBER}",
+                                          f"--output_dir={tmp_path / 'd'}"],
   }
   for expected, args in cases.items():
     proc = _cli(args, jax_env)
@@ -292,4 +297,63 @@ def test_cli_bad_input_is_one_line_error(exported, finetuned_run, jax_env, tmp_p
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+  assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+# ------------------------------------------------------------------ the released transcriber
+
+@pytest.fixture(scope="module")
+def transcriber_export(jax_env, tmp_path_factory) -> pathlib.Path:
+  out = tmp_path_factory.mktemp("transcriber") / "export"
+  # By its place in the repository (the CLI runs there), as the committed copy was made.
+  proc = _cli(["--kind=transcriber", "--checkpoint=release/transcriber", f"--output_dir={out}",
+               "--dtype=float16"], jax_env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return out
+
+
+def test_the_released_transcriber_exports_and_matches_flax_on_real_windows(transcriber_export):
+  """The committed transcriber, exported: `ASTModel` + `TranscriptionHead` in PyTorch give
+  Flax's frame probabilities on the windows of its check performance (last one padded)."""
+  from eval import transcribe
+  from model import ast, transcription
+
+  run = loading.load_transcriber(TRANSCRIBER)
+  settings = recording.FeatureSettings.from_metadata(run.data_metadata)
+  samples, _ = transcribe.samples_of(TRANSCRIBER / "check.mid", settings)
+  windows = recording.windows_of(samples, settings, name="check")
+  x = frontend.model_input(windows, settings.mean, settings.std)
+  valid = np.array([w.valid_frames for w in windows], np.int32)
+  assert valid.min() < settings.window.frames  # a padded window is among them
+  m = run.config.model
+  flax_model = transcription.Transcriber(ast.EncoderConfig(**m.encoder.to_dict()),
+                                         m.transcription_hidden, m.transcription_frame_features)
+  flax = jax.device_get(flax_model.apply({"params": run.params}, x, valid))
+
+  model = piano_perception.load(transcriber_export)
+  assert isinstance(model, piano_perception.PianoTranscription)
+  assert model.about["thresholds"] == run.thresholds and model.about["kind"] == "transcriber"
+  with torch.no_grad():
+    ours = model(_hf_input(x), torch.from_numpy(valid))
+    # The bare ASTModel (no key mask for the absent token slot and the padding) differs.
+    hidden = model.encoder(_hf_input(x)).last_hidden_state
+    unmasked = model.head(hidden[:, 2:], _hf_input(x))
+  assert set(ours) == set(flax) == {*transcription.ROLLS, "pedal"}
+  for k in flax:
+    print(f"{k}: max |flax - pytorch| {_max_err(ours[k], flax[k]):.2e}")
+    assert _max_err(ours[k], flax[k]) < TOLERANCE, k
+    assert np.std(flax[k]) > 100 * TOLERANCE, k
+  assert _max_err(torch.sigmoid(unmasked["onset"]), flax["onset"]) > 3 * TOLERANCE
+
+
+def test_the_committed_pytorch_form_is_the_released_transcriber(transcriber_export):
+  """release/transcriber/transformers is what the export of the release writes today."""
+  shipped = TRANSCRIBER / "transformers"
+  for name in (export.ENCODER_CONFIG, export.ENCODER_WEIGHTS, export.HEAD_WEIGHTS,
+               export.TORCH_MODULE.name, "README.md"):
+    assert (shipped / name).read_bytes() == (transcriber_export / name).read_bytes(), name
+  about, fresh = (json.loads((d / export.ABOUT).read_text())
+                  for d in (shipped, transcriber_export))
+  for d in (about, fresh):
+    d["source"].pop("git_revision")
+  assert about == fresh

@@ -1,4 +1,4 @@
-"""PyTorch inference for an exported Piano Perception Transformer.
+"""PyTorch inference for an exported Piano Perception Transformer (or its transcriber).
 
 Needs torch, transformers (>= 5) and safetensors. `python -m eval.export_transformers`
 copies this file into every export directory, so a PyTorch user runs the model
@@ -19,6 +19,12 @@ Use:
   model = piano_perception.load(EXPORT_DIR)
   logmel = ...  # [frames, 128] Kaldi log-mel of 16 kHz mono audio (see README.md)
   recording, per_window = piano_perception.score(model, logmel)  # label space; x 7 = 1-7
+
+An exported transcriber (`perception.json` "kind": "transcriber"; `--kind=transcriber`)
+has a `TranscriptionHead` instead: `load` returns a `PianoTranscription`, whose
+`forward` gives the onset / offset / frame / velocity probabilities `[B, frames, 88]`
+and the pedal's `[B, frames]`; `perception.json` holds the decoding thresholds chosen
+on validation.
 
 Why a wrapper around `ASTModel`: the model was trained with a key mask that
 `ASTModel` alone does not apply. Patches made only of padding (the zero-padded end
@@ -141,6 +147,114 @@ class PerceptionHead(nn.Module):
     return (tokens[:, t:] * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
 
 
+def _masks(e: dict, valid_frames: torch.Tensor | None, batch: int,
+           device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor]:
+  """(ASTModel's `attention_mask [B, 2 + P]` or None when nothing is masked, the training
+  model's token mask `[B, num_tokens + P]` bool), for perception.json's "encoder" `e`."""
+  f, t = e["grid"]
+  if valid_frames is None:
+    valid_frames = torch.full((batch,), e["num_frames"], device=device)
+  # A patch holds signal when its first frame is a real one (model.ast.patch_validity).
+  starts = torch.arange(t, device=device) * e["time_stride"]
+  patches = (starts[None, :] < valid_frames.to(device)[:, None])[:, None, :]
+  patches = patches.expand(batch, f, t).reshape(batch, f * t)
+  slots = torch.arange(2, device=device)[None, :].expand(batch, 2) < e["num_tokens"]
+  ours = torch.cat([slots[:, :e["num_tokens"]], patches], dim=1)
+  full = torch.cat([slots, patches], dim=1)
+  return (None if bool(full.all()) else full.long()), ours
+
+
+def _encode(encoder: nn.Module, e: dict, input_values: torch.Tensor,
+            valid_frames: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+  """The `ASTModel` with the training model's key mask: (its tokens as the training model
+  has them, `[B, num_tokens + P, D]`; their validity mask `[B, num_tokens + P]`)."""
+  expected = (e["num_frames"], e["num_mel_bins"])
+  if input_values.ndim != 3 or tuple(input_values.shape[1:]) != expected:
+    raise ValueError(f"input_values must be [batch, {expected[0]} frames, {expected[1]} mel "
+                     f"bins], got {tuple(input_values.shape)}")
+  attention_mask, ours = _masks(e, valid_frames, input_values.shape[0], input_values.device)
+  if attention_mask is None:
+    hidden = encoder(input_values).last_hidden_state
+  elif "attention_mask" not in inspect.signature(encoder.forward).parameters:
+    raise RuntimeError("this transformers version's ASTModel takes no attention_mask, which "
+                       "this model needs (fewer than 2 extra tokens or padded windows); "
+                       "use transformers >= 5")
+  else:
+    hidden = encoder(input_values, attention_mask=attention_mask).last_hidden_state
+  # ASTModel's sequence is [CLS, distillation, patches]; ours keeps only the slots it has.
+  return torch.cat([hidden[:, :e["num_tokens"]], hidden[:, 2:]], dim=1), ours
+
+
+KEYS = 88
+ROLLS = ("onset", "offset", "frame", "velocity")
+
+
+class TranscriptionHead(nn.Module):
+  """`(patch_tokens [B, F'·T', D], features [B, frames, mel]) -> logits` of onset, offset,
+  frame, velocity `[B, frames, 88]` and pedal `[B, frames]` (frames = T' · time_stride).
+
+  Each time column of patch tokens (its F' tokens concatenated) goes through `hidden`;
+  with `frame_features` every frame of the column gets that, plus a learned embedding of
+  its place in the column and a 3-frame convolution over its log-mel values and their rise
+  since the previous frame; GELU; `out`, one layer shared by the frames. Without frame
+  features `out` predicts all of a column's frames at once.
+  """
+
+  def __init__(self, config: dict):
+    super().__init__()
+    self.config = config
+    f, _ = config["grid"]
+    stride, hidden = config["time_stride"], config["hidden"]
+    per_frame = len(ROLLS) * KEYS + 1
+    self.hidden = nn.Linear(f * config["width"], hidden)
+    if config["frame_features"]:
+      self.place = nn.Parameter(torch.zeros(stride, hidden))
+      self.frames = nn.Conv1d(2 * config["num_mel_bins"], hidden, 3, padding=1)
+      self.out = nn.Linear(hidden, per_frame)
+    else:
+      self.out = nn.Linear(hidden, stride * per_frame)
+
+  def forward(self, patch_tokens: torch.Tensor, features: torch.Tensor) -> dict:
+    c = self.config
+    f, t = c["grid"]
+    stride = c["time_stride"]
+    b = patch_tokens.shape[0]
+    columns = patch_tokens.reshape(b, f, t, -1).transpose(1, 2).reshape(b, t, -1)
+    x = self.hidden(columns)
+    if c["frame_features"]:
+      x = x.repeat_interleave(stride, dim=1)
+      x = x + self.place[torch.arange(t * stride, device=x.device) % stride]
+      rise = (features - torch.cat([features[:, :1], features[:, :-1]], dim=1)).clamp(min=0)
+      x = x + self.frames(torch.cat([features, rise], dim=-1).transpose(1, 2)).transpose(1, 2)
+      x = self.out(F.gelu(x))
+    else:
+      x = self.out(F.gelu(x)).reshape(b, t * stride, -1)
+    out = {name: x[..., i * KEYS:(i + 1) * KEYS] for i, name in enumerate(ROLLS)}
+    out["pedal"] = x[..., -1]
+    return out
+
+
+class PianoTranscription(nn.Module):
+  """The encoder (`transformers.ASTModel`) and the transcription head, with the key masks.
+
+  `forward(input_values [B, frames, mel], valid_frames [B] | None)` returns sigmoid
+  probabilities: onset, offset, frame, velocity (velocity / 127 at onsets) `[B, frames, 88]`
+  and pedal `[B, frames]`. `about["thresholds"]` holds the decoding thresholds chosen on
+  validation (onset, frame, pedal, min_pedal_s).
+  """
+
+  def __init__(self, encoder: nn.Module, head: TranscriptionHead, about: dict):
+    super().__init__()
+    self.encoder, self.head, self.about = encoder, head, about
+
+  def forward(self, input_values: torch.Tensor,
+              valid_frames: torch.Tensor | None = None) -> dict:
+    e = self.about["encoder"]
+    tokens, _ = _encode(self.encoder, e, input_values, valid_frames)
+    logits = self.head(tokens[:, e["num_tokens"]:], input_values)
+    return {k: torch.sigmoid(v) for k, v in logits.items()}
+
+
 class PianoPerception(nn.Module):
   """The encoder (`transformers.ASTModel`) and the head, with the key masks and target statistics.
 
@@ -156,61 +270,33 @@ class PianoPerception(nn.Module):
     targets = about["targets"]
     self.register_buffer("target_mean", torch.tensor(targets["mean"]), persistent=False)
     self.register_buffer("target_std", torch.tensor(targets["std"]), persistent=False)
-    self._takes_mask = "attention_mask" in inspect.signature(encoder.forward).parameters
-
-  def masks(self, valid_frames: torch.Tensor | None, batch: int,
-            device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(ASTModel's `attention_mask [B, 2 + P]` or None when nothing is masked, the
-    training model's token mask `[B, num_tokens + P]` bool)."""
-    e = self.about["encoder"]
-    f, t = e["grid"]
-    if valid_frames is None:
-      valid_frames = torch.full((batch,), e["num_frames"], device=device)
-    # A patch holds signal when its first frame is a real one (model.ast.patch_validity).
-    starts = torch.arange(t, device=device) * e["time_stride"]
-    patches = (starts[None, :] < valid_frames.to(device)[:, None])[:, None, :]
-    patches = patches.expand(batch, f, t).reshape(batch, f * t)
-    slots = torch.arange(2, device=device)[None, :].expand(batch, 2) < e["num_tokens"]
-    ours = torch.cat([slots[:, :e["num_tokens"]], patches], dim=1)
-    full = torch.cat([slots, patches], dim=1)
-    return (None if bool(full.all()) else full.long()), ours
 
   def normalised(self, input_values: torch.Tensor,
                  valid_frames: torch.Tensor | None = None) -> torch.Tensor:
     """The head's output before the target statistics are undone: `[B, outputs]`."""
-    e = self.about["encoder"]
-    expected = (e["num_frames"], e["num_mel_bins"])
-    if input_values.ndim != 3 or tuple(input_values.shape[1:]) != expected:
-      raise ValueError(f"input_values must be [batch, {expected[0]} frames, {expected[1]} mel "
-                       f"bins], got {tuple(input_values.shape)}")
-    attention_mask, ours = self.masks(valid_frames, input_values.shape[0], input_values.device)
-    if attention_mask is None:
-      hidden = self.encoder(input_values).last_hidden_state
-    elif not self._takes_mask:
-      raise RuntimeError("this transformers version's ASTModel takes no attention_mask, which "
-                         "this model needs (fewer than 2 extra tokens or padded windows); "
-                         "use transformers >= 5")
-    else:
-      hidden = self.encoder(input_values, attention_mask=attention_mask).last_hidden_state
-    # ASTModel's sequence is [CLS, distillation, patches]; ours keeps only the slots it has.
-    tokens = torch.cat([hidden[:, :e["num_tokens"]], hidden[:, 2:]], dim=1)
-    return self.head(tokens, ours)
+    tokens, mask = _encode(self.encoder, self.about["encoder"], input_values, valid_frames)
+    return self.head(tokens, mask)
 
   def forward(self, input_values: torch.Tensor,
               valid_frames: torch.Tensor | None = None) -> torch.Tensor:
     return self.normalised(input_values, valid_frames) * self.target_std + self.target_mean
 
 
-def load(directory: str | pathlib.Path, device: str | torch.device = "cpu") -> PianoPerception:
-  """The exported model in eval mode (float32), from local files only."""
+def load(directory: str | pathlib.Path, device: str | torch.device = "cpu"
+         ) -> PianoPerception | PianoTranscription:
+  """The exported model in eval mode (float32), from local files only: a `PianoPerception`,
+  or a `PianoTranscription` for an exported transcriber."""
   from transformers import ASTModel
 
   directory = pathlib.Path(directory)
   about = json.loads((directory / ABOUT).read_text())
-  encoder = ASTModel.from_pretrained(directory, local_files_only=True)
-  head = PerceptionHead(about["head"])
-  head.load_state_dict(safetensors.torch.load_file(directory / HEAD_WEIGHTS), strict=True)
-  return PianoPerception(encoder, head, about).to(device).float().eval()
+  encoder = ASTModel.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
+  transcriber = about.get("kind") == "transcriber"
+  head = (TranscriptionHead if transcriber else PerceptionHead)(about["head"])
+  state = {k: v.float() for k, v in safetensors.torch.load_file(directory / HEAD_WEIGHTS).items()}
+  head.load_state_dict(state, strict=True)
+  model = (PianoTranscription if transcriber else PianoPerception)(encoder, head, about)
+  return model.to(device).float().eval()
 
 
 def windows(logmel: torch.Tensor, about: dict) -> tuple[torch.Tensor, torch.Tensor]:
