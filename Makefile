@@ -34,14 +34,16 @@ demo: $(STAMP)
 # The real benchmark on 2 cores, resumable stage by stage (rerun to continue; STAGES=a,b and
 # FOLDS=0,1 run pieces). Reports land in reports/benchmark/{piece,performer} (committed).
 # JOBS=2: two stages at once when their inputs are ready (1.3x the training throughput on 2
-# cores, measured); JOBS=1 runs them one at a time, in order.
+# cores, measured); JOBS=1 runs them one at a time, in order. NOTES_ENCODER=release/transcriber
+# uses the committed transcriber instead of the notes-aware pre-training (a fresh machine).
 STAGES ?=
 FOLDS ?=
 JOBS ?= 2
+NOTES_ENCODER ?=
 benchmark-percepiano: $(STAMP)
 	$(BIN)/python -m experiments.percepiano_benchmark --percepiano_dir=$(PERCEPIANO_DIR) \
 	  --asap_dir=$(ASAP_DIR) --workdir=out/benchmark --report_dir=reports/benchmark \
-	  --only=$(STAGES) --folds=$(FOLDS) --jobs=$(JOBS)
+	  --only=$(STAGES) --folds=$(FOLDS) --jobs=$(JOBS) --notes_encoder=$(NOTES_ENCODER)
 
 # The data path alone on the embedded corpus: MIDI -> audio -> log-mel -> windows (~1 min).
 demo-data: $(STAMP)

@@ -207,6 +207,9 @@ def define_flags() -> None:
                       "hear in training (Debian: musescore-general-soundfont-lossless): the "
                       "held-out ASAP compositions rendered with it test transcription across "
                       "timbres. Empty: skip that test.")
+  flags.DEFINE_string("notes_encoder", None, "A transcriber release (release/transcriber) or "
+                      "finished notes-aware run to use instead of pre-training one: drops the "
+                      "notes-aware pre-training stages and the transcription report.")
   flags.DEFINE_integer("jobs", 1, "Stages to run at once when their inputs are ready (2 on "
                        "2 cores: 1.3x the training throughput of one at a time).", lower_bound=1)
 
@@ -221,17 +224,27 @@ UNSEEN_SOUNDFONT = "/usr/share/sounds/sf2/MuseScore_General_Full.sf2"
 def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Path, size: str,
          folds: str = "", reports: pathlib.Path | None = None,
          unseen_soundfont: str = UNSEEN_SOUNDFONT,
-         second_soundfont: str = SECOND_SOUNDFONT) -> list[stages.Stage]:
+         second_soundfont: str = SECOND_SOUNDFONT,
+         notes_encoder: pathlib.Path | None = None) -> list[stages.Stage]:
   """The stages; reports go to `reports/<split>` (default WORK/reports). The notes-aware
   run is continued on TimGM6mb + `second_soundfont`; with `unseen_soundfont` (empty: none)
   the held-out ASAP compositions are also rendered with it and the transcription report
-  scores them with every other timbre."""
+  scores them with every other timbre.
+
+  `notes_encoder` (a transcriber release, e.g. release/transcriber, or a finished run) stands
+  in for `pretrain_notes_mixed`: on a fresh machine the stages after it (transcription of
+  PercePiano, embeddings, probes, AST+stats, clip heads, the ensemble, `ast_notes`) then run
+  in minutes instead of after hours of pre-training. The notes-aware pre-training stages and
+  the transcription report (which scores a run's kept checkpoints) leave the plan."""
   s = SIZES[size]
   asap, labelled, pretrain = work / "shards" / "asap", work / "shards" / "percepiano", work / "pretrain"
   mixed = work / "shards" / "asap_mixed"
   pretrain_args = ("train.main", *s["pretrain"], f"--workdir={pretrain}", f"--config.data_dir={asap}",
                    *s["encoder"])
-  notes_pretrain, notes_run = work / "pretrain_notes", work / "pretrain_notes_mixed"
+  notes_pretrain = work / "pretrain_notes"
+  notes_run = notes_encoder or work / "pretrain_notes_mixed"
+  # The stage the notes-aware encoder comes from (none when it is given).
+  notes_needs = () if notes_encoder else ("transcription",)
   notes_args = ("train.main", *s["pretrain_notes"], f"--workdir={notes_pretrain}",
                 f"--config.data_dir={asap}", *s["encoder"])
   mixed_args = ("train.main", *s["pretrain_notes_mixed"], f"--workdir={notes_run}",
@@ -305,8 +318,11 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                     f"--data_dir={labelled}", f"--output={transcribed}"),
                    lambda: _transcribed(transcribed, notes_run),
                    "PercePiano transcribed by the notes-aware encoder",
-                   needs=("transcription", "percepiano_shards")),
+                   needs=(*notes_needs, "percepiano_shards")),
   ]
+  if notes_encoder:
+    replaced = {"asap_mixed_shards", "pretrain_notes", "pretrain_notes_mixed", "transcription"}
+    out = [st for st in out if st.name not in replaced]
   # Perception across timbres: PercePiano rendered (clean) with the second SoundFont and the
   # unseen one, transcribed by the same encoder; eval.cross_timbre fits the audio ridge and
   # the notes ridge on the TimGM6mb renders and scores every timbre's test set.
@@ -330,7 +346,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                       f"--data_dir={directory}", f"--output={archive}"),
                      lambda a=archive: _transcribed(a, notes_run),
                      f"PercePiano ({kind} timbre) transcribed by the notes-aware encoder",
-                     needs=("transcription", f"percepiano_{kind}_timbre_shards"))]
+                     needs=(*notes_needs, f"percepiano_{kind}_timbre_shards"))]
     other_jobs.append(directory)
     other_archives.append(archive)
     other_stages.append(f"transcribe_percepiano_{kind}_timbre")
@@ -348,7 +364,8 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   embeddings = {encoder: work / f"embeddings_{encoder}.npz" for encoder in PROBES}
   window_embeddings = work / f"window_embeddings_{CLIP_HEAD_ENCODER}.npz"
   for encoder, run in PROBES.items():
-    run_dir = work / run
+    given = notes_encoder and run == "pretrain_notes_mixed"
+    run_dir = notes_run if given else work / run
     random_init = ("--random_init",) if encoder == "random" else ()
     # The notes-aware encoder's windows are kept one by one too: the clip heads pool them.
     per_window = ((f"--windows_output={window_embeddings}",) if encoder == CLIP_HEAD_ENCODER
@@ -361,7 +378,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
             _embedded(embeddings[e], r, e == "random")
             and (not w or _embedded(window_embeddings, r, False, windows=True))),
         f"PercePiano embedded by the {encoder} encoder (frozen)",
-        needs=(run, "percepiano_shards")))
+        needs=(*(() if given else (run,)), "percepiano_shards")))
 
   def cross_validation(split: str, variant: str) -> stages.Stage:
     directory = work / split / variant
@@ -369,8 +386,10 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
     # performer split) train on every fold and are compared on the held-out test set.
     run_folds = folds if variant in s["cross_validated"].get(split, ()) else "none"
     init = INIT_STAGES.get(variant, "pretrain")
+    given = notes_encoder and init == "pretrain_notes_mixed"
     args = ["train.crossval", *s["finetune"], f"--workdir={directory}", f"--split={split}",
-            f"--config.data_dir={labelled}", f"--config.init.checkpoint={work / init}",
+            f"--config.data_dir={labelled}",
+            f"--config.init.checkpoint={notes_run if given else work / init}",
             *s["encoder"], *VARIANTS[variant], *s.get("variants", {}).get(variant, []), "--test"]
     if run_folds:
       args.append(f"--folds={run_folds}")
@@ -379,7 +398,8 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
     return stages.Stage(f"{'cv' if split == 'piece' else 'performer'}_{variant}", tuple(args),
                         lambda: _crossval_finished(directory, run_folds, args),
                         f"{split} split, {variant}",
-                        needs=("percepiano_shards", *((init,) if pretrained else ())))
+                        needs=("percepiano_shards",
+                               *((init,) if pretrained and not given else ())))
 
   # One statistics cache for every run on them; the piece ridge fills it, the others wait.
   statistics = work / "clip_statistics.npz"
@@ -524,6 +544,10 @@ def _report_command(work: pathlib.Path, split: str, variants: list[str],
 
 
 def _last_step(workdir: pathlib.Path) -> int | None:
+  """A finished run's last step, or a release's own step."""
+  about = workdir / "release.json"  # model.release.ABOUT (not imported: it loads JAX)
+  if about.is_file():
+    return int(json.loads(about.read_text())["step"])
   result = rundir.read_result(workdir)
   return result["step"] if result and rundir.finished(result) else None
 
@@ -622,7 +646,8 @@ def main(argv):
   chosen = plan(pathlib.Path(FLAGS.percepiano_dir).absolute(),
                 pathlib.Path(FLAGS.asap_dir).absolute(), work, FLAGS.size, FLAGS.folds,
                 pathlib.Path(FLAGS.report_dir).absolute() if FLAGS.report_dir else None,
-                FLAGS.unseen_soundfont, FLAGS.second_soundfont)
+                FLAGS.unseen_soundfont, FLAGS.second_soundfont,
+                pathlib.Path(FLAGS.notes_encoder).absolute() if FLAGS.notes_encoder else None)
   if FLAGS.only:
     unknown = sorted(set(FLAGS.only) - {st.name for st in chosen})
     if unknown:

@@ -345,3 +345,33 @@ def test_the_notes_path_stages_are_done_only_for_the_runs_last_step(tmp_path):
   statistics_table.save_vectors(random_table, ["k"], np.zeros((1, 2)),
                                 {"step": None, "random_init": True})
   assert benchmark._embedded(random_table, run, random_init=True)
+
+
+def test_a_released_notes_encoder_replaces_the_notes_aware_pre_training(tmp_path):
+  """--notes_encoder=release/transcriber: the stages after the notes-aware run read the
+  release, wait for nothing but the shards, and count as done for the release's own step."""
+  from pipelines.audio import notes
+  released = REPO / "release" / "transcriber"
+  plan = benchmark.plan(tmp_path / "pp", tmp_path / "asap", tmp_path / "w", "cpu",
+                        notes_encoder=released)
+  names = [s.name for s in plan]
+  assert not {"asap_mixed_shards", "pretrain_notes", "pretrain_notes_mixed",
+              "transcription"} & set(names)
+  assert "pretrain" in names  # SSAST pre-training is not replaced
+  by_name = {s.name: s for s in plan}
+  for k, stage in enumerate(plan):  # every need still names an earlier stage of the plan
+    assert set(stage.needs) <= set(names[:k]), stage.name
+  assert by_name["transcribe_percepiano"].needs == ("percepiano_shards",)
+  assert by_name["embed_notes"].needs == by_name["embed_random"].needs == ("percepiano_shards",)
+  assert by_name["embed_ssast"].needs == ("pretrain", "percepiano_shards")
+  for name in ("transcribe_percepiano", "embed_notes", "transcribe_percepiano_second_timbre"):
+    assert f"--checkpoint={released}" in by_name[name].args, name
+  assert f"--config.init.checkpoint={released}" in by_name["cv_ast_notes"].args
+  assert by_name["cv_ast_notes"].needs == ("percepiano_shards",)
+  # Done for the release's step, not for another.
+  step = json.loads((released / "release.json").read_text())["step"]
+  assert benchmark._last_step(released) == step
+  archive = tmp_path / "notes.npz"
+  for archived, done in ((step - 1, False), (step, True)):
+    notes.save_archive(archive, {}, {}, {"step": archived}, (("x",), {}))
+    assert benchmark._transcribed(archive, released) is done
