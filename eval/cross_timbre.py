@@ -2,6 +2,7 @@
 
   python -m eval.cross_timbre --train_data=SHARDS --test_data=OTHER,... \
       [--transcribed_notes=A.npz --test_transcribed_notes=B.npz,...] \
+      [--embeddings=A.npz --test_embeddings=B.npz,...] \
       --cache_dir=out/cross_timbre --output=reports/benchmark/cross_timbre.json
 
 Users score recordings, not our TimGM6mb renders. Each model here is the closed-form
@@ -14,6 +15,11 @@ job's own, then each `--test_data` job (the same release rendered with another
   ridge   the clip statistics of the audio (the project's bar)
   notes   the note statistics of the notes-aware encoder's transcription of that audio
           (`eval.shard_transcription` of each job, in the same order as the jobs)
+  ast_stats  AST+stats (`train.ridge --features=ast_stats`: the transcription's note and
+          probability statistics, the same encoder's frozen clip embedding of that audio
+          (`eval.shard_embeddings` of each job, in order), and the audio statistics), with its
+          block weight; a timbre where some test performance was transcribed to no note
+          cannot be scored by it and says so (`skipped`) instead
 
 Per model and timbre: the mean Pearson per group with a bootstrap CI over performances,
 mean R², `untranscribed` (notes: performances whose transcription found no note; they
@@ -39,7 +45,8 @@ from pipelines.shards import metadata
 from train import metrics, ridge, statistics_table
 
 FLAGS = flags.FLAGS
-MODELS = {"ridge": "audio", "notes": "notes"}  # model -> statistics_table features
+# model -> statistics_table features
+MODELS = {"ridge": "audio", "notes": "notes", "ast_stats": "ast_stats"}
 
 
 class CrossTimbreError(ValueError):
@@ -96,18 +103,25 @@ def _predict_transcribed(fitted: ridge.RidgeModel, archive: str, keys
 
 
 def evaluate(train_dir: str | pathlib.Path, test_dirs, cache_dir: str | pathlib.Path, *,
-             models=tuple(MODELS), transcribed=None, split: str = "piece", workers: int = 1,
-             resamples: int = statistics.DEFAULT_RESAMPLES, seed: int = 0) -> dict:
-  """`transcribed`: the notes archives of the training job then of each test job (notes)."""
+             models=("ridge", "notes"), transcribed=None, embeddings=None, split: str = "piece",
+             workers: int = 1, resamples: int = statistics.DEFAULT_RESAMPLES,
+             seed: int = 0) -> dict:
+  """`transcribed`: the notes archives of the training job then of each test job (notes,
+  ast_stats); `embeddings`: the clip-embedding tables, in the same order (ast_stats)."""
   jobs = [metadata.read(train_dir), *(metadata.read(d) for d in test_dirs)]
   names = [_timbre(m) for m in jobs]
   if len(set(names)) < len(names):
     raise CrossTimbreError(f"two jobs rendered with the same SoundFonts: {names}")
   for other in jobs[1:]:
     _check_same_release(jobs[0], other, split)
-  if "notes" in models and (transcribed is None or len(transcribed) != len(jobs)):
-    raise CrossTimbreError(f"the notes model needs one transcription per job ({len(jobs)}: "
-                           "--transcribed_notes for the training job, --test_transcribed_notes "
+  transcribing = [m for m in models if m in ("notes", "ast_stats")]
+  if transcribing and (transcribed is None or len(transcribed) != len(jobs)):
+    raise CrossTimbreError(f"the {transcribing[0]} model needs one transcription per job "
+                           f"({len(jobs)}: --transcribed_notes for the training job, "
+                           "--test_transcribed_notes for the others, in order)")
+  if "ast_stats" in models and (embeddings is None or len(embeddings) != len(jobs)):
+    raise CrossTimbreError(f"the ast_stats model needs one embedding table per job "
+                           f"({len(jobs)}: --embeddings for the training job, --test_embeddings "
                            "for the others, in order)")
   assignment = jobs[0].split_table(split)
   train_keys = sorted(k for k, side in assignment.items() if side.startswith("fold"))
@@ -115,7 +129,7 @@ def evaluate(train_dir: str | pathlib.Path, test_dirs, cache_dir: str | pathlib.
   if not train_keys or not test_keys:
     raise CrossTimbreError(f"{train_dir}: the {split} split has no training folds or no test set")
   cache_dir = pathlib.Path(cache_dir)
-  if "notes" in models:  # which encoder step transcribed each job
+  if transcribing:  # which encoder step transcribed each job
     abouts = [notes.load_archive(path)[2] for path in transcribed]
   out = {"split": split, "set": "test", "performances": len(test_keys),
          "trained_on": {"shards": str(pathlib.Path(train_dir).absolute()), "timbre": names[0],
@@ -126,18 +140,24 @@ def evaluate(train_dir: str | pathlib.Path, test_dirs, cache_dir: str | pathlib.
          **({"transcriptions": [{"file": str(pathlib.Path(p).absolute()),
                                   "checkpoint": a.get("checkpoint"), "step": a.get("step")}
                                  for p, a in zip(transcribed, abouts)]}
-            if "notes" in models else {}),
+            if transcribing else {}),
          "resamples": resamples, "machine": machine.describe(), "models": {}}
+  def files(features: str, i: int):
+    return {"notes": transcribed[i] if transcribed else None,
+            "ast_stats": (transcribed[i], embeddings[i]) if embeddings else None}.get(features)
+
   for model in models:
     features = MODELS[model]
     # The fit reads the training job's table; the test timbres are scored on the same
     # performances, with the training job's labels (the same release, checked above).
     train_table = statistics_table.load(jobs[0].root, cache_dir / f"{model}_0_{names[0]}.npz",
-                                        workers, features,
-                                        transcribed[0] if features == "notes" else None)
+                                        workers, features, files(features, 0))
     rows = train_table.rows(train_keys)
+    # AST+stats: the note statistics first, then the block of everything else (train.ridge).
+    second = len(statistics_table.names("notes")) if features == "ast_stats" else None
     fitted = ridge.fit(train_table.x[rows], train_table.labels[rows], train_table.mask[rows],
-                       statistics_table.groups_of(train_keys, split), seed=seed)
+                       statistics_table.groups_of(train_keys, split), seed=seed,
+                       second_block=second)
     missing = sorted(set(test_keys) - set(train_table.keys))
     if missing:
       raise CrossTimbreError(f"{names[0]}: {len(missing)} test performances have no statistics, "
@@ -153,8 +173,16 @@ def evaluate(train_dir: str | pathlib.Path, test_dirs, cache_dir: str | pathlib.
       elif features == "notes":
         predicted, untranscribed = _predict_transcribed(fitted, transcribed[i], test_keys)
       else:
-        other = statistics_table.load(job.root, cache_dir / f"{model}_{i}_{name}.npz", workers,
-                                      features)
+        try:
+          other = statistics_table.load(job.root, cache_dir / f"{model}_{i}_{name}.npz",
+                                        workers, features, files(features, i))
+        except statistics_table.StatisticsError as e:
+          if features != "ast_stats" or "transcription has 0 notes" not in str(e):
+            raise
+          # No statistics of a transcription without notes: not scored, and said so.
+          out["models"][model][name] = {"skipped": f"a test performance has no transcribed "
+                                                   f"note ({e})"}
+          continue
         absent = sorted(set(test_keys) - set(other.keys))
         if absent:
           raise CrossTimbreError(f"{name}: {len(absent)} test performances have no "
@@ -179,6 +207,9 @@ def table(result: dict) -> str:
     for name in result["timbres"]:
       s = entry[name]
       trained = " (trained on)" if name == result["trained_on"]["timbre"] else ""
+      if "skipped" in s:
+        lines.append(f"| {model} | {name}{trained} | not scored: {s['skipped'][:80]} |")
+        continue
       lines.append(f"| {model} | {name}{trained} | "
                    + " | ".join(f"{s[g]:.3f}" for g in taxonomy.GROUPS)
                    + f" | {s['mean']:.3f} [{s['mean_ci'][0]:.3f}, {s['mean_ci'][1]:.3f}] | "
@@ -192,9 +223,14 @@ def define_flags() -> None:
                       "training folds).", required=True)
   flags.DEFINE_list("test_data", [], "PercePiano jobs of the same release rendered with other "
                     "SoundFonts.")
-  flags.DEFINE_list("models", list(MODELS), f"Models: {', '.join(MODELS)}.")
+  flags.DEFINE_list("models", ["ridge", "notes"], f"Models: {', '.join(MODELS)} (ast_stats "
+                    "needs --embeddings and --test_embeddings).")
   flags.DEFINE_string("transcribed_notes", None, "notes: the training job's transcription "
                       "(eval.shard_transcription).")
+  flags.DEFINE_string("embeddings", None, "ast_stats: the training job's clip embeddings "
+                      "(eval.shard_embeddings).")
+  flags.DEFINE_list("test_embeddings", [], "ast_stats: each test job's clip embeddings, in "
+                    "--test_data's order.")
   flags.DEFINE_list("test_transcribed_notes", [], "notes: each test job's transcription, in "
                     "the order of --test_data.")
   flags.DEFINE_enum("split", "piece", ["piece", "performer"], "The split whose test set is "
@@ -215,9 +251,11 @@ def main(argv: list[str]) -> int:
     sys.exit(f"error: unknown models {unknown} (choose from {sorted(MODELS)})")
   transcribed = ([FLAGS.transcribed_notes, *FLAGS.test_transcribed_notes]
                  if FLAGS.transcribed_notes else None)
+  embeddings = [FLAGS.embeddings, *FLAGS.test_embeddings] if FLAGS.embeddings else None
   try:
     result = evaluate(FLAGS.train_data, FLAGS.test_data, FLAGS.cache_dir, models=FLAGS.models,
-                      transcribed=transcribed, split=FLAGS.split, workers=FLAGS.workers,
+                      transcribed=transcribed, embeddings=embeddings, split=FLAGS.split,
+                      workers=FLAGS.workers,
                       resamples=FLAGS.resamples, seed=FLAGS.seed)
   except (CrossTimbreError, statistics_table.StatisticsError, ridge.RidgeError,
           metadata.MetadataError, notes.NotesError, FileNotFoundError) as e:

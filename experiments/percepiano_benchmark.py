@@ -140,6 +140,8 @@ PROBES = {"random": "pretrain_notes_mixed", "ssast": "pretrain", "notes": "pretr
 # run directory of each pooling (issue 19's clip-level model and its window-averaging twin).
 CLIP_HEAD_ENCODER = "notes"
 CLIP_HEADS = {"attention": "clip_attention", "mean": "window_mean"}
+# Perception across timbres (eval.cross_timbre): the audio bar, the notes model, AST+stats.
+CROSS_TIMBRE_MODELS = ("ridge", "notes", "ast_stats")
 # The ensemble (train.ensemble): the mean of two members' predictions. Chosen on the piece
 # folds alone: AST+stats is the best statistics model there, window averaging the better
 # clip head (0.324 against attention's 0.289); the test sets played no part.
@@ -326,7 +328,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   # Perception across timbres: PercePiano rendered (clean) with the second SoundFont and the
   # unseen one, transcribed by the same encoder; eval.cross_timbre fits the audio ridge and
   # the notes ridge on the TimGM6mb renders and scores every timbre's test set.
-  other_jobs, other_archives, other_stages = [], [], []
+  other_jobs, other_archives, other_vectors, other_stages = [], [], [], []
   for kind, font in (("second", second_soundfont), ("unseen", unseen_soundfont)):
     if not font:
       continue
@@ -347,20 +349,20 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                      lambda a=archive: _transcribed(a, notes_run),
                      f"PercePiano ({kind} timbre) transcribed by the notes-aware encoder",
                      needs=(*notes_needs, f"percepiano_{kind}_timbre_shards"))]
+    # AST+stats reads the same encoder's clip embeddings of that timbre's audio too.
+    vectors = work / f"embeddings_notes_{stem}.npz"
+    out.append(stages.Stage(
+        f"embed_percepiano_{kind}_timbre",
+        ("eval.shard_embeddings", f"--checkpoint={notes_run}", f"--data_dir={directory}",
+         f"--output={vectors}"),
+        lambda v=vectors: _embedded(v, notes_run, False),
+        f"PercePiano ({kind} timbre) embedded by the notes-aware encoder (frozen)",
+        needs=(*(() if notes_encoder else ("pretrain_notes_mixed",)),
+               f"percepiano_{kind}_timbre_shards")))
     other_jobs.append(directory)
     other_archives.append(archive)
-    other_stages.append(f"transcribe_percepiano_{kind}_timbre")
-  if other_jobs:
-    cross = report_root / "cross_timbre.json"
-    out.append(stages.Stage(
-        "cross_timbre", ("eval.cross_timbre", f"--train_data={labelled}",
-                         f"--test_data={','.join(map(str, other_jobs))}",
-                         f"--transcribed_notes={transcribed}",
-                         f"--test_transcribed_notes={','.join(map(str, other_archives))}",
-                         f"--cache_dir={work / 'cross_timbre'}", f"--output={cross}"),
-        lambda: _cross_timbre_reported(cross, notes_run),
-        "perception models fitted on TimGM6mb renders, tested on other timbres",
-        needs=("transcribe_percepiano", *other_stages)))
+    other_vectors.append(vectors)
+    other_stages += [f"transcribe_percepiano_{kind}_timbre", f"embed_percepiano_{kind}_timbre"]
   embeddings = {encoder: work / f"embeddings_{encoder}.npz" for encoder in PROBES}
   window_embeddings = work / f"window_embeddings_{CLIP_HEAD_ENCODER}.npz"
   for encoder, run in PROBES.items():
@@ -379,6 +381,21 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
             and (not w or _embedded(window_embeddings, r, False, windows=True))),
         f"PercePiano embedded by the {encoder} encoder (frozen)",
         needs=(*(() if given else (run,)), "percepiano_shards")))
+
+  if other_jobs:
+    cross = report_root / "cross_timbre.json"
+    out.append(stages.Stage(
+        "cross_timbre", ("eval.cross_timbre", f"--train_data={labelled}",
+                         f"--test_data={','.join(map(str, other_jobs))}",
+                         f"--models={','.join(CROSS_TIMBRE_MODELS)}",
+                         f"--transcribed_notes={transcribed}",
+                         f"--test_transcribed_notes={','.join(map(str, other_archives))}",
+                         f"--embeddings={work / f'embeddings_{CLIP_HEAD_ENCODER}.npz'}",
+                         f"--test_embeddings={','.join(map(str, other_vectors))}",
+                         f"--cache_dir={work / 'cross_timbre'}", f"--output={cross}"),
+        lambda: _cross_timbre_reported(cross, notes_run),
+        "perception models fitted on TimGM6mb renders, tested on other timbres",
+        needs=("transcribe_percepiano", f"embed_{CLIP_HEAD_ENCODER}", *other_stages)))
 
   def cross_validation(split: str, variant: str) -> stages.Stage:
     directory = work / split / variant
@@ -563,11 +580,14 @@ def _transcription_reported(path: pathlib.Path, pretrain: pathlib.Path, timbres:
 
 
 def _cross_timbre_reported(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
-  """Done when every transcription the report read came from the run's last step."""
+  """Done when the report has every model and every transcription it read came from the
+  run's last step."""
   if not path.is_file():
     return False
-  steps = {t.get("step") for t in json.loads(path.read_text()).get("transcriptions", [])}
-  return steps == {_last_step(pretrain)}
+  report = json.loads(path.read_text())
+  steps = {t.get("step") for t in report.get("transcriptions", [])}
+  return (steps == {_last_step(pretrain)}
+          and set(report.get("models", {})) == set(CROSS_TIMBRE_MODELS))
 
 
 def _transcribed(path: pathlib.Path, pretrain: pathlib.Path) -> bool:

@@ -115,3 +115,50 @@ def test_mismatched_inputs_are_refused(job_with_audio, other_timbre, tmp_path):
   with pytest.raises(cross_timbre.CrossTimbreError, match="split differs"):
     cross_timbre.evaluate(job_with_audio, [resplit], tmp_path / "c", models=("ridge",),
                           resamples=200)
+
+
+def test_ast_stats_across_timbres_and_a_timbre_it_cannot_score(job_with_audio, other_timbre,
+                                                               tmp_path):
+  """AST+stats (notes, probability statistics, clip embedding, audio statistics): the same
+  transcription and embeddings under another SoundFont name predict exactly the same; a
+  timbre where a test performance was transcribed to no note is reported as not scored."""
+  from train import statistics_table
+  keys = sorted(metadata.read(job_with_audio).split_table("piece"))
+  rng = np.random.default_rng(0)
+  vectors = tmp_path / "embeddings.npz"
+  statistics_table.save_vectors(vectors, keys, rng.normal(size=(len(keys), 8)),
+                                {"step": 0, "random_init": False})
+  _stored_notes(job_with_audio, tmp_path / "a.npz")
+  _stored_notes(other_timbre, tmp_path / "same.npz")
+  empty = metadata.read(job_with_audio).test_keys("piece")[0]
+  _stored_notes(other_timbre, tmp_path / "b.npz", empty=empty)
+  # Posterior statistics are what eval.shard_transcription adds; stand-ins per performance.
+  for archive in ("a.npz", "same.npz", "b.npz"):
+    _with_posteriors(tmp_path / archive, keys)
+  result = cross_timbre.evaluate(
+      job_with_audio, [other_timbre], tmp_path / "c", models=("ast_stats",),
+      transcribed=[tmp_path / "a.npz", tmp_path / "same.npz"], embeddings=[vectors, vectors],
+      resamples=200)
+  entry = result["models"]["ast_stats"]
+  assert entry["OtherFont"]["agreement"] == pytest.approx(1.0, abs=1e-9)
+  assert entry["OtherFont"]["mean"] == pytest.approx(entry["TimGM6mb"]["mean"], abs=1e-9)
+  skipped = cross_timbre.evaluate(
+      job_with_audio, [other_timbre], tmp_path / "c", models=("ast_stats",),
+      transcribed=[tmp_path / "a.npz", tmp_path / "b.npz"], embeddings=[vectors, vectors],
+      resamples=200)
+  assert "no transcribed note" in skipped["models"]["ast_stats"]["OtherFont"]["skipped"]
+  assert "not scored" in cross_timbre.table(skipped)
+  with pytest.raises(cross_timbre.CrossTimbreError, match="one embedding table per job"):
+    cross_timbre.evaluate(job_with_audio, [other_timbre], tmp_path / "c", models=("ast_stats",),
+                          transcribed=[tmp_path / "a.npz", tmp_path / "b.npz"], resamples=200)
+
+
+def _with_posteriors(archive, keys) -> None:
+  """Rewrites a notes archive with probability statistics (fixed per key, so two archives
+  of the same keys agree)."""
+  from pipelines.audio import posterior_statistics
+  performances, durations, about = notes.load_archive(archive)
+  stat_names = posterior_statistics.names()
+  values = {k: np.arange(len(stat_names), dtype=np.float64) * (1 + i % 5)
+            for i, k in enumerate(sorted(performances))}
+  notes.save_archive(archive, performances, durations, about, (stat_names, values))

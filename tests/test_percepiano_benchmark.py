@@ -100,16 +100,25 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
         "transcription", f"percepiano_{kind}_timbre_shards")
     assert f"--checkpoint={w / 'pretrain_notes_mixed'}" in plan[
         names.index(f"transcribe_percepiano_{kind}_timbre")].args
-  assert needs["cross_timbre"] == ("transcribe_percepiano", "transcribe_percepiano_second_timbre",
-                                   "transcribe_percepiano_unseen_timbre")
+  # AST+stats across timbres reads each timbre's clip embeddings by the same encoder.
+  assert needs["cross_timbre"] == ("transcribe_percepiano", "embed_notes",
+                                   "transcribe_percepiano_second_timbre",
+                                   "embed_percepiano_second_timbre",
+                                   "transcribe_percepiano_unseen_timbre",
+                                   "embed_percepiano_unseen_timbre")
+  assert needs["embed_percepiano_second_timbre"] == ("pretrain_notes_mixed",
+                                                     "percepiano_second_timbre_shards")
   cross = plan[names.index("cross_timbre")].args
   assert f"--train_data={w / 'shards' / 'percepiano'}" in cross
   assert f"--transcribed_notes={w / 'transcribed_notes.npz'}" in cross
+  assert "--models=ridge,notes,ast_stats" in cross
+  assert f"--embeddings={w / 'embeddings_notes.npz'}" in cross
   without = {s.name: s for s in benchmark.plan(tmp_path / "pp", tmp_path / "asap", tmp_path / "w",
                                                size, folds="0", unseen_soundfont="")}
   assert "percepiano_unseen_timbre_shards" not in without
-  assert without["cross_timbre"].needs == ("transcribe_percepiano",
-                                           "transcribe_percepiano_second_timbre")
+  assert without["cross_timbre"].needs == ("transcribe_percepiano", "embed_notes",
+                                           "transcribe_percepiano_second_timbre",
+                                           "embed_percepiano_second_timbre")
   assert "unseen_timbre_shards" not in without
   assert without["transcription"].needs == ("pretrain_notes_mixed", "asap_shards",
                                             "second_timbre_shards")
@@ -338,8 +347,11 @@ def test_the_notes_path_stages_are_done_only_for_the_runs_last_step(tmp_path):
     assert benchmark._embedded(table, run, random_init=False) is done
   cross = tmp_path / "cross_timbre.json"
   assert not benchmark._cross_timbre_reported(cross, run)
-  for steps, done in (([5, 5, 5], True), ([5, 3, 5], False), ([], False)):
-    cross.write_text(json.dumps({"transcriptions": [{"step": k} for k in steps]}))
+  every = {m: {} for m in benchmark.CROSS_TIMBRE_MODELS}
+  for steps, models, done in (([5, 5, 5], every, True), ([5, 3, 5], every, False),
+                              ([], every, False), ([5, 5, 5], {"ridge": {}, "notes": {}}, False)):
+    cross.write_text(json.dumps({"transcriptions": [{"step": k} for k in steps],
+                                 "models": models}))
     assert benchmark._cross_timbre_reported(cross, run) is done
   random_table = tmp_path / "random.npz"
   statistics_table.save_vectors(random_table, ["k"], np.zeros((1, 2)),
@@ -364,8 +376,10 @@ def test_a_released_notes_encoder_replaces_the_notes_aware_pre_training(tmp_path
   assert by_name["transcribe_percepiano"].needs == ("percepiano_shards",)
   assert by_name["embed_notes"].needs == by_name["embed_random"].needs == ("percepiano_shards",)
   assert by_name["embed_ssast"].needs == ("pretrain", "percepiano_shards")
-  for name in ("transcribe_percepiano", "embed_notes", "transcribe_percepiano_second_timbre"):
+  for name in ("transcribe_percepiano", "embed_notes", "transcribe_percepiano_second_timbre",
+               "embed_percepiano_second_timbre"):
     assert f"--checkpoint={released}" in by_name[name].args, name
+  assert by_name["embed_percepiano_second_timbre"].needs == ("percepiano_second_timbre_shards",)
   assert f"--config.init.checkpoint={released}" in by_name["cv_ast_notes"].args
   assert by_name["cv_ast_notes"].needs == ("percepiano_shards",)
   # Done for the release's step, not for another.
