@@ -18,7 +18,7 @@ job's own, then each `--test_data` job (the same release rendered with another
   ast_stats  AST+stats (`train.ridge --features=ast_stats`: the transcription's note and
           probability statistics, the same encoder's frozen clip embedding of that audio
           (`eval.shard_embeddings` of each job, in order), and the audio statistics), with its
-          block weight; a timbre where some test performance was transcribed to no note
+          block weight; a timbre where some performance was transcribed to no note
           cannot be scored by it and says so (`skipped`) instead
 
 Per model and timbre: the mean Pearson per group with a bootstrap CI over performances,
@@ -102,6 +102,12 @@ def _predict_transcribed(fitted: ridge.RidgeModel, archive: str, keys
   return np.stack(out), empty
 
 
+def _untranscribed(archive) -> list[str]:
+  """The performances whose transcription in `archive` found no note, in key order."""
+  performances, _, _ = notes.load_archive(archive)
+  return sorted(k for k, p in performances.items() if len(p.notes) == 0)
+
+
 def evaluate(train_dir: str | pathlib.Path, test_dirs, cache_dir: str | pathlib.Path, *,
              models=("ridge", "notes"), transcribed=None, embeddings=None, split: str = "piece",
              workers: int = 1, resamples: int = statistics.DEFAULT_RESAMPLES,
@@ -173,16 +179,15 @@ def evaluate(train_dir: str | pathlib.Path, test_dirs, cache_dir: str | pathlib.
       elif features == "notes":
         predicted, untranscribed = _predict_transcribed(fitted, transcribed[i], test_keys)
       else:
-        try:
-          other = statistics_table.load(job.root, cache_dir / f"{model}_{i}_{name}.npz",
-                                        workers, features, files(features, i))
-        except statistics_table.StatisticsError as e:
-          if features != "ast_stats" or "transcription has 0 notes" not in str(e):
-            raise
-          # No statistics of a transcription without notes: not scored, and said so.
-          out["models"][model][name] = {"skipped": f"a test performance has no transcribed "
-                                                   f"note ({e})"}
+        empty = _untranscribed(transcribed[i]) if features == "ast_stats" else []
+        if empty:
+          # A transcription without notes has no note statistics: not scored, and said so
+          # (before its table's minutes of audio statistics).
+          out["models"][model][name] = {
+              "skipped": f"{len(empty)} performances have no transcribed note, e.g. {empty[:3]}"}
           continue
+        other = statistics_table.load(job.root, cache_dir / f"{model}_{i}_{name}.npz",
+                                      workers, features, files(features, i))
         absent = sorted(set(test_keys) - set(other.keys))
         if absent:
           raise CrossTimbreError(f"{name}: {len(absent)} test performances have no "

@@ -101,10 +101,14 @@ def check_exportable(config: multitask.MultiTaskConfig, data_metadata: Mapping[s
   if config.backbone != "ast":
     raise ExportError(f"the run's backbone is {config.backbone!r}; only the AST encoder "
                       "(backbone='ast') has a transformers ASTModel equivalent")
+  _check_window(config.encoder, data_metadata)
+
+
+def _check_window(encoder: ast.EncoderConfig, data_metadata: Mapping[str, Any]) -> None:
   window = _window(data_metadata)
-  if window.frames != config.encoder.num_frames:
+  if window.frames != encoder.num_frames:
     raise ExportError(f"the data's windows are {window.frames} frames but the encoder reads "
-                      f"{config.encoder.num_frames}")
+                      f"{encoder.num_frames}")
 
 
 def _window(data_metadata: Mapping[str, Any]) -> windowing.WindowConfig:
@@ -439,10 +443,7 @@ def write_transcriber(directory: str | pathlib.Path, encoder: ast.EncoderConfig,
   """Writes the export of a transcriber (`params`: `encoder` and `transcription`), as
   `write` does a fine-tuning model."""
   _check_target(directory, overwrite)
-  window = _window(data_metadata)
-  if window.frames != encoder.num_frames:
-    raise ExportError(f"the data's windows are {window.frames} frames but the encoder reads "
-                      f"{encoder.num_frames}")
+  _check_window(encoder, data_metadata)
   transcription.check_encoder(encoder)
   head = {"width": encoder.width, "grid": list(encoder.grid), "time_stride": encoder.time_stride,
           "num_mel_bins": encoder.num_mel_bins, "hidden": hidden,
@@ -501,7 +502,6 @@ def _write_files(directory: str | pathlib.Path, encoder: ast.EncoderConfig,
   _check_round_trip(state, encoder_params, encoder)
   about = dict(about, weights_dtype=dtype)
   cast = lambda tree: {k: v.astype(dtype) for k, v in tree.items()}
-  config = dict(ast_config(encoder))
   directory.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
   try:
@@ -510,7 +510,7 @@ def _write_files(directory: str | pathlib.Path, encoder: ast.EncoderConfig,
                                 metadata={"format": "pt"})
     safetensors.numpy.save_file(cast(head_state), str(staging / HEAD_WEIGHTS),
                                 metadata={"format": "pt"})
-    (staging / ENCODER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    (staging / ENCODER_CONFIG).write_text(json.dumps(ast_config(encoder), indent=2) + "\n")
     (staging / ABOUT).write_text(json.dumps(about, indent=1) + "\n")
     (staging / "README.md").write_text(readme(about))
     shutil.copyfile(TORCH_MODULE, staging / TORCH_MODULE.name)

@@ -180,8 +180,8 @@ def jax_env(tmp_path_factory, pytestconfig) -> dict[str, str]:
   out = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
   out.pop("XLA_FLAGS", None)
-  if xla_test_flags(pytestconfig):
-    out["XLA_FLAGS"] = xla_test_flags(pytestconfig)
+  if flags := xla_test_flags(pytestconfig):
+    out["XLA_FLAGS"] = flags
   return out
 
 

@@ -164,25 +164,35 @@ def _masks(e: dict, valid_frames: torch.Tensor | None, batch: int,
   return (None if bool(full.all()) else full.long()), ours
 
 
-def _encode(encoder: nn.Module, e: dict, input_values: torch.Tensor,
-            valid_frames: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-  """The `ASTModel` with the training model's key mask: (its tokens as the training model
-  has them, `[B, num_tokens + P, D]`; their validity mask `[B, num_tokens + P]`)."""
-  expected = (e["num_frames"], e["num_mel_bins"])
-  if input_values.ndim != 3 or tuple(input_values.shape[1:]) != expected:
-    raise ValueError(f"input_values must be [batch, {expected[0]} frames, {expected[1]} mel "
-                     f"bins], got {tuple(input_values.shape)}")
-  attention_mask, ours = _masks(e, valid_frames, input_values.shape[0], input_values.device)
-  if attention_mask is None:
-    hidden = encoder(input_values).last_hidden_state
-  elif "attention_mask" not in inspect.signature(encoder.forward).parameters:
-    raise RuntimeError("this transformers version's ASTModel takes no attention_mask, which "
-                       "this model needs (fewer than 2 extra tokens or padded windows); "
-                       "use transformers >= 5")
-  else:
-    hidden = encoder(input_values, attention_mask=attention_mask).last_hidden_state
-  # ASTModel's sequence is [CLS, distillation, patches]; ours keeps only the slots it has.
-  return torch.cat([hidden[:, :e["num_tokens"]], hidden[:, 2:]], dim=1), ours
+class _MaskedAST(nn.Module):
+  """The `ASTModel` (`self.encoder`) run with the training model's key mask."""
+
+  def __init__(self, encoder: nn.Module, about: dict):
+    super().__init__()
+    self.encoder, self.about = encoder, about
+    # Once, not per call: transformers < 5 has no attention_mask argument.
+    self._takes_mask = "attention_mask" in inspect.signature(encoder.forward).parameters
+
+  def encode(self, input_values: torch.Tensor, valid_frames: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the tokens as the training model has them, `[B, num_tokens + P, D]`; their validity
+    mask `[B, num_tokens + P]`)."""
+    e = self.about["encoder"]
+    expected = (e["num_frames"], e["num_mel_bins"])
+    if input_values.ndim != 3 or tuple(input_values.shape[1:]) != expected:
+      raise ValueError(f"input_values must be [batch, {expected[0]} frames, {expected[1]} mel "
+                       f"bins], got {tuple(input_values.shape)}")
+    attention_mask, ours = _masks(e, valid_frames, input_values.shape[0], input_values.device)
+    if attention_mask is None:
+      hidden = self.encoder(input_values).last_hidden_state
+    elif not self._takes_mask:
+      raise RuntimeError("this transformers version's ASTModel takes no attention_mask, which "
+                         "this model needs (fewer than 2 extra tokens or padded windows); "
+                         "use transformers >= 5")
+    else:
+      hidden = self.encoder(input_values, attention_mask=attention_mask).last_hidden_state
+    # ASTModel's sequence is [CLS, distillation, patches]; ours keeps only the slots it has.
+    return torch.cat([hidden[:, :e["num_tokens"]], hidden[:, 2:]], dim=1), ours
 
 
 KEYS = 88
@@ -234,7 +244,7 @@ class TranscriptionHead(nn.Module):
     return out
 
 
-class PianoTranscription(nn.Module):
+class PianoTranscription(_MaskedAST):
   """The encoder (`transformers.ASTModel`) and the transcription head, with the key masks.
 
   `forward(input_values [B, frames, mel], valid_frames [B] | None)` returns sigmoid
@@ -244,18 +254,17 @@ class PianoTranscription(nn.Module):
   """
 
   def __init__(self, encoder: nn.Module, head: TranscriptionHead, about: dict):
-    super().__init__()
-    self.encoder, self.head, self.about = encoder, head, about
+    super().__init__(encoder, about)
+    self.head = head
 
   def forward(self, input_values: torch.Tensor,
               valid_frames: torch.Tensor | None = None) -> dict:
-    e = self.about["encoder"]
-    tokens, _ = _encode(self.encoder, e, input_values, valid_frames)
-    logits = self.head(tokens[:, e["num_tokens"]:], input_values)
+    tokens, _ = self.encode(input_values, valid_frames)
+    logits = self.head(tokens[:, self.about["encoder"]["num_tokens"]:], input_values)
     return {k: torch.sigmoid(v) for k, v in logits.items()}
 
 
-class PianoPerception(nn.Module):
+class PianoPerception(_MaskedAST):
   """The encoder (`transformers.ASTModel`) and the head, with the key masks and target statistics.
 
   `forward(input_values [B, frames, mel], valid_frames [B] | None)` returns label-space
@@ -265,8 +274,8 @@ class PianoPerception(nn.Module):
   """
 
   def __init__(self, encoder: nn.Module, head: PerceptionHead, about: dict):
-    super().__init__()
-    self.encoder, self.head, self.about = encoder, head, about
+    super().__init__(encoder, about)
+    self.head = head
     targets = about["targets"]
     self.register_buffer("target_mean", torch.tensor(targets["mean"]), persistent=False)
     self.register_buffer("target_std", torch.tensor(targets["std"]), persistent=False)
@@ -274,7 +283,7 @@ class PianoPerception(nn.Module):
   def normalised(self, input_values: torch.Tensor,
                  valid_frames: torch.Tensor | None = None) -> torch.Tensor:
     """The head's output before the target statistics are undone: `[B, outputs]`."""
-    tokens, mask = _encode(self.encoder, self.about["encoder"], input_values, valid_frames)
+    tokens, mask = self.encode(input_values, valid_frames)
     return self.head(tokens, mask)
 
   def forward(self, input_values: torch.Tensor,
