@@ -2,7 +2,7 @@
 
   python benchmarks/model_speed.py [--variants tiny,small,base] [--strides 16,10]
       [--dtypes float32,bfloat16] [--batch config|N] [--reps 5] [--frameworks flax,torch]
-      [--json out.json]
+      [--attention auto|blocked|fused|plain] [--float32_matmul highest|tf32] [--json out.json]
 
 Runs unchanged on whatever `jax.devices()` gives (CPU, GPU, TPU) and on the CUDA device
 PyTorch sees, on Python 3.11 and 3.12: it imports jax, flax, optax and numpy (and torch +
@@ -20,9 +20,10 @@ For every (variant, patch stride, dtype): seconds per window for the forward
 pass (inference) and for a training step (forward + backward + AdamW on a
 19-output regression head over the pooled embedding), for
 
-  flax   model.ast.Encoder (blocked attention; bf16 = bf16 compute, f32 master
-         weights), jitted once, the train state donated (updated in place, as
-         torch.optim does), results blocked on.
+  flax   model.ast.Encoder (`--attention`, default the config's "auto": the blocked
+         kernel on a CPU, jax.nn.dot_product_attention on a GPU/TPU; bf16 = bf16
+         compute, f32 master weights), jitted once, the train state donated (updated
+         in place, as torch.optim does), results blocked on.
   torch  transformers.ASTModel with SDPA attention + nn.Linear + torch.optim.AdamW
          (bf16 = torch.autocast on CPU, the standard mixed-precision recipe),
          torch.set_num_threads = the cores JAX uses.
@@ -35,11 +36,18 @@ is against the matmul peak measured for each framework and dtype in the same
 run (1024³ matmuls on a CPU, 4096³ on an accelerator, where small matmuls cannot fill the
 chip): the model-FLOPs utilisation (MFU) against that device's measured peak.
 
+float32 means float32 arithmetic in both frameworks (`--float32_matmul=highest`, the
+default): JAX on a GPU would otherwise run float32 matmuls as TF32 while PyTorch does not
+(torch.backends.cuda.matmul.allow_tf32 is off by default), which is not one comparison.
+`--float32_matmul=tf32` lets both use TF32 (JAX's "tensorfloat32", PyTorch's "high").
+
 Also per row: compile time (Flax: lowering + XLA compilation of the forward and of the
 training step; PyTorch: its first, eager calls), and peak device memory of the training
-step where the device reports it (`memory_stats()["peak_bytes_in_use"]` for JAX,
-`torch.cuda.max_memory_allocated` for PyTorch; null on a CPU, where the JSON's
-`peak_rss_mib` is the whole process's peak resident memory instead).
+step: for Flax the compiled training step's own footprint (XLA's memory analysis:
+arguments + outputs + temporaries − donated aliases; JAX's runtime peak never resets, so
+it would carry over from earlier rows, and it is kept as `flax_process_peak_mib`), for
+PyTorch `torch.cuda.max_memory_allocated` since the row began (null on a CPU, where the
+JSON's `peak_rss_mib` is the whole process's peak resident memory instead).
 """
 
 from __future__ import annotations
@@ -54,13 +62,17 @@ import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import optax
+# JAX takes 75 % of a GPU's memory at start by default, leaving PyTorch in the same process
+# too little for a base training step at stride 10: allocate on demand instead.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
 
 # The repository's pure-Flax model package, without installing the project.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from model import ast  # noqa: E402
+from model import ast, attention  # noqa: E402
 
 # The fine-tuning configs' batch (train/configs/finetune.py, every variant).
 CONFIG_BATCH = 32
@@ -133,6 +145,27 @@ def jax_peak_memory() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
+def set_float32_matmul(mode: str, frameworks) -> None:
+  """One float32 matmul precision for both frameworks (module doc)."""
+  jax.config.update("jax_default_matmul_precision",
+                    {"highest": "highest", "tf32": "tensorfloat32"}[mode])
+  if "torch" in frameworks:
+    import torch
+    torch.set_float32_matmul_precision({"highest": "highest", "tf32": "high"}[mode])
+    torch.backends.cudnn.allow_tf32 = mode == "tf32"
+
+
+def compiled_mib(compiled) -> float | None:
+  """A compiled step's device footprint from XLA's memory analysis (None where the
+  backend gives none)."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  used = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes)
+  return used / 2 ** 20
+
+
 def _flax_fns(c: ast.EncoderConfig, batch: int):
   encoder = ast.Encoder(c)
   x = jax.random.normal(jax.random.key(0), (batch, c.num_mel_bins, c.num_frames))
@@ -174,7 +207,8 @@ def _flax_fns(c: ast.EncoderConfig, batch: int):
     loss.block_until_ready()
     holder["state"], holder["opt"] = s, o
 
-  return run_forward, run_train, compile_s
+  count = sum(a.size for a in jax.tree.leaves(params))
+  return run_forward, run_train, compile_s, compiled_mib(train_step), count
 
 
 def _torch_fns(c: ast.EncoderConfig, batch: int, dtype: str):
@@ -255,12 +289,17 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--peak_n", type=int, default=None,
                       help="side of the square matmul that measures the peak (default 4096 on "
                       "an accelerator, 1024 on a CPU; smaller underestimates the peak)")
+  parser.add_argument("--attention", default="auto", choices=attention.KERNELS,
+                      help="the Flax encoder's attention kernel (model/attention.py)")
+  parser.add_argument("--float32_matmul", default="highest", choices=("highest", "tf32"),
+                      help="float32 matmul precision, the same for both frameworks")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   frameworks = args.frameworks.split(",")
   if not set(frameworks) <= {"flax", "torch"} or not frameworks:
     parser.error(f"--frameworks must name flax and/or torch, got {args.frameworks!r}")
   batch = args.batch or (CONFIG_BATCH if on_accelerator() else 1)
+  set_float32_matmul(args.float32_matmul, frameworks)
   if "torch" in frameworks:
     import torch
     torch.set_num_threads(args.threads)
@@ -268,82 +307,107 @@ def main(argv: list[str] | None = None) -> None:
   peaks = matmul_peaks(frameworks, args.peak_n)
   devices = [str(d) for d in jax.devices()]
   torch_on = torch_device(torch) if "torch" in frameworks else None
+  kernel = attention.resolve(args.attention)
   print(f"python {sys.version.split()[0]}, jax {jax.__version__} on {devices}, "
-        f"torch on {torch_on}, batch {batch}")
+        f"torch on {torch_on}, batch {batch}, flax attention {kernel}, "
+        f"float32 matmul {args.float32_matmul}")
   print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()))
-  both = len(frameworks) == 2
   header = (f"{'variant':<7}{'stride':>7}{'dtype':>10}{'GFLOP fwd':>10}"
-            f"{'flax fwd s':>11}{'torch fwd s':>12}{'ratio':>7}"
-            f"{'flax train s':>13}{'torch train s':>14}{'ratio':>7}"
+            f"{'flax fwd ms':>12}{'torch fwd ms':>13}{'ratio':>7}"
+            f"{'flax train ms':>14}{'torch train ms':>15}{'ratio':>7}"
             f"{'flax MFU fwd/train':>20}{'torch MFU fwd/train':>21}"
             f"{'compile s flax/torch':>22}{'peak MiB flax/torch':>21}")
-  print(header)
-  rows = []
-  nan = float("nan")
-  for variant in args.variants.split(","):
-    for stride in (int(s) for s in args.strides.split(",")):
-      for dtype in args.dtypes.split(","):
-        c = ast.variant(variant, freq_stride=stride, time_stride=stride, dtype=dtype)
-        fl = flops_per_window(c)
-        fns, compile_s = {}, {"flax": None, "torch": None}
-        if "flax" in frameworks:
-          fns["flax_fwd"], fns["flax_train"], compile_s["flax"] = _flax_fns(c, batch)
-        if "torch" in frameworks:
-          _reset_torch_peak()
-          fns["torch_fwd"], fns["torch_train"] = _torch_fns(c, batch, dtype)
-          t0 = time.perf_counter()
-          fns["torch_fwd"](), fns["torch_train"]()  # PyTorch's first calls: its "compile"
-          compile_s["torch"] = time.perf_counter() - t0
-        # PyTorch's bf16 path has no hardware support on AVX2-only CPUs and takes ~100 s
-        # per base train step there: fewer repetitions for base.
-        reps = args.reps if variant != "base" else max(3, args.reps // 2)
-        for fn in fns.values():
-          fn()  # warm up
-        times = {k: [] for k in fns}
-        # Alternating blocks (flax, torch, flax, torch) so machine load hits both alike; a
-        # pause before each block lets the other framework's spinning worker threads
-        # (OpenMP, Eigen) go idle, so neither starts on a core the other still occupies.
-        for _ in range(2):
-          for name in ("flax_fwd", "torch_fwd", "flax_train", "torch_train"):
-            if name in fns:
-              time.sleep(args.pause_s)
-              times[name] += _times(fns[name], -(-reps // 2))
-        med = {k: statistics.median(v) / batch for k, v in times.items()}
-        get = lambda k: med.get(k, nan)  # noqa: E731
-        mfu = {f: (100 * fl / get(f"{f}_fwd") / peaks[f"{f}/{dtype}"],
-                   100 * 3 * fl / get(f"{f}_train") / peaks[f"{f}/{dtype}"])
-               if f in frameworks else (nan, nan) for f in ("flax", "torch")}
-        memory = {"flax": _mib(jax_peak_memory()) if "flax" in frameworks else None,
-                  "torch": _mib(torch_peak_memory()) if "torch" in frameworks else None}
-        row = dict(variant=variant, stride=stride, dtype=dtype, batch=batch,
-                   gflop_forward=fl / 1e9, **{f"{k}_s": v for k, v in med.items()},
-                   forward_ratio=get("torch_fwd") / get("flax_fwd") if both else None,
-                   train_ratio=get("torch_train") / get("flax_train") if both else None,
-                   flax_mfu_pct=mfu["flax"], torch_mfu_pct=mfu["torch"],
-                   flax_compile_s=compile_s["flax"], torch_first_calls_s=compile_s["torch"],
-                   flax_peak_mib=memory["flax"], torch_peak_mib=memory["torch"])
-        rows.append(row)
-        show = lambda v, f: "-" if v is None or v != v else format(v, f)  # noqa: E731
-        print(f"{variant:<7}{stride:>7}{dtype:>10}{fl / 1e9:>10.1f}"
-              f"{show(get('flax_fwd'), '.3f'):>11}{show(get('torch_fwd'), '.3f'):>12}"
-              f"{show(row['forward_ratio'], '.2f'):>7}"
-              f"{show(get('flax_train'), '.3f'):>13}{show(get('torch_train'), '.3f'):>14}"
-              f"{show(row['train_ratio'], '.2f'):>7}"
-              f"{show(mfu['flax'][0], '.0f') + ' / ' + show(mfu['flax'][1], '.0f'):>20}"
-              f"{show(mfu['torch'][0], '.0f') + ' / ' + show(mfu['torch'][1], '.0f'):>21}"
-              f"{show(compile_s['flax'], '.1f') + ' / ' + show(compile_s['torch'], '.1f'):>22}"
-              f"{show(memory['flax'], '.0f') + ' / ' + show(memory['torch'], '.0f'):>21}",
-              flush=True)
-  end_peaks = matmul_peaks(frameworks, args.peak_n)
-  print("matmul peak GFLOP/s at the end: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in end_peaks.items()))
-  if args.json:
+  print(header + "   (per window)")
+
+  def write(rows, end_peaks):
+    """The JSON after every row, so rows measured before a failure or a time limit remain."""
+    if not args.json:
+      return
     with open(args.json, "w") as f:
       json.dump({"python": sys.version.split()[0], "jax": jax.__version__, "devices": devices,
                  "torch_device": torch_on, "frameworks": frameworks,
                  "peaks_gflops": {k: v / 1e9 for k, v in peaks.items()},
-                 "end_peaks_gflops": {k: v / 1e9 for k, v in end_peaks.items()},
+                 "end_peaks_gflops": end_peaks and {k: v / 1e9 for k, v in end_peaks.items()},
                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                 "rows": rows, "batch": batch, "threads": args.threads}, f, indent=1)
+                 "rows": rows, "batch": batch, "threads": args.threads,
+                 "flax_attention": kernel, "float32_matmul": args.float32_matmul,
+                 "complete": end_peaks is not None}, f, indent=1)
+
+  rows = []
+  for variant in args.variants.split(","):
+    for stride in (int(s) for s in args.strides.split(",")):
+      for dtype in args.dtypes.split(","):
+        try:
+          row = _measure(args, frameworks, batch, peaks, variant, stride, dtype)
+        except Exception as e:  # noqa: BLE001 -- e.g. out of device memory: say so, go on
+          row = dict(variant=variant, stride=stride, dtype=dtype, batch=batch,
+                     error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+          print(f"{variant:<7}{stride:>7}{dtype:>10}  failed: {row['error']}", flush=True)
+        rows.append(row)
+        write(rows, None)
+  end_peaks = matmul_peaks(frameworks, args.peak_n)
+  print("matmul peak GFLOP/s at the end: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in end_peaks.items()))
+  write(rows, end_peaks)
+  if any("error" in r for r in rows):
+    sys.exit(1)
+
+
+def _measure(args, frameworks, batch, peaks, variant, stride, dtype) -> dict:
+  """One (variant, stride, dtype) row: times, ratios, MFU, compile time, memory."""
+  both, nan = len(frameworks) == 2, float("nan")
+  c = ast.variant(variant, freq_stride=stride, time_stride=stride, dtype=dtype,
+                  attention=args.attention)
+  fl = flops_per_window(c)
+  fns, compile_s, flax_step_mib, count = {}, {"flax": None, "torch": None}, None, None
+  if "flax" in frameworks:
+    (fns["flax_fwd"], fns["flax_train"], compile_s["flax"], flax_step_mib,
+     count) = _flax_fns(c, batch)
+  if "torch" in frameworks:
+    _reset_torch_peak()
+    fns["torch_fwd"], fns["torch_train"] = _torch_fns(c, batch, dtype)
+    t0 = time.perf_counter()
+    fns["torch_fwd"](), fns["torch_train"]()  # PyTorch's first calls: its "compile"
+    compile_s["torch"] = time.perf_counter() - t0
+  # PyTorch's bf16 path has no hardware support on AVX2-only CPUs and takes ~100 s
+  # per base train step there: fewer repetitions for base.
+  reps = args.reps if variant != "base" else max(3, args.reps // 2)
+  for fn in fns.values():
+    fn()  # warm up
+  times = {k: [] for k in fns}
+  # Alternating blocks (flax, torch, flax, torch) so machine load hits both alike; a
+  # pause before each block lets the other framework's spinning worker threads
+  # (OpenMP, Eigen) go idle, so neither starts on a core the other still occupies.
+  for _ in range(2):
+    for name in ("flax_fwd", "torch_fwd", "flax_train", "torch_train"):
+      if name in fns:
+        time.sleep(args.pause_s)
+        times[name] += _times(fns[name], -(-reps // 2))
+  med = {k: statistics.median(v) / batch for k, v in times.items()}
+  get = lambda k: med.get(k, nan)  # noqa: E731
+  mfu = {f: (100 * fl / get(f"{f}_fwd") / peaks[f"{f}/{dtype}"],
+             100 * 3 * fl / get(f"{f}_train") / peaks[f"{f}/{dtype}"])
+         if f in frameworks else (nan, nan) for f in ("flax", "torch")}
+  row = dict(variant=variant, stride=stride, dtype=dtype, batch=batch,
+             gflop_forward=fl / 1e9, **{f"{k}_s": v for k, v in med.items()},
+             forward_ratio=get("torch_fwd") / get("flax_fwd") if both else None,
+             train_ratio=get("torch_train") / get("flax_train") if both else None,
+             flax_mfu_pct=mfu["flax"], torch_mfu_pct=mfu["torch"],
+             flax_compile_s=compile_s["flax"], torch_first_calls_s=compile_s["torch"],
+             flax_peak_mib=flax_step_mib,
+             torch_peak_mib=_mib(torch_peak_memory()) if "torch" in frameworks else None,
+             flax_param_count=count,
+             flax_process_peak_mib=_mib(jax_peak_memory()) if "flax" in frameworks else None)
+  show = lambda v, f: "-" if v is None or v != v else format(v, f)  # noqa: E731
+  ms = lambda k: show(get(k) * 1e3, ".4g")  # noqa: E731
+  print(f"{variant:<7}{stride:>7}{dtype:>10}{fl / 1e9:>10.1f}"
+        f"{ms('flax_fwd'):>12}{ms('torch_fwd'):>13}{show(row['forward_ratio'], '.2f'):>7}"
+        f"{ms('flax_train'):>14}{ms('torch_train'):>15}{show(row['train_ratio'], '.2f'):>7}"
+        f"{show(mfu['flax'][0], '.0f') + ' / ' + show(mfu['flax'][1], '.0f'):>20}"
+        f"{show(mfu['torch'][0], '.0f') + ' / ' + show(mfu['torch'][1], '.0f'):>21}"
+        f"{show(compile_s['flax'], '.1f') + ' / ' + show(compile_s['torch'], '.1f'):>22}"
+        f"{show(row['flax_peak_mib'], '.0f') + ' / ' + show(row['torch_peak_mib'], '.0f'):>21}",
+        flush=True)
+  return row
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ class EncoderConfig:
   gelu_approximate: bool = False  # exact erf GELU, as AST/transformers
   dtype: str = "float32"  # compute dtype: "float32" or "bfloat16"
   param_dtype: str = "float32"
-  attention: str = "blocked"  # "blocked" (memory-efficient) or "plain" (can return the maps)
+  # "auto" (blocked on a CPU, fused on a GPU/TPU), "blocked" (memory-efficient), "fused"
+  # (jax.nn.dot_product_attention) or "plain" (can return the maps); model/attention.py.
+  attention: str = "auto"
   attention_block_size: int = 256  # measured best here for N = 514 and 1214 (BUILD_NOTES.md)
   remat: str = "none"  # "none", "dots" or "full"
   scan_unroll: int = 1  # layers per scan iteration; depth = fully unrolled (same parameters)
@@ -90,8 +92,8 @@ class EncoderConfig:
       raise ValueError(f"pooling must be 'tokens' or 'patches', got {self.pooling!r}")
     if self.pooling == "tokens" and self.num_tokens == 0:
       raise ValueError("pooling='tokens' needs num_tokens >= 1")
-    if self.attention not in ("blocked", "plain"):
-      raise ValueError(f"attention must be 'blocked' or 'plain', got {self.attention!r}")
+    if self.attention not in attention.KERNELS:
+      raise ValueError(f"attention must be one of {attention.KERNELS}, got {self.attention!r}")
     if self.remat not in _REMAT_POLICIES:
       raise ValueError(f"remat must be one of {sorted(_REMAT_POLICIES)}, got {self.remat!r}")
     for name in ("dtype", "param_dtype"):
@@ -195,10 +197,13 @@ class SelfAttention(nn.Module):
     qkv = linear.Dense((3, c.heads, head_dim), ("embed",), (None, "heads", "kv"), dtype=c.dtype,
                        param_dtype=c.param_dtype, name="qkv")(x)  # [B, N, 3, H, K]
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    if c.attention == "plain":
+    kernel = attention.resolve(c.attention)
+    if kernel == "plain":
       out, probs = attention.plain(q, k, v, key_mask, dtype=c.dtype)
       # Attention maps for eval.attention (collected with mutable=["intermediates"]).
       self.sow("intermediates", "attention", probs)
+    elif kernel == "fused":
+      out = attention.fused(q, k, v, key_mask, dtype=c.dtype)
     else:
       out = attention.blocked(q, k, v, key_mask, dtype=c.dtype, block_size=c.attention_block_size)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))

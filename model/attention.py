@@ -21,6 +21,14 @@
              every dot contracts its left operand's minor dimension: XLA:CPU
              keeps such bf16 x bf16 -> f32 dots in bf16 but silently upcasts
              dots with a transposed left operand to f32.
+  fused    `jax.nn.dot_product_attention`: one batched kernel over all examples and
+           heads, the `[B, H, N, N]` probabilities materialised per layer. On a GPU or
+           TPU it beats `blocked`, whose `lax.map` runs B x blocks small steps one
+           after the other on a chip built for one large one (BUILD_NOTES.md,
+           "Accelerators"). Rematerialised, so only one layer's probabilities
+           (2.3 GB in f32 at B = 32, N = 1214) are alive at a time.
+
+`resolve(name)` turns the config's "auto" into `blocked` on a CPU and `fused` elsewhere.
 
 Both take an optional key mask `[batch, k]` (True = attend); masked keys get a
 large negative logit, so a query never attends to padding. Softmax and
@@ -161,3 +169,31 @@ def blocked(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None
     bias = jnp.where(key_mask, 0.0, _NEG).astype(_F32)[:, None, None, :]
   out = _blocked_core(qh, kh, vh, lax.stop_gradient(bias), q_blk)
   return out.transpose(0, 2, 1, 3)[:, :n]
+
+
+# Rematerialised: the backward recomputes the probabilities from q, k and v instead of
+# keeping them for every layer (as flash attention and PyTorch's SDPA do). Kept, they took
+# 95 GB at base, stride 10, B = 32, f32 on an H200 and ran out of memory.
+@jax.checkpoint
+def _fused_core(q, k, v, mask):
+  return jax.nn.dot_product_attention(q, k, v, mask=mask)
+
+
+def fused(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None,
+          *, dtype=jnp.float32) -> jax.Array:
+  """`jax.nn.dot_product_attention` (XLA): equals `plain(...)[0]`. Returns `[B, q, H, D]`."""
+  mask = None if key_mask is None else key_mask[:, None, None, :]
+  return _fused_core(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask).astype(dtype)
+
+
+KERNELS = ("auto", "blocked", "plain", "fused")
+
+
+def resolve(name: str) -> str:
+  """The kernel a config's `attention` runs on the default backend: "auto" is "blocked" on a
+  CPU (memory-efficient, measured fastest there) and "fused" on a GPU or TPU."""
+  if name not in KERNELS:
+    raise ValueError(f"attention must be one of {KERNELS}, got {name!r}")
+  if name != "auto":
+    return name
+  return "blocked" if jax.default_backend() == "cpu" else "fused"

@@ -36,6 +36,7 @@ def test_blocked_equals_naive_for_any_length_and_block(b, n, h, d, block, seed):
     want = _naive(q, k, v, m)
     np.testing.assert_allclose(attention.blocked(q, k, v, m, block_size=block), want, atol=2e-5)
     np.testing.assert_allclose(attention.plain(q, k, v, m)[0], want, atol=2e-5)
+    np.testing.assert_allclose(attention.fused(q, k, v, m), want, atol=2e-5)
 
 
 def test_blocked_gradients_equal_plain():
@@ -44,10 +45,12 @@ def test_blocked_gradients_equal_plain():
   ct = jax.random.normal(jax.random.key(9), q.shape)
   f_plain = lambda q, k, v: jnp.sum(attention.plain(q, k, v, mask)[0] * ct)
   f_block = lambda q, k, v: jnp.sum(attention.blocked(q, k, v, mask, block_size=16) * ct)
+  f_fused = lambda q, k, v: jnp.sum(attention.fused(q, k, v, mask) * ct)
   g1 = jax.grad(f_plain, argnums=(0, 1, 2))(q, k, v)
-  g2 = jax.jit(jax.grad(f_block, argnums=(0, 1, 2)))(q, k, v)
-  for a, b in zip(g1, g2):
-    np.testing.assert_allclose(a, b, atol=2e-5)
+  for f in (f_block, f_fused):
+    g2 = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(g1, g2):
+      np.testing.assert_allclose(a, b, atol=2e-5)
 
 
 def test_masked_keys_get_no_weight_and_their_values_do_not_matter():
@@ -67,14 +70,26 @@ def test_probabilities_sum_to_one():
   np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
 
 
-def test_bf16_close_to_f32():
+@pytest.mark.parametrize("kernel", ["blocked", "fused"])
+def test_bf16_close_to_f32(kernel):
   q, k, v = _qkv(3, 1, 130, 2, 16)
   want = _naive(q, k, v)
-  got = attention.blocked(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16),
-                          dtype=jnp.bfloat16, block_size=64)
+  kwargs = dict(block_size=64) if kernel == "blocked" else {}
+  bf16 = [a.astype(jnp.bfloat16) for a in (q, k, v)]
+  got = getattr(attention, kernel)(*bf16, dtype=jnp.bfloat16, **kwargs)
   assert got.dtype == jnp.bfloat16
   rel = np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max()
   assert rel < 2e-2, rel
+
+
+def test_auto_is_blocked_on_a_cpu_and_names_are_checked(monkeypatch):
+  assert jax.default_backend() == "cpu"
+  assert attention.resolve("auto") == "blocked"
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert attention.resolve("auto") == "fused"
+  assert attention.resolve("plain") == "plain"
+  with pytest.raises(ValueError, match="attention must be one of"):
+    attention.resolve("flash")
 
 
 def test_blocked_keeps_memory_to_one_block():

@@ -104,7 +104,7 @@ def oracle() -> _Oracle:
 # ------------------------------------------------------------------ transformers equivalence
 
 
-@pytest.mark.parametrize("attention", ["plain", "blocked"])
+@pytest.mark.parametrize("attention", ["plain", "blocked", "fused"])
 def test_matches_transformers(oracle, attention):
   assert float(oracle.state["embeddings.cls_token"].abs().min()) > 0  # really randomised
   config = oracle.config.replace(attention=attention)
