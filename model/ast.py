@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model import attention, linear
+from model import attention, dropout, linear
 
 _REMAT_POLICIES = {
     "none": None,
@@ -222,9 +222,9 @@ class EncoderBlock(nn.Module):
     c = self.config
     norm = functools.partial(linear.layer_norm, c.layer_norm_eps, c.dtype, c.param_dtype)
     y = SelfAttention(c, name="attn")(norm("norm1")(x), key_mask)
-    x = x + nn.Dropout(c.dropout)(y, deterministic=self.deterministic)
+    x = x + dropout.Dropout(c.dropout)(y, deterministic=self.deterministic)
     y = Mlp(c, name="mlp")(norm("norm2")(x))
-    x = x + nn.Dropout(c.dropout)(y, deterministic=self.deterministic)
+    x = x + dropout.Dropout(c.dropout)(y, deterministic=self.deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
 
 
@@ -278,7 +278,7 @@ class Encoder(nn.Module):
           c.param_dtype)
       extra = jnp.broadcast_to((tokens + token_pos).astype(jnp.float32), (b, c.num_tokens, c.width))
       x = jnp.concatenate([extra, x], axis=1)
-    x = nn.Dropout(c.dropout)(x, deterministic=not train)
+    x = dropout.Dropout(c.dropout)(x, deterministic=not train)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     if valid_frames is None:

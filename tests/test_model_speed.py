@@ -147,3 +147,18 @@ def test_a_flax_only_run_needs_no_torch(tmp_path):
   bad = subprocess.run([sys.executable, str(SCRIPT), "--frameworks=tensorflow"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300, check=False)
   assert bad.returncode == 2 and "--frameworks must name flax and/or torch" in bad.stderr
+
+
+@pytest.mark.slow  # seven compiles of the tiny model
+def test_the_lever_benchmark_times_every_lever_against_pytorch(tmp_path):
+  out = tmp_path / "levers.json"
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "step_levers.py"), "--cases=tiny/16",
+       "--reps=1", "--pause_s=0", f"--json={out}"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (row,) = json.loads(out.read_text())["rows"]
+  levers = {"shipped", "threefry", "no dropout", "unrolled", "fused", "no attention", "pytorch"}
+  assert row["case"] == "tiny/16" and set(row["seconds"]) == levers
+  for k, s in row["seconds"].items():
+    assert s > 0 and row["ratio"][k] == row["seconds"]["pytorch"] / s, k

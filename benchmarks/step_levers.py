@@ -1,0 +1,123 @@
+"""Where the Flax training step loses to PyTorch on a CPU: the step's levers, one run.
+
+  python benchmarks/step_levers.py [--cases tiny/16,small/16,small/10] [--reps 6]
+      [--json reports/speed/step_levers.json]
+
+For each (variant, stride), f32, batch 1 (what `benchmarks/model_speed.py` times on a
+CPU), the training step of `model_speed` (forward + backward + AdamW on a 19-output head,
+state donated) for the shipped encoder and for one change at a time, with PyTorch's step
+(transformers ASTModel, SDPA) in the same interleaved blocks:
+
+  shipped         the encoder as configured (hashed dropout, attention "auto")
+  threefry        dropout masks from flax.linen.Dropout (JAX's threefry PRNG), as before
+                  model/dropout.py
+  no dropout      dropout 0: what masks cost at all
+  unrolled        scan_unroll = depth: the layers as straight-line code
+  fused           jax.nn.dot_product_attention instead of the blocked kernel
+  no attention    attention replaced by its values (out = v): NOT a model, the bound on
+                  what any attention kernel could give; with it, the rest of the step
+                  against PyTorch's whole step
+
+The last and `threefry` swap a module function while their step is traced and restore it
+at once; every other row uses the real model. Ratio = PyTorch seconds / Flax seconds
+(> 1: Flax faster). Results: BUILD_NOTES.md, "CPU training step: profile and levers".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import flax.linen as nn
+import jax
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import model_speed  # noqa: E402
+from model import ast, attention, dropout  # noqa: E402
+
+
+@contextlib.contextmanager
+def _swapped(module, name, value):
+  """`module.name = value` while a step is traced (ablations only)."""
+  old = getattr(module, name)
+  setattr(module, name, value)
+  try:
+    yield
+  finally:
+    setattr(module, name, old)
+
+
+def _values_only(q, k, v, key_mask=None, *, dtype=None, block_size=None):
+  del q, k, key_mask, block_size
+  return v.astype(dtype or v.dtype)
+
+
+def _traced_step(c: ast.EncoderConfig):
+  """model_speed's Flax training step, compiled and run once now (so a swap is seen)."""
+  _, run_train, _, _, _ = model_speed._flax_fns(c, 1)
+  run_train()
+  return run_train
+
+
+LEVERS = ("shipped", "threefry", "no dropout", "unrolled", "fused", "no attention")
+
+
+def steps(c: ast.EncoderConfig) -> dict:
+  fns = {"shipped": _traced_step(c)}
+  with _swapped(dropout, "Dropout", nn.Dropout):
+    fns["threefry"] = _traced_step(c)
+  fns["no dropout"] = _traced_step(c.replace(dropout=0.0))
+  fns["unrolled"] = _traced_step(c.replace(scan_unroll=c.depth))
+  fns["fused"] = _traced_step(c.replace(attention="fused"))
+  with _swapped(attention, "blocked", _values_only):
+    fns["no attention"] = _traced_step(c)
+  _, fns["pytorch"] = model_speed._torch_fns(c, 1, "float32")
+  return fns
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--cases", default="tiny/16,small/16,small/10")
+  parser.add_argument("--reps", type=int, default=6)
+  parser.add_argument("--pause_s", type=float, default=0.3)
+  parser.add_argument("--json", default=None)
+  args = parser.parse_args(argv)
+  import torch
+  torch.set_num_threads(os.cpu_count())
+  print(f"jax {jax.__version__}, torch {torch.__version__}, {os.cpu_count()} cores, f32, batch 1")
+  print(f"{'case':<10}" + "".join(f"{k:>14}" for k in (*LEVERS, "pytorch")) + "   (s; ratio below)")
+  rows = []
+  for case in args.cases.split(","):
+    variant, stride = case.split("/")
+    c = ast.variant(variant, freq_stride=int(stride), time_stride=int(stride))
+    fns = steps(c)
+    for fn in fns.values():
+      fn()
+    times = {k: [] for k in fns}
+    for _ in range(args.reps):  # interleaved rep by rep, a pause before each
+      for k, fn in fns.items():
+        time.sleep(args.pause_s)
+        t0 = time.perf_counter()
+        fn()
+        times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = {k: med["pytorch"] / v for k, v in med.items()}
+    rows.append(dict(case=case, seconds=med, ratio=ratio))
+    print(f"{case:<10}" + "".join(f"{med[k]:>14.4f}" for k in (*LEVERS, "pytorch")))
+    print(f"{'  ratio':<10}" + "".join(f"{ratio[k]:>14.3f}" for k in (*LEVERS, "pytorch")),
+          flush=True)
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(
+        {"jax": jax.__version__, "torch": torch.__version__, "cores": os.cpu_count(),
+         "reps": args.reps, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+  main()
