@@ -104,9 +104,7 @@ def flax_step(config, task, labelled: bool = True):
     step = built.train_step(accumulation=1)
     batch = _batch(config, labelled)
     compiled = step.lower(built.abstract_state, batch).compile()
-    memory = compiled.memory_analysis()
-    gib = (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
-           memory.output_size_in_bytes - memory.alias_size_in_bytes) / 2 ** 30
+    gib = model_speed.compiled_mib(compiled) / 2 ** 10
     holder = {"state": built.state_from(built.init_params())}
 
   def run():
@@ -120,9 +118,8 @@ def memory_only(config, task, labelled: bool) -> float:
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     built = trainer.build(task, config, mesh, total_steps=1000)
     batch = jax.eval_shape(lambda: _batch(config, labelled))
-    memory = built.train_step(1).lower(built.abstract_state, batch).compile().memory_analysis()
-  return (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
-          memory.output_size_in_bytes - memory.alias_size_in_bytes) / 2 ** 30
+    compiled = built.train_step(1).lower(built.abstract_state, batch).compile()
+  return model_speed.compiled_mib(compiled) / 2 ** 10
 
 
 def main() -> None:

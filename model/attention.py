@@ -25,12 +25,13 @@
            heads, the `[B, H, N, N]` probabilities materialised per layer. On a GPU or
            TPU it beats `blocked`, whose `lax.map` runs B x blocks small steps one
            after the other on a chip built for one large one (BUILD_NOTES.md,
-           "Accelerators"). Rematerialised, so only one layer's probabilities
-           (2.3 GB in f32 at B = 32, N = 1214) are alive at a time.
+           "Model benchmark", the H200 figures). Rematerialised, so only one
+           layer's probabilities (2.3 GB in f32 at B = 32, N = 1214) are alive at a
+           time.
 
 `resolve(name)` turns the config's "auto" into `blocked` on a CPU and `fused` elsewhere.
 
-Both take an optional key mask `[batch, k]` (True = attend); masked keys get a
+All take an optional key mask `[batch, k]` (True = attend); masked keys get a
 large negative logit, so a query never attends to padding. Softmax and
 accumulation are always float32; with bf16 inputs the matmul operands are bf16
 (probabilities rounded to bf16 before P·V, as PyTorch's bf16 SDPA does).
