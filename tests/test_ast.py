@@ -117,6 +117,7 @@ def test_blocked_and_plain_attention_agree_and_plain_returns_maps():
   assert maps.shape == (c.depth, 2, c.heads, c.length, c.length)
 
 
+@pytest.mark.slow  # ~20 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_remat_policies_do_not_change_values_or_gradients():
   c = ast.variant("tiny", **SMALL)
   v, x = _params(c)

@@ -59,6 +59,7 @@ def other_timbre(job_with_audio, tmp_path_factory):
               f"--soundfont={font}", "--variants=0")
 
 
+@pytest.mark.slow  # ~25 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_a_timbre_that_sounds_the_same_predicts_the_same(job_with_audio, other_timbre, tmp_path):
   """Known answer: identical audio under another SoundFont name gives identical predictions
   (agreement 1, equal scores); a transcription that changes (velocities scaled) moves the

@@ -222,6 +222,7 @@ def test_refuses_existing_output_unless_overwrite(corpus, tmp_path):
   assert not (out / "mine.txt").exists() and (out / layout.METADATA).is_file()
 
 
+@pytest.mark.slow  # ~35 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_augment_job_regenerates_from_stored_audio(percepiano_shards, tmp_path):
   out = tmp_path / "augmented"
   args = [f"--input_dir={percepiano_shards}", "--variants=2", "--seed=5", *IN_MEMORY,

@@ -134,6 +134,7 @@ def _val_history(workdir):
   return {e["step"]: e for e in metric_writer.read(workdir) if "val/pearson/mean" in e}
 
 
+@pytest.mark.slow  # ~40 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_clip_stats_run_stops_early_selects_and_resumes_stopped(job_with_audio, jax_env,
                                                                 tmp_path):
   work = tmp_path / "run"

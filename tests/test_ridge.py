@@ -155,6 +155,7 @@ def test_oracle_notes_ridge_reads_the_stored_note_targets(job_with_audio, tmp_pa
     statistics_table._note_statistics("k", {"num_notes": -1}, {})
 
 
+@pytest.mark.slow  # ~50 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_the_benchmark_summary_scores_every_model_against_the_ridge(job_with_audio, tmp_path):
   """eval.report.summary on a runs directory: the ridge and the oracle on one split, a
   model that has not finished listed as pending, and each set's paired difference equal

@@ -94,6 +94,7 @@ def test_padded_patches_get_no_weight():
   assert float(out2["loss"]) == pytest.approx(float(out["loss"]), rel=1e-6)
 
 
+@pytest.mark.slow  # ~20 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_a_few_adam_steps_reduce_the_loss():
   """On spectrograms whose masked patches are predictable from context (a level per mel band
   plus a moving ripple), the reconstruction error must fall (1.03 -> 0.63 measured)."""

@@ -402,6 +402,7 @@ def _gone(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_a_killed_stage_runner_takes_its_stage_along_and_the_rerun_resumes_bitwise(
     uninterrupted, train_shards, env, tmp_path):
   """SIGKILL to the runner mid-stage: its trainer gets SIGTERM, saves and exits (no orphan

@@ -383,6 +383,7 @@ def test_posterior_statistics_known_answers():
     ps.compute({**rolls, "pedal": rolls["pedal"][:-1]}, 0.01)
 
 
+@pytest.mark.slow  # ~60-70 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shards, job_with_audio,
                                                    jax_env, tmp_path):
   """The report scores every kept checkpoint and stores its thresholds in the run; the
@@ -553,6 +554,7 @@ def test_the_report_scores_other_timbres_along_a_continued_runs_lineage(
                                        "train", 5.0, groups | {"a composition it lacks"})
 
 
+@pytest.mark.slow  # ~55 s on 2 cores: in make test-slow (and CI) to keep make test < 15 min
 def test_a_released_transcriber_transcribes_and_continues_pre_training(notes_pretrained,
                                                                        train_shards, jax_env,
                                                                        tmp_path):
