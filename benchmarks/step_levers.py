@@ -13,6 +13,8 @@ state donated) for the shipped encoder and for one change at a time, with PyTorc
                   model/dropout.py
   no dropout      dropout 0: what masks cost at all
   unrolled        scan_unroll = depth: the layers as straight-line code
+  looped blocks   the attention kernel's query-block loop never unrolled (as before
+                  session 10; the shipped kernel unrolls it where the scores are small)
   fused           jax.nn.dot_product_attention instead of the blocked kernel
   no attention    attention replaced by its values (out = v): NOT a model, the bound on
                   what any attention kernel could give; with it, the rest of the step
@@ -54,8 +56,8 @@ def _swapped(module, name, value):
     setattr(module, name, old)
 
 
-def _values_only(q, k, v, key_mask=None, *, dtype=None, block_size=None):
-  del q, k, key_mask, block_size
+def _values_only(q, k, v, key_mask=None, *, dtype=None, block_size=None, unroll=None):
+  del q, k, key_mask, block_size, unroll
   return v.astype(dtype or v.dtype)
 
 
@@ -66,7 +68,8 @@ def _traced_step(c: ast.EncoderConfig):
   return run_train
 
 
-LEVERS = ("shipped", "threefry", "no dropout", "unrolled", "fused", "no attention")
+LEVERS = ("shipped", "threefry", "no dropout", "unrolled", "looped blocks", "fused",
+          "no attention")
 
 
 def steps(c: ast.EncoderConfig) -> dict:
@@ -75,6 +78,8 @@ def steps(c: ast.EncoderConfig) -> dict:
     fns["threefry"] = _traced_step(c)
   fns["no dropout"] = _traced_step(c.replace(dropout=0.0))
   fns["unrolled"] = _traced_step(c.replace(scan_unroll=c.depth))
+  with _swapped(attention, "UNROLL_MAX_SCORE_BYTES", 0):
+    fns["looped blocks"] = _traced_step(c)
   fns["fused"] = _traced_step(c.replace(attention="fused"))
   with _swapped(attention, "blocked", _values_only):
     fns["no attention"] = _traced_step(c)

@@ -8,10 +8,16 @@
              so no `[N, N]`-sized transpose or copy appears in the HLO (plain
              einsum attention makes XLA transpose the probabilities for P·V).
            * queries are processed in balanced blocks of ~`block_size` rows, one
-             example and one block per `lax.map` step: the `[H, Q, N]` score
+             example and one block per loop step: the `[H, Q, N]` score
              block stays in cache (batching examples into the block made it B
              times larger and 3x slower at B = 8), and XLA:CPU fuses
              dot + max + sub + exp on it.
+           * the block loop is unrolled when one example's scores, all blocks
+             together, fit in `UNROLL_MAX_SCORE_BYTES` (stride 16, tiny and small:
+             N = 514, 3 or 6 heads): the straight-line blocks ran fwd+bwd 1.3-1.5x
+             faster there, but 10-30 % slower at N = 1214 and level at 12 heads,
+             where the unrolled blocks' scores no longer stay in cache
+             (BUILD_NOTES.md, "CPU training step: profile and levers").
            * a custom VJP saves only the output and the per-row log-sum-exp and
              recomputes each block's probabilities in the backward pass
              (flash-attention style), so training memory is O(B·H·N·D) instead
@@ -86,24 +92,24 @@ def _from_blocks(x: jax.Array) -> jax.Array:
   return x.transpose(1, 0, 2, 3).reshape(h, nb * q, d)
 
 
-def _forward_one(qh, kh, vh, bias, q_blk):
+def _forward_one(qh, kh, vh, bias, q_blk, unroll):
   """One example: qh `[H, Np, D]` (pre-scaled), kh/vh `[H, N, D]`, bias `[1, 1, N]`
   -> out `[H, Np, D]`, log-sum-exp `[H, Np, 1]`."""
   dt = qh.dtype
 
-  def block(qb):  # [H, Q, D]
+  def block(_, qb):  # [H, Q, D]
     s = _mm("hqd,hkd->hqk", qb, kh) + bias  # [H, Q, N] float32
     m = jnp.max(s, axis=-1, keepdims=True)
     e = jnp.exp(s - m)
     l = jnp.sum(e, axis=-1, keepdims=True)
     o = _mm("hqk,hkd->hqd", e.astype(dt), vh) / l  # normalise the small output, not the block
-    return o.astype(dt), m + jnp.log(l)
+    return None, (o.astype(dt), m + jnp.log(l))
 
-  o, lse = lax.map(block, _to_blocks(qh, q_blk))
+  _, (o, lse) = lax.scan(block, None, _to_blocks(qh, q_blk), unroll=unroll)
   return _from_blocks(o), _from_blocks(lse)
 
 
-def _backward_one(qh, kh, vh, bias, o, lse, do, q_blk):
+def _backward_one(qh, kh, vh, bias, o, lse, do, q_blk, unroll):
   """One example's flash-style backward, one query block per scan step (see module doc)."""
   dt = qh.dtype
   delta = jnp.sum(do.astype(_F32) * o.astype(_F32), axis=-1, keepdims=True)  # sum_j P_ij dP_ij
@@ -128,36 +134,47 @@ def _backward_one(qh, kh, vh, bias, o, lse, do, q_blk):
   blk = lambda x: _to_blocks(x, q_blk)
   zeros = jnp.zeros(kh.shape, _F32)
   xs = (blk(qh), blk(do), jnp.swapaxes(blk(lse), -1, -2), jnp.swapaxes(blk(delta), -1, -2))
-  (dk, dv), dq = lax.scan(step, (zeros, zeros), xs)
+  (dk, dv), dq = lax.scan(step, (zeros, zeros), xs, unroll=unroll)
   return _from_blocks(dq).astype(dt), dk.astype(dt), dv.astype(dt)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _blocked_core(qh, kh, vh, bias, q_blk):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _blocked_core(qh, kh, vh, bias, q_blk, unroll):
   """qh `[B, H, Np, D]` pre-scaled, kh/vh `[B, H, N, D]`, bias `[B, 1, 1, N]` -> `[B, H, Np, D]`."""
-  return _blocked_fwd(qh, kh, vh, bias, q_blk)[0]
+  return _blocked_fwd(qh, kh, vh, bias, q_blk, unroll)[0]
 
 
-def _blocked_fwd(qh, kh, vh, bias, q_blk):
-  o, lse = lax.map(lambda x: _forward_one(*x, q_blk), (qh, kh, vh, bias))  # one example a step
+def _blocked_fwd(qh, kh, vh, bias, q_blk, unroll):
+  # One example a step.
+  o, lse = lax.map(lambda x: _forward_one(*x, q_blk, unroll), (qh, kh, vh, bias))
   return o, (qh, kh, vh, bias, o, lse)
 
 
-def _blocked_bwd(q_blk, res, do):
+def _blocked_bwd(q_blk, unroll, res, do):
   qh, kh, vh, bias, o, lse = res
-  dq, dk, dv = lax.map(lambda x: _backward_one(*x, q_blk), (qh, kh, vh, bias, o, lse, do))
+  dq, dk, dv = lax.map(lambda x: _backward_one(*x, q_blk, unroll),
+                       (qh, kh, vh, bias, o, lse, do))
   return dq, dk, dv, jnp.zeros_like(bias)
 
 
 _blocked_core.defvjp(_blocked_fwd, _blocked_bwd)
 
 
+# One example's float32 scores, all heads and blocks, up to which the block loop is unrolled.
+UNROLL_MAX_SCORE_BYTES = 8 * 2**20
+
+
 def blocked(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None,
-            *, dtype=jnp.float32, block_size: int = 128) -> jax.Array:
-  """Memory-efficient attention; equals `plain(...)[0]` to float rounding. Returns `[B, q, H, D]`."""
+            *, dtype=jnp.float32, block_size: int = 128, unroll: bool | None = None) -> jax.Array:
+  """Memory-efficient attention; equals `plain(...)[0]` to float rounding. Returns `[B, q, H, D]`.
+
+  `unroll`: the query-block loop as straight-line code; None decides by the scores' size
+  (`UNROLL_MAX_SCORE_BYTES`, module doc)."""
   if block_size < 1:
     raise ValueError(f"block_size must be >= 1, got {block_size}")
   b, n, h, d = q.shape
+  if unroll is None:
+    unroll = 4 * h * n * k.shape[1] <= UNROLL_MAX_SCORE_BYTES
   q = (q * d ** -0.5).astype(dtype)
   k, v = k.astype(dtype), v.astype(dtype)
   nb, q_blk = _plan_blocks(n, block_size)
@@ -168,7 +185,7 @@ def blocked(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None
     bias = jnp.zeros((b, 1, 1, k.shape[1]), _F32)
   else:
     bias = jnp.where(key_mask, 0.0, _NEG).astype(_F32)[:, None, None, :]
-  out = _blocked_core(qh, kh, vh, lax.stop_gradient(bias), q_blk)
+  out = _blocked_core(qh, kh, vh, lax.stop_gradient(bias), q_blk, bool(unroll))
   return out.transpose(0, 2, 1, 3)[:, :n]
 
 

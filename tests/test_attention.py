@@ -1,5 +1,7 @@
 """model.attention: the blocked kernel equals the plain one (values and gradients), masks work."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +36,9 @@ def test_blocked_equals_naive_for_any_length_and_block(b, n, h, d, block, seed):
   mask = jax.random.bernoulli(jax.random.key(seed + 1), 0.7, (b, n)).at[:, 0].set(True)
   for m in (None, mask):
     want = _naive(q, k, v, m)
-    np.testing.assert_allclose(attention.blocked(q, k, v, m, block_size=block), want, atol=2e-5)
+    for unroll in (False, True):
+      np.testing.assert_allclose(attention.blocked(q, k, v, m, block_size=block, unroll=unroll),
+                                 want, atol=2e-5)
     np.testing.assert_allclose(attention.plain(q, k, v, m)[0], want, atol=2e-5)
     np.testing.assert_allclose(attention.fused(q, k, v, m), want, atol=2e-5)
 
@@ -44,10 +48,12 @@ def test_blocked_gradients_equal_plain():
   mask = jnp.arange(45)[None, :] < jnp.array([[45], [30]])
   ct = jax.random.normal(jax.random.key(9), q.shape)
   f_plain = lambda q, k, v: jnp.sum(attention.plain(q, k, v, mask)[0] * ct)
-  f_block = lambda q, k, v: jnp.sum(attention.blocked(q, k, v, mask, block_size=16) * ct)
+  f_block = lambda q, k, v, unroll: jnp.sum(
+      attention.blocked(q, k, v, mask, block_size=16, unroll=unroll) * ct)
   f_fused = lambda q, k, v: jnp.sum(attention.fused(q, k, v, mask) * ct)
   g1 = jax.grad(f_plain, argnums=(0, 1, 2))(q, k, v)
-  for f in (f_block, f_fused):
+  for f in (functools.partial(f_block, unroll=False), functools.partial(f_block, unroll=True),
+            f_fused):
     g2 = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(q, k, v)
     for a, b in zip(g1, g2):
       np.testing.assert_allclose(a, b, atol=2e-5)
@@ -108,6 +114,34 @@ def test_blocked_keeps_memory_to_one_block():
   assert blocked_temp <= 6 * block_bytes < full_temp, (blocked_temp, block_bytes, full_temp)
 
 
+def _block_loops_unrolled(b, n, h, d) -> list[bool]:
+  """Whether each query-block loop of the blocked kernel's forward and backward is unrolled
+  (b = 1: the loop over examples then has one step and is not counted)."""
+  q, k, v = (jax.ShapeDtypeStruct((b, n, h, d), jnp.float32) for _ in range(3))
+  grad = jax.grad(lambda q, k, v: jnp.sum(attention.blocked(q, k, v, block_size=256)),
+                  argnums=(0, 1, 2))
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "scan" and eqn.params["length"] > 1:
+        found.append(eqn.params["unroll"] >= eqn.params["length"])
+      for sub in jax.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jax.make_jaxpr(grad)(q, k, v).jaxpr)
+  return found
+
+
+def test_the_block_loop_is_unrolled_only_where_the_scores_are_small():
+  # Stride 16 at tiny and small (N = 514, 3 or 6 heads): unrolled, measured faster there.
+  assert _block_loops_unrolled(1, 514, 6, 64) == [True, True]
+  # Base at stride 16 and every size at stride 10 (N = 1214): loops, measured faster there.
+  assert _block_loops_unrolled(1, 514, 12, 64) == [False, False]
+  assert _block_loops_unrolled(1, 1214, 3, 64) == [False, False]
+  assert 4 * 6 * 514 * 514 <= attention.UNROLL_MAX_SCORE_BYTES < 4 * 12 * 514 * 514
+
+
 @pytest.mark.parametrize("block", [0, -4])
 def test_bad_block_size_is_refused(block):
   q, k, v = _qkv(5, 1, 8, 1, 4)
@@ -115,13 +149,14 @@ def test_bad_block_size_is_refused(block):
     attention.blocked(q, k, v, block_size=block)
 
 
-def test_bf16_backward_runs_and_tracks_f32():
+@pytest.mark.parametrize("unroll", [False, True])
+def test_bf16_backward_runs_and_tracks_f32(unroll):
   """The bf16 backward must compile and run (XLA:CPU has no fallback for some bf16 dot layouts)."""
   q, k, v = _qkv(6, 2, 70, 2, 16)
   ct = jax.random.normal(jax.random.key(1), q.shape)
   f = lambda dtype: jax.jit(jax.grad(lambda q, k, v: jnp.sum(
-      attention.blocked(q, k, v, dtype=dtype, block_size=32).astype(jnp.float32) * ct),
-      argnums=(0, 1, 2)))
+      attention.blocked(q, k, v, dtype=dtype, block_size=32, unroll=unroll).astype(jnp.float32)
+      * ct), argnums=(0, 1, 2)))
   g16 = f(jnp.bfloat16)(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16))
   g32 = f(jnp.float32)(q, k, v)
   for a, b in zip(g16, g32):
