@@ -1,7 +1,7 @@
 """Where the Flax training step loses to PyTorch on a CPU: the step's levers, one run.
 
   python benchmarks/step_levers.py [--cases tiny/16,small/16,small/10] [--reps 6]
-      [--json reports/speed/step_levers.json]
+      [--levers shipped,"all heads"] [--json reports/speed/step_levers.json]
 
 For each (variant, stride), f32, batch 1 (what `benchmarks/model_speed.py` times on a
 CPU), the training step of `model_speed` (forward + backward + AdamW on a 19-output head,
@@ -13,8 +13,9 @@ state donated) for the shipped encoder and for one change at a time, with PyTorc
                   model/dropout.py
   no dropout      dropout 0: what masks cost at all
   unrolled        scan_unroll = depth: the layers as straight-line code
-  looped blocks   the attention kernel's query-block loop never unrolled (as before
-                  session 10; the shipped kernel unrolls it where the scores are small)
+  all heads       the attention kernel as it was before 2026-12-04: all of an example's heads
+                  in one loop step, the query-block loop never unrolled (the shipped kernel
+                  takes one head a step and unrolls the blocks where their scores are small)
   fused           jax.nn.dot_product_attention instead of the blocked kernel
   no attention    attention replaced by its values (out = v): NOT a model, the bound on
                   what any attention kernel could give; with it, the rest of the step
@@ -22,13 +23,16 @@ state donated) for the shipped encoder and for one change at a time, with PyTorc
 
 The last and `threefry` swap a module function while their step is traced and restore it
 at once; every other row uses the real model. Ratio = PyTorch seconds / Flax seconds
-(> 1: Flax faster). Results: BUILD_NOTES.md, "CPU training step: profile and levers".
+(> 1: Flax faster). `--levers` times a subset (PyTorch always): fewer rows a rep leave room
+for more reps where two levers differ by less than the run's noise. Results: BUILD_NOTES.md,
+"CPU training step: profile and levers".
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -56,8 +60,8 @@ def _swapped(module, name, value):
     setattr(module, name, old)
 
 
-def _values_only(q, k, v, key_mask=None, *, dtype=None, block_size=None, unroll=None):
-  del q, k, key_mask, block_size, unroll
+def _values_only(q, k, v, key_mask=None, *, dtype=None, block_size=None):
+  del q, k, key_mask, block_size
   return v.astype(dtype or v.dtype)
 
 
@@ -68,21 +72,32 @@ def _traced_step(c: ast.EncoderConfig):
   return run_train
 
 
-LEVERS = ("shipped", "threefry", "no dropout", "unrolled", "looped blocks", "fused",
-          "no attention")
+LEVERS = ("shipped", "threefry", "no dropout", "unrolled", "all heads", "fused", "no attention")
 
 
-def steps(c: ast.EncoderConfig) -> dict:
-  fns = {"shipped": _traced_step(c)}
-  with _swapped(dropout, "Dropout", nn.Dropout):
-    fns["threefry"] = _traced_step(c)
-  fns["no dropout"] = _traced_step(c.replace(dropout=0.0))
-  fns["unrolled"] = _traced_step(c.replace(scan_unroll=c.depth))
-  with _swapped(attention, "UNROLL_MAX_SCORE_BYTES", 0):
-    fns["looped blocks"] = _traced_step(c)
-  fns["fused"] = _traced_step(c.replace(attention="fused"))
+def _lever_step(c: ast.EncoderConfig, lever: str):
+  if lever == "shipped":
+    return _traced_step(c)
+  if lever == "threefry":
+    with _swapped(dropout, "Dropout", nn.Dropout):
+      return _traced_step(c)
+  if lever == "no dropout":
+    return _traced_step(c.replace(dropout=0.0))
+  if lever == "unrolled":
+    return _traced_step(c.replace(scan_unroll=c.depth))
+  if lever == "all heads":
+    every_head = functools.partial(attention.blocked, heads_per_step=None, unroll=False)
+    with _swapped(attention, "blocked", every_head):
+      return _traced_step(c)
+  if lever == "fused":
+    return _traced_step(c.replace(attention="fused"))
+  assert lever == "no attention", lever
   with _swapped(attention, "blocked", _values_only):
-    fns["no attention"] = _traced_step(c)
+    return _traced_step(c)
+
+
+def steps(c: ast.EncoderConfig, levers=LEVERS) -> dict:
+  fns = {lever: _lever_step(c, lever) for lever in levers}
   _, fns["pytorch"] = model_speed._torch_fns(c, 1, "float32")
   return fns
 
@@ -92,17 +107,21 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--cases", default="tiny/16,small/16,small/10")
   parser.add_argument("--reps", type=int, default=6)
   parser.add_argument("--pause_s", type=float, default=0.3)
+  parser.add_argument("--levers", default=",".join(LEVERS))
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
+  levers = tuple(args.levers.split(","))
+  if unknown := set(levers) - set(LEVERS):
+    parser.error(f"--levers: unknown {sorted(unknown)}; choose from {', '.join(LEVERS)}")
   import torch
   torch.set_num_threads(os.cpu_count())
   print(f"jax {jax.__version__}, torch {torch.__version__}, {os.cpu_count()} cores, f32, batch 1")
-  print(f"{'case':<10}" + "".join(f"{k:>14}" for k in (*LEVERS, "pytorch")) + "   (s; ratio below)")
+  print(f"{'case':<10}" + "".join(f"{k:>14}" for k in (*levers, "pytorch")) + "   (s; ratio below)")
   rows = []
   for case in args.cases.split(","):
     variant, stride = case.split("/")
     c = ast.variant(variant, freq_stride=int(stride), time_stride=int(stride))
-    fns = steps(c)
+    fns = steps(c, levers)
     for fn in fns.values():
       fn()
     times = {k: [] for k in fns}
@@ -115,13 +134,13 @@ def main(argv: list[str] | None = None) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = {k: med["pytorch"] / v for k, v in med.items()}
     rows.append(dict(case=case, seconds=med, ratio=ratio))
-    print(f"{case:<10}" + "".join(f"{med[k]:>14.4f}" for k in (*LEVERS, "pytorch")))
-    print(f"{'  ratio':<10}" + "".join(f"{ratio[k]:>14.3f}" for k in (*LEVERS, "pytorch")),
+    print(f"{case:<10}" + "".join(f"{med[k]:>14.4f}" for k in (*levers, "pytorch")))
+    print(f"{'  ratio':<10}" + "".join(f"{ratio[k]:>14.3f}" for k in (*levers, "pytorch")),
           flush=True)
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(
         {"jax": jax.__version__, "torch": torch.__version__, "cores": os.cpu_count(),
-         "reps": args.reps, "rows": rows}, indent=1))
+         "reps": args.reps, "levers": list(levers), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -8,16 +8,18 @@
              so no `[N, N]`-sized transpose or copy appears in the HLO (plain
              einsum attention makes XLA transpose the probabilities for P·V).
            * queries are processed in balanced blocks of ~`block_size` rows, one
-             example and one block per loop step: the `[H, Q, N]` score
-             block stays in cache (batching examples into the block made it B
-             times larger and 3x slower at B = 8), and XLA:CPU fuses
-             dot + max + sub + exp on it.
-           * the block loop is unrolled when one example's scores, all blocks
-             together, fit in `UNROLL_MAX_SCORE_BYTES` (stride 16, tiny and small:
-             N = 514, 3 or 6 heads): the straight-line blocks ran fwd+bwd 1.3-1.5x
-             faster there, but 10-30 % slower at N = 1214 and level at 12 heads,
-             where the unrolled blocks' scores no longer stay in cache
-             (BUILD_NOTES.md, "CPU training step: profile and levers").
+             example, `heads_per_step` heads (default one) and one block per loop
+             step: the `[heads_per_step, Q, N]` score block stays in cache. Larger
+             blocks were slower: batching examples into the block made it B times
+             larger and 3x slower at B = 8, and all heads in one step (before
+             2026-12-04) ran fwd+bwd 1.2-1.7x slower than one head a step at
+             N = 1214, 6 and 12 heads. XLA:CPU fuses dot + max + sub + exp on it.
+           * the block loop is unrolled when one step's scores, all its blocks
+             together, fit in `UNROLL_MAX_SCORE_BYTES`: at N = 514 (stride 16) the
+             straight-line blocks ran fwd+bwd 1.2-1.4x faster than the loop, at
+             N = 1214 (stride 10) up to 1.3x slower, the unrolled blocks' scores no
+             longer staying in cache (BUILD_NOTES.md, "CPU training step: profile
+             and levers").
            * a custom VJP saves only the output and the per-row log-sum-exp and
              recomputes each block's probabilities in the backward pass
              (flash-attention style), so training memory is O(B·H·N·D) instead
@@ -93,8 +95,8 @@ def _from_blocks(x: jax.Array) -> jax.Array:
 
 
 def _forward_one(qh, kh, vh, bias, q_blk, unroll):
-  """One example: qh `[H, Np, D]` (pre-scaled), kh/vh `[H, N, D]`, bias `[1, 1, N]`
-  -> out `[H, Np, D]`, log-sum-exp `[H, Np, 1]`."""
+  """One loop step (an example's head group): qh `[H, Np, D]` (pre-scaled), kh/vh `[H, N, D]`,
+  bias `[1, 1, N]` -> out `[H, Np, D]`, log-sum-exp `[H, Np, 1]`."""
   dt = qh.dtype
 
   def block(_, qb):  # [H, Q, D]
@@ -110,7 +112,7 @@ def _forward_one(qh, kh, vh, bias, q_blk, unroll):
 
 
 def _backward_one(qh, kh, vh, bias, o, lse, do, q_blk, unroll):
-  """One example's flash-style backward, one query block per scan step (see module doc)."""
+  """One loop step's flash-style backward, one query block per scan step (see module doc)."""
   dt = qh.dtype
   delta = jnp.sum(do.astype(_F32) * o.astype(_F32), axis=-1, keepdims=True)  # sum_j P_ij dP_ij
   do = do.astype(dt)
@@ -140,12 +142,13 @@ def _backward_one(qh, kh, vh, bias, o, lse, do, q_blk, unroll):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _blocked_core(qh, kh, vh, bias, q_blk, unroll):
-  """qh `[B, H, Np, D]` pre-scaled, kh/vh `[B, H, N, D]`, bias `[B, 1, 1, N]` -> `[B, H, Np, D]`."""
+  """qh `[S, H, Np, D]` pre-scaled, kh/vh `[S, H, N, D]`, bias `[S, 1, 1, N]` -> `[S, H, Np, D]`
+  (S loop steps: examples x head groups)."""
   return _blocked_fwd(qh, kh, vh, bias, q_blk, unroll)[0]
 
 
 def _blocked_fwd(qh, kh, vh, bias, q_blk, unroll):
-  # One example a step.
+  # One (example, head group) a step.
   o, lse = lax.map(lambda x: _forward_one(*x, q_blk, unroll), (qh, kh, vh, bias))
   return o, (qh, kh, vh, bias, o, lse)
 
@@ -160,21 +163,27 @@ def _blocked_bwd(q_blk, unroll, res, do):
 _blocked_core.defvjp(_blocked_fwd, _blocked_bwd)
 
 
-# One example's float32 scores, all heads and blocks, up to which the block loop is unrolled.
-UNROLL_MAX_SCORE_BYTES = 8 * 2**20
+# One loop step's float32 scores, all its query blocks, up to which the block loop is
+# unrolled: one head at N = 514 (1.1 MB) is, at N = 1214 (5.9 MB) is not.
+UNROLL_MAX_SCORE_BYTES = 2 * 2**20
 
 
 def blocked(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None,
-            *, dtype=jnp.float32, block_size: int = 128, unroll: bool | None = None) -> jax.Array:
+            *, dtype=jnp.float32, block_size: int = 128, heads_per_step: int | None = 1,
+            unroll: bool | None = None) -> jax.Array:
   """Memory-efficient attention; equals `plain(...)[0]` to float rounding. Returns `[B, q, H, D]`.
 
-  `unroll`: the query-block loop as straight-line code; None decides by the scores' size
-  (`UNROLL_MAX_SCORE_BYTES`, module doc)."""
+  `heads_per_step`: heads computed together in one loop step (a divisor of the head count;
+  None: all). `unroll`: the query-block loop as straight-line code; None decides by the
+  step's scores' size (`UNROLL_MAX_SCORE_BYTES`). Both: module doc."""
   if block_size < 1:
     raise ValueError(f"block_size must be >= 1, got {block_size}")
   b, n, h, d = q.shape
+  hs = h if heads_per_step is None else heads_per_step
+  if hs < 1 or h % hs:
+    raise ValueError(f"heads_per_step must divide the {h} heads, got {heads_per_step}")
   if unroll is None:
-    unroll = 4 * h * n * k.shape[1] <= UNROLL_MAX_SCORE_BYTES
+    unroll = 4 * hs * n * k.shape[1] <= UNROLL_MAX_SCORE_BYTES
   q = (q * d ** -0.5).astype(dtype)
   k, v = k.astype(dtype), v.astype(dtype)
   nb, q_blk = _plan_blocks(n, block_size)
@@ -185,8 +194,12 @@ def blocked(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None
     bias = jnp.zeros((b, 1, 1, k.shape[1]), _F32)
   else:
     bias = jnp.where(key_mask, 0.0, _NEG).astype(_F32)[:, None, None, :]
+  # [B, H, ., .] -> [B·H/hs, hs, ., .] (free: heads are the major axis after the transpose),
+  # so the loop over examples is a loop over (example, head group).
+  qh, kh, vh = (x.reshape(b * (h // hs), hs, *x.shape[2:]) for x in (qh, kh, vh))
+  bias = jnp.repeat(bias, h // hs, axis=0)
   out = _blocked_core(qh, kh, vh, lax.stop_gradient(bias), q_blk, bool(unroll))
-  return out.transpose(0, 2, 1, 3)[:, :n]
+  return out.reshape(b, h, *out.shape[2:]).transpose(0, 2, 1, 3)[:, :n]
 
 
 # Rematerialised: the backward recomputes the probabilities from q, k and v instead of

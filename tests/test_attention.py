@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -36,24 +37,25 @@ def test_blocked_equals_naive_for_any_length_and_block(b, n, h, d, block, seed):
   mask = jax.random.bernoulli(jax.random.key(seed + 1), 0.7, (b, n)).at[:, 0].set(True)
   for m in (None, mask):
     want = _naive(q, k, v, m)
-    for unroll in (False, True):
-      np.testing.assert_allclose(attention.blocked(q, k, v, m, block_size=block, unroll=unroll),
-                                 want, atol=2e-5)
+    for heads, unroll in ((1, False), (1, True), (None, False), (None, True)):
+      got = attention.blocked(q, k, v, m, block_size=block, heads_per_step=heads, unroll=unroll)
+      np.testing.assert_allclose(got, want, atol=2e-5)
     np.testing.assert_allclose(attention.plain(q, k, v, m)[0], want, atol=2e-5)
     np.testing.assert_allclose(attention.fused(q, k, v, m), want, atol=2e-5)
 
 
 def test_blocked_gradients_equal_plain():
-  q, k, v = _qkv(0, 2, 45, 2, 8)
+  q, k, v = _qkv(0, 2, 45, 4, 8)
   mask = jnp.arange(45)[None, :] < jnp.array([[45], [30]])
   ct = jax.random.normal(jax.random.key(9), q.shape)
   f_plain = lambda q, k, v: jnp.sum(attention.plain(q, k, v, mask)[0] * ct)
-  f_block = lambda q, k, v, unroll: jnp.sum(
-      attention.blocked(q, k, v, mask, block_size=16, unroll=unroll) * ct)
+  f_block = lambda q, k, v, **kw: jnp.sum(attention.blocked(q, k, v, mask, block_size=16, **kw)
+                                          * ct)
   f_fused = lambda q, k, v: jnp.sum(attention.fused(q, k, v, mask) * ct)
   g1 = jax.grad(f_plain, argnums=(0, 1, 2))(q, k, v)
-  for f in (functools.partial(f_block, unroll=False), functools.partial(f_block, unroll=True),
-            f_fused):
+  blocks = [functools.partial(f_block, heads_per_step=heads, unroll=unroll)
+            for heads in (1, 2, None) for unroll in (False, True)]
+  for f in (*blocks, f_fused):
     g2 = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(q, k, v)
     for a, b in zip(g1, g2):
       np.testing.assert_allclose(a, b, atol=2e-5)
@@ -114,32 +116,41 @@ def test_blocked_keeps_memory_to_one_block():
   assert blocked_temp <= 6 * block_bytes < full_temp, (blocked_temp, block_bytes, full_temp)
 
 
-def _block_loops_unrolled(b, n, h, d) -> list[bool]:
-  """Whether each query-block loop of the blocked kernel's forward and backward is unrolled
-  (b = 1: the loop over examples then has one step and is not counted)."""
-  q, k, v = (jax.ShapeDtypeStruct((b, n, h, d), jnp.float32) for _ in range(3))
-  grad = jax.grad(lambda q, k, v: jnp.sum(attention.blocked(q, k, v, block_size=256)),
+def _loops(n, h, **kw) -> list[tuple[int, bool]]:
+  """`(steps, unrolled)` of the blocked kernel's loops (forward and backward, one example):
+  the loop over head groups, and inside it the loop over query blocks."""
+  q, k, v = (jax.ShapeDtypeStruct((1, n, h, 64), jnp.float32) for _ in range(3))
+  grad = jax.grad(lambda q, k, v: jnp.sum(attention.blocked(q, k, v, block_size=256, **kw)),
                   argnums=(0, 1, 2))
   found = []
 
   def walk(jaxpr):
     for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "scan" and eqn.params["length"] > 1:
-        found.append(eqn.params["unroll"] >= eqn.params["length"])
-      for sub in jax.core.jaxprs_in_params(eqn.params):
+      if eqn.primitive.name == "scan":
+        found.append((eqn.params["length"], eqn.params["unroll"] >= eqn.params["length"] > 1))
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
         walk(sub)
 
   walk(jax.make_jaxpr(grad)(q, k, v).jaxpr)
   return found
 
 
-def test_the_block_loop_is_unrolled_only_where_the_scores_are_small():
-  # Stride 16 at tiny and small (N = 514, 3 or 6 heads): unrolled, measured faster there.
-  assert _block_loops_unrolled(1, 514, 6, 64) == [True, True]
-  # Base at stride 16 and every size at stride 10 (N = 1214): loops, measured faster there.
-  assert _block_loops_unrolled(1, 514, 12, 64) == [False, False]
-  assert _block_loops_unrolled(1, 1214, 3, 64) == [False, False]
-  assert 4 * 6 * 514 * 514 <= attention.UNROLL_MAX_SCORE_BYTES < 4 * 12 * 514 * 514
+def test_one_head_a_step_and_blocks_unrolled_only_where_the_scores_are_small():
+  # Stride 16 (N = 514, 3 blocks): one head a step, its blocks unrolled (measured faster).
+  assert _loops(514, 6) == [(6, False), (3, True)] * 2
+  # Stride 10 (N = 1214, 5 blocks): looped (measured faster there).
+  assert _loops(1214, 3) == [(3, False), (5, False)] * 2
+  # All heads in one step: the step's scores are too large to unroll.
+  assert _loops(514, 6, heads_per_step=None) == [(1, False), (3, False)] * 2
+  assert _loops(514, 6, heads_per_step=2, unroll=True) == [(3, False), (3, True)] * 2
+  assert 4 * 514 * 514 <= attention.UNROLL_MAX_SCORE_BYTES < 4 * 1214 * 1214
+
+
+@pytest.mark.parametrize("heads", [0, 4, -1])
+def test_heads_per_step_must_divide_the_heads(heads):
+  q, k, v = _qkv(5, 1, 8, 6, 4)
+  with pytest.raises(ValueError, match="heads_per_step must divide the 6 heads"):
+    attention.blocked(q, k, v, heads_per_step=heads)
 
 
 @pytest.mark.parametrize("block", [0, -4])
@@ -149,14 +160,14 @@ def test_bad_block_size_is_refused(block):
     attention.blocked(q, k, v, block_size=block)
 
 
-@pytest.mark.parametrize("unroll", [False, True])
-def test_bf16_backward_runs_and_tracks_f32(unroll):
+@pytest.mark.parametrize("heads,unroll", [(1, False), (1, True), (None, False)])
+def test_bf16_backward_runs_and_tracks_f32(heads, unroll):
   """The bf16 backward must compile and run (XLA:CPU has no fallback for some bf16 dot layouts)."""
   q, k, v = _qkv(6, 2, 70, 2, 16)
   ct = jax.random.normal(jax.random.key(1), q.shape)
   f = lambda dtype: jax.jit(jax.grad(lambda q, k, v: jnp.sum(
-      attention.blocked(q, k, v, dtype=dtype, block_size=32, unroll=unroll).astype(jnp.float32)
-      * ct), argnums=(0, 1, 2)))
+      attention.blocked(q, k, v, dtype=dtype, block_size=32, heads_per_step=heads,
+                        unroll=unroll).astype(jnp.float32) * ct), argnums=(0, 1, 2)))
   g16 = f(jnp.bfloat16)(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16))
   g32 = f(jnp.float32)(q, k, v)
   for a, b in zip(g16, g32):

@@ -158,8 +158,15 @@ def test_the_lever_benchmark_times_every_lever_against_pytorch(tmp_path):
       cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   (row,) = json.loads(out.read_text())["rows"]
-  levers = {"shipped", "threefry", "no dropout", "unrolled", "looped blocks", "fused",
+  levers = {"shipped", "threefry", "no dropout", "unrolled", "all heads", "fused",
             "no attention", "pytorch"}
   assert row["case"] == "tiny/16" and set(row["seconds"]) == levers
   for k, s in row["seconds"].items():
     assert s > 0 and row["ratio"][k] == row["seconds"]["pytorch"] / s, k
+
+
+def test_the_lever_benchmark_refuses_an_unknown_lever(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "step_levers.py"), "--levers=shipped,flash"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2 and "--levers: unknown ['flash']" in proc.stderr, proc.stderr[-2000:]
