@@ -20,6 +20,10 @@ state donated) for the shipped encoder and for one change at a time, with PyTorc
   no attention    attention replaced by its values (out = v): NOT a model, the bound on
                   what any attention kernel could give; with it, the rest of the step
                   against PyTorch's whole step
+  trainer         train.trainer's own jitted step (benchmarks/train_speed.flax_step: the
+                  fine-tuning config with this encoder, batch 1, flat head; clipping, AdamW
+                  with its decay mask, the schedule, the mesh, donated state): how far the
+                  trainer is from the bare step (`shipped`)
 
 The last and `threefry` swap a module function while their step is traced and restore it
 at once; every other row uses the real model. Ratio = PyTorch seconds / Flax seconds
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -72,7 +77,8 @@ def _traced_step(c: ast.EncoderConfig):
   return run_train
 
 
-LEVERS = ("shipped", "threefry", "no dropout", "unrolled", "all heads", "fused", "no attention")
+LEVERS = ("shipped", "threefry", "no dropout", "unrolled", "all heads", "fused", "no attention",
+          "trainer")
 
 
 def _lever_step(c: ast.EncoderConfig, lever: str):
@@ -91,9 +97,22 @@ def _lever_step(c: ast.EncoderConfig, lever: str):
       return _traced_step(c)
   if lever == "fused":
     return _traced_step(c.replace(attention="fused"))
+  if lever == "trainer":
+    return _trainer_step(c)
   assert lever == "no attention", lever
   with _swapped(attention, "blocked", _values_only):
     return _traced_step(c)
+
+
+def _trainer_step(c: ast.EncoderConfig):
+  import train_speed  # imports the trainer (and torch) only where this lever runs
+  from train.configs import finetune
+  config = finetune.get_config("tiny")  # every encoder field is replaced by c's below
+  config.model.encoder.update(dataclasses.asdict(c))
+  config.batch_size = config.microbatch_size = 1
+  run, _ = train_speed.flax_step(config, train_speed.FlatHeadTask(config))
+  run()
+  return run
 
 
 def steps(c: ast.EncoderConfig, levers=LEVERS) -> dict:

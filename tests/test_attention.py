@@ -37,7 +37,7 @@ def test_blocked_equals_naive_for_any_length_and_block(b, n, h, d, block, seed):
   mask = jax.random.bernoulli(jax.random.key(seed + 1), 0.7, (b, n)).at[:, 0].set(True)
   for m in (None, mask):
     want = _naive(q, k, v, m)
-    for heads, unroll in ((1, False), (1, True), (None, False), (None, True)):
+    for heads, unroll in ((1, False), (1, True), (None, False)):  # all four: gradient test
       got = attention.blocked(q, k, v, m, block_size=block, heads_per_step=heads, unroll=unroll)
       np.testing.assert_allclose(got, want, atol=2e-5)
     np.testing.assert_allclose(attention.plain(q, k, v, m)[0], want, atol=2e-5)

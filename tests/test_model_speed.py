@@ -149,7 +149,7 @@ def test_a_flax_only_run_needs_no_torch(tmp_path):
   assert bad.returncode == 2 and "--frameworks must name flax and/or torch" in bad.stderr
 
 
-@pytest.mark.slow  # eight compiles of the tiny model
+@pytest.mark.slow  # nine compiles of the tiny model
 def test_the_lever_benchmark_times_every_lever_against_pytorch(tmp_path):
   out = tmp_path / "levers.json"
   proc = subprocess.run(
@@ -159,7 +159,7 @@ def test_the_lever_benchmark_times_every_lever_against_pytorch(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   (row,) = json.loads(out.read_text())["rows"]
   levers = {"shipped", "threefry", "no dropout", "unrolled", "all heads", "fused",
-            "no attention", "pytorch"}
+            "no attention", "trainer", "pytorch"}
   assert row["case"] == "tiny/16" and set(row["seconds"]) == levers
   for k, s in row["seconds"].items():
     assert s > 0 and row["ratio"][k] == row["seconds"]["pytorch"] / s, k
