@@ -110,7 +110,8 @@ def _torch_sync(torch) -> None:
     torch.cuda.synchronize()
 
 
-def matmul_peaks(frameworks, n: int | None = None, reps: int = 20) -> dict[str, float]:
+def matmul_peaks(frameworks=("flax", "torch"), n: int | None = None,
+                 reps: int = 20) -> dict[str, float]:
   """Best n³ matmul rate per framework and dtype (FLOP/s); the best of many reps, because
   a noisy neighbour only ever makes a rep slower."""
   n = n or (4096 if on_accelerator() else 1024)

@@ -51,6 +51,7 @@ import jax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import model_speed  # noqa: E402
+
 from model import ast, attention, dropout  # noqa: E402
 
 
@@ -106,6 +107,7 @@ def _lever_step(c: ast.EncoderConfig, lever: str):
 
 def _trainer_step(c: ast.EncoderConfig):
   import train_speed  # imports the trainer (and torch) only where this lever runs
+
   from train.configs import finetune
   config = finetune.get_config("tiny")  # every encoder field is replaced by c's below
   config.model.encoder.update(dataclasses.asdict(c))

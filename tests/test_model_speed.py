@@ -170,3 +170,31 @@ def test_the_lever_benchmark_refuses_an_unknown_lever(tmp_path):
       [sys.executable, str(REPO / "benchmarks" / "step_levers.py"), "--levers=shipped,flash"],
       cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 2 and "--levers: unknown ['flash']" in proc.stderr, proc.stderr[-2000:]
+
+
+# The other speed benchmarks import model_speed's helpers: one changed signature broke both
+# (make bench-predict and make bench-train failed at start, 2026-12-04). Each runs once, tiny.
+@pytest.mark.slow  # ~1-2 min: a tiny predict benchmark end to end
+def test_the_predict_benchmark_runs_and_writes_its_reports(tmp_path):
+  out = tmp_path / "predict.json"
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "predict_speed.py"), "--variants=tiny",
+       "--seconds=12", "--reps=1", "--no-levers", f"--workdir={tmp_path / 'work'}",
+       f"--json={out}", f"--txt={tmp_path / 'predict.txt'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  doc = json.loads(out.read_text())
+  assert "tiny" in json.dumps(doc) and (tmp_path / "predict.txt").read_text().startswith("command:")
+
+
+@pytest.mark.slow  # ~3-5 min: the trainer's tiny step (microbatch 16) against PyTorch's
+def test_the_trainer_benchmark_runs_and_writes_its_json(tmp_path):
+  out = tmp_path / "train.json"
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "train_speed.py"), "--variants=tiny",
+       "--dtypes=float32", "--reps=2", "--pause_s=0", f"--json={out}"],
+      cwd=REPO, capture_output=True, text=True, timeout=1800, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (row,) = json.loads(out.read_text())["rows"]
+  assert row["variant"] == "tiny" and row["flax_s"] > 0 and row["torch_s"] > 0
+  assert row["ratio"] == row["torch_s"] / row["flax_s"]
