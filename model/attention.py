@@ -14,12 +14,13 @@
              larger and 3x slower at B = 8, and all heads in one step (before
              2026-12-04) ran fwd+bwd 1.2-1.7x slower than one head a step at
              N = 1214, 6 and 12 heads. XLA:CPU fuses dot + max + sub + exp on it.
-           * the block loop is unrolled when one step's scores, all its blocks
-             together, fit in `UNROLL_MAX_SCORE_BYTES`: at N = 514 (stride 16) the
-             straight-line blocks ran fwd+bwd 1.2-1.4x faster than the loop, at
-             N = 1214 (stride 10) up to 1.3x slower, the unrolled blocks' scores no
-             longer staying in cache (BUILD_NOTES.md, "CPU training step: profile
-             and levers").
+           * the block loops are unrolled when one step's scores, all its blocks
+             together, fit in `UNROLL_MAX_SCORE_BYTES` (one bound forward, one
+             backward): at N = 514 (stride 16) the straight-line blocks ran fwd+bwd
+             1.2-1.4x faster than the loop; at N = 1214 (stride 10) the forward
+             alone 1.1-1.2x faster, fwd+bwd up to 1.3x slower (the backward's
+             blocks, each with its dk/dv update, no longer stay in cache). Measured:
+             BUILD_NOTES.md, "Attention on CPU".
            * a custom VJP saves only the output and the per-row log-sum-exp and
              recomputes each block's probabilities in the backward pass
              (flash-attention style), so training memory is O(B·H·N·D) instead
@@ -143,19 +144,19 @@ def _backward_one(qh, kh, vh, bias, o, lse, do, q_blk, unroll):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _blocked_core(qh, kh, vh, bias, q_blk, unroll):
   """qh `[S, H, Np, D]` pre-scaled, kh/vh `[S, H, N, D]`, bias `[S, 1, 1, N]` -> `[S, H, Np, D]`
-  (S loop steps: examples x head groups)."""
+  (S loop steps: examples x head groups); `unroll`: (forward, backward) block loops unrolled."""
   return _blocked_fwd(qh, kh, vh, bias, q_blk, unroll)[0]
 
 
 def _blocked_fwd(qh, kh, vh, bias, q_blk, unroll):
   # One (example, head group) a step.
-  o, lse = lax.map(lambda x: _forward_one(*x, q_blk, unroll), (qh, kh, vh, bias))
+  o, lse = lax.map(lambda x: _forward_one(*x, q_blk, unroll[0]), (qh, kh, vh, bias))
   return o, (qh, kh, vh, bias, o, lse)
 
 
 def _blocked_bwd(q_blk, unroll, res, do):
   qh, kh, vh, bias, o, lse = res
-  dq, dk, dv = lax.map(lambda x: _backward_one(*x, q_blk, unroll),
+  dq, dk, dv = lax.map(lambda x: _backward_one(*x, q_blk, unroll[1]),
                        (qh, kh, vh, bias, o, lse, do))
   return dq, dk, dv, jnp.zeros_like(bias)
 
@@ -164,8 +165,9 @@ _blocked_core.defvjp(_blocked_fwd, _blocked_bwd)
 
 
 # One loop step's float32 scores, all its query blocks, up to which the block loop is
-# unrolled: one head at N = 514 (1.1 MB) is, at N = 1214 (5.9 MB) is not.
-UNROLL_MAX_SCORE_BYTES = 2 * 2**20
+# unrolled, forward and backward: one head at N = 1214 (5.9 MB) is unrolled forward, not
+# backward; at N = 514 (1.1 MB) both are.
+UNROLL_MAX_SCORE_BYTES = {"forward": 8 * 2**20, "backward": 2 * 2**20}
 
 
 def blocked(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None,
@@ -174,8 +176,8 @@ def blocked(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None
   """Memory-efficient attention; equals `plain(...)[0]` to float rounding. Returns `[B, q, H, D]`.
 
   `heads_per_step`: heads computed together in one loop step (a divisor of the head count;
-  None: all). `unroll`: the query-block loop as straight-line code; None decides by the
-  step's scores' size (`UNROLL_MAX_SCORE_BYTES`). Both: module doc."""
+  None: all). `unroll`: the query-block loops (forward and backward) as straight-line code;
+  None decides each by the step's scores' size (`UNROLL_MAX_SCORE_BYTES`). Both: module doc."""
   if block_size < 1:
     raise ValueError(f"block_size must be >= 1, got {block_size}")
   b, n, h, d = q.shape
@@ -183,7 +185,10 @@ def blocked(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None
   if hs < 1 or h % hs:
     raise ValueError(f"heads_per_step must divide the {h} heads, got {heads_per_step}")
   if unroll is None:
-    unroll = 4 * hs * n * k.shape[1] <= UNROLL_MAX_SCORE_BYTES
+    scores = 4 * hs * n * k.shape[1]
+    loops = tuple(scores <= UNROLL_MAX_SCORE_BYTES[p] for p in ("forward", "backward"))
+  else:
+    loops = (bool(unroll), bool(unroll))
   q = (q * d ** -0.5).astype(dtype)
   k, v = k.astype(dtype), v.astype(dtype)
   nb, q_blk = _plan_blocks(n, block_size)
@@ -198,7 +203,7 @@ def blocked(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None
   # so the loop over examples is a loop over (example, head group).
   qh, kh, vh = (x.reshape(b * (h // hs), hs, *x.shape[2:]) for x in (qh, kh, vh))
   bias = jnp.repeat(bias, h // hs, axis=0)
-  out = _blocked_core(qh, kh, vh, lax.stop_gradient(bias), q_blk, bool(unroll))
+  out = _blocked_core(qh, kh, vh, lax.stop_gradient(bias), q_blk, loops)
   return out.reshape(b, h, *out.shape[2:]).transpose(0, 2, 1, 3)[:, :n]
 
 

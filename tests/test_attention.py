@@ -138,12 +138,14 @@ def _loops(n, h, **kw) -> list[tuple[int, bool]]:
 def test_one_head_a_step_and_blocks_unrolled_only_where_the_scores_are_small():
   # Stride 16 (N = 514, 3 blocks): one head a step, its blocks unrolled (measured faster).
   assert _loops(514, 6) == [(6, False), (3, True)] * 2
-  # Stride 10 (N = 1214, 5 blocks): looped (measured faster there).
-  assert _loops(1214, 3) == [(3, False), (5, False)] * 2
-  # All heads in one step: the step's scores are too large to unroll.
-  assert _loops(514, 6, heads_per_step=None) == [(1, False), (3, False)] * 2
+  # Stride 10 (N = 1214, 5 blocks): forward unrolled, backward looped (each measured faster).
+  assert _loops(1214, 3) == [(3, False), (5, True), (3, False), (5, False)]
+  # All six heads in one step (6.3 MB of scores): small enough forward only.
+  assert _loops(514, 6, heads_per_step=None) == [(1, False), (3, True), (1, False), (3, False)]
   assert _loops(514, 6, heads_per_step=2, unroll=True) == [(3, False), (3, True)] * 2
-  assert 4 * 514 * 514 <= attention.UNROLL_MAX_SCORE_BYTES < 4 * 1214 * 1214
+  assert _loops(1214, 3, unroll=False) == [(3, False), (5, False)] * 2
+  bounds = attention.UNROLL_MAX_SCORE_BYTES
+  assert 4 * 514 * 514 <= bounds["backward"] < 4 * 1214 * 1214 <= bounds["forward"]
 
 
 @pytest.mark.parametrize("heads", [0, 4, -1])
