@@ -1,6 +1,7 @@
 """Slow checks over the whole real PercePiano release (run by `make test-slow` and CI)."""
 
 import concurrent.futures
+import multiprocessing
 
 import numpy as np
 import pretty_midi
@@ -26,7 +27,9 @@ def _render_summary(path):
 def test_every_real_performance_renders_and_trims_as_measured(percepiano_dir):
   release = percepiano.read_release(percepiano_dir)
   keys = [p.key for p in release.performances]
-  with concurrent.futures.ProcessPoolExecutor(max_workers=2) as pool:
+  # Spawned, not forked: in make test-slow this process has started JAX's threads by now.
+  spawn = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=spawn) as pool:
     results = list(pool.map(_render_summary, [p.midi_path for p in release.performances],
                             chunksize=16))
   assert len(results) == 1202
