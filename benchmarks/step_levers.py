@@ -25,8 +25,8 @@ state donated) for the shipped encoder and for one change at a time, with PyTorc
                   with its decay mask, the schedule, the mesh, donated state): how far the
                   trainer is from the bare step (`shipped`)
 
-The last and `threefry` swap a module function while their step is traced and restore it
-at once; every other row uses the real model. Ratio = PyTorch seconds / Flax seconds
+`threefry`, `all heads` and `no attention` swap a module function while their step is
+traced and restore it at once; every other row uses the real model. Ratio = PyTorch seconds / Flax seconds
 (> 1: Flax faster). `--levers` times a subset (PyTorch always): fewer rows a rep leave room
 for more reps where two levers differ by less than the run's noise. Results: BUILD_NOTES.md,
 "CPU training step: profile and levers".

@@ -32,7 +32,7 @@
              dots with a transposed left operand to f32.
   fused    `jax.nn.dot_product_attention`: one batched kernel over all examples and
            heads, the `[B, H, N, N]` probabilities materialised per layer. On a GPU or
-           TPU it beats `blocked`, whose `lax.map` runs B x blocks small steps one
+           TPU it beats `blocked`, whose loops run B x heads x blocks small steps one
            after the other on a chip built for one large one (BUILD_NOTES.md,
            "Model benchmark", the H200 figures). Rematerialised, so only one
            layer's probabilities (2.3 GB in f32 at B = 32, N = 1214) are alive at a
