@@ -56,12 +56,15 @@ demo-real: $(STAMP)
 
 # Two pytest workers (pytest-xdist), one test file each at a time: compilation is mostly
 # single-threaded, so a second process uses the second core that one JAX process leaves idle.
+# A test that runs past --timeout (set-up included) fails with every thread's stack
+# (pytest-timeout) instead of stalling CI: the slowest default test takes ~2 min, the
+# slowest slow one (the demo at smoke scale) ~7.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --timeout=600 $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow --xla_backend_opt=default $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m slow --xla_backend_opt=default --timeout=1500 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/features_speed.py

@@ -6,12 +6,11 @@ spreads, loudness percentiles, onset-strength regularity) must reach Pearson
 the labels come from what is heard, not only from what was written into them.
 """
 
-import concurrent.futures
-import multiprocessing
 
 import numpy as np
 import pytest
 
+from pipelines import process_pool
 from pipelines.audio import features, render
 from pipelines.corpus import make_corpus
 from pipelines.datasets import percepiano, splits, taxonomy
@@ -46,10 +45,8 @@ def demo_statistics(tmp_path_factory):
   out = tmp_path_factory.mktemp("demo") / "corpus"
   make_corpus.make_corpus(out, "demo", seed=0, parts=("percepiano",))
   release = percepiano.read_release(out / "percepiano")
-  # Spawned, not forked: in make test-slow this process has started JAX's threads by now,
-  # and a fork of a multithreaded process can deadlock.
-  spawn = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=spawn) as pool:
+  # In make test-slow this process has started JAX's threads by now: spawn, never fork.
+  with process_pool.spawning(2) as pool:
     x = np.stack(list(pool.map(_pooled_statistics, [p.midi_path for p in release.performances],
                                chunksize=8)))
   y = np.stack([p.labels for p in release.performances])

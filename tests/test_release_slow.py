@@ -1,12 +1,11 @@
 """Slow checks over the whole real PercePiano release (run by `make test-slow` and CI)."""
 
-import concurrent.futures
-import multiprocessing
 
 import numpy as np
 import pretty_midi
 import pytest
 
+from pipelines import process_pool
 from pipelines.audio import features, render
 from pipelines.datasets import percepiano
 
@@ -27,9 +26,8 @@ def _render_summary(path):
 def test_every_real_performance_renders_and_trims_as_measured(percepiano_dir):
   release = percepiano.read_release(percepiano_dir)
   keys = [p.key for p in release.performances]
-  # Spawned, not forked: in make test-slow this process has started JAX's threads by now.
-  spawn = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=spawn) as pool:
+  # In make test-slow this process has started JAX's threads by now: spawn, never fork.
+  with process_pool.spawning(2) as pool:
     results = list(pool.map(_render_summary, [p.midi_path for p in release.performances],
                             chunksize=16))
   assert len(results) == 1202

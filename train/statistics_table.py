@@ -21,7 +21,6 @@ statistics' names (recomputed when either changes).
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -33,6 +32,7 @@ import zipfile
 import numpy as np
 from absl import logging
 
+from pipelines import process_pool
 from pipelines.audio import clip_statistics, note_statistics, notes, posterior_statistics
 from pipelines.datasets import percepiano
 from pipelines.shards import layout, metadata, records
@@ -281,9 +281,11 @@ def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
                     else _note_statistics(header["key"], header, arrays))
   t0 = time.perf_counter()
   columns = [np.stack(inputs)] if inputs else []
-  if audio:
-    with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+  if audio and workers > 1:
+    with process_pool.spawning(workers) as pool:
       columns.append(np.stack(list(pool.map(clip_statistics.compute, samples, chunksize=4))))
+  elif audio:
+    columns.append(np.stack([clip_statistics.compute(s) for s in samples]))
   x = np.concatenate(columns, axis=1)
   logging.info("%s statistics of %d performances in %.0f s", features, len(keys),
                time.perf_counter() - t0)

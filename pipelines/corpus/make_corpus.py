@@ -23,7 +23,6 @@ a non-empty DIR is refused.
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import dataclasses
 import io
@@ -38,7 +37,7 @@ import numpy as np
 import soundfile
 from absl import app, flags, logging
 
-from pipelines import entry_point
+from pipelines import entry_point, process_pool
 from pipelines.audio import render
 from pipelines.corpus import composition, performance, rating
 from pipelines.datasets import maestro, percepiano, taxonomy
@@ -205,7 +204,7 @@ def _write_maestro(root: pathlib.Path, size: CorpusSize, seed: int, soundfont: s
   names = [row["midi_filename"] for row in rows]
   fonts = itertools.repeat(soundfont)
   if workers > 1:
-    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+    with process_pool.spawning(workers) as pool:
       wavs = list(pool.map(_synthesize, midis, names, fonts))
   else:
     wavs = list(map(_synthesize, midis, names, fonts))
