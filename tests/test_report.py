@@ -11,7 +11,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from eval.report import build, common, scoring, sources, targets
+from eval.report import build, common, scoring, sources, summary, targets
 from pipelines.datasets import percepiano, taxonomy
 from train import crossval, metrics, predictions, rundir
 
@@ -477,3 +477,26 @@ def test_the_report_leads_with_every_model_against_the_ridge(tmp_path):
                        output_dir=tmp_path / "alone", resamples=20)
   assert alone["leaderboard"] is None
   assert "All models against the ridge" not in (tmp_path / "alone" / "report.md").read_text()
+
+
+def test_r2_of_the_training_mean_is_the_offset_between_sides():
+  """Known answer: fold A's labels are 0 and 2 (mean 1), fold B's 2 and 4 (mean 3). Predicting
+  A by B's mean costs ((0-3)² + (2-3)²)/2 = 5 against A's variance 1: R² = -4, and B alike. A
+  test set of 1 and 3 predicted by both folds' mean 2: R² = 0."""
+  d = taxonomy.NUM_DIMENSIONS
+  def side(keys, values):
+    labels = np.repeat(np.asarray(values, float)[:, None], d, axis=1)
+    return predictions.Predictions(keys=tuple(keys), predictions=np.zeros_like(labels),
+                                   labels=labels, mask=np.ones_like(labels, bool),
+                                   windows=np.ones(len(keys), int))
+  folds = (("a0", "a1"), ("b0", "b1"))
+  everyone = side(["a0", "a1", "b0", "b1"], [0, 2, 2, 4])
+  assert summary._training_mean_r2(everyone, folds) == pytest.approx(-4.0)
+  assert summary._training_mean_r2(everyone, folds, held=side(["t0", "t1"], [1, 3])) == \
+      pytest.approx(0.0)
+  # A masked label is left out of the training mean: B with its 4 unrated has mean 2, and A
+  # predicted by 2 costs ((0-2)² + (2-2)²)/2 = 2 against A's variance 1: R² = -1.
+  b = side(["b0", "b1"], [2, 4])
+  b.mask[1] = False
+  assert summary._training_mean_r2(b, None, held=side(["a0", "a1"], [0, 2])) == \
+      pytest.approx(-1.0)

@@ -190,6 +190,8 @@ def test_the_benchmark_summary_scores_every_model_against_the_ridge(job_with_aud
                                                                     "expression")]), abs=0.2)
       assert np.isfinite(row["r2"])
   assert summary["about"]["piece/out_of_fold"]["headline"] == "mean over folds"
+  for key in ("piece/out_of_fold", "piece/test"):
+    assert summary["about"][key]["r2_of_training_mean"] <= 0.0  # nothing beats the mean's own
   # A machine that reran part of the benchmark keeps an earlier summary's other models,
   # only while its ridge is the same bar.
   earlier = json.loads(out.read_text())

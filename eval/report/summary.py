@@ -18,6 +18,11 @@ and each model, by its directory name (underscores as hyphens: `oracle-notes`):
                                Pearson against the ridge on the same performances (null
                                for the ridge itself)
 
+`about.<set>.r2_of_training_mean` is the R² of predicting every held-out performance by the
+mean label of its training side: where it is below 0 the held-out side's mean rating differs
+from the training side's (on the piece split, a held-out piece's offset), which a model's R²
+must overcome and its Pearson does not see.
+
 A model without a finished set is listed under `pending` with what it lacks.
 
 `--carry_from=EARLIER.json` is for a machine that reran only part of the benchmark (run
@@ -58,6 +63,22 @@ def _mean_r2(p, folds) -> float:
   return float(np.mean(values))
 
 
+def _training_mean_r2(out_of_fold, folds, held=None) -> float:
+  """The mean R² of a model that knows nothing of the audio: each held-out performance is
+  predicted by the mean label of the performances its model trained on (the other folds; all
+  folds for `held`, the test set). Below 0 where a held-out side's mean rating differs from its
+  training side's (piece-grouped folds: a piece's performances share a rating offset); a
+  model's own R² must predict that offset to rise above 0, which Pearson never asks."""
+  def r2(train, test) -> float:
+    mean = np.where(train.mask, train.labels, 0).sum(0) / train.mask.sum(0)
+    constant = np.broadcast_to(mean, test.labels.shape)
+    return float(np.nanmean(metrics.per_dimension("r2", constant, test.labels, test.mask)))
+  if held is not None:
+    return r2(out_of_fold, held)
+  return float(np.mean([r2(out_of_fold.subset([k for f in folds if f is not fold for k in f]),
+                           out_of_fold.subset(fold)) for fold in folds]))
+
+
 def _entry(source: sources.Source, rows: dict, r2: float, versus: dict | None) -> dict:
   return {"backbone": source.backbone,
           **{g: rows[g]["pearson"] for g in (*taxonomy.GROUPS, "mean")},
@@ -94,6 +115,12 @@ def score_split(runs: list[sources.Source], *, resamples: int, seed: int) -> dic
       models[s.name] = _entry(s, rows, _mean_r2(s.evaluations[key], s.folds.get(key)), versus)
     out[key] = {"headline": evaluation["headline"], "performances": evaluation["performances"],
                 "models": models}
+    if "out_of_fold" in ridge.evaluations:
+      everyone = ridge.evaluations["out_of_fold"]
+      fold_keys = ridge.folds["out_of_fold"]
+      out[key]["r2_of_training_mean"] = (
+          _training_mean_r2(everyone, fold_keys) if key == "out_of_fold"
+          else _training_mean_r2(everyone, fold_keys, held=ridge.evaluations[key]))
   return out
 
 
@@ -117,7 +144,8 @@ def summarise(runs_dir: pathlib.Path, splits=("piece", "performer"), *,
       continue
     for key, value in score_split(runs, resamples=resamples, seed=seed).items():
       summary[f"{split}/{key}"] = value["models"]
-      summary["about"][f"{split}/{key}"] = {k: value[k] for k in ("headline", "performances")}
+      summary["about"][f"{split}/{key}"] = {
+          k: value[k] for k in ("headline", "performances", "r2_of_training_mean") if k in value}
   return summary
 
 
