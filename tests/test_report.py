@@ -470,7 +470,12 @@ def test_the_report_leads_with_every_model_against_the_ridge(tmp_path):
   held_out = table[table.index("### held-out test set"):]
   lines = held_out.split("\n\n")[1].splitlines()  # the table under the heading
   assert [line.split(" | ")[0] for line in lines[2:]] == [
-      "| ridge", "| ast", "| cnn", "| human ceiling"]  # the ridge, then by mean
+      "| ridge", "| ast", "| cnn", "| human ceiling", "| training-side mean"]  # by mean
+  # A constant never beats the held-out side's own mean: R² <= 0 (0 here, where the test
+  # labels are the folds' own).
+  assert board["test"]["r2_of_training_mean"] <= 1e-12
+  assert f"| {board['test']['r2_of_training_mean']:.2f} |".replace("-0.00", "0.00") in \
+      lines[-1].replace("-0.00", "0.00")
   assert f"{test['ast']['vs_ridge']['delta']:+.3f}" in lines[3]
   # Without a ridge there is no such table.
   alone = build.build(tmp_path / "ast", [tmp_path / "cnn"], names=["ast", "cnn"],

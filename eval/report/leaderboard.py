@@ -6,7 +6,8 @@ bar every learned model is measured against), each set the ridge was evaluated o
 one table, before anything else: per model its group and mean Pearson (out of fold: the
 mean over folds), the mean's 95 % CI, the mean R², and the paired bootstrap difference
 of the mean to the ridge with its p; models sorted by mean, the ridge first; then the
-human ceiling of that set's labels (split by listener), where the raw ratings cover it.
+human ceiling of that set's labels (split by listener), where the raw ratings cover it, and
+the R² of the training side's mean label (the rating offset a model's R² must overcome).
 The numbers are `eval.report.summary.score_split`'s, the ones `summary.json` holds.
 """
 
@@ -41,7 +42,8 @@ def score(sources: list[Source], raw, *, resamples: int, seed: int, ceiling_spli
         ceiling = {k: float(rows[k]) for k in COLUMNS}
       except ceiling_lib.percepiano.PercePianoError:
         pass  # the raw ratings do not cover this set: the table says so
-    out[key] = {"models": value["models"], "ceiling": ceiling}
+    out[key] = {"models": value["models"], "ceiling": ceiling,
+                "r2_of_training_mean": value.get("r2_of_training_mean")}
   return out
 
 
@@ -54,7 +56,9 @@ def blocks(leaderboard: dict | None) -> list[tuple]:
                "(out of fold, also over folds); Δ vs ridge is the paired bootstrap difference "
                "of the mean Pearson on the same performances. The ceiling row is the human "
                "ceiling of the set's labels (listener split-half reliability, "
-               "sqrt).")]
+               "sqrt). The training-side mean row predicts every performance by the mean "
+               "label its model trained on: its R² below 0 is the held-out side's rating "
+               "offset, which a model's R² must overcome and Pearson does not see.")]
   head = ["model", "backbone", *taxonomy.GROUPS, "mean [95% CI]", "R²",
           "Δ vs ridge [CI]", "p"]
   for key, scored in leaderboard.items():
@@ -75,5 +79,8 @@ def blocks(leaderboard: dict | None) -> list[tuple]:
                                         for g in taxonomy.GROUPS),
                  fmt(ceiling["mean"]) if ceiling else "– (no raw ratings for this set)",
                  "", "", ""])
+    if scored.get("r2_of_training_mean") is not None:
+      rows.append(["training-side mean", "constant", *("–" for _ in taxonomy.GROUPS), "–",
+                   fmt(scored["r2_of_training_mean"], 2), "", ""])
     out += [("h3", SET_TITLES.get(key, key)), ("table", head, rows)]
   return out
