@@ -17,6 +17,12 @@ state donated) for the shipped encoder and for one change at a time, with PyTorc
                   in one loop step, the query-block loop never unrolled (the shipped kernel
                   takes one head a step and unrolls the blocks where their scores are small)
   fused           jax.nn.dot_product_attention instead of the blocked kernel
+  block 128, block 512
+                  the blocked kernel's query blocks of ~128 or ~512 rows instead of the
+                  configured ~256 (`attention_block_size`)
+  bwd unroll 2    the backward's query-block loop unrolled two blocks a step where the
+                  shipped rule loops it (one head's scores over 2 MiB: stride 10), a
+                  partial unroll between the looped and the straight-line forms
   no attention    attention replaced by its values (out = v): NOT a model, the bound on
                   what any attention kernel could give; with it, the rest of the step
                   against PyTorch's whole step
@@ -25,7 +31,7 @@ state donated) for the shipped encoder and for one change at a time, with PyTorc
                   with its decay mask, the schedule, the mesh, donated state): how far the
                   trainer is from the bare step (`shipped`)
 
-`threefry`, `all heads` and `no attention` swap a module function while their step is
+`threefry`, `all heads`, `bwd unroll 2` and `no attention` swap a module function while their step is
 traced and restore it at once; every other row uses the real model. Ratio = PyTorch seconds / Flax seconds
 (> 1: Flax faster). `--levers` times a subset (PyTorch always): fewer rows a rep leave room
 for more reps where two levers differ by less than the run's noise. Results: BUILD_NOTES.md,
@@ -78,8 +84,16 @@ def _traced_step(c: ast.EncoderConfig):
   return run_train
 
 
-LEVERS = ("shipped", "threefry", "no dropout", "unrolled", "all heads", "fused", "no attention",
-          "trainer")
+LEVERS = ("shipped", "threefry", "no dropout", "unrolled", "all heads", "fused", "block 128",
+          "block 512", "bwd unroll 2", "no attention", "trainer")
+
+
+def _backward_unrolled_by_two(core):
+  """`attention._blocked_core` with its backward block loop unrolled two blocks a step where
+  the shipped rule would loop it (full unrolls stay as they are)."""
+  def swapped(qh, kh, vh, bias, q_blk, unroll):
+    return core(qh, kh, vh, bias, q_blk, (unroll[0], True if unroll[1] else 2))
+  return swapped
 
 
 def _lever_step(c: ast.EncoderConfig, lever: str):
@@ -98,6 +112,11 @@ def _lever_step(c: ast.EncoderConfig, lever: str):
       return _traced_step(c)
   if lever == "fused":
     return _traced_step(c.replace(attention="fused"))
+  if lever.startswith("block "):
+    return _traced_step(c.replace(attention_block_size=int(lever.split()[1])))
+  if lever == "bwd unroll 2":
+    with _swapped(attention, "_blocked_core", _backward_unrolled_by_two(attention._blocked_core)):
+      return _traced_step(c)
   if lever == "trainer":
     return _trainer_step(c)
   assert lever == "no attention", lever
