@@ -53,6 +53,14 @@ class InputConfig:
   freq_mask: int = 48  # AST's AudioSet setting (of 128 bins)
   time_mask: int = 192  # AST's AudioSet setting for 1024 frames; scaled to the clip
   mixup_alpha: float = 0.0  # 0: off; AST used Beta(10, 10) on AudioSet
+  # Level and colour (issue 25: a transcriber that hears pianos it never trained on): each
+  # training example's audio made louder or quieter by up to ±gain_db and brighter or darker
+  # by a linear tilt of up to ±tilt_db from the lowest mel bin to the highest, as another
+  # piano, microphone or room would. Both are additive in log-mel, so they are applied to the
+  # stored windows on the fly. 0: off (and no random draw, so the other augmentations'
+  # streams are those of a run without it).
+  gain_db: float = 0.0
+  tilt_db: float = 0.0
   # Dense note targets of each window (`notes.rolls`: onset/offset/frame/velocity [frames,
   # 88], pedal [frames], has_notes); a window without MIDI gets zeros and has_notes False.
   note_rolls: bool = False
@@ -154,6 +162,21 @@ def _spec_augment(config: InputConfig):
     t = int(rng.integers(0, t_max + 1))
     t0 = int(rng.integers(0, max(1, valid - t + 1)))
     features[:, t0:t0 + t] = 0.0
+    return dict(example, features=features)
+  return augment
+
+
+def _level_and_colour(config: InputConfig, std: float):
+  # 1 dB of power in the model's units: the log-mel is ln(power), normalised by 2 std.
+  per_db = np.log(10.0) / 10.0 / (2.0 * std)
+
+  def augment(example: dict, rng: np.random.Generator) -> dict:
+    features = example["features"].copy()
+    gain = rng.uniform(-config.gain_db, config.gain_db)
+    tilt = rng.uniform(-config.tilt_db, config.tilt_db)
+    shift = (gain + tilt * np.linspace(-1.0, 1.0, features.shape[0])) * per_db
+    valid = int(example["valid_frames"])
+    features[:, :valid] += shift[:, None].astype(features.dtype)  # padding keeps its value
     return dict(example, features=features)
   return augment
 
@@ -280,6 +303,8 @@ def _training(root, config: InputConfig, *, labelled: bool):
     raise ValueError("mixup mixes features and labels, not note rolls: turn one of them off")
   fields = _TRAIN_FIELDS[labelled] + (ROLL_FIELDS if config.note_rolls else ())
   ds = _examples(root, config).map(lambda ex: {k: ex[k] for k in fields})
+  if config.gain_db > 0 or config.tilt_db > 0:
+    ds = ds.random_map(_level_and_colour(config, ShardSet.open(root, config.splits).std))
   if config.spec_augment:
     ds = ds.random_map(_spec_augment(config))
   # The host slice comes after SpecAugment (MapDataset is lazy: nothing is

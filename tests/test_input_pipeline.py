@@ -156,6 +156,31 @@ def test_spec_augment_masks_inside_the_valid_frames(shard_dir):
     assert not changed[i, :, valid:].any()
 
 
+def test_level_and_colour_shift_each_example_by_a_gain_and_a_tilt_in_db(shard_dir):
+  """Each augmented window differs from the plain one by gain + tilt * (-1 .. 1 over the mel
+  bins), in dB converted to normalised ln-power units, on its valid frames only; the same seed
+  draws the same shifts, and the shuffled order is the plain stream's."""
+  def batch(**kw):
+    config = ip.InputConfig(batch_size=16, spec_augment=False, variants=(0,), seed=5, **kw)
+    return next(iter(ip.pretraining(shard_dir, config)))
+  plain, shifted = batch(), batch(gain_db=12.0, tilt_db=6.0)
+  np.testing.assert_array_equal(batch(gain_db=12.0, tilt_db=6.0)["features"], shifted["features"])
+  std = ip.ShardSet.open(shard_dir, ("train",)).std
+  per_db = np.log(10.0) / 10.0 / (2.0 * std)
+  ramp = np.linspace(-1.0, 1.0, 128)
+  gains = []
+  for i, valid in enumerate(plain["valid_frames"]):
+    delta = (shifted["features"][i] - plain["features"][i]) / per_db  # [mel, frames] in dB
+    assert not delta[:, valid:].any()  # padding untouched
+    column = delta[:, 0]
+    np.testing.assert_allclose(delta[:, :valid], np.repeat(column[:, None], valid, 1), atol=1e-3)
+    tilt, gain = np.polyfit(ramp, column, 1)  # an exact line through the 128 bins
+    np.testing.assert_allclose(column, gain + tilt * ramp, atol=1e-3)
+    assert abs(gain) <= 12.0 + 1e-3 and abs(tilt) <= 6.0 + 1e-3
+    gains.append(gain)
+  assert np.std(gains) > 1.0  # drawn per example, not once per batch
+
+
 def test_mixup_blends_features_and_labels(shard_dir):
   batch = next(iter(ip.finetuning(shard_dir, ip.InputConfig(batch_size=8, mixup_alpha=10.0,
                                                               spec_augment=False))))

@@ -58,3 +58,16 @@ def test_bad_split_or_fold_fails_clearly(train_shards):
     _task(train_shards["percepiano"], split="composer")
   with pytest.raises(ValueError, match="validation_fold 7 is not one of the piece split's folds"):
     _task(train_shards["percepiano"], validation_fold=7)
+
+
+def test_level_and_colour_reach_training_input_only(train_shards):
+  """`--config.input.gain_db/tilt_db` augment the training stream; evaluation reads the
+  windows as stored."""
+  config = finetune.get_config("tiny")
+  config.data_dir = str(train_shards["percepiano"])
+  config.model.encoder.num_frames = 256
+  config.input.gain_db, config.input.tilt_db = 9.0, 3.0
+  task = tasks.make(config)
+  train, evaluation = task.train_input_config(), task.eval_input_config()
+  assert (train.gain_db, train.tilt_db) == (9.0, 3.0)
+  assert (evaluation.gain_db, evaluation.tilt_db) == (0.0, 0.0)
