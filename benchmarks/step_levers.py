@@ -1,7 +1,7 @@
 """Where the Flax training step loses to PyTorch on a CPU: the step's levers, one run.
 
   python benchmarks/step_levers.py [--cases tiny/16,small/16,small/10] [--reps 6]
-      [--levers shipped,"all heads"] [--json reports/speed/step_levers.json]
+      [--levers shipped,"all heads"] [--step train|forward] [--json reports/speed/step_levers.json]
 
 For each (variant, stride), f32, batch 1 (what `benchmarks/model_speed.py` times on a
 CPU), the training step of `model_speed` (forward + backward + AdamW on a 19-output head,
@@ -34,8 +34,9 @@ state donated) for the shipped encoder and for one change at a time, with PyTorc
 `threefry`, `all heads`, `bwd unroll 2` and `no attention` swap a module function while their step is
 traced and restore it at once; every other row uses the real model. Ratio = PyTorch seconds / Flax seconds
 (> 1: Flax faster). `--levers` times a subset (PyTorch always): fewer rows a rep leave room
-for more reps where two levers differ by less than the run's noise. Results: BUILD_NOTES.md,
-"CPU training step: profile and levers".
+for more reps where two levers differ by less than the run's noise. `--step forward` times the
+forward pass instead (what `eval.predict` runs; every lever but `trainer`). Results:
+BUILD_NOTES.md, "CPU training step: profile and levers".
 """
 
 from __future__ import annotations
@@ -77,11 +78,13 @@ def _values_only(q, k, v, key_mask=None, *, dtype=None, block_size=None):
   return v.astype(dtype or v.dtype)
 
 
-def _traced_step(c: ast.EncoderConfig):
-  """model_speed's Flax training step, compiled and run once now (so a swap is seen)."""
-  _, run_train, _, _, _ = model_speed._flax_fns(c, 1)
-  run_train()
-  return run_train
+def _traced_step(c: ast.EncoderConfig, step: str):
+  """model_speed's Flax training step or forward pass, compiled and run once now (so a swap
+  is seen)."""
+  run_forward, run_train, _, _, _ = model_speed._flax_fns(c, 1)
+  run = run_train if step == "train" else run_forward
+  run()
+  return run
 
 
 LEVERS = ("shipped", "threefry", "no dropout", "unrolled", "all heads", "fused", "block 128",
@@ -96,32 +99,33 @@ def _backward_unrolled_by_two(core):
   return swapped
 
 
-def _lever_step(c: ast.EncoderConfig, lever: str):
+def _lever_step(c: ast.EncoderConfig, lever: str, step: str = "train"):
+  traced = functools.partial(_traced_step, step=step)
   if lever == "shipped":
-    return _traced_step(c)
+    return traced(c)
   if lever == "threefry":
     with _swapped(dropout, "Dropout", nn.Dropout):
-      return _traced_step(c)
+      return traced(c)
   if lever == "no dropout":
-    return _traced_step(c.replace(dropout=0.0))
+    return traced(c.replace(dropout=0.0))
   if lever == "unrolled":
-    return _traced_step(c.replace(scan_unroll=c.depth))
+    return traced(c.replace(scan_unroll=c.depth))
   if lever == "all heads":
     every_head = functools.partial(attention.blocked, heads_per_step=None, unroll=False)
     with _swapped(attention, "blocked", every_head):
-      return _traced_step(c)
+      return traced(c)
   if lever == "fused":
-    return _traced_step(c.replace(attention="fused"))
+    return traced(c.replace(attention="fused"))
   if lever.startswith("block "):
-    return _traced_step(c.replace(attention_block_size=int(lever.split()[1])))
+    return traced(c.replace(attention_block_size=int(lever.split()[1])))
   if lever == "bwd unroll 2":
     with _swapped(attention, "_blocked_core", _backward_unrolled_by_two(attention._blocked_core)):
-      return _traced_step(c)
+      return traced(c)
   if lever == "trainer":
     return _trainer_step(c)
   assert lever == "no attention", lever
   with _swapped(attention, "blocked", _values_only):
-    return _traced_step(c)
+    return traced(c)
 
 
 def _trainer_step(c: ast.EncoderConfig):
@@ -136,9 +140,10 @@ def _trainer_step(c: ast.EncoderConfig):
   return run
 
 
-def steps(c: ast.EncoderConfig, levers=LEVERS) -> dict:
-  fns = {lever: _lever_step(c, lever) for lever in levers}
-  _, fns["pytorch"] = model_speed._torch_fns(c, 1, "float32")
+def steps(c: ast.EncoderConfig, levers=LEVERS, step: str = "train") -> dict:
+  fns = {lever: _lever_step(c, lever, step) for lever in levers}
+  torch_forward, torch_train = model_speed._torch_fns(c, 1, "float32")
+  fns["pytorch"] = torch_train if step == "train" else torch_forward
   return fns
 
 
@@ -148,20 +153,24 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--reps", type=int, default=6)
   parser.add_argument("--pause_s", type=float, default=0.3)
   parser.add_argument("--levers", default=",".join(LEVERS))
+  parser.add_argument("--step", choices=("train", "forward"), default="train")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   levers = tuple(args.levers.split(","))
   if unknown := set(levers) - set(LEVERS):
     parser.error(f"--levers: unknown {sorted(unknown)}; choose from {', '.join(LEVERS)}")
+  if args.step == "forward" and "trainer" in levers:
+    parser.error("--levers: trainer is a training step; drop it with --step forward")
   import torch
   torch.set_num_threads(os.cpu_count())
-  print(f"jax {jax.__version__}, torch {torch.__version__}, {os.cpu_count()} cores, f32, batch 1")
+  print(f"jax {jax.__version__}, torch {torch.__version__}, {os.cpu_count()} cores, f32, batch 1, "
+        f"{args.step} step")
   print(f"{'case':<10}" + "".join(f"{k:>14}" for k in (*levers, "pytorch")) + "   (s; ratio below)")
   rows = []
   for case in args.cases.split(","):
     variant, stride = case.split("/")
     c = ast.variant(variant, freq_stride=int(stride), time_stride=int(stride))
-    fns = steps(c, levers)
+    fns = steps(c, levers, args.step)
     for fn in fns.values():
       fn()
     times = {k: [] for k in fns}
@@ -180,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(
         {"jax": jax.__version__, "torch": torch.__version__, "cores": os.cpu_count(),
-         "reps": args.reps, "levers": list(levers), "rows": rows}, indent=1))
+         "reps": args.reps, "levers": list(levers), "step": args.step, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

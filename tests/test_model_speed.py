@@ -172,6 +172,26 @@ def test_the_lever_benchmark_refuses_an_unknown_lever(tmp_path):
       [sys.executable, str(REPO / "benchmarks" / "step_levers.py"), "--levers=shipped,flash"],
       cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 2 and "--levers: unknown ['flash']" in proc.stderr, proc.stderr[-2000:]
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "step_levers.py"), "--step=forward",
+       "--levers=shipped,trainer"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 2 and "trainer is a training step" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_the_lever_benchmark_times_the_forward_pass(tmp_path):
+  """--step forward: the shipped forward and the attention-free bound against PyTorch's."""
+  out = tmp_path / "forward.json"
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "step_levers.py"), "--cases=tiny/16",
+       "--step=forward", "--levers=shipped,no attention", "--reps=1", "--pause_s=0",
+       f"--json={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  (row,) = result["rows"]
+  assert result["step"] == "forward" and set(row["seconds"]) == {"shipped", "no attention",
+                                                                  "pytorch"}
+  assert all(s > 0 for s in row["seconds"].values())
 
 
 # The other speed benchmarks import model_speed's helpers: one changed signature broke both
