@@ -29,7 +29,12 @@ the run (or a run it continues) trained on that SoundFont.
 A run that continues another (`--config.init.checkpoint=EARLIER_RUN`, recorded in its
 `warm_start.json`) is scored with its lineage: the earlier run's kept checkpoints up to
 the step continued from come first, and `step` counts pre-training steps from the
-first run's start (`run` and `run_step` name the checkpoint).
+first run's start (`run` and `run_step` name the checkpoint). A run continued from a
+release counts from the release's pre-training steps.
+
+A release (`--checkpoint=release/transcriber`) is scored as one step, at its pre-training
+steps, on any rendered held-out set: the thresholds are chosen on the tune half as for a
+run, but the release's own are left as shipped.
 """
 
 from __future__ import annotations
@@ -135,9 +140,24 @@ def _continued_from(workdir: pathlib.Path) -> tuple[str, int] | None:
   return about["source"], int(about["step"] or 0)
 
 
+def _released(path: str | pathlib.Path) -> tuple[int, dict[str, str | None]]:
+  """(pre-training steps, SoundFonts heard) of a released transcriber, over its lineage: a
+  release of a continued run counts the runs before it, and heard their SoundFonts."""
+  about = release.read(path)[1]
+  scores = about.get("scores") or {}
+  heard = metadata.soundfonts(about["data_metadata"])
+  for earlier in scores.get("lineage", ()):
+    heard = {**earlier["soundfonts"], **heard}
+  return int(scores.get("pretraining_steps", about["step"])), heard
+
+
 def lineage(checkpoint: str | pathlib.Path) -> list[Segment]:
   """The run and the runs it continues, oldest first. An earlier run is scored up to the
-  step continued from; a release at the root contributes its step count, no checkpoints."""
+  step continued from; a release at the root contributes its pre-training steps, no
+  checkpoints. A release itself is one segment: its one state, at its pre-training steps."""
+  if release.is_release(checkpoint):
+    steps, heard = _released(checkpoint)
+    return [Segment(pathlib.Path(checkpoint).absolute(), (steps,), 0, heard)]
   directory, _ = checkpointing.locate(checkpoint)
   workdir, limit = directory.parent, None
   found = []  # newest first: (workdir, steps, SoundFonts, the source step it started from)
@@ -147,13 +167,14 @@ def lineage(checkpoint: str | pathlib.Path) -> list[Segment]:
     steps = tuple(s for s in loading.checkpoint_steps(workdir) if limit is None or s <= limit)
     heard = metadata.soundfonts(json.loads((workdir / rundir.DATA_METADATA).read_text()))
     source = _continued_from(workdir)
+    if source is not None and release.is_release(source[0]):
+      # This run's step 0 is the release's state: after all of its lineage's steps.
+      released_steps, released_heard = _released(source[0])
+      found += [(workdir, steps, heard, released_steps),
+                (pathlib.Path(source[0]).absolute(), (), released_heard, 0)]
+      break
     found.append((workdir, steps, heard, source[1] if source else 0))
     if source is None:
-      break
-    if release.is_release(source[0]):
-      about = release.read(source[0])[1]
-      found.append((pathlib.Path(source[0]).absolute(), (),
-                    metadata.soundfonts(about["data_metadata"]), 0))
       break
     workdir, limit = checkpointing.locate(source[0])[0].parent, source[1]
   out, offset = [], 0
@@ -232,6 +253,9 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
   are scored at every kept step up to the one continued from."""
   segments = lineage(checkpoint)
   last = segments[-1]
+  is_release = release.is_release(checkpoint)
+  if is_release and steps:
+    raise ValueError(f"{checkpoint} is a release: it has one state, no steps to choose")
   missing = sorted(set(steps) - set(last.steps))
   if missing:
     raise ValueError(f"{checkpoint} has no checkpoints {missing} (kept: {list(last.steps)})")
@@ -246,7 +270,8 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
   for segment in segments:
     chosen = sorted(steps) if segment is last and steps else segment.steps
     for run_step in chosen:
-      run = loading.load_transcriber(segment.workdir, run_step)
+      # A release has one state (its step is not a checkpoint's): loaded as it is.
+      run = loading.load_transcriber(segment.workdir, "latest" if is_release else run_step)
       scored = evaluate_step(run, windows, tune, timbres)
       for name in scored.get("timbres", {}):
         scored["timbres"][name]["heard_in_training"] = heard(name, jobs, trained_on)
@@ -254,9 +279,10 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
                       "run_step": run_step, **scored})
       logging.info("step %d: report onset F1 %.3f (%s)", results[-1]["step"],
                    scored["report"]["onset/f1"], scored["thresholds"])
-      loading.save_thresholds(
-          run.workdir, run_step, scored["thresholds"],
-          f"{split} compositions of {pathlib.Path(data_dir).name} (tune half, seed {seed})")
+      if not is_release:  # a release keeps the thresholds it shipped with
+        loading.save_thresholds(
+            run.workdir, run_step, scored["thresholds"],
+            f"{split} compositions of {pathlib.Path(data_dir).name} (tune half, seed {seed})")
   config = run.config
   final = results[-1]
   out = {
@@ -298,8 +324,9 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("checkpoint", None, "A pre-training run with a transcription head.",
-                      required=True)
+  flags.DEFINE_string("checkpoint", None, "A pre-training run with a transcription head, or "
+                      "a released transcriber (release/transcriber: scored as it ships, its "
+                      "thresholds left as they are).", required=True)
   flags.DEFINE_string("data_dir", None, "The MAESTRO/ASAP job's shards (with note targets): "
                       "thresholds are tuned on half its held-out compositions, scores "
                       "reported on the other half.", required=True)

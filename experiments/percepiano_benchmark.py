@@ -16,9 +16,10 @@ committed):
                        (TimGM6mb and --second_soundfont, drawn per performance)
   pretrain_notes_mixed the notes-aware run continued on those two timbres (the encoder every
                        later stage uses)
-  second_timbre_shards, unseen_timbre_shards
-                       the held-out compositions rendered with the second SoundFont alone
-                       and with --unseen_soundfont, one the encoder never hears
+  second_timbre_shards, unseen_timbre_shards, held_out_shards_<stem>
+                       the held-out compositions rendered with the second SoundFont alone,
+                       with --unseen_soundfont and with each of --held_out_soundfonts,
+                       SoundFonts the encoder never hears
   transcription        eval.transcription_report: onset/offset/velocity/pedal F1 of every kept
                        checkpoint of both notes-aware runs on held-out ASAP compositions
                        (thresholds chosen on half of them), per timbre ->
@@ -81,6 +82,7 @@ import json
 import pathlib
 import shlex
 import sys
+from collections.abc import Sequence
 
 from absl import app, flags
 
@@ -209,6 +211,10 @@ def define_flags() -> None:
                       "hear in training (Debian: musescore-general-soundfont-lossless): the "
                       "held-out ASAP compositions rendered with it test transcription across "
                       "timbres. Empty: skip that test.")
+  flags.DEFINE_list("held_out_soundfonts", list(HELD_OUT_SOUNDFONTS), "More SoundFonts the "
+                    "encoders never hear, for the transcription report alone: the held-out "
+                    "ASAP compositions rendered with each (Debian: csound-soundfont). Empty: "
+                    "none.")
   flags.DEFINE_string("notes_encoder", None, "A transcriber release (release/transcriber) or "
                       "finished notes-aware run to use instead of pre-training one: drops the "
                       "notes-aware pre-training stages and the transcription report.")
@@ -221,17 +227,21 @@ SECOND_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 # Debian's musescore-general-soundfont-lossless (the lossy .sf3 packages are Ogg-compressed,
 # which the renderer does not read): MuseScore General, a piano no encoder hears in training.
 UNSEEN_SOUNDFONT = "/usr/share/sounds/sf2/MuseScore_General_Full.sf2"
+# Debian's csound-soundfont (4 MB): csound's GM bank, a second piano never heard, scored by
+# the transcription report only (MuseScore's is the one the perception models are tested on).
+HELD_OUT_SOUNDFONTS = ("/usr/share/sounds/sf2/sf_GMbank.sf2",)
 
 
 def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Path, size: str,
          folds: str = "", reports: pathlib.Path | None = None,
          unseen_soundfont: str = UNSEEN_SOUNDFONT,
          second_soundfont: str = SECOND_SOUNDFONT,
-         notes_encoder: pathlib.Path | None = None) -> list[stages.Stage]:
+         notes_encoder: pathlib.Path | None = None,
+         held_out_soundfonts: Sequence[str] = HELD_OUT_SOUNDFONTS) -> list[stages.Stage]:
   """The stages; reports go to `reports/<split>` (default WORK/reports). The notes-aware
   run is continued on TimGM6mb + `second_soundfont`; with `unseen_soundfont` (empty: none)
   the held-out ASAP compositions are also rendered with it and the transcription report
-  scores them with every other timbre.
+  scores them with every other timbre, and those of each of `held_out_soundfonts`.
 
   `notes_encoder` (a transcriber release, e.g. release/transcriber, or a finished run) stands
   in for `pretrain_notes_mixed`: on a fresh machine the stages after it (transcription of
@@ -260,10 +270,15 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
 
   # Other renders of the held-out compositions the report scores: TimGM6mb's own, the
   # second SoundFont's, and the unseen one's.
+  extra = [(f"held_out_shards_{pathlib.Path(font).stem}", font, "another unseen")
+           for font in held_out_soundfonts]
+  if len({name for name, _, _ in extra}) < len(extra):
+    raise ValueError(f"held-out SoundFonts need distinct file names: {list(held_out_soundfonts)}")
   timbres = [asap, held_out(second_soundfont), *([held_out(unseen_soundfont)]
-                                                 if unseen_soundfont else [])]
+                                                 if unseen_soundfont else []),
+             *(held_out(font) for _, font, _ in extra)]
   timbre_stages = ("second_timbre_shards", *(("unseen_timbre_shards",) if unseen_soundfont
-                                             else ()))
+                                             else ()), *(name for name, _, _ in extra))
   out = [
       stages.Stage("asap_shards", ("pipelines.beam.maestro_job", f"--maestro_dir={asap_dir}",
                                    f"--output_dir={asap}", *s["window"], "--nowrite_audio"),
@@ -296,7 +311,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   ]
   # The held-out compositions only, clean (no augmented copies): test sets, not training.
   for name, font, what in (("second_timbre_shards", second_soundfont, "the second"),
-                           ("unseen_timbre_shards", unseen_soundfont, "an unseen")):
+                           ("unseen_timbre_shards", unseen_soundfont, "an unseen"), *extra):
     if font:
       directory = held_out(font)
       out.append(stages.Stage(
@@ -667,7 +682,8 @@ def main(argv):
                 pathlib.Path(FLAGS.asap_dir).absolute(), work, FLAGS.size, FLAGS.folds,
                 pathlib.Path(FLAGS.report_dir).absolute() if FLAGS.report_dir else None,
                 FLAGS.unseen_soundfont, FLAGS.second_soundfont,
-                pathlib.Path(FLAGS.notes_encoder).absolute() if FLAGS.notes_encoder else None)
+                pathlib.Path(FLAGS.notes_encoder).absolute() if FLAGS.notes_encoder else None,
+                FLAGS.held_out_soundfonts)
   if FLAGS.only:
     unknown = sorted(set(FLAGS.only) - {st.name for st in chosen})
     if unknown:

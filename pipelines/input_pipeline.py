@@ -56,11 +56,14 @@ class InputConfig:
   # Level and colour (issue 25: a transcriber that hears pianos it never trained on): each
   # training example's audio made louder or quieter by up to ±gain_db and brighter or darker
   # by a linear tilt of up to ±tilt_db from the lowest mel bin to the highest, as another
-  # piano, microphone or room would. Both are additive in log-mel, so they are applied to the
-  # stored windows on the fly. 0: off (and no random draw, so the other augmentations'
-  # streams are those of a run without it).
+  # piano, microphone or room would; `eq_db` adds a random smooth curve over the mel bins (a
+  # few cosines, peak up to ±eq_db): a piano whose middle register sits 25 dB below its ends
+  # (MuseScore General against TimGM6mb) is a curve, not a line. All are additive in log-mel,
+  # so they are applied to the stored windows on the fly. 0: off (and no random draw, so the
+  # other augmentations' streams are those of a run without it).
   gain_db: float = 0.0
   tilt_db: float = 0.0
+  eq_db: float = 0.0
   # Dense note targets of each window (`notes.rolls`: onset/offset/frame/velocity [frames,
   # 88], pedal [frames], has_notes); a window without MIDI gets zeros and has_notes False.
   note_rolls: bool = False
@@ -166,15 +169,32 @@ def _spec_augment(config: InputConfig):
   return augment
 
 
+EQ_COMPONENTS = 3  # cosines of 1/2, 1 and 3/2 periods over the mel axis: smooth, not ripple
+
+
+def eq_curve(rng: np.random.Generator, bins: int, peak_db: float) -> np.ndarray:
+  """A random smooth curve over `bins` mel bins in dB whose largest magnitude is drawn
+  uniformly from [0, peak_db]: EQ_COMPONENTS cosines of random amplitude and phase."""
+  k = np.arange(1, EQ_COMPONENTS + 1)[:, None]
+  amplitude = rng.uniform(-1.0, 1.0, (EQ_COMPONENTS, 1))
+  phase = rng.uniform(0.0, 2.0 * np.pi, (EQ_COMPONENTS, 1))
+  curve = (amplitude * np.cos(np.pi * k * np.linspace(0.0, 1.0, bins) + phase)).sum(0)
+  return curve * (rng.uniform(0.0, peak_db) / max(float(np.abs(curve).max()), 1e-6))
+
+
 def _level_and_colour(config: InputConfig, std: float):
   # 1 dB of power in the model's units: the log-mel is ln(power), normalised by 2 std.
   per_db = np.log(10.0) / 10.0 / (2.0 * std)
 
   def augment(example: dict, rng: np.random.Generator) -> dict:
     features = example["features"].copy()
+    bins = features.shape[0]
     gain = rng.uniform(-config.gain_db, config.gain_db)
     tilt = rng.uniform(-config.tilt_db, config.tilt_db)
-    shift = (gain + tilt * np.linspace(-1.0, 1.0, features.shape[0])) * per_db
+    shift = gain + tilt * np.linspace(-1.0, 1.0, bins)
+    if config.eq_db > 0:  # drawn after gain and tilt: their draws stay those of a run without
+      shift = shift + eq_curve(rng, bins, config.eq_db)
+    shift = shift * per_db
     valid = int(example["valid_frames"])
     features[:, :valid] += shift[:, None].astype(features.dtype)  # padding keeps its value
     return dict(example, features=features)
@@ -240,9 +260,9 @@ _TRAIN_FIELDS = {False: ("features", "valid_frames"),
                  True: ("features", "labels", "label_mask", "valid_frames")}
 
 
-def _examples(root, config: InputConfig) -> grain.MapDataset:
+def _examples(root, config: InputConfig, shards: ShardSet | None = None) -> grain.MapDataset:
   """The endless, shuffled, decoded and normalised stream of every host (not sliced)."""
-  shards = ShardSet.open(root, config.splits)
+  shards = shards or ShardSet.open(root, config.splits)
   ds = grain.MapDataset.source(_Selected(shards.source(), _keep(config, shards)))
   ds = ds.seed(config.seed).shuffle().repeat()
   return ds.map(lambda item: _decode(shards, *item, note_rolls=config.note_rolls))
@@ -302,9 +322,10 @@ def _training(root, config: InputConfig, *, labelled: bool):
   if labelled and config.note_rolls and config.mixup_alpha > 0:
     raise ValueError("mixup mixes features and labels, not note rolls: turn one of them off")
   fields = _TRAIN_FIELDS[labelled] + (ROLL_FIELDS if config.note_rolls else ())
-  ds = _examples(root, config).map(lambda ex: {k: ex[k] for k in fields})
-  if config.gain_db > 0 or config.tilt_db > 0:
-    ds = ds.random_map(_level_and_colour(config, ShardSet.open(root, config.splits).std))
+  shards = ShardSet.open(root, config.splits)
+  ds = _examples(root, config, shards).map(lambda ex: {k: ex[k] for k in fields})
+  if config.gain_db > 0 or config.tilt_db > 0 or config.eq_db > 0:
+    ds = ds.random_map(_level_and_colour(config, shards.std))
   if config.spec_augment:
     ds = ds.random_map(_spec_augment(config))
   # The host slice comes after SpecAugment (MapDataset is lazy: nothing is

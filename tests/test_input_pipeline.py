@@ -181,6 +181,41 @@ def test_level_and_colour_shift_each_example_by_a_gain_and_a_tilt_in_db(shard_di
   assert np.std(gains) > 1.0  # drawn per example, not once per batch
 
 
+def test_eq_adds_a_smooth_random_curve_after_the_gain_and_tilt_draws(shard_dir):
+  """`eq_db` adds to each window a curve over the mel bins that lies in the span of the
+  EQ_COMPONENTS cosines, peaks at most eq_db, differs between windows and is not a line; the
+  gain and tilt drawn before it are those of the same seed without it."""
+  def batch(**kw):
+    config = ip.InputConfig(batch_size=16, spec_augment=False, variants=(0,), seed=5, **kw)
+    return next(iter(ip.pretraining(shard_dir, config)))
+  levelled, coloured = batch(gain_db=12.0, tilt_db=6.0), batch(gain_db=12.0, tilt_db=6.0,
+                                                               eq_db=20.0)
+  np.testing.assert_array_equal(batch(gain_db=12.0, tilt_db=6.0, eq_db=20.0)["features"],
+                                coloured["features"])
+  per_db = np.log(10.0) / 10.0 / (2.0 * ip.ShardSet.open(shard_dir, ("train",)).std)
+  x = np.linspace(0.0, 1.0, 128)
+  k = np.arange(1, ip.EQ_COMPONENTS + 1)[None]
+  basis = np.concatenate([np.cos(np.pi * k * x[:, None]), np.sin(np.pi * k * x[:, None])], 1)
+  peaks, bends = [], []
+  for i, valid in enumerate(levelled["valid_frames"]):
+    delta = (coloured["features"][i] - levelled["features"][i]) / per_db
+    assert not delta[:, valid:].any()
+    curve = delta[:, 0]
+    np.testing.assert_allclose(delta[:, :valid], np.repeat(curve[:, None], valid, 1), atol=1e-3)
+    fit = np.linalg.lstsq(basis, curve, rcond=None)[0]
+    np.testing.assert_allclose(basis @ fit, curve, atol=1e-3)  # the cosines, nothing else
+    peaks.append(np.abs(curve).max())
+    bends.append(np.abs(curve - np.polyval(np.polyfit(x, curve, 1), x)).max())
+  assert max(peaks) <= 20.0 + 1e-3 and np.std(peaks) > 1.0
+  assert max(bends) > 3.0  # a curve, which the linear tilt cannot make
+
+
+def test_eq_curve_peaks_at_the_drawn_level():
+  rng = np.random.default_rng(0)
+  peaks = [np.abs(ip.eq_curve(rng, 128, 20.0)).max() for _ in range(200)]
+  assert max(peaks) <= 20.0 + 1e-9 and min(peaks) < 2.0 and max(peaks) > 18.0
+
+
 def test_mixup_blends_features_and_labels(shard_dir):
   batch = next(iter(ip.finetuning(shard_dir, ip.InputConfig(batch_size=8, mixup_alpha=10.0,
                                                               spec_augment=False))))

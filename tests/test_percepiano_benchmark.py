@@ -85,12 +85,20 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
     held_out = plan[names.index(stage)].args
     assert f"--soundfont={font}" in held_out
     assert "--only_splits=validation" in held_out and "--variants=0" in held_out
+  # ... and with csound's GM bank, a second piano never heard, for transcription alone.
+  held_out = plan[names.index("held_out_shards_sf_GMbank")].args
+  assert f"--soundfont={benchmark.HELD_OUT_SOUNDFONTS[0]}" in held_out
+  assert "--only_splits=validation" in held_out and "--variants=0" in held_out
   assert needs["transcription"] == ("pretrain_notes_mixed", "asap_shards", "second_timbre_shards",
-                                    "unseen_timbre_shards")
+                                    "unseen_timbre_shards", "held_out_shards_sf_GMbank")
   report_args = plan[names.index("transcription")].args
   assert f"--checkpoint={w / 'pretrain_notes_mixed'}" in report_args
   assert f"--timbres={w / 'shards' / 'asap'},{w / 'shards' / 'asap_FluidR3_GM'}," \
-      f"{w / 'shards' / 'asap_MuseScore_General_Full'}" in report_args
+      f"{w / 'shards' / 'asap_MuseScore_General_Full'},{w / 'shards' / 'asap_sf_GMbank'}" \
+      in report_args
+  with pytest.raises(ValueError, match="distinct file names"):
+    benchmark.plan(tmp_path / "pp", tmp_path / "asap", w, size,
+                   held_out_soundfonts=("/a/piano.sf2", "/b/piano.sf2"))
   # Perception across timbres: PercePiano in both other timbres, transcribed by the same run.
   for kind, font in (("second", benchmark.SECOND_SOUNDFONT), ("unseen", benchmark.UNSEEN_SOUNDFONT)):
     shards = plan[names.index(f"percepiano_{kind}_timbre_shards")].args
@@ -114,7 +122,8 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert "--models=ridge,notes,ast_stats" in cross
   assert f"--embeddings={w / 'embeddings_notes.npz'}" in cross
   without = {s.name: s for s in benchmark.plan(tmp_path / "pp", tmp_path / "asap", tmp_path / "w",
-                                               size, folds="0", unseen_soundfont="")}
+                                               size, folds="0", unseen_soundfont="",
+                                               held_out_soundfonts=())}
   assert "percepiano_unseen_timbre_shards" not in without
   assert without["cross_timbre"].needs == ("transcribe_percepiano", "embed_notes",
                                            "transcribe_percepiano_second_timbre",

@@ -61,13 +61,13 @@ def test_bad_split_or_fold_fails_clearly(train_shards):
 
 
 def test_level_and_colour_reach_training_input_only(train_shards):
-  """`--config.input.gain_db/tilt_db` augment the training stream; evaluation reads the
+  """`--config.input.gain_db/tilt_db/eq_db` augment the training stream; evaluation reads the
   windows as stored."""
   config = finetune.get_config("tiny")
   config.data_dir = str(train_shards["percepiano"])
   config.model.encoder.num_frames = 256
-  config.input.gain_db, config.input.tilt_db = 9.0, 3.0
+  config.input.gain_db, config.input.tilt_db, config.input.eq_db = 9.0, 3.0, 15.0
   task = tasks.make(config)
   train, evaluation = task.train_input_config(), task.eval_input_config()
-  assert (train.gain_db, train.tilt_db) == (9.0, 3.0)
-  assert (evaluation.gain_db, evaluation.tilt_db) == (0.0, 0.0)
+  assert (train.gain_db, train.tilt_db, train.eq_db) == (9.0, 3.0, 15.0)
+  assert (evaluation.gain_db, evaluation.tilt_db, evaluation.eq_db) == (0.0, 0.0, 0.0)

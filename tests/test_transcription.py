@@ -544,6 +544,10 @@ def test_the_report_scores_other_timbres_along_a_continued_runs_lineage(
   assert about["scores"]["pretraining_steps"] == 5
   assert about["scores"]["held_out"] == report["steps"][-1]["report"]
   assert about["scores"]["timbres"] == timbres
+  # A run continued from that release counts from its 5 steps and hears both runs' SoundFonts.
+  released = transcription_report.lineage(tmp_path / "release")
+  assert [(s.workdir, s.steps, s.offset) for s in released] == [(tmp_path / "release", (5,), 0)]
+  assert released[0].soundfonts == report["data"]["training_soundfonts"]
   same = run(*args, f"--timbres={train_shards['maestro']}")
   assert same.returncode != 0 and "its report half is already scored" in same.stderr
   # A report half naming a composition the job does not hold.
@@ -617,6 +621,20 @@ def test_a_released_transcriber_transcribes_and_continues_pre_training(notes_pre
   from eval import transcription_report
   segments = transcription_report.lineage(workdir)
   assert [(s.workdir, s.steps, s.offset) for s in segments] == [(out, (), 0), (workdir, (1,), 3)]
+  # The release itself is scored as it ships, at its step; its thresholds stay as exported.
+  shipped = (out / "release.json").read_bytes()
+  proc = run("eval.transcription_report", f"--checkpoint={out}",
+             f"--data_dir={train_shards['maestro']}", f"--output_dir={tmp_path / 'scored'}",
+             "--split=train", "--max_seconds=5")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  scored = json.loads((tmp_path / "scored" / "transcription.json").read_text())
+  assert [(s["run"], s["step"]) for s in scored["steps"]] == [(str(out.absolute()), 3)]
+  assert 0 <= scored["final"]["onset/f1"] <= 1
+  assert (out / "release.json").read_bytes() == shipped
+  assert not (out / loading.THRESHOLDS_FILE).exists()
+  proc = run("eval.transcription_report", f"--checkpoint={out}", "--steps=3",
+             f"--data_dir={train_shards['maestro']}", f"--output_dir={tmp_path / 'scored'}")
+  assert proc.returncode != 0 and "is a release" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_performances_share_batches_and_get_their_own_outputs(notes_pretrained, train_shards):

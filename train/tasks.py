@@ -44,6 +44,7 @@ def _input_config(config: ml_collections.ConfigDict, *, batch_size: int, splits,
       freq_mask=i.freq_mask, time_mask=i.time_mask,
       mixup_alpha=i.mixup_alpha if train else 0.0,
       gain_db=i.gain_db if train else 0.0, tilt_db=i.tilt_db if train else 0.0,
+      eq_db=i.eq_db if train else 0.0,
       note_rolls=config.task == "pretrain" and config.model.transcription_weight > 0,
       process_index=jax.process_index(), process_count=jax.process_count())
 
