@@ -46,6 +46,9 @@ class InputConfig:
   # shards' split/fold headers follow, e.g. the performer split of piece-split shards).
   keys: frozenset[str] | None = None
   variants: tuple[int, ...] | None = None  # None: clean and every augmented variant
+  # None: every window; else the SHA-256s of the SoundFonts whose windows are kept (None in
+  # the set keeps recorded audio): one timbre of a job rendered with several held out.
+  soundfonts: frozenset[str | None] | None = None
   read_threads: int = 4
   worker_processes: int = 0
   prefetch_buffer_size: int = 64
@@ -215,16 +218,18 @@ def _mixup(alpha: float):
 
 
 def _keep(config: InputConfig, shards: ShardSet) -> list[int] | None:
-  """Global indices passing the fold/key/variant filters (None: keep all)."""
-  if config.folds is None and config.variants is None and config.keys is None:
+  """Global indices passing the fold/key/variant/SoundFont filters (None: keep all)."""
+  if (config.folds is None and config.variants is None and config.keys is None
+      and config.soundfonts is None):
     return None
   keep = []
   for file, offset in zip(shards.files, shards.offsets):
     for i, record in enumerate(grain.sources.ArrayRecordDataSource([str(file)])):
-      header, _ = records.decode(record, ("fold", "key", "variant"))
+      header, _ = records.decode(record, ("fold", "key", "variant", "soundfont_sha256"))
       if ((config.folds is None or header["fold"] in config.folds) and
           (config.keys is None or header["key"] in config.keys) and
-          (config.variants is None or header["variant"] in config.variants)):
+          (config.variants is None or header["variant"] in config.variants) and
+          (config.soundfonts is None or header.get("soundfont_sha256") in config.soundfonts)):
         keep.append(offset + i)
   return keep
 

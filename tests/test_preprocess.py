@@ -488,6 +488,36 @@ def test_several_soundfonts_each_recording_renders_with_one_and_records_it(corpu
   assert {h["key"]: h["soundfont_sha256"] for h, _ in audio} == {
       k: shas["Other" if c else "TimGM6mb"] for k, c in chosen.items()}
 
+  # One timbre of the job, the other held out: the input pipeline keeps that SoundFont's
+  # windows; a run reading it (--config.input.soundfonts) lists it alone as heard.
+  from pipelines import input_pipeline
+  from train import rundir, tasks
+  from train.configs import finetune
+  headers = [h for h, _ in windows_in(out)]
+  splits = tuple(sorted({h["split"] for h in headers}))
+  for name, sha in shas.items():
+    kept = input_pipeline.count(out, input_pipeline.InputConfig(splits=splits,
+                                                                soundfonts=frozenset({sha})))
+    assert kept == sum(h["soundfont_sha256"] == sha for h in headers) > 0
+    config = finetune.get_config("tiny")
+    config.data_dir, config.input.soundfonts = str(out), name
+    task = tasks.make(config)
+    assert task.train_input_config().soundfonts == frozenset({sha})
+    assert task.eval_input_config().soundfonts == frozenset({sha})
+    workdir = tmp_path / f"run_{name}"
+    workdir.mkdir()
+    task.write_artifacts(workdir)
+    seen = json.loads((workdir / rundir.DATA_METADATA).read_text())
+    assert seen["soundfonts"] == {name: sha} and seen["soundfont_sha256"] == sha
+    assert seen["job_soundfonts"] == shas
+    assert seen["config"]["soundfonts"] == (["default"] if name == "TimGM6mb" else [str(other)])
+  config = finetune.get_config("tiny")
+  config.data_dir, config.input.soundfonts = str(out), "TimGM6mb,Other"
+  assert tasks.make(config).train_input_config().soundfonts is None  # both: no filter
+  config.input.soundfonts = "FluidR3_GM"
+  with pytest.raises(tasks.DataMismatchError, match=r"names \['FluidR3_GM'\].*'Other', 'TimGM6mb'"):
+    tasks.make(config).train_input_config()
+
   for bad, message in (([f"--soundfonts=default,{other}", f"--soundfont={other}"], "not both"),
                        (["--soundfonts=default,default"], "twice"),
                        ([f"--soundfonts=default,{tmp_path / 'missing.sf2'}"], "missing.sf2")):

@@ -33,11 +33,32 @@ class DataMismatchError(ValueError):
   """The shards do not fit the configured model (shape, dataset or labels)."""
 
 
+def _trained_on(raw: dict, chosen: dict[str, str | None]) -> dict:
+  """The job's metadata as the run saw it: with `input.soundfonts` leaving some of its
+  SoundFonts out, only the chosen ones are listed (what "heard in training" reads, and the
+  first of them renders a MIDI input), the job's full list kept beside them."""
+  job = metadata.soundfonts(raw)
+  if chosen == job:
+    return raw
+  config = dict(raw.get("config") or {})
+  config["soundfonts"] = [f for f in config.get("soundfonts") or []
+                          if _soundfont_name(f) in chosen]
+  return dict(raw, config=config, soundfonts=chosen, job_soundfonts=job,
+              soundfont_sha256=next(iter(chosen.values())) if len(chosen) == 1 else None)
+
+
+def _soundfont_name(font: str) -> str:
+  """The name a job's metadata gives a `--soundfonts` entry: its stem; "default" is the
+  pretty_midi wheel's TimGM6mb.sf2 (as in `metadata.soundfonts`)."""
+  return "TimGM6mb" if font == "default" else pathlib.Path(font).stem
+
+
 def _input_config(config: ml_collections.ConfigDict, *, batch_size: int, splits, keys=None,
-                  train: bool) -> input_pipeline.InputConfig:
+                  soundfonts=None, train: bool) -> input_pipeline.InputConfig:
   i = config.input
   return input_pipeline.InputConfig(
       batch_size=batch_size, seed=config.seed, splits=tuple(splits), keys=keys,
+      soundfonts=soundfonts,
       variants=None if (i.augmented and train) else (0,), read_threads=i.read_threads,
       worker_processes=i.worker_processes if train else 0,
       prefetch_buffer_size=i.prefetch_buffer_size, spec_augment=i.spec_augment and train,
@@ -88,12 +109,32 @@ class Task:
 
   def train_input_config(self) -> input_pipeline.InputConfig:
     return _input_config(self.config, batch_size=self.host_batch, splits=self.train_splits,
-                         keys=self.train_keys, train=True)
+                         keys=self.train_keys, soundfonts=self.soundfont_checksums, train=True)
 
   def eval_input_config(self) -> input_pipeline.InputConfig:
     return _input_config(self.config,
                          batch_size=self.config.eval_batch_size // jax.process_count(),
-                         splits=self.eval_splits, keys=self.eval_keys, train=False)
+                         splits=self.eval_splits, keys=self.eval_keys,
+                         soundfonts=self.soundfont_checksums, train=False)
+
+  @functools.cached_property
+  def soundfonts(self) -> dict[str, str | None]:
+    """Name -> SHA-256 of the SoundFonts whose windows the run reads: `input.soundfonts`
+    (names as the job's metadata lists them, comma-separated), by default all of the job's."""
+    job = metadata.soundfonts(self.metadata.raw)
+    names = [n.strip() for n in self.config.input.get("soundfonts", "").split(",") if n.strip()]
+    unknown = sorted(set(names) - set(job))
+    if unknown:
+      raise DataMismatchError(f"--config.input.soundfonts names {unknown}, but {self.data_dir} "
+                              f"was rendered with {sorted(job)}")
+    return {n: job[n] for n in names} if names else job
+
+  @property
+  def soundfont_checksums(self) -> frozenset[str | None] | None:
+    """The window filter of `soundfonts` (None: every window, nothing left out)."""
+    chosen = self.soundfonts
+    return None if chosen == metadata.soundfonts(self.metadata.raw) else frozenset(
+        chosen.values())
 
   def examples_per_epoch(self) -> int:
     return input_pipeline.count(self.data_dir, self.train_input_config())
@@ -152,7 +193,7 @@ class Task:
   def write_artifacts(self, workdir: pathlib.Path) -> None:
     """Run-level files next to the checkpoints (written once, before training): the
     data's feature settings (rundir.write_data_metadata)."""
-    rundir.write_data_metadata(workdir, self.metadata.raw)
+    rundir.write_data_metadata(workdir, _trained_on(self.metadata.raw, self.soundfonts))
 
   def write_evaluation(self, workdir: pathlib.Path, step: int) -> None:
     """Per-example outputs of the evaluation just run."""

@@ -52,6 +52,7 @@ def trainer_config(task: str, size: str, *, batch_size: int, microbatch_size: in
       read_threads=2, worker_processes=0, prefetch_buffer_size=16,
       spec_augment=True, freq_mask=48, time_mask=192, mixup_alpha=0.0,
       gain_db=0.0, tilt_db=0.0, eq_db=0.0,  # random level, tilt, smooth EQ (input_pipeline); 0: off
+      soundfonts="",  # names (comma-separated) of a job's SoundFonts to read; "": all
       augmented=True,  # False: train on the clean variant only (the augmentation ablation)
   ))
 
