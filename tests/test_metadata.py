@@ -67,3 +67,16 @@ def test_missing_fields_are_named_when_asked_for(tmp_path):
   write(tmp_path, {"splits": {"piece": {}}, "dataset": "maestro"})
   with pytest.raises(metadata.MetadataError, match="no 'performer' split table"):
     metadata.read(tmp_path).folds("performer")
+
+
+def test_soundfont_labels_agree_between_the_jobs_and_the_trainer():
+  """One rule names a SoundFont everywhere: the Beam config's None and the jobs'
+  "default" are the bundled TimGM6mb (whose file stem it is), any other path its stem."""
+  from pipelines.audio import render
+  assert metadata.soundfont_label(None) == render.default_soundfont().stem
+  assert metadata.soundfont_label("default") == metadata.DEFAULT_SOUNDFONT
+  assert metadata.soundfont_label("/usr/share/sounds/sf2/FluidR3_GM.sf2") == "FluidR3_GM"
+  # A job before the list (one --soundfont) is named by the same rule.
+  raw = {"soundfont_sha256": "ab", "config": {"soundfont": "/x/sf_GMbank.sf2"}}
+  assert metadata.soundfonts(raw) == {"sf_GMbank": "ab"}
+  assert metadata.soundfonts({"soundfont_sha256": "cd", "config": {}}) == {"TimGM6mb": "cd"}

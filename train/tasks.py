@@ -42,15 +42,9 @@ def _trained_on(raw: dict, chosen: dict[str, str | None]) -> dict:
     return raw
   config = dict(raw.get("config") or {})
   config["soundfonts"] = [f for f in config.get("soundfonts") or []
-                          if _soundfont_name(f) in chosen]
+                          if metadata.soundfont_label(f) in chosen]
   return dict(raw, config=config, soundfonts=chosen, job_soundfonts=job,
               soundfont_sha256=next(iter(chosen.values())) if len(chosen) == 1 else None)
-
-
-def _soundfont_name(font: str) -> str:
-  """The name a job's metadata gives a `--soundfonts` entry: its stem; "default" is the
-  pretty_midi wheel's TimGM6mb.sf2 (as in `metadata.soundfonts`)."""
-  return "TimGM6mb" if font == "default" else pathlib.Path(font).stem
 
 
 def _input_config(config: ml_collections.ConfigDict, *, batch_size: int, splits, keys=None,

@@ -63,6 +63,7 @@ from pipelines import provenance
 from pipelines.audio import augmentation, decode, features, frontend, notes, render, windowing
 from pipelines.beam import output_lock, writer
 from pipelines.shards import layout, records, tfds_info
+from pipelines.shards.metadata import soundfont_label
 
 SCHEMA_VERSION = records.VERSION
 OUTCOMES = "_outcomes.jsonl"
@@ -115,11 +116,6 @@ def choose_soundfont(soundfonts: Sequence[str | None], seed: int, key: str,
     return soundfonts[0]
   rng = np.random.default_rng([seed, zlib.crc32(key.encode()), variant])
   return soundfonts[int(rng.integers(len(soundfonts)))]
-
-
-def soundfont_label(path: str | None) -> str:
-  """A SoundFont's name in metadata: its file name without the suffix."""
-  return pathlib.Path(path).stem if path else render.default_soundfont().stem
 
 
 def _header(source: Source, variant: int, params: dict) -> dict:

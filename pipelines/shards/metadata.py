@@ -112,6 +112,14 @@ def read(root: str | pathlib.Path) -> ShardMetadata:
 
 # The name of a job's timbre when it read audio files instead of rendering MIDI.
 RECORDED = "audio files"
+# The name of the zero-install default SoundFont, the pretty_midi wheel's TimGM6mb.sf2.
+DEFAULT_SOUNDFONT = "TimGM6mb"
+
+
+def soundfont_label(font: str | None) -> str:
+  """A SoundFont's name in metadata: its file name without the suffix. None (the Beam
+  config's default) and "default" (the jobs' --soundfonts spelling) are TimGM6mb."""
+  return DEFAULT_SOUNDFONT if font in (None, "default") else pathlib.Path(font).stem
 
 
 def soundfonts(raw: dict) -> dict[str, str | None]:
@@ -123,7 +131,7 @@ def soundfonts(raw: dict) -> dict[str, str | None]:
   if not raw.get("soundfont_sha256"):
     return {RECORDED: None}
   chosen = (raw.get("config") or {}).get("soundfont")
-  return {pathlib.Path(chosen).stem if chosen else "TimGM6mb": raw["soundfont_sha256"]}
+  return {soundfont_label(chosen or None): raw["soundfont_sha256"]}
 
 
 def soundfont_name(raw: dict) -> str:
