@@ -92,9 +92,11 @@ class Performance:
 
 
 def read_windows(data_dir: str | pathlib.Path, splits: Sequence[str] | None = None, *,
-                 variant: int = 0, max_seconds: float | None = None) -> dict[str, list[Window]]:
-  """Every performance's windows of one variant (0: the clean audio), tiled without
-  overlap, in time order; `max_seconds` keeps the windows that start before it."""
+                 variant: int = 0, max_seconds: float | None = None,
+                 tiled: bool = True) -> dict[str, list[Window]]:
+  """Every performance's windows of one variant (0: the clean audio), in time order, tiled
+  without overlap (or every one, `tiled=False`); `max_seconds` keeps the windows that
+  start before it."""
   data_dir = pathlib.Path(data_dir)
   files = metadata.read(data_dir).shard_files("windows", splits=splits)
   if not files:
@@ -111,15 +113,21 @@ def read_windows(data_dir: str | pathlib.Path, splits: Sequence[str] | None = No
       by_key[header["key"]].append(Window(
           header, arrays["features"],
           notes.Notes(arrays["notes"], arrays["pedal"]) if has_notes else None))
-  return {key: _tiled(windows) for key, windows in sorted(by_key.items())}
+  order = _tiled if tiled else (lambda ws: sorted(ws, key=lambda w: w.header["start_s"]))
+  return {key: order(windows) for key, windows in sorted(by_key.items())}
 
 
 def _tiled(windows: list[Window]) -> list[Window]:
-  kept, end = [], -np.inf
+  """Each window that starts where or after the previous kept one ends. Compared in whole
+  frames: start times are float32 in the records (30.72 s reads as 30.7199993), and in
+  seconds a window starting exactly at the previous one's end looked a hair early and was
+  dropped, leaving a hole of a whole window in the transcription."""
+  kept, end = [], -1
   for w in sorted(windows, key=lambda w: w.header["start_s"]):
-    if w.header["start_s"] >= end - 1e-6:
+    first = _frame(w.header["start_s"])
+    if first >= end:
       kept.append(w)
-      end = w.header["start_s"] + w.header["num_frames"] * FRAME_S
+      end = first + w.header["num_frames"]
   return kept
 
 
