@@ -52,6 +52,7 @@ class SSASTConfig:
   transcription_weight: float = 0.0
   transcription_hidden: int = 512
   transcription_positive_weight: float = 1.0  # on true onsets/offsets (model.transcription.loss)
+  transcription_velocity_weight: float = 1.0  # on the velocity MSE (model.transcription.loss)
   transcription_frame_features: bool = False  # the head also hears the frames (model.transcription)
 
   def __post_init__(self):
@@ -174,7 +175,8 @@ class SSAST(nn.Module):
           e, c.transcription_hidden, c.transcription_frame_features, name="transcription")(
               tokens[:, e.num_tokens:], features, train=train)
       part, metrics = transcription.loss(logits, rolls, valid_frames,
-                                         c.transcription_positive_weight)
+                                         c.transcription_positive_weight,
+                                         c.transcription_velocity_weight)
       loss = loss + c.transcription_weight * part
       out.update(metrics, transcription=part)
     return {"loss": loss, **out}

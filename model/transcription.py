@@ -101,8 +101,8 @@ def empty_rolls(batch: int, frames: int) -> dict[str, jax.Array]:
               has_notes=jnp.zeros((batch,), bool))
 
 
-def loss(logits: dict, rolls: dict, valid_frames, positive_weight: float = 1.0
-         ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss(logits: dict, rolls: dict, valid_frames, positive_weight: float = 1.0,
+         velocity_weight: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The summed onsets-and-frames losses and their parts (scalars).
 
   `rolls`: the input pipeline's `onset/offset/frame/velocity [B, frames, 88]`,
@@ -111,7 +111,9 @@ def loss(logits: dict, rolls: dict, valid_frames, positive_weight: float = 1.0
   averaged over keys, the notes' losses were 88 times lighter than the pedal's, and a
   3000-step pre-training on the ASAP renders learned to predict no onset at all);
   `positive_weight` multiplies the loss of true onsets and offsets (about one key-frame
-  in a thousand is one).
+  in a thousand is one); `velocity_weight` multiplies the velocity MSE in the total (an
+  MSE of sigmoid outputs is ~0.01, against BCE sums over 88 keys of ~0.1-1, so at 1 the
+  velocities get a small share of the gradient). The parts are reported unweighted.
   """
   b, frames = logits["pedal"].shape
   valid = (jnp.ones((b, frames), bool) if valid_frames is None
@@ -136,7 +138,8 @@ def loss(logits: dict, rolls: dict, valid_frames, positive_weight: float = 1.0
   true_positive = (predicted * at_onset).sum()
   parts["onset_f1_frames"] = 2 * true_positive / jnp.maximum(predicted.sum() + at_onset.sum(),
                                                              1.0)
-  total = sum(v for k, v in parts.items() if k != "onset_f1_frames")
+  total = sum(v * (velocity_weight if k == "velocity_mse" else 1.0)
+              for k, v in parts.items() if k != "onset_f1_frames")
   return total, parts
 
 

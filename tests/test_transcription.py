@@ -52,6 +52,24 @@ def test_loss_known_answers_and_masks():
   assert float(transcription.loss(cut, rolls, None)[0]) > 1
 
 
+def test_velocity_weight_scales_the_velocity_part_alone():
+  """Perfect onsets, frames and pedal, velocities off by a known amount: the total is the
+  velocity MSE times its weight (the reported part unweighted); other parts are untouched."""
+  rolls = _rolls()
+  logits = {k: jnp.where(rolls[k] > 0, 30.0, -30.0) for k in ("onset", "offset", "frame",
+                                                              "pedal")}
+  off = jnp.clip(rolls["velocity"] + 0.2, 0.01, 0.99)
+  logits["velocity"] = jnp.log(off / (1 - off))
+  one, parts = transcription.loss(logits, rolls, None)
+  ten, parts10 = transcription.loss(logits, rolls, None, velocity_weight=10.0)
+  mse = float(parts["velocity_mse"])
+  assert mse > 0.01 and float(parts10["velocity_mse"]) == pytest.approx(mse)
+  rest = float(one) - mse
+  assert float(ten) == pytest.approx(rest + 10 * mse, rel=1e-5)
+  assert float(transcription.loss(logits, rolls, None, velocity_weight=0.0)[0]) == (
+      pytest.approx(rest, abs=1e-6))
+
+
 def test_head_needs_time_columns_that_tile_the_window():
   transcription.check_encoder(ENCODER)
   for bad in (ENCODER.replace(time_stride=10), ENCODER.replace(num_frames=72)):

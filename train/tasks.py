@@ -205,6 +205,7 @@ class Pretraining(Task):
         ssast_weight=m.ssast_weight, transcription_weight=m.transcription_weight,
         transcription_hidden=m.transcription_hidden,
         transcription_positive_weight=m.get("transcription_positive_weight", 1.0),
+        transcription_velocity_weight=m.get("transcription_velocity_weight", 1.0),
         transcription_frame_features=m.get("transcription_frame_features", False))
     self.model = ssast.SSAST(self.model_config)
     self.train_splits = (config.train_split,)

@@ -32,6 +32,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       # on the windows' note targets, weighted against SSAST's; 0 / 1 is transcription alone.
       ssast_weight=1.0, transcription_weight=0.0, transcription_hidden=512,
       transcription_positive_weight=10.0, transcription_frame_features=True,
+      transcription_velocity_weight=1.0,
   ))
   # SSAST pre-trains without SpecAugment (its masking is the augmentation), and masked
   # frames or bins would leave the transcription targets under them unhearable.
