@@ -56,11 +56,14 @@ class Thresholds:
   frame: float = 0.5
   pedal: float = 0.5
   min_pedal_s: float = 0.0  # shorter pedal presses are dropped
+  # Where a velocity is read (notes.VELOCITY_AT). "onset" is what thresholds saved before
+  # the choice existed meant, so a release decodes as it did when its ridge was fitted.
+  velocity_at: str = "onset"
 
   def decode(self, probabilities: dict[str, np.ndarray]) -> notes.Notes:
     return notes.from_rolls(probabilities, FRAME_S, onset_threshold=self.onset,
                             frame_threshold=self.frame, pedal_threshold=self.pedal,
-                            min_pedal_s=self.min_pedal_s)
+                            min_pedal_s=self.min_pedal_s, velocity_at=self.velocity_at)
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@
 The validation split of a MAESTRO/ASAP job holds whole compositions the run never trained
 on. They are halved by composition (seeded): the decoding thresholds are chosen on one
 half (`tune`: onset threshold by onset F1, then frame threshold by onset+offset F1, pedal
-threshold by pedal F1) and the scores are measured on the other (`report`), so no
+threshold by pedal F1, where velocities are read by onset+velocity F1) and the scores are measured on the other (`report`), so no
 reported number comes from what chose it. For every checkpoint the run kept (or
 `--steps`), the first `--max_seconds` of each held-out performance are transcribed from
 the stored windows (`eval.shard_transcription`) and scored with mir_eval
@@ -52,6 +52,7 @@ from absl import flags, logging
 from eval import figures, loading, machine, shard_transcription, transcription_scores
 from model import release
 from pipelines import entry_point
+from pipelines.audio import notes
 from pipelines.shards import metadata
 from train import checkpointing, rundir
 
@@ -83,7 +84,7 @@ def mean_scores(performances, thresholds: shard_transcription.Thresholds,
 
 def choose(performances) -> shard_transcription.Thresholds:
   """Thresholds on one grid, one at a time: onset, then frame given it, then pedal, then
-  the shortest pedal press kept."""
+  the shortest pedal press kept, then where velocities are read."""
   best = shard_transcription.Thresholds()
   for name, metric, grid, neutral in (("onset", "onset", GRID, 0.5),
                                       ("frame", "onset_offset", GRID, 0.5),
@@ -94,7 +95,11 @@ def choose(performances) -> shard_transcription.Thresholds:
     scored = [(mean_scores(performances, dataclasses.replace(best, **{name: t}),
                            (metric,))[f"{metric}/f1"], -abs(t - neutral), t) for t in grid]
     best = dataclasses.replace(best, **{name: float(max(scored)[2])})
-  return best
+  # Where velocities are read, by onset+velocity F1 (a tie keeps the onset frame).
+  scored = [(mean_scores(performances, dataclasses.replace(best, velocity_at=at),
+                         ("onset_velocity",))["onset_velocity/f1"], -i, at)
+            for i, at in enumerate(notes.VELOCITY_AT)]
+  return dataclasses.replace(best, velocity_at=max(scored)[2])
 
 
 def evaluate_step(run: loading.PretrainedRun, windows, tune: set[str],

@@ -1,5 +1,6 @@
 """The transcription head and its loss, and notes-aware pre-training through the trainer."""
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -231,6 +232,12 @@ def test_decoding_inverts_the_rolls_and_mir_eval_scores_it():
   probs["frame"][2:8, 39] = 0.8
   one = notes.from_rolls(probs)
   np.testing.assert_allclose(one.notes[:, :3], [[0.02, 0.08, 60]], atol=1e-6)
+  # Its velocity: at the run's first frame, or the largest over the run (not past it).
+  probs["velocity"][2:9, 39] = [0.2, 0.6, 0.5, 0.9, 0.9, 0.9, 0.9]
+  assert notes.from_rolls(probs).notes[0, 3] == round(0.2 * 127)
+  assert notes.from_rolls(probs, velocity_at="max").notes[0, 3] == round(0.6 * 127)
+  with pytest.raises(ValueError, match="velocity_at"):
+    notes.from_rolls(probs, velocity_at="mean")
 
 
 def test_transcribe_writes_midi_and_scores_it(notes_pretrained, jax_env, tmp_path, finetuned_run):
@@ -354,6 +361,7 @@ def test_thresholds_are_chosen_on_the_tune_half():
   assert transcription_report.mean_scores([performance], shard_transcription.Thresholds()
                                           )["onset/f1"] == 0.0
   assert chosen.min_pedal_s == 0.0  # nothing to drop: the neutral value wins the tie
+  assert chosen.velocity_at == "onset"  # every frame reads the same velocity: a tie
   # Two 30 ms flickers of the pedal after the true press: each would count as a press until
   # the shortest press kept is longer than them.
   flicker = dict(probs, pedal=probs["pedal"].copy())
@@ -364,6 +372,23 @@ def test_thresholds_are_chosen_on_the_tune_half():
   chosen = transcription_report.choose([flickering])
   assert chosen.min_pedal_s >= 0.05
   assert transcription_report.mean_scores([flickering], chosen)["pedal/f1"] == 1.0
+  # Velocities that only the later frames of each onset run get right: read there.
+  played = notes.Notes([[0.1 + 0.2 * i, 0.15 + 0.2 * i, 60 + i, v]
+                        for i, v in enumerate((30, 60, 90, 120))], np.zeros((0, 2)))
+  late = {k: np.zeros((120, 88), np.float32) for k in ("onset", "frame", "velocity")}
+  late["pedal"] = np.zeros(120, np.float32)
+  for i, v in enumerate((30, 60, 90, 120)):
+    first = 10 + 20 * i
+    key = 60 + i - notes.PIANO_LOW
+    late["onset"][first:first + 3, key] = 0.9
+    late["frame"][first:first + 5, key] = 0.9
+    late["velocity"][first:first + 3, key] = (0.3, v / 127, v / 127)
+  late_notes = shard_transcription.Performance("k", "g", late, played, 1.2)
+  chosen = transcription_report.choose([late_notes])
+  assert chosen.velocity_at == "max"
+  assert transcription_report.mean_scores([late_notes], chosen)["onset_velocity/f1"] == 1.0
+  assert transcription_report.mean_scores(
+      [late_notes], dataclasses.replace(chosen, velocity_at="onset"))["onset_velocity/f1"] < 0.5
   tune, report = transcription_report.halves(["a", "a", "b", "c", "d", "e"], seed=0)
   assert tune | report == set("abcde") and not tune & report and len(tune) == 2
   assert transcription_report.halves(list("abcde"), 0) == (tune, report)
