@@ -244,6 +244,11 @@ def _assembled(key: str, windows: list[Window], outputs: list[dict]) -> Performa
                      reference=_reference(windows, total), duration_s=total * FRAME_S)
 
 
+VELOCITY_HELP = ("Where a note's velocity is read: its onset frame, or the largest over its "
+                 "onset run (default: chosen on validation; releases and runs scored before "
+                 "the choice existed read the onset frame).")
+
+
 def define_flags() -> None:
   flags.DEFINE_string("checkpoint", None, "A pre-training run with a transcription head.",
                       required=True)
@@ -254,16 +259,18 @@ def define_flags() -> None:
   flags.DEFINE_float("onset_threshold", None, "Default: chosen on validation, else 0.5.")
   flags.DEFINE_float("frame_threshold", None, "Default: chosen on validation, else 0.5.")
   flags.DEFINE_float("pedal_threshold", None, "Default: chosen on validation, else 0.5.")
+  flags.DEFINE_enum("velocity_at", None, list(notes.VELOCITY_AT), VELOCITY_HELP)
   flags.DEFINE_integer("batch_size", 16, "Windows per forward pass.", lower_bound=1)
 
 
 def thresholds_for(run: loading.PretrainedRun, onset: float | None, frame: float | None,
-                   pedal: float | None) -> tuple[Thresholds, str]:
+                   pedal: float | None, velocity_at: str | None = None
+                   ) -> tuple[Thresholds, str]:
   """Flags first, then what validation chose for this step, then 0.5; and where they came from."""
   saved = Thresholds(**run.thresholds) if run.thresholds else None
   base = saved or Thresholds()
-  given = {k: v for k, v in (("onset", onset), ("frame", frame), ("pedal", pedal))
-           if v is not None}
+  given = {k: v for k, v in (("onset", onset), ("frame", frame), ("pedal", pedal),
+                             ("velocity_at", velocity_at)) if v is not None}
   source = "flags" if given else ("validation" if saved else "default 0.5")
   return dataclasses.replace(base, **given), source
 
@@ -276,7 +283,7 @@ def main(argv: list[str]) -> int:
   except (loading.RunError, FileNotFoundError, metadata.MetadataError, ValueError) as e:
     sys.exit(f"error: {e}")
   thresholds, source = thresholds_for(run, FLAGS.onset_threshold, FLAGS.frame_threshold,
-                                      FLAGS.pedal_threshold)
+                                      FLAGS.pedal_threshold, FLAGS.velocity_at)
   logging.info("transcribing %d performances with step %d, thresholds %s (%s)", len(windows),
                run.step, thresholds, source)
   transcribed, durations, posteriors = {}, {}, {}

@@ -49,6 +49,8 @@ def define_flags() -> None:
                      "chosen on validation, else 0.5).")
   flags.DEFINE_float("pedal_threshold", None, "Pedal probability that holds the pedal (default: "
                      "chosen on validation, else 0.5).")
+  flags.DEFINE_enum("velocity_at", None, list(notes.VELOCITY_AT),
+                    shard_transcription.VELOCITY_HELP)
   flags.DEFINE_integer("batch_size", 8, "Windows per forward pass.", lower_bound=1)
 
 
@@ -110,7 +112,8 @@ def main(argv: list[str]) -> int:
   try:
     run = loading.load_transcriber(FLAGS.checkpoint, recording.parse_step(FLAGS.step))
     thresholds, source = shard_transcription.thresholds_for(
-        run, FLAGS.onset_threshold, FLAGS.frame_threshold, FLAGS.pedal_threshold)
+        run, FLAGS.onset_threshold, FLAGS.frame_threshold, FLAGS.pedal_threshold,
+        FLAGS.velocity_at)
     transcribed, seconds = transcribe_file(run, path, thresholds, FLAGS.batch_size)
     reference = (notes.from_midi(pathlib.Path(FLAGS.reference_midi).read_bytes(),
                                  FLAGS.reference_midi) if FLAGS.reference_midi else None)

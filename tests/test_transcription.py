@@ -344,6 +344,24 @@ def test_tiling_keeps_windows_whose_float32_start_reads_a_hair_early():
   assert shard_transcription._tiled(overlapping) == overlapping[::2]
 
 
+def test_saved_thresholds_decode_as_they_did_and_flags_override_them():
+  """Thresholds saved before `velocity_at` existed (the releases') read velocities at the
+  onset frame, as when their ridge was fitted; a saved choice or a flag wins over that."""
+  import types
+
+  from eval import shard_transcription
+  old = {"onset": 0.6, "frame": 0.5, "pedal": 0.6, "min_pedal_s": 0.2}
+  chosen, source = shard_transcription.thresholds_for(types.SimpleNamespace(thresholds=old),
+                                                      None, None, None)
+  assert chosen.velocity_at == "onset" and chosen.onset == 0.6 and source == "validation"
+  chosen, source = shard_transcription.thresholds_for(types.SimpleNamespace(thresholds=old),
+                                                      None, None, None, "max")
+  assert chosen.velocity_at == "max" and chosen.pedal == 0.6 and source == "flags"
+  saved = shard_transcription.thresholds_for(
+      types.SimpleNamespace(thresholds={**old, "velocity_at": "max"}), None, None, None)[0]
+  assert saved.velocity_at == "max"
+
+
 def test_thresholds_are_chosen_on_the_tune_half():
   """Onsets at probability 0.35 and a held frame at 0.25: the grid must pick thresholds
   below both; the halves split compositions, never a composition between them."""
