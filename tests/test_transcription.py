@@ -978,3 +978,9 @@ def test_the_notes_model_ships_as_one_release_that_eval_predict_uses(notes_pretr
                f"--transcribed_notes={tmp_path / 'other.npz'}" for a in export])
   assert proc.returncode != 0 and "was transcribed by step 2" in proc.stderr
   assert "Traceback" not in proc.stderr
+  # Velocities read otherwise than the run's thresholds say are other thresholds too.
+  other = {**made_by, "thresholds": {**made_by["thresholds"], "velocity_at": "max"}}
+  notes_lib.save_archive(tmp_path / "other.npz", transcribed, durations, other)
+  proc = run(*[a if not a.startswith("--transcribed_notes") else
+               f"--transcribed_notes={tmp_path / 'other.npz'}" for a in export])
+  assert proc.returncode != 0 and "'velocity_at': 'max'" in proc.stderr
