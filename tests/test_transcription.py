@@ -497,6 +497,7 @@ def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shard
   step = report["steps"][0]
   chosen = dict(step["thresholds"])
   assert chosen.pop("min_pedal_s") in transcription_report.MIN_PEDAL_GRID
+  assert chosen.pop("velocity_at") in notes_lib.VELOCITY_AT
   assert set(chosen) == {"onset", "frame", "pedal"}
   assert set(chosen.values()) <= set(transcription_report.GRID)
   assert all(0 <= step[half][f"{m}/f1"] <= 1 for half in ("tune", "report")
