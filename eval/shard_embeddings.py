@@ -89,6 +89,7 @@ def main(argv: list[str]) -> int:
     sys.exit(f"error: {e}")
   about = {"checkpoint": str(run.workdir), "step": None if FLAGS.random_init else run.step,
            "random_init": FLAGS.random_init, "seed": FLAGS.seed if FLAGS.random_init else None,
+           "tiling": shard_transcription.TILING,
            "shards": str(pathlib.Path(FLAGS.data_dir).absolute()), "rows": "mean and std over "
            "the clean windows of the encoder's patch pooling"}
   statistics_table.save_vectors(pathlib.Path(FLAGS.output), keys, x, about)

@@ -45,6 +45,9 @@ from pipelines.shards import layout, metadata, records
 
 FLAGS = flags.FLAGS
 FRAME_S = 1.0 / recording.FRAMES_PER_SECOND
+# Recorded in what tiled windows make (notes archives, embedding tables). Those made before
+# `_tiled` compared whole frames lack it: they miss windows, and the benchmark remakes them.
+TILING = "whole frames"
 DECODED = ("onset", "frame", "velocity", "pedal")  # what decoding reads; offsets are not kept
 
 
@@ -293,7 +296,7 @@ def main(argv: list[str]) -> int:
       posteriors[p.key] = posterior_statistics.compute(p.probabilities, FRAME_S)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  about = {"checkpoint": str(run.workdir), "step": run.step,
+  about = {"checkpoint": str(run.workdir), "step": run.step, "tiling": TILING,
            "thresholds": dataclasses.asdict(thresholds), "thresholds_from": source,
            "shards": str(pathlib.Path(FLAGS.data_dir).absolute()),
            "shard_sha256": sorted(f.sha256 for f in metadata.read(FLAGS.data_dir).shard_files(

@@ -605,9 +605,16 @@ def _cross_timbre_reported(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
           and set(report.get("models", {})) == set(CROSS_TIMBRE_MODELS))
 
 
+def _tiled_whole(about: dict) -> bool:
+  """Made by the tiling that keeps every window (archives and tables from before it miss
+  some: `eval.shard_transcription.TILING`)."""
+  from eval import shard_transcription
+  return about.get("tiling") == shard_transcription.TILING
+
+
 def _transcribed(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
-  """Done when the archive was transcribed with the run's last step and carries the
-  statistics of its probabilities (`ast_stats` reads them)."""
+  """Done when the archive was transcribed with the run's last step, by the whole-frame
+  tiling, and carries the statistics of its probabilities (`ast_stats` reads them)."""
   if not path.is_file():
     return False
   from pipelines.audio import notes
@@ -615,7 +622,8 @@ def _transcribed(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
     notes.load_posteriors(path)
   except notes.NotesError:
     return False
-  return notes.load_archive(path)[2]["step"] == _last_step(pretrain)
+  about = notes.load_archive(path)[2]
+  return about["step"] == _last_step(pretrain) and _tiled_whole(about)
 
 
 def _embedded(path: pathlib.Path, pretrain: pathlib.Path, random_init: bool,
@@ -626,7 +634,8 @@ def _embedded(path: pathlib.Path, pretrain: pathlib.Path, random_init: bool,
     return False
   from train import statistics_table
   about = (statistics_table.load_windows if windows else statistics_table.load_vectors)(path)[1]
-  return about["random_init"] if random_init else about["step"] == _last_step(pretrain)
+  return _tiled_whole(about) and (about["random_init"] if random_init
+                                  else about["step"] == _last_step(pretrain))
 
 
 def _has_results(directory: pathlib.Path) -> bool:

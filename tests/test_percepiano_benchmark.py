@@ -10,6 +10,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from eval.shard_transcription import TILING
 from experiments import percepiano_benchmark as benchmark
 from pipelines.shards import records
 from train import tasks
@@ -346,14 +347,20 @@ def test_the_notes_path_stages_are_done_only_for_the_runs_last_step(tmp_path):
     report.write_text(json.dumps({"checkpoint": str(tmp_path / "other"), "final": final}))
     assert not benchmark._transcription_reported(report, run, 2)
     archive = tmp_path / f"notes{step}.npz"
-    notes.save_archive(archive, {}, {}, {"step": step})
+    notes.save_archive(archive, {}, {}, {"step": step, "tiling": TILING})
     assert not benchmark._transcribed(archive, run)  # no probability statistics: stale
-    notes.save_archive(archive, {}, {}, {"step": step}, (("x",), {}))
+    notes.save_archive(archive, {}, {}, {"step": step, "tiling": TILING}, (("x",), {}))
     assert benchmark._transcribed(archive, run) is done
+    # Made before tiling kept every window (no marker): stale, whatever its step.
+    notes.save_archive(archive, {}, {}, {"step": step}, (("x",), {}))
+    assert not benchmark._transcribed(archive, run)
     table = tmp_path / f"emb{step}.npz"
     statistics_table.save_vectors(table, ["k"], np.zeros((1, 2)),
-                                  {"step": step, "random_init": False})
+                                  {"step": step, "random_init": False, "tiling": TILING})
     assert benchmark._embedded(table, run, random_init=False) is done
+    statistics_table.save_vectors(table, ["k"], np.zeros((1, 2)),
+                                  {"step": step, "random_init": False})
+    assert not benchmark._embedded(table, run, random_init=False)
   cross = tmp_path / "cross_timbre.json"
   assert not benchmark._cross_timbre_reported(cross, run)
   every = {m: {} for m in benchmark.CROSS_TIMBRE_MODELS}
@@ -364,7 +371,7 @@ def test_the_notes_path_stages_are_done_only_for_the_runs_last_step(tmp_path):
     assert benchmark._cross_timbre_reported(cross, run) is done
   random_table = tmp_path / "random.npz"
   statistics_table.save_vectors(random_table, ["k"], np.zeros((1, 2)),
-                                {"step": None, "random_init": True})
+                                {"step": None, "random_init": True, "tiling": TILING})
   assert benchmark._embedded(random_table, run, random_init=True)
 
 
@@ -396,5 +403,5 @@ def test_a_released_notes_encoder_replaces_the_notes_aware_pre_training(tmp_path
   assert benchmark._last_step(released) == step
   archive = tmp_path / "notes.npz"
   for archived, done in ((step - 1, False), (step, True)):
-    notes.save_archive(archive, {}, {}, {"step": archived}, (("x",), {}))
+    notes.save_archive(archive, {}, {}, {"step": archived, "tiling": TILING}, (("x",), {}))
     assert benchmark._transcribed(archive, released) is done

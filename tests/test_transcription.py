@@ -914,7 +914,7 @@ def test_the_notes_model_ships_as_one_release_that_eval_predict_uses(notes_pretr
   """eval.export_release --kind=notes_perception: the transcriber plus the ridge fitted as
   the benchmark's test run fits it (same predictions); eval.predict scores a recording with
   it and gets the ratings recorded beside the weights."""
-  from eval import loading, notes_perception
+  from eval import loading, notes_perception, shard_transcription
   from model import release
   from train import predictions, statistics_table
 
@@ -974,6 +974,7 @@ def test_the_notes_model_ships_as_one_release_that_eval_predict_uses(notes_pretr
   assert "--hop_s: the notes model transcribes the whole recording once" in proc.stderr
   # A transcription made by another step (or with other thresholds) is refused.
   transcribed, durations, made_by = notes_lib.load_archive(archive)
+  assert made_by["tiling"] == shard_transcription.TILING  # what the benchmark's check reads
   notes_lib.save_archive(tmp_path / "other.npz", transcribed, durations, {**made_by, "step": 2})
   proc = run(*[a if not a.startswith("--transcribed_notes") else
                f"--transcribed_notes={tmp_path / 'other.npz'}" for a in export])
