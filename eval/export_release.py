@@ -129,11 +129,11 @@ def export_notes_perception(checkpoint: str, step: int | str, output_dir: pathli
   made_by = notes.load_archive(transcribed_notes)[2]
   # Compared as decoding settings: an archive spells out every field (`velocity_at` too),
   # thresholds saved before a field existed leave it at its default.
-  if made_by.get("step") != run.step or (
-      shard_transcription.Thresholds(**made_by.get("thresholds") or {})
-      != shard_transcription.Thresholds(**run.thresholds)):
+  saved = made_by.get("thresholds")
+  if made_by.get("step") != run.step or saved is None or (
+      shard_transcription.Thresholds(**saved) != shard_transcription.Thresholds(**run.thresholds)):
     raise ValueError(f"{transcribed_notes} was transcribed by step {made_by.get('step')} with "
-                     f"thresholds {made_by.get('thresholds')}, not by {checkpoint} step "
+                     f"thresholds {saved}, not by {checkpoint} step "
                      f"{run.step} with {run.thresholds}")
   meta = metadata.read(data_dir)
   with tempfile.TemporaryDirectory() as tmp:
