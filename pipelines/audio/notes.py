@@ -195,6 +195,7 @@ def from_rolls(probabilities: dict[str, np.ndarray], frame_s: float = 0.01, *,
   frame = probabilities["frame"] >= frame_threshold
   frames = onset.shape[0]
   starts = onset & ~np.vstack([np.zeros((1, 88), bool), onset[:-1]])
+  velocities = probabilities["velocity"]
   rows = []
   for t, k in zip(*np.nonzero(starts)):
     end = t + 1
@@ -205,8 +206,7 @@ def from_rolls(probabilities: dict[str, np.ndarray], frame_s: float = 0.01, *,
       while read < frames and onset[read, k]:
         read += 1
     # A one-frame read is the scalar it always was: saved thresholds decode bit for bit.
-    v = probabilities["velocity"]
-    peak = v[t, k] if read == t + 1 else v[t:read, k].max()
+    peak = velocities[t, k] if read == t + 1 else velocities[t:read, k].max()
     velocity = float(np.clip(np.round(peak * 127), 1, 127))
     rows.append((t * frame_s, end * frame_s, k + PIANO_LOW, velocity))
   down = probabilities["pedal"] >= pedal_threshold
