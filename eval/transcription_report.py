@@ -9,8 +9,8 @@ half (`tune`: onset threshold by onset F1, then frame threshold by onset+offset 
 threshold by pedal F1, where velocities are read by onset+velocity F1) and the scores are
 measured on the other (`report`), so no reported number comes from what chose it. For
 every checkpoint the run kept (or `--steps`), the first `--max_seconds` of each held-out
-performance are transcribed from the stored windows (`eval.shard_transcription`) and scored with mir_eval
-(`eval.transcription_scores`: mean over performances). Writes
+performance are transcribed from the stored windows (`eval.shard_transcription`) and
+scored with mir_eval (`eval.transcription_scores`: mean over performances). Writes
 
   OUTPUT/transcription.json     per step: thresholds, tune and report scores; `final`: the
                                 last step's report scores, with its pre-training step
