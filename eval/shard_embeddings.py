@@ -27,7 +27,7 @@ from absl import flags, logging
 from eval import loading, recording, shard_transcription
 from model import ast
 from pipelines import entry_point
-from pipelines.shards import metadata
+from pipelines.shards import metadata, tiled_windows
 from train import statistics_table
 
 FLAGS = flags.FLAGS
@@ -70,7 +70,7 @@ def embed(run: loading.PretrainedRun, windows: dict, *, batch_size: int = 16,
       if per_window is not None:
         starts = np.array([w.header["start_s"] for w in ws])
         valid = np.array([w.header["valid_frames"] for w in ws])
-        ends = starts + valid * shard_transcription.FRAME_S
+        ends = starts + valid * tiled_windows.FRAME_S
         per_window[key] = statistics_table.WindowVectors(each, starts, ends)
   return keys, np.stack(rows)
 
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
   del argv
   try:
     run = loading.load_pretrained(FLAGS.checkpoint, recording.parse_step(FLAGS.step))
-    windows = shard_transcription.read_windows(FLAGS.data_dir)
+    windows = tiled_windows.read_windows(FLAGS.data_dir)
     e = ast.EncoderConfig(**run.config.model.encoder.to_dict())
     params = random_encoder(e, FLAGS.seed) if FLAGS.random_init else None
     per_window = {} if FLAGS.windows_output else None
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
     sys.exit(f"error: {e}")
   about = {"checkpoint": str(run.workdir), "step": None if FLAGS.random_init else run.step,
            "random_init": FLAGS.random_init, "seed": FLAGS.seed if FLAGS.random_init else None,
-           "tiling": shard_transcription.TILING,
+           "tiling": tiled_windows.TILING,
            "shards": str(pathlib.Path(FLAGS.data_dir).absolute()), "rows": "mean and std over "
            "the clean windows of the encoder's patch pooling"}
   statistics_table.save_vectors(pathlib.Path(FLAGS.output), keys, x, about)

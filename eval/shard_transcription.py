@@ -27,7 +27,6 @@ shards made with the project's front end and the transcriber's window length can
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import pathlib
 import sys
@@ -41,13 +40,10 @@ from eval import loading, recording
 from model import ast, transcription
 from pipelines import entry_point
 from pipelines.audio import frontend, notes, posterior_statistics
-from pipelines.shards import layout, metadata, records
+from pipelines.shards import metadata, tiled_windows
+from pipelines.shards.tiled_windows import FRAME_S, Window
 
 FLAGS = flags.FLAGS
-FRAME_S = 1.0 / recording.FRAMES_PER_SECOND
-# Recorded in what tiled windows make (notes archives, embedding tables). Those made before
-# `_tiled` compared whole frames lack it: they miss windows, and the benchmark remakes them.
-TILING = "whole frames"
 DECODED = ("onset", "frame", "velocity", "pedal")  # what decoding reads; offsets are not kept
 
 
@@ -70,20 +66,6 @@ class Thresholds:
 
 
 @dataclasses.dataclass
-class Window:
-  header: dict
-  features: np.ndarray  # [mel, frames] as stored (not normalised)
-  notes: notes.Notes | None  # None: the window's source had no MIDI
-
-  @property
-  def group(self) -> str:
-    """What it shares with the other performances of one composition (ASAP's folder, the
-    MAESTRO title; the key when neither is stored)."""
-    h = self.header
-    return str(h.get("composition") or h.get("title") or h["key"])
-
-
-@dataclasses.dataclass
 class Performance:
   """One performance's tiled windows, transcribed."""
 
@@ -95,50 +77,6 @@ class Performance:
 
   def decode(self, thresholds: Thresholds) -> notes.Notes:
     return thresholds.decode(self.probabilities)
-
-
-def read_windows(data_dir: str | pathlib.Path, splits: Sequence[str] | None = None, *,
-                 variant: int = 0, max_seconds: float | None = None,
-                 tiled: bool = True) -> dict[str, list[Window]]:
-  """Every performance's windows of one variant (0: the clean audio), in time order, tiled
-  without overlap (or every one, `tiled=False`); `max_seconds` keeps the windows that
-  start before it."""
-  data_dir = pathlib.Path(data_dir)
-  files = metadata.read(data_dir).shard_files("windows", splits=splits)
-  if not files:
-    raise FileNotFoundError(f"{data_dir}: no window shards for splits {list(splits or [])}")
-  by_key: dict[str, list[Window]] = collections.defaultdict(list)
-  for f in files:
-    for data in layout.read_array_record(str(data_dir / f.file)):
-      header, arrays = records.decode(data)
-      if header["kind"] != "window" or header["variant"] != variant:
-        continue
-      if max_seconds is not None and header["start_s"] >= max_seconds:
-        continue
-      has_notes = header.get("num_notes", -1) >= 0
-      by_key[header["key"]].append(Window(
-          header, arrays["features"],
-          notes.Notes(arrays["notes"], arrays["pedal"]) if has_notes else None))
-  order = _tiled if tiled else (lambda ws: sorted(ws, key=lambda w: w.header["start_s"]))
-  return {key: order(windows) for key, windows in sorted(by_key.items())}
-
-
-def _tiled(windows: list[Window]) -> list[Window]:
-  """Each window that starts where or after the previous kept one ends. Compared in whole
-  frames: start times are float32 in the records (30.72 s reads as 30.7199993), and in
-  seconds a window starting exactly at the previous one's end looked a hair early and was
-  dropped, leaving a hole of a whole window in the transcription."""
-  kept, end = [], -1
-  for w in sorted(windows, key=lambda w: w.header["start_s"]):
-    first = _frame(w.header["start_s"])
-    if first >= end:
-      kept.append(w)
-      end = first + w.header["num_frames"]
-  return kept
-
-
-def _frame(seconds: float) -> int:
-  return int(round(seconds / FRAME_S))
 
 
 def _reference(windows: list[Window], total_frames: int) -> notes.Notes | None:
@@ -236,11 +174,11 @@ def filling_batches(performances: dict[str, list[Window]], batch_size: int):
 
 
 def _assembled(key: str, windows: list[Window], outputs: list[dict]) -> Performance:
-  total = max(_frame(w.header["start_s"]) + w.header["valid_frames"] for w in windows)
+  total = max(tiled_windows.frame(w.header["start_s"]) + w.header["valid_frames"] for w in windows)
   probs = {k: np.zeros((total, transcription.KEYS), np.float16) for k in DECODED[:3]}
   probs["pedal"] = np.zeros(total, np.float16)
   for w, out in zip(windows, outputs):
-    first = _frame(w.header["start_s"])
+    first = tiled_windows.frame(w.header["start_s"])
     for k in DECODED:
       probs[k][first:first + len(out[k])] = out[k]
   return Performance(key=key, group=windows[0].group, probabilities=probs,
@@ -282,7 +220,7 @@ def main(argv: list[str]) -> int:
   del argv
   try:
     run = loading.load_transcriber(FLAGS.checkpoint, recording.parse_step(FLAGS.step))
-    windows = read_windows(FLAGS.data_dir, FLAGS.splits or None)
+    windows = tiled_windows.read_windows(FLAGS.data_dir, FLAGS.splits or None)
   except (loading.RunError, FileNotFoundError, metadata.MetadataError, ValueError) as e:
     sys.exit(f"error: {e}")
   thresholds, source = thresholds_for(run, FLAGS.onset_threshold, FLAGS.frame_threshold,
@@ -296,7 +234,7 @@ def main(argv: list[str]) -> int:
       posteriors[p.key] = posterior_statistics.compute(p.probabilities, FRAME_S)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  about = {"checkpoint": str(run.workdir), "step": run.step, "tiling": TILING,
+  about = {"checkpoint": str(run.workdir), "step": run.step, "tiling": tiled_windows.TILING,
            "thresholds": dataclasses.asdict(thresholds), "thresholds_from": source,
            "shards": str(pathlib.Path(FLAGS.data_dir).absolute()),
            "shard_sha256": sorted(f.sha256 for f in metadata.read(FLAGS.data_dir).shard_files(

@@ -53,7 +53,7 @@ from eval import figures, loading, machine, shard_transcription, transcription_s
 from model import release
 from pipelines import entry_point
 from pipelines.audio import notes
-from pipelines.shards import metadata
+from pipelines.shards import metadata, tiled_windows
 from train import checkpointing, rundir
 
 FLAGS = flags.FLAGS
@@ -190,7 +190,7 @@ def lineage(checkpoint: str | pathlib.Path) -> list[Segment]:
 
 
 def _held_out_windows(data_dir: str, split: str, max_seconds: float | None) -> dict:
-  windows = shard_transcription.read_windows(data_dir, [split], max_seconds=max_seconds)
+  windows = tiled_windows.read_windows(data_dir, [split], max_seconds=max_seconds)
   if any(w.notes is None for ws in windows.values() for w in ws):
     raise ValueError(f"{data_dir}: the {split} windows have no note targets (schema 2 shards "
                      "from MIDI or WAVs with aligned MIDI are needed)")

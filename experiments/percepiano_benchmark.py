@@ -88,7 +88,7 @@ from absl import app, flags
 
 from experiments import cpu_scale, stages
 from pipelines import entry_point
-from pipelines.shards import records
+from pipelines.shards import records, tiled_windows
 from train import rundir
 
 FLAGS = flags.FLAGS
@@ -607,9 +607,8 @@ def _cross_timbre_reported(path: pathlib.Path, pretrain: pathlib.Path) -> bool:
 
 def _tiled_whole(about: dict) -> bool:
   """Made by the tiling that keeps every window (archives and tables from before it miss
-  some: `eval.shard_transcription.TILING`)."""
-  from eval import shard_transcription
-  return about.get("tiling") == shard_transcription.TILING
+  some: `pipelines.shards.tiled_windows.TILING`)."""
+  return about.get("tiling") == tiled_windows.TILING
 
 
 def _transcribed(path: pathlib.Path, pretrain: pathlib.Path) -> bool:

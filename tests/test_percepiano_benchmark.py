@@ -10,9 +10,9 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from eval.shard_transcription import TILING
 from experiments import percepiano_benchmark as benchmark
 from pipelines.shards import records
+from pipelines.shards.tiled_windows import TILING
 from train import tasks
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

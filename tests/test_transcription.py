@@ -16,6 +16,7 @@ import pytest
 from model import ast, ssast, transcription
 from pipelines import input_pipeline
 from pipelines.audio import notes as notes_lib
+from pipelines.shards import tiled_windows
 from train import metric_writer, rundir
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -289,12 +290,12 @@ def test_windows_tile_and_reassemble_the_performance_notes(train_shards):
   """The job's windows overlap (hop 1.28 s, window 2.56 s): tiling keeps every other one,
   and the notes they own are the source MIDI's over the frames kept."""
   from eval import shard_transcription, transcription_scores
-  windows = shard_transcription.read_windows(train_shards["maestro"], ["validation"])
+  windows = tiled_windows.read_windows(train_shards["maestro"], ["validation"])
   assert windows
   for key, tiled in windows.items():
     starts = [w.header["start_s"] for w in tiled]
     assert starts == sorted(starts) and np.all(np.diff(starts) >= 2.56 - 1e-6), starts
-    total = (shard_transcription._frame(starts[-1]) + tiled[-1].header["valid_frames"])
+    total = (tiled_windows.frame(starts[-1]) + tiled[-1].header["valid_frames"])
     reference = shard_transcription._reference(tiled, total)
     source = _source_notes(train_shards["maestro"], key, tiled[0].header["trim_start_s"])
     heard = source.window(0.0, total / 100)
@@ -308,17 +309,16 @@ def test_windows_tile_and_reassemble_the_performance_notes(train_shards):
         {k: v.astype(np.float32) for k, v in rolls.items()})
     assert transcription_scores.score(reference, decoded)["onset/f1"] == 1.0
   # Tiling leaves no hole: every frame some window of the job covers, a kept one covers.
-  every = shard_transcription.read_windows(train_shards["maestro"], ["validation"],
-                                           tiled=False)
+  every = tiled_windows.read_windows(train_shards["maestro"], ["validation"], tiled=False)
   for key, tiled in windows.items():
     def covered(ws):
-      return set().union(*(range(shard_transcription._frame(w.header["start_s"]),
-                                 shard_transcription._frame(w.header["start_s"])
+      return set().union(*(range(tiled_windows.frame(w.header["start_s"]),
+                                 tiled_windows.frame(w.header["start_s"])
                                  + w.header["valid_frames"]) for w in ws))
     assert covered(tiled) == covered(every[key]), key
   # max_seconds keeps the windows that start before it.
-  first = shard_transcription.read_windows(train_shards["maestro"], ["validation"],
-                                           max_seconds=2.0)
+  first = tiled_windows.read_windows(train_shards["maestro"], ["validation"],
+                                     max_seconds=2.0)
   assert all(w.header["start_s"] < 2.0 for ws in first.values() for w in ws)
 
 
@@ -327,21 +327,20 @@ def test_tiling_keeps_windows_whose_float32_start_reads_a_hair_early():
   30.7199993 s, before the previous one's end computed from 25.6000004 s. Every window
   must still be kept (it was dropped, and a 5 s hole opened in 224 of the 1202 PercePiano
   transcriptions); an overlapping window must still be left out."""
-  from eval import shard_transcription
   from pipelines.shards import records
 
-  def window(start: float) -> shard_transcription.Window:
+  def window(start: float) -> tiled_windows.Window:
     header = {"key": "k", "split": "train", "variant": 0, "start_s": start,
               "num_frames": 512, "valid_frames": 512}
     encoded = records.encode_window(header, np.zeros((4, 512), np.float32))
     decoded, arrays = records.decode(encoded)
-    return shard_transcription.Window(decoded, arrays["features"], None)
+    return tiled_windows.Window(decoded, arrays["features"], None)
 
   windows = [window(round(k * 5.12, 3)) for k in range(40)]
   assert windows[6].header["start_s"] < 30.72  # what the records really give back
-  assert shard_transcription._tiled(windows) == windows
+  assert tiled_windows.tiled_order(windows) == windows
   overlapping = [window(round(k * 2.56, 3)) for k in range(40)]
-  assert shard_transcription._tiled(overlapping) == overlapping[::2]
+  assert tiled_windows.tiled_order(overlapping) == overlapping[::2]
 
 
 def test_saved_thresholds_decode_as_they_did_and_flags_override_them():
@@ -738,8 +737,7 @@ def test_performances_share_batches_and_get_their_own_outputs(notes_pretrained, 
   chunks = list(shard_transcription.filling_batches({k: [0] * n for k, n in sizes.items()}, 3))
   assert [[k for k, _ in c] for c in chunks] == [["a", "b"], ["c"], ["d", "e"]]
   run = loading.load_transcriber(notes_pretrained)
-  windows = shard_transcription.read_windows(str(train_shards["maestro"]), ["train"],
-                                             max_seconds=5)
+  windows = tiled_windows.read_windows(str(train_shards["maestro"]), ["train"], max_seconds=5)
   assert len(windows) >= 3
   together = list(shard_transcription.transcribe(run, windows, batch_size=3))
   assert [p.key for p in together] == list(windows)
@@ -914,7 +912,7 @@ def test_the_notes_model_ships_as_one_release_that_eval_predict_uses(notes_pretr
   """eval.export_release --kind=notes_perception: the transcriber plus the ridge fitted as
   the benchmark's test run fits it (same predictions); eval.predict scores a recording with
   it and gets the ratings recorded beside the weights."""
-  from eval import loading, notes_perception, shard_transcription
+  from eval import loading, notes_perception
   from model import release
   from train import predictions, statistics_table
 
@@ -974,7 +972,7 @@ def test_the_notes_model_ships_as_one_release_that_eval_predict_uses(notes_pretr
   assert "--hop_s: the notes model transcribes the whole recording once" in proc.stderr
   # A transcription made by another step (or with other thresholds) is refused.
   transcribed, durations, made_by = notes_lib.load_archive(archive)
-  assert made_by["tiling"] == shard_transcription.TILING  # what the benchmark's check reads
+  assert made_by["tiling"] == tiled_windows.TILING  # what the benchmark's check reads
   notes_lib.save_archive(tmp_path / "other.npz", transcribed, durations, {**made_by, "step": 2})
   proc = run(*[a if not a.startswith("--transcribed_notes") else
                f"--transcribed_notes={tmp_path / 'other.npz'}" for a in export])
