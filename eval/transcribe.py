@@ -126,7 +126,8 @@ def main(argv: list[str]) -> int:
         f"(checkpoint step {run.step}, thresholds from {source})")
   if reference is not None:
     scores = transcription_scores.score(reference, transcribed)
-    print(", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k.endswith("/f1")))
+    print(", ".join(f"{k} {v:.3f}" for k, v in scores.items()
+                    if k.endswith("/f1") or (k == "velocity/r" and v is not None)))
     if FLAGS.output_json:
       pathlib.Path(FLAGS.output_json).write_text(json.dumps(
           {"recording": str(path), "step": run.step, **scores}, indent=1) + "\n")

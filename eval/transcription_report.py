@@ -76,10 +76,12 @@ def halves(groups: Sequence[str], seed: int) -> tuple[set[str], set[str]]:
 
 def mean_scores(performances, thresholds: shard_transcription.Thresholds,
                 metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
-  """The scores of `transcription_scores.score` (`metrics`), averaged over the performances."""
+  """The scores of `transcription_scores.score` (`metrics`), averaged over the performances
+  (`velocity/r` over those where it is defined; None where it is nowhere)."""
   each = [transcription_scores.score(p.reference, p.decode(thresholds), metrics)
           for p in performances]
-  return {k: float(np.mean([s[k] for s in each])) for k in each[0]}
+  defined = {k: [s[k] for s in each if s[k] is not None] for k in each[0]}
+  return {k: float(np.mean(v)) if v else None for k, v in defined.items()}
 
 
 def choose(performances) -> shard_transcription.Thresholds:
@@ -234,8 +236,9 @@ def plot(path: pathlib.Path, steps: list[dict], title: str,
   fig = Figure(figsize=(6.5, 4))
   ax = fig.add_subplot(1, 1, 1)
   x = [s["step"] for s in steps]
-  for metric in METRICS:
-    ax.plot(x, [s["report"][f"{metric}/f1"] for s in steps], marker="o", label=metric)
+  for metric in transcription_scores.F1_METRICS:
+    if all(f"{metric}/f1" in s["report"] for s in steps):  # older reports lack the newest
+      ax.plot(x, [s["report"][f"{metric}/f1"] for s in steps], marker="o", label=metric)
   for name, about in steps[-1].get("timbres", {}).items():
     ax.plot(x, [s["timbres"][name]["onset/f1"] for s in steps], marker="s", linestyle="--",
             label=f"onset, {name} ({'heard' if about['heard_in_training'] else 'never heard'})")
@@ -358,7 +361,8 @@ def main(argv: list[str]) -> int:
           release.ReleaseError) as e:
     sys.exit(f"error: {e}")
   final = out["final"]
-  print(f"step {final['step']}: " + ", ".join(f"{m} F1 {final[m + '/f1']:.3f}" for m in METRICS)
+  print(f"step {final['step']}: " + ", ".join(f"{m} F1 {final[m + '/f1']:.3f}"
+                                                  for m in transcription_scores.F1_METRICS)
         + "".join(f", onset F1 {s['onset/f1']:.3f} on {name} "
                   f"({'heard' if s['heard_in_training'] else 'never heard'})"
                   for name, s in final.get("timbres", {}).items())

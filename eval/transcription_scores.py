@@ -5,10 +5,17 @@ transcription report measure.
   onset_offset    ... and its offset within 50 ms or 20 % of the reference note's length
   onset_velocity  onset matching plus velocity within 10 % after mir_eval's rescaling
   pedal           sustain-pedal intervals scored as notes of one pitch (onset and offset)
+  pedal_frames    the 10 ms frames with the pedal down, scored frame by frame
 
 Each gives precision, recall and F1 (`<name>/f1`, ...). An empty side scores 0 (mir_eval
 warns about it; the warnings are silenced here because an empty transcription is a
 legitimate, if bad, answer).
+
+`velocity/r` is not a match count: the Pearson correlation of the reference and transcribed
+MIDI velocities of the notes `onset` matches (None under three matches or with a constant
+side). The notes model reads velocities as statistics of their values, not as hits within
+mir_eval's 10 %, and the pedal as the fraction of time it is down, not as presses whose
+ends fall within 50 ms: these two say how well what it reads is transcribed.
 """
 
 from __future__ import annotations
@@ -37,11 +44,43 @@ def _prf(name: str, values) -> dict[str, float]:
   return {f"{name}/precision": float(p), f"{name}/recall": float(r), f"{name}/f1": float(f)}
 
 
-METRICS = ("onset", "onset_offset", "onset_velocity", "pedal")
+METRICS = ("onset", "onset_offset", "onset_velocity", "pedal", "pedal_frames", "velocity")
+# The metrics scored as precision / recall / F1 (velocity is a correlation).
+F1_METRICS = METRICS[:-1]
+PEDAL_FRAME_S = 0.01
+
+
+def _frames_down(intervals: np.ndarray, frames: int) -> np.ndarray:
+  down = np.zeros(frames, bool)
+  for start, end in np.round(intervals / PEDAL_FRAME_S).astype(np.int64):
+    down[max(start, 0):max(end, 0)] = True
+  return down
+
+
+def _pedal_frames(reference: np.ndarray, estimate: np.ndarray) -> tuple[float, float, float]:
+  frames = int(np.ceil(max([0.0, *reference[:, 1], *estimate[:, 1]]) / PEDAL_FRAME_S)) + 1
+  ref, est = _frames_down(reference, frames), _frames_down(estimate, frames)
+  hits = float((ref & est).sum())
+  precision = hits / est.sum() if est.any() else 0.0
+  recall = hits / ref.sum() if ref.any() else 0.0
+  f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+  return precision, recall, f1
+
+
+def _velocity_r(ref_i, ref_hz, ref_velocity, est_i, est_hz, est_velocity) -> float | None:
+  pairs = np.asarray(mir_eval.transcription.match_notes(
+      ref_i, ref_hz, est_i, est_hz, onset_tolerance=ONSET_TOLERANCE_S, offset_ratio=None),
+      np.int64).reshape(-1, 2)
+  if len(pairs) < 3:
+    return None
+  a, b = ref_velocity[pairs[:, 0]], est_velocity[pairs[:, 1]]
+  if a.std() == 0 or b.std() == 0:
+    return None
+  return float(np.corrcoef(a, b)[0, 1])
 
 
 def score(reference: notes_lib.Notes, estimate: notes_lib.Notes,
-          metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
+          metrics: tuple[str, ...] = METRICS) -> dict[str, float | None]:
   """The `metrics` (default all) of `estimate` against `reference`."""
   unknown = set(metrics) - set(METRICS)
   if unknown:
@@ -63,10 +102,15 @@ def score(reference: notes_lib.Notes, estimate: notes_lib.Notes,
       "pedal": lambda: t.precision_recall_f1_overlap(
           pedal_ref, np.full(len(pedal_ref), 440.0), pedal_est, np.full(len(pedal_est), 440.0),
           onset_tolerance=ONSET_TOLERANCE_S),
+      "pedal_frames": lambda: _pedal_frames(pedal_ref, pedal_est),
   }
   out = {}
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     for name in metrics:
-      out.update(_prf(name, compute[name]()))
+      if name == "velocity":
+        out["velocity/r"] = _velocity_r(ref_i, ref_hz, reference.notes[:, 3].astype(np.float64),
+                                        est_i, est_hz, estimate.notes[:, 3].astype(np.float64))
+      else:
+        out.update(_prf(name, compute[name]()))
   return out

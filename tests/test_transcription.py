@@ -205,8 +205,8 @@ def test_decoding_inverts_the_rolls_and_mir_eval_scores_it():
   np.testing.assert_allclose(decoded.notes[:, 3], reference.notes[:, 3], atol=0.5)
   np.testing.assert_allclose(decoded.pedal, reference.pedal, atol=1e-6)
   perfect = transcription_scores.score(reference, decoded)
-  assert all(perfect[f"{k}/f1"] == 1.0 for k in ("onset", "onset_offset", "onset_velocity",
-                                                  "pedal"))
+  assert all(perfect[f"{k}/f1"] == 1.0 for k in transcription_scores.F1_METRICS)
+  assert perfect["velocity/r"] == pytest.approx(1.0, abs=1e-3)
   # One note a semitone off, one 80 ms late, no pedal.
   off = notes.Notes(reference.notes + [[0, 0, 1, 0], [0.08, 0.08, 0, 0], [0, 0, 0, 0],
                                        [0, 0, 0, 0]], np.zeros((0, 2)))
@@ -218,8 +218,17 @@ def test_decoding_inverts_the_rolls_and_mir_eval_scores_it():
   order[:, 3] = order[[1, 3, 0, 2], 3]
   shuffled = transcription_scores.score(reference, notes.Notes(order, reference.pedal))
   assert shuffled["onset/f1"] == 1.0 and shuffled["onset_velocity/f1"] < 1.0
+  assert shuffled["velocity/r"] == pytest.approx(
+      np.corrcoef(reference.notes[:, 3], order[:, 3])[0, 1])
+  # velocity/r pairs the matched notes only: with the late and the off-key note unmatched,
+  # fewer than three pairs leave it undefined.
+  assert scores["velocity/r"] is None
   empty = transcription_scores.score(reference, notes.Notes(np.zeros((0, 4)), np.zeros((0, 2))))
-  assert empty["onset/f1"] == 0.0
+  assert empty["onset/f1"] == 0.0 and empty["pedal_frames/f1"] == 0.0
+  assert empty["velocity/r"] is None
+  # Pedal frames: down 0.2-0.8 s against 0.5-1.1 s overlaps 30 of 60 frames each way.
+  late = transcription_scores.score(reference, notes.Notes(reference.notes, [[0.5, 1.1]]))
+  assert late["pedal_frames/f1"] == pytest.approx(0.5) and late["pedal/f1"] == 0.0
   # A subset of the metrics is those metrics of the full score, and nothing else.
   subset = transcription_scores.score(reference, off, ("onset_offset", "pedal"))
   assert subset == {k: v for k, v in scores.items() if k.startswith(("onset_offset/", "pedal/"))}
@@ -239,6 +248,30 @@ def test_decoding_inverts_the_rolls_and_mir_eval_scores_it():
   assert notes.from_rolls(probs, velocity_at="max").notes[0, 3] == round(0.6 * 127)
   with pytest.raises(ValueError, match="velocity_at"):
     notes.from_rolls(probs, velocity_at="mean")
+
+
+def test_report_means_skip_an_undefined_velocity_correlation():
+  """A performance with under three matched notes has no velocity correlation: the report's
+  mean is over the performances that have one, and None where none has."""
+  from eval import shard_transcription, transcription_report
+  from pipelines.audio import notes
+  many = notes.Notes([[0.1 * i, 0.1 * i + 0.05, 60, 20 + 10 * i] for i in range(1, 6)],
+                     np.zeros((0, 2)))
+  few = notes.Notes([[0.1, 0.2, 60, 50]], np.zeros((0, 2)))
+
+  def performance(reference, velocity_scale):
+    rolls = notes.rolls(reference, frames=80)
+    probs = {k: v.astype(np.float32) for k, v in rolls.items()}
+    probs["velocity"] = probs["velocity"] ** velocity_scale  # monotone: r < 1, > 0
+    return shard_transcription.Performance("k", "g", probs, reference, 0.8)
+
+  both = [performance(many, 2.0), performance(few, 1.0)]
+  alone = transcription_report.mean_scores(both[:1], shard_transcription.Thresholds())
+  mean = transcription_report.mean_scores(both, shard_transcription.Thresholds())
+  assert 0.9 < alone["velocity/r"] < 1.0 and mean["velocity/r"] == alone["velocity/r"]
+  assert mean["onset/f1"] == 1.0
+  assert transcription_report.mean_scores(both[1:], shard_transcription.Thresholds())[
+      "velocity/r"] is None
 
 
 def test_transcribe_writes_midi_and_scores_it(notes_pretrained, jax_env, tmp_path, finetuned_run):
