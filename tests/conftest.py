@@ -39,6 +39,12 @@ def pytest_configure(config) -> None:
   if flags:
     kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(XLA_LEVEL_FLAG)]
     os.environ["XLA_FLAGS"] = " ".join([*kept, flags])
+  if not hasattr(config, "workerinput"):
+    # In the controller, before any xdist worker starts: workers that compile librosa's
+    # cached numba kernels at once can corrupt the cache and segfault
+    # (pipelines.audio.clip_statistics.warm_numba_cache).
+    from pipelines.audio import clip_statistics
+    clip_statistics.warm_numba_cache()
 
 
 def _real_dataset(env: str, default: pathlib.Path) -> pathlib.Path:

@@ -1,5 +1,7 @@
 """pipelines.audio.clip_statistics: known answers on synthetic recordings."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -59,3 +61,20 @@ def test_silence_and_too_short_audio_are_errors():
     clip_statistics.compute(np.zeros(SR, np.float32))
   with pytest.raises(ValueError, match="too short"):
     clip_statistics.compute(np.full(100, 0.1, np.float32))
+
+
+def test_the_numba_warm_up_compiles_the_peak_picker_into_the_cache(tmp_path):
+  """warm_numba_cache leaves librosa's peak picker (the kernel whose cache, written by two
+  processes at once, segfaulted `make test` on a clean clone) compiled in numba's cache, so
+  parallel workers only read it. Run in a fresh interpreter with an empty cache directory."""
+  import os
+  import subprocess
+  import sys
+  repo = pathlib.Path(__file__).resolve().parent.parent
+  env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+  subprocess.run([sys.executable, "-c", "from pipelines.audio import clip_statistics; "
+                  "clip_statistics.warm_numba_cache()"], cwd=repo, env=env, check=True,
+                 timeout=300)
+  cached = {p.name for p in tmp_path.rglob("*.nbi")}
+  assert any("peak_pick" in name for name in cached), sorted(cached)
+  assert any(name.startswith("guf-") for name in cached), sorted(cached)  # the gufunc wrapper

@@ -282,6 +282,7 @@ def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
   t0 = time.perf_counter()
   columns = [np.stack(inputs)] if inputs else []
   if audio and workers > 1:
+    clip_statistics.warm_numba_cache()  # the workers must not compile librosa's kernels at once
     with process_pool.spawning(workers) as pool:
       columns.append(np.stack(list(pool.map(clip_statistics.compute, samples, chunksize=4))))
   elif audio:

@@ -56,6 +56,19 @@ def _interval_statistics(onset_times: np.ndarray) -> list[float]:
           float(np.log(np.maximum(ioi, _EPS)).std())]
 
 
+def warm_numba_cache() -> None:
+  """Compiles (or loads) librosa's cached numba kernels that `compute` uses, in this process.
+
+  numba writes each cached `guvectorize` kernel as two files with nothing tying the pair
+  together (numba/numba#10128). Processes compiling the same kernel at once, on a fresh
+  environment, can leave one file from each, and a process that loads the pair calls a null
+  pointer: a segfault in librosa's peak picker, seen in `make test` on a clean clone (two
+  pytest workers computing statistics). Run once before parallel work starts, the workers
+  only read a finished cache."""
+  rng = np.random.default_rng(0)
+  compute(rng.standard_normal(SAMPLE_RATE).astype(np.float32) * 0.1)
+
+
 def compute(samples: np.ndarray) -> np.ndarray:
   """The statistics of one 16 kHz mono recording, in the order of `names()` (float64)."""
   samples = trimmed(np.asarray(samples, np.float32))
