@@ -525,7 +525,7 @@ def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shard
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((out / "transcription.json").read_text())
   assert [s["step"] for s in report["steps"]] == [3] and report["final"]["step"] == 3
-  from eval import transcription_report
+  from eval import transcription_report, transcription_scores
   step = report["steps"][0]
   chosen = dict(step["thresholds"])
   assert chosen.pop("min_pedal_s") in transcription_report.MIN_PEDAL_GRID
@@ -533,7 +533,9 @@ def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shard
   assert set(chosen) == {"onset", "frame", "pedal"}
   assert set(chosen.values()) <= set(transcription_report.GRID)
   assert all(0 <= step[half][f"{m}/f1"] <= 1 for half in ("tune", "report")
-             for m in transcription_report.METRICS)
+             for m in transcription_scores.F1_METRICS)
+  assert all(step[half]["velocity/r"] is None or -1 <= step[half]["velocity/r"] <= 1
+             for half in ("tune", "report"))
   assert report["data"]["performances"]["tune"] > 0 and report["data"]["performances"]["report"] > 0
   assert (out / "transcription_f1.png").stat().st_size > 0
   saved = json.loads((notes_pretrained / "transcription_thresholds.json").read_text())
@@ -586,7 +588,7 @@ def test_the_report_scores_other_timbres_along_a_continued_runs_lineage(
   (`maestro_job --soundfont --only_splits --variants=0`) are scored with the thresholds tuned
   on --data_dir and marked heard in training or not; a job of --data_dir's own SoundFonts,
   or one lacking the report half's compositions, is refused."""
-  from eval import loading, transcription_report
+  from eval import loading, transcription_report, transcription_scores
   from pipelines.audio import render
   from pipelines.shards import metadata
 
@@ -656,7 +658,7 @@ def test_the_report_scores_other_timbres_along_a_continued_runs_lineage(
       "SecondFont": True, "UnheardFont": False}
   metrics = set(report["final"]) - {"step", "run_step", "timbres"}
   assert set(timbres["UnheardFont"]) == metrics | {"heard_in_training"}
-  assert all(0 <= timbres["UnheardFont"][f"{m}/f1"] <= 1 for m in transcription_report.METRICS)
+  assert all(0 <= timbres["UnheardFont"][f"{m}/f1"] <= 1 for m in transcription_scores.F1_METRICS)
   assert "on UnheardFont (never heard)" in proc.stdout and "on SecondFont (heard)" in proc.stdout
   # Each run keeps the thresholds chosen for its own steps.
   assert loading.saved_thresholds(continued, 2) == report["steps"][-1]["thresholds"]
