@@ -1,6 +1,9 @@
 """pipelines.audio.clip_statistics: known answers on synthetic recordings."""
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -67,9 +70,6 @@ def test_the_numba_warm_up_compiles_the_peak_picker_into_the_cache(tmp_path):
   """warm_numba_cache leaves librosa's peak picker (the kernel whose cache, written by two
   processes at once, segfaulted `make test` on a clean clone) compiled in numba's cache, so
   parallel workers only read it. Run in a fresh interpreter with an empty cache directory."""
-  import os
-  import subprocess
-  import sys
   repo = pathlib.Path(__file__).resolve().parent.parent
   env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
   subprocess.run([sys.executable, "-c", "from pipelines.audio import clip_statistics; "

@@ -21,7 +21,8 @@ from pipelines.shards import layout, metadata, records
 
 FRAME_S = features.AST.frame_shift_ms / 1000.0
 # Recorded in what tiled windows make (notes archives, embedding tables). Those made before
-# `_tiled` compared whole frames lack it: they miss windows, and the benchmark remakes them.
+# the tiling compared whole frames (`tiled_order`) lack it: they miss windows, and the
+# benchmark remakes them.
 TILING = "whole frames"
 
 
