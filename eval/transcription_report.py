@@ -32,6 +32,11 @@ the step continued from come first, and `step` counts pre-training steps from th
 first run's start (`run` and `run_step` name the checkpoint). A run continued from a
 release counts from the release's pre-training steps.
 
+`--merge=EARLIER.json,LATER.json` writes one report of a whole lineage from two, where
+LATER's run continued from the release EARLIER's run became and the earlier checkpoints
+are gone (a fresh machine): the steps of both, each with the set it was scored on, onset F1
+per SoundFont across all of them, LATER's `final`.
+
 A release (`--checkpoint=release/transcriber`) is scored as one step, at its pre-training
 steps, on any rendered held-out set: the thresholds are chosen on the tune half as for a
 run, but the release's own are left as shipped.
@@ -230,18 +235,43 @@ def heard(name: str, jobs: Sequence[metadata.ShardMetadata],
   return set(metadata.soundfonts(meta.raw).items()) <= set(trained_on.items())
 
 
+def onset_by_soundfont(step: dict, scored_on: str) -> dict[str, tuple[float, bool]]:
+  """SoundFont name -> (onset F1, heard in training) of one scored step: its own held-out
+  set's (`scored_on`, heard by construction) and each other timbre's."""
+  return {scored_on: (step["report"]["onset/f1"], True),
+          **{name: (t["onset/f1"], t["heard_in_training"])
+             for name, t in step.get("timbres", {}).items()}}
+
+
 def plot(path: pathlib.Path, steps: list[dict], title: str,
-         starts: Sequence[tuple[int, str]] = ()) -> pathlib.Path:
+         starts: Sequence[tuple[int, str]] = (), scored_on: str = "") -> pathlib.Path:
+  """F1 against pre-training steps: onset F1 per SoundFont (dashed where never heard) and
+  the other F1 scores of the set the thresholds were tuned on. A step's own `scored_on`
+  (merged reports, see `merge`) overrides the default: each set is its own line."""
   from matplotlib.figure import Figure
-  fig = Figure(figsize=(6.5, 4))
+  fig = Figure(figsize=(9, 4.2))
   ax = fig.add_subplot(1, 1, 1)
-  x = [s["step"] for s in steps]
-  for metric in transcription_scores.F1_METRICS:
-    if all(f"{metric}/f1" in s["report"] for s in steps):  # older reports lack the newest
-      ax.plot(x, [s["report"][f"{metric}/f1"] for s in steps], marker="o", label=metric)
-  for name, about in steps[-1].get("timbres", {}).items():
-    ax.plot(x, [s["timbres"][name]["onset/f1"] for s in steps], marker="s", linestyle="--",
-            label=f"onset, {name} ({'heard' if about['heard_in_training'] else 'never heard'})")
+  fig.subplots_adjust(left=0.08, right=0.62)
+  colours = iter(f"C{i}" for i in range(10))
+  sets = list(dict.fromkeys(s.get("scored_on", scored_on) for s in steps))
+  # One colour per score, one marker per tuning set.
+  for metric in transcription_scores.F1_METRICS[1:]:  # onset: per SoundFont, below
+    colour = next(colours)
+    for name, marker in zip(sets, "o^v"):
+      own = [s for s in steps if s.get("scored_on", scored_on) == name]
+      if all(f"{metric}/f1" in s["report"] for s in own):  # older reports lack the newest
+        ax.plot([s["step"] for s in own], [s["report"][f"{metric}/f1"] for s in own],
+                marker=marker, markersize=3, color=colour,
+                label=f"{metric}, {name}" if len(sets) > 1 else metric)
+  fonts: dict[str, list[tuple[int, float, bool]]] = {}
+  for s in steps:
+    for name, (f1, heard_it) in onset_by_soundfont(s, s.get("scored_on", scored_on)).items():
+      fonts.setdefault(name, []).append((s["step"], f1, heard_it))
+  for name, points in fonts.items():
+    heard_it = points[-1][2]
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="s", markersize=3,
+            linestyle="-" if heard_it else "--", linewidth=2, color=next(colours, None),
+            label=f"onset, {name} ({'heard' if heard_it else 'never heard'})")
   for step, what in starts:  # where a continuing run took over, and on what
     ax.axvline(step, color="grey", linewidth=0.8, linestyle=":")
     ax.annotate(what, (step, 0.02), fontsize=7, rotation=90, color="grey")
@@ -249,7 +279,7 @@ def plot(path: pathlib.Path, steps: list[dict], title: str,
   ax.set_ylabel("F1 (held-out compositions)")
   ax.set_ylim(0, 1)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   ax.set_title(title, fontsize=9)
   return figures.save(fig, path)
 
@@ -327,17 +357,63 @@ def report(checkpoint: str, data_dir: str, output_dir: pathlib.Path, *, steps: S
   starts = [(s.offset, f"then {'+'.join(s.soundfonts)}") for s in segments[1:] if s.steps]
   plot(output_dir / "transcription_f1.png", results,
        f"Transcription on held-out {meta.dataset} compositions ({reported} performances, "
-       f"{metadata.soundfont_name(meta.raw)})", starts)
+       f"{metadata.soundfont_name(meta.raw)})", starts, metadata.soundfont_name(meta.raw))
+  return out
+
+
+def merge(earlier: dict, later: dict) -> dict:
+  """One report over a whole lineage from two: `later` scored a run continued from a
+  release whose pre-training `earlier` scored (whose checkpoints a fresh machine no longer
+  has). The same held-out compositions must be reported (same halves), and `later`'s run
+  must start at `earlier`'s last step. Each step keeps the set it was scored on
+  (`scored_on`: the SoundFonts of its tuning set, which may differ between the two), so
+  onset F1 per SoundFont runs across both; `final` is `later`'s."""
+  root = later["lineage"][0]
+  if len(later["lineage"]) < 2 or root["first_step"] != 0:
+    raise ValueError("the later report's checkpoint does not continue an earlier state")
+  start = later["lineage"][1]["first_step"]
+  if start != earlier["final"]["step"]:
+    raise ValueError(f"the later run starts at pre-training step {start}, the earlier report "
+                     f"ends at step {earlier['final']['step']}: not one lineage")
+  for key in ("compositions", "seed", "max_seconds_per_performance", "split"):
+    if earlier["data"][key] != later["data"][key]:
+      raise ValueError(f"the two reports differ in data.{key}: their scores do not compare")
+
+  def tagged(report: dict) -> list[dict]:
+    return [{"scored_on": s.get("scored_on", report["data"]["soundfont"]), **s}
+            for s in report["steps"]]
+
+  return {**later, "lineage": [*earlier["lineage"], *later["lineage"][1:]],
+          "steps": [*tagged(earlier), *tagged(later)],
+          "merged": {"earlier": {k: earlier[k] for k in ("checkpoint", "data", "machine",
+                                                           "objective", "batch_size")},
+                     "later_from_step": start}}
+
+
+def write_merged(earlier_path: pathlib.Path, later_path: pathlib.Path,
+                 output_dir: pathlib.Path) -> dict:
+  """`merge` of two transcription.json files -> OUTPUT/transcription.json and its figure."""
+  out = merge(json.loads(earlier_path.read_text()), json.loads(later_path.read_text()))
+  out["merged"]["from"] = [str(earlier_path), str(later_path)]
+  output_dir.mkdir(parents=True, exist_ok=True)
+  (output_dir / "transcription.json").write_text(json.dumps(out, indent=1) + "\n")
+  starts = [(s["first_step"], f"then {'+'.join(s['soundfonts'])}") for s in out["lineage"][1:]]
+  plot(output_dir / "transcription_f1.png", out["steps"],
+       f"Transcription on held-out {out['data']['dataset']} compositions "
+       f"({out['data']['performances']['report']} performances)", starts)
   return out
 
 
 def define_flags() -> None:
   flags.DEFINE_string("checkpoint", None, "A pre-training run with a transcription head, or "
                       "a released transcriber (release/transcriber: scored as it ships, its "
-                      "thresholds left as they are).", required=True)
+                      "thresholds left as they are).")
   flags.DEFINE_string("data_dir", None, "The MAESTRO/ASAP job's shards (with note targets): "
                       "thresholds are tuned on half its held-out compositions, scores "
-                      "reported on the other half.", required=True)
+                      "reported on the other half.")
+  flags.DEFINE_list("merge", [], "EARLIER.json,LATER.json: instead of scoring, one report of "
+                    "a whole lineage from two (LATER's run continued the release EARLIER's "
+                    "run became; same held-out compositions).")
   flags.DEFINE_string("output_dir", None, "Where transcription.json and the figure go.",
                       required=True)
   flags.DEFINE_list("steps", [], "The run's checkpoint steps to score (default: every one kept).")
@@ -352,7 +428,17 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> int:
   del argv
+  if FLAGS.merge:
+    if len(FLAGS.merge) != 2 or FLAGS.checkpoint or FLAGS.data_dir:
+      sys.exit("error: --merge takes EARLIER.json,LATER.json, without --checkpoint/--data_dir")
+  elif not (FLAGS.checkpoint and FLAGS.data_dir):
+    sys.exit("error: --checkpoint and --data_dir are required (or --merge)")
   try:
+    if FLAGS.merge:
+      out = write_merged(*map(pathlib.Path, FLAGS.merge), pathlib.Path(FLAGS.output_dir))
+      print(f"steps {out['steps'][0]['step']}..{out['final']['step']} -> "
+            f"{FLAGS.output_dir}/transcription.json")
+      return 0
     out = report(FLAGS.checkpoint, FLAGS.data_dir, pathlib.Path(FLAGS.output_dir),
                  steps=[int(s) for s in FLAGS.steps], split=FLAGS.split,
                  max_seconds=FLAGS.max_seconds or None, seed=FLAGS.seed,

@@ -10,10 +10,12 @@ committed):
 
   asap_shards          ASAP performances (MAESTRO recordings as MIDI) -> MAESTRO job shards
   percepiano_shards    PercePiano rendered from its performance MIDI -> labelled shards
-  pretrain             SSAST pre-training on the ASAP shards
-  pretrain_notes       notes-aware pre-training on them: the transcription head alone
+  pretrain_notes       notes-aware pre-training on the ASAP shards: the transcription head alone
   asap_mixed_shards    the ASAP performances again, each rendered with one of two SoundFonts
                        (TimGM6mb and --second_soundfont, drawn per performance)
+  pretrain             SSAST pre-training on the two-timbre shards
+  pretrain_both        the same run with the transcription head beside SSAST's losses
+                       (nothing else differs: the objectives' ablation)
   pretrain_notes_mixed the notes-aware run continued on those two timbres (the encoder every
                        later stage uses)
   second_timbre_shards, unseen_timbre_shards, held_out_shards_<stem>
@@ -30,7 +32,7 @@ committed):
                        transcribed; eval.cross_timbre: the audio ridge and the notes ridge
                        fitted on TimGM6mb renders, scored on each timbre's test set ->
                        REPORTS/cross_timbre.json
-  embed_<encoder>      PercePiano embedded by a frozen encoder (random, ssast, notes)
+  embed_<encoder>      PercePiano embedded by a frozen encoder (random, ssast, both, notes)
   cv_<variant>         piece split, per variant:
                          ast          pre-trained AST, grouped heads, adaptive weights, augmentation
                          scratch      the same from random initialisation
@@ -56,12 +58,17 @@ committed):
                                       window_mean's predictions (the best of each family
                                       over the piece folds)
                          probe_<enc>  the ridge on frozen embeddings of an encoder: random,
-                                      ssast (pretrain), notes (pretrain_notes_mixed)
+                                      ssast (pretrain), both (pretrain_both), notes
+                                      (pretrain_notes_mixed)
+                         ast_notes, ast_both
+                                      the AST fine-tuned from the notes-aware encoder and
+                                      from the SSAST+transcription one (beside `ast`)
   performer_<variant>  the performer split, for ast / cnn / ffn and the statistics models
   report_<split>       eval.report of the AST against every variant finished so far
                        (the ones still pending are named in the report)
   summary              eval.report.summary: every finished model of both splits against the
-                       ridge (Pearson per group, CI, R², paired difference) -> summary.json
+                       ridge (Pearson per group, CI, R², paired difference), and the
+                       objectives' ablation pairs head to head -> summary.json
 
 `--size=cpu` (default) is the 2-core configuration: the tiny encoder (192 wide,
 4 layers) on non-overlapping 5.12 s windows at stride 16 (8 x 32 patches), 500
@@ -106,21 +113,25 @@ VARIANTS = {
     "ffn": ["--config.model.backbone=pooled_stats", "--config.init.checkpoint="],
     # Fine-tuned from the notes-aware encoder instead of SSAST's (the issue's side by side).
     "ast_notes": [],
+    # ... and from the SSAST+transcription encoder (issue 25's fine-tuning side by side).
+    "ast_both": [],
 }
 # The pre-training stage each variant fine-tunes from (default `pretrain`; none for the
 # variants that clear `init.checkpoint`).
-INIT_STAGES = {"ast_notes": "pretrain_notes_mixed"}
+INIT_STAGES = {"ast_notes": "pretrain_notes_mixed", "ast_both": "pretrain_both"}
 PERFORMER_VARIANTS = ("ast", "cnn", "ffn")
 # Display names in the reports (no commas: eval.report's --names is comma-separated).
 NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat": "AST flat head",
          "fixed": "AST fixed loss weights", "noaug": "AST without augmentation",
          "ast_notes": "AST (notes-aware pre-trained)",
+         "ast_both": "AST (SSAST+transcription pre-trained)",
          "cnn": "CNN baseline", "ffn": "feed-forward baseline", "ridge": "ridge on clip statistics",
          "ffn_stats": "feed-forward on clip statistics",
          "oracle_notes": "oracle-notes (performance MIDI statistics: an upper bound)",
          "notes": "notes (statistics of the encoder's transcription)",
          "probe_random": "probe of a random encoder", "probe_ssast": "probe of the SSAST encoder",
          "probe_notes": "probe of the notes-aware encoder",
+         "probe_both": "probe of the SSAST+transcription encoder",
          "fusion": "fusion (transcription statistics + notes-aware embeddings)",
          "ast_stats": "AST+stats (notes-aware encoder: transcription and embeddings; "
                       "audio statistics)",
@@ -137,7 +148,12 @@ STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes", "notes", "fusion", "a
 # Probes: the ridge on frozen, clip-pooled embeddings of each encoder (eval.shard_embeddings),
 # and the pre-training run each is embedded with (random: the notes-aware run's shape,
 # randomly initialised).
-PROBES = {"random": "pretrain_notes_mixed", "ssast": "pretrain", "notes": "pretrain_notes_mixed"}
+PROBES = {"random": "pretrain_notes_mixed", "ssast": "pretrain", "both": "pretrain_both",
+          "notes": "pretrain_notes_mixed"}
+# The objectives' ablation (issue 25 item 5): `pretrain` (SSAST alone) and `pretrain_both`
+# (SSAST + the transcription head) differ in nothing else: same shards, steps, batch, seed
+# and schedule. The pairs compared head to head in summary.json (eval.report.summary --pairs).
+PAIRS = (("probe_both", "probe_ssast"), ("ast_both", "ast"))
 # Clip-level heads (train.clip_head) on the window embeddings of one probe's encoder: the
 # run directory of each pooling (issue 19's clip-level model and its window-averaging twin).
 CLIP_HEAD_ENCODER = "notes"
@@ -251,8 +267,13 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   s = SIZES[size]
   asap, labelled, pretrain = work / "shards" / "asap", work / "shards" / "percepiano", work / "pretrain"
   mixed = work / "shards" / "asap_mixed"
-  pretrain_args = ("train.main", *s["pretrain"], f"--workdir={pretrain}", f"--config.data_dir={asap}",
-                   *s["encoder"])
+  # SSAST alone and SSAST + transcription on the two-timbre shards the notes-aware encoder
+  # also hears, so the probes compare objectives, not data.
+  pretrain_args = ("train.main", *s["pretrain"], f"--workdir={pretrain}",
+                   f"--config.data_dir={mixed}", *s["encoder"])
+  both_args = ("train.main", *s["pretrain"], "--config.model.transcription_weight=1",
+               f"--workdir={work / 'pretrain_both'}", f"--config.data_dir={mixed}",
+               *s["encoder"])
   notes_pretrain = work / "pretrain_notes"
   notes_run = notes_encoder or work / "pretrain_notes_mixed"
   # The stage the notes-aware encoder comes from (none when it is given).
@@ -302,7 +323,10 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                    "PercePiano rendered -> labelled shards"),
       # A finished pre-training of another length (an older plan's) is refused, not reused.
       stages.training("pretrain", pretrain, pretrain_args, "SSAST pre-training",
-                      needs=("asap_shards",)),
+                      needs=("asap_mixed_shards",)),
+      stages.training("pretrain_both", work / "pretrain_both", both_args,
+                      "SSAST + transcription pre-training (the objectives' ablation)",
+                      needs=("asap_mixed_shards",)),
       stages.training("pretrain_notes", notes_pretrain, notes_args,
                       "notes-aware pre-training (transcription head)", needs=("asap_shards",)),
       stages.training("pretrain_notes_mixed", notes_run, mixed_args,
@@ -338,7 +362,8 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                    needs=(*notes_needs, "percepiano_shards")),
   ]
   if notes_encoder:
-    replaced = {"asap_mixed_shards", "pretrain_notes", "pretrain_notes_mixed", "transcription"}
+    # The two-timbre shards stay: the SSAST runs read them.
+    replaced = {"pretrain_notes", "pretrain_notes_mixed", "transcription"}
     out = [st for st in out if st.name not in replaced]
   # Perception across timbres: PercePiano rendered (clean) with the second SoundFont and the
   # unseen one, transcribed by the same encoder; eval.cross_timbre fits the audio ridge and
@@ -544,7 +569,8 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   # Every model of both splits against the ridge, in one file (what the issues' goals read).
   summary = report_root / "summary.json"
   out.append(stages.Stage(
-      "summary", ("eval.report.summary", f"--runs_dir={work}", f"--output={summary}"),
+      "summary", ("eval.report.summary", f"--runs_dir={work}", f"--output={summary}",
+                  f"--pairs={','.join(f'{a}:{b}'.replace('_', '-') for a, b in PAIRS)}"),
       summary.is_file, "summary: every model against the ridge", always=True,
       needs=tuple(r.name for r in all_runs)))
   return out

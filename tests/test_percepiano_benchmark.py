@@ -32,15 +32,32 @@ def _config(args, monkeypatch):
 def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   plan = benchmark.plan(tmp_path / "pp", tmp_path / "asap", tmp_path / "w", size, folds="0")
   names = [s.name for s in plan]
-  assert names[:4] == ["asap_shards", "asap_mixed_shards", "percepiano_shards", "pretrain"]
+  assert names[:5] == ["asap_shards", "asap_mixed_shards", "percepiano_shards", "pretrain",
+                       "pretrain_both"]
   assert {f"cv_{v}" for v in benchmark.VARIANTS} <= set(names)
   assert {"performer_ast", "performer_cnn", "report_piece", "report_performer"} <= set(names)
   # What each stage waits for when stages run side by side.
   needs = {s.name: s.needs for s in plan}
   for k, stage in enumerate(plan):  # every need names an earlier stage of the plan
     assert set(stage.needs) <= set(names[:k]), stage.name
-  assert needs["pretrain"] == ("asap_shards",)
+  assert needs["pretrain"] == needs["pretrain_both"] == ("asap_mixed_shards",)
   assert needs["cv_ast"] == ("percepiano_shards", "pretrain")
+  # The objectives' ablation: SSAST alone against SSAST + transcription, nothing else apart.
+  ssast, both = (_config(plan[names.index(n)].args, monkeypatch) for n in ("pretrain",
+                                                                          "pretrain_both"))
+  assert (ssast.model.ssast_weight, ssast.model.transcription_weight) == (1, 0)
+  assert (both.model.ssast_weight, both.model.transcription_weight) == (1, 1)
+  for field in ("num_steps", "batch_size", "seed", "data_dir", "optimizer", "model.encoder",
+                "model.num_masked"):
+    first, second = ssast, both
+    for part in field.split("."):
+      first, second = first[part], second[part]
+    assert first == second, field
+  assert ssast.data_dir == str(tmp_path / "w" / "shards" / "asap_mixed")
+  assert needs["cv_ast_both"] == ("percepiano_shards", "pretrain_both")
+  assert needs["embed_both"] == ("pretrain_both", "percepiano_shards")
+  assert needs["cv_probe_both"] == ("embed_both",)
+  assert "--pairs=probe-both:probe-ssast,ast-both:ast" in plan[names.index("summary")].args
   assert needs["cv_ast_notes"] == ("percepiano_shards", "pretrain_notes_mixed")
   assert f"--config.init.checkpoint={tmp_path / 'w' / 'pretrain_notes_mixed'}" in plan[
       names.index("cv_ast_notes")].args
@@ -383,9 +400,9 @@ def test_a_released_notes_encoder_replaces_the_notes_aware_pre_training(tmp_path
   plan = benchmark.plan(tmp_path / "pp", tmp_path / "asap", tmp_path / "w", "cpu",
                         notes_encoder=released)
   names = [s.name for s in plan]
-  assert not {"asap_mixed_shards", "pretrain_notes", "pretrain_notes_mixed",
-              "transcription"} & set(names)
-  assert "pretrain" in names  # SSAST pre-training is not replaced
+  assert not {"pretrain_notes", "pretrain_notes_mixed", "transcription"} & set(names)
+  # SSAST pre-training (alone and with transcription) is not replaced, nor its shards.
+  assert {"pretrain", "pretrain_both", "asap_mixed_shards"} <= set(names)
   by_name = {s.name: s for s in plan}
   for k, stage in enumerate(plan):  # every need still names an earlier stage of the plan
     assert set(stage.needs) <= set(names[:k]), stage.name

@@ -170,11 +170,17 @@ def test_the_benchmark_summary_scores_every_model_against_the_ridge(job_with_aud
   (unfinished / crossval.SUMMARY).write_text((runs / "ridge" / crossval.SUMMARY).read_text())
   out = tmp_path / "summary.json"
   proc = subprocess.run([sys.executable, "-m", "eval.report.summary",
-                         f"--runs_dir={tmp_path / 'runs'}", f"--output={out}", "--resamples=200"],
+                         f"--runs_dir={tmp_path / 'runs'}", f"--output={out}", "--resamples=200",
+                         "--pairs=oracle-notes:ridge,oracle-notes:absent"],
                         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   summary = json.loads(out.read_text())
-  assert set(summary) == {"about", "pending", "piece/out_of_fold", "piece/test"}
+  assert set(summary) == {"about", "pending", "pairs", "piece/out_of_fold", "piece/test"}
+  # A head-to-head pair is the same paired bootstrap as the bar's column (here the pair is
+  # the oracle against the ridge itself); a pair naming a model not run is left out.
+  assert set(summary["pairs"]) == {"piece/out_of_fold", "piece/test"}
+  for key, compared in summary["pairs"].items():
+    assert compared == {"oracle-notes vs ridge": summary[key]["oracle-notes"]["vs_ridge"]}
   assert list(summary["pending"]) == ["piece/ast"]
   for key in ("piece/out_of_fold", "piece/test"):
     ridge_row, oracle = summary[key]["ridge"], summary[key]["oracle-notes"]
@@ -196,6 +202,8 @@ def test_the_benchmark_summary_scores_every_model_against_the_ridge(job_with_aud
   # only while its ridge is the same bar.
   earlier = json.loads(out.read_text())
   earlier["piece/test"]["old-model"] = dict(earlier["piece/test"]["oracle-notes"], mean=0.9)
+  old_pair = {"delta": 0.1, "low": 0.05, "high": 0.15, "p": 0.01}
+  earlier["pairs"]["piece/test"]["old-model vs ridge"] = old_pair
   earlier_path = tmp_path / "earlier.json"
   earlier_path.write_text(json.dumps(earlier))
 
@@ -210,7 +218,10 @@ def test_the_benchmark_summary_scores_every_model_against_the_ridge(job_with_aud
   assert proc.returncode == 0, proc.stderr[-2000:]
   carried = json.loads((tmp_path / "carried.json").read_text())
   assert carried["piece/test"]["old-model"]["mean"] == 0.9
-  assert carried["about"]["carried"]["models"] == {"piece/test": ["old-model"]}
+  assert carried["about"]["carried"]["models"] == {"piece/test": ["old-model"],
+                                                   "pairs/piece/test": ["old-model vs ridge"]}
+  assert carried["pairs"]["piece/test"] == {**summary["pairs"]["piece/test"],
+                                            "old-model vs ridge": old_pair}
   assert carried["piece/test"]["ridge"] == summary["piece/test"]["ridge"]
   earlier["piece/test"]["ridge"]["timing"] += 0.01
   earlier_path.write_text(json.dumps(earlier))
@@ -227,6 +238,15 @@ def test_the_benchmark_summary_scores_every_model_against_the_ridge(job_with_aud
                          f"--runs_dir={tmp_path / 'runs'}", f"--output={out}", "--resamples=50"],
                         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode != 0 and "exactly one ridge run" in proc.stderr
+
+
+@pytest.mark.parametrize("pairs", ["probe-both", "probe-both:", "a:b:c"])
+def test_a_malformed_pair_is_a_usage_error(tmp_path, pairs):
+  proc = subprocess.run([sys.executable, "-m", "eval.report.summary", f"--runs_dir={tmp_path}",
+                         f"--output={tmp_path / 's.json'}", f"--pairs={pairs}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0 and "--pairs takes A:B" in proc.stderr
+  assert not (tmp_path / "s.json").exists()
 
 
 def test_an_empty_transcription_is_an_error_naming_the_performance(tmp_path):

@@ -446,6 +446,62 @@ def test_thresholds_are_chosen_on_the_tune_half():
     transcription_report.halves(["a", "a"], 0)
 
 
+def _report(first_step, steps, soundfont, timbres, compositions=("a",)):
+  """A transcription.json of `steps` (pre-training steps) scored on `soundfont`."""
+  scored = [{"step": step, "run": "r", "run_step": step - first_step,
+             "report": {"onset/f1": step / 1000, "onset_offset/f1": step / 2000},
+             "timbres": {name: {"onset/f1": step / 1500, "heard_in_training": heard}
+                         for name, heard in timbres.items()}} for step in steps]
+  return {"checkpoint": "r", "data": {"soundfont": soundfont, "compositions": {
+              "tune": ["t"], "report": list(compositions)}, "seed": 0,
+              "max_seconds_per_performance": 60.0, "split": "validation",
+              "dataset": "maestro", "performances": {"tune": 1, "report": 1}},
+          "machine": "m", "objective": {}, "batch_size": 16, "steps": scored,
+          "final": {"step": steps[-1], **scored[-1]["report"]}}
+
+
+def test_two_reports_of_one_lineage_merge_into_one(tmp_path):
+  """A run continued from a release, scored on a fresh machine, joins the report of the
+  release's own pre-training: one curve per SoundFont across both, even where the two
+  tuned on different sets."""
+  from eval import transcription_report
+  earlier = _report(0, [500, 1000], "A+B", {"A": True, "C": False})
+  earlier["lineage"] = [{"run": "first", "first_step": 0, "soundfonts": {"A": "1"}}]
+  later = _report(1000, [1500, 2000], "A", {"C": False})
+  later["lineage"] = [{"run": "release", "first_step": 0, "soundfonts": {"A": "1"}},
+                      {"run": "continued", "first_step": 1000, "soundfonts": {"A": "1"}}]
+  merged = transcription_report.merge(earlier, later)
+  assert [s["step"] for s in merged["steps"]] == [500, 1000, 1500, 2000]
+  assert [s["scored_on"] for s in merged["steps"]] == ["A+B", "A+B", "A", "A"]
+  assert [run["run"] for run in merged["lineage"]] == ["first", "continued"]
+  assert merged["final"] == later["final"]
+  by_font = [transcription_report.onset_by_soundfont(s, s["scored_on"])
+             for s in merged["steps"]]
+  assert [f["A"][0] for f in by_font] == [500 / 1500, 1000 / 1500, 1.5, 2.0]
+  assert [f["C"] for f in by_font] == [(s / 1500, False) for s in (500, 1000, 1500, 2000)]
+  # Not one lineage, or other held-out compositions: refused.
+  with pytest.raises(ValueError, match="not one lineage"):
+    transcription_report.merge(_report(0, [500], "A", {}) | {"lineage": []}, later)
+  other = _report(0, [500, 1000], "A", {}, compositions=("b",))
+  with pytest.raises(ValueError, match="data.compositions"):
+    transcription_report.merge(other | {"lineage": []}, later)
+  # The command writes the merged report and its figure.
+  for name, report in (("earlier.json", earlier), ("later.json", later)):
+    (tmp_path / name).write_text(json.dumps(report))
+  out = tmp_path / "out"
+  proc = subprocess.run([sys.executable, "-m", "eval.transcription_report",
+                         f"--merge={tmp_path / 'earlier.json'},{tmp_path / 'later.json'}",
+                         f"--output_dir={out}"], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  written = json.loads((out / "transcription.json").read_text())
+  assert written["steps"] == merged["steps"] and (out / "transcription_f1.png").stat().st_size
+  proc = subprocess.run([sys.executable, "-m", "eval.transcription_report",
+                         f"--merge={tmp_path / 'earlier.json'}", f"--output_dir={out}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode != 0 and "--merge takes EARLIER.json,LATER.json" in proc.stderr
+
+
 def test_notes_archive_round_trip_and_damage(tmp_path):
   notes = notes_lib
   performances = {"b": notes.Notes([[0.1, 0.5, 60, 80]], [[0.0, 1.0]]),

@@ -25,6 +25,11 @@ must overcome and its Pearson does not see.
 
 A model without a finished set is listed under `pending` with what it lacks.
 
+`--pairs=A:B,...` adds head-to-head comparisons beside the bar (an ablation: the same
+encoder pre-trained with and without an objective): `pairs.<set>["A vs B"]` is
+{delta, low, high, p}, the same paired bootstrap of A's mean Pearson against B's, for each set
+both have.
+
 `--carry_from=EARLIER.json` is for a machine that reran only part of the benchmark (run
 directories are not committed, and a full rerun takes many sessions): a model of a set that
 the earlier summary holds and RUNS_DIR lacks is kept as it was, named under
@@ -86,6 +91,34 @@ def _entry(source: sources.Source, rows: dict, r2: float, versus: dict | None) -
           "vs_ridge": versus}
 
 
+def _versus(compared: dict) -> dict:
+  """{delta, low, high, p} of the compared run against the main one (the report's difference
+  is the main run's lead: negated here)."""
+  rows = compared.get("fold_rows") or compared["rows"]
+  return {"delta": -rows["mean"]["difference"], "low": -rows["mean"]["difference_high"],
+          "high": -rows["mean"]["difference_low"], "p": rows["mean"]["p_bootstrap"]}
+
+
+def score_pairs(runs: list[sources.Source], pairs, *, resamples: int,
+                seed: int) -> dict[str, dict]:
+  """{set: {"A vs B": versus}} for each (A, B) of `pairs` whose runs both have the set."""
+  by_name = {s.name: s for s in runs}
+  out = {}
+  for a, b in pairs:
+    if a not in by_name or b not in by_name:
+      continue
+    first, second = by_name[a], by_name[b]
+    for key in SETS:
+      if key not in first.evaluations or key not in second.evaluations:
+        continue
+      evaluation = scoring.evaluate(second.evaluations[key], {a: first.evaluations[key]}, None,
+                                    resamples=resamples, seed=seed,
+                                    folds=second.folds.get(key),
+                                    other_folds={a: first.folds.get(key)})
+      out.setdefault(key, {})[f"{a} vs {b}"] = _versus(evaluation["compare"][a])
+  return out
+
+
 def score_split(runs: list[sources.Source], *, resamples: int, seed: int) -> dict[str, dict]:
   """{set: {model name: entry}} of one split's runs against its ridge."""
   bars = [s for s in runs if s.backbone == "ridge"]
@@ -109,10 +142,8 @@ def score_split(runs: list[sources.Source], *, resamples: int, seed: int) -> dic
         continue
       compared = evaluation["compare"][s.name]
       rows = compared.get("fold_rows") or compared["rows"]
-      # The report's difference is the main run's (the ridge's) lead: negated here.
-      versus = {"delta": -rows["mean"]["difference"], "low": -rows["mean"]["difference_high"],
-                "high": -rows["mean"]["difference_low"], "p": rows["mean"]["p_bootstrap"]}
-      models[s.name] = _entry(s, rows, _mean_r2(s.evaluations[key], s.folds.get(key)), versus)
+      models[s.name] = _entry(s, rows, _mean_r2(s.evaluations[key], s.folds.get(key)),
+                              _versus(compared))
     out[key] = {"headline": evaluation["headline"], "performances": evaluation["performances"],
                 "models": models}
     if "out_of_fold" in ridge.evaluations:
@@ -125,12 +156,14 @@ def score_split(runs: list[sources.Source], *, resamples: int, seed: int) -> dic
 
 
 def summarise(runs_dir: pathlib.Path, splits=("piece", "performer"), *,
-              resamples: int = statistics.DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+              resamples: int = statistics.DEFAULT_RESAMPLES, seed: int = 0,
+              pairs=()) -> dict:
+  """The summary of `splits`; `pairs`: (A, B) model names compared head to head."""
   summary = {"about": {
       "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       "resamples": resamples, "seed": seed, "machine": machine.describe(),
       "metric": "Pearson; a group's = the mean of its dimensions'; out_of_fold = the mean over "
-                "folds"}, "pending": {}}
+                "folds"}, "pending": {}, "pairs": {}}
   for split in splits:
     runs = []
     for directory in sorted(p for p in (runs_dir / split).glob("*")
@@ -146,6 +179,8 @@ def summarise(runs_dir: pathlib.Path, splits=("piece", "performer"), *,
       summary[f"{split}/{key}"] = value["models"]
       summary["about"][f"{split}/{key}"] = {
           k: value[k] for k in ("headline", "performances", "r2_of_training_mean") if k in value}
+    for key, value in score_pairs(runs, pairs, resamples=resamples, seed=seed).items():
+      summary["pairs"][f"{split}/{key}"] = value
   return summary
 
 
@@ -181,6 +216,11 @@ def carry(summary: dict, earlier: dict, source: str = "") -> dict:
       if name not in summary[key]:
         summary[key][name] = entry
         carried.setdefault(key, []).append(name)
+  for key, compared in earlier.get("pairs", {}).items():
+    for name, entry in compared.items():
+      if name not in summary["pairs"].setdefault(key, {}):
+        summary["pairs"][key][name] = entry
+        carried.setdefault(f"pairs/{key}", []).append(name)
   for name, why in earlier.get("pending", {}).items():
     summary["pending"].setdefault(name, why)
   if carried:
@@ -199,13 +239,18 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
   flags.DEFINE_string("carry_from", None, "An earlier summary.json whose models missing from "
                       "--runs_dir are kept, if its ridge matches the one scored here exactly.")
+  flags.DEFINE_list("pairs", [], "A:B,... models (by summary name, e.g. probe-both:probe-ssast) "
+                    "compared head to head: pairs.<set>['A vs B'].")
 
 
 def main(argv: list[str]) -> int:
   del argv
   try:
+    pairs = [tuple(pair.split(":")) for pair in FLAGS.pairs]
+    if any(len(pair) != 2 or not all(pair) for pair in pairs):
+      raise ValueError(f"--pairs takes A:B,... (two model names each): {FLAGS.pairs}")
     summary = summarise(pathlib.Path(FLAGS.runs_dir), FLAGS.splits, resamples=FLAGS.resamples,
-                        seed=FLAGS.seed)
+                        seed=FLAGS.seed, pairs=pairs)
     if FLAGS.carry_from:
       summary = carry(summary, json.loads(pathlib.Path(FLAGS.carry_from).read_text()),
                       FLAGS.carry_from)
@@ -219,6 +264,9 @@ def main(argv: list[str]) -> int:
         f"{name} {m['mean']:.3f}" + (f" ({m['vs_ridge']['delta']:+.3f}, p {m['vs_ridge']['p']:.3f})"
                                      if m["vs_ridge"] else "")
         for name, m in summary[key].items()))
+  for key, compared in summary["pairs"].items():
+    print(f"pairs {key}: " + ", ".join(f"{name} {v['delta']:+.3f} (p {v['p']:.3f})"
+                                       for name, v in compared.items()))
   return 0
 
 
