@@ -718,10 +718,12 @@ def main(argv):
                 FLAGS.unseen_soundfont, FLAGS.second_soundfont,
                 pathlib.Path(FLAGS.notes_encoder).absolute() if FLAGS.notes_encoder else None,
                 FLAGS.held_out_soundfonts)
+  others = []
   if FLAGS.only:
     unknown = sorted(set(FLAGS.only) - {st.name for st in chosen})
     if unknown:
       raise app.UsageError(f"unknown stages {unknown}; stages: {[st.name for st in chosen]}")
+    others = [st for st in chosen if st.name not in FLAGS.only]
     chosen = [st for st in chosen if st.name in FLAGS.only]
   if FLAGS.dry_run or FLAGS.size == "base":
     for st in chosen:
@@ -731,7 +733,7 @@ def main(argv):
         print(f"# {st.name}: {st.what}\n# (its command is built when it runs: {e})")
     return
   try:
-    stages.run(chosen, work / "logs", cwd=REPO, jobs=FLAGS.jobs)
+    stages.run(chosen, work / "logs", cwd=REPO, jobs=FLAGS.jobs, others=others)
   except (stages.StageError, ValueError) as e:  # ValueError: e.g. an unreadable crossval.json
     sys.exit(f"error: {e}")
 

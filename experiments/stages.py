@@ -301,8 +301,13 @@ def _stop(running: list[_Running], grace_s: float = 120.0) -> None:
 
 
 def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | None = None,
-        env: dict | None = None, jobs: int = 1) -> dict[str, float]:
+        env: dict | None = None, jobs: int = 1,
+        others: Sequence[Stage] = ()) -> dict[str, float]:
   """Runs the stages not done yet; returns wall seconds per stage run now.
+
+  `others` are the plan's stages left out of this call (`--only`): a stage that needs one
+  of them starts only if that one is done when it would start (checked then, since another
+  call may be finishing it), and fails otherwise, naming it; never on half-made input.
 
   With `jobs` = 1 they run in order. With more, up to `jobs` at once, each as soon
   as the stages it `needs` among these are done, in order otherwise. A failing
@@ -319,6 +324,7 @@ def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | N
     if later:
       raise ValueError(f"stage {stage.name} needs {later}, which are not earlier stages")
   chosen = set(names)
+  outside = {s.name: s for s in others if s.name not in chosen}
   log_dir.mkdir(parents=True, exist_ok=True)
   waiting = list(enumerate(stages, 1))
   running: list[_Running] = []
@@ -355,6 +361,11 @@ def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | N
             print(f"{prefix}: done earlier, skipped", flush=True)
             done.add(stage.name)
             continue
+          unmet = [n for n in stage.needs if n in outside
+                   and not _checked(outside[n], "checking its output", outside[n].done)]
+          if unmet:
+            raise StageError(f"stage {stage.name} needs {', '.join(unmet)}, which is not done "
+                             "and not in this run (run it first, or name it too)")
           running.append(_checked(stage, "starting",
                                   lambda: _start(stage, prefix, log_dir, cwd, env)))
         except StageError as e:  # stale output, or a command that cannot be built yet

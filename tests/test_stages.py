@@ -51,6 +51,25 @@ def test_every_failure_is_reported_and_needs_must_come_earlier(tmp_path):
                tmp_path / "logs")
 
 
+def test_a_need_left_out_of_the_run_must_be_done_when_its_dependant_starts(tmp_path):
+  """`--only=embed` while another call is still pre-training: the stage that needs it fails
+  naming it (its dependants with it) instead of reading a half-made run; once the need is
+  done, the same call runs it."""
+  made = tmp_path / "made.json"
+  upstream = stages.Stage("pretrain", ("json.tool", "--help"), made.is_file)
+  source, out = tmp_path / "in.json", tmp_path / "out.json"
+  source.write_text("{}")
+  embed = stages.Stage("embed", ("json.tool", str(source), str(out)), out.is_file,
+                       needs=("pretrain",))
+  after = stages.Stage("probe", ("json.tool", "--help"), lambda: False, needs=("embed",))
+  with pytest.raises(stages.StageError, match="stage embed needs pretrain, which is not done"):
+    stages.run([embed, after], tmp_path / "logs", others=[upstream])
+  assert not out.exists() and not (tmp_path / "logs" / "probe.log").exists()
+  made.write_text("{}")
+  assert "embed" in stages.run([embed], tmp_path / "logs", others=[upstream])
+  assert json.loads(out.read_text()) == {}
+
+
 def test_an_unreadable_output_check_is_a_stage_error(tmp_path):
   def broken():
     raise json.JSONDecodeError("Expecting value", "", 0)
