@@ -307,7 +307,8 @@ def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | N
 
   `others` are the plan's stages left out of this call (`--only`): a stage that needs one
   of them starts only if that one is done when it would start (checked then, since another
-  call may be finishing it), and fails otherwise, naming it; never on half-made input.
+  call may be finishing it), and fails otherwise, naming it; never on half-made input. A
+  stage that always runs (a report of whatever finished) is exempt.
 
   With `jobs` = 1 they run in order. With more, up to `jobs` at once, each as soon
   as the stages it `needs` among these are done, in order otherwise. A failing
@@ -361,7 +362,8 @@ def run(stages: Sequence[Stage], log_dir: pathlib.Path, *, cwd: pathlib.Path | N
             print(f"{prefix}: done earlier, skipped", flush=True)
             done.add(stage.name)
             continue
-          unmet = [n for n in stage.needs if n in outside
+          # Reports (`always`) take what finished and name the rest as pending.
+          unmet = [n for n in stage.needs if n in outside and not stage.always
                    and not _checked(outside[n], "checking its output", outside[n].done)]
           if unmet:
             raise StageError(f"stage {stage.name} needs {', '.join(unmet)}, which is not done "

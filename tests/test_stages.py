@@ -65,6 +65,11 @@ def test_a_need_left_out_of_the_run_must_be_done_when_its_dependant_starts(tmp_p
   with pytest.raises(stages.StageError, match="stage embed needs pretrain, which is not done"):
     stages.run([embed, after], tmp_path / "logs", others=[upstream])
   assert not out.exists() and not (tmp_path / "logs" / "probe.log").exists()
+  # A report of whatever finished runs anyway.
+  written = tmp_path / "report.json"
+  report = stages.Stage("report", ("json.tool", str(source), str(written)), written.is_file,
+                        always=True, needs=("pretrain",))
+  assert "report" in stages.run([report], tmp_path / "logs", others=[upstream])
   made.write_text("{}")
   assert "embed" in stages.run([embed], tmp_path / "logs", others=[upstream])
   assert json.loads(out.read_text()) == {}
