@@ -211,7 +211,7 @@ def test_the_benchmark_summary_scores_every_model_against_the_ridge(job_with_aud
     return subprocess.run(
         [sys.executable, "-m", "eval.report.summary", f"--runs_dir={tmp_path / 'runs'}",
          f"--output={tmp_path / 'carried.json'}", "--resamples=200",
-         f"--carry_from={earlier_path}"],
+         f"--carry_from={earlier_path}", "--pairs=oracle-notes:ridge"],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
 
   proc = with_carry()
