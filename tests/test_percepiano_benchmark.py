@@ -62,8 +62,8 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert f"--config.init.checkpoint={tmp_path / 'w' / 'pretrain_notes_mixed'}" in plan[
       names.index("cv_ast_notes")].args
   assert needs["cv_scratch"] == needs["cv_cnn"] == needs["performer_ffn"] == ("percepiano_shards",)
-  probes = [f"probe_{e}" for e in benchmark.PROBES] + list(benchmark.CLIP_HEADS.values()) + [
-      "ensemble"]
+  probes = [f"probe_{e}" for e in benchmark.PROBES] + list(benchmark.CLIP_HEADS.values()) + list(
+      benchmark.ENSEMBLES)
   assert set(needs["report_piece"]) == {f"cv_{v}" for v in (*benchmark.VARIANTS,
                                                              *benchmark.STATISTICS_MODELS,
                                                              *probes)}
@@ -74,6 +74,14 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert needs["cv_clip_attention"] == needs["performer_window_mean"] == ("embed_notes",)
   # The ensemble averages two finished members of its own split.
   assert needs["performer_ensemble"] == ("performer_ast_stats", "performer_window_mean")
+  # ... and AST+stats with the fine-tuned notes-aware AST: over the folds where that AST is
+  # cross-validated, on the test set alone where it is not.
+  assert needs["cv_ensemble_ast_notes"] == ("cv_ast_stats", "cv_ast_notes")
+  for kind, split in (("cv", "piece"), ("performer", "performer")):
+    args = plan[names.index(f"{kind}_ensemble_ast_notes")].args
+    test_only = "ast_notes" not in benchmark.SIZES[size]["cross_validated"].get(split, ())
+    assert ("--folds=none" in args) == test_only, (size, split)
+    assert "--folds=none" not in plan[names.index(f"{kind}_ensemble")].args
   piece = tmp_path / "w" / "piece"
   members = f"--members={piece / 'ast_stats'},{piece / 'window_mean'}"
   assert members in plan[names.index("cv_ensemble")].args
@@ -223,7 +231,8 @@ def test_dry_run_prints_the_commands(tmp_path):
 def test_display_names_survive_the_comma_separated_names_flag():
   assert all("," not in name for name in benchmark.NAMES.values())
   assert set(benchmark.NAMES) == set(benchmark.VARIANTS) | set(benchmark.STATISTICS_MODELS) | {
-      f"probe_{e}" for e in benchmark.PROBES} | set(benchmark.CLIP_HEADS.values()) | {"ensemble"}
+      f"probe_{e}" for e in benchmark.PROBES} | set(benchmark.CLIP_HEADS.values()) | set(
+      benchmark.ENSEMBLES)
 
 
 def _finish(run: pathlib.Path, seconds: float = 1.0) -> None:
@@ -299,7 +308,8 @@ def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
   assert "CNN baseline: test in 2 min" in notes[1]
   pending = [benchmark.NAMES[v] for v in (*benchmark.VARIANTS, *benchmark.STATISTICS_MODELS,
                                           *(f"probe_{e}" for e in benchmark.PROBES),
-                                          *benchmark.CLIP_HEADS.values(), "ensemble")
+                                          *benchmark.CLIP_HEADS.values(),
+                                          *benchmark.ENSEMBLES)
              if v not in ("ast", "cnn")]
   assert notes[2] == f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}."
 
