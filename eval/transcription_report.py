@@ -253,19 +253,20 @@ def plot(path: pathlib.Path, steps: list[dict], title: str,
   ax = fig.add_subplot(1, 1, 1)
   fig.subplots_adjust(left=0.08, right=0.62)
   colours = iter(f"C{i}" for i in range(10))
-  sets = list(dict.fromkeys(s.get("scored_on", scored_on) for s in steps))
+  tuned_on = [s.get("scored_on", scored_on) for s in steps]
+  sets = list(dict.fromkeys(tuned_on))
   # One colour per score, one marker per tuning set.
   for metric in transcription_scores.F1_METRICS[1:]:  # onset: per SoundFont, below
     colour = next(colours)
     for name, marker in zip(sets, "o^v"):
-      own = [s for s in steps if s.get("scored_on", scored_on) == name]
+      own = [s for s, on in zip(steps, tuned_on) if on == name]
       if all(f"{metric}/f1" in s["report"] for s in own):  # older reports lack the newest
         ax.plot([s["step"] for s in own], [s["report"][f"{metric}/f1"] for s in own],
                 marker=marker, markersize=3, color=colour,
                 label=f"{metric}, {name}" if len(sets) > 1 else metric)
   fonts: dict[str, list[tuple[int, float, bool]]] = {}
-  for s in steps:
-    for name, (f1, heard_it) in onset_by_soundfont(s, s.get("scored_on", scored_on)).items():
+  for s, on in zip(steps, tuned_on):
+    for name, (f1, heard_it) in onset_by_soundfont(s, on).items():
       fonts.setdefault(name, []).append((s["step"], f1, heard_it))
   for name, points in fonts.items():
     heard_it = points[-1][2]

@@ -278,11 +278,12 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   mixed = work / "shards" / "asap_mixed"
   # SSAST alone and SSAST + transcription on the two-timbre shards the notes-aware encoder
   # also hears, so the probes compare objectives, not data.
-  pretrain_args = ("train.main", *s["pretrain"], f"--workdir={pretrain}",
-                   f"--config.data_dir={mixed}", *s["encoder"])
-  both_args = ("train.main", *s["pretrain"], "--config.model.transcription_weight=1",
-               f"--workdir={work / 'pretrain_both'}", f"--config.data_dir={mixed}",
-               *s["encoder"])
+  def ssast_args(workdir: pathlib.Path, *extra: str) -> tuple[str, ...]:
+    return ("train.main", *s["pretrain"], *extra, f"--workdir={workdir}",
+            f"--config.data_dir={mixed}", *s["encoder"])
+
+  pretrain_args = ssast_args(pretrain)
+  both_args = ssast_args(work / "pretrain_both", "--config.model.transcription_weight=1")
   notes_pretrain = work / "pretrain_notes"
   notes_run = notes_encoder or work / "pretrain_notes_mixed"
   # The stage the notes-aware encoder comes from (none when it is given).
@@ -446,11 +447,14 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
         "perception models fitted on TimGM6mb renders, tested on other timbres",
         needs=("transcribe_percepiano", f"embed_{CLIP_HEAD_ENCODER}", *other_stages)))
 
-  def cross_validation(split: str, variant: str) -> stages.Stage:
-    directory = work / split / variant
+  def variant_folds(split: str, variant: str) -> str:
     # The 2-core size cross-validates the headline models only; the ablations (and the
     # performer split) train on every fold and are compared on the held-out test set.
-    run_folds = folds if variant in s["cross_validated"].get(split, ()) else "none"
+    return folds if variant in s["cross_validated"].get(split, ()) else "none"
+
+  def cross_validation(split: str, variant: str) -> stages.Stage:
+    directory = work / split / variant
+    run_folds = variant_folds(split, variant)
     init = INIT_STAGES.get(variant, "pretrain")
     given = notes_encoder and init == "pretrain_notes_mixed"
     args = ["train.crossval", *s["finetune"], f"--workdir={directory}", f"--split={split}",
@@ -528,20 +532,21 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
         needs=(f"embed_{CLIP_HEAD_ENCODER}",))
 
   def ensemble(split: str, name: str) -> stages.Stage:
-    # Two models together: the mean of their predictions, on every set all members have (a
-    # fine-tuned variant that this size runs on the test set alone gives the test set alone).
+    # Two models together: the mean of their predictions, on the folds its fine-tuned member
+    # runs now (the statistics models run every fold): the test set alone where that member
+    # does, `--folds` where it is cross-validated.
     directory = work / split / name
     kind = "cv" if split == "piece" else "performer"
     members = ENSEMBLES[name]
-    test_only = any(m in VARIANTS and m not in s["cross_validated"].get(split, ())
-                    for m in members)
+    member_folds = [variant_folds(split, m) for m in members if m in VARIANTS]
+    run_folds = "none" if "none" in member_folds else next(iter(member_folds), "")
     return stages.Stage(
         f"{kind}_{name}",
         ("train.ensemble", f"--data_dir={labelled}",
          f"--members={','.join(str(work / split / m) for m in members)}",
          f"--workdir={directory}", f"--split={split}", "--test",
-         *(("--folds=none",) if test_only else ())),
-        lambda: _crossval_finished(directory, "none" if test_only else ""),
+         *((f"--folds={run_folds}",) if run_folds else ())),
+        lambda: _crossval_finished(directory, run_folds),
         f"{split} split, {NAMES[name]}", needs=tuple(f"{kind}_{m}" for m in members))
 
   def probe(split: str, encoder: str) -> stages.Stage:

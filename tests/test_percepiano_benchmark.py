@@ -74,14 +74,15 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   assert needs["cv_clip_attention"] == needs["performer_window_mean"] == ("embed_notes",)
   # The ensemble averages two finished members of its own split.
   assert needs["performer_ensemble"] == ("performer_ast_stats", "performer_window_mean")
-  # ... and AST+stats with the fine-tuned notes-aware AST: over the folds where that AST is
-  # cross-validated, on the test set alone where it is not.
+  # ... and AST+stats with the fine-tuned notes-aware AST: on the folds that AST runs now
+  # (--folds=0 here) where it is cross-validated, on the test set alone where it is not.
   assert needs["cv_ensemble_ast_notes"] == ("cv_ast_stats", "cv_ast_notes")
   for kind, split in (("cv", "piece"), ("performer", "performer")):
     args = plan[names.index(f"{kind}_ensemble_ast_notes")].args
     test_only = "ast_notes" not in benchmark.SIZES[size]["cross_validated"].get(split, ())
-    assert ("--folds=none" in args) == test_only, (size, split)
-    assert "--folds=none" not in plan[names.index(f"{kind}_ensemble")].args
+    assert f"--folds={'none' if test_only else '0'}" in args, (size, split)
+    assert ("--folds=0" in plan[names.index(f"{kind}_ast_notes")].args) == (not test_only)
+    assert not any(a.startswith("--folds") for a in plan[names.index(f"{kind}_ensemble")].args)
   piece = tmp_path / "w" / "piece"
   members = f"--members={piece / 'ast_stats'},{piece / 'window_mean'}"
   assert members in plan[names.index("cv_ensemble")].args
