@@ -5,16 +5,19 @@
       [--embeddings=A.npz --test_embeddings=B.npz,...] \
       --cache_dir=out/cross_timbre --output=reports/benchmark/cross_timbre.json
 
-Users score recordings, not our TimGM6mb renders. Each model here is the closed-form
+Users score recordings, not our TimGM6mb renders. Each model here is a closed-form
 ridge (`train.ridge.fit`, regularisation chosen by the same grouped inner
-cross-validation) fitted once on every training fold of `--train_data` (a PercePiano
+cross-validation; the notes model's as `train.ridge --features=notes` fits it) fitted once on every training fold of `--train_data` (a PercePiano
 job) and scored on the split's held-out test set as rendered in each timbre: the training
 job's own, then each `--test_data` job (the same release rendered with another
 `--soundfont`, `--variants=0`). Models:
 
   ridge   the clip statistics of the audio (the project's bar)
-  notes   the note statistics of the notes-aware encoder's transcription of that audio
-          (`eval.shard_transcription` of each job, in the same order as the jobs)
+  notes   the notes model (`train.notes_from_midi`): the ridge fitted on the training
+          performances' MIDI statistics, read from each test performance's estimate of them
+          from the notes-aware encoder's transcription of that audio (its note and
+          probability statistics; `eval.shard_transcription` of each job, in the same order
+          as the jobs); the estimator is fitted on the training timbre's transcriptions
   ast_stats  AST+stats (`train.ridge --features=ast_stats`: the transcription's note and
           probability statistics, the same encoder's frozen clip embedding of that audio
           (`eval.shard_embeddings` of each job, in order), and the audio statistics), with its
@@ -42,7 +45,7 @@ from pipelines import entry_point
 from pipelines.audio import note_statistics, notes
 from pipelines.datasets import taxonomy
 from pipelines.shards import metadata
-from train import metrics, ridge, statistics_table
+from train import metrics, notes_from_midi, ridge, statistics_table
 
 FLAGS = flags.FLAGS
 # model -> statistics_table features
@@ -82,23 +85,26 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.nanmean([metrics.pearson(a[:, d], b[:, d]) for d in range(a.shape[1])]))
 
 
-def _predict_transcribed(fitted: ridge.RidgeModel, archive: str, keys
+def _predict_transcribed(fitted: notes_from_midi.NotesModel, archive: str, keys
                          ) -> tuple[np.ndarray, int]:
-  """The ridge's predictions from each performance's transcription in `archive`, and how
-  many transcriptions found no note: those get the training performances' mean (the
+  """The notes model's predictions from each performance's transcription in `archive`, and
+  how many transcriptions found no note: those get the training performances' mean (the
   ridge's bias), what the model says knowing nothing, and are counted, not dropped."""
   performances, durations, _ = notes.load_archive(archive)
   absent = sorted(set(keys) - set(performances))
   if absent:
     raise CrossTimbreError(f"{archive} has no transcription of {len(absent)} test "
                            f"performances, e.g. {absent[:3]}")
+  _, posteriors = notes.load_posteriors(archive)
   out, empty = [], 0
   for key in keys:
     if len(performances[key].notes) == 0:
-      out.append(fitted.bias)
+      out.append(fitted.ridge.bias)
       empty += 1
     else:
-      out.append(fitted.predict(note_statistics.compute(performances[key], durations[key])))
+      x = np.concatenate([note_statistics.compute(performances[key], durations[key]),
+                          posteriors[key]])
+      out.append(fitted.predict(x[None])[0])
   return np.stack(out), empty
 
 
@@ -156,14 +162,22 @@ def evaluate(train_dir: str | pathlib.Path, test_dirs, cache_dir: str | pathlib.
     features = MODELS[model]
     # The fit reads the training job's table; the test timbres are scored on the same
     # performances, with the training job's labels (the same release, checked above).
-    train_table = statistics_table.load(jobs[0].root, cache_dir / f"{model}_0_{names[0]}.npz",
-                                        workers, features, files(features, 0))
+    cache = cache_dir / f"{model}_0_{names[0]}.npz"
+    train_table = (statistics_table.with_midi(jobs[0].root, cache, files(features, 0), workers)
+                   if features == "notes" else
+                   statistics_table.load(jobs[0].root, cache, workers, features,
+                                         files(features, 0)))
     rows = train_table.rows(train_keys)
-    # AST+stats: the note statistics first, then the block of everything else (train.ridge).
-    second = len(statistics_table.names("notes")) if features == "ast_stats" else None
-    fitted = ridge.fit(train_table.x[rows], train_table.labels[rows], train_table.mask[rows],
-                       statistics_table.groups_of(train_keys, split), seed=seed,
-                       second_block=second)
+    groups = statistics_table.groups_of(train_keys, split)
+    if features == "notes":
+      fitted = notes_from_midi.fit(train_table.x[rows], train_table.midi[rows],
+                                   train_table.labels[rows], train_table.mask[rows], groups,
+                                   seed=seed)
+    else:
+      # AST+stats: the note statistics first, then the block of everything else (train.ridge).
+      second = len(statistics_table.names("notes")) if features == "ast_stats" else None
+      fitted = ridge.fit(train_table.x[rows], train_table.labels[rows], train_table.mask[rows],
+                         groups, seed=seed, second_block=second)
     missing = sorted(set(test_keys) - set(train_table.keys))
     if missing:
       raise CrossTimbreError(f"{names[0]}: {len(missing)} test performances have no statistics, "
@@ -171,7 +185,8 @@ def evaluate(train_dir: str | pathlib.Path, test_dirs, cache_dir: str | pathlib.
     test = train_table.rows(test_keys)
     labels, mask = train_table.labels[test], train_table.mask[test]
     reference = None
-    out["models"][model] = {"alpha": fitted.alpha}
+    out["models"][model] = ({"alpha": fitted.ridge.alpha, "blend": fitted.blend}
+                            if features == "notes" else {"alpha": fitted.alpha})
     for i, (name, job) in enumerate(zip(names, jobs)):
       untranscribed = 0
       if i == 0:

@@ -132,7 +132,8 @@ NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat"
          "cnn": "CNN baseline", "ffn": "feed-forward baseline", "ridge": "ridge on clip statistics",
          "ffn_stats": "feed-forward on clip statistics",
          "oracle_notes": "oracle-notes (performance MIDI statistics: an upper bound)",
-         "notes": "notes (statistics of the encoder's transcription)",
+         "notes": "notes (MIDI-fitted ridge read from the encoder's transcription)",
+         "notes_direct": "notes fitted on the transcription's own statistics",
          "probe_random": "probe of a random encoder", "probe_ssast": "probe of the SSAST encoder",
          "probe_notes": "probe of the notes-aware encoder",
          "probe_both": "probe of the SSAST+transcription encoder",
@@ -145,11 +146,14 @@ NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat"
          "ensemble_ast_notes": "ensemble: AST+stats and the notes-aware AST fine-tuned"}
 # Models on clip statistics (train.statistics_table), every fold and the test set on both
 # splits at every size: minutes on 2 cores. oracle_notes is the notes path's ceiling; notes
-# its model (the same ridge on the transcription of the notes-aware pre-trained encoder);
-# fusion puts that encoder's frozen embeddings beside the notes statistics; ast_stats adds
+# its model (the oracle's ridge, fitted on the MIDI's statistics, read through their estimate
+# from the notes-aware encoder's transcription: train.notes_from_midi); notes_direct the
+# ablation (the ridge fitted on the transcription's own statistics, the notes model until
+# 2026-12-05); fusion puts that encoder's frozen embeddings beside the notes statistics; ast_stats adds
 # the statistics of the transcription's probabilities and the ridge's audio statistics: the
 # AST-based model the closed-form bar is measured against.
-STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes", "notes", "fusion", "ast_stats")
+STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes", "notes", "notes_direct", "fusion",
+                     "ast_stats")
 # Probes: the ridge on frozen, clip-pooled embeddings of each encoder (eval.shard_embeddings),
 # and the pre-training run each is embedded with (random: the notes-aware run's shape,
 # randomly initialised).
@@ -497,11 +501,16 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
     return closed_form(split, "oracle_notes", ("--features=midi_notes",),
                        work / "note_statistics.npz", "percepiano_shards", "oracle-notes")
 
-  def notes_model(split: str) -> stages.Stage:
-    # The same ridge on the note statistics of the encoder's own transcription.
-    return closed_form(split, "notes", ("--features=notes", f"--transcribed_notes={transcribed}"),
-                       work / "transcribed_note_statistics.npz", "transcribe_percepiano",
-                       "notes")
+  def notes_model(split: str, fit: str = "midi") -> stages.Stage:
+    # The oracle's ridge read from the encoder's own transcription (fit "midi"), or the
+    # ridge fitted on the transcription's statistics themselves (fit "transcription").
+    # Both read the MIDI statistics' cache the oracle's runs fill (needed by "midi").
+    return closed_form(split, "notes" if fit == "midi" else "notes_direct",
+                       ("--features=notes", f"--transcribed_notes={transcribed}",
+                        f"--notes_fit={fit}"),
+                       work / "transcribed_note_statistics.npz",
+                       ("transcribe_percepiano", "cv_oracle_notes"),
+                       "notes" if fit == "midi" else "notes fitted on the transcription")
 
   def fusion(split: str) -> stages.Stage:
     # The transcription's statistics and the same encoder's frozen embeddings side by side.
@@ -573,7 +582,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
     runs = [cross_validation(split, v) for v in variants] + [
         ridge(split), statistics_ffn(split), oracle_notes(split), notes_model(split),
-        fusion(split), ast_stats(split), *(probe(split, encoder) for encoder in PROBES),
+        notes_model(split, "transcription"), fusion(split), ast_stats(split), *(probe(split, encoder) for encoder in PROBES),
         *(clip_head(split, pooling) for pooling in CLIP_HEADS),
         *(ensemble(split, name) for name in ENSEMBLES)]
     variants = [*variants, *STATISTICS_MODELS, *(f"probe_{e}" for e in PROBES),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from eval import cross_timbre
-from pipelines.audio import notes, render
+from pipelines.audio import notes, posterior_statistics, render
 from pipelines.shards import layout, metadata, records
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -34,8 +34,9 @@ def _job(release: pathlib.Path, out: pathlib.Path, *flags: str) -> pathlib.Path:
 def _stored_notes(job: pathlib.Path, path: pathlib.Path, velocity_scale: float = 1.0,
                   empty: str | None = None) -> None:
   """A notes archive of the note targets stored with the job's audio (a perfect
-  transcription), velocities scaled by `velocity_scale`; performance `empty` found no note."""
-  performances, durations = {}, {}
+  transcription, with the probability statistics of its rolls), velocities scaled by
+  `velocity_scale`; performance `empty` found no note."""
+  performances, durations, vectors = {}, {}, {}
   for f in metadata.read(job).shard_files("audio"):
     for data in layout.read_array_record(str(job / f.file)):
       header, arrays = records.decode(data)
@@ -43,9 +44,14 @@ def _stored_notes(job: pathlib.Path, path: pathlib.Path, velocity_scale: float =
       played[:, 3] = np.clip(played[:, 3] * velocity_scale, 1, 127)
       if header["key"] == empty:
         played = played[:0]
-      performances[header["key"]] = notes.Notes(played, arrays["pedal"])
-      durations[header["key"]] = header["num_samples"] / header["sample_rate"]
-  notes.save_archive(path, performances, durations, {"step": 0})
+      key = header["key"]
+      performances[key] = notes.Notes(played, arrays["pedal"])
+      durations[key] = header["num_samples"] / header["sample_rate"]
+      rolls = notes.rolls(performances[key], int(durations[key] * 100) + 1)
+      vectors[key] = posterior_statistics.compute(
+          {k: np.asarray(v, np.float64) for k, v in rolls.items()}, 0.01)
+  notes.save_archive(path, performances, durations, {"step": 0},
+                     (posterior_statistics.names(), vectors))
 
 
 @pytest.fixture(scope="module")

@@ -169,10 +169,14 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
     assert needs[f"{kind}_ffn_stats"] == ("cv_ridge",) and "--folds=none" not in ffn.args
     assert f"--config.clip_statistics_cache={cache.split('=', 1)[1]}" in ffn.args
   # The notes path: pre-training with the transcription head, its report (thresholds), the
-  # PercePiano transcription, then the ridge on its statistics.
+  # PercePiano transcription, then the oracle's ridge read from it (after the oracle's runs,
+  # which fill the MIDI statistics' cache), and the ridge fitted on the transcription.
   assert needs["pretrain_notes"] == ("asap_shards",)
   assert needs["transcribe_percepiano"] == ("transcription", "percepiano_shards")
-  assert needs["cv_notes"] == ("transcribe_percepiano",) and needs["performer_notes"] == ("cv_notes",)
+  for model, fit in (("notes", "midi"), ("notes_direct", "transcription")):
+    assert needs[f"cv_{model}"] == ("transcribe_percepiano", "cv_oracle_notes")
+    assert needs[f"performer_{model}"] == (f"cv_{model}",)
+    assert f"--notes_fit={fit}" in plan[names.index(f"cv_{model}")].args
   for run in ("pretrain_notes", "pretrain_notes_mixed"):
     notes_config = _config(plan[names.index(run)].args, monkeypatch)
     assert notes_config.task == "pretrain" and notes_config.model.transcription_weight == 1

@@ -262,3 +262,15 @@ def test_an_empty_transcription_is_an_error_naming_the_performance(tmp_path):
     row("b")
   with pytest.raises(statistics_table.StatisticsError, match="no row of performance c"):
     row("c")
+
+
+def test_one_alpha_needs_no_inner_folds():
+  x, y, _ = planted()
+  mask = np.ones_like(y, bool)
+  one = ridge.fit(x, y, mask, np.zeros(len(x), int), alphas=(10.0,))  # one group: no CV needed
+  chosen = ridge.fit(x, y, mask, np.repeat(np.arange(24), 10), alphas=(10.0, 1e4))
+  assert one.alpha == 10.0 and one.inner_pearson == {}
+  if chosen.alpha == 10.0:
+    np.testing.assert_allclose(one.weights, chosen.weights)
+  with pytest.raises(ridge.RidgeError, match="one group"):
+    ridge.fit(x, y, mask, np.zeros(len(x), int), alphas=(10.0, 1e4))

@@ -624,7 +624,20 @@ def test_transcription_report_then_the_notes_ridge(notes_pretrained, train_shard
              "--features=notes", f"--transcribed_notes={archive}", "--test", "--inner_folds=2",
              "--workers=1")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert json.loads((ridge / "test" / rundir.CONFIG).read_text())["model"]["backbone"] == "notes"
+  run_config = json.loads((ridge / "test" / rundir.CONFIG).read_text())
+  assert run_config["model"]["backbone"] == "notes" and run_config["ridge"]["fit_on"] == "midi"
+  from train import notes_from_midi, predictions
+  assert json.loads((ridge / "test" / rundir.RESULT).read_text())["blend"] in notes_from_midi.BLENDS
+  # The ablation: the ridge fitted on the transcription's own statistics.
+  direct = tmp_path / "ridge_direct"
+  proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={direct}",
+             "--features=notes", f"--transcribed_notes={archive}", "--test", "--inner_folds=2",
+             "--workers=1", "--notes_fit=transcription")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads((direct / "test" / rundir.CONFIG).read_text())["ridge"]["fit_on"] == (
+      "transcription")
+  assert not np.allclose(predictions.load_selected(direct / "test").predictions,
+                         predictions.load_selected(ridge / "test").predictions)
   # An archive of other performances is refused with the key it lacks.
   notes_lib.save_archive(tmp_path / "other.npz", {"x": transcribed[min(transcribed)]}, {"x": 1.0},
                            {})
@@ -1020,7 +1033,7 @@ def test_the_notes_model_ships_as_one_release_that_eval_predict_uses(notes_pretr
   ridge_run = tmp_path / "ridge"
   proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={ridge_run}",
              "--features=notes", f"--transcribed_notes={archive}", "--test", "--folds=none",
-             "--workers=1")
+             "--workers=1", "--notes_fit=transcription")  # the release's ridge (see its card)
   assert proc.returncode == 0, proc.stderr[-3000:]
   midi = tmp_path / "in.mid"
   source = pretty_midi.PrettyMIDI()

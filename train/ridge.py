@@ -11,8 +11,11 @@ statistics change). `--features=midi_notes` fits the same ridge on the note
 statistics of the performance MIDI stored with the audio
 (pipelines.audio.note_statistics; backbone "oracle": what a perfect transcription
 would give the notes path, an upper bound, never a headline); `--features=notes
---transcribed_notes=A` on the same statistics of the model's own transcription
-(`eval.shard_transcription`; backbone "notes"); `--features=embeddings --embeddings=E`
+--transcribed_notes=A` reads the same statistics from the model's own transcription
+(`eval.shard_transcription`; backbone "notes"): by default the oracle's ridge, fitted on the
+training performances' MIDI statistics, applied to each held-out performance's estimate of
+them from its transcription (`train.notes_from_midi`); with `--notes_fit=transcription` the
+ridge fitted on the transcription's statistics themselves; `--features=embeddings --embeddings=E`
 on frozen encoder embeddings (`eval.shard_embeddings`; backbone "probe");
 `--features=fusion` with both files on the two side by side (backbone "fusion");
 `--features=ast_stats` with both files on everything the notes-aware AST and the audio
@@ -46,7 +49,8 @@ from absl import app, flags, logging
 
 from pipelines import entry_point
 from pipelines.shards import metadata
-from train import crossval, fold_runs, metrics, statistics_table, trainer
+# notes_from_midi reads this module's fit at call time only, so the cycle is harmless.
+from train import crossval, fold_runs, metrics, notes_from_midi, statistics_table, trainer
 
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 FLAGS = flags.FLAGS
@@ -114,8 +118,16 @@ def fit(x: np.ndarray, labels: np.ndarray, mask: np.ndarray, groups: np.ndarray,
   With `second_block` (a column index) the columns from it on form a second block whose
   standardised values are scaled by a weight from `BLOCK_WEIGHTS`, chosen with alpha (a
   lighter penalty on the first block). With fewer groups than `inner_folds` (a small
-  corpus) each group is its own inner fold.
+  corpus) each group is its own inner fold. With one alpha and no second block there is
+  nothing to choose, and no inner cross-validation runs.
   """
+  if len(alphas) == 1 and second_block is None:
+    mean, scale = _standardise(x)
+    bias = labels.mean(0)
+    alpha = float(alphas[0])
+    return RidgeModel(mean=mean, scale=scale, weights=_solve((x - mean) / scale, labels - bias,
+                                                             [alpha])[0],
+                      bias=bias, alpha=alpha, inner_pearson={})
   inner_folds = min(inner_folds, np.unique(groups).size)
   if inner_folds < 2:
     raise RidgeError("the training performances form one group: no inner cross-validation "
@@ -158,13 +170,21 @@ BACKBONES = {"audio": "ridge", "midi_notes": "oracle", "notes": "notes", "embedd
              "fusion": "fusion", "ast_stats": "ast+stats"}
 
 
+# What the notes model's ridge is fitted on: the MIDI's statistics of the training
+# performances, read from the transcription's estimate of them (train.notes_from_midi), or
+# the transcription's statistics themselves (the notes model until 2026-12-05, an ablation).
+NOTES_FIT = ("midi", "transcription")
+
+
 def _config(data_dir: pathlib.Path, split: str, seed: int, inner_folds: int,
-            features: str = "audio", features_file=None) -> ml_collections.ConfigDict:
+            features: str = "audio", features_file=None,
+            notes_fit: str = "midi") -> ml_collections.ConfigDict:
   """What identifies these runs, in the trainer's config shape where eval.report reads it."""
   return ml_collections.ConfigDict({
       "task": "finetune", "data_dir": str(data_dir), "split": split, "seed": seed,
       "validation_fold": -1, "model": {"backbone": BACKBONES[features]},
       "ridge": {"alphas": list(ALPHAS), "inner_folds": inner_folds, "statistics": features,
+                **({"fit_on": notes_fit} if features == "notes" else {}),
                 # A file's width is its own; the fixed statistics name their count.
                 **({"features_file": features_file} if features_file else
                    {"features": len(statistics_table.names(features))})}})
@@ -182,11 +202,23 @@ def run_fold(table: statistics_table.Table, meta: metadata.ShardMetadata,
     raise RidgeError(f"{len(missing)} performances of the split have no statistics, e.g. "
                      f"{missing[:3]}")
   train, held = table.rows(fold.train_keys), table.rows(fold.held_keys)
+  groups = statistics_table.groups_of(fold.train_keys, config.split)
+  if config.ridge.get("fit_on") == "midi":
+    notes_model = notes_from_midi.fit(
+        table.x[train], table.midi[train], table.labels[train], table.mask[train], groups,
+        inner_folds=config.ridge.inner_folds, seed=config.seed)
+    result = fold_runs.write(
+        directory, config, meta, fold, notes_model.predict(table.x[held]), table.labels[held],
+        table.mask[held], time.perf_counter() - t0,
+        {"alpha": notes_model.ridge.alpha, "inner_pearson": notes_model.ridge.inner_pearson,
+         "blend": notes_model.blend, "inner_agreement": notes_model.inner_agreement})
+    logging.info("%s: alpha %g, blend %g, mean Pearson %.3f", directory.name,
+                 notes_model.ridge.alpha, notes_model.blend, result.metrics["val/pearson/mean"])
+    return result
   # Fusion and ast_stats: the note statistics first, then the block of everything else.
   second = (len(statistics_table.names("notes"))
             if config.ridge.statistics in ("fusion", "ast_stats") else None)
-  model = fit(table.x[train], table.labels[train], table.mask[train],
-              statistics_table.groups_of(fold.train_keys, config.split),
+  model = fit(table.x[train], table.labels[train], table.mask[train], groups,
               inner_folds=config.ridge.inner_folds, seed=config.seed, second_block=second)
   result = fold_runs.write(
       directory, config, meta, fold, model.predict(table.x[held]), table.labels[held],
@@ -202,7 +234,7 @@ def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
         only: list[int] | None = None, test: bool = False, *, seed: int = 0,
         inner_folds: int = 4, workers: int = 1,
         statistics_cache: str | pathlib.Path | None = None, features: str = "audio",
-        features_file=None) -> dict:
+        features_file=None, notes_fit: str = "midi") -> dict:
   """Every fold not finished yet (and the test set with `test`), through train.crossval's
   driver (the same fold checks, skipping and summary); returns its summary."""
   data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
@@ -211,8 +243,12 @@ def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
   def table() -> statistics_table.Table:  # only when some fold still has to be fitted
     cache = (pathlib.Path(statistics_cache) if statistics_cache
              else workdir / statistics_table.CACHE[features])
+    if features == "notes" and notes_fit == "midi":
+      return statistics_table.with_midi(data_dir, cache, features_file, workers)
     return statistics_table.load(data_dir, cache, workers, features, features_file)
 
+  if notes_fit not in NOTES_FIT:
+    raise RidgeError(f"notes_fit must be one of {NOTES_FIT}, got {notes_fit!r}")
   meta = metadata.read(data_dir)
   if isinstance(features_file, (tuple, list)):  # the notes archive, the vector table
     if not all(features_file):
@@ -221,7 +257,8 @@ def run(data_dir: str | pathlib.Path, workdir: str | pathlib.Path, split: str,
     features_file = [str(pathlib.Path(f).absolute()) for f in features_file]
   elif features_file:
     features_file = str(pathlib.Path(features_file).absolute())
-  return crossval.run(_config(data_dir, split, seed, inner_folds, features, features_file),
+  return crossval.run(_config(data_dir, split, seed, inner_folds, features, features_file,
+                              notes_fit),
                       workdir, split,
                       only, test,
                       train=lambda config, directory: run_fold(table(), meta, config, directory))
@@ -250,6 +287,11 @@ def define_flags() -> None:
                       "eval.shard_transcription wrote for these shards.")
   flags.DEFINE_string("embeddings", None, "features=embeddings: the vector table "
                       "eval.shard_embeddings wrote for these shards.")
+  flags.DEFINE_enum("notes_fit", "midi", list(NOTES_FIT),
+                    "features=notes: midi fits the ridge on the note statistics of the training "
+                    "performances' MIDI and reads each held-out performance through the "
+                    "transcription's estimate of them (train.notes_from_midi); transcription "
+                    "fits it on the transcription's own statistics (the ablation).")
   flags.DEFINE_string("statistics_cache", None, "Where the statistics are cached (default "
                       "WORKDIR/" + ", ".join(f"{v} for {k}" for k, v in
                                              statistics_table.CACHE.items()) +
@@ -274,7 +316,7 @@ def main(argv: list[str]) -> None:
       FLAGS.data_dir, FLAGS.workdir, FLAGS.split, only, FLAGS.test, seed=FLAGS.seed,
       inner_folds=FLAGS.inner_folds, workers=FLAGS.workers,
       statistics_cache=FLAGS.statistics_cache, features=FLAGS.features,
-      features_file=_features_file()), (RidgeError,))
+      features_file=_features_file(), notes_fit=FLAGS.notes_fit), (RidgeError,))
 
 
 def cli() -> None:

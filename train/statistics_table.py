@@ -53,6 +53,7 @@ class Table:
   keys: tuple[str, ...]
   x: np.ndarray  # [P, F]
   labels: np.ndarray  # [P, D]
+  midi: np.ndarray | None = None  # [P, S]: the MIDI's note statistics (`with_midi`), else None
 
   @property
   def mask(self) -> np.ndarray:
@@ -299,6 +300,19 @@ def load(data_dir: str | pathlib.Path, cache: pathlib.Path, workers: int = 1,
            sources=np.asarray(sources, str), names=np.asarray(stat_names, str))
   tmp.replace(cache)
   return table
+
+
+def with_midi(data_dir: str | pathlib.Path, cache: pathlib.Path, features_file,
+              workers: int = 1) -> Table:
+  """The table of the MIDI-fitted notes model (`train.notes_from_midi`): as `x` the
+  transcription's note statistics and the statistics of its probabilities (both from the
+  notes archive `features_file`), as `midi` the note statistics of the performance MIDI the
+  shards store (cached beside `cache`, where the oracle's run keeps them by default)."""
+  table = load(data_dir, cache, workers, "notes", features_file)
+  midi = load(data_dir, cache.parent / CACHE["midi_notes"], workers, "midi_notes")
+  posteriors, _ = _from_file("posteriors", features_file)
+  x = np.concatenate([table.x, np.stack([posteriors(k) for k in table.keys])], axis=1)
+  return dataclasses.replace(table, x=x, midi=midi.x[midi.rows(table.keys)])
 
 
 def groups_of(keys, split: str) -> np.ndarray:
