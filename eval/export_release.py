@@ -14,10 +14,12 @@ Kinds (from the run's config):
                 with its transcription scores; `tests/test_shipped_models.py` checks that
                 the committed weights still give them.
   notes_perception  the notes model (eval.notes_perception): the transcriber above, plus the
-                ridge on the note statistics of its transcription of a PercePiano job
-                (`--data_dir`, `--transcribed_notes` from eval.shard_transcription with the
-                same checkpoint), fitted on the `--split`'s training folds as the
-                benchmark's test run is, with its test scores. `eval.predict` uses it
+                benchmark's notes model (train.notes_from_midi: the ridge on the MIDI's
+                note statistics, read through their estimate from the transcription) of a
+                PercePiano job (`--data_dir`, `--transcribed_notes` from
+                eval.shard_transcription with the same checkpoint), fitted on the
+                `--split`'s training folds as the benchmark's test run is, with its test
+                scores. `eval.predict` uses it
                 (by default `release/perception`). With `--check_midi` the release's
                 ratings of that performance are recorded beside the weights.
 
@@ -42,9 +44,9 @@ from eval import (loading, machine, notes_perception, recording, shard_transcrip
                   transcription_scores)
 from model import release
 from pipelines import entry_point, provenance
-from pipelines.audio import note_statistics, notes
+from pipelines.audio import note_statistics, notes, posterior_statistics
 from pipelines.shards import metadata
-from train import metrics, ridge, statistics_table
+from train import metrics, notes_from_midi, ridge, statistics_table
 
 FLAGS = flags.FLAGS
 MAX_MB = 25.0  # what the repository accepts for a committed model
@@ -137,31 +139,35 @@ def export_notes_perception(checkpoint: str, step: int | str, output_dir: pathli
                      f"{run.step} with {run.thresholds}")
   meta = metadata.read(data_dir)
   with tempfile.TemporaryDirectory() as tmp:
-    table = statistics_table.load(data_dir, pathlib.Path(tmp) / "notes.npz", 1, "notes",
-                                  transcribed_notes)
+    table = statistics_table.with_midi(data_dir, pathlib.Path(tmp) / "notes.npz",
+                                       transcribed_notes)
   assignment = meta.split_table(split)
   train_keys = sorted(k for k, side in assignment.items() if side.startswith("fold"))
   test_keys = sorted(k for k, side in assignment.items() if side == "test")
   train, test = table.rows(train_keys), table.rows(test_keys)
-  fitted = ridge.fit(table.x[train], table.labels[train], table.mask[train],
-                     statistics_table.groups_of(train_keys, split))
+  # As train.ridge --features=notes fits the benchmark's test run (seed 0, 4 inner folds).
+  fitted = notes_from_midi.fit(table.x[train], table.midi[train], table.labels[train],
+                               table.mask[train], statistics_table.groups_of(train_keys, split))
   scores = metrics.summarise(metrics.per_dimension_pearson(
       fitted.predict(table.x[test]), table.labels[test], table.mask[test]))
   about = {"kind": notes_perception.KIND, "step": run.step, "config": run.config.to_dict(),
            "data_metadata": run.data_metadata, "thresholds": run.thresholds,
-           "ridge": {**notes_perception.Ridge(fitted.mean, fitted.scale, fitted.weights,
-                                              fitted.bias).to_dict(),
-                     "alpha": fitted.alpha, "statistics": list(note_statistics.names()),
-                     "fitted_on": {"shards": str(pathlib.Path(data_dir).absolute()),
-                                   "split": split, "folds": meta.folds(split),
-                                   "performances": len(train_keys),
-                                   "soundfonts": metadata.soundfonts(meta.raw)}},
+           "perception": {"alpha": fitted.ridge.alpha, "blend": fitted.blend,
+                          "inner_agreement": fitted.inner_agreement,
+                          "statistics": list(note_statistics.names()),
+                          "inputs": [*note_statistics.names(), *posterior_statistics.names()],
+                          "fitted_on": {"shards": str(pathlib.Path(data_dir).absolute()),
+                                        "split": split, "folds": meta.folds(split),
+                                        "performances": len(train_keys),
+                                        "soundfonts": metadata.soundfonts(meta.raw)}},
            "scores": {f"{split}/test": {"performances": len(test_keys),
                                         **{k.removeprefix("pearson/"): v
                                            for k, v in scores.items()}}},
            "label_space": "mean rating / 7 (ratings = label x 7, on PercePiano's 1-7 scale)",
            "transcription": made_by, "command": command, "source": str(run.workdir),
            "git_revision": provenance.git_revision(), "machine": machine.describe()}
+  output_dir.mkdir(parents=True, exist_ok=True)
+  about["perception"].update(notes_perception.write_model(output_dir, fitted))
   release.write(output_dir, run.params, about)
   if check_midi:
     # Scored with the released (float16) weights, as a user of the release gets them.

@@ -1,13 +1,16 @@
-"""The notes model as one shippable predictor: recording -> transcription -> note statistics ->
-ridge -> the 19 perceptual dimensions.
+"""The notes model as one shippable predictor: recording -> transcription -> its statistics ->
+the notes model -> the 19 perceptual dimensions.
 
-The benchmark's best model on the piece split is the `notes` model: the closed-form ridge
-(`train.ridge`) on 39 note statistics (`pipelines.audio.note_statistics`) of the
-notes-aware encoder's own transcription. A release of kind `notes_perception`
-(`eval.export_release --kind=notes_perception`) holds the transcriber (encoder and
-transcription head, its decoding thresholds) and, in `release.json`, the ridge:
-standardisation, weights and bias, fitted on the training folds of a split exactly as
-the benchmark's test run is, with that test run's scores. `eval.predict` uses it like a
+The benchmark's `notes` model (`train.ridge --features=notes`, `train.notes_from_midi`):
+the ridge fitted on the training performances' MIDI note statistics, read from a
+recording's estimate of them, which extra-trees and a linear map make from the 39 note
+statistics (`pipelines.audio.note_statistics`) and the 24 probability statistics
+(`pipelines.audio.posterior_statistics`) of the notes-aware encoder's own transcription. A
+release of kind `notes_perception` (`eval.export_release --kind=notes_perception`) holds
+the transcriber (encoder and transcription head, its decoding thresholds; `model.safetensors`)
+and the notes model's arrays (`perception.safetensors`, `train.notes_from_midi.to_arrays`,
+checksummed in `release.json`), fitted on the training folds of a split exactly as the
+benchmark's test run is, with that test run's scores. `eval.predict` uses it like a
 fine-tuning run, and by default (`release/perception`) when no `--checkpoint` is given.
 
 The whole recording is transcribed (non-overlapping windows, as the shards were) and
@@ -16,46 +19,62 @@ scored once: a label belongs to the whole clip, so there are no per-window score
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import pathlib
 import time
 
 import numpy as np
+import safetensors.numpy
 
 from eval import loading, recording, shard_transcription, transcribe
 from model import release
-from pipelines.audio import note_statistics
-from pipelines.datasets import taxonomy
+from pipelines.audio import note_statistics, posterior_statistics
+from pipelines.shards.tiled_windows import FRAME_S
+from train import notes_from_midi, ridge
 
 KIND = "notes_perception"
+PERCEPTION = "perception.safetensors"  # the notes model's arrays, beside the transcriber's
 
 
-@dataclasses.dataclass(frozen=True)
-class Ridge:
-  """`predict(x) = ((x - mean) / scale) @ weights + bias`, in label space (rating / 7)."""
+def inputs(transcribed, seconds: float, probabilities: dict[str, np.ndarray]) -> np.ndarray:
+  """What the notes model reads of one transcription: its note statistics, then the
+  statistics of the probabilities they were decoded from (as the benchmark's table)."""
+  return np.concatenate([note_statistics.compute(transcribed, seconds),
+                         posterior_statistics.compute(probabilities, FRAME_S)])
 
-  mean: np.ndarray  # [F]
-  scale: np.ndarray  # [F]
-  weights: np.ndarray  # [F, 19]
-  bias: np.ndarray  # [19]
 
-  def predict(self, x: np.ndarray) -> np.ndarray:
-    return ((x - self.mean) / self.scale) @ self.weights + self.bias
+def write_model(directory: pathlib.Path, model: notes_from_midi.NotesModel) -> dict:
+  """Writes the notes model's arrays into a release directory; returns what release.json
+  says of them (file, checksum)."""
+  path = directory / PERCEPTION
+  safetensors.numpy.save_file({k: np.ascontiguousarray(v)
+                               for k, v in notes_from_midi.to_arrays(model).items()}, str(path))
+  path.chmod(0o644)
+  return {"file": PERCEPTION, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
-  def to_dict(self) -> dict:
-    return {k: np.asarray(getattr(self, k), np.float64).tolist()
-            for k in ("mean", "scale", "weights", "bias")}
 
-  @classmethod
-  def from_dict(cls, d: dict) -> Ridge:
-    out = cls(**{k: np.asarray(d[k], np.float64) for k in ("mean", "scale", "weights", "bias")})
-    features = len(note_statistics.names())
-    if out.weights.shape != (features, taxonomy.NUM_DIMENSIONS) or out.mean.shape != (features,):
-      raise release.ReleaseError(f"the ridge has weights {out.weights.shape}; the note "
-                                 f"statistics are {features} and the dimensions "
-                                 f"{taxonomy.NUM_DIMENSIONS}")
-    return out
+def read_model(directory: pathlib.Path, about: dict) -> notes_from_midi.Packed:
+  entry = about.get("perception")
+  if not isinstance(entry, dict) or "sha256" not in entry:
+    raise release.ReleaseError(f"{directory}: release.json names no notes model (a release "
+                               "made before 2026-12-05 holds a ridge alone: export it again "
+                               "with eval.export_release --kind=notes_perception)")
+  path = directory / entry.get("file", PERCEPTION)
+  if not path.is_file():
+    raise release.ReleaseError(f"{path} is missing")
+  if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+    raise release.ReleaseError(f"{path} does not match the SHA-256 in {release.ABOUT} "
+                               "(damaged or replaced)")
+  try:
+    packed = notes_from_midi.Packed.from_arrays(safetensors.numpy.load_file(str(path)))
+  except ridge.RidgeError as e:
+    raise release.ReleaseError(f"{path}: {e}") from None
+  expected = len(note_statistics.names()) + len(posterior_statistics.names())
+  if packed.inputs != expected:
+    raise release.ReleaseError(f"{path} reads {packed.inputs} statistics; this version "
+                               f"computes {expected}")
+  return packed
 
 
 def is_notes_perception(path: str | pathlib.Path) -> bool:
@@ -69,11 +88,12 @@ class NotesPerception:
 
   batch_size = 8  # windows per transcription forward pass
 
-  def __init__(self, run: loading.PretrainedRun, ridge: Ridge, *, soundfont: str | None = None):
+  def __init__(self, run: loading.PretrainedRun, model: notes_from_midi.Packed, *,
+               soundfont: str | None = None):
     if run.thresholds is None:
       raise loading.RunError(f"{run.workdir}: the transcriber has no decoding thresholds")
     self.run = run
-    self.ridge = ridge
+    self.model = model
     self.thresholds = shard_transcription.Thresholds(**run.thresholds)
     self.settings = recording.FeatureSettings.from_metadata(run.data_metadata, soundfont=soundfont)
     self.soundfont = soundfont
@@ -85,25 +105,24 @@ class NotesPerception:
     about = json.loads((pathlib.Path(directory) / release.ABOUT).read_text())
     if about.get("kind") != KIND:
       raise loading.RunError(f"{directory} is a {about.get('kind')!r} release, not {KIND!r}")
-    return cls(run, Ridge.from_dict(about["ridge"]), soundfont=soundfont)
+    return cls(run, read_model(pathlib.Path(directory), about), soundfont=soundfont)
 
   def statistics(self, path: str | pathlib.Path) -> tuple[np.ndarray, float, float]:
-    """(the note statistics of a recording's transcription, its seconds, seconds taken)."""
+    """(the statistics of a recording's transcription, its seconds, seconds taken)."""
     t0 = time.perf_counter()
-    transcribed, seconds = transcribe.transcribe_file(self.run, pathlib.Path(path),
-                                                      self.thresholds, self.batch_size,
-                                                      soundfont=self.soundfont)
+    transcribed, seconds, probabilities = transcribe.transcribe_file_with_probabilities(
+        self.run, pathlib.Path(path), self.thresholds, self.batch_size, soundfont=self.soundfont)
     if len(transcribed.notes) == 0:
       raise recording.SilentInputError(f"{path}: the transcription found no note to score")
-    return note_statistics.compute(transcribed, seconds), seconds, time.perf_counter() - t0
+    return inputs(transcribed, seconds, probabilities), seconds, time.perf_counter() - t0
 
   def predict_file(self, path: str | pathlib.Path, progress: recording.Progress | None = None
                    ) -> recording.Prediction:
     x, seconds, taken = self.statistics(path)
     t0 = time.perf_counter()
-    scores = self.ridge.predict(x[None])
+    scores = self.model.predict(x[None])
     if not np.isfinite(scores).all():
-      raise recording.NonFinitePredictionError(f"{path}: the ridge returned NaN/inf")
+      raise recording.NonFinitePredictionError(f"{path}: the notes model returned NaN/inf")
     if progress is not None:
       progress(1, 1, seconds)
     return recording.Prediction(

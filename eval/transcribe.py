@@ -80,6 +80,17 @@ def transcribe_file(run: loading.PretrainedRun, path: pathlib.Path,
                     soundfont: str | None = None) -> tuple[notes.Notes, float]:
   """(the recording's notes in its own time, seconds of audio transcribed); a MIDI input
   renders with `soundfont` (default: the training data's)."""
+  transcribed, seconds, _ = transcribe_file_with_probabilities(run, path, thresholds,
+                                                               batch_size, soundfont=soundfont)
+  return transcribed, seconds
+
+
+def transcribe_file_with_probabilities(
+    run: loading.PretrainedRun, path: pathlib.Path, thresholds: shard_transcription.Thresholds,
+    batch_size: int = 8, *, soundfont: str | None = None
+) -> tuple[notes.Notes, float, dict[str, np.ndarray]]:
+  """`transcribe_file`, and the frame probabilities the notes were decoded from (over the
+  audio after silence trimming, as `eval.shard_transcription` keeps them)."""
   settings = recording.FeatureSettings.from_metadata(run.data_metadata, soundfont=soundfont)
   # Windows without overlap: every frame is transcribed once.
   settings = recording.FeatureSettings(
@@ -88,7 +99,8 @@ def transcribe_file(run: loading.PretrainedRun, path: pathlib.Path,
       mean=settings.mean, std=settings.std, soundfont=settings.soundfont)
   samples, trimmed = samples_of(path, settings)
   probs = probabilities(run, samples, settings, str(path), batch_size)
-  return thresholds.decode(probs).shifted(-trimmed), samples.shape[0] / recording.SAMPLE_RATE
+  return (thresholds.decode(probs).shifted(-trimmed), samples.shape[0] / recording.SAMPLE_RATE,
+          probs)
 
 
 def write_midi(path: pathlib.Path, transcribed: notes.Notes) -> None:

@@ -85,3 +85,21 @@ def test_mismatched_rows_and_one_group_are_errors():
     notes_from_midi.fit(x, midi[:-1], labels, mask, groups)
   with pytest.raises(ridge.RidgeError, match="one group"):
     notes_from_midi.fit(x, midi, labels, mask, np.zeros(len(x), int))
+
+
+def test_the_packed_model_predicts_as_the_fitted_one_and_refuses_damaged_arrays():
+  x, midi, labels, groups = planted()
+  model = notes_from_midi.fit(x[:200], midi[:200], labels[:200],
+                              np.ones(labels[:200].shape, bool), groups[:200])
+  arrays = notes_from_midi.to_arrays(model)
+  packed = notes_from_midi.Packed.from_arrays(arrays)
+  assert packed.inputs == x.shape[1]
+  np.testing.assert_allclose(packed.predict(x[200:]), model.predict(x[200:]), rtol=0, atol=1e-12)
+  with pytest.raises(ridge.RidgeError, match="lacks"):
+    notes_from_midi.Packed.from_arrays({k: v for k, v in arrays.items() if k != "blend"})
+  with pytest.raises(ridge.RidgeError, match="do not fit together"):
+    notes_from_midi.Packed.from_arrays({**arrays, "ridge/bias": arrays["ridge/bias"][:3]})
+  bad = dict(arrays)
+  bad["trees/feature"] = np.where(bad["trees/left"] >= 0, x.shape[1], -2).astype(np.int32)
+  with pytest.raises(ridge.RidgeError, match="point outside"):
+    notes_from_midi.Packed.from_arrays(bad)

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -1033,7 +1034,7 @@ def test_the_notes_model_ships_as_one_release_that_eval_predict_uses(notes_pretr
   ridge_run = tmp_path / "ridge"
   proc = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={ridge_run}",
              "--features=notes", f"--transcribed_notes={archive}", "--test", "--folds=none",
-             "--workers=1", "--notes_fit=transcription")  # the release's ridge (see its card)
+             "--workers=1")
   assert proc.returncode == 0, proc.stderr[-3000:]
   midi = tmp_path / "in.mid"
   source = pretty_midi.PrettyMIDI()
@@ -1053,14 +1054,24 @@ def test_the_notes_model_ships_as_one_release_that_eval_predict_uses(notes_pretr
   assert about["kind"] == notes_perception.KIND and about["step"] == 3
   assert notes_perception.is_notes_perception(out) and not notes_perception.is_notes_perception(
       notes_pretrained)
-  # The shipped ridge is the benchmark test run's: the same predictions of the test set.
-  ridge = notes_perception.Ridge.from_dict(about["ridge"])
-  assert about["ridge"]["alpha"] == json.loads((ridge_run / "test" / rundir.RESULT).read_text())[
-      "alpha"]
-  table = statistics_table.load(job_with_audio, tmp_path / "t.npz", 1, "notes", archive)
+  # The shipped notes model is the benchmark test run's: the same predictions of the test set.
+  shipped = notes_perception.read_model(out, about)
+  result = json.loads((ridge_run / "test" / rundir.RESULT).read_text())
+  assert (about["perception"]["alpha"], about["perception"]["blend"]) == (result["alpha"],
+                                                                          result["blend"])
+  table = statistics_table.with_midi(job_with_audio, tmp_path / "t.npz", archive)
   expected = predictions.load_selected(ridge_run / "test")
-  np.testing.assert_allclose(ridge.predict(table.x[table.rows(expected.keys)]),
+  np.testing.assert_allclose(shipped.predict(table.x[table.rows(expected.keys)]),
                              expected.predictions, atol=1e-9)
+  # A damaged notes model is refused, naming the file.
+  damaged = tmp_path / "damaged"
+  shutil.copytree(out, damaged)
+  with open(damaged / notes_perception.PERCEPTION, "r+b") as f:
+    f.seek(-8, 2)
+    f.write(b"\0" * 8)
+  from model import release as release_lib
+  with pytest.raises(release_lib.ReleaseError, match="does not match the SHA-256"):
+    notes_perception.NotesPerception.from_release(damaged)
   assert about["scores"]["piece/test"]["performances"] == len(expected.keys)
   # eval.predict with the release: the recorded ratings of its check performance.
   scored = tmp_path / "p.json"

@@ -34,7 +34,7 @@ import numpy as np
 from sklearn.ensemble import ExtraTreesRegressor
 from sklearn.linear_model import RidgeCV
 
-from train import metrics, ridge
+from train import metrics, ridge, tree_arrays
 
 TREES = 300
 TREE_FEATURES = 0.3  # fraction of the inputs each split draws from
@@ -129,3 +129,75 @@ def fit(x: np.ndarray, midi: np.ndarray, labels: np.ndarray, mask: np.ndarray,
   return NotesModel(
       ridge=perception, estimator=fit_estimator(x, midi, seed), blend=blend,
       inner_agreement={float(b): float(v) for b, v in zip(BLENDS, inner)})
+
+
+# ----------------------------------------------------------------------------- releases
+
+def to_arrays(model: NotesModel) -> dict[str, np.ndarray]:
+  """Everything `Packed` predicts from, as named arrays (a release's safetensors file)."""
+  e, r = model.estimator, model.ridge
+  return {"ridge/mean": r.mean, "ridge/scale": r.scale, "ridge/weights": r.weights,
+          "ridge/bias": r.bias, "estimator/mean": e.mean, "estimator/scale": e.scale,
+          "estimator/target_mean": e.target_mean, "estimator/target_scale": e.target_scale,
+          "estimator/linear_weights": np.asarray(e.linear.coef_, np.float64).T,
+          "estimator/linear_bias": np.asarray(e.linear.intercept_, np.float64),
+          "blend": np.asarray([model.blend], np.float64),  # safetensors keeps no 0-d array
+          **{f"trees/{k}": v for k, v in tree_arrays.pack(e.trees).items()}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+  """The notes model from `to_arrays`' arrays, predicting with numpy alone (what
+  `eval.notes_perception` runs from a release); the same predictions as the fitted model."""
+
+  arrays: dict[str, np.ndarray]
+
+  @classmethod
+  def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Packed:
+    """Checks that the arrays fit together: `inputs` (the transcription's statistics),
+    `statistics` (the MIDI's) and the 19 outputs."""
+    needed = [
+        "ridge/mean", "ridge/scale", "ridge/weights", "ridge/bias", "estimator/mean",
+        "estimator/scale", "estimator/target_mean", "estimator/target_scale",
+        "estimator/linear_weights", "estimator/linear_bias", "blend"]
+    missing = [k for k in needed if k not in arrays]
+    if missing:
+      raise ridge.RidgeError(f"the notes model lacks {missing}")
+    inputs, statistics = arrays["estimator/linear_weights"].shape
+    shapes = {"estimator/mean": (inputs,), "estimator/scale": (inputs,),
+              "estimator/target_mean": (statistics,), "estimator/target_scale": (statistics,),
+              "estimator/linear_bias": (statistics,), "ridge/mean": (statistics,),
+              "ridge/scale": (statistics,), "ridge/weights": (statistics, 19),
+              "ridge/bias": (19,), "blend": (1,)}
+    wrong = {k: arrays[k].shape for k, shape in shapes.items() if arrays[k].shape != shape}
+    if wrong:
+      raise ridge.RidgeError(f"the notes model's arrays do not fit together: {wrong} for "
+                             f"{inputs} inputs and {statistics} statistics")
+    trees = {k.removeprefix("trees/"): v for k, v in arrays.items() if k.startswith("trees/")}
+    try:
+      tree_arrays.check(trees, inputs)
+    except tree_arrays.TreeArraysError as e:
+      raise ridge.RidgeError(str(e)) from None
+    if trees["leaf_values"].shape[1:] != (statistics,):
+      raise ridge.RidgeError(f"the trees estimate {trees['leaf_values'].shape[1:]} statistics, "
+                             f"not {statistics}")
+    return cls(dict(arrays))
+
+  @property
+  def inputs(self) -> int:
+    return self.arrays["estimator/mean"].shape[0]
+
+  def statistics(self, x: np.ndarray) -> np.ndarray:
+    a = self.arrays
+    z = (np.asarray(x, np.float64) - a["estimator/mean"]) / a["estimator/scale"]
+    linear = z @ a["estimator/linear_weights"] + a["estimator/linear_bias"]
+    trees = tree_arrays.predict(
+        {k.removeprefix("trees/"): v for k, v in a.items() if k.startswith("trees/")}, z)
+    blend = float(a["blend"][0])
+    return ((1 - blend) * linear + blend * trees) * a["estimator/target_scale"] + a[
+        "estimator/target_mean"]
+
+  def predict(self, x: np.ndarray) -> np.ndarray:
+    a = self.arrays
+    return ((self.statistics(x) - a["ridge/mean"]) / a["ridge/scale"]) @ a["ridge/weights"] + a[
+        "ridge/bias"]
