@@ -6,7 +6,7 @@
       --cache_dir=out/cross_timbre --output=reports/benchmark/cross_timbre.json
 
 Users score recordings, not our TimGM6mb renders. Each model here is a closed-form
-ridge (`train.ridge.fit`, regularisation chosen by the same grouped inner
+ridge (`train.ridge_fit.fit`, regularisation chosen by the same grouped inner
 cross-validation; the notes model's as `train.ridge --features=notes` fits it) fitted
 once on every training fold of `--train_data` (a PercePiano job) and scored on the split's held-out test set as rendered in each timbre: the training
 job's own, then each `--test_data` job (the same release rendered with another
@@ -45,7 +45,7 @@ from pipelines import entry_point
 from pipelines.audio import note_statistics, notes
 from pipelines.datasets import taxonomy
 from pipelines.shards import metadata
-from train import metrics, notes_from_midi, ridge, statistics_table
+from train import metrics, notes_from_midi, ridge_fit, statistics_table
 
 FLAGS = flags.FLAGS
 # model -> statistics_table features
@@ -176,7 +176,7 @@ def evaluate(train_dir: str | pathlib.Path, test_dirs, cache_dir: str | pathlib.
     else:
       # AST+stats: the note statistics first, then the block of everything else (train.ridge).
       second = len(statistics_table.names("notes")) if features == "ast_stats" else None
-      fitted = ridge.fit(train_table.x[rows], train_table.labels[rows], train_table.mask[rows],
+      fitted = ridge_fit.fit(train_table.x[rows], train_table.labels[rows], train_table.mask[rows],
                          groups, seed=seed, second_block=second)
     missing = sorted(set(test_keys) - set(train_table.keys))
     if missing:
@@ -277,7 +277,7 @@ def main(argv: list[str]) -> int:
                       transcribed=transcribed, embeddings=embeddings, split=FLAGS.split,
                       workers=FLAGS.workers,
                       resamples=FLAGS.resamples, seed=FLAGS.seed)
-  except (CrossTimbreError, statistics_table.StatisticsError, ridge.RidgeError,
+  except (CrossTimbreError, statistics_table.StatisticsError, ridge_fit.RidgeError,
           metadata.MetadataError, notes.NotesError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   output = pathlib.Path(FLAGS.output)

@@ -46,7 +46,7 @@ from model import release
 from pipelines import entry_point, provenance
 from pipelines.audio import note_statistics, notes, posterior_statistics
 from pipelines.shards import metadata
-from train import metrics, notes_from_midi, ridge, statistics_table
+from train import metrics, notes_from_midi, ridge_fit, statistics_table
 
 FLAGS = flags.FLAGS
 MAX_MB = 25.0  # what the repository accepts for a committed model
@@ -195,7 +195,7 @@ def main(argv: list[str]) -> int:
                                pathlib.Path(FLAGS.output_dir), FLAGS.command,
                                FLAGS.transcription_report, FLAGS.check_midi)
   except (loading.RunError, release.ReleaseError, FileNotFoundError, ValueError,
-          notes.NotesError, statistics_table.StatisticsError, ridge.RidgeError) as e:
+          notes.NotesError, statistics_table.StatisticsError, ridge_fit.RidgeError) as e:
     sys.exit(f"error: {e}")
   about = json.loads((out / release.ABOUT).read_text())
   print(f"{about['kind']} at step {about['step']}: {about['weights']['parameters']:,} parameters "

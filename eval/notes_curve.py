@@ -37,7 +37,7 @@ from pipelines import entry_point
 from pipelines.audio import notes as notes_lib
 from pipelines.datasets import taxonomy
 from pipelines.shards import layout, metadata, records
-from train import crossval, metrics, predictions, ridge, statistics_table
+from train import crossval, metrics, predictions, ridge, ridge_fit, statistics_table
 
 FLAGS = flags.FLAGS
 SCORES = ("onset", "onset_offset", "velocity", "pedal_frames")
@@ -189,7 +189,7 @@ def main(argv: list[str]) -> int:
   try:
     curve = run(FLAGS.data_dir, FLAGS.workdir, parse_archives(FLAGS.archives), FLAGS.split)
   except (CurveError, notes_lib.NotesError, statistics_table.StatisticsError,
-          ridge.RidgeError) as e:
+          ridge_fit.RidgeError) as e:
     raise app.UsageError(str(e)) from None
   out = pathlib.Path(FLAGS.output_dir)
   out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from eval import loading, recording, shard_transcription, transcribe
 from model import release
 from pipelines.audio import note_statistics, posterior_statistics
 from pipelines.shards.tiled_windows import FRAME_S
-from train import notes_from_midi, ridge
+from train import notes_from_midi, ridge_fit
 
 KIND = "notes_perception"
 PERCEPTION = "perception.safetensors"  # the notes model's arrays, beside the transcriber's
@@ -68,7 +68,7 @@ def read_model(directory: pathlib.Path, about: dict) -> notes_from_midi.Packed:
                                "(damaged or replaced)")
   try:
     packed = notes_from_midi.Packed.from_arrays(safetensors.numpy.load_file(str(path)))
-  except ridge.RidgeError as e:
+  except ridge_fit.RidgeError as e:
     raise release.ReleaseError(f"{path}: {e}") from None
   expected = len(note_statistics.names()) + len(posterior_statistics.names())
   if packed.inputs != expected:

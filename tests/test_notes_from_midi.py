@@ -4,7 +4,7 @@ estimate of them — known answers on planted data, the blend's label-free choic
 import numpy as np
 import pytest
 
-from train import metrics, notes_from_midi, ridge
+from train import metrics, notes_from_midi, ridge_fit
 
 
 def planted(n=300, stats=12, groups=30, seed=0):
@@ -28,12 +28,12 @@ def test_fitting_on_the_exact_statistics_beats_fitting_on_the_noisy_ones():
   train, held = slice(0, 200), slice(200, None)
   mask = np.ones(labels[train].shape, bool)
   model = notes_from_midi.fit(x[train], midi[train], labels[train], mask, groups[train])
-  direct = ridge.fit(x[train], labels[train], mask, groups[train])
+  direct = ridge_fit.fit(x[train], labels[train], mask, groups[train])
   ours = held_out_pearson(model.predict, x[held], labels[held])
   theirs = held_out_pearson(direct.predict, x[held], labels[held])
   assert ours > theirs + 0.04, (ours, theirs)  # measured: 0.449 against 0.366
   # The perception ridge is the one fitted on the exact statistics.
-  exact = ridge.fit(midi[train], labels[train], mask, groups[train])
+  exact = ridge_fit.fit(midi[train], labels[train], mask, groups[train])
   np.testing.assert_allclose(model.ridge.weights, exact.weights)
 
 
@@ -81,9 +81,9 @@ def test_a_constant_statistic_is_estimated_not_divided_by_zero():
 def test_mismatched_rows_and_one_group_are_errors():
   x, midi, labels, groups = planted()
   mask = np.ones(labels.shape, bool)
-  with pytest.raises(ridge.RidgeError, match="300 transcriptions against 299 MIDI rows"):
+  with pytest.raises(ridge_fit.RidgeError, match="300 transcriptions against 299 MIDI rows"):
     notes_from_midi.fit(x, midi[:-1], labels, mask, groups)
-  with pytest.raises(ridge.RidgeError, match="one group"):
+  with pytest.raises(ridge_fit.RidgeError, match="one group"):
     notes_from_midi.fit(x, midi, labels, mask, np.zeros(len(x), int))
 
 
@@ -95,11 +95,11 @@ def test_the_packed_model_predicts_as_the_fitted_one_and_refuses_damaged_arrays(
   packed = notes_from_midi.Packed.from_arrays(arrays)
   assert packed.inputs == x.shape[1]
   np.testing.assert_allclose(packed.predict(x[200:]), model.predict(x[200:]), rtol=0, atol=1e-12)
-  with pytest.raises(ridge.RidgeError, match="lacks"):
+  with pytest.raises(ridge_fit.RidgeError, match="lacks"):
     notes_from_midi.Packed.from_arrays({k: v for k, v in arrays.items() if k != "blend"})
-  with pytest.raises(ridge.RidgeError, match="do not fit together"):
+  with pytest.raises(ridge_fit.RidgeError, match="do not fit together"):
     notes_from_midi.Packed.from_arrays({**arrays, "ridge/bias": arrays["ridge/bias"][:3]})
   bad = dict(arrays)
   bad["trees/feature"] = np.where(bad["trees/left"] >= 0, x.shape[1], -2).astype(np.int32)
-  with pytest.raises(ridge.RidgeError, match="point outside"):
+  with pytest.raises(ridge_fit.RidgeError, match="point outside"):
     notes_from_midi.Packed.from_arrays(bad)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from train import crossval, predictions, ridge, statistics_table
+from train import crossval, predictions, ridge_fit, statistics_table
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -24,7 +24,7 @@ def planted(n=240, features=30, groups=24, noise=0.1, seed=0):
 
 def test_recovers_a_planted_linear_relation():
   x, y, g = planted()
-  model = ridge.fit(x[:200], y[:200], np.ones_like(y[:200], bool), g[:200])
+  model = ridge_fit.fit(x[:200], y[:200], np.ones_like(y[:200], bool), g[:200])
   pred = model.predict(x[200:])
   r = [np.corrcoef(pred[:, d], y[200:, d])[0, 1] for d in range(19)]
   assert min(r) > 0.99
@@ -34,8 +34,8 @@ def test_recovers_a_planted_linear_relation():
 def test_pure_noise_is_shrunk_to_the_mean():
   x, _, g = planted()
   y = np.random.default_rng(1).normal(size=(240, 19))
-  model = ridge.fit(x, y, np.ones_like(y, bool), g)
-  assert model.alpha == max(ridge.ALPHAS)
+  model = ridge_fit.fit(x, y, np.ones_like(y, bool), g)
+  assert model.alpha == max(ridge_fit.ALPHAS)
   assert np.abs(model.predict(x) - y.mean(0)).max() < 0.5 * np.abs(y - y.mean(0)).max()
 
 
@@ -47,10 +47,10 @@ def test_a_block_of_noise_columns_gets_a_small_weight():
   noise = np.random.default_rng(2).normal(size=(480, 200))
   fused = np.concatenate([x, noise], axis=1)
   mask = np.ones_like(y[:400], bool)
-  plain = ridge.fit(fused[:400], y[:400], mask, g[:400])
-  blocked = ridge.fit(fused[:400], y[:400], mask, g[:400], second_block=10)
+  plain = ridge_fit.fit(fused[:400], y[:400], mask, g[:400])
+  blocked = ridge_fit.fit(fused[:400], y[:400], mask, g[:400], second_block=10)
   assert plain.block_weight is None and blocked.block_weight < 1.0
-  assert blocked.block_weight in ridge.BLOCK_WEIGHTS
+  assert blocked.block_weight in ridge_fit.BLOCK_WEIGHTS
 
   def held_out(model):
     pred = model.predict(fused[400:])
@@ -63,21 +63,21 @@ def test_a_block_of_noise_columns_gets_a_small_weight():
 
 def test_inner_folds_keep_groups_whole_and_balanced():
   groups = np.repeat(np.array(list("abcdefghij")), [1, 2, 3, 4, 5, 5, 4, 3, 2, 1])
-  folds = ridge.group_folds(groups, 4, seed=3)
+  folds = ridge_fit.group_folds(groups, 4, seed=3)
   for g in np.unique(groups):
     assert len(set(folds[groups == g])) == 1
   sizes = np.bincount(folds, minlength=4)
   assert sizes.min() >= 5 and sizes.max() - sizes.min() <= 5
-  np.testing.assert_array_equal(folds, ridge.group_folds(groups, 4, seed=3))
-  assert not np.array_equal(folds, ridge.group_folds(groups, 4, seed=4))
-  with pytest.raises(ridge.RidgeError, match="cannot fill"):
-    ridge.group_folds(np.array(["a", "b"]), 3, seed=0)
+  np.testing.assert_array_equal(folds, ridge_fit.group_folds(groups, 4, seed=3))
+  assert not np.array_equal(folds, ridge_fit.group_folds(groups, 4, seed=4))
+  with pytest.raises(ridge_fit.RidgeError, match="cannot fill"):
+    ridge_fit.group_folds(np.array(["a", "b"]), 3, seed=0)
 
 
 def test_one_group_cannot_choose_the_regularisation():
   x, y, _ = planted()
-  with pytest.raises(ridge.RidgeError, match="one group"):
-    ridge.fit(x, y, np.ones_like(y, bool), np.zeros(len(x)))
+  with pytest.raises(ridge_fit.RidgeError, match="one group"):
+    ridge_fit.fit(x, y, np.ones_like(y, bool), np.zeros(len(x)))
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -267,10 +267,10 @@ def test_an_empty_transcription_is_an_error_naming_the_performance(tmp_path):
 def test_one_alpha_needs_no_inner_folds():
   x, y, _ = planted()
   mask = np.ones_like(y, bool)
-  one = ridge.fit(x, y, mask, np.zeros(len(x), int), alphas=(10.0,))  # one group: no CV needed
-  chosen = ridge.fit(x, y, mask, np.repeat(np.arange(24), 10), alphas=(10.0, 1e4))
+  one = ridge_fit.fit(x, y, mask, np.zeros(len(x), int), alphas=(10.0,))  # one group: no CV needed
+  chosen = ridge_fit.fit(x, y, mask, np.repeat(np.arange(24), 10), alphas=(10.0, 1e4))
   assert one.alpha == 10.0 and one.inner_pearson == {}
   if chosen.alpha == 10.0:
     np.testing.assert_allclose(one.weights, chosen.weights)
-  with pytest.raises(ridge.RidgeError, match="one group"):
-    ridge.fit(x, y, mask, np.zeros(len(x), int), alphas=(10.0, 1e4))
+  with pytest.raises(ridge_fit.RidgeError, match="one group"):
+    ridge_fit.fit(x, y, mask, np.zeros(len(x), int), alphas=(10.0, 1e4))

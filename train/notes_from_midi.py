@@ -34,7 +34,7 @@ import numpy as np
 from sklearn.ensemble import ExtraTreesRegressor
 from sklearn.linear_model import RidgeCV
 
-from train import metrics, ridge, tree_arrays
+from train import metrics, ridge_fit, tree_arrays
 
 TREES = 300
 TREE_FEATURES = 0.3  # fraction of the inputs each split draws from
@@ -83,7 +83,7 @@ def fit_estimator(x: np.ndarray, midi: np.ndarray, seed: int) -> Estimator:
 class NotesModel:
   """The MIDI-fitted ridge and the estimator it reads a transcription through."""
 
-  ridge: ridge.RidgeModel
+  ridge: ridge_fit.RidgeModel
   estimator: Estimator
   blend: float
   inner_agreement: dict[float, float]  # blend -> the inner folds' mean agreement
@@ -106,19 +106,19 @@ def fit(x: np.ndarray, midi: np.ndarray, labels: np.ndarray, mask: np.ndarray,
   of the same training performances; `labels`/`mask [N, D]`; `groups`: what the outer split
   keeps together (the inner folds keep it together too)."""
   if x.shape[0] != midi.shape[0]:
-    raise ridge.RidgeError(f"{x.shape[0]} transcriptions against {midi.shape[0]} MIDI rows")
+    raise ridge_fit.RidgeError(f"{x.shape[0]} transcriptions against {midi.shape[0]} MIDI rows")
   inner_folds = min(inner_folds, np.unique(groups).size)
   if inner_folds < 2:
-    raise ridge.RidgeError("the training performances form one group: no inner "
+    raise ridge_fit.RidgeError("the training performances form one group: no inner "
                            "cross-validation can choose the blend")
-  perception = ridge.fit(midi, labels, mask, groups, inner_folds=inner_folds, seed=seed)
-  folds = ridge.group_folds(groups, inner_folds, seed)
+  perception = ridge_fit.fit(midi, labels, mask, groups, inner_folds=inner_folds, seed=seed)
+  folds = ridge_fit.group_folds(groups, inner_folds, seed)
   scores = np.zeros((inner_folds, len(BLENDS)))
   for k in range(inner_folds):
     train, held = folds != k, folds == k
     # The inner ridges keep the alpha chosen on all training performances: what is being
     # chosen here is the estimate, not the regularisation.
-    inner_ridge = ridge.fit(midi[train], labels[train], mask[train], groups[train],
+    inner_ridge = ridge_fit.fit(midi[train], labels[train], mask[train], groups[train],
                             alphas=(perception.alpha,))
     exact = inner_ridge.predict(midi[held])
     linear, trees = fit_estimator(x[train], midi[train], seed).components(x[held])
@@ -162,7 +162,7 @@ class Packed:
         "estimator/linear_weights", "estimator/linear_bias", "blend"]
     missing = [k for k in needed if k not in arrays]
     if missing:
-      raise ridge.RidgeError(f"the notes model lacks {missing}")
+      raise ridge_fit.RidgeError(f"the notes model lacks {missing}")
     inputs, statistics = arrays["estimator/linear_weights"].shape
     shapes = {"estimator/mean": (inputs,), "estimator/scale": (inputs,),
               "estimator/target_mean": (statistics,), "estimator/target_scale": (statistics,),
@@ -171,15 +171,15 @@ class Packed:
               "ridge/bias": (19,), "blend": (1,)}
     wrong = {k: arrays[k].shape for k, shape in shapes.items() if arrays[k].shape != shape}
     if wrong:
-      raise ridge.RidgeError(f"the notes model's arrays do not fit together: {wrong} for "
+      raise ridge_fit.RidgeError(f"the notes model's arrays do not fit together: {wrong} for "
                              f"{inputs} inputs and {statistics} statistics")
     trees = {k.removeprefix("trees/"): v for k, v in arrays.items() if k.startswith("trees/")}
     try:
       tree_arrays.check(trees, inputs)
     except tree_arrays.TreeArraysError as e:
-      raise ridge.RidgeError(str(e)) from None
+      raise ridge_fit.RidgeError(str(e)) from None
     if trees["leaf_values"].shape[1:] != (statistics,):
-      raise ridge.RidgeError(f"the trees estimate {trees['leaf_values'].shape[1:]} statistics, "
+      raise ridge_fit.RidgeError(f"the trees estimate {trees['leaf_values'].shape[1:]} statistics, "
                              f"not {statistics}")
     return cls(dict(arrays))
 
