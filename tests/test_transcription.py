@@ -1013,10 +1013,11 @@ def test_positive_weight_scales_the_true_onsets_and_offsets_only():
 
 def test_the_notes_model_ships_as_one_release_that_eval_predict_uses(notes_pretrained,
                                                                     job_with_audio, jax_env,
-                                                                    tmp_path):
-  """eval.export_release --kind=notes_perception: the transcriber plus the ridge fitted as
-  the benchmark's test run fits it (same predictions); eval.predict scores a recording with
-  it and gets the ratings recorded beside the weights."""
+                                                                    tmp_path, monkeypatch):
+  """eval.export_release --kind=notes_perception: the transcriber plus the notes model fitted
+  as the benchmark's test run fits it (same predictions), refused when damaged or too large;
+  eval.predict scores a recording with it and gets the ratings recorded beside the
+  weights."""
   from eval import loading, notes_perception
   from model import release
   from train import predictions, statistics_table
@@ -1072,6 +1073,13 @@ def test_the_notes_model_ships_as_one_release_that_eval_predict_uses(notes_pretr
   from model import release as release_lib
   with pytest.raises(release_lib.ReleaseError, match="does not match the SHA-256"):
     notes_perception.NotesPerception.from_release(damaged)
+  # A release over the size a repository takes is refused before anything is written.
+  from eval import export_release
+  monkeypatch.setattr(export_release, "MAX_MB", 0.01)
+  with pytest.raises(ValueError, match="over the 0 MB a committed release may take"):
+    export_release.export_notes_perception(str(notes_pretrained), 3, tmp_path / "big",
+                                           "make test", str(job_with_audio), str(archive))
+  assert not (tmp_path / "big").exists()
   assert about["scores"]["piece/test"]["performances"] == len(expected.keys)
   # eval.predict with the release: the recorded ratings of its check performance.
   scored = tmp_path / "p.json"
