@@ -19,8 +19,9 @@ even read from the raw transcribed statistics, and 0.49-0.52 read from their est
 
 The estimate is a blend of two estimators, each fitted on standardised inputs and
 targets: a multi-output linear ridge (alpha by leave-one-out) and extremely randomised
-trees (non-linear: polyphony, pedal and articulation are estimated better from the
-probabilities than linearly). The blend weight is chosen without the held-out labels: by
+trees (non-linear; alone they estimate the statistics worse on average, but some pedal and
+articulation statistics better, and the blend gives the ridge's predictions closest to
+those from the exact statistics). The blend weight is chosen without the held-out labels: by
 grouped inner cross-validation on the training performances, the weight whose estimates
 make the MIDI-fitted ridge predict most nearly what it predicts from the exact statistics
 (mean Pearson over the dimensions).
