@@ -8,9 +8,10 @@
 Users score recordings, not our TimGM6mb renders. Each model here is a closed-form
 ridge (`train.ridge_fit.fit`, regularisation chosen by the same grouped inner
 cross-validation; the notes model's as `train.ridge --features=notes` fits it) fitted
-once on every training fold of `--train_data` (a PercePiano job) and scored on the split's held-out test set as rendered in each timbre: the training
-job's own, then each `--test_data` job (the same release rendered with another
-`--soundfont`, `--variants=0`). Models:
+once on every training fold of `--train_data` (a PercePiano job) and scored on the
+split's held-out test set as rendered in each timbre: the training job's own, then each
+`--test_data` job (the same release rendered with another `--soundfont`, `--variants=0`).
+Models:
 
   ridge   the clip statistics of the audio (the project's bar)
   notes   the notes model (`train.notes_from_midi`): the ridge fitted on the training

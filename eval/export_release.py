@@ -166,13 +166,14 @@ def export_notes_perception(checkpoint: str, step: int | str, output_dir: pathli
            "label_space": "mean rating / 7 (ratings = label x 7, on PercePiano's 1-7 scale)",
            "transcription": made_by, "command": command, "source": str(run.workdir),
            "git_revision": provenance.git_revision(), "machine": machine.describe()}
+  arrays = notes_from_midi.to_arrays(fitted)
   size_mb = (2 * sum(np.size(v) for v in jax.tree.leaves(run.params))  # float16
-             + sum(v.nbytes for v in notes_from_midi.to_arrays(fitted).values())) / 2**20
+             + sum(v.nbytes for v in arrays.values())) / 2**20
   if size_mb > MAX_MB:  # refused before anything is written
     raise ValueError(f"the transcriber and the notes model take {size_mb:.1f} MB, over the "
                      f"{MAX_MB:.0f} MB a committed release may take")
   output_dir.mkdir(parents=True, exist_ok=True)
-  about["perception"].update(notes_perception.write_model(output_dir, fitted))
+  about["perception"].update(notes_perception.write_model(output_dir, arrays))
   release.write(output_dir, run.params, about)
   if check_midi:
     # Scored with the released (float16) weights, as a user of the release gets them.

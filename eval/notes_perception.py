@@ -44,12 +44,12 @@ def inputs(transcribed, seconds: float, probabilities: dict[str, np.ndarray]) ->
                          posterior_statistics.compute(probabilities, FRAME_S)])
 
 
-def write_model(directory: pathlib.Path, model: notes_from_midi.NotesModel) -> dict:
-  """Writes the notes model's arrays into a release directory; returns what release.json
-  says of them (file, checksum)."""
+def write_model(directory: pathlib.Path, arrays: dict[str, np.ndarray]) -> dict:
+  """Writes the notes model's arrays (`notes_from_midi.to_arrays`) into a release directory;
+  returns what release.json says of them (file, checksum)."""
   path = directory / PERCEPTION
-  safetensors.numpy.save_file({k: np.ascontiguousarray(v)
-                               for k, v in notes_from_midi.to_arrays(model).items()}, str(path))
+  safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                              str(path))
   path.chmod(0o644)
   return {"file": PERCEPTION, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 

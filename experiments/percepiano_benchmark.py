@@ -156,9 +156,9 @@ NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat"
 # its model (the oracle's ridge, fitted on the MIDI's statistics, read through their estimate
 # from the notes-aware encoder's transcription: train.notes_from_midi); notes_direct the
 # ablation (the ridge fitted on the transcription's own statistics, the notes model until
-# 2026-12-05); fusion puts that encoder's frozen embeddings beside the notes statistics; ast_stats adds
-# the statistics of the transcription's probabilities and the ridge's audio statistics: the
-# AST-based model the closed-form bar is measured against.
+# 2026-12-05); fusion puts that encoder's frozen embeddings beside the notes statistics;
+# ast_stats adds the statistics of the transcription's probabilities and the ridge's audio
+# statistics: the AST-based model the closed-form bar is measured against.
 STATISTICS_MODELS = ("ridge", "ffn_stats", "oracle_notes", "notes", "notes_direct", "fusion",
                      "ast_stats")
 # Probes: the ridge on frozen, clip-pooled embeddings of each encoder (eval.shard_embeddings),
@@ -593,7 +593,8 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   for split, variants in (("piece", list(VARIANTS)), ("performer", list(PERFORMER_VARIANTS))):
     runs = [cross_validation(split, v) for v in variants] + [
         ridge(split), statistics_ffn(split), oracle_notes(split), notes_model(split),
-        notes_model(split, "transcription"), fusion(split), ast_stats(split), *(probe(split, encoder) for encoder in PROBES),
+        notes_model(split, "transcription"), fusion(split), ast_stats(split),
+        *(probe(split, encoder) for encoder in PROBES),
         *(clip_head(split, pooling) for pooling in CLIP_HEADS),
         *(ensemble(split, name) for name in ENSEMBLES)]
     variants = [*variants, *STATISTICS_MODELS, *(f"probe_{e}" for e in PROBES),

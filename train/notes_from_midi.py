@@ -111,7 +111,7 @@ def fit(x: np.ndarray, midi: np.ndarray, labels: np.ndarray, mask: np.ndarray,
   inner_folds = min(inner_folds, np.unique(groups).size)
   if inner_folds < 2:
     raise ridge_fit.RidgeError("the training performances form one group: no inner "
-                           "cross-validation can choose the blend")
+                               "cross-validation can choose the blend")
   perception = ridge_fit.fit(midi, labels, mask, groups, inner_folds=inner_folds, seed=seed)
   folds = ridge_fit.group_folds(groups, inner_folds, seed)
   scores = np.zeros((inner_folds, len(BLENDS)))
@@ -146,6 +146,11 @@ def to_arrays(model: NotesModel) -> dict[str, np.ndarray]:
           **{f"trees/{k}": v for k, v in tree_arrays.pack(e.trees).items()}}
 
 
+def _trees(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The forest's arrays (`tree_arrays`' names) among the notes model's."""
+  return {k.removeprefix("trees/"): v for k, v in arrays.items() if k.startswith("trees/")}
+
+
 @dataclasses.dataclass(frozen=True)
 class Packed:
   """The notes model from `to_arrays`' arrays, predicting with numpy alone (what
@@ -157,31 +162,29 @@ class Packed:
   def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Packed:
     """Checks that the arrays fit together: `inputs` (the transcription's statistics),
     `statistics` (the MIDI's) and the 19 outputs."""
-    needed = [
-        "ridge/mean", "ridge/scale", "ridge/weights", "ridge/bias", "estimator/mean",
-        "estimator/scale", "estimator/target_mean", "estimator/target_scale",
-        "estimator/linear_weights", "estimator/linear_bias", "blend"]
-    missing = [k for k in needed if k not in arrays]
-    if missing:
-      raise ridge_fit.RidgeError(f"the notes model lacks {missing}")
+    if "estimator/linear_weights" not in arrays:
+      raise ridge_fit.RidgeError("the notes model lacks ['estimator/linear_weights']")
     inputs, statistics = arrays["estimator/linear_weights"].shape
     shapes = {"estimator/mean": (inputs,), "estimator/scale": (inputs,),
               "estimator/target_mean": (statistics,), "estimator/target_scale": (statistics,),
               "estimator/linear_bias": (statistics,), "ridge/mean": (statistics,),
               "ridge/scale": (statistics,), "ridge/weights": (statistics, 19),
               "ridge/bias": (19,), "blend": (1,)}
+    missing = [k for k in shapes if k not in arrays]
+    if missing:
+      raise ridge_fit.RidgeError(f"the notes model lacks {missing}")
     wrong = {k: arrays[k].shape for k, shape in shapes.items() if arrays[k].shape != shape}
     if wrong:
       raise ridge_fit.RidgeError(f"the notes model's arrays do not fit together: {wrong} for "
-                             f"{inputs} inputs and {statistics} statistics")
-    trees = {k.removeprefix("trees/"): v for k, v in arrays.items() if k.startswith("trees/")}
+                                 f"{inputs} inputs and {statistics} statistics")
+    trees = _trees(arrays)
     try:
       tree_arrays.check(trees, inputs)
     except tree_arrays.TreeArraysError as e:
       raise ridge_fit.RidgeError(str(e)) from None
     if trees["leaf_values"].shape[1:] != (statistics,):
-      raise ridge_fit.RidgeError(f"the trees estimate {trees['leaf_values'].shape[1:]} statistics, "
-                             f"not {statistics}")
+      raise ridge_fit.RidgeError(f"the trees estimate {trees['leaf_values'].shape[1:]} "
+                                 f"statistics, not {statistics}")
     return cls(dict(arrays))
 
   @property
@@ -192,8 +195,7 @@ class Packed:
     a = self.arrays
     z = (np.asarray(x, np.float64) - a["estimator/mean"]) / a["estimator/scale"]
     linear = z @ a["estimator/linear_weights"] + a["estimator/linear_bias"]
-    trees = tree_arrays.predict(
-        {k.removeprefix("trees/"): v for k, v in a.items() if k.startswith("trees/")}, z)
+    trees = tree_arrays.predict(_trees(a), z)
     blend = float(a["blend"][0])
     return ((1 - blend) * linear + blend * trees) * a["estimator/target_scale"] + a[
         "estimator/target_mean"]
