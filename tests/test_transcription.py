@@ -932,9 +932,9 @@ def test_probes_embed_with_the_pretrained_and_a_random_encoder(notes_pretrained,
   config = json.loads((tmp_path / "fusion" / "test" / rundir.CONFIG).read_text())
   assert config["model"]["backbone"] == "fusion"
   assert config["ridge"]["features_file"] == [str(archive), str(tmp_path / "trained.npz")]
-  from train import ridge as ridge_lib
+  from train import ridge_fit
   result = json.loads((tmp_path / "fusion" / "test" / rundir.RESULT).read_text())
-  assert result["block_weight"] in ridge_lib.BLOCK_WEIGHTS  # the embeddings' weight, chosen
+  assert result["block_weight"] in ridge_fit.BLOCK_WEIGHTS  # the embeddings' weight, chosen
   half = run("train.ridge", f"--data_dir={job_with_audio}", f"--workdir={tmp_path / 'f2'}",
              "--features=fusion", f"--embeddings={tmp_path / 'trained.npz'}", "--test")
   assert half.returncode != 0 and "--transcribed_notes and --embeddings" in half.stderr
