@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import shutil
 import subprocess
@@ -97,3 +98,113 @@ def test_cli_errors_are_one_line(members, job_with_audio, tmp_path):
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   last = proc.stderr.strip().splitlines()[-1]
   assert last == f"error: member {tmp_path / 'nowhere'} does not exist"
+
+
+# train.ensemble_selection: the members chosen on the split's folds.
+
+
+def _candidates(signal: np.ndarray, noise_scales: list[float], seed: int) -> list[np.ndarray]:
+  rng = np.random.default_rng(seed)
+  return [signal + s * rng.standard_normal(signal.shape) for s in noise_scales]
+
+
+def test_selection_adds_what_helps_and_repeats_the_stronger_member():
+  """Known answers: independent errors average out, so the greedy adds the second member;
+  with noise s.d. 1 and 1.5, the weights 2:1 beat 1:1 (error variance 0.69 against 0.81) and
+  3:1 does not (0.70), so the order is [0, 1, 0]; pure noise is never chosen."""
+  from train import ensemble_selection as es
+  signal = np.random.default_rng(0).standard_normal((20000, 2))
+  mask = np.ones_like(signal, bool)
+  folds = [(_candidates(signal, [1.0, 1.5, 1e6], seed), signal, mask) for seed in (1, 2)]
+  order, score = es.select(folds)
+  assert order == [0, 1, 0]
+  assert es.weights(order, ["a", "b", "noise"]) == {"a": 2 / 3, "b": 1 / 3}
+  assert score > es.select(folds, max_members=1)[1]
+  assert es.select(folds, max_members=1)[0] == [0]
+  assert es.select(folds, min_gain=1.0)[0] == [0]  # nothing gains a whole unit of Pearson
+  # A lead is kept even when it is not the best candidate; the others are added after it.
+  assert es.select(folds, lead=1)[0][:2] == [1, 0]
+  # A lead of pure noise drowns whatever is averaged with it: nothing gains, it stays alone.
+  assert es.select(folds, lead=2)[0] == [2]
+  # Equal candidates: the first wins the tie.
+  twins = [([signal, signal.copy()], signal, mask)]
+  assert es.select(twins, max_members=1)[0] == [0]
+  for bad, message in (([], "no selection folds"), ([([], signal, mask)], "every candidate"),
+                       ([folds[0], ([signal], signal, mask)], "every candidate")):
+    with pytest.raises(es.SelectionError, match=message):
+      es.select(bad)
+  with pytest.raises(es.SelectionError, match="not a candidate index"):
+    es.select(folds, lead=3)
+
+
+def test_selection_is_nested_fold_by_fold_and_the_test_set_uses_every_fold(members,
+                                                                           job_with_audio,
+                                                                           tmp_path):
+  """Fold k's ensemble is chosen on the other folds only: a candidate made perfect on fold 0
+  alone does not change fold 0's choice, but does change the test set's (chosen on both)."""
+  from train import ensemble_selection as es
+  perfect = _tampered(members["midi"], tmp_path,
+                      lambda p: dataclasses.replace(p, predictions=p.labels.copy()))
+  candidates = [members["audio"], perfect]
+  work = tmp_path / "selection"
+  summary = es.run(job_with_audio, candidates, work, "piece", test=True,
+                   lead=members["audio"], min_gain=0)
+  assert summary["config"]["model"]["backbone"] == "ridge & selection"
+  fold_parts = {k: [p for p in crossval.fold_predictions(c)] for k, c in zip("ap", candidates)}
+  for k, other in ((0, 1), (1, 0)):
+    result = json.loads((work / f"fold{k}" / "result.json").read_text())
+    assert result["selected_on"] == [f"fold{other}"]
+    a, p = fold_parts["a"][other], fold_parts["p"][other].subset(fold_parts["a"][other].keys)
+    order, score = es.select([([a.predictions, p.predictions], a.labels, a.mask)],
+                             lead=0, min_gain=0)
+    expected = es.weights(order, [str(c) for c in candidates])
+    assert result["weights"] == pytest.approx(expected)
+    assert result["selection_score"] == pytest.approx(score)
+    # The fold's predictions are the recorded weights' mean of the candidates' own.
+    mine = crossval.fold_predictions(work)[k]
+    held = [fold_parts[n][k].subset(mine.keys).predictions for n in "ap"]
+    weight = [expected.get(str(c), 0.0) for c in candidates]
+    np.testing.assert_allclose(mine.predictions, weight[0] * held[0] + weight[1] * held[1],
+                               rtol=0, atol=1e-12)
+  test = json.loads((work / "test" / "result.json").read_text())
+  assert test["selected_on"] == ["fold0", "fold1"]
+  # The perfect-on-fold-0 candidate pulls the test set's weights its way (selection saw
+  # fold 0), and fold 1's (selected on fold 0) likewise; fold 0's own choice saw fold 1 only.
+  fold0 = json.loads((work / "fold0" / "result.json").read_text())
+  fold1 = json.loads((work / "fold1" / "result.json").read_text())
+  assert fold1["weights"].get(str(perfect), 0) > fold0["weights"].get(str(perfect), 0)
+  assert test["weights"].get(str(perfect), 0) > 0
+
+
+def test_selection_refuses_what_it_cannot_choose_from(members, job_with_audio, tmp_path):
+  from train import ensemble_selection as es
+  cases = [
+      (es.SelectionError, "two candidates or more", [members["audio"]], {}),
+      (es.SelectionError, "is not one of the candidates", [members["audio"], members["midi"]],
+       {"lead": members["performer"]}),
+      (ensemble.EnsembleError, "named twice", [members["audio"], members["audio"]], {}),
+      (ensemble.EnsembleError, "performer split cross-validation",
+       [members["audio"], members["performer"]], {}),
+      (crossval.CrossValidationError, "not finished",
+       [members["audio"], _unfinished(members["midi"], tmp_path)], {}),
+  ]
+  for i, (error, message, chosen, kwargs) in enumerate(cases):
+    with pytest.raises(error, match=message):
+      es.run(job_with_audio, chosen, tmp_path / f"run{i}", "piece", test=True, **kwargs)
+    assert not any((tmp_path / f"run{i}").glob("*/result.json"))
+  proc = subprocess.run(
+      [sys.executable, "-m", "train.ensemble_selection", f"--data_dir={job_with_audio}",
+       f"--candidates={members['audio']},{members['midi']}", f"--lead={tmp_path / 'x'}",
+       f"--workdir={tmp_path / 'w'}", "--test"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: the lead {tmp_path / 'x'} is not one of the candidates")
+
+
+def _unfinished(member: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+  """A copy of `member` whose fold 1 never finished (its result removed)."""
+  copy = tmp_path / f"unfinished-{member.name}"
+  shutil.copytree(member, copy)
+  (copy / "fold1" / "result.json").unlink()
+  return copy

@@ -64,38 +64,9 @@ def _reported(member: pathlib.Path, held_side: str) -> predictions.Predictions:
   return parts[held_side]
 
 
-def run_fold(members: list[pathlib.Path], meta: metadata.ShardMetadata,
-             config: ml_collections.ConfigDict, directory: pathlib.Path) -> trainer.Result:
-  t0 = time.perf_counter()
-  fold = fold_runs.fold_of(meta, config)
-  parts = []
-  for member in members:
-    p = _reported(member, fold.held_side)
-    missing = sorted(set(fold.held_keys) - set(p.keys))
-    if missing:
-      raise EnsembleError(f"{member} did not predict {len(missing)} performances of "
-                          f"{fold.held_side} (other shards or split?), e.g. {missing[:3]}")
-    parts.append(p.subset(fold.held_keys))
-  first = parts[0]
-  for member, p in zip(members[1:], parts[1:]):
-    same = np.array_equal(p.mask, first.mask) and np.array_equal(
-        np.where(p.mask, p.labels, 0), np.where(first.mask, first.labels, 0))
-    if not same:
-      raise EnsembleError(f"{member}'s labels of {fold.held_side} differ from {members[0]}'s: "
-                          "the members were not run on the same shards")
-  scores = np.mean([p.predictions for p in parts], axis=0)
-  return fold_runs.write(directory, config, meta, fold, scores, first.labels, first.mask,
-                         time.perf_counter() - t0, {"members": [str(m) for m in members]})
-
-
-def run(data_dir: str | pathlib.Path, members: list[str | pathlib.Path],
-        workdir: str | pathlib.Path, split: str, only: list[int] | None = None,
-        test: bool = False) -> dict:
-  """Every fold not finished yet (and the test set with `test`); returns the summary."""
-  data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
+def checked_members(members: list[str | pathlib.Path], split: str) -> list[pathlib.Path]:
+  """The members' absolute paths, each an existing cross-validation of `split`, none twice."""
   members = [pathlib.Path(m).absolute() for m in members]
-  if len(members) < 2:
-    raise EnsembleError(f"an ensemble needs two members or more, got {len(members)}")
   if len(set(members)) != len(members):
     raise EnsembleError("a member is named twice")
   for member in members:
@@ -105,6 +76,50 @@ def run(data_dir: str | pathlib.Path, members: list[str | pathlib.Path],
     if summary["split"] != split:
       raise EnsembleError(f"member {member} is a {summary['split']} split cross-validation, "
                           f"not {split}")
+  return members
+
+
+def held_predictions(members: list[pathlib.Path], held_side: str, keys: list[str]
+                     ) -> list[predictions.Predictions]:
+  """Each member's reported predictions of `keys`, the performances of one held-out side
+  ("fold<k>" or "test"), in that order; refused unless every member predicted them all with
+  the same labels (members run on other shards or another split)."""
+  parts = []
+  for member in members:
+    p = _reported(member, held_side)
+    missing = sorted(set(keys) - set(p.keys))
+    if missing:
+      raise EnsembleError(f"{member} did not predict {len(missing)} performances of "
+                          f"{held_side} (other shards or split?), e.g. {missing[:3]}")
+    parts.append(p.subset(keys))
+  first = parts[0]
+  for member, p in zip(members[1:], parts[1:]):
+    same = np.array_equal(p.mask, first.mask) and np.array_equal(
+        np.where(p.mask, p.labels, 0), np.where(first.mask, first.labels, 0))
+    if not same:
+      raise EnsembleError(f"{member}'s labels of {held_side} differ from {members[0]}'s: "
+                          "the members were not run on the same shards")
+  return parts
+
+
+def run_fold(members: list[pathlib.Path], meta: metadata.ShardMetadata,
+             config: ml_collections.ConfigDict, directory: pathlib.Path) -> trainer.Result:
+  t0 = time.perf_counter()
+  fold = fold_runs.fold_of(meta, config)
+  parts = held_predictions(members, fold.held_side, fold.held_keys)
+  scores = np.mean([p.predictions for p in parts], axis=0)
+  return fold_runs.write(directory, config, meta, fold, scores, parts[0].labels, parts[0].mask,
+                         time.perf_counter() - t0, {"members": [str(m) for m in members]})
+
+
+def run(data_dir: str | pathlib.Path, members: list[str | pathlib.Path],
+        workdir: str | pathlib.Path, split: str, only: list[int] | None = None,
+        test: bool = False) -> dict:
+  """Every fold not finished yet (and the test set with `test`); returns the summary."""
+  data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
+  members = checked_members(members, split)
+  if len(members) < 2:
+    raise EnsembleError(f"an ensemble needs two members or more, got {len(members)}")
   meta = metadata.read(data_dir)
   return crossval.run(_config(data_dir, members, split), workdir, split, only, test,
                       train=lambda config, directory: run_fold(members, meta, config,
