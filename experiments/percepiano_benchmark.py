@@ -66,6 +66,10 @@ committed):
                                       the mean of ast_stats', notes' and fusion's (the
                                       best over the piece folds since notes is fitted on
                                       the MIDI)
+                         selection    train.ensemble_selection: ast_stats and the members
+                                      greedy selection adds from every audio-only model
+                                      with folds, chosen on the split's own folds (each
+                                      fold's on the others; the test set's on all)
                          probe_<enc>  the ridge on frozen embeddings of an encoder: random,
                                       ssast (pretrain), both (pretrain_both), notes
                                       (pretrain_notes_mixed)
@@ -150,7 +154,8 @@ NAMES = {"ast": "AST (SSAST pre-trained)", "scratch": "AST from scratch", "flat"
          "window_mean": "clip head: the same windows averaged",
          "ensemble": "ensemble: AST+stats and the window-averaging clip head",
          "ensemble_ast_notes": "ensemble: AST+stats and the notes-aware AST fine-tuned",
-         "ensemble_notes": "ensemble: AST+stats with the notes model and fusion"}
+         "ensemble_notes": "ensemble: AST+stats with the notes model and fusion",
+         "selection": "ensemble selection: AST+stats and members chosen on the folds"}
 # Models on clip statistics (train.statistics_table), every fold and the test set on both
 # splits at every size: minutes on 2 cores. oracle_notes is the notes path's ceiling; notes
 # its model (the oracle's ridge, fitted on the MIDI's statistics, read through their estimate
@@ -187,6 +192,14 @@ CROSS_TIMBRE_MODELS = ("ridge", "notes", "ast_stats")
 ENSEMBLES = {"ensemble": ("ast_stats", "window_mean"),
              "ensemble_ast_notes": ("ast_stats", "ast_notes"),
              "ensemble_notes": ("ast_stats", "notes", "fusion")}
+# Ensemble selection (train.ensemble_selection): AST+stats and the members greedy forward
+# selection adds, chosen on each split's own folds (fold k's on the others, the test set's on
+# all). The candidates are every audio-only model that runs every fold of both splits at every
+# size (oracle_notes reads the MIDI; the fine-tuned ASTs have folds on the piece split alone at
+# --size=cpu), so both splits choose from the same library.
+SELECTION_LEAD = "ast_stats"
+SELECTION_CANDIDATES = (*(m for m in STATISTICS_MODELS if m != "oracle_notes"),
+                        *(f"probe_{e}" for e in PROBES), *CLIP_HEADS.values())
 
 SIZES = {
     "cpu": {
@@ -569,6 +582,18 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
         lambda: _crossval_finished(directory, run_folds),
         f"{split} split, {NAMES[name]}", needs=tuple(f"{kind}_{m}" for m in members))
 
+  def selection(split: str) -> stages.Stage:
+    directory = work / split / "selection"
+    kind = "cv" if split == "piece" else "performer"
+    return stages.Stage(
+        f"{kind}_selection",
+        ("train.ensemble_selection", f"--data_dir={labelled}",
+         f"--candidates={','.join(str(work / split / m) for m in SELECTION_CANDIDATES)}",
+         f"--lead={work / split / SELECTION_LEAD}", f"--workdir={directory}",
+         f"--split={split}", "--test"),
+        lambda: _crossval_finished(directory), f"{split} split, {NAMES['selection']}",
+        needs=tuple(f"{kind}_{m}" for m in SELECTION_CANDIDATES))
+
   def probe(split: str, encoder: str) -> stages.Stage:
     # The same ridge on an encoder's frozen embeddings.
     return closed_form(split, f"probe_{encoder}",
@@ -596,9 +621,9 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
         notes_model(split, "transcription"), fusion(split), ast_stats(split),
         *(probe(split, encoder) for encoder in PROBES),
         *(clip_head(split, pooling) for pooling in CLIP_HEADS),
-        *(ensemble(split, name) for name in ENSEMBLES)]
+        *(ensemble(split, name) for name in ENSEMBLES), selection(split)]
     variants = [*variants, *STATISTICS_MODELS, *(f"probe_{e}" for e in PROBES),
-                *CLIP_HEADS.values(), *ENSEMBLES]
+                *CLIP_HEADS.values(), *ENSEMBLES, "selection"]
     out += runs
     report_dir = report_root / split
     out.append(stages.Stage(

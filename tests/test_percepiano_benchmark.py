@@ -63,7 +63,7 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
       names.index("cv_ast_notes")].args
   assert needs["cv_scratch"] == needs["cv_cnn"] == needs["performer_ffn"] == ("percepiano_shards",)
   probes = [f"probe_{e}" for e in benchmark.PROBES] + list(benchmark.CLIP_HEADS.values()) + list(
-      benchmark.ENSEMBLES)
+      benchmark.ENSEMBLES) + ["selection"]
   assert set(needs["report_piece"]) == {f"cv_{v}" for v in (*benchmark.VARIANTS,
                                                              *benchmark.STATISTICS_MODELS,
                                                              *probes)}
@@ -86,6 +86,16 @@ def test_every_training_stage_builds_its_model(size, tmp_path, monkeypatch):
   piece = tmp_path / "w" / "piece"
   members = f"--members={piece / 'ast_stats'},{piece / 'window_mean'}"
   assert members in plan[names.index("cv_ensemble")].args
+  # Ensemble selection chooses from the same audio-only library on both splits, led by
+  # AST+stats, and waits for every candidate of its own split.
+  for kind, split in (("cv", "piece"), ("performer", "performer")):
+    args = plan[names.index(f"{kind}_selection")].args
+    candidates = next(a for a in args if a.startswith("--candidates=")).split("=", 1)[1]
+    chosen = [pathlib.Path(c).name for c in candidates.split(",")]
+    assert "oracle_notes" not in chosen and {"ridge", "notes", "ast_stats", "window_mean",
+                                              "probe_notes"} <= set(chosen)
+    assert f"--lead={tmp_path / 'w' / split / 'ast_stats'}" in args
+    assert needs[f"{kind}_selection"] == tuple(f"{kind}_{c}" for c in chosen)
   embed_notes = plan[names.index("embed_notes")].args
   assert f"--windows_output={tmp_path / 'w' / 'window_embeddings_notes.npz'}" in embed_notes
   assert not any("--windows_output" in a for a in plan[names.index("embed_ssast")].args)
@@ -237,7 +247,7 @@ def test_display_names_survive_the_comma_separated_names_flag():
   assert all("," not in name for name in benchmark.NAMES.values())
   assert set(benchmark.NAMES) == set(benchmark.VARIANTS) | set(benchmark.STATISTICS_MODELS) | {
       f"probe_{e}" for e in benchmark.PROBES} | set(benchmark.CLIP_HEADS.values()) | set(
-      benchmark.ENSEMBLES)
+      benchmark.ENSEMBLES) | {"selection"}
 
 
 def _finish(run: pathlib.Path, seconds: float = 1.0) -> None:
@@ -314,7 +324,7 @@ def test_the_report_compares_what_finished_and_names_what_is_pending(tmp_path):
   pending = [benchmark.NAMES[v] for v in (*benchmark.VARIANTS, *benchmark.STATISTICS_MODELS,
                                           *(f"probe_{e}" for e in benchmark.PROBES),
                                           *benchmark.CLIP_HEADS.values(),
-                                          *benchmark.ENSEMBLES)
+                                          *benchmark.ENSEMBLES, "selection")
              if v not in ("ast", "cnn")]
   assert notes[2] == f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}."
 
