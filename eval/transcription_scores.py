@@ -79,12 +79,28 @@ def _velocity_r(ref_i, ref_hz, ref_velocity, est_i, est_hz, est_velocity) -> flo
   return float(np.corrcoef(a, b)[0, 1])
 
 
+def _check_times(side: str, n: notes_lib.Notes) -> None:
+  """mir_eval refuses negative or non-finite times deep inside its validation: say which side
+  and why here instead. (A performance MIDI can start before the audio it is aligned to: clip
+  it to the audio first, as `eval.notes_curve.from_audio_start` does.)"""
+  for what, times in (("notes", np.asarray(n.notes, np.float64).reshape(-1, 4)[:, :2]),
+                      ("pedal intervals", np.asarray(n.pedal, np.float64).reshape(-1, 2))):
+    if not np.all(np.isfinite(times)):
+      raise ValueError(f"the {side}'s {what} have non-finite times")
+    early = times[:, 0] < 0
+    if early.any():
+      raise ValueError(f"{int(early.sum())} of the {side}'s {what} start before 0 s (the first "
+                       f"at {times[early, 0].min():.3f} s): clip them to the audio first")
+
+
 def score(reference: notes_lib.Notes, estimate: notes_lib.Notes,
           metrics: tuple[str, ...] = METRICS) -> dict[str, float | None]:
   """The `metrics` (default all) of `estimate` against `reference`."""
   unknown = set(metrics) - set(METRICS)
   if unknown:
     raise ValueError(f"unknown metrics {sorted(unknown)}; known: {METRICS}")
+  _check_times("reference", reference)
+  _check_times("estimate", estimate)
   ref_i, ref_hz = _intervals(reference.notes)
   est_i, est_hz = _intervals(estimate.notes)
   t = mir_eval.transcription

@@ -235,6 +235,16 @@ def test_decoding_inverts_the_rolls_and_mir_eval_scores_it():
   assert subset == {k: v for k, v in scores.items() if k.startswith(("onset_offset/", "pedal/"))}
   with pytest.raises(ValueError, match="unknown metrics"):
     transcription_scores.score(reference, off, ("offset",))
+  # A performance MIDI that starts before its audio: one clear error, naming the side.
+  early = notes.Notes(reference.notes - [[0.3, 0.3, 0, 0]] * 4, reference.pedal)
+  with pytest.raises(ValueError, match=r"2 of the reference's notes start before 0 s "
+                                       r"\(the first at -0.200 s\)"):
+    transcription_scores.score(early, off)
+  with pytest.raises(ValueError, match="estimate's pedal intervals start before 0 s"):
+    transcription_scores.score(reference, notes.Notes(reference.notes, [[-0.1, 0.5]]))
+  with pytest.raises(ValueError, match="estimate's notes have non-finite times"):
+    transcription_scores.score(reference, notes.Notes(off.notes + [[np.nan, 0, 0, 0]] * 4,
+                                                      off.pedal))
   # Decoding thresholds: a faint onset below 0.5 is not a note; a held onset run is one note.
   probs = {k: np.zeros((20, 88), np.float32) for k in ("onset", "frame", "velocity")}
   probs["pedal"] = np.zeros(20, np.float32)
