@@ -591,7 +591,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
          f"--candidates={','.join(str(work / split / m) for m in SELECTION_CANDIDATES)}",
          f"--lead={work / split / SELECTION_LEAD}", f"--workdir={directory}",
          f"--split={split}", "--test"),
-        lambda: _crossval_finished(directory), f"{split} split, {NAMES['selection']}",
+        lambda: _selection_finished(directory), f"{split} split, {NAMES['selection']}",
         needs=tuple(f"{kind}_{m}" for m in SELECTION_CANDIDATES))
 
   def probe(split: str, encoder: str) -> stages.Stage:
@@ -772,6 +772,19 @@ def _crossval_finished(directory: pathlib.Path, folds: str = "",
   if done and args is not None:
     stages.check_config(directory, crossval.read_summary(directory)["config"], args)
   return done
+
+
+def _selection_finished(directory: pathlib.Path) -> bool:
+  """Finished, and chosen from the candidates' current results: a selection made before a
+  candidate was re-run is an error (it would report stale weights), not done."""
+  if not _crossval_finished(directory):
+    return False
+  from train import ensemble_selection
+  stale = ensemble_selection.stale_candidates(directory)
+  if stale:
+    raise stages.StageError(f"{directory} was chosen before {', '.join(stale)} ran again: "
+                            "delete it to choose again")
+  return True
 
 
 def main(argv):

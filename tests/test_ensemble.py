@@ -58,11 +58,12 @@ def test_each_fold_is_the_mean_of_the_members_and_reports_like_any_run(members, 
   assert (work / "fold0" / "result.json").read_text() == before
 
 
-def _tampered(member: pathlib.Path, tmp_path: pathlib.Path, change) -> pathlib.Path:
-  """A copy of `member` whose fold-0 predictions file is rewritten by `change`."""
+def _tampered(member: pathlib.Path, tmp_path: pathlib.Path, change,
+              side: str = "fold0") -> pathlib.Path:
+  """A copy of `member` whose predictions file of `side` is rewritten by `change`."""
   copy = tmp_path / f"tampered-{member.name}"
   shutil.copytree(member, copy)
-  path = predictions.path_for(copy / "fold0", 1)
+  path = predictions.path_for(copy / side, 1)
   change(predictions.load(path)).save(path)
   return copy
 
@@ -135,6 +136,17 @@ def test_selection_adds_what_helps_and_repeats_the_stronger_member():
       es.select(bad)
   with pytest.raises(es.SelectionError, match="not a candidate index"):
     es.select(folds, lead=3)
+  # Constant predictions leave Pearson undefined on a dimension: such a combination never
+  # scores on the dimensions left (it would be flattered), and nothing defined is an error.
+  flat = np.zeros_like(signal)
+  half_flat = np.stack([signal[:, 0], np.zeros(len(signal))], axis=1)
+  assert es.select([([half_flat, _candidates(signal, [3.0], 3)[0]], signal, mask)])[0][0] == 1
+  with pytest.raises(es.SelectionError, match="no candidate has a defined score"):
+    es.select([([flat, half_flat], signal, mask)])
+  with pytest.raises(es.SelectionError, match="the lead .* has no defined score"):
+    es.select([([flat, signal], signal, mask)], lead=0)
+  # At min_gain 0 an addition must still gain something: a lone candidate is not re-added.
+  assert es.select([([signal + 1.0], signal, mask)], min_gain=0)[0] == [0]
 
 
 def test_selection_is_nested_fold_by_fold_and_the_test_set_uses_every_fold(members,
@@ -168,12 +180,57 @@ def test_selection_is_nested_fold_by_fold_and_the_test_set_uses_every_fold(membe
                                rtol=0, atol=1e-12)
   test = json.loads((work / "test" / "result.json").read_text())
   assert test["selected_on"] == ["fold0", "fold1"]
-  # The perfect-on-fold-0 candidate pulls the test set's weights its way (selection saw
-  # fold 0), and fold 1's (selected on fold 0) likewise; fold 0's own choice saw fold 1 only.
+  both = [([a.predictions, p.subset(a.keys).predictions], a.labels, a.mask)
+          for a, p in zip(fold_parts["a"], fold_parts["p"])]
+  order, score = es.select(both, lead=0, min_gain=0)
+  assert test["weights"] == pytest.approx(es.weights(order, [str(c) for c in candidates]))
+  assert test["selection_score"] == pytest.approx(score)
+  mine = predictions.load_selected(work / "test")
+  held = [predictions.load_selected(c / "test").subset(mine.keys).predictions
+          for c in candidates]
+  np.testing.assert_allclose(mine.predictions, sum(
+      test["weights"].get(str(c), 0.0) * h for c, h in zip(candidates, held)), rtol=0, atol=1e-12)
+  # The perfect-on-fold-0 candidate pulls fold 1's weights its way (chosen on fold 0), not
+  # fold 0's own (chosen on fold 1).
   fold0 = json.loads((work / "fold0" / "result.json").read_text())
   fold1 = json.loads((work / "fold1" / "result.json").read_text())
   assert fold1["weights"].get(str(perfect), 0) > fold0["weights"].get(str(perfect), 0)
-  assert test["weights"].get(str(perfect), 0) > 0
+
+  # No test label enters the choice: a candidate made perfect on the test set alone leaves
+  # the test set's weights as they were (and its predictions move only by that candidate's).
+  cheat = _tampered(members["midi"], tmp_path / "cheat",
+                    lambda p: dataclasses.replace(p, predictions=p.labels.copy()),
+                    side="test")
+  honest = es.run(job_with_audio, [members["audio"], members["midi"]], tmp_path / "honest",
+                  "piece", only=[], test=True)
+  cheated = es.run(job_with_audio, [members["audio"], cheat], tmp_path / "cheated", "piece",
+                   only=[], test=True)
+  assert honest["config"]["model"]["backbone"] == "selection"  # no lead
+  weights_of = {name: json.loads((tmp_path / name / "test" / "result.json").read_text())[
+      "weights"] for name in ("honest", "cheated")}
+  assert list(weights_of["honest"].values()) == list(weights_of["cheated"].values())
+  del cheated
+
+  # A rerun skips what finished; a candidate re-run since is refused, not mixed in.
+  before = (work / "fold0" / "result.json").read_text()
+  es.run(job_with_audio, candidates, work, "piece", test=True, lead=members["audio"],
+         min_gain=0)
+  assert (work / "fold0" / "result.json").read_text() == before
+  path = predictions.path_for(perfect / "fold1", 1)
+  again = predictions.load(path)
+  again.save(path)  # the same numbers written again are the same results
+  es.run(job_with_audio, candidates, work, "piece", test=True, lead=members["audio"],
+         min_gain=0)
+  from experiments import percepiano_benchmark as benchmark
+  assert es.stale_candidates(work) == [] and benchmark._selection_finished(work)
+  dataclasses.replace(again, predictions=again.predictions + 0.01).save(path)  # re-run
+  with pytest.raises(crossval.CrossValidationError, match="another split or config"):
+    es.run(job_with_audio, candidates, work, "piece", test=True, lead=members["audio"],
+           min_gain=0)
+  # ... and the benchmark's stage says so instead of counting the stale choice as done.
+  assert es.stale_candidates(work) == [str(perfect)]
+  with pytest.raises(benchmark.stages.StageError, match="delete it to choose again"):
+    benchmark._selection_finished(work)
 
 
 def test_selection_refuses_what_it_cannot_choose_from(members, job_with_audio, tmp_path):
@@ -187,6 +244,15 @@ def test_selection_refuses_what_it_cannot_choose_from(members, job_with_audio, t
        [members["audio"], members["performer"]], {}),
       (crossval.CrossValidationError, "not finished",
        [members["audio"], _unfinished(members["midi"], tmp_path)], {}),
+      (es.SelectionError, "has no finished test run",
+       [members["audio"], _unfinished(members["midi"], tmp_path / "t", "test")], {}),
+      (ensemble.EnsembleError, r"has folds \[0, 1, 2\], the shards' piece split \[0, 1\]",
+       [members["audio"], _other_folds(members["midi"], tmp_path)], {}),
+      (es.SelectionError, "has non-finite predictions of fold0",
+       [members["audio"], _tampered(members["midi"], tmp_path / "nan", lambda p: (
+           dataclasses.replace(p, predictions=np.full_like(p.predictions, np.nan))))], {}),
+      (es.SelectionError, "max_members must be at least 1",
+       [members["audio"], members["midi"]], {"max_members": 0}),
   ]
   for i, (error, message, chosen, kwargs) in enumerate(cases):
     with pytest.raises(error, match=message):
@@ -202,9 +268,20 @@ def test_selection_refuses_what_it_cannot_choose_from(members, job_with_audio, t
       f"error: the lead {tmp_path / 'x'} is not one of the candidates")
 
 
-def _unfinished(member: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
-  """A copy of `member` whose fold 1 never finished (its result removed)."""
+def _unfinished(member: pathlib.Path, tmp_path: pathlib.Path, side: str = "fold1"
+                ) -> pathlib.Path:
+  """A copy of `member` whose `side` never finished (its result removed)."""
   copy = tmp_path / f"unfinished-{member.name}"
   shutil.copytree(member, copy)
-  (copy / "fold1" / "result.json").unlink()
+  (copy / side / "result.json").unlink()
+  return copy
+
+
+def _other_folds(member: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+  """A copy of `member` whose cross-validation says it had three folds (other shards)."""
+  copy = tmp_path / f"other-folds-{member.name}"
+  shutil.copytree(member, copy)
+  summary = json.loads((copy / crossval.SUMMARY).read_text())
+  summary["folds"] = [0, 1, 2]
+  (copy / crossval.SUMMARY).write_text(json.dumps(summary))
   return copy

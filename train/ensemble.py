@@ -9,7 +9,8 @@ prediction of a held-out performance is the unweighted mean of the members' repo
 predictions of it (label space). Equal weights on purpose: a weight chosen on the held-out
 folds would be selection on the very performances the folds score, and the ~900 training
 performances of a fold are too few to fit a stacking layer on inner predictions that the
-members do not write. Nothing is trained, so a fold is exactly as clean as its members: no
+members do not write (`train.ensemble_selection` chooses members and weights on the other
+folds instead). Nothing is trained, so a fold is exactly as clean as its members: no
 member may have seen the performances it predicts (each member's own fold discipline).
 
 The run directories are the same as the members' (`train.fold_runs`), so `eval.report`
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import pathlib
 import time
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
@@ -52,7 +54,7 @@ def _config(data_dir: pathlib.Path, members: list[pathlib.Path], split: str
       "ensemble": {"members": [str(m) for m in members]}})
 
 
-def _reported(member: pathlib.Path, held_side: str) -> predictions.Predictions:
+def read_reported(member: pathlib.Path, held_side: str) -> predictions.Predictions:
   """A member's reported predictions of one held-out side ("fold<k>" or "test")."""
   summary = crossval.read_summary(member)
   if held_side == crossval.TEST:
@@ -64,8 +66,10 @@ def _reported(member: pathlib.Path, held_side: str) -> predictions.Predictions:
   return parts[held_side]
 
 
-def checked_members(members: list[str | pathlib.Path], split: str) -> list[pathlib.Path]:
-  """The members' absolute paths, each an existing cross-validation of `split`, none twice."""
+def checked_members(members: list[str | pathlib.Path], split: str,
+                    folds: list[int] | None = None) -> list[pathlib.Path]:
+  """The members' absolute paths, each an existing cross-validation of `split` (over `folds`,
+  the shards' folds of it, when given), none twice."""
   members = [pathlib.Path(m).absolute() for m in members]
   if len(set(members)) != len(members):
     raise EnsembleError("a member is named twice")
@@ -76,17 +80,22 @@ def checked_members(members: list[str | pathlib.Path], split: str) -> list[pathl
     if summary["split"] != split:
       raise EnsembleError(f"member {member} is a {summary['split']} split cross-validation, "
                           f"not {split}")
+    if folds is not None and list(summary["folds"]) != list(folds):
+      raise EnsembleError(f"member {member} has folds {summary['folds']}, the shards' {split} "
+                          f"split {folds}: it was run on other shards")
   return members
 
 
-def held_predictions(members: list[pathlib.Path], held_side: str, keys: list[str]
-                     ) -> list[predictions.Predictions]:
+def held_predictions(members: list[pathlib.Path], held_side: str, keys: list[str],
+                     reported: Callable[[pathlib.Path, str], predictions.Predictions]
+                     | None = None) -> list[predictions.Predictions]:
   """Each member's reported predictions of `keys`, the performances of one held-out side
   ("fold<k>" or "test"), in that order; refused unless every member predicted them all with
-  the same labels (members run on other shards or another split)."""
+  the same labels (members run on other shards or another split). `reported(member, side)`
+  reads them (default: from disk, every call)."""
   parts = []
   for member in members:
-    p = _reported(member, held_side)
+    p = (reported or read_reported)(member, held_side)
     missing = sorted(set(keys) - set(p.keys))
     if missing:
       raise EnsembleError(f"{member} did not predict {len(missing)} performances of "
@@ -117,10 +126,10 @@ def run(data_dir: str | pathlib.Path, members: list[str | pathlib.Path],
         test: bool = False) -> dict:
   """Every fold not finished yet (and the test set with `test`); returns the summary."""
   data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
-  members = checked_members(members, split)
+  meta = metadata.read(data_dir)
+  members = checked_members(members, split, meta.folds(split))
   if len(members) < 2:
     raise EnsembleError(f"an ensemble needs two members or more, got {len(members)}")
-  meta = metadata.read(data_dir)
   return crossval.run(_config(data_dir, members, split), workdir, split, only, test,
                       train=lambda config, directory: run_fold(members, meta, config,
                                                                directory))
