@@ -579,7 +579,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
          f"--members={','.join(str(work / split / m) for m in members)}",
          f"--workdir={directory}", f"--split={split}", "--test",
          *((f"--folds={run_folds}",) if run_folds else ())),
-        lambda: _crossval_finished(directory, run_folds),
+        lambda: _combination_finished(directory, run_folds),
         f"{split} split, {NAMES[name]}", needs=tuple(f"{kind}_{m}" for m in members))
 
   def selection(split: str) -> stages.Stage:
@@ -591,7 +591,7 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
          f"--candidates={','.join(str(work / split / m) for m in SELECTION_CANDIDATES)}",
          f"--lead={work / split / SELECTION_LEAD}", f"--workdir={directory}",
          f"--split={split}", "--test"),
-        lambda: _selection_finished(directory), f"{split} split, {NAMES['selection']}",
+        lambda: _combination_finished(directory), f"{split} split, {NAMES['selection']}",
         needs=tuple(f"{kind}_{m}" for m in SELECTION_CANDIDATES))
 
   def probe(split: str, encoder: str) -> stages.Stage:
@@ -774,16 +774,18 @@ def _crossval_finished(directory: pathlib.Path, folds: str = "",
   return done
 
 
-def _selection_finished(directory: pathlib.Path) -> bool:
-  """Finished, and chosen from the candidates' current results: a selection made before a
-  candidate was re-run is an error (it would report stale weights), not done."""
-  if not _crossval_finished(directory):
+def _combination_finished(directory: pathlib.Path, folds: str = "") -> bool:
+  """An ensemble's or a selection's `_crossval_finished`, and made from its members' current
+  results: one made before a member was re-run is an error (it would report stale
+  predictions), not done."""
+  if not _crossval_finished(directory, folds):
     return False
-  from train import ensemble_selection
-  stale = ensemble_selection.stale_candidates(directory)
+  from train import ensemble
+  stale = ensemble.stale(directory)
   if stale:
-    raise stages.StageError(f"{directory} was chosen before {', '.join(stale)} ran again: "
-                            "delete it to choose again")
+    raise stages.StageError(f"{directory} was made before {', '.join(stale)} ran again "
+                            "(or before its members' results were fingerprinted): delete it "
+                            "to make it again")
   return True
 
 

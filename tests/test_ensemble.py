@@ -58,6 +58,23 @@ def test_each_fold_is_the_mean_of_the_members_and_reports_like_any_run(members, 
   assert (work / "fold0" / "result.json").read_text() == before
 
 
+def test_an_ensemble_refuses_to_resume_over_a_re_run_member(members, job_with_audio, tmp_path):
+  """The members' results are fingerprinted: a member re-run with other results since is
+  named by `stale`, and resuming is refused rather than mixing two versions of it."""
+  copy = tmp_path / "midi"
+  shutil.copytree(members["midi"], copy)
+  work = tmp_path / "ensemble"
+  ensemble.run(job_with_audio, [members["audio"], copy], work, "piece", only=[0])
+  assert ensemble.stale(work) == []
+  path = predictions.path_for(copy / "fold1", 1)
+  before = predictions.load(path)
+  dataclasses.replace(before, predictions=before.predictions * 2).save(path)
+  assert ensemble.stale(work) == [str(copy)]
+  with pytest.raises(crossval.CrossValidationError, match="another split or config"):
+    ensemble.run(job_with_audio, [members["audio"], copy], work, "piece", only=[1])
+  assert not (work / "fold1" / "result.json").exists()
+
+
 def _tampered(member: pathlib.Path, tmp_path: pathlib.Path, change,
               side: str = "fold0") -> pathlib.Path:
   """A copy of `member` whose predictions file of `side` is rewritten by `change`."""
@@ -222,15 +239,15 @@ def test_selection_is_nested_fold_by_fold_and_the_test_set_uses_every_fold(membe
   es.run(job_with_audio, candidates, work, "piece", test=True, lead=members["audio"],
          min_gain=0)
   from experiments import percepiano_benchmark as benchmark
-  assert es.stale_candidates(work) == [] and benchmark._selection_finished(work)
+  assert ensemble.stale(work) == [] and benchmark._combination_finished(work)
   dataclasses.replace(again, predictions=again.predictions + 0.01).save(path)  # re-run
   with pytest.raises(crossval.CrossValidationError, match="another split or config"):
     es.run(job_with_audio, candidates, work, "piece", test=True, lead=members["audio"],
            min_gain=0)
   # ... and the benchmark's stage says so instead of counting the stale choice as done.
-  assert es.stale_candidates(work) == [str(perfect)]
-  with pytest.raises(benchmark.stages.StageError, match="delete it to choose again"):
-    benchmark._selection_finished(work)
+  assert ensemble.stale(work) == [str(perfect)]
+  with pytest.raises(benchmark.stages.StageError, match="delete it to make it again"):
+    benchmark._combination_finished(work)
 
 
 def test_selection_refuses_what_it_cannot_choose_from(members, job_with_audio, tmp_path):

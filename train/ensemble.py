@@ -13,6 +13,9 @@ members do not write (`train.ensemble_selection` chooses members and weights on 
 folds instead). Nothing is trained, so a fold is exactly as clean as its members: no
 member may have seen the performances it predicts (each member's own fold discipline).
 
+The config records a fingerprint of every member's results: resuming after a member was re-run
+is refused rather than mixing two versions of it (`stale` names such members).
+
 The run directories are the same as the members' (`train.fold_runs`), so `eval.report`
 and `eval.report.summary` read the ensemble like any model; its backbone joins the
 members' (`ast+stats & ast+window_mean`), so an ensemble led by an AST-based member counts
@@ -21,6 +24,7 @@ as AST-based.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import time
@@ -45,13 +49,36 @@ def member_backbone(member: pathlib.Path) -> str:
   return crossval.read_summary(member)["config"]["model"]["backbone"]
 
 
+def fingerprint(member: pathlib.Path) -> str:
+  """A hash of what a member's results are read from: every fold's and the test set's
+  `result.json` and predictions files. A re-run member with other results changes it."""
+  digest = hashlib.sha256()
+  files = sorted([*member.glob("*/result.json"), *member.glob("*/predictions/*.npz")])
+  for path in files:
+    digest.update(str(path.relative_to(member)).encode() + b"\0" + path.read_bytes())
+  return digest.hexdigest()
+
+
+def stale(workdir: str | pathlib.Path) -> list[str]:
+  """The members (or a selection's candidates) whose results changed since the run in
+  `workdir` read them: its predictions mix in results that are no longer there. A run made
+  before fingerprints were recorded cannot tell: every member counts as changed."""
+  config = crossval.read_summary(workdir)["config"]
+  settings = config.get("ensemble") or config["ensemble_selection"]
+  paths = settings.get("members") or settings["candidates"]
+  recorded = settings.get("fingerprints") or [None] * len(paths)
+  return [m for m, f in zip(paths, recorded)
+          if not pathlib.Path(m).is_dir() or fingerprint(pathlib.Path(m)) != f]
+
+
 def _config(data_dir: pathlib.Path, members: list[pathlib.Path], split: str
             ) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "task": "finetune", "data_dir": str(data_dir), "split": split, "seed": 0,
       "validation_fold": -1,
       "model": {"backbone": " & ".join(member_backbone(m) for m in members)},
-      "ensemble": {"members": [str(m) for m in members]}})
+      "ensemble": {"members": [str(m) for m in members],
+                   "fingerprints": [fingerprint(m) for m in members]}})
 
 
 def read_reported(member: pathlib.Path, held_side: str) -> predictions.Predictions:

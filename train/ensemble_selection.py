@@ -38,7 +38,6 @@ re-run is refused rather than mixing two versions of it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import pathlib
 import time
@@ -126,24 +125,6 @@ def weights(order: list[int], names: Sequence[str]) -> dict[str, float]:
   return {names[i]: counts[i] / len(order) for i in dict.fromkeys(order)}
 
 
-def fingerprint(candidate: pathlib.Path) -> str:
-  """A hash of what a candidate's results are read from: every fold's and the test set's
-  `result.json` and predictions files. A re-run candidate changes it."""
-  digest = hashlib.sha256()
-  files = sorted(p for p in candidate.glob("*/result.json")) + sorted(
-      candidate.glob("*/predictions/*.npz"))
-  for path in sorted(files):
-    digest.update(str(path.relative_to(candidate)).encode() + b"\0" + path.read_bytes())
-  return digest.hexdigest()
-
-
-def stale_candidates(workdir: str | pathlib.Path) -> list[str]:
-  """The candidates of a selection run whose results changed since it chose (re-run)."""
-  settings = crossval.read_summary(workdir)["config"]["ensemble_selection"]
-  return [c for c, f in zip(settings["candidates"], settings["fingerprints"])
-          if not pathlib.Path(c).is_dir() or fingerprint(pathlib.Path(c)) != f]
-
-
 def _config(data_dir: pathlib.Path, candidates: list[pathlib.Path], lead: pathlib.Path | None,
             split: str, min_gain: float, max_members: int) -> ml_collections.ConfigDict:
   # An ensemble led by an AST-based member counts as AST-based (`ast+stats & selection`).
@@ -153,7 +134,7 @@ def _config(data_dir: pathlib.Path, candidates: list[pathlib.Path], lead: pathli
       "task": "finetune", "data_dir": str(data_dir), "split": split, "seed": 0,
       "validation_fold": -1, "model": {"backbone": backbone},
       "ensemble_selection": {"candidates": [str(c) for c in candidates],
-                             "fingerprints": [fingerprint(c) for c in candidates],
+                             "fingerprints": [ensemble.fingerprint(c) for c in candidates],
                              "lead": str(lead) if lead is not None else "",
                              "min_gain": min_gain, "max_members": max_members}})
 
