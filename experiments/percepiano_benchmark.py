@@ -660,11 +660,33 @@ def _report_command(work: pathlib.Path, split: str, variants: list[str],
            + "; ".join(_wall_time(work / split / v, NAMES[v]) for v in ready) + "."]
   if pending:
     notes.append(f"--note=Not run yet (pending stages of the benchmark): {', '.join(pending)}.")
+  if "selection" in ready:
+    notes.append(f"--note={_selection_note(work / split / 'selection')}")
   return ("eval.report", f"--workdir={work / split / 'ast'}",
           f"--compare={','.join(str(work / split / v) for v in ready if v != 'ast')}",
           f"--names={','.join(NAMES[v] for v in ready)}", f"--percepiano_dir={percepiano_dir}",
           f"--output_dir={report_dir}", "--target_pearson=0.7", "--target_gain=0.2",
           f"--attention_audio={stages.first_test_midi(percepiano_dir, labelled, split)}", *notes)
+
+
+def _selection_note(directory: pathlib.Path) -> str:
+  """What ensemble selection chose, side by side: the members (run directory names) and their
+  weights, the sides that chose alike together."""
+  chosen: dict[str, list[str]] = {}
+  for result in sorted(directory.glob("*/result.json")):
+    weights = json.loads(result.read_text()).get("weights", {})
+    side = result.parent.name
+    members = ", ".join(f"{pathlib.Path(m).name} {w:.2f}" for m, w in weights.items())
+    chosen.setdefault(members, []).append(side)
+
+  def named(sides: list[str]) -> str:
+    folds = [side.removeprefix("fold") for side in sides if side != "test"]
+    parts = [f"fold{'s' if len(folds) > 1 else ''} {', '.join(folds)}"] if folds else []
+    return " and ".join(parts + (["the test set"] if "test" in sides else []))
+
+  return ("Ensemble selection's members and weights (each fold's chosen on the other folds, "
+          "the test set's on all): " + "; ".join(f"{named(sides)}: {members}"
+                                                 for members, sides in chosen.items()) + ".")
 
 
 def _last_step(workdir: pathlib.Path) -> int | None:
