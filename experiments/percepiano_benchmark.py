@@ -674,9 +674,13 @@ def _selection_note(directory: pathlib.Path) -> str:
   weights, the sides that chose alike together."""
   chosen: dict[str, list[str]] = {}
   for result in sorted(directory.glob("*/result.json")):
-    weights = json.loads(result.read_text()).get("weights", {})
+    weights = json.loads(result.read_text()).get("weights")
+    if not weights:
+      continue
     side = result.parent.name
-    members = ", ".join(f"{pathlib.Path(m).name} {w:.2f}" for m, w in weights.items())
+    # Heaviest first, then by name: the same choice reads the same whatever order it was made in.
+    members = ", ".join(f"{name} {w:.2f}" for name, w in sorted(
+        ((pathlib.Path(m).name, w) for m, w in weights.items()), key=lambda nw: (-nw[1], nw[0])))
     chosen.setdefault(members, []).append(side)
 
   def named(sides: list[str]) -> str:
@@ -805,9 +809,9 @@ def _combination_finished(directory: pathlib.Path, folds: str = "") -> bool:
   from train import ensemble
   stale = ensemble.stale(directory)
   if stale:
-    raise stages.StageError(f"{directory} was made before {', '.join(stale)} ran again "
-                            "(or before its members' results were fingerprinted): delete it "
-                            "to make it again")
+    raise stages.StageError(f"{directory} was made before {', '.join(stale)} changed (re-run "
+                            "or extended; or before members' results were fingerprinted): "
+                            "delete it to make it again")
   return True
 
 

@@ -73,6 +73,20 @@ def test_an_ensemble_refuses_to_resume_over_a_re_run_member(members, job_with_au
   with pytest.raises(crossval.CrossValidationError, match="another split or config"):
     ensemble.run(job_with_audio, [members["audio"], copy], work, "piece", only=[1])
   assert not (work / "fold1" / "result.json").exists()
+  # A run from before fingerprints were recorded cannot tell: every member counts as changed,
+  # and the benchmark's stage says so instead of counting it as done.
+  from experiments import percepiano_benchmark as benchmark
+  old = tmp_path / "old"
+  ensemble.run(job_with_audio, [members["audio"], members["midi"]], old, "piece", test=True)
+  assert ensemble.stale(old) == [] and benchmark._combination_finished(old, "")
+  summary = json.loads((old / crossval.SUMMARY).read_text())
+  del summary["config"]["ensemble"]["fingerprints"]
+  (old / crossval.SUMMARY).write_text(json.dumps(summary))
+  assert ensemble.stale(old) == [str(members["audio"]), str(members["midi"])]
+  with pytest.raises(benchmark.stages.StageError, match="delete it to make it again"):
+    benchmark._combination_finished(old, "")
+  with pytest.raises(ensemble.EnsembleError, match="not an ensemble"):
+    ensemble.stale(members["audio"])
 
 
 def _tampered(member: pathlib.Path, tmp_path: pathlib.Path, change,

@@ -450,16 +450,17 @@ def test_a_released_notes_encoder_replaces_the_notes_aware_pre_training(tmp_path
 
 
 def test_the_report_says_what_ensemble_selection_chose(tmp_path):
-  """Sides that chose alike share one entry; members by run directory name, weights to 2 dp."""
-  import json
+  """Sides that chose alike share one entry; members by run directory name, weights to 2 dp,
+  heaviest first."""
   chosen = {"fold0": {"/w/piece/ast_stats": 0.5, "/w/piece/notes": 0.5},
-            "fold1": {"/w/piece/ast_stats": 1 / 3, "/w/piece/notes": 1 / 3,
+            "fold1": {"/w/piece/notes": 1 / 3, "/w/piece/ast_stats": 1 / 3,
                       "/w/piece/fusion": 1 / 3},
-            "fold2": {"/w/piece/ast_stats": 0.5, "/w/piece/notes": 0.5},
+            "fold2": {"/w/piece/notes": 0.5, "/w/piece/ast_stats": 0.5},  # other order, same
+            "fold3": {},  # a side with no weights recorded is left out
             "test": {"/w/piece/ast_stats": 0.5, "/w/piece/notes": 0.5}}
   for side, weights in chosen.items():
     (tmp_path / side).mkdir()
     (tmp_path / side / "result.json").write_text(json.dumps({"weights": weights}))
   note = benchmark._selection_note(tmp_path)
   assert note.endswith(": folds 0, 2 and the test set: ast_stats 0.50, notes 0.50; fold 1: "
-                       "ast_stats 0.33, notes 0.33, fusion 0.33.")
+                       "ast_stats 0.33, fusion 0.33, notes 0.33.")

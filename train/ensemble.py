@@ -51,20 +51,24 @@ def member_backbone(member: pathlib.Path) -> str:
 
 def fingerprint(member: pathlib.Path) -> str:
   """A hash of what a member's results are read from: every fold's and the test set's
-  `result.json` and predictions files. A re-run member with other results changes it."""
+  `result.json` and predictions files (`<step>.npz`; not a save's leftover temporary). Any
+  re-run rewrites it (`result.json` holds its wall time), and so does a side added since."""
   digest = hashlib.sha256()
-  files = sorted([*member.glob("*/result.json"), *member.glob("*/predictions/*.npz")])
+  files = sorted([*member.glob("*/result.json"),
+                  *(p for p in member.glob("*/predictions/*.npz") if p.stem.isdigit())])
   for path in files:
     digest.update(str(path.relative_to(member)).encode() + b"\0" + path.read_bytes())
   return digest.hexdigest()
 
 
 def stale(workdir: str | pathlib.Path) -> list[str]:
-  """The members (or a selection's candidates) whose results changed since the run in
-  `workdir` read them: its predictions mix in results that are no longer there. A run made
-  before fingerprints were recorded cannot tell: every member counts as changed."""
+  """The members (or a selection's candidates) whose results were rewritten or extended since
+  the run in `workdir` read them: its predictions may mix in results that are no longer there.
+  A run made before fingerprints were recorded cannot tell: every member counts as changed."""
   config = crossval.read_summary(workdir)["config"]
-  settings = config.get("ensemble") or config["ensemble_selection"]
+  settings = config.get("ensemble") or config.get("ensemble_selection")
+  if not settings:
+    raise EnsembleError(f"{workdir} is not an ensemble or an ensemble selection")
   paths = settings.get("members") or settings["candidates"]
   recorded = settings.get("fingerprints") or [None] * len(paths)
   return [m for m, f in zip(paths, recorded)
