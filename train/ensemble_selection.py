@@ -71,6 +71,12 @@ def _defined(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return np.isfinite(metrics.per_dimension_pearson(labels, labels, mask))
 
 
+def _check_settings(min_gain: float, max_members: int) -> None:
+  if max_members < 1 or min_gain < 0:
+    raise SelectionError(f"max_members must be at least 1 and min_gain at least 0, got "
+                         f"{max_members} and {min_gain}")
+
+
 def select(folds: Sequence[Fold], lead: int | None = None, min_gain: float = MIN_GAIN,
            max_members: int = MAX_MEMBERS) -> tuple[list[int], float]:
   """Greedy forward selection with replacement.
@@ -86,9 +92,7 @@ def select(folds: Sequence[Fold], lead: int | None = None, min_gain: float = MIN
     raise SelectionError("every selection fold needs every candidate's predictions")
   if lead is not None and not 0 <= lead < count:
     raise SelectionError(f"lead {lead} is not a candidate index (0..{count - 1})")
-  if max_members < 1 or min_gain < 0:
-    raise SelectionError(f"max_members must be at least 1 and min_gain at least 0, got "
-                         f"{max_members} and {min_gain}")
+  _check_settings(min_gain, max_members)
   defined = [_defined(labels, mask) for _, labels, mask in folds]
 
   def score(chosen: Counter) -> float:
@@ -152,12 +156,11 @@ def run_fold(candidates: list[pathlib.Path], lead: int | None, meta: metadata.Sh
   t0 = time.perf_counter()
   held = functools.partial(ensemble.held_predictions, reported=reported)
   fold = fold_runs.fold_of(meta, config)
-  assignment = meta.split_table(config.split)
   names = [str(c) for c in candidates]
-  sides = [f"fold{f}" for f in meta.folds(config.split) if f"fold{f}" != fold.held_side]
+  sides = fold_runs.training_sides(meta, config.split, fold.held_side)
   selection = []
   for side in sides:
-    parts = held(candidates, side, sorted(k for k, v in assignment.items() if v == side))
+    parts = held(candidates, side, fold_runs.side_keys(meta, config.split, side))
     _finite(parts, names, side)
     selection.append(([p.predictions for p in parts], parts[0].labels, parts[0].mask))
   settings = config.ensemble_selection
@@ -179,26 +182,21 @@ def run(data_dir: str | pathlib.Path, candidates: list[str | pathlib.Path],
         min_gain: float = MIN_GAIN, max_members: int = MAX_MEMBERS) -> dict:
   """Every fold not finished yet (and the test set with `test`); returns the summary."""
   data_dir, workdir = pathlib.Path(data_dir).absolute(), pathlib.Path(workdir).absolute()
-  if max_members < 1 or min_gain < 0:
-    raise SelectionError(f"max_members must be at least 1 and min_gain at least 0, got "
-                         f"{max_members} and {min_gain}")
+  _check_settings(min_gain, max_members)  # before anything is written
   meta = metadata.read(data_dir)
   candidates = ensemble.checked_members(candidates, split, meta.folds(split))
   if len(candidates) < 2:
     raise SelectionError(f"selection needs two candidates or more, got {len(candidates)}")
-  lead_index = None
-  if lead:
-    lead = pathlib.Path(lead).absolute()
-    if lead not in candidates:
-      raise SelectionError(f"the lead {lead} is not one of the candidates")
-    lead_index = candidates.index(lead)
+  lead = pathlib.Path(lead).absolute() if lead else None
+  if lead is not None and lead not in candidates:
+    raise SelectionError(f"the lead {lead} is not one of the candidates")
+  lead_index = None if lead is None else candidates.index(lead)
   # Every candidate complete up front: one chosen late would fail after folds were written.
   for candidate in candidates:
     crossval.fold_predictions(candidate)  # refuses a candidate with unfinished folds
     if test and not crossval.finished(crossval.fold_dir(candidate, crossval.TEST)):
       raise SelectionError(f"{candidate} has no finished test run (run it with --test first)")
-  config = _config(data_dir, candidates, lead if lead_index is not None else None, split,
-                   min_gain, max_members)
+  config = _config(data_dir, candidates, lead, split, min_gain, max_members)
   # Each candidate's predictions of each side are read once, not once per fold that selects.
   reported = functools.cache(ensemble.read_reported)
   return crossval.run(config, workdir, split, only, test,

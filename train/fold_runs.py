@@ -36,12 +36,22 @@ def fold_of(meta: metadata.ShardMetadata, config: ml_collections.ConfigDict) -> 
   """The performances `config` (crossval's fold config) trains on: the split's other folds,
   or every fold for the test set; and the ones it holds out."""
   fold = crossval.TEST if config.validation_fold == -1 else config.validation_fold
-  assignment = meta.split_table(config.split)
   held_side = "test" if fold == crossval.TEST else f"fold{fold}"
-  train_sides = {f"fold{f}" for f in meta.folds(config.split) if f"fold{f}" != held_side}
+  train_sides = training_sides(meta, config.split, held_side)
+  assignment = meta.split_table(config.split)
   return Fold(held_side=held_side,
               train_keys=sorted(k for k, v in assignment.items() if v in train_sides),
-              held_keys=sorted(k for k, v in assignment.items() if v == held_side))
+              held_keys=side_keys(meta, config.split, held_side))
+
+
+def training_sides(meta: metadata.ShardMetadata, split: str, held_side: str) -> list[str]:
+  """The split's folds ("fold<k>", in order) other than `held_side`."""
+  return [f"fold{f}" for f in meta.folds(split) if f"fold{f}" != held_side]
+
+
+def side_keys(meta: metadata.ShardMetadata, split: str, side: str) -> list[str]:
+  """The performances of one side of the split ("fold<k>" or "test"), sorted."""
+  return sorted(k for k, v in meta.split_table(split).items() if v == side)
 
 
 def write(directory: pathlib.Path, config: ml_collections.ConfigDict,
