@@ -94,9 +94,13 @@ def plan(corpus: pathlib.Path, work: pathlib.Path, steps_scale: float, resamples
   return [
       stages.Stage("maestro_shards", (
           "pipelines.beam.maestro_job", f"--maestro_dir={corpus / 'maestro-v3.0.0'}",
-          f"--output_dir={maestro}", *WINDOW, "--nowrite_audio"),
+          f"--output_dir={maestro}", *WINDOW, "--nowrite_audio",
+          # As the benchmark does: no rated performance in pre-training (here none is).
+          f"--exclude_overlap_with={release}"),
           # Schema 2: the windows carry the note targets the pre-training transcribes.
-          lambda: stages.job_finished(maestro, stages.window_flags(WINDOW), records.NOTES_SINCE),
+          lambda: stages.job_finished(
+              maestro, {**stages.window_flags(WINDOW), "exclude_overlap_with": [str(release)]},
+              records.NOTES_SINCE),
           "MAESTRO Beam job -> pre-training shards (with note targets)"),
       stages.Stage("percepiano_shards", (
           "pipelines.beam.percepiano_job", f"--percepiano_dir={release}", f"--output_dir={labelled}",

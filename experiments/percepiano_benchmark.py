@@ -302,6 +302,14 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
   in minutes instead of after hours of pre-training. The notes-aware pre-training stages and
   the transcription report (which scores a run's kept checkpoints) leave the plan."""
   s = SIZES[size]
+  # No pre-training job renders a composition that holds a rated performance
+  # (pipelines.datasets.overlap: 52 PercePiano excerpts are cut from ASAP performances).
+  unrated = (f"--exclude_overlap_with={percepiano_dir}",)
+
+  def pretraining_job_finished(directory: pathlib.Path) -> bool:
+    return stages.job_finished(directory, {**stages.window_flags(s["window"]),
+                                           "exclude_overlap_with": [str(percepiano_dir)]})
+
   asap, labelled, pretrain = work / "shards" / "asap", work / "shards" / "percepiano", work / "pretrain"
   mixed = work / "shards" / "asap_mixed"
   # SSAST alone and SSAST + transcription on the two-timbre shards the notes-aware encoder
@@ -340,14 +348,15 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
                                              else ()), *(name for name, _, _ in extra))
   out = [
       stages.Stage("asap_shards", ("pipelines.beam.maestro_job", f"--maestro_dir={asap_dir}",
-                                   f"--output_dir={asap}", *s["window"], "--nowrite_audio"),
-                   lambda: stages.job_finished(asap, stages.window_flags(s["window"])),
+                                   f"--output_dir={asap}", *s["window"], "--nowrite_audio",
+                                   *unrated),
+                   lambda: pretraining_job_finished(asap),
                    "ASAP MIDI rendered -> pre-training shards"),
       stages.Stage("asap_mixed_shards",
                    ("pipelines.beam.maestro_job", f"--maestro_dir={asap_dir}",
                     f"--output_dir={mixed}", *s["window"], "--nowrite_audio",
-                    f"--soundfonts=default,{second_soundfont}"),
-                   lambda: stages.job_finished(mixed, stages.window_flags(s["window"])),
+                    f"--soundfonts=default,{second_soundfont}", *unrated),
+                   lambda: pretraining_job_finished(mixed),
                    f"ASAP MIDI rendered with TimGM6mb or {pathlib.Path(second_soundfont).name} "
                    "-> two-timbre pre-training shards"),
       stages.Stage("percepiano_shards", ("pipelines.beam.percepiano_job", f"--percepiano_dir={percepiano_dir}",
@@ -379,8 +388,8 @@ def plan(percepiano_dir: pathlib.Path, asap_dir: pathlib.Path, work: pathlib.Pat
       out.append(stages.Stage(
           name, ("pipelines.beam.maestro_job", f"--maestro_dir={asap_dir}",
                  f"--output_dir={directory}", *s["window"], "--nowrite_audio",
-                 f"--soundfont={font}", "--only_splits=validation", "--variants=0"),
-          lambda d=directory: stages.job_finished(d, stages.window_flags(s["window"])),
+                 f"--soundfont={font}", "--only_splits=validation", "--variants=0", *unrated),
+          lambda d=directory: pretraining_job_finished(d),
           f"held-out ASAP compositions rendered with {pathlib.Path(font).name} ({what} timbre)"))
   out += [
       # Every kept checkpoint of both notes-aware runs scored on held-out ASAP compositions;

@@ -335,7 +335,8 @@ def test_shards_of_one_size_are_refused_by_the_other(tmp_path):
   for name in ("asap", "percepiano"):  # shards as the cpu plan made them
     (work / "shards" / name).mkdir(parents=True)
     (work / "shards" / name / "metadata.json").write_text(
-        json.dumps({"config": {"window_s": 5.12, "hop_s": 5.12, "write_audio": True},
+        json.dumps({"config": {"window_s": 5.12, "hop_s": 5.12, "write_audio": True,
+                               "exclude_overlap_with": [str(tmp_path)]},
                     "schema": {"schema_version": records.VERSION}}))
   by_size = {size: {s.name: s for s in benchmark.plan(tmp_path, tmp_path, work, size)}
              for size in benchmark.SIZES}
@@ -343,6 +344,29 @@ def test_shards_of_one_size_are_refused_by_the_other(tmp_path):
     assert by_size["cpu"][name].done()
     with pytest.raises(benchmark.stages.StageError, match=r"window_s=5.12 \(this stage: 10.24\)"):
       by_size["base"][name].done()
+
+
+def test_pre_training_shards_that_may_hold_rated_performances_are_refused(tmp_path):
+  """Shards made before the ASAP jobs left out the compositions holding PercePiano's
+  performances (or with another release's) are not reused: they would pre-train on what the
+  benchmark rates."""
+  import json
+  work, rated = tmp_path / "w", tmp_path / "percepiano"
+  plan = {s.name: s for s in benchmark.plan(rated, tmp_path / "asap", work, "cpu")}
+  jobs = [s for s in plan.values()
+          if not callable(s.args) and s.args[0] == "pipelines.beam.maestro_job"]
+  assert len(jobs) >= 3  # the two pre-training jobs and the held-out renders
+  for stage in jobs:
+    assert f"--exclude_overlap_with={rated}" in stage.args, stage.name
+  for recorded, message in ((None, r"exclude_overlap_with=None"),
+                            (["/elsewhere"], r"exclude_overlap_with=\['/elsewhere'\]")):
+    (work / "shards" / "asap").mkdir(parents=True, exist_ok=True)
+    (work / "shards" / "asap" / "metadata.json").write_text(json.dumps(
+        {"config": {"window_s": 5.12, "hop_s": 5.12,
+                    **({"exclude_overlap_with": recorded} if recorded else {})},
+         "schema": {"schema_version": records.VERSION}}))
+    with pytest.raises(benchmark.stages.StageError, match=message):
+      plan["asap_shards"].done()
 
 
 def test_labelled_shards_without_their_audio_are_refused(tmp_path):

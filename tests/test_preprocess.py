@@ -286,9 +286,28 @@ def test_maestro_job_filters_silence_and_dead_letters_missing_audio(corpus, tmp_
   (root / "maestro-v3.0.0.json").unlink()
   out = tmp_path / "out"
   proc = ok(run_job("maestro", f"--maestro_dir={root}", f"--output_dir={out}",
-                    "--max_failure_fraction=0.2", "--target_shard_mb=4", *IN_MEMORY))
+                    "--max_failure_fraction=0.2", "--target_shard_mb=4", *IN_MEMORY,
+                    f"--exclude_overlap_with={corpus / 'percepiano'}"))
   n = len(rows)
   assert f"listed {n + 2} = written {n} + filtered 1 + dead-lettered 1" in proc.stdout
+  # The generated PercePiano clips are not cut from these performances: nothing is left
+  # out, and the row without its MIDI is named as unchecked.
+  assert "left out 0 compositions (0 performances)" in proc.stdout
+  assert "1 sources unchecked" in proc.stdout
+  # A MAESTRO performance among the rated MIDI leaves out its composition (composer and
+  # canonical title), every rendition of it.
+  from pipelines.beam import maestro_job
+  rated = tmp_path / "rated"
+  rated.mkdir()
+  shutil.copy(root / rows[1]["midi_filename"], rated / "copy.mid")
+  sources, _ = maestro_job.maestro_sources(str(root), False, split_seed=0)
+  kept, info = maestro_job.exclude_overlap(sources, [str(rated)])
+  title = f"{rows[1]['canonical_composer']}: {rows[1]['canonical_title']}"
+  assert info["compositions"] == [title]
+  assert info["sources_unchecked"] == ["2010/gone"]
+  assert len(sources) - len(kept) == sum(
+      f"{r['canonical_composer']}: {r['canonical_title']}" == title
+      for r in rows + [silent, missing]) >= 1
   metadata = json.loads((out / layout.METADATA).read_text())
   assert metadata["counts"]["windows_filtered"] >= 2
   windows = windows_in(out)

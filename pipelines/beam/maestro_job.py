@@ -5,17 +5,23 @@
 Reads a MAESTRO v3 tree (its WAVs, or its MIDI rendered with --from_midi) or an ASAP tree (MIDI
 rendered on the fly, validation held out by composition) for SSAST pre-training; flags it does
 not define go to Beam (see jobs.py).
+
+`--exclude_overlap_with=DIR[,DIR]` (e.g. the PercePiano release): every composition that holds
+an excerpt of a MIDI file under DIR, note for note (`pipelines.datasets.overlap`), is left out
+of every split, so pre-training never hears a rated performance or its piece. What was left
+out is recorded in the shards' metadata (`splits.excluded_overlap`) and printed.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
 from absl import flags
 
 from pipelines.beam import jobs, preprocess
-from pipelines.datasets import maestro, splits
+from pipelines.datasets import maestro, overlap, splits
 
 FLAGS = flags.FLAGS
 
@@ -67,19 +73,65 @@ def only_splits(sources: list[preprocess.Source], names: list[str]) -> list[prep
   return [s for s in sources if s.split in names]
 
 
+def _composition(source: preprocess.Source) -> str:
+  meta = dict(source.meta)
+  # ASAP names its compositions (folders); MAESTRO by composer and canonical title.
+  return meta.get("composition") or f"{meta.get('composer')}: {meta.get('title')}"
+
+
+def exclude_overlap(sources: list[preprocess.Source], rated_dirs: list[str], workers: int = 1
+                    ) -> tuple[list[preprocess.Source], dict]:
+  """The sources without every composition that holds an excerpt of a MIDI file under
+  `rated_dirs`, and what was left out. A source with no MIDI to compare (a MAESTRO WAV whose
+  MIDI is missing) is kept and counted as unchecked."""
+  if not rated_dirs:
+    return sources, {}
+  rated_paths = [p for d in rated_dirs for p in overlap.midi_files(d)]
+  if not rated_paths:
+    raise ValueError(f"--exclude_overlap_with: no MIDI files under {', '.join(rated_dirs)}")
+  midi_of = {s.key: s.midi_path or s.aligned_midi_path for s in sources}
+  rated, rated_broken = overlap.read_all(rated_paths, workers)
+  corpus, corpus_broken = overlap.read_all(sorted({p for p in midi_of.values() if p}), workers)
+  found = overlap.contained(rated, corpus)
+  holding = set(found.values())
+  excluded = sorted({_composition(s) for s in sources if midi_of[s.key] in holding})
+  kept = [s for s in sources if _composition(s) not in excluded]
+  return kept, {
+      "rated_dirs": [str(pathlib.Path(d).absolute()) for d in rated_dirs],
+      "rated_files": len(rated_paths), "rated_found": len(found),
+      "compositions": excluded, "performances_left_out": len(sources) - len(kept),
+      # An unreadable rated file cannot be looked for; an unreadable source will be a dead
+      # letter of the job itself. Both are named, never passed over in silence.
+      "rated_unreadable": rated_broken, "sources_unreadable": corpus_broken,
+      "sources_unchecked": sorted(s.key for s in sources if not midi_of[s.key])}
+
+
 def main(argv: list[str]) -> None:
   try:
     sources, split_info = maestro_sources(FLAGS.maestro_dir, FLAGS.from_midi,
                                           FLAGS.split_seed, FLAGS.validation_fraction)
     sources = only_splits(sources, FLAGS.only_splits)
+    # After the split, so the compositions kept keep their splits.
+    sources, excluded = exclude_overlap(sources, FLAGS.exclude_overlap_with,
+                                        min(os.cpu_count() or 1, 8))
   except (OSError, ValueError) as e:
     # A missing or malformed manifest (a row escaping the root, say): the reader's message
     # names the file and row.
     sys.exit(f"error: {e}")
+  if excluded:
+    print(f"left out {len(excluded['compositions'])} compositions "
+          f"({excluded['performances_left_out']} performances) holding {excluded['rated_found']} "
+          f"of {excluded['rated_files']} rated MIDI files: {excluded['compositions']}"
+          + "".join(f"; {len(excluded[k])} {k.replace('_', ' ')}" for k in
+                    ("rated_unreadable", "sources_unreadable", "sources_unchecked")
+                    if excluded[k]))
   jobs.run("maestro", sources, argv[1:], filter_silent=True,
            job_flags=jobs.COMMON_FLAGS + ["maestro_dir", "from_midi", "split_seed",
-                                          "validation_fraction", "only_splits"],
-           source_checksums={}, split_info=dict(split_info, only_splits=list(FLAGS.only_splits)))
+                                          "validation_fraction", "only_splits",
+                                          "exclude_overlap_with"],
+           source_checksums={},
+           split_info=dict(split_info, only_splits=list(FLAGS.only_splits),
+                           **({"excluded_overlap": excluded} if excluded else {})))
 
 
 def define_flags() -> None:
@@ -93,6 +145,9 @@ def define_flags() -> None:
                      "ASAP has no official split: share of performances, in whole "
                      "compositions, held out for validation.")
   flags.DEFINE_list("only_splits", [], "Process only these splits (default: every split).")
+  flags.DEFINE_list("exclude_overlap_with", [],
+                    "Directories of rated MIDI (e.g. the PercePiano release): every composition "
+                    "holding an excerpt of one is left out of every split.")
 
 
 def cli() -> None:
