@@ -50,16 +50,36 @@ def _contained(rated: dict) -> dict:
                            {k: _sequence(v) for k, v in CORPUS.items()})
 
 
-def test_an_excerpt_is_found_in_the_performance_it_was_cut_from_whatever_its_note_order():
+def test_an_excerpt_is_found_in_every_performance_it_was_cut_from():
   cut = _excerpt(CORPUS["p3"], 40, 100, shift=0.5)
-  shuffled = [cut[i] for i in np.random.default_rng(0).permutation(len(cut))]
-  assert _contained({"cut": cut, "shuffled": shuffled, "whole": CORPUS["p1"]}) == {
-      "cut": "p3", "shuffled": "p3", "whole": "p1"}
+  short = _excerpt(CORPUS["p0"], 7, 7 + overlap.NGRAM + 3)  # fewer notes than CONFIRM
+  assert _contained({"cut": cut, "whole": CORPUS["p1"], "short": short}) == {
+      "cut": ("p3",), "whole": ("p1",), "short": ("p0",)}
+  # ASAP stores some performances twice (under two folders): both hold the excerpt.
+  twice = overlap.contained({"cut": _sequence(cut)}, {"a": _sequence(CORPUS["p3"]),
+                                                      "b": _sequence(CORPUS["p3"])})
+  assert twice == {"cut": ("a", "b")}
+
+
+def test_a_chord_re_saved_a_tick_apart_keeps_its_order():
+  # In the source the higher note of a chord sounds 0.5 ms before the lower; in the excerpt
+  # (saved on another tick grid) the lower sounds first. Ordered by onset alone, every
+  # window holding the chord would differ, and this excerpt is nothing but such windows.
+  body = sorted(_performance(5, onsets=10), key=lambda n: (n[2], n[0]))
+  source = [(64, 80, 0.0, 0.4), (60, 70, 0.0005, 0.4)] + [
+      (k, v, s + 0.5, e + 0.5) for k, v, s, e in body]
+  resaved = [(60, 70, 0.0, 0.4), (64, 80, 0.0005, 0.4)] + source[2:overlap.NGRAM + 4]
+  assert overlap.contained({"resaved": _sequence(resaved)}, {"source": _sequence(source)}) == {
+      "resaved": ("source",)}
 
 
 def test_what_is_not_a_copy_of_the_midi_is_not_found():
   cut = _excerpt(CORPUS["p2"], 30, 90)
+  # The first NGRAM notes in common (a hash hit), then the same onsets on other keys: the
+  # confirmation refuses it.
+  n = overlap.NGRAM
   assert _contained({
+      "one window in common": cut[:n] + [(k + 1, v, s, e) for k, v, s, e in cut[n:2 * n]],
       "transposed": [(k + 1, v, s, e) for k, v, s, e in cut],
       "louder": [(k, min(v + 3, 127), s, e) for k, v, s, e in cut],
       "slower": [(k, v, s * 1.05, e * 1.05) for k, v, s, e in cut],
@@ -73,7 +93,7 @@ def test_an_excerpt_found_once_per_probe_is_confirmed_around_it():
   # still found there, confirmed on notes that do not include the change.
   cut = _excerpt(CORPUS["p4"], 10, 110)
   cut[0] = (cut[0][0], cut[0][1] % 100 + 5, cut[0][2], cut[0][3])
-  assert _contained({"cut": cut}) == {"cut": "p4"}
+  assert _contained({"cut": cut}) == {"cut": ("p4",)}
 
 
 def _asap_tree(root: pathlib.Path, performances: dict[str, list], midi_bytes) -> pathlib.Path:
@@ -104,21 +124,39 @@ def test_exclude_overlap_leaves_out_the_holding_composition_and_keeps_the_other_
   (rated / "unrelated.MID").write_bytes(midi_bytes(_performance(77)))
   (rated / "broken.mid").write_bytes(b"MThd not a MIDI file")
   (rated / "notes.txt").write_text("not MIDI, not read")
+  (tree / "C5/piece/p1.mid").write_bytes(b"MThd damaged")  # a corpus file that cannot be read
   sources, _ = maestro_job.maestro_sources(str(tree), True, split_seed=0,
                                            validation_fraction=0.34)
   kept, info = maestro_job.exclude_overlap(sources, [str(tmp_path / "rated")])
   assert info["compositions"] == ["C3/piece"]
-  assert (info["rated_files"], info["rated_found"], info["performances_left_out"]) == (3, 1, 2)
+  assert (info["midi_files"], info["found"], info["performances_left_out"]) == (3, 1, 2)
   assert len(info["rated_unreadable"]) == 1 and "broken.mid" in info["rated_unreadable"][0]
-  assert info["sources_unreadable"] == [] and info["sources_unchecked"] == []
+  assert len(info["sources_unreadable"]) == 1 and "C5/piece/p1.mid" in info[
+      "sources_unreadable"][0]
+  assert info["sources_unchecked"] == []
   assert kept == [s for s in sources if not s.key.startswith("C3/")]
-  # Nothing to look for, nothing left out; a directory without MIDI is an error.
+  # Nothing to look for, nothing left out.
   assert maestro_job.exclude_overlap(sources, []) == (sources, {})
+  # Refused: a directory without MIDI, a missing one, a file, only unreadable MIDI.
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="no MIDI files under"):
     maestro_job.exclude_overlap(sources, [str(tmp_path / "empty")])
-  with pytest.raises(FileNotFoundError, match="no such directory"):
-    maestro_job.exclude_overlap(sources, [str(tmp_path / "missing")])
+  for path in (tmp_path / "missing", rated / "cut.mid"):
+    with pytest.raises(FileNotFoundError, match="not a directory of rated MIDI"):
+      maestro_job.exclude_overlap(sources, [str(path)])
+  (tmp_path / "unreadable").mkdir()
+  (tmp_path / "unreadable" / "x.mid").write_bytes(b"garbage")
+  with pytest.raises(ValueError, match="none of the 1 MIDI files .* can be read"):
+    maestro_job.exclude_overlap(sources, [str(tmp_path / "unreadable")])
+  # A rated copy in every validation composition would leave that split empty: refused.
+  validation = sorted({s.key.rsplit("/", 1)[0] for s in sources if s.split == "validation"})
+  (tmp_path / "all_validation").mkdir()
+  for i, folder in enumerate(validation):
+    c = int(folder[1])
+    (tmp_path / "all_validation" / f"{i}.mid").write_bytes(
+        midi_bytes(_excerpt(_performance(10 * c), 0, 30)))
+  with pytest.raises(ValueError, match=r"leaves nothing of split\(s\) \['validation'\]"):
+    maestro_job.exclude_overlap(sources, [str(tmp_path / "all_validation")])
 
 
 def _job(*args) -> subprocess.CompletedProcess:
@@ -141,14 +179,15 @@ def test_the_job_renders_no_window_of_a_left_out_composition_and_records_why(tmp
               "--validation_fraction=0.34", "--target_shard_mb=1", "--nowrite_audio",
               f"--exclude_overlap_with={rated}")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "left out 1 compositions (2 performances) holding 1 of 1 rated MIDI files" in proc.stdout
+  assert (f"left out 1 compositions (2 performances) holding 1 of the 1 MIDI files under "
+          f"['{rated}']: ['C1/piece']") in proc.stdout
   meta = json.loads((out / layout.METADATA).read_text())
   assert meta["splits"]["excluded_overlap"]["compositions"] == ["C1/piece"]
   assert meta["config"]["exclude_overlap_with"] == [str(rated)]
   assert "listed 4 = written 4" in proc.stdout
   bad = _job(f"--maestro_dir={tree}", f"--output_dir={tmp_path / 'bad'}", "--from_midi",
              "--validation_fraction=0.34", f"--exclude_overlap_with={tmp_path / 'missing'}")
-  assert bad.returncode != 0 and "error: no such directory of rated MIDI" in bad.stderr
+  assert bad.returncode != 0 and "error: not a directory of rated MIDI" in bad.stderr
   assert not (tmp_path / "bad").exists()
 
 
@@ -160,5 +199,5 @@ def test_the_real_percepiano_excerpts_inside_asap(percepiano_dir, asap_dir):
   sources, _ = maestro_job.maestro_sources(str(asap_dir), True, split_seed=0)
   kept, info = maestro_job.exclude_overlap(sources, [str(percepiano_dir)], workers=2)
   assert info["compositions"] == ["Schubert/Impromptu_op142/3"]
-  assert info["rated_found"] == 52 and info["rated_unreadable"] == []
+  assert info["found"] == 52 and info["rated_unreadable"] == []
   assert len(sources) - len(kept) == info["performances_left_out"] == 8

@@ -8,8 +8,11 @@ not define go to Beam (see jobs.py).
 
 `--exclude_overlap_with=DIR[,DIR]` (e.g. the PercePiano release): every composition that holds
 an excerpt of a MIDI file under DIR, note for note (`pipelines.datasets.overlap`), is left out
-of every split, so pre-training never hears a rated performance or its piece. What was left
-out is recorded in the shards' metadata (`splits.excluded_overlap`) and printed.
+of every split, so pre-training never hears a copy of a rated performance, nor other
+performances of a composition that holds one. (Other performances of a rated piece under a
+composition with no copy, e.g. another folder or title for it, stay: it finds copies, not
+music.) What was left out is recorded in the shards' metadata (`splits.excluded_overlap`)
+and printed.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ import sys
 
 from absl import flags
 
+from pipelines import process_pool
 from pipelines.beam import jobs, preprocess
 from pipelines.datasets import maestro, overlap, splits
 
 FLAGS = flags.FLAGS
+# MIDI files from which the overlap check reads in spawned processes (a pool takes seconds
+# to start; reading ASAP and PercePiano takes ~80 s in one process).
+POOL_FROM = 64
 
 
 def maestro_sources(root: str, from_midi: bool, split_seed: int,
@@ -83,22 +90,38 @@ def exclude_overlap(sources: list[preprocess.Source], rated_dirs: list[str], wor
                     ) -> tuple[list[preprocess.Source], dict]:
   """The sources without every composition that holds an excerpt of a MIDI file under
   `rated_dirs`, and what was left out. A source with no MIDI to compare (a MAESTRO WAV whose
-  MIDI is missing) is kept and counted as unchecked."""
+  MIDI is missing) is kept and counted as unchecked. Refused (ValueError): no readable MIDI
+  under `rated_dirs`, or nothing left of a split (or of the corpus)."""
   if not rated_dirs:
     return sources, {}
   rated_paths = [p for d in rated_dirs for p in overlap.midi_files(d)]
   if not rated_paths:
     raise ValueError(f"--exclude_overlap_with: no MIDI files under {', '.join(rated_dirs)}")
   midi_of = {s.key: s.midi_path or s.aligned_midi_path for s in sources}
-  rated, rated_broken = overlap.read_all(rated_paths, workers)
-  corpus, corpus_broken = overlap.read_all(sorted({p for p in midi_of.values() if p}), workers)
+  corpus_paths = sorted({p for p in midi_of.values() if p})
+  if workers > 1 and len(rated_paths) + len(corpus_paths) >= POOL_FROM:
+    with process_pool.spawning(workers) as pool:
+      mapper = lambda f, xs: pool.map(f, xs, chunksize=16)
+      (rated, rated_broken), (corpus, corpus_broken) = (
+          overlap.read_all(rated_paths, mapper), overlap.read_all(corpus_paths, mapper))
+  else:
+    rated, rated_broken = overlap.read_all(rated_paths)
+    corpus, corpus_broken = overlap.read_all(corpus_paths)
+  if not rated:
+    raise ValueError(f"--exclude_overlap_with: none of the {len(rated_paths)} MIDI files under "
+                     f"{', '.join(rated_dirs)} can be read, e.g. {rated_broken[0]}")
   found = overlap.contained(rated, corpus)
-  holding = set(found.values())
+  holding = {source for sources_of in found.values() for source in sources_of}
   excluded = sorted({_composition(s) for s in sources if midi_of[s.key] in holding})
   kept = [s for s in sources if _composition(s) not in excluded]
+  emptied = sorted({s.split for s in sources} - {s.split for s in kept})
+  if emptied:
+    raise ValueError(f"--exclude_overlap_with leaves nothing of split(s) {emptied}: the "
+                     f"compositions {excluded} hold rated performances")
   return kept, {
       "rated_dirs": [str(pathlib.Path(d).absolute()) for d in rated_dirs],
-      "rated_files": len(rated_paths), "rated_found": len(found),
+      # Every MIDI file under them (a release's score MIDI too), and how many were found.
+      "midi_files": len(rated_paths), "found": len(found),
       "compositions": excluded, "performances_left_out": len(sources) - len(kept),
       # An unreadable rated file cannot be looked for; an unreadable source will be a dead
       # letter of the job itself. Both are named, never passed over in silence.
@@ -110,18 +133,21 @@ def main(argv: list[str]) -> None:
   try:
     sources, split_info = maestro_sources(FLAGS.maestro_dir, FLAGS.from_midi,
                                           FLAGS.split_seed, FLAGS.validation_fraction)
-    sources = only_splits(sources, FLAGS.only_splits)
-    # After the split, so the compositions kept keep their splits.
+    # After the split, so the compositions kept keep their splits; before --only_splits, so
+    # a job over one split leaves out what the whole corpus's job does (a MAESTRO
+    # composition can straddle splits).
     sources, excluded = exclude_overlap(sources, FLAGS.exclude_overlap_with,
                                         min(os.cpu_count() or 1, 8))
+    sources = only_splits(sources, FLAGS.only_splits)
   except (OSError, ValueError) as e:
     # A missing or malformed manifest (a row escaping the root, say): the reader's message
     # names the file and row.
     sys.exit(f"error: {e}")
   if excluded:
     print(f"left out {len(excluded['compositions'])} compositions "
-          f"({excluded['performances_left_out']} performances) holding {excluded['rated_found']} "
-          f"of {excluded['rated_files']} rated MIDI files: {excluded['compositions']}"
+          f"({excluded['performances_left_out']} performances) holding {excluded['found']} "
+          f"of the {excluded['midi_files']} MIDI files under {excluded['rated_dirs']}: "
+          f"{excluded['compositions']}"
           + "".join(f"; {len(excluded[k])} {k.replace('_', ' ')}" for k in
                     ("rated_unreadable", "sources_unreadable", "sources_unchecked")
                     if excluded[k]))

@@ -10,32 +10,34 @@ pedal frame F1 on the 52 is 0.73, against 0.38 on the other 65 of the same piece
 given the rated MIDI leaves out every composition that holds one of them
 (`pipelines.beam.maestro_job --exclude_overlap_with`).
 
-An excerpt is found without any metadata: each note is its key and velocity, the notes are
-ordered by onset (then key), and windows of `NGRAM` consecutive notes are hashed. A few
-windows spread over each rated performance are looked up among every window of the
-pre-training performances; a hit counts when `CONFIRM` notes around it agree in key and
-velocity, and in onset (up to one shift) within `ONSET_TOLERANCE_S`.
-An excerpt re-timed, transposed or re-velocitied (another render of the same playing) is
-not found: this finds copies of the same MIDI, not the same music.
+An excerpt is found without any metadata. Each note is its key and velocity, and the notes
+go in onset order (then key, then velocity). Every window of `NGRAM` consecutive notes of
+the corpus is hashed, and every window of a rated performance is looked up. A hit is only
+a candidate: it fixes the time shift between the two, and the candidate holds the excerpt
+when at least `MATCHED` of the excerpt's notes each have a note of the same key and velocity
+in the source within `ONSET_TOLERANCE_S` of its shifted onset. That check ignores the order
+of near-simultaneous notes, which a re-saved file may swap (its onsets move by a tick).
+Every performance that holds the excerpt is found (ASAP stores some performances twice,
+under two folders). An excerpt re-timed, transposed or re-velocitied (another render of the
+same playing) is not found: this finds copies of the same MIDI, not the same music.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-from pipelines import process_pool
 from pipelines.audio import notes as notes_lib
 
 NGRAM = 12  # notes per hashed window: 12 keys and velocities in a row do not recur by chance
-PROBES = 4  # windows looked up per rated performance (spread over it)
-CONFIRM = 24  # notes that must agree from a hit on (fewer if the excerpt is shorter)
+# Share of an excerpt's notes that must be in the source. A cut may clip a note at either
+# end; a different performance shares a few notes by chance, not most.
+MATCHED = 0.95
 ONSET_TOLERANCE_S = 0.01
 MIDI_SUFFIXES = (".mid", ".midi")
-POOL_FROM = 64  # files; fewer are read in-process (a spawned pool takes seconds to start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +50,7 @@ class Sequence:
   @classmethod
   def of(cls, performance: notes_lib.Notes) -> Sequence:
     n = performance.notes.astype(np.float64)
-    order = np.lexsort((n[:, 2], n[:, 0]))  # onset, then key: a chord's order is fixed
-    n = n[order]
+    n = n[np.lexsort((n[:, 3], n[:, 2], n[:, 0]))]  # onset, key, velocity
     return cls(n[:, 0], n[:, 2].astype(np.int64) * 128 + n[:, 3].astype(np.int64))
 
 
@@ -63,7 +64,7 @@ def midi_files(root: str | pathlib.Path) -> list[pathlib.Path]:
   """Every MIDI file under `root` (recursively), sorted; a missing directory is an error."""
   root = pathlib.Path(root)
   if not root.is_dir():
-    raise FileNotFoundError(f"no such directory of rated MIDI: {root}")
+    raise FileNotFoundError(f"not a directory of rated MIDI: {root}")
   return sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
 
 
@@ -93,63 +94,65 @@ class Index:
     order = np.argsort(flat, kind="stable")
     self._hashes, self._owner, self._position = flat[order], owner[order], position[order]
 
-  def _confirmed(self, excerpt: Sequence, at: int, owner: int, position: int) -> bool:
-    """Whether CONFIRM notes of the excerpt around its window `at` (all of a shorter
-    excerpt) sit in the source at `position`: same keys and velocities, same onsets up to
-    one shift."""
+  def _holds(self, owner: int, excerpt: Sequence, shift: float) -> bool:
+    """Whether the source holds MATCHED of the excerpt's notes at their onsets + `shift`
+    (each: a source note of the same code within ONSET_TOLERANCE_S)."""
     source = self.sequences[owner]
-    length = min(excerpt.codes.size, CONFIRM)
-    first = max(0, min(at, excerpt.codes.size - length))
-    start = position - at + first  # that note's place in the source
-    if start < 0 or start + length > source.codes.size:
+    onsets = excerpt.onsets + shift
+    lo, hi = np.searchsorted(source.onsets, [onsets[0] - ONSET_TOLERANCE_S,
+                                             onsets[-1] + ONSET_TOLERANCE_S], side="left")
+    theirs_onsets, theirs_codes = source.onsets[lo:hi + 1], source.codes[lo:hi + 1]
+    if theirs_codes.size == 0:
       return False
-    ours = slice(first, first + length)
-    if not np.array_equal(source.codes[start:start + length], excerpt.codes[ours]):
-      return False
-    theirs = source.onsets[start:start + length]
-    return bool(np.all(np.abs(theirs - theirs[0] - (excerpt.onsets[ours] - excerpt.onsets[first]))
-                       <= ONSET_TOLERANCE_S))
+    # Excerpt notes x the source's notes over the same span: a few hundred squared at most.
+    same = (excerpt.codes[:, None] == theirs_codes[None, :]) & (
+        np.abs(onsets[:, None] - theirs_onsets[None, :]) <= ONSET_TOLERANCE_S)
+    return bool(same.any(axis=1).mean() >= MATCHED)
 
-  def find(self, excerpt: Sequence) -> str | None:
-    """The name of a performance that holds `excerpt`, or None. An excerpt shorter than
-    NGRAM notes cannot be looked up (None)."""
+  def find(self, excerpt: Sequence) -> tuple[str, ...]:
+    """The names of every performance that holds `excerpt` (sorted; none for an excerpt
+    shorter than NGRAM notes, which cannot be looked up)."""
     hashes = _hashes(excerpt.codes)
-    if hashes.size == 0:
-      return None
-    for at in np.unique(np.linspace(0, hashes.size - 1, PROBES).astype(int)):
-      lo, hi = np.searchsorted(self._hashes, hashes[at], "left"), np.searchsorted(
-          self._hashes, hashes[at], "right")
-      for owner, position in zip(self._owner[lo:hi], self._position[lo:hi]):
-        if self._confirmed(excerpt, int(at), int(owner), int(position)):
-          return self.names[owner]
-    return None
+    lo = np.searchsorted(self._hashes, hashes, "left")
+    hi = np.searchsorted(self._hashes, hashes, "right")
+    found: set[int] = set()
+    tried: set[tuple[int, float]] = set()
+    for at in np.flatnonzero(hi > lo).tolist():
+      for owner, position in zip(self._owner[lo[at]:hi[at]].tolist(),
+                                 self._position[lo[at]:hi[at]].tolist()):
+        shift = float(self.sequences[owner].onsets[position] - excerpt.onsets[at])
+        # Each window of a true copy gives the same shift (to a tick): check it once.
+        candidate = (owner, round(shift / ONSET_TOLERANCE_S))
+        if owner in found or candidate in tried:
+          continue
+        tried.add(candidate)
+        if self._holds(owner, excerpt, shift):
+          found.add(owner)
+    return tuple(sorted(self.names[i] for i in found))
 
 
 def contained(rated: Mapping[str, Sequence], corpus: Mapping[str, Sequence]
-              ) -> dict[str, str]:
-  """rated name -> the corpus performance it is an excerpt of, for every rated performance
+              ) -> dict[str, tuple[str, ...]]:
+  """rated name -> every corpus performance it is an excerpt of, for each rated performance
   found in the corpus."""
   index = Index(corpus)
   found = {name: index.find(sequence) for name, sequence in rated.items()}
-  return {name: source for name, source in found.items() if source is not None}
+  return {name: sources for name, sources in found.items() if sources}
 
 
-def read_all(paths: Iterable[str | pathlib.Path], workers: int = 1
+def read_all(paths: Iterable[str | pathlib.Path], mapper: Callable = map
              ) -> tuple[dict[str, Sequence], list[str]]:
   """(sequence by path, "path: why" of each unreadable file): a broken file is reported, not
   fatal, and the caller says how many there were. MIDI parsing is most of the time (~80 s
-  for ASAP and PercePiano on one core), so `workers` > 1 reads in spawned processes."""
+  for ASAP and PercePiano on one core): `mapper` may be a process pool's `map`."""
   paths = [str(p) for p in paths]
-  if workers > 1 and len(paths) >= POOL_FROM:
-    with process_pool.spawning(workers) as pool:
-      results = list(pool.map(_read_or_why, paths, chunksize=16))
-  else:
-    results = [_read_or_why(p) for p in paths]
+  results = list(mapper(read_or_why, paths))
   out = {p: r for p, r in zip(paths, results) if isinstance(r, Sequence)}
   return out, [r for r in results if isinstance(r, str)]
 
 
-def _read_or_why(path: str) -> Sequence | str:
+def read_or_why(path: str) -> Sequence | str:
+  """`read`, or "path: why" where the file cannot be read."""
   try:
     return read(path)
   except (OSError, notes_lib.NotesError) as e:
