@@ -108,6 +108,7 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from experiments import cpu_scale, stages
+from model import release
 from pipelines import entry_point
 from pipelines.shards import records, tiled_windows
 from train import rundir
@@ -824,6 +825,26 @@ def _combination_finished(directory: pathlib.Path, folds: str = "") -> bool:
   return True
 
 
+def unheld_out(encoder: pathlib.Path, percepiano_dir: pathlib.Path) -> str | None:
+  """Why a given notes encoder's pre-training may have heard rated performances, or None
+  when its shards left out what the release at `percepiano_dir` holds
+  (`maestro_job --exclude_overlap_with`). Reads the shards' metadata the run or release
+  keeps: its last pre-training's (a release keeps no earlier run's)."""
+  if release.is_release(encoder):
+    meta = json.loads((encoder / release.ABOUT).read_text())["data_metadata"]
+  else:
+    meta = json.loads((encoder / rundir.DATA_METADATA).read_text())
+  excluded = (meta.get("splits") or {}).get("excluded_overlap")
+  if not excluded:
+    return (f"{encoder} was pre-trained on shards never checked for PercePiano's "
+            "performances (made without --exclude_overlap_with): its figures are not held out")
+  checked = {pathlib.Path(d).resolve() for d in excluded["rated_dirs"]}
+  if percepiano_dir.resolve() not in checked:
+    return (f"{encoder}'s pre-training shards were checked against {excluded['rated_dirs']}, "
+            f"not {percepiano_dir}")
+  return None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -841,6 +862,13 @@ def main(argv):
       raise app.UsageError(f"unknown stages {unknown}; stages: {[st.name for st in chosen]}")
     others = [st for st in chosen if st.name not in FLAGS.only]
     chosen = [st for st in chosen if st.name in FLAGS.only]
+  if FLAGS.notes_encoder:
+    # Said up front, not refused: the committed figures were made with such an encoder, and
+    # rerunning their reports must stay possible.
+    warning = unheld_out(pathlib.Path(FLAGS.notes_encoder).absolute(),
+                         pathlib.Path(FLAGS.percepiano_dir).absolute())
+    if warning:
+      print(f"warning: {warning}", file=sys.stderr)
   if FLAGS.dry_run or FLAGS.size == "base":
     for st in chosen:
       try:

@@ -488,3 +488,28 @@ def test_the_report_says_what_ensemble_selection_chose(tmp_path):
   note = benchmark._selection_note(tmp_path)
   assert note.endswith(": folds 0, 2 and the test set: ast_stats 0.50, notes 0.50; fold 1: "
                        "ast_stats 0.33, fusion 0.33, notes 0.33.")
+
+
+def test_a_notes_encoder_pretrained_without_the_overlap_check_is_named(tmp_path):
+  import json
+
+  from model import release
+  rated = tmp_path / "percepiano"
+  run, shipped = tmp_path / "run", tmp_path / "release"
+  run.mkdir()
+  shipped.mkdir()
+  (shipped / release.WEIGHTS).write_bytes(b"")
+
+  def kept(splits: dict) -> None:  # what a run and a release keep of their shards' metadata
+    (run / "data_metadata.json").write_text(json.dumps({"splits": splits}))
+    (shipped / release.ABOUT).write_text(json.dumps({"data_metadata": {"splits": splits}}))
+
+  kept({"layout": "asap"})
+  for encoder in (run, shipped):
+    assert "never checked for PercePiano's performances" in benchmark.unheld_out(encoder, rated)
+  # The same directory spelled another way is the same directory.
+  kept({"layout": "asap", "excluded_overlap": {"rated_dirs": [str(tmp_path / "x" / "..")
+                                                              + "/percepiano"]}})
+  for encoder in (run, shipped):
+    assert benchmark.unheld_out(encoder, rated) is None
+    assert "not " + str(tmp_path / "other") in benchmark.unheld_out(encoder, tmp_path / "other")
