@@ -116,7 +116,7 @@ class Index:
     lo = np.searchsorted(self._hashes, hashes, "left")
     hi = np.searchsorted(self._hashes, hashes, "right")
     found: set[int] = set()
-    tried: set[tuple[int, float]] = set()
+    tried: set[tuple[int, int]] = set()  # (owner, shift in tolerance steps)
     for at in np.flatnonzero(hi > lo).tolist():
       for owner, position in zip(self._owner[lo[at]:hi[at]].tolist(),
                                  self._position[lo[at]:hi[at]].tolist()):
